@@ -1,0 +1,132 @@
+"""Packaging for edgetile: one distribution, three import packages mapped from top-level folders.
+
+Build switches (environment variables, printed by the build):
+  EDGETILE_PUREPYTHON=1   skip the C merge extension; the NumPy reference serves instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+HERE = Path(__file__).resolve().parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "runtime" / "_version.py").read_text()).group(1)
+
+
+class OptionalBuildExt(build_ext):
+    """Build the C merge extension, but survive a failed compile with a clear warning.
+
+    The runtime falls back to its NumPy reference when the extension is missing, so a machine
+    without a C compiler still gets a working (slower) install.
+    """
+
+    def run(self) -> None:
+        if os.environ.get("EDGETILE_PUREPYTHON", "") not in ("", "0"):
+            print("edgetile: EDGETILE_PUREPYTHON is set: skipping the C merge extension", file=sys.stderr)
+            return
+        print("edgetile: building the C merge extension (set EDGETILE_PUREPYTHON=1 to skip)", file=sys.stderr)
+        try:
+            super().run()
+        except Exception as exc:  # noqa: BLE001 - any compiler failure must not break the install
+            self._warn(exc)
+
+    def build_extension(self, ext: Extension) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # noqa: BLE001
+            self._warn(exc)
+
+    @staticmethod
+    def _warn(exc: BaseException) -> None:
+        print(
+            f"WARNING: edgetile: the C merge extension failed to build ({type(exc).__name__}: {exc}); "
+            "the slower NumPy merge will be used",
+            file=sys.stderr,
+        )
+
+
+EXTRA_COMPILE_ARGS = ["-O3", "-std=c99"] if os.name != "nt" else []
+
+ext_modules = []
+if (HERE / "runtime" / "_merge.c").exists():
+    ext_modules.append(
+        Extension(
+            "edgetile.runtime._merge",
+            sources=["runtime/_merge.c"],
+            extra_compile_args=EXTRA_COMPILE_ARGS,
+        )
+    )
+
+TORCH = ["torch>=2.2", "torchvision>=0.17"]
+ONNX_RUNTIME = ["onnxruntime>=1.16"]
+EXPORT = ONNX_RUNTIME + TORCH + [
+    "ultralytics>=8.3.0",
+    # Ultralytics pip-installs these at run time when missing; we declare them instead.
+    "onnx>=1.14",
+    "onnxslim>=0.1.50",
+    "pycocotools>=2.0.7",
+]
+TRAIN = EXPORT + [
+    "iterative-stratification>=0.1.7",
+    "matplotlib>=3.5",
+    "pyyaml>=6.0",
+    "pillow>=9.0",
+]
+SERVE = ["fastapi>=0.110", "uvicorn>=0.27", "python-multipart>=0.0.9", "pyyaml>=6.0"]
+DEV = sorted(
+    set(
+        TRAIN
+        + SERVE
+        + [
+            "pytest>=7.4",
+            "hypothesis>=6.80",
+            "ensemble-boxes>=1.0.9",
+            "sahi>=0.11.18",
+            "ruff>=0.5",
+        ]
+    )
+)
+
+setup(
+    name="edgetile",
+    version=VERSION,
+    description="Find small objects in large images on edge devices: tiled detection, merging, export and training",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.8",
+    packages=["edgetile.runtime", "edgetile.runtime.backends", "edgetile.export", "edgetile.train"],
+    package_dir={
+        "edgetile.runtime": "runtime",
+        "edgetile.runtime.backends": "runtime/backends",
+        "edgetile.export": "export",
+        "edgetile.train": "train",
+    },
+    package_data={"edgetile.runtime": ["py.typed", "data/*.onnx", "data/*.jpg", "data/*.json", "*.cu", "*.c"]},
+    include_package_data=False,
+    ext_modules=ext_modules,
+    cmdclass={"build_ext": OptionalBuildExt},
+    install_requires=["numpy>=1.22", "opencv-python-headless>=4.6", "tqdm>=4.60"],
+    extras_require={
+        "onnx": ONNX_RUNTIME,
+        "jetson": ["pycuda>=2022.1"],
+        "export": EXPORT,
+        "train": TRAIN,
+        "serve": SERVE,
+        "dev": DEV,
+    },
+    entry_points={
+        "console_scripts": ["edgetile = edgetile.runtime.cli:main"],
+        # Subcommands contributed by the heavier parts, loaded only when invoked (train -> export -> runtime).
+        "edgetile.commands": [
+            "export = edgetile.export.cli:register",
+            "dataset = edgetile.train.cli:register_dataset",
+            "train = edgetile.train.cli:register_train",
+        ],
+    },
+    zip_safe=False,
+)
