@@ -88,6 +88,7 @@ DEV = sorted(
             "ensemble-boxes>=1.0.9",
             "sahi>=0.11.18",
             "ruff>=0.5",
+            "scipy>=1.7",
         ]
     )
 )
@@ -122,11 +123,7 @@ setup(
     entry_points={
         "console_scripts": ["edgetile = edgetile.runtime.cli:main"],
         # Subcommands contributed by the heavier parts, loaded only when invoked (train -> export -> runtime).
-        "edgetile.commands": [
-            "export = edgetile.export.cli:register",
-            "dataset = edgetile.train.cli:register_dataset",
-            "train = edgetile.train.cli:register_train",
-        ],
+        "edgetile.commands": [],
     },
     zip_safe=False,
 )

@@ -1,0 +1,298 @@
+"""Tiled detection of small objects in large images: plan -> preprocess -> backend -> decode -> merge.
+
+One Detector holds its models, backends and one reusable input batch per model; it keeps no other
+state between images, so one instance can serve a daemon for days.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import merge
+from .backends import Backend, create_backend
+from .decode import check_yolo_output, decode_yolo, to_image
+from .model import ModelInfo, model_info
+from .preprocess import BatchBuffer, Views, full_frame_view, tile_views
+from .results import Detections
+from .tiling import plan_tiles, validate_tiling
+
+MERGE_METHODS = ("ios", "nms", "nmm", "wbf")
+TTA_MODES = ("flip",)
+DEFAULT_DYNAMIC_BATCH = 8
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """How images are tiled, thresholded and merged.
+
+    Attributes:
+        tile: Window side in image pixels.
+        overlap: Fraction of a window shared with its neighbour.
+        full_frame: Add one downscaled pass of the whole image, for objects larger than a tile.
+        batch: Views per inference call; None takes a fixed-batch model's batch, or 8 when dynamic.
+        conf: Confidence threshold.
+        iou: IoU threshold of the NMS inside each tile.
+        max_det: Most boxes kept per tile.
+        merge: Cross-tile merge: "ios" (suppress a box whose intersection over the smaller box
+            exceeds merge_thr), "nms" (IoU), "nmm" (greedy merge into the union box), "wbf".
+        merge_thr: Threshold of the cross-tile merge.
+        tta: Test-time augmentation passes: () or ("flip",) for a horizontally mirrored pass.
+        fusion_iou: IoU threshold of the Weighted Boxes Fusion that joins passes and models.
+    """
+
+    tile: int = 1024
+    overlap: float = 0.2
+    full_frame: bool = False
+    batch: int | None = None
+    conf: float = 0.25
+    iou: float = 0.7
+    max_det: int = 300
+    merge: str = "ios"
+    merge_thr: float = 0.5
+    tta: tuple[str, ...] = ()
+    fusion_iou: float = 0.55
+
+    def __post_init__(self) -> None:
+        validate_tiling(self.tile, self.overlap)
+        if self.batch is not None and (isinstance(self.batch, bool) or int(self.batch) != self.batch
+                                       or self.batch < 1):
+            raise ValueError(f"batch: expected a positive integer, found {self.batch!r}")
+        for name in ("conf", "iou", "merge_thr", "fusion_iou"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
+                raise ValueError(f"{name}: expected a number in [0, 1], found {v!r}")
+        if int(self.max_det) < 1:
+            raise ValueError(f"max_det: expected a positive integer, found {self.max_det!r}")
+        if self.merge not in MERGE_METHODS:
+            raise ValueError(f"merge: expected one of {', '.join(MERGE_METHODS)}, found {self.merge!r}")
+        bad = [t for t in self.tta if t not in TTA_MODES]
+        if bad:
+            raise ValueError(f"tta: expected some of {', '.join(TTA_MODES)}, found {', '.join(bad)}")
+
+
+@dataclass
+class _Model:
+    path: str
+    backend: Backend
+    info: ModelInfo
+    buffer: BatchBuffer
+    weight: float
+
+
+def suppress_cut_boxes(dets: Detections, cut: np.ndarray, thr: float) -> Detections:
+    """Drop boxes cut by an interior tile side when a complete box of the same class covers them.
+
+    A person cut by a tile edge is seen whole in the neighbouring tile (the overlap is wider than a
+    person); keeping only the complete box makes the merge return a box around the whole person,
+    whichever of the two scored higher.
+
+    Args:
+        dets: Boxes of all tiles in image pixels.
+        cut: (N,) bool, the box touches an interior side of its tile.
+        thr: A cut box goes when more than this fraction of its area lies inside a complete box.
+    """
+    cut = np.asarray(cut, bool)
+    if not cut.any() or cut.all():
+        return dets
+    ci, wi = np.flatnonzero(cut), np.flatnonzero(~cut)
+    whole = dets.xyxy[wi].astype(np.float64)
+    drop = np.zeros(len(dets), bool)
+    for start in range(0, len(ci), 256):  # bounded memory: 256 x N at a time
+        idx = ci[start : start + 256]
+        b = dets.xyxy[idx].astype(np.float64)
+        iw = np.minimum(b[:, None, 2], whole[None, :, 2]) - np.maximum(b[:, None, 0], whole[None, :, 0])
+        ih = np.minimum(b[:, None, 3], whole[None, :, 3]) - np.maximum(b[:, None, 1], whole[None, :, 1])
+        inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+        area = np.maximum((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]), 1e-9)
+        same = dets.class_ids[idx][:, None] == dets.class_ids[wi][None, :]
+        drop[idx] = ((inter / area[:, None] > thr) & same).any(axis=1)
+    return dets[~drop]
+
+
+def merge_boxes(dets: Detections, method: str, thr: float) -> Detections:
+    """Join duplicate boxes of overlapping tiles by the named method (class-aware)."""
+    if len(dets) < 2:
+        return dets
+    if method in ("ios", "nms"):
+        keep = merge.nms(dets.xyxy, dets.scores, dets.class_ids, iou_thr=thr, metric="iou" if method == "nms" else "ios")
+        return dets[keep]
+    if method == "nmm":
+        boxes, scores, labels, _groups = merge.greedy_nmm(dets.xyxy, dets.scores, dets.class_ids, match_thr=thr,
+                                                          metric="ios")
+        return Detections(boxes, scores, labels)
+    if method == "wbf":
+        boxes, scores, labels = merge.wbf([dets.xyxy], [dets.scores], [dets.class_ids], iou_thr=thr)
+        return Detections(boxes, scores, labels)
+    raise ValueError(f"merge: expected one of {', '.join(MERGE_METHODS)}, found {method!r}")
+
+
+class Detector:
+    """Finds objects in large images by batched tiled inference.
+
+    Args:
+        models: One model path, or several for an ensemble fused by Weighted Boxes Fusion. A loaded
+            Backend instance may stand in for a path (the Detector then owns and closes it).
+        weights: Ensemble weights, one per model (default all 1).
+        backend: "auto", "onnxruntime" or "tensorrt".
+        config: Tiling, thresholds and merging.
+
+    Example:
+        >>> with Detector("model.onnx") as det:
+        ...     found = det.detect(read_image("photo.jpg"))
+    """
+
+    def __init__(
+        self,
+        models: str | Path | Backend | Sequence[str | Path | Backend],
+        weights: Sequence[float] | None = None,
+        backend: str = "auto",
+        config: DetectConfig | None = None,
+    ) -> None:
+        self.config = config or DetectConfig()
+        paths = [models] if isinstance(models, (str, Path, Backend)) else list(models)
+        if not paths:
+            raise ValueError("models: expected at least one model path, found none")
+        if weights is None:
+            weights = [1.0] * len(paths)
+        weights = [float(w) for w in weights]
+        if len(weights) != len(paths):
+            raise ValueError(f"weights: expected one weight per model ({len(paths)}), found {len(weights)}")
+        if any(not np.isfinite(w) or w <= 0 for w in weights):
+            raise ValueError(f"weights: expected positive numbers, found {weights}")
+        self._models: list[_Model] = []
+        try:
+            for path, weight in zip(paths, weights):
+                self._models.append(self._load(path if isinstance(path, Backend) else str(path), backend, weight))
+        except BaseException:
+            self.close()
+            raise
+        names = self._models[0].info.names
+        for m in self._models[1:]:
+            if m.info.names != names:
+                raise ValueError(
+                    f"models: expected the same classes in every model of an ensemble, found "
+                    f"{names} in {self._models[0].path} and {m.info.names} in {m.path}"
+                )
+        self.names: dict[int, str] = names
+
+    def _load(self, model: str | Backend, backend: str, weight: float) -> _Model:
+        if isinstance(model, Backend):
+            be, path = model, f"<{type(model).__name__}>"
+        else:
+            path = model
+            be = create_backend(backend, path)
+        try:
+            info = model_info(be, path)
+            batch = self.config.batch
+            if info.batch is not None:
+                if batch is not None and batch != info.batch:
+                    raise ValueError(
+                        f"batch: model {path} has a fixed batch of {info.batch}; expected --batch "
+                        f"{info.batch} or no --batch, found {batch}"
+                    )
+                batch = info.batch
+            elif batch is None:
+                batch = DEFAULT_DYNAMIC_BATCH
+            buffer = BatchBuffer(batch, info.input_hw, be.input_dtype)
+            buffer.array[:] = 0  # padding slots of a fixed-batch model hold zeros, never garbage
+        except BaseException:
+            be.close()
+            raise
+        return _Model(path, be, info, buffer, weight)
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """Input size of the first model."""
+        return self._models[0].info.input_hw
+
+    def detect(self, image: np.ndarray, timings: dict[str, float] | None = None) -> Detections:
+        """Detect objects in one image.
+
+        Args:
+            image: (H, W, 3) uint8 BGR image of any size.
+            timings: When given, milliseconds per stage are added to it (slice, preprocess, infer,
+                decode, merge, fuse).
+
+        Returns:
+            Detections in image pixels, by descending score.
+        """
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            shape = getattr(image, "shape", None)
+            dtype = getattr(image, "dtype", type(image).__name__)
+            raise ValueError(f"image: expected an (H, W, 3) uint8 BGR array, found shape {shape} of {dtype}")
+        t = timings if timings is not None else {}
+        for k in ("slice", "preprocess", "infer", "decode", "merge", "fuse"):
+            t.setdefault(k, 0.0)
+        passes: list[Detections] = []
+        weights: list[float] = []
+        flips = (False, True) if "flip" in self.config.tta else (False,)
+        for m in self._models:
+            for flip in flips:
+                passes.append(self._run_pass(image, m, flip, t))
+                weights.append(m.weight)
+        if len(passes) == 1:
+            return passes[0].sorted()
+        t0 = time.perf_counter()
+        boxes, scores, labels = merge.wbf(
+            [p.xyxy for p in passes], [p.scores for p in passes], [p.class_ids for p in passes],
+            weights=weights, iou_thr=self.config.fusion_iou, skip_box_thr=0.0, conf_type="avg",
+        )
+        fused = Detections(boxes, scores, np.asarray(labels).astype(np.int64))
+        t["fuse"] += (time.perf_counter() - t0) * 1000
+        return fused.sorted()
+
+    def _run_pass(self, image: np.ndarray, m: _Model, flip: bool, t: dict[str, float]) -> Detections:
+        cfg = self.config
+        H, W = image.shape[:2]
+        t0 = time.perf_counter()
+        windows = plan_tiles(W, H, cfg.tile, cfg.overlap)
+        views = tile_views(windows, cfg.tile, m.info.input_hw, (W, H), flip)
+        if cfg.full_frame:
+            views = Views.concat([views, full_frame_view((W, H), m.info.input_hw, flip)])
+        t["slice"] += (time.perf_counter() - t0) * 1000
+        parts: list[Detections] = []
+        cuts: list[np.ndarray] = []
+        cap = m.buffer.capacity
+        nc = len(m.info.names) or None
+        for start in range(0, len(views), cap):
+            v = views.subset(slice(start, start + cap))
+            n = len(v)
+            t0 = time.perf_counter()
+            arr = m.buffer.fill(image, v)
+            if m.info.batch is not None:
+                arr = m.buffer.array  # fixed batch: the last partial batch runs padded
+            t1 = time.perf_counter()
+            out = m.backend.infer(arr)[0]
+            t2 = time.perf_counter()
+            check_yolo_output(out, arr.shape[0], nc)
+            for i, (b, s, lab) in enumerate(decode_yolo(out, n, cfg.conf, cfg.iou, cfg.max_det)):
+                d, cut = to_image(b, s, lab, v, i)
+                parts.append(d)
+                cuts.append(cut)
+            t3 = time.perf_counter()
+            t["preprocess"] += (t1 - t0) * 1000
+            t["infer"] += (t2 - t1) * 1000
+            t["decode"] += (t3 - t2) * 1000
+        t0 = time.perf_counter()
+        dets = Detections.concat(parts)
+        cut = np.concatenate(cuts) if cuts else np.zeros(0, bool)
+        dets = suppress_cut_boxes(dets, cut, cfg.merge_thr)
+        dets = merge_boxes(dets, cfg.merge, cfg.merge_thr)
+        t["merge"] += (time.perf_counter() - t0) * 1000
+        return dets
+
+    def close(self) -> None:
+        """Release every backend. Safe to call twice."""
+        for m in self._models:
+            m.backend.close()
+
+    def __enter__(self) -> Detector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,102 @@
+"""Reading photos: every input either becomes an 8-bit BGR image or a one-line reason why not."""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".jp2")
+
+
+class ImageReadError(ValueError):
+    """An input that is not a readable image; the message is one line naming the reason."""
+
+
+def expand_sources(sources: Iterable[str]) -> list[str]:
+    """Turn files, folders (recursive) and glob patterns into a list of inputs, in a stable order.
+
+    A path that does not exist and is no glob pattern is kept, so that it is reported as a failed
+    input rather than silently dropped. Files named directly are kept whatever their extension.
+
+    Args:
+        sources: What the user named.
+
+    Returns:
+        Input paths as strings, folders expanded in sorted order.
+    """
+    out: list[str] = []
+    for src in sources:
+        p = Path(src)
+        if p.is_dir():
+            found = sorted(
+                str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+            )
+            out.extend(found)
+        elif p.exists() or not glob.has_magic(src):
+            out.append(src)
+        else:
+            matches = sorted(m for m in glob.glob(src, recursive=True) if os.path.isfile(m))
+            out.extend(matches if matches else [src])
+    return out
+
+
+def _jpeg_is_truncated(data: np.ndarray) -> bool:
+    """True when no end-of-image marker follows the last start-of-scan marker.
+
+    Entropy-coded JPEG data never contains 0xFFD9 (0xFF bytes are stuffed), so an EOI after the last
+    SOS proves the scan is complete, while trailing bytes some cameras append after EOI are allowed.
+    """
+    b = data.tobytes()
+    sos = b.rfind(b"\xff\xda")
+    return sos < 0 or b.find(b"\xff\xd9", sos + 2) < 0
+
+
+def to_bgr8(img: np.ndarray, name: str = "image") -> np.ndarray:
+    """Convert what OpenCV decoded (8/16-bit, float, grey, BGRA) to (H, W, 3) uint8 BGR."""
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    elif img.dtype in (np.float32, np.float64):
+        img = np.clip(img * 255.0, 0, 255).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise ImageReadError(f"{name}: expected 8- or 16-bit pixels, found {img.dtype}")
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    if img.ndim == 3 and img.shape[2] == 1:
+        return cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2BGR)
+    if img.ndim == 3 and img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    if img.ndim == 3 and img.shape[2] == 3:
+        return img
+    raise ImageReadError(f"{name}: expected 1, 3 or 4 channels, found shape {img.shape}")
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a photo as (H, W, 3) uint8 BGR.
+
+    16-bit, grey and RGBA images are converted. Missing, empty, non-image and truncated files raise
+    ImageReadError with a one-line reason.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ImageReadError(f"file not found: {path}")
+    if p.is_dir():
+        raise ImageReadError(f"expected an image file, found a folder: {path}")
+    try:
+        data = np.fromfile(str(p), dtype=np.uint8)
+    except OSError as exc:
+        raise ImageReadError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if data.size == 0:
+        raise ImageReadError(f"empty file (0 bytes): {path}")
+    is_jpeg = data.size >= 3 and data[0] == 0xFF and data[1] == 0xD8 and data[2] == 0xFF
+    if is_jpeg and _jpeg_is_truncated(data):
+        raise ImageReadError(f"truncated JPEG (no end-of-image marker after the last scan): {path}")
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        kind = "corrupt or truncated JPEG" if is_jpeg else "not a readable image"
+        raise ImageReadError(f"{kind} ({data.size} bytes): {path}")
+    return to_bgr8(img, str(path))

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgetile.runtime.preprocess import BatchBuffer, full_frame_view, preprocess_reference, tile_views
+from edgetile.runtime.tiling import plan_tiles
+
+CASES = [
+    # (width, height, tile, input_hw, flip)
+    (1500, 1100, 512, (512, 512), False),  # no resize
+    (1500, 1100, 1024, (512, 512), False),  # downscale 2x
+    (1500, 1100, 640, (512, 512), True),  # non-integer scale, mirrored
+    (300, 200, 1024, (640, 640), False),  # smaller than a tile: padded
+    (2000, 300, 512, (256, 256), True),  # strip: padded below, mirrored
+    (700, 900, 400, (384, 512), False),  # non-square model input
+]
+
+
+@pytest.mark.parametrize("w,h,tile,input_hw,flip", CASES)
+def test_batch_matches_opencv_reference(w, h, tile, input_hw, flip):
+    rng = np.random.default_rng(w + h)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    views = tile_views(plan_tiles(w, h, tile, 0.2), tile, input_hw, (w, h), flip)
+    buf = BatchBuffer(len(views), input_hw)
+    batch = buf.fill(image, views)
+    assert batch.shape == (len(views), 3, *input_hw) and batch.flags.c_contiguous
+    for i in range(len(views)):
+        ref = preprocess_reference(image, tuple(views.windows[i]), tuple(views.content[i]), input_hw,
+                                   bool(views.flipped[i]))
+        np.testing.assert_allclose(batch[i], ref, atol=1e-6)
+
+
+def test_buffer_is_reused_between_batches_and_fully_rewritten():
+    rng = np.random.default_rng(1)
+    big = rng.integers(0, 256, (1200, 1200, 3), dtype=np.uint8)
+    small = rng.integers(0, 256, (100, 150, 3), dtype=np.uint8)
+    buf = BatchBuffer(4, (256, 256))
+    views = tile_views(plan_tiles(1200, 1200, 512, 0.2), 512, (256, 256), (1200, 1200))
+    first = buf.fill(big, views.subset(slice(0, 1)))
+    assert np.shares_memory(first, buf.array)
+    v = tile_views(plan_tiles(150, 100, 512, 0.2), 512, (256, 256), (150, 100))
+    out = buf.fill(small, v)
+    ref = preprocess_reference(small, tuple(v.windows[0]), tuple(v.content[0]), (256, 256))
+    # Padding from the previous, larger image must not survive in the slot.
+    np.testing.assert_allclose(out[0], ref, atol=1e-6)
+
+
+def test_float16_buffer_within_half_precision():
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (800, 800, 3), dtype=np.uint8)
+    views = tile_views(plan_tiles(800, 800, 512, 0.2), 512, (320, 320), (800, 800))
+    batch = BatchBuffer(len(views), (320, 320), np.float16).fill(image, views)
+    ref = preprocess_reference(image, tuple(views.windows[0]), tuple(views.content[0]), (320, 320))
+    assert batch.dtype == np.float16
+    np.testing.assert_allclose(batch[0].astype(np.float32), ref, atol=1e-3)
+
+
+def test_full_frame_view_letterboxes_keeping_aspect():
+    v = full_frame_view((4000, 3000), (640, 640))
+    assert v.content[0].tolist() == [640, 480]
+    assert v.scales[0, 0] == pytest.approx(0.16)
+    image = np.random.default_rng(3).integers(0, 256, (3000, 4000, 3), dtype=np.uint8)
+    batch = BatchBuffer(1, (640, 640)).fill(image, v)
+    ref = preprocess_reference(image, (0, 0, 4000, 3000), (640, 480), (640, 640))
+    np.testing.assert_allclose(batch[0], ref, atol=1e-6)
+    assert np.allclose(batch[0, :, 480:, :], 114 / 255)  # the letterbox padding
+
+
+def test_too_many_views_for_the_buffer_is_an_error():
+    views = tile_views(plan_tiles(3000, 3000, 512, 0.2), 512, (256, 256), (3000, 3000))
+    with pytest.raises(ValueError, match="at most 2 views"):
+        BatchBuffer(2, (256, 256)).fill(np.zeros((3000, 3000, 3), np.uint8), views)
