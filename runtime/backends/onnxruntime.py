@@ -40,6 +40,7 @@ class OnnxRuntimeBackend(Backend):
             raise FileNotFoundError(f"model: file not found: {model_path}")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(threads)
+        opts.log_severity_level = 3  # errors only: graph-cleanup warnings are noise in a field log
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             self._session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
