@@ -58,7 +58,9 @@ if (HERE / "runtime" / "_merge.c").exists():
         Extension(
             "edgetile.runtime._merge",
             sources=["runtime/_merge.c"],
-            extra_compile_args=EXTRA_COMPILE_ARGS,
+            # No fused multiply-add contraction: the C kernels must round exactly as their NumPy
+            # reference does (aarch64 Jetsons have FMA; GCC contracts by default outside -std=c99).
+            extra_compile_args=EXTRA_COMPILE_ARGS + (["-ffp-contract=off"] if os.name != "nt" else []),
         )
     )
 
@@ -111,7 +113,7 @@ setup(
     include_package_data=False,
     ext_modules=ext_modules,
     cmdclass={"build_ext": OptionalBuildExt},
-    install_requires=["numpy>=1.22", "opencv-python-headless>=4.6", "tqdm>=4.60"],
+    install_requires=["numpy>=1.22", "opencv-python-headless>=4.6", "simplejpeg>=1.7", "tqdm>=4.60"],
     extras_require={
         "onnx": ONNX_RUNTIME,
         "jetson": ["pycuda>=2022.1"],

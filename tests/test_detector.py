@@ -61,14 +61,15 @@ def test_small_image_corner_box_is_kept_when_it_is_inside_the_image():
 
 def test_fixed_batch_model_pads_the_last_partial_batch():
     image = scene_with_people(1500, 1000, PEOPLE)
-    n_tiles = len(plan_tiles(1500, 1000, 512, 0.25))  # 8 tiles
-    fixed = BlobBackend(input_hw=(256, 256), batch=3)
+    n_tiles = len(plan_tiles(1500, 1000, 512, 0.25))  # 12 tiles
+    assert n_tiles % 5 != 0  # so the dynamic model really gets a short last batch
+    fixed = BlobBackend(input_hw=(256, 256), batch=5)
     dynamic = BlobBackend(input_hw=(256, 256))
     with Detector(fixed, config=DetectConfig(tile=512, overlap=0.25)) as a, \
             Detector(dynamic, config=DetectConfig(tile=512, overlap=0.25, batch=5)) as b:
         ra, rb = a.detect(image), b.detect(image)
-    assert fixed.calls == [3] * -(-n_tiles // 3)  # every call is a full batch of 3
-    assert dynamic.calls == [5, n_tiles - 5]  # the dynamic model gets a short last batch
+    assert fixed.calls == [5] * -(-n_tiles // 5)  # every call is a full batch, the last one padded
+    assert dynamic.calls == [5] * (n_tiles // 5) + [n_tiles % 5]  # a short last batch, unpadded
     np.testing.assert_allclose(ra.xyxy, rb.xyxy)
     np.testing.assert_allclose(ra.scores, rb.scores)
 
