@@ -51,7 +51,7 @@ def red_blob_model(path, input_hw=(256, 256), batch=None, names=None, extra_clas
         helper.make_node("Add", ["zeros", "grid"], ["boxes"]),  # broadcast (1, 4, N) to (B, 4, N)
     ]
     parts = ["boxes", "score"]
-    for k in range(extra_classes):
+    for _ in range(extra_classes):
         parts.append("zeros")
     nodes.append(helper.make_node("Concat", parts, ["output0"], axis=1))
     b = batch if batch is not None else "batch"

@@ -55,7 +55,7 @@ class Backend(ABC):
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
         """Run one batch of (B, 3, H, W) input; return the outputs in output_names order."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: backends holding nothing need not override it
         """Release the model and any device memory. Safe to call twice."""
 
     def __enter__(self) -> Backend:
