@@ -8,8 +8,8 @@ import json
 import os
 import pty
 import resource
-import subprocess
 import struct
+import subprocess
 import sys
 import termios
 from pathlib import Path
@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from onnx_models import red_blob_model
 
 EDGETILE = [sys.executable, "-m", "edgetile.runtime.cli"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import BlobBackend, scene_with_people
 
+from conftest import BlobBackend, scene_with_people
 from edgetile.runtime.detector import DetectConfig, Detector
 from edgetile.runtime.tiling import plan_tiles
 
