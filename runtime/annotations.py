@@ -402,6 +402,13 @@ def _yaml_value(path: Path, key: str) -> str | None:
     return None
 
 
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
 def _label_path(image: Path, root: Path) -> Path:
     """Ultralytics' rule: the last 'images' folder of the path becomes 'labels'; else root/labels/."""
     parts = list(image.parts)
@@ -459,7 +466,7 @@ def _load_yolo(src: Path, classes: _Classes, skip: str, subset: str | None, prob
     photos = []
     for image in images:
         label = _label_path(image, root)
-        rel = str(label.relative_to(root)) if label.is_relative_to(root) else str(label)
+        rel = _relative(label, root)
         try:
             w, h = image_size(image)
         except ImageReadError as exc:
@@ -498,7 +505,7 @@ def _load_yolo(src: Path, classes: _Classes, skip: str, subset: str | None, prob
             continue
         for lab in sorted(label_root.rglob("*.txt")):
             if lab not in used and lab.name != "classes.txt":
-                rel = lab.relative_to(root) if lab.is_relative_to(root) else lab
+                rel = _relative(lab, root)
                 problems.append(f"{rel}: missing image: expected an image named {lab.stem}.* for these labels, "
                                 "found none")
     return photos

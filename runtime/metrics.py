@@ -370,7 +370,7 @@ def coco_ground_truth(per_photo: Sequence[PhotoDetections | AnnotatedPhoto], cla
     for i, p in enumerate(per_photo):
         photo = p.photo if isinstance(p, PhotoDetections) else p
         images.append({"id": i + 1, "file_name": photo.path.name, "width": photo.width, "height": photo.height})
-        for b, c in zip(photo.boxes.astype(np.float64), photo.class_ids, strict=True):
+        for b, c in zip(photo.boxes.astype(np.float64), photo.class_ids):
             w, h = float(b[2] - b[0]), float(b[3] - b[1])
             anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": int(c) + 1,
                          "bbox": [float(b[0]), float(b[1]), w, h], "area": w * h, "iscrowd": 0})
@@ -383,7 +383,7 @@ def coco_detections(per_photo: Sequence[PhotoDetections]) -> list[dict]:
     out = []
     for i, p in enumerate(per_photo):
         d = p.detections
-        for b, s, c in zip(d.xyxy.astype(np.float64), d.scores, d.class_ids, strict=True):
+        for b, s, c in zip(d.xyxy.astype(np.float64), d.scores, d.class_ids):
             out.append({"image_id": i + 1, "category_id": int(c) + 1,
                         "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
                         "score": float(s)})

@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from edgetile.runtime.annotations import image_size, load_dataset
 from edgetile.train.synth import SceneConfig, write_dataset
 
@@ -31,7 +32,7 @@ def test_voc_yolo_and_coco_give_the_same_photos(synth):
     for ds in (voc, yolo, coco):
         assert ds.problems == [] and ds.class_names == ["person"] and len(ds) == 4
     assert voc.box_count == yolo.box_count == coco.box_count >= 4
-    for a, b, c in zip(voc.photos, yolo.photos, coco.photos, strict=True):
+    for a, b, c in zip(voc.photos, yolo.photos, coco.photos):
         assert a.path == b.path == c.path and (a.width, a.height) == (b.width, b.height) == (320, 240)
         np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)  # YOLO's 6 decimals
         np.testing.assert_array_equal(a.boxes, c.boxes)

@@ -7,6 +7,9 @@ import json
 import cv2
 import numpy as np
 import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
 from edgetile.runtime.annotations import AnnotatedPhoto, Dataset
 from edgetile.runtime.detector import DetectConfig, Detector
 from edgetile.runtime.metrics import (
@@ -19,8 +22,6 @@ from edgetile.runtime.metrics import (
 )
 from edgetile.runtime.results import Detections
 from onnx_models import red_blob_model
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 
 def photo(boxes, w=1000, h=800, classes=None, name="p.jpg"):
@@ -123,12 +124,12 @@ def _pycocotools_oracle(per_photo, tmp_path, max_dets):
     images, anns, results = [], [], []
     for i, pd in enumerate(per_photo):
         images.append({"id": 100 + i, "file_name": f"img{i}.jpg", "width": pd.photo.width, "height": pd.photo.height})
-        for b, c in zip(pd.photo.boxes.tolist(), pd.photo.class_ids.tolist(), strict=True):
+        for b, c in zip(pd.photo.boxes.tolist(), pd.photo.class_ids.tolist()):
             anns.append({"id": len(anns) + 7, "image_id": 100 + i, "category_id": 11 + c,
                          "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "area": (b[2] - b[0]) * (b[3] - b[1]),
                          "iscrowd": 0})
         for b, s, c in zip(pd.detections.xyxy.tolist(), pd.detections.scores.tolist(),
-                           pd.detections.class_ids.tolist(), strict=True):
+                           pd.detections.class_ids.tolist()):
             results.append({"image_id": 100 + i, "category_id": 11 + c, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
                             "score": s})
     (tmp_path / "gt.json").write_text(json.dumps(
