@@ -70,7 +70,7 @@ EXPORT = ONNX_RUNTIME + TORCH + [
     "ultralytics>=8.3.0",
     # Ultralytics pip-installs these at run time when missing; we declare them instead.
     "onnx>=1.14",
-    "onnxslim>=0.1.50",
+    "onnxslim>=0.1.82",
     "pycocotools>=2.0.7",
 ]
 TRAIN = EXPORT + [
@@ -122,10 +122,12 @@ setup(
         "serve": SERVE,
         "dev": DEV,
     },
+        # Building TensorRT engines on a Jetson: TensorRT itself comes with JetPack; no torch needed.
+        "engine": ONNX_RUNTIME + ["onnx>=1.14", "pycuda>=2022.1"],
     entry_points={
         "console_scripts": ["edgetile = edgetile.runtime.cli:main"],
         # Subcommands contributed by the heavier parts, loaded only when invoked (train -> export -> runtime).
-        "edgetile.commands": [],
+        "edgetile.commands": ["export = edgetile.export.cli:register"],
     },
     zip_safe=False,
 )
