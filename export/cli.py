@@ -290,7 +290,9 @@ def cmd_int8(a: argparse.Namespace) -> int:
                      exclude_head=not a.quantize_head, budget_mb=a.budget_mb)
     code = EXIT_OK
     try:
-        result = quantize_int8(a.model, a.calib, a.out, cfg)
+        # ONNX Runtime's calibrators print progress on stdout, which carries the written paths.
+        with contextlib.redirect_stdout(sys.stderr):
+            result = quantize_int8(a.model, a.calib, a.out, cfg)
     except BudgetExceeded as exc:
         _err(str(exc))
         return EXIT_SOME_FAILED
