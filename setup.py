@@ -79,6 +79,7 @@ TRAIN = EXPORT + [
     "pyyaml>=6.0",
     "pillow>=9.0",
 ]
+RAY = ["ray[tune]>=2.41"]  # edgetile tune --ray: the same search on Ray Tune, shared by several machines
 SERVE = ["fastapi>=0.110", "uvicorn>=0.27", "python-multipart>=0.0.9", "pyyaml>=6.0"]
 DEV = sorted(
     set(
@@ -119,6 +120,7 @@ setup(
         "jetson": ["pycuda>=2022.1"],
         "export": EXPORT,
         "train": TRAIN,
+        "ray": TRAIN + RAY,
         "serve": SERVE,
         "dev": DEV,
     },
@@ -127,7 +129,14 @@ setup(
     entry_points={
         "console_scripts": ["edgetile = edgetile.runtime.cli:main"],
         # Subcommands contributed by the heavier parts, loaded only when invoked (train -> export -> runtime).
-        "edgetile.commands": ["export = edgetile.export.cli:register"],
+        "edgetile.commands": [
+            "export = edgetile.export.cli:register",
+            "dataset = edgetile.train.cli:register_dataset",
+            "train = edgetile.train.cli:register_train",
+            "tune = edgetile.train.cli:register_tune",
+            "eval = edgetile.train.cli:register_eval",
+            "pseudo-label = edgetile.train.cli:register_pseudo_label",
+        ],
     },
     zip_safe=False,
 )

@@ -308,6 +308,16 @@ def lacmus_metrics(per_photo: Sequence[PhotoDetections], min_score: float = LACM
     return (float(np.mean(aps)) if aps else float("nan")), _f1(tp, fp, n_gt)[2]
 
 
+def operating_point(per_photo: Sequence[PhotoDetections], score_thr: float) -> tuple[int, int, int, float, float, float]:
+    """Counts and rates at one threshold, without the COCO evaluation (cheap enough for a sweep).
+
+    Returns:
+        (true positives, false positives, ground-truth boxes, recall, precision, F1) at IoU 0.5.
+    """
+    tp, fp, n_gt = _counts(_pool(per_photo, score_thr))
+    return (tp, fp, n_gt, *_f1(tp, fp, n_gt))
+
+
 def _counts(pooled: _Pooled) -> tuple[int, int, int]:
     tp = int(sum(int(np.sum(np.concatenate(v))) for v in pooled.tps.values() if v))
     dets = int(sum(sum(len(x) for x in v) for v in pooled.tps.values()))

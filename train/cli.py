@@ -1,0 +1,475 @@
+"""The training side's `edgetile` subcommands: dataset tiles, train, tune, eval, pseudo-label.
+
+Each ``register_*`` adds one subcommand through the ``edgetile.commands`` entry-point group and imports
+nothing heavy: torch, Ultralytics, pycocotools and matplotlib are imported when a command runs. The
+handlers are thin: they turn options into the library calls of edgetile.train and report.
+
+Exit codes: 0 all done; 1 some inputs failed (bad annotations, unreadable photos, files over the
+budget), the rest still written; 2 usage errors, including a model refused by the weight budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from edgetile.runtime.cli import EXIT_OK, EXIT_SOME_FAILED, UsageError
+
+FORMATS = ("auto", "voc", "yolo", "coco")
+
+
+def _progress(a: argparse.Namespace) -> bool:
+    return not getattr(a, "quiet", False) and sys.stderr.isatty()
+
+
+def _no_runtime_installs() -> None:
+    # Ultralytics pip-installs missing packages at run time unless told not to; edgetile declares
+    # them as dependencies instead. Read by Ultralytics when it is first imported.
+    os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+
+
+def _fraction(name: str, lo: float = 0.0, hi: float = 1.0, hi_open: bool = False):
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number in [{lo}, {hi}] for {name}, found {s!r}") from None
+        if not (lo <= v < hi if hi_open else lo <= v <= hi):
+            raise argparse.ArgumentTypeError(f"expected a number in [{lo}, {hi}{')' if hi_open else ']'} for {name}, "
+                                             f"found {s}")
+        return v
+
+    return parse
+
+
+def _int_at_least(name: str, minimum: int):
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum} for {name}, found {s!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum} for {name}, found {v}")
+        return v
+
+    return parse
+
+
+def _positive(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, found {s!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, found {s}")
+    return v
+
+
+def _key_values(items: list[str] | None, option: str) -> dict[str, object]:
+    """KEY=VALUE words; values are read as YAML scalars (0.01, true, AdamW)."""
+    import yaml
+
+    out: dict[str, object] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{option}: expected KEY=VALUE, found {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- dataset
+
+
+def register_dataset(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`edgetile dataset tiles SRC --out DIR`."""
+    p = subparsers.add_parser("dataset", help="make training datasets from annotated photos (dataset tiles)",
+                              description="Make training datasets from annotated full-size photos.")
+    sub = p.add_subparsers(dest="dataset_command", metavar="SUBCOMMAND")
+    p.set_defaults(func=_dataset_needs_subcommand)
+    t = sub.add_parser(
+        "tiles", help="cut annotated photos into an Ultralytics tile dataset (splits or folds, negatives)",
+        description="Cut annotated photos (Pascal VOC XML as in LADD, YOLO txt or COCO JSON) into windows laid out "
+                    "exactly as the runtime tiles at inference, and write an Ultralytics dataset: images/, labels/, "
+                    "data.yaml, manifest.csv (which photo and window each tile came from), splits.csv or folds.csv "
+                    "(each split's class, box-count and box-size distribution) and problems.txt (bad annotations, "
+                    "reported and skipped, never repaired).",
+        epilog="Example (LADD, five folds, hard negatives from a first model):\n"
+               "  edgetile dataset tiles LADD/ --out tiles/ --folds 5 --negatives 1400 --hard-negatives first.onnx\n"
+               "Exit codes: 0 done, 1 done but some annotations or photos were bad (see problems.txt), 2 usage error.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("src", metavar="SRC", help="annotated photos: a VOC folder (Annotations/, JPEGImages/), a YOLO "
+                                              "folder or data.yaml, or a COCO .json")
+    t.add_argument("--out", required=True, metavar="DIR", help="output folder for the tile dataset")
+    t.add_argument("--format", choices=FORMATS, default="auto", help="annotation format (default: auto, detected)")
+    t.add_argument("--classes", nargs="+", metavar="NAME",
+                   help="class names in id order; boxes of other classes are reported as unknown "
+                        "(default: as the annotations name them)")
+    t.add_argument("--subset", metavar="NAME",
+                   help="VOC: the ImageSets/Main list to read (e.g. trainval); YOLO: the data.yaml split "
+                        "(default: every photo)")
+    t.add_argument("--skip", choices=("photo", "box"), default="photo",
+                   help="what a bad annotation removes: the whole photo (default, so nobody stays in it "
+                        "unlabelled) or only that box")
+    g = t.add_argument_group("windows")
+    g.add_argument("--tile", type=_int_at_least("--tile", 32), default=1024,
+                   help="window side in photo pixels; use the --tile you will detect with (default: 1024)")
+    g.add_argument("--overlap", type=_fraction("--overlap", 0.0, 0.9, hi_open=True), default=0.2,
+                   help="fraction shared by neighbouring windows, as detect's --overlap (default: 0.2)")
+    g.add_argument("--min-visible", type=_fraction("--min-visible", 0.01, 1.0), default=0.5,
+                   help="keep a box cut by a window edge only when this fraction of it is visible, so slivers "
+                        "are not taught as people (default: 0.5)")
+    g = t.add_argument_group("negatives (windows without people)")
+    g.add_argument("--negatives", type=_int_at_least("--negatives", 0), default=None, metavar="N",
+                   help="empty windows to keep in all (default: a quarter of the windows with people)")
+    g.add_argument("--hard-negatives", metavar="MODEL",
+                   help="a first model (.onnx, .engine or .pt) ranking empty windows by p = 1 - prod(1 - s) over its "
+                        "detections, highest first: the rocks, logs and bushes it mistakes for people "
+                        "(default: random windows)")
+    g.add_argument("--hard-conf", type=_fraction("--hard-conf", 0.001, 0.999), default=0.1,
+                   help="that model's detections below this score are ignored (default: 0.1)")
+    g = t.add_argument_group("splits (over photos, never tiles)")
+    g.add_argument("--folds", type=_int_at_least("--folds", 2), default=None, metavar="K",
+                   help="K multilabel-stratified folds by class presence, box count and box size; one data.yaml "
+                        "per fold in DIR/folds/ (default: one stratified hold-out instead)")
+    g.add_argument("--val-fraction", type=_fraction("--val-fraction", 0.0, 1.0, hi_open=True), default=0.2,
+                   help="without --folds: fraction of photos held out for validation (default: 0.2)")
+    g.add_argument("--seed", type=int, default=0, help="seeds the split and the random negatives (default: 0)")
+    t.add_argument("--jpeg-quality", type=_int_at_least("--jpeg-quality", 1), default=95,
+                   help="JPEG quality of the tiles (default: 95)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar, problems or table")
+    t.set_defaults(func=cmd_dataset_tiles)
+    return p
+
+
+def _dataset_needs_subcommand(a: argparse.Namespace) -> int:
+    raise UsageError("expected a subcommand: tiles (see 'edgetile dataset tiles --help')")
+
+
+def cmd_dataset_tiles(a: argparse.Namespace) -> int:
+    from edgetile.runtime.annotations import load_dataset
+
+    from .datasets import TileOptions, build_tile_dataset, print_report
+
+    if a.hard_negatives and a.hard_negatives.endswith(".pt"):
+        _no_runtime_installs()
+    try:
+        ds = load_dataset(a.src, a.format, a.classes, skip=a.skip, subset=a.subset)
+        report = build_tile_dataset(
+            ds, a.out, TileOptions(tile=a.tile, overlap=a.overlap, min_visible=a.min_visible, negatives=a.negatives,
+                                   seed=a.seed, jpeg_quality=a.jpeg_quality),
+            folds=a.folds or 0, val_fraction=a.val_fraction, hard_negatives=a.hard_negatives,
+            hard_conf=a.hard_conf, progress=_progress(a))
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc).splitlines()[0]) from exc
+    if not a.quiet:
+        print_report(report)
+    return EXIT_SOME_FAILED if report.problems else EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------- train
+
+
+def register_train(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`edgetile train --data data.yaml --model yolov8s.yaml`."""
+    p = subparsers.add_parser(
+        "train", help="train an Ultralytics detector on a tile dataset within a weight budget",
+        description="Train with Ultralytics (no hand-written trainer). The weight budget is checked before training "
+                    "from the model's architecture - a model whose best.pt (and ONNX, with --export onnx) would "
+                    "exceed --budget-mb is refused within seconds, naming the largest model of its family that "
+                    "fits - and after training on the real files, with a size table in the run summary "
+                    "(RUN/edgetile_summary.txt and .json).",
+        epilog="Example: edgetile train --data tiles/data.yaml --fold 2 --model yolov8s.yaml --imgsz 1024 "
+               "--hyp runs/tune/best_hyperparameters.yaml\n"
+               "Exit codes: 0 trained within budget, 1 trained but a file is over budget, 2 usage error or refused.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, metavar="YAML", help="Ultralytics data.yaml, e.g. from 'edgetile dataset "
+                                                                  "tiles'")
+    p.add_argument("--model", default="yolov8s.yaml", metavar="YAML|PT",
+                   help="architecture to train from random initialisation (yolov8n.yaml ... yolo11x.yaml) or a .pt "
+                        "to start from (default: yolov8s.yaml)")
+    p.add_argument("--fold", type=_int_at_least("--fold", 0), default=None, metavar="K",
+                   help="train on fold K made by 'dataset tiles --folds' (folds/foldK.yaml beside --data)")
+    p.add_argument("--hyp", metavar="YAML", help="hyperparameters, e.g. best_hyperparameters.yaml from 'edgetile tune'")
+    p.add_argument("--imgsz", type=_int_at_least("--imgsz", 32), default=640,
+                   help="training input size; a 1024 tile at 640 is seen at 0.625 scale (default: 640)")
+    p.add_argument("--epochs", type=_int_at_least("--epochs", 1), default=100, help="epochs (default: 100)")
+    p.add_argument("--batch", type=int, default=16, help="batch size; -1 fills the GPU (default: 16)")
+    p.add_argument("--budget-mb", type=_positive, default=100.0,
+                   help="largest acceptable best.pt (and ONNX) in MB, e.g. a competition's weight limit (default: 100)")
+    p.add_argument("--export", choices=("onnx", "none"), default="onnx",
+                   help="export best.pt to ONNX for the runtime after training (default: onnx)")
+    p.add_argument("--device", default="", help="cpu, or a CUDA index such as 0 (default: Ultralytics' choice)")
+    p.add_argument("--workers", type=_int_at_least("--workers", 0), default=2,
+                   help="data-loading processes (default: 2)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--patience", type=_int_at_least("--patience", 1), default=50,
+                   help="stop after this many epochs without improvement (default: 50)")
+    p.add_argument("--project", default="runs/train", help="folder holding the run folders (default: runs/train)")
+    p.add_argument("--name", default="exp", help="run folder name; an existing one is numbered on (default: exp)")
+    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", action="extend",
+                   help="any other Ultralytics training argument, e.g. --set cos_lr=true mosaic=0.5")
+    p.set_defaults(func=cmd_train)
+    return p
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    _no_runtime_installs()
+    from .budget import BudgetError
+    from .training import TrainOptions, load_hyp, train
+
+    try:
+        overrides = {**(load_hyp(a.hyp) if a.hyp else {}), **_key_values(a.set, "--set")}
+        opt = TrainOptions(model=a.model, imgsz=a.imgsz, epochs=a.epochs, batch=a.batch, device=a.device,
+                           workers=a.workers, seed=a.seed, patience=a.patience, project=a.project, name=a.name,
+                           overrides=overrides)
+        result = train(a.data, opt, fold=a.fold, budget_mb=a.budget_mb, export=a.export == "onnx")
+    except BudgetError as exc:
+        raise UsageError(f"refused: {exc}") from exc
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc).splitlines()[0]) from exc
+    print(result.summary(), file=sys.stderr)
+    return EXIT_OK if result.within_budget else EXIT_SOME_FAILED
+
+
+# --------------------------------------------------------------------------------------------------- tune
+
+
+def register_tune(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`edgetile tune --data mini.yaml`."""
+    p = subparsers.add_parser(
+        "tune", help="search hyperparameters by genetic evolution (or Ray Tune) on a mini dataset",
+        description="Search training hyperparameters with Ultralytics' genetic evolution: each iteration mutates the "
+                    "best candidates so far and trains a short run. Writes OUT/tune_results.csv (one row per "
+                    "candidate) and OUT/best_hyperparameters.yaml for 'edgetile train --hyp'. With --ray the same "
+                    "space is searched on Ray Tune, which several machines can share (one 'ray start --head', "
+                    "the others 'ray start --address').",
+        epilog="Example: edgetile tune --data mini/data.yaml --model yolov8s.yaml --iterations 50 --epochs 10 "
+               "--space lr0 lrf momentum weight_decay=0:0.001",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, metavar="YAML", help="a small data.yaml: tuning trains many short runs")
+    p.add_argument("--model", default="yolov8n.yaml", metavar="YAML|PT", help="model to tune (default: yolov8n.yaml)")
+    p.add_argument("--fold", type=_int_at_least("--fold", 0), default=None, metavar="K",
+                   help="use fold K made by 'dataset tiles --folds'")
+    p.add_argument("--space", nargs="+", default=["lr0", "lrf", "momentum"], metavar="NAME[=LO:HI]",
+                   help="hyperparameters to search; known ones have Ultralytics' bounds, any other training "
+                        "argument needs NAME=LO:HI (default: lr0 lrf momentum)")
+    p.add_argument("--iterations", type=_int_at_least("--iterations", 1), default=30,
+                   help="candidates to train (default: 30)")
+    p.add_argument("--epochs", type=_int_at_least("--epochs", 1), default=10,
+                   help="epochs per candidate: enough to rank, not to finish (default: 10)")
+    p.add_argument("--imgsz", type=_int_at_least("--imgsz", 32), default=640, help="input size (default: 640)")
+    p.add_argument("--batch", type=int, default=16, help="batch size (default: 16)")
+    p.add_argument("--optimizer", default="AdamW",
+                   help="optimizer, fixed for the search and written to the result (default: AdamW)")
+    p.add_argument("--device", default="", help="cpu or a CUDA index (default: Ultralytics' choice)")
+    p.add_argument("--workers", type=_int_at_least("--workers", 0), default=2, help="data-loading processes (default: 2)")
+    p.add_argument("--out", default="runs/tune", metavar="DIR", help="output folder (default: runs/tune)")
+    p.add_argument("--resume", action="store_true", help="continue the search already in --out")
+    p.add_argument("--ray", action="store_true", help="search on Ray Tune (pip install 'edgetile[ray]')")
+    p.add_argument("--ray-search", choices=("random", "optuna"), default="random",
+                   help="Ray's search algorithm; optuna needs 'pip install optuna' (default: random)")
+    p.add_argument("--grace-period", type=_int_at_least("--grace-period", 1), default=1,
+                   help="Ray's ASHA scheduler: epochs before a poor trial may be stopped (default: 1)")
+    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", action="extend",
+                   help="other fixed Ultralytics training arguments, e.g. --set mosaic=0 amp=false")
+    p.set_defaults(func=cmd_tune)
+    return p
+
+
+def cmd_tune(a: argparse.Namespace) -> int:
+    _no_runtime_installs()
+    from .tuning import TuneOptions, parse_space, tune
+
+    try:
+        opt = TuneOptions(model=a.model, space=parse_space(a.space), iterations=a.iterations, epochs=a.epochs,
+                          imgsz=a.imgsz, batch=a.batch, device=a.device, workers=a.workers, optimizer=a.optimizer,
+                          out=a.out, overrides=_key_values(a.set, "--set"))
+        result = tune(a.data, opt, fold=a.fold, ray=a.ray, ray_search=a.ray_search, grace_period=a.grace_period,
+                      resume=a.resume)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc).splitlines()[0]) from exc
+    print(f"{len(result.rows)} candidate(s); best fitness {result.best_fitness:.5f}: {result.best}\n"
+          f"results: {result.csv}\nbest: {result.best_yaml}  (edgetile train --hyp {result.best_yaml})",
+          file=sys.stderr)
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------- eval
+
+
+def _adjust_conf(p: argparse.ArgumentParser, default: float, help_text: str) -> None:
+    action = next(x for x in p._actions if x.dest == "conf")
+    action.default, action.help = default, help_text
+    p.set_defaults(conf=default)
+
+
+def _floats(name: str):
+    def parse(s: str) -> tuple[float, ...]:
+        try:
+            vals = tuple(float(v) for v in s.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers for {name}, found {s!r}") from None
+        if not vals or any(not 0.0 <= v <= 1.0 for v in vals):
+            raise argparse.ArgumentTypeError(f"expected numbers in [0, 1] for {name}, found {s!r}")
+        return vals
+
+    return parse
+
+
+def register_eval(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`edgetile eval --model M --data DIR [--sweep]`."""
+    from edgetile.runtime.cli import add_detect_options
+
+    p = subparsers.add_parser(
+        "eval", help="score a model on full-size annotated photos through the tiled runtime (COCO mAP, Lacmus)",
+        description="Run the runtime's tiled path on full-size annotated photos (not tiles) and score it: COCO "
+                    "mAP@0.5, mAP@0.75 and mAP@0.5:0.95 by pycocotools (maxDets raised so hundreds of boxes per "
+                    "photo count), the Lacmus competition metric (VOC all-point AP@0.5 and F1 over scores >= 0.05, "
+                    "matched in submission order), recall and precision at --score-thr. Writes OUT/metrics.json, "
+                    "OUT/pr_curve.png and OUT/detections.csv. --sweep tries conf, merge method and merge threshold "
+                    "and writes OUT/best_detect.json and OUT/best_detect.txt: the best settings as detect options.",
+        epilog="Example: edgetile eval --model person.onnx --data LADD/ --subset test --sweep --min-recall 0.9\n"
+               "Exit codes: 0 done, 1 done but some photos or annotations were bad, 2 usage error.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, metavar="DIR", help="annotated full-size photos (VOC, YOLO or COCO)")
+    p.add_argument("--format", choices=FORMATS, default="auto", help="annotation format (default: auto)")
+    p.add_argument("--subset", metavar="NAME", help="VOC ImageSets/Main list or YOLO split (default: every photo)")
+    p.add_argument("--classes", nargs="+", metavar="NAME", help="dataset class names in id order (default: as annotated)")
+    p.add_argument("--score-thr", type=_fraction("--score-thr"), default=0.05,
+                   help="operating threshold for recall, precision and F1 (default: 0.05, the Lacmus rule)")
+    p.add_argument("--out", default="runs/eval", metavar="DIR", help="output folder (default: runs/eval)")
+    add_detect_options(p)
+    _adjust_conf(p, 0.001, "lowest score the model reports; keep it low, the mAPs need the whole curve "
+                           "(default: 0.001)")
+    g = p.add_argument_group("sweep")
+    g.add_argument("--sweep", action="store_true", help="tune conf, merge method and merge threshold on these photos")
+    g.add_argument("--sweep-conf", type=_floats("--sweep-conf"), default=(0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4,
+                                                                          0.5, 0.6),
+                   metavar="C1,C2,...", help="operating thresholds to try (default: 0.05,0.1,...,0.6)")
+    g.add_argument("--sweep-merge", default="ios,nms,nmm,wbf", metavar="M1,M2",
+                   help="merge methods to try (default: ios,nms,nmm,wbf)")
+    g.add_argument("--sweep-merge-thr", type=_floats("--sweep-merge-thr"), default=(0.3, 0.4, 0.5, 0.6, 0.7),
+                   metavar="T1,T2,...", help="merge thresholds to try (default: 0.3,0.4,0.5,0.6,0.7)")
+    g.add_argument("--objective", choices=("f1", "lacmus_ap50", "lacmus_f1", "map50", "map75", "map50_95"),
+                   default="f1", help="what the sweep maximises; conf-free metrics then take the conf of best F1 "
+                                      "(default: f1)")
+    g.add_argument("--min-recall", type=_fraction("--min-recall"), default=None,
+                   help="only settings reaching this recall qualify: recall first when every miss counts")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=cmd_eval)
+    return p
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    import json
+
+    from edgetile.runtime.annotations import load_dataset
+    from edgetile.runtime.cli import detect_config_from_args, open_detector
+    from edgetile.runtime.metrics import evaluate
+
+    from .evaluation import SweepGrid, sweep, write_eval
+
+    try:
+        ds = load_dataset(a.data, a.format, a.classes, subset=a.subset)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc).splitlines()[0]) from exc
+    if not ds.photos:
+        raise UsageError(f"--data {a.data}: expected annotated photos, found none usable ({len(ds.problems)} problem(s))")
+    out = Path(a.out)
+    with open_detector(a) as det:
+        try:
+            result = evaluate(det, ds, a.score_thr, progress=_progress(a))
+        except ValueError as exc:
+            raise UsageError(str(exc).splitlines()[0]) from exc
+    result.problems[:0] = ds.problems
+    files = write_eval(result, out, title=f"{Path(a.model[0]).name if a.model else 'demo model'} on {ds.root.name}")
+    if not a.quiet:
+        for line in result.problems[:20]:
+            print(f"problem: {line}", file=sys.stderr)
+        for line in result.notes:
+            print(f"note: {line}", file=sys.stderr)
+        print(result.summary(), file=sys.stderr)
+        print(f"results: {files['metrics']}  {files['pr_curve']}  {files['detections']}", file=sys.stderr)
+    if a.sweep:
+        from edgetile.runtime.cli import DEMO_MODEL
+
+        merges = tuple(m.strip() for m in a.sweep_merge.split(",") if m.strip())
+        try:
+            grid = SweepGrid(confs=a.sweep_conf, merges=merges, merge_thrs=a.sweep_merge_thr)
+            models = a.model or [str(DEMO_MODEL)]
+            res = sweep(models, ds, detect_config_from_args(a), grid, weights=a.model_weights, backend=a.backend,
+                        objective=a.objective, min_recall=a.min_recall, progress=_progress(a))
+        except ValueError as exc:
+            raise UsageError(str(exc).splitlines()[0]) from exc
+        paths = res.write(out, models)
+        if not a.quiet:
+            b = res.best
+            for line in res.notes:
+                print(f"note: {line}", file=sys.stderr)
+            print(f"sweep: {len(res.rows)} settings; best by {a.objective}: merge {b['merge']} {b['merge_thr']:g}, "
+                  f"conf {b['conf']:g}: recall {b['recall']:.4f} precision {b['precision']:.4f} F1 {b['f1']:.4f}\n"
+                  f"detect with: {json.loads(paths['json'].read_text())['command']}\n"
+                  f"results: {paths['csv']}  {paths['json']}", file=sys.stderr)
+    return EXIT_SOME_FAILED if result.problems else EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------- pseudo-label
+
+
+def register_pseudo_label(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`edgetile pseudo-label PHOTOS --model M --out DIR`."""
+    from edgetile.runtime.cli import add_detect_options
+
+    p = subparsers.add_parser(
+        "pseudo-label", help="turn a model's confident detections on unlabelled photos into an extra dataset",
+        description="Run a trained model (ONNX or engine) through the tiled runtime on unlabelled photos and write "
+                    "its confident boxes as a separate dataset (LADD layout: JPEGImages/, Annotations/; plus YOLO "
+                    "labels/, classes.txt and pseudo_labels.csv with every score), ready for 'edgetile dataset tiles'. "
+                    "A photo is kept only when all its boxes are confident (none in the --ambiguous grey zone) and "
+                    "their count is within --min-boxes..--max-boxes.",
+        epilog="Example: edgetile pseudo-label flights/2024-07/ --model person.onnx --out extra/ --conf 0.6\n"
+               "Exit codes: 0 done, 1 some photos unreadable (the rest written), 2 usage error.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="unlabelled photos, folders or glob patterns")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder of the new dataset")
+    add_detect_options(p)
+    _adjust_conf(p, 0.5, "a box becomes a label at or above this score (default: 0.5)")
+    p.add_argument("--ambiguous", type=_fraction("--ambiguous", 0.001, 1.0), default=0.2,
+                   help="a photo with any box scoring between this and --conf is left out: an uncertain person "
+                        "would be learnt as background (default: 0.2; equal to --conf turns it off)")
+    p.add_argument("--min-boxes", type=_int_at_least("--min-boxes", 0), default=1,
+                   help="fewest boxes for a photo to be kept; 0 also keeps confidently empty photos (default: 1)")
+    p.add_argument("--max-boxes", type=_int_at_least("--max-boxes", 0), default=100,
+                   help="most boxes for a photo to be kept (default: 100)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=cmd_pseudo_label)
+    return p
+
+
+def cmd_pseudo_label(a: argparse.Namespace) -> int:
+    from edgetile.runtime.cli import DEMO_MODEL, detect_config_from_args
+
+    from .pseudo import PseudoLabelFilter, pseudo_label
+
+    models = a.model or [str(DEMO_MODEL)]
+    for m in models:
+        if not Path(m).is_file():
+            raise UsageError(f"--model: file not found: {m}")
+    try:
+        flt = PseudoLabelFilter(conf=a.conf, ambiguous=min(a.ambiguous, a.conf), min_boxes=a.min_boxes,
+                                max_boxes=a.max_boxes)
+        report = pseudo_label(models, a.sources, a.out, flt, detect_config_from_args(a), backend=a.backend,
+                              progress=_progress(a))
+    except ValueError as exc:
+        raise UsageError(str(exc).splitlines()[0]) from exc
+    if not a.quiet:
+        for line in report.problems:
+            print(f"problem: {line}", file=sys.stderr)
+        print(report.summary(), file=sys.stderr)
+    return EXIT_SOME_FAILED if report.problems else EXIT_OK

@@ -1,0 +1,302 @@
+"""Full-photo evaluation and the threshold/merge sweep behind ``edgetile eval``.
+
+The sweep tunes the operating threshold (conf), the cross-tile merge method and its threshold on a
+validation set. The model runs once per photo: its raw outputs are cached by the bytes of each input
+batch, so every merge setting after the first costs only the merge, and every conf is scored again
+from the kept detections.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import shlex
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from edgetile.runtime.annotations import Dataset
+from edgetile.runtime.backends import Backend, create_backend
+from edgetile.runtime.detector import MERGE_METHODS, DetectConfig, Detector
+from edgetile.runtime.images import ImageReadError
+from edgetile.runtime.metrics import (
+    EvalResult,
+    PhotoDetections,
+    class_mapping,
+    map_classes,
+    operating_point,
+    score_detections,
+)
+
+OBJECTIVES = ("f1", "lacmus_ap50", "lacmus_f1", "map50", "map75", "map50_95")
+
+
+class CachingBackend(Backend):
+    """A backend that remembers its outputs per input batch (by content hash) until clear().
+
+    Several Detectors with different merge settings can share it: each detect() of the same image
+    feeds identical batches, so only the first runs the model. close() leaves the shared backend
+    open; close_shared() closes it.
+    """
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.name = f"cached-{inner.name}"
+        self.input_name, self.input_shape = inner.input_name, inner.input_shape
+        self.input_dtype, self.output_names, self.metadata = inner.input_dtype, inner.output_names, inner.metadata
+        self._cache: dict[tuple, list[np.ndarray]] = {}
+        self.runs = 0
+        self.hits = 0
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        return True, "wraps a loaded backend"
+
+    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        key = (batch.shape, str(batch.dtype), hashlib.blake2b(np.ascontiguousarray(batch).data, digest_size=16).digest())
+        hit = self._cache.get(key)
+        if hit is not None:
+            self.hits += 1
+            return [a.copy() for a in hit]
+        out = self.inner.infer(batch)
+        self.runs += 1
+        self._cache[key] = [np.array(a, copy=True) for a in out]
+        return out
+
+    def clear(self) -> None:
+        """Forget every cached output (call between photos: memory stays one photo's worth)."""
+        self._cache.clear()
+
+    def close(self) -> None:
+        """Detectors close their backends; the shared model stays loaded until close_shared()."""
+
+    def close_shared(self) -> None:
+        self._cache.clear()
+        self.inner.close()
+
+
+@dataclass(frozen=True)
+class SweepGrid:
+    """Settings tried by the sweep.
+
+    Attributes:
+        confs: Operating thresholds (scored again from one run; the lowest is what the model runs at).
+        merges: Cross-tile merge methods.
+        merge_thrs: Merge thresholds.
+    """
+
+    confs: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6)
+    merges: tuple[str, ...] = MERGE_METHODS
+    merge_thrs: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
+
+    def __post_init__(self) -> None:
+        for name in ("confs", "merge_thrs"):
+            vals = getattr(self, name)
+            if not vals or any(not 0.0 <= v <= 1.0 for v in vals):
+                raise ValueError(f"{name}: expected numbers in [0, 1], found {list(vals)}")
+        bad = [m for m in self.merges if m not in MERGE_METHODS]
+        if not self.merges or bad:
+            raise ValueError(f"merges: expected some of {', '.join(MERGE_METHODS)}, found {list(self.merges)}")
+
+
+@dataclass
+class SweepResult:
+    """Every setting's scores and the best one.
+
+    Attributes:
+        rows: One row per (merge, merge_thr, conf): recall, precision, F1, TP, FP, and the setting's
+            mAPs and Lacmus AP/F1 (which do not depend on conf).
+        best: The chosen row.
+        config: The DetectConfig of the chosen row.
+        objective: What was maximised.
+        min_recall: The recall floor, or None.
+        notes: How the choice was made.
+        model_runs: Batches the model actually ran (the rest came from the cache).
+    """
+
+    rows: list[dict]
+    best: dict
+    config: DetectConfig
+    objective: str
+    min_recall: float | None
+    notes: list[str] = field(default_factory=list)
+    model_runs: int = 0
+
+    def detect_args(self) -> list[str]:
+        """The detect options of the best setting, as command-line words."""
+        return detect_args(self.config)
+
+    def write(self, out_dir: str | Path, models: Sequence[str | Path]) -> dict[str, Path]:
+        """Write sweep.csv, best_detect.json (DetectConfig fields + the command line) and best_detect.txt."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "sweep.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(self.rows[0].keys()))
+            w.writeheader()
+            w.writerows(self.rows)
+        cmd = ["edgetile", "detect", "PHOTOS", "--model", *map(str, models), *self.detect_args()]
+        doc = {
+            "detect_config": {**asdict(self.config), "tta": list(self.config.tta)},
+            "detect_args": self.detect_args(),
+            "command": shlex.join(cmd),
+            "objective": self.objective,
+            "min_recall": self.min_recall,
+            "scores": {k: self.best[k] for k in ("recall", "precision", "f1", "map50", "map75", "lacmus_ap50")},
+            "notes": self.notes,
+        }
+        (out / "best_detect.json").write_text(json.dumps(doc, indent=1))
+        (out / "best_detect.txt").write_text(shlex.join(cmd) + "\n")
+        return {"csv": out / "sweep.csv", "json": out / "best_detect.json", "txt": out / "best_detect.txt"}
+
+
+def detect_args(cfg: DetectConfig) -> list[str]:
+    """DetectConfig as `edgetile detect` options (only those detect has)."""
+    args = ["--tile", str(cfg.tile), "--overlap", f"{cfg.overlap:g}", "--conf", f"{cfg.conf:g}",
+            "--iou", f"{cfg.iou:g}", "--merge", cfg.merge, "--merge-thr", f"{cfg.merge_thr:g}",
+            "--tta", cfg.tta[0] if cfg.tta else "none"]
+    if cfg.full_frame:
+        args.append("--full-frame")
+    if cfg.batch is not None:
+        args += ["--batch", str(cfg.batch)]
+    return args
+
+
+def _collect(detector: Detector, dataset: Dataset, mapping: dict[int, int]) -> tuple[list[PhotoDetections], list[str]]:
+    per_photo, problems = [], []
+    for photo in dataset.photos:
+        try:
+            image = photo.load()
+        except ImageReadError as exc:
+            problems.append(f"{photo.path}: not evaluated: {exc}")
+            continue
+        per_photo.append(PhotoDetections(photo, map_classes(detector.detect(image), mapping)))
+    return per_photo, problems
+
+
+def sweep(
+    models: Sequence[str | Path],
+    dataset: Dataset,
+    base: DetectConfig | None = None,
+    grid: SweepGrid | None = None,
+    weights: Sequence[float] | None = None,
+    backend: str = "auto",
+    objective: str = "f1",
+    min_recall: float | None = None,
+    progress: bool = False,
+) -> SweepResult:
+    """Try every merge setting and operating threshold on a validation set; pick the best.
+
+    Args:
+        models: One model, or an ensemble (fused as detect fuses them).
+        dataset: Validation photos with ground truth.
+        base: Tiling, TTA and the rest of the detect settings, kept fixed.
+        grid: What to try.
+        weights: Ensemble weights.
+        backend: "auto", "onnxruntime" or "tensorrt".
+        objective: What to maximise: "f1" (at the conf, IoU 0.5; the default), or a conf-independent
+            metric ("map50", "map75", "map50_95", "lacmus_ap50", "lacmus_f1"), whose best setting then
+            gets the conf with the best F1.
+        min_recall: Only settings reaching this recall qualify (recall first, when every miss counts).
+        progress: Progress bar on stderr.
+
+    Returns:
+        The SweepResult.
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective: expected one of {', '.join(OBJECTIVES)}, found {objective!r}")
+    if min_recall is not None and not 0.0 <= min_recall <= 1.0:
+        raise ValueError(f"min_recall: expected a fraction in [0, 1], found {min_recall!r}")
+    base = base or DetectConfig()
+    grid = grid or SweepGrid()
+    settings = [(m, t) for m in grid.merges for t in grid.merge_thrs]
+    run_conf = min(grid.confs)
+    shared = [CachingBackend(create_backend(backend, str(m))) for m in models]
+    detectors: list[Detector] = []
+    try:
+        for m, t in settings:
+            detectors.append(Detector(shared, weights=weights, config=replace(base, conf=run_conf, merge=m, merge_thr=t)))
+        mapping, notes = class_mapping(detectors[0].names, dataset.class_names)
+        per_setting: list[list[PhotoDetections]] = [[] for _ in settings]
+        problems: list[str] = []
+        from tqdm import tqdm
+
+        bar = tqdm(dataset.photos, desc="sweep", unit="photo", file=sys.stderr,
+                   disable=not (progress and sys.stderr.isatty()))
+        for photo in bar:
+            try:
+                image = photo.load()
+            except ImageReadError as exc:
+                problems.append(f"{photo.path}: not evaluated: {exc}")
+                continue
+            for k, det in enumerate(detectors):
+                per_setting[k].append(PhotoDetections(photo, map_classes(det.detect(image), mapping)))
+            for s in shared:
+                s.clear()
+        runs = sum(s.runs for s in shared)
+    finally:
+        for d in detectors:
+            d.close()
+        for s in shared:
+            s.close_shared()
+    rows = []
+    for (m, t), per_photo in zip(settings, per_setting):
+        whole = score_detections(per_photo, dataset.class_names, run_conf)
+        for c in sorted(grid.confs):
+            tp, fp, n_gt, rec, prec, f1 = operating_point(per_photo, c)
+            rows.append({"merge": m, "merge_thr": t, "conf": c, "recall": rec, "precision": prec, "f1": f1,
+                         "tp": tp, "fp": fp, "gt_boxes": n_gt, "map50": whole.map50, "map75": whole.map75,
+                         "map50_95": whole.map50_95, "lacmus_ap50": whole.lacmus_ap50, "lacmus_f1": whole.lacmus_f1})
+    notes = list(notes) + problems + [f"the model ran at conf {run_conf:g}; mAPs count detections from there up"]
+    best = _choose(rows, objective, min_recall, notes)
+    cfg = replace(base, conf=float(best["conf"]), merge=str(best["merge"]), merge_thr=float(best["merge_thr"]))
+    return SweepResult(rows, best, cfg, objective, min_recall, notes, runs)
+
+
+def _num(v: float) -> float:
+    return float(v) if v is not None and math.isfinite(float(v)) else -1.0
+
+
+def _choose(rows: list[dict], objective: str, min_recall: float | None, notes: list[str]) -> dict:
+    pool = rows
+    if min_recall is not None:
+        pool = [r for r in rows if _num(r["recall"]) >= min_recall]
+        if not pool:
+            top = max(_num(r["recall"]) for r in rows)
+            notes.append(f"no setting reaches recall {min_recall:g} (best {top:.4f}): the highest-recall settings "
+                         "were chosen from")
+            pool = [r for r in rows if _num(r["recall"]) == top]
+    # Ties go to the lower conf: when two settings score alike, the one that misses fewer people wins.
+    if objective == "f1":
+        return max(pool, key=lambda r: (_num(r["f1"]), _num(r["recall"]), -r["conf"]))
+    best_val = max(_num(r[objective]) for r in pool)
+    tied = [r for r in pool if _num(r[objective]) == best_val]
+    return max(tied, key=lambda r: (_num(r["f1"]), _num(r["recall"]), -r["conf"]))
+
+
+def write_detections_csv(result: EvalResult, path: str | Path) -> Path:
+    """Detections at or above the result's operating threshold in the Lacmus layout: id,xmin,ymin,xmax,ymax,score."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "xmin", "ymin", "xmax", "ymax", "score"])
+        for pd in result.per_photo:
+            d = pd.detections
+            for b, s in zip(d.xyxy, d.scores):
+                if s >= result.score_thr:
+                    w.writerow([pd.photo.path.name, *(round(float(v), 2) for v in b), round(float(s), 5)])
+    return Path(path)
+
+
+def write_eval(result: EvalResult, out_dir: str | Path, title: str | None = None) -> dict[str, Path]:
+    """metrics.json, pr_curve.png and detections.csv in out_dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(result.to_dict(), indent=1))
+    tmp.replace(out / "metrics.json")
+    return {"metrics": out / "metrics.json", "pr_curve": result.write_pr_curve(out / "pr_curve.png", title),
+            "detections": write_detections_csv(result, out / "detections.csv")}
