@@ -81,10 +81,12 @@ TRAIN = EXPORT + [
 ]
 RAY = ["ray[tune]>=2.41"]  # edgetile tune --ray: the same search on Ray Tune, shared by several machines
 SERVE = ["fastapi>=0.110", "uvicorn>=0.27", "python-multipart>=0.0.9", "pyyaml>=6.0"]
+SERVE_TEST = ["prometheus-client>=0.17"]  # the serve tests' oracle for the metrics text format
 DEV = sorted(
     set(
         TRAIN
         + SERVE
+        + SERVE_TEST
         + [
             "pytest>=7.4",
             "hypothesis>=6.80",
@@ -103,10 +105,12 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.8",
-    packages=["edgetile.runtime", "edgetile.runtime.backends", "edgetile.export", "edgetile.train"],
+    packages=["edgetile.runtime", "edgetile.runtime.backends", "edgetile.runtime.serve", "edgetile.export",
+              "edgetile.train"],
     package_dir={
         "edgetile.runtime": "runtime",
         "edgetile.runtime.backends": "runtime/backends",
+        "edgetile.runtime.serve": "runtime/serve",
         "edgetile.export": "export",
         "edgetile.train": "train",
     },

@@ -235,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "versions where present, the merge implementation, and usable backends.")
     env.set_defaults(func=cmd_env)
 
+    # The on-device daemon (edgetile.runtime.serve); fastapi and uvicorn load only when it runs.
+    from .serve import register as register_serve
+
+    register_serve(sub)
+
     unavailable = []
     for ep in sorted(metadata.entry_points(group="edgetile.commands"), key=lambda e: e.name):
         try:

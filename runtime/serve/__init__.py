@@ -1,0 +1,119 @@
+"""``edgetile serve``: the on-device daemon that processes every photo it is given and never loses one.
+
+Photos come from watched folders, video files, RTSP streams or V4L2 cameras (every Nth frame) and
+HTTP uploads; each is recorded in a durable SQLite queue under ``--state`` before it is processed, and
+its detections (the same records ``edgetile detect`` writes) are committed together with its done
+mark. An HTTP API serves results, failures, images and Prometheus metrics.
+
+Importing this package is cheap (argparse only): the ``serve`` subcommand is registered with every
+``edgetile`` invocation, while FastAPI, uvicorn and the detector load only when the daemon runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_PORT = 8765
+DEFAULT_STATE = "edgetile-state"
+
+
+def _number(kind: type, minimum: float, option: str):
+    def parse(s: str):
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'} >= {minimum} for {option}, found {s!r}"
+            ) from None
+        if not v >= minimum or v != v or v == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a number >= {minimum} for {option}, found {s}")
+        return v
+
+    return parse
+
+
+def add_serve_options(p: argparse.ArgumentParser) -> None:
+    """The daemon's own options: config file, state, sources, HTTP and queue behaviour."""
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML file whose keys are these long option names (e.g. 'watch: [/data/drop]', "
+                        "'conf: 0.1'); options given on the command line win over the file")
+    p.add_argument("--state", metavar="DIR", default=DEFAULT_STATE,
+                   help="folder for the queue database, uploads and video frames; keep it on the device's "
+                        f"persistent storage (default: ./{DEFAULT_STATE})")
+    g = p.add_argument_group("sources")
+    g.add_argument("--watch", nargs="+", action="extend", metavar="DIR", default=[],
+                   help="folder(s) searched recursively for new photos, e.g. a camera SD card or FTP drop "
+                        "folder; a file is read once its size and time stop changing for --settle seconds")
+    g.add_argument("--settle", type=_number(float, 0, "--settle"), default=2.0,
+                   help="seconds a watched file must stay unchanged before it is read; 0 when writers "
+                        "rename finished files into the folder (default: 2)")
+    g.add_argument("--poll", type=_number(float, 0.05, "--poll"), default=1.0,
+                   help="seconds between scans of the watched folders (default: 1)")
+    g.add_argument("--video", nargs="+", action="extend", metavar="SRC", default=[],
+                   help="video file, RTSP/HTTP stream URL, V4L2 device (/dev/video0) or camera index (0), "
+                        "read through OpenCV; streams and cameras reconnect when they drop")
+    g.add_argument("--frame-stride", type=_number(int, 1, "--frame-stride"), default=15,
+                   help="process every Nth video frame; 15 on a 30 fps camera is two photos a second "
+                        "(default: 15)")
+    g = p.add_argument_group("HTTP API")
+    g.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; anything but loopback needs --token (default: 127.0.0.1)")
+    g.add_argument("--port", type=_number(int, 0, "--port"), default=DEFAULT_PORT,
+                   help=f"TCP port; 0 picks a free one and logs it (default: {DEFAULT_PORT})")
+    g.add_argument("--token", metavar="SECRET",
+                   help="require 'Authorization: Bearer SECRET' on every request but /health; visible in the "
+                        "process list, so prefer --token-file")
+    g.add_argument("--token-file", metavar="FILE",
+                   help="read the bearer token from this file (first line), e.g. a systemd credential")
+    g.add_argument("--max-upload-mb", type=_number(float, 0.001, "--max-upload-mb"), default=50.0,
+                   help="largest photo accepted by POST /images, in MiB (default: 50)")
+    g.add_argument("--access-log", action="store_true", help="log every HTTP request")
+    g = p.add_argument_group("queue")
+    g.add_argument("--max-attempts", type=_number(int, 1, "--max-attempts"), default=3,
+                   help="tries before a failing input is parked (listed by GET /failed) and the queue goes "
+                        "on; a crash or power cut during an input counts as a try (default: 3)")
+    g.add_argument("--retry-after", type=_number(float, 0, "--retry-after"), default=10.0,
+                   help="seconds before a failed input is tried again (default: 10)")
+    g.add_argument("--queue-batch", type=_number(int, 1, "--queue-batch"), default=4,
+                   help="photos taken from the queue and committed together when a backlog builds up; a "
+                        "lone photo is committed at once. SIGTERM finishes this batch (default: 4)")
+    g.add_argument("--retry-failed", action="store_true",
+                   help="at start, send every parked input back to the queue with fresh tries")
+    g.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
+                   help="debug logs every photo; info logs start, stop and failures (default: info)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``serve`` subcommand to the ``edgetile`` parser; imports nothing heavy.
+
+    Every option's default is replaced by SUPPRESS after it is recorded, so that the command can tell
+    options given on the command line (which win) from defaults (which a --config file overrides).
+    """
+    from ..cli import add_detect_options
+
+    s = subparsers.add_parser(
+        "serve", help="run the on-device daemon: watch folders, streams and uploads; serve results over HTTP",
+        description="Process every photo from watched folders, video streams and HTTP uploads through a durable "
+                    "queue (STATE/queue.sqlite3) that survives crashes and power cuts, and serve the results "
+                    "over HTTP: /health, /metrics, /detections, /failed, /images. SIGTERM finishes the current "
+                    "batch, commits it and exits 0.",
+        epilog="Exit codes: 0 stopped by SIGTERM/SIGINT, 1 the worker failed, 2 usage error.\n"
+               "Example: edgetile serve --model person.engine --watch /media/sd/DCIM --state /var/lib/edgetile "
+               "--tile 1024 --conf 0.2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_detect_options(s)
+    add_serve_options(s)
+    defaults, actions = {}, {}
+    for action in s._actions:  # argparse has no public way to list a parser's options
+        if action.dest != "help":
+            defaults[action.dest], actions[action.dest] = action.default, action
+            action.default = argparse.SUPPRESS
+    s.set_defaults(func=_run, _serve_defaults=defaults, _serve_actions=actions)
+    return s
+
+
+def _run(a: argparse.Namespace) -> int:
+    from .daemon import serve_command
+
+    return serve_command(a)

@@ -1,0 +1,190 @@
+"""The HTTP API of ``edgetile serve`` (FastAPI).
+
+GET /health, GET /metrics, GET /detections?since=ID&limit=N, GET /failed?since=ID&limit=N,
+GET /inputs/{sha256}, GET /images/{id}, GET /images/{id}/annotated, POST /images.
+
+Ids are outcome ids: each input gets exactly one outcome (its detections, or the error it was parked
+with), numbered in commit order, so ``since`` paging never misses a result. With a token, every
+route but /health needs ``Authorization: Bearer TOKEN`` (health checks of Docker and systemd carry no
+secret; /health reveals only whether the daemon works and its queue depth).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import mimetypes
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.datastructures import UploadFile
+
+from .._version import __version__
+from ..images import ImageReadError, read_image
+from ..outputs import draw_detections
+from ..results import Detections
+from .store import PhotoQueue
+from .telemetry import read_sensors, render_prometheus
+from .uploads import UploadTooLarge, store_upload
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the photo
+PAGE_MAX = 1000
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def create_app(daemon: Daemon) -> FastAPI:
+    """The API over one daemon's queue, configuration and measurements."""
+    cfg = daemon.config
+    app = FastAPI(title="edgetile serve", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+
+    def queue() -> PhotoQueue:
+        return PhotoQueue(cfg.db_path, cfg.max_attempts, cfg.retry_after)
+
+    def check_token(request: Request) -> None:
+        if cfg.token is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), cfg.token.encode()):
+            raise HTTPException(401, "expected the header 'Authorization: Bearer TOKEN' with the daemon's token",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    @app.get("/health")
+    def health() -> JSONResponse:
+        with queue() as q:
+            depth = q.depth()
+        alive = daemon.worker_alive()
+        body = {"status": "ok" if alive else "worker stopped", "version": __version__, "queue_depth": depth,
+                "stopping": daemon.stop.is_set()}
+        return JSONResponse(body, status_code=200 if alive else 503)
+
+    api = APIRouter(dependencies=[Depends(check_token)])
+
+    @api.get("/metrics")
+    def metrics() -> PlainTextResponse:
+        with queue() as q:
+            counts = q.counts()
+        text = render_prometheus(counts, daemon.histograms, read_sensors(cfg.sysfs), daemon.retries,
+                                 daemon.started_at, __version__)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @api.get("/detections")
+    def detections(since: int = Query(0, ge=0, description="return results after this id (the previous 'next')"),
+                   limit: int = Query(100, ge=1, le=PAGE_MAX)) -> dict:
+        with queue() as q:
+            items, nxt = q.detections(since, limit)
+        return {"items": items, "next": nxt}
+
+    @api.get("/failed")
+    def failed(since: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=PAGE_MAX)) -> dict:
+        with queue() as q:
+            items, nxt = q.failed(since, limit)
+        return {"items": items, "next": nxt}
+
+    @api.get("/inputs/{sha256}")
+    def input_status(sha256: str) -> dict:
+        if not _SHA256.match(sha256):
+            raise HTTPException(422, f"expected a 64-digit lowercase hex SHA-256, found {sha256[:80]!r}")
+        with queue() as q:
+            found = q.lookup(sha256)
+        if found is None:
+            raise HTTPException(404, f"no input with SHA-256 {sha256}")
+        return found
+
+    def outcome_or_404(outcome_id: int):
+        with queue() as q:
+            row = q.outcome(outcome_id)
+        if row is None:
+            raise HTTPException(404, f"no result with id {outcome_id}")
+        if not Path(row["path"]).is_file():
+            raise HTTPException(404, f"the image of result {outcome_id} is no longer at {row['path']}")
+        return row
+
+    @api.get("/images/{outcome_id}")
+    def image(outcome_id: int) -> FileResponse:
+        row = outcome_or_404(outcome_id)
+        media = mimetypes.guess_type(row["path"])[0] or "application/octet-stream"
+        return FileResponse(row["path"], media_type=media)
+
+    @api.get("/images/{outcome_id}/annotated")
+    def annotated(outcome_id: int) -> Response:
+        row = outcome_or_404(outcome_id)
+        if not row["ok"]:
+            raise HTTPException(409, f"result {outcome_id} is a failed input ({row['error']}); nothing to draw")
+        try:
+            img = read_image(row["path"])
+        except ImageReadError as exc:
+            raise HTTPException(409, f"result {outcome_id}: {exc}") from None
+        records = json.loads(row["detections"])
+        dets = Detections(
+            np.asarray([r["bbox"] for r in records], np.float32).reshape(-1, 4),
+            np.asarray([r["score"] for r in records], np.float32),
+            np.asarray([r["class_id"] for r in records], np.int64),
+        )
+        names = {r["class_id"]: r["class_name"] for r in records}
+        ok, jpeg = cv2.imencode(".jpg", draw_detections(img, dets, names), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        if not ok:
+            raise HTTPException(500, f"result {outcome_id}: OpenCV could not encode the annotated JPEG")
+        return Response(jpeg.tobytes(), media_type="image/jpeg")
+
+    @api.post("/images", status_code=201)
+    async def upload(request: Request, name: str = Query("", description="file name for a raw-body upload")):
+        limit = cfg.max_upload_bytes
+        length = request.headers.get("content-length")
+        if length is None:
+            raise HTTPException(411, "expected a Content-Length header (chunked uploads are not accepted)")
+        if not length.isdigit():
+            raise HTTPException(400, f"expected a numeric Content-Length, found {length[:40]!r}")
+        if int(length) > limit + MULTIPART_OVERHEAD:
+            raise HTTPException(413, f"upload too large: expected at most {limit} bytes (--max-upload-mb), "
+                                     f"found {length}")
+        ctype = request.headers.get("content-type", "")
+        if ctype.startswith("multipart/form-data"):
+            form = await request.form(max_files=1, max_fields=8)
+            try:
+                part = form.get("file")
+                if not isinstance(part, UploadFile):
+                    raise HTTPException(422, "expected the photo in a multipart file field named 'file', found none")
+                stored = await run_in_threadpool(_store, part.file, part.filename, cfg)
+            finally:
+                await form.close()
+        else:
+            spool = tempfile.SpooledTemporaryFile(max_size=1 << 20, dir=cfg.tmp_dir)
+            try:
+                async for chunk in request.stream():
+                    spool.write(chunk)
+                spool.seek(0)
+                stored = await run_in_threadpool(_store, spool, name, cfg)
+            finally:
+                spool.close()
+        with queue() as q:
+            _item_id, created = q.add(stored.sha256, "upload", stored.name, stored.path)
+            status = q.lookup(stored.sha256)
+        if created:
+            daemon.wake.set()
+        body = {**status, "width": stored.width, "height": stored.height, "duplicate": not created}
+        return JSONResponse(body, status_code=201 if created else 200)
+
+    app.include_router(api)
+    return app
+
+
+def _store(src, client_name, cfg):
+    try:
+        return store_upload(src, client_name, cfg.uploads_dir, cfg.tmp_dir, cfg.max_upload_bytes)
+    except UploadTooLarge as exc:
+        raise HTTPException(413, f"{exc} (--max-upload-mb)") from None
+    except ImageReadError as exc:
+        raise HTTPException(415, f"expected a readable image: {exc}") from None
+    except OSError as exc:
+        raise HTTPException(507, f"cannot store the upload: {exc.strerror or exc} (is {os.fspath(cfg.state)} full?)") from None

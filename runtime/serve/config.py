@@ -1,0 +1,223 @@
+"""The daemon's configuration: command-line options over a YAML file over defaults, checked before start.
+
+A YAML key is a long option name without its dashes (``frame-stride`` or ``frame_stride``); its value
+goes through the same parser as the option, so ``conf: 2`` is refused exactly like ``--conf 2``. An
+option that takes several values takes a YAML list (a single value is a list of one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..images import IMAGE_EXTENSIONS
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported in one line before the daemon starts (exit code 2)."""
+
+
+def _convert(action: argparse.Action, key: str, value: object, source: str):
+    where = f"{source}: {key}"
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, found {value!r}")
+        return value if isinstance(action, argparse._StoreTrueAction) else not value
+
+    def one(v: object):
+        if isinstance(v, (dict, list)) or v is None:
+            raise ConfigError(f"{where}: expected a single value, found {v!r}")
+        text = str(v).lower() if isinstance(v, bool) else str(v)
+        try:
+            out = action.type(text) if action.type else text
+        except (argparse.ArgumentTypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if action.choices is not None and out not in action.choices:
+            raise ConfigError(f"{where}: expected one of {', '.join(map(str, action.choices))}, found {v!r}")
+        return out
+
+    if action.nargs in ("+", "*"):
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            raise ConfigError(f"{where}: expected at least one value, found an empty list")
+        return [one(v) for v in values]
+    return one(value)
+
+
+def merge_options(given: argparse.Namespace, defaults: Mapping[str, object]) -> argparse.Namespace:
+    """Options from the command line, then the --config file, then the defaults.
+
+    Args:
+        given: What argparse parsed, holding only options given on the command line (the serve
+            parser's defaults are SUPPRESS), plus ``_serve_defaults`` and the parser itself under
+            ``_serve_actions``.
+        defaults: dest -> default of every serve option.
+
+    Raises:
+        ConfigError: unreadable file, unknown key, or a value its option would refuse.
+    """
+    actions: dict[str, argparse.Action] = getattr(given, "_serve_actions", {})
+    merged = dict(defaults)
+    config = getattr(given, "config", None)
+    if config:
+        for dest, value in load_yaml(config).items():
+            key = dest.replace("-", "_")
+            if key not in actions or key in ("config",):
+                known = ", ".join(sorted(k for k in actions if k != "config"))
+                raise ConfigError(f"{config}: unknown key {dest!r}; expected one of: {known}")
+            merged[key] = _convert(actions[key], dest, value, config)
+    for k, v in vars(given).items():
+        if k in defaults:
+            merged[k] = v
+    return argparse.Namespace(**merged)
+
+
+def load_yaml(path: str | Path) -> dict:
+    """A YAML mapping from a file; anything else is a ConfigError naming what was found."""
+    try:
+        import yaml
+    except ImportError as exc:
+        raise ConfigError(f"--config needs PyYAML, part of the serve extra (pip install 'edgetile[serve]'): {exc}") from None
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"--config: cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"--config {path}: not valid YAML: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of option names to values, found {type(data).__name__}")
+    return data
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address the host name resolves to is a loopback address."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host: cannot resolve {host!r}: {exc.strerror}") from None
+    return all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything the daemon needs besides the detector.
+
+    Attributes:
+        state: Folder of the queue database, uploads and frames.
+        watch: Folders searched recursively for new photos.
+        video: Video files, stream URLs, V4L2 devices or camera indices.
+        frame_stride: Process every Nth frame of a video source.
+        settle: Seconds a watched file must stay unchanged before it is read.
+        poll: Seconds between scans of the watched folders.
+        host: Address to listen on.
+        port: TCP port (0: any free one).
+        token: Bearer token required on every request but /health, or None.
+        max_upload_bytes: Largest accepted upload.
+        access_log: Log every HTTP request.
+        max_attempts: Tries before a failing input is parked.
+        retry_after: Seconds before a failed input is tried again.
+        queue_batch: Photos claimed and committed together.
+        retry_failed: Requeue parked inputs at start.
+        log_level: Logging level name.
+        sysfs: Where sysfs is mounted (sensors for /metrics).
+    """
+
+    state: Path
+    watch: tuple[Path, ...] = ()
+    video: tuple[str, ...] = ()
+    frame_stride: int = 15
+    settle: float = 2.0
+    poll: float = 1.0
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: str | None = None
+    max_upload_bytes: int = 50 * 1024 * 1024
+    access_log: bool = False
+    max_attempts: int = 3
+    retry_after: float = 10.0
+    queue_batch: int = 4
+    retry_failed: bool = False
+    log_level: str = "info"
+    sysfs: Path = Path("/sys")
+
+    @property
+    def db_path(self) -> Path:
+        return self.state / "queue.sqlite3"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.state / "uploads"
+
+    @property
+    def frames_dir(self) -> Path:
+        return self.state / "frames"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.state / "tmp"
+
+    @classmethod
+    def from_options(cls, a: argparse.Namespace) -> ServeConfig:
+        """Check the merged options and build the configuration; every problem is a ConfigError."""
+        if a.token and a.token_file:
+            raise ConfigError("--token and --token-file: expected one of them, found both")
+        token = a.token
+        if a.token_file:
+            try:
+                lines = Path(a.token_file).read_text(encoding="utf-8").splitlines()
+            except OSError as exc:
+                raise ConfigError(f"--token-file: cannot read {a.token_file}: {exc.strerror or exc}") from None
+            token = lines[0].strip() if lines else ""
+            if not token:
+                raise ConfigError(f"--token-file: expected a token on the first line of {a.token_file}, found none")
+        if token is not None and (not token or any(c.isspace() for c in token)):
+            raise ConfigError("--token: expected a non-empty token without spaces")
+        if not is_loopback(a.host) and not token:
+            raise ConfigError(f"--host {a.host}: listening beyond this machine needs --token or --token-file "
+                              "(requests then need 'Authorization: Bearer TOKEN')")
+        if a.port > 65535:
+            raise ConfigError(f"--port: expected 0..65535, found {a.port}")
+        watch = []
+        for w in a.watch:
+            p = Path(w)
+            if not p.is_dir():
+                raise ConfigError(f"--watch: expected an existing folder, found {'a file' if p.exists() else 'nothing'} at {w}")
+            watch.append(p.resolve())
+        state = Path(a.state)
+        if state.exists() and not state.is_dir():
+            raise ConfigError(f"--state: expected a folder, found a file at {a.state}")
+        for v in a.video:
+            if video_kind(v) == "file" and not Path(v).is_file():
+                raise ConfigError(f"--video: expected a video file, stream URL, /dev/video device or camera index, "
+                                  f"found no file at {v}")
+        return cls(
+            state=state.resolve(), watch=tuple(watch), video=tuple(a.video), frame_stride=a.frame_stride,
+            settle=a.settle, poll=a.poll, host=a.host, port=a.port, token=token,
+            max_upload_bytes=int(a.max_upload_mb * 1024 * 1024), access_log=a.access_log,
+            max_attempts=a.max_attempts, retry_after=a.retry_after, queue_batch=a.queue_batch,
+            retry_failed=a.retry_failed, log_level=a.log_level,
+        )
+
+
+def video_kind(source: str) -> str:
+    """"stream" (a URL), "camera" (an index or /dev/video*), or "file"."""
+    if "://" in source:
+        return "stream"
+    if source.isdigit() or source.startswith("/dev/video"):
+        return "camera"
+    return "file"
+
+
+def is_image_name(name: str) -> bool:
+    """True when the name has one of the image extensions read_image is used on."""
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS

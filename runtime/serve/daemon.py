@@ -1,0 +1,301 @@
+"""The daemon: sources record inputs, one worker runs the detector over the queue, uvicorn serves the API.
+
+Threads: one per watched-folder set and per video source (recording inputs), one worker (the only
+user of the Detector), one HTTP server. The main thread waits for SIGTERM or SIGINT; then sources
+stop, the worker finishes the batch it holds and commits it, the server stops, and the process exits
+0. A SIGKILL or power cut at any moment loses nothing: what was not committed runs again at the next
+start (see :mod:`.store`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+
+from ..images import ImageReadError, read_image
+from .config import ConfigError, ServeConfig, merge_options
+from .sources import FolderWatcher, VideoReader
+from .store import Item, Outcome, PhotoQueue
+from .telemetry import StageHistograms
+
+log = logging.getLogger("edgetile.serve")
+
+EXIT_OK, EXIT_WORKER_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about readiness or shutdown; nothing happens outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(address)
+            s.sendall(message.encode())
+    except OSError as exc:
+        log.warning("cannot notify systemd through %s: %s", os.environ.get("NOTIFY_SOCKET"), exc)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket, bound now so that a taken port is reported before anything starts."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host: cannot resolve {host!r}: {exc.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"--host {host} --port {port}: cannot listen there: {exc.strerror or exc}") from None
+    return sock
+
+
+class Daemon:
+    """One running daemon: configuration, detector, measurements and the stop signal.
+
+    Args:
+        config: What to watch, where to keep state, how to serve.
+        detector: An open Detector (or anything with ``detect(image, timings)`` and ``names``); used by
+            the worker thread only.
+    """
+
+    def __init__(self, config: ServeConfig, detector) -> None:
+        self.config = config
+        self.detector = detector
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.histograms = StageHistograms()
+        self.started_at = time.time()
+        self._retries = 0
+        self._lock = threading.Lock()
+        self._worker: threading.Thread | None = None
+        self.worker_error: BaseException | None = None
+
+    @property
+    def retries(self) -> int:
+        """Failed attempts queued again for a later try, this run."""
+        with self._lock:
+            return self._retries
+
+    def worker_alive(self) -> bool:
+        return self._worker is not None and self._worker.is_alive()
+
+    def request_stop(self, *_signal_args: object) -> None:
+        """Stop taking new work; the worker finishes and commits its batch."""
+        self.stop.set()
+        self.wake.set()
+
+    # ---- the worker -------------------------------------------------------------------------
+
+    def process(self, item: Item) -> Outcome:
+        """Run the detector on one input; any failure becomes the outcome's one-line error."""
+        t0 = time.perf_counter()
+        try:
+            image = read_image(item.path)
+            timings = {"read": (time.perf_counter() - t0) * 1000}
+            dets = self.detector.detect(image, timings)
+            timings["total"] = (time.perf_counter() - t0) * 1000
+            return Outcome(item, width=int(image.shape[1]), height=int(image.shape[0]),
+                           detections=dets.to_records(self.detector.names),
+                           timings_ms={k: round(v, 2) for k, v in timings.items()})
+        except (ImageReadError, OSError, ValueError, MemoryError) as exc:
+            error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            log.warning("%s: attempt %d of %d failed: %s", item.name, item.attempts, self.config.max_attempts, error)
+        except Exception as exc:  # noqa: BLE001 - a backend failure on one input is recorded with it, and logged whole
+            error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+            log.exception("%s: attempt %d of %d failed", item.name, item.attempts, self.config.max_attempts)
+        return Outcome(item, error=error)
+
+    def work(self) -> None:
+        """Claim, process and commit batches until stopped."""
+        cfg = self.config
+        try:
+            with PhotoQueue(cfg.db_path, cfg.max_attempts, cfg.retry_after) as q:
+                while not self.stop.is_set():
+                    self.wake.clear()
+                    items = q.claim(cfg.queue_batch)
+                    if not items:
+                        self.wake.wait(0.5)
+                        continue
+                    outcomes = [self.process(it) for it in items]  # a stop request waits for the whole batch
+                    t0 = time.perf_counter()
+                    parked = q.finish(outcomes)
+                    self.histograms.observe("commit", time.perf_counter() - t0)
+                    for o in outcomes:
+                        if o.ok:
+                            self.histograms.observe_ms(o.timings_ms or {})
+                            log.debug("%s: %d detection(s)", o.item.name, len(o.detections or []))
+                        elif o.item.attempts >= cfg.max_attempts:
+                            log.warning("%s: parked after %d attempt(s): %s", o.item.name, o.item.attempts, o.error)
+                    with self._lock:
+                        self._retries += sum(1 for o in outcomes if not o.ok) - parked
+        except BaseException as exc:
+            self.worker_error = exc
+            log.exception("the worker stopped")
+            raise
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    def _prepare_state(self) -> None:
+        cfg = self.config
+        for d in (cfg.state, cfg.uploads_dir, cfg.frames_dir, cfg.tmp_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        for leftover in cfg.tmp_dir.iterdir():  # uploads cut off by a crash: never answered, never queued
+            if leftover.is_file():
+                leftover.unlink()
+
+    def _lock_state(self):
+        if os.name != "posix":
+            return None
+        import fcntl
+
+        f = open(self.config.state / "lock", "a+")  # noqa: SIM115 - held open for the daemon's life
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            raise ConfigError(f"--state {self.config.state}: another edgetile serve is using this folder") from None
+        return f
+
+    def run(self) -> int:
+        """Start everything, wait for SIGTERM/SIGINT, shut down in order; returns the exit code."""
+        import uvicorn
+
+        from .app import create_app
+
+        cfg = self.config
+        self._prepare_state()
+        lock = self._lock_state()
+        try:
+            with PhotoQueue(cfg.db_path, cfg.max_attempts, cfg.retry_after) as q:
+                requeued, parked = q.recover()
+                retried = q.retry_parked() if cfg.retry_failed else 0
+                counts = q.counts()
+            if requeued or parked:
+                log.warning("the last run stopped without finishing %d input(s): %d queued again (each tried "
+                            "alone), %d parked (interrupted on their last allowed attempt)",
+                            requeued + parked, requeued, parked)
+            if retried:
+                log.info("--retry-failed: %d parked input(s) queued again", retried)
+            sock = bind_socket(cfg.host, cfg.port)
+            server = uvicorn.Server(uvicorn.Config(create_app(self), log_config=None, log_level="warning",
+                                                   access_log=cfg.access_log, lifespan="off"))
+            if cfg.access_log:
+                logging.getLogger("uvicorn.access").setLevel(logging.INFO)
+            threads: list[threading.Thread] = []
+            if cfg.watch:
+                watcher = FolderWatcher(cfg.watch, cfg.settle, exclude=cfg.state, on_new=self.wake.set)
+                threads.append(threading.Thread(target=watcher.run, name="watch", daemon=True,
+                                                args=(cfg.db_path, self.stop, cfg.poll, time.time)))
+            for src in cfg.video:
+                reader = VideoReader(src, cfg.frame_stride, cfg.frames_dir, cfg.tmp_dir,
+                                     max_pending=max(32, 4 * cfg.queue_batch), on_new=self.wake.set)
+                threads.append(threading.Thread(target=reader.run, name=f"video {src}", daemon=True,
+                                                args=(cfg.db_path, self.stop)))
+            self._worker = threading.Thread(target=self.work, name="worker")
+            http = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="http", daemon=True)
+            previous = {}
+            if threading.current_thread() is threading.main_thread():
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    previous[sig] = signal.signal(sig, self.request_stop)
+            try:
+                self._worker.start()
+                for t in threads:
+                    t.start()
+                http.start()
+                host, port = sock.getsockname()[:2]
+                url_host = f"[{host}]" if ":" in host else host
+                log.info("listening on http://%s:%d  state %s  queue: %d waiting, %d done, %d parked%s",
+                         url_host, port, cfg.state, counts["queued"], counts["done"], counts["parked"],
+                         "  (token required)" if cfg.token else "")
+                sd_notify("READY=1")
+                code = EXIT_OK
+                while not self.stop.wait(0.5):
+                    if not self._worker.is_alive():
+                        code = EXIT_WORKER_FAILED
+                        break
+                    if not http.is_alive():
+                        log.error("the HTTP server stopped")
+                        code = EXIT_WORKER_FAILED
+                        break
+                sd_notify("STOPPING=1")
+                log.info("stopping: finishing the current batch")
+                self.request_stop()
+                self._worker.join()
+                for t in threads:
+                    t.join(timeout=10)
+                server.should_exit = True
+                http.join(timeout=10)
+                with PhotoQueue(cfg.db_path) as q:
+                    left = q.depth()
+                if self.worker_error is not None:
+                    code = EXIT_WORKER_FAILED
+                log.info("stopped; %d input(s) wait for the next start", left)
+                return code
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+                sock.close()
+        finally:
+            if lock is not None:
+                lock.close()
+
+
+def _setup_logging(level: str) -> list[tuple[logging.Logger, logging.Handler]]:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s edgetile serve %(levelname)s: %(message)s"))
+    installed = []
+    for name in ("edgetile.serve", "uvicorn"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.propagate = False
+        installed.append((logger, handler))
+    logging.getLogger("edgetile.serve").setLevel(level.upper())
+    return installed
+
+
+def serve_command(a: argparse.Namespace) -> int:
+    """``edgetile serve``: merge options and config file, open the detector, run the daemon."""
+    from ..cli import UsageError, open_detector
+
+    try:
+        options = merge_options(a, a._serve_defaults)
+        config = ServeConfig.from_options(options)
+    except ConfigError as exc:
+        print(f"edgetile serve: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        print(f"edgetile serve: error: needs the serve extra (pip install 'edgetile[serve]'): {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    installed = _setup_logging(config.log_level)
+    try:
+        try:
+            detector = open_detector(options)
+        except UsageError as exc:
+            print(f"edgetile serve: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        with detector:
+            try:
+                return Daemon(config, detector).run()
+            except ConfigError as exc:
+                print(f"edgetile serve: error: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+    finally:
+        for logger, handler in installed:
+            logger.removeHandler(handler)
+

@@ -1,0 +1,260 @@
+"""Where photos come from: watched folders and video sources (files, RTSP streams, V4L2 cameras).
+
+Each source runs in its own thread with its own queue connection and only *records* inputs (content
+hash, name, where the bytes are); the worker processes them. A source that fails logs why and, for
+live streams and cameras, reconnects; it never stops the daemon.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from ..images import IMAGE_EXTENSIONS
+from .config import video_kind
+from .store import PhotoQueue
+
+log = logging.getLogger("edgetile.serve")
+
+# Names that file copiers, browsers and FTP servers give to files still being written.
+PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".filepart", ".download", ".!sync")
+HASH_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB pieces (bounded memory for any photo size)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(HASH_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_atomic(data: bytes, path: Path, tmp_dir: Path) -> None:
+    """Write bytes so that the file appears complete or not at all, and is on disk when this returns."""
+    fd, tmp = tempfile.mkstemp(dir=tmp_dir, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename into this folder durable (POSIX); a no-op where folders cannot be opened."""
+    if os.name != "posix":
+        return
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _walk_images(folder: Path, exclude: Path | None) -> Iterator[tuple[str, os.stat_result]]:
+    stack = [str(folder)]
+    while stack:
+        current = stack.pop()
+        try:
+            entries = sorted(os.scandir(current), key=lambda e: e.name)
+        except OSError as exc:  # a folder removed or unreadable mid-scan: report it and go on
+            log.warning("cannot list %s: %s", current, exc.strerror or exc)
+            continue
+        for e in entries:
+            if e.name.startswith("."):
+                continue  # hidden files: editors', rsync's and our own temporary names
+            if e.is_dir(follow_symlinks=False):
+                if exclude is None or Path(e.path) != exclude:
+                    stack.append(e.path)
+            elif e.name.lower().endswith(PARTIAL_SUFFIXES):
+                continue
+            elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
+                try:
+                    yield e.path, e.stat()
+                except FileNotFoundError:
+                    continue  # renamed away between listing and stat
+
+
+class FolderWatcher:
+    """Records photos that appear in folders, each once it is complete.
+
+    A file is complete when its size and modification time did not change for ``settle`` seconds
+    (between two scans), or at once with ``settle=0`` when writers rename finished files into the
+    folder. Files already recorded (same path, size and time) are skipped without being read again,
+    so a restart over a full SD card costs one folder listing.
+
+    Args:
+        folders: Folders searched recursively.
+        settle: Seconds a file must stay unchanged.
+        exclude: A folder never entered (the daemon's own state folder, if inside a watched one).
+        on_new: Called after new inputs were recorded (wakes the worker).
+    """
+
+    def __init__(self, folders: Sequence[Path], settle: float, exclude: Path | None = None,
+                 on_new: Callable[[], None] | None = None) -> None:
+        self.folders = [Path(f) for f in folders]
+        self.settle = float(settle)
+        self.exclude = exclude
+        self.on_new = on_new or (lambda: None)
+        self._pending: dict[str, tuple[int, int, float]] = {}  # path -> (size, mtime_ns, unchanged since)
+        self._recorded: dict[str, tuple[int, int]] = {}
+
+    def scan(self, queue: PhotoQueue, now: float) -> int:
+        """One pass over the folders; returns how many new inputs were recorded."""
+        added = 0
+        pending: dict[str, tuple[int, int, float]] = {}
+        recorded: dict[str, tuple[int, int]] = {}
+        for folder in self.folders:
+            for path, st in _walk_images(folder, self.exclude):
+                key = (st.st_size, st.st_mtime_ns)
+                if self._recorded.get(path) == key:
+                    recorded[path] = key
+                    continue
+                if queue.known_file(path, *key):
+                    recorded[path] = key
+                    continue
+                size, mtime, since = self._pending.get(path, (-1, -1, now))
+                if (size, mtime) != key:
+                    since = now
+                if st.st_size > 0 and now - since >= self.settle and (self.settle == 0 or path in self._pending):
+                    try:
+                        digest = sha256_file(path)
+                    except OSError as exc:
+                        log.warning("cannot read %s: %s; trying again next scan", path, exc.strerror or exc)
+                        pending[path] = (*key, since)
+                        continue
+                    _item_id, created = queue.add(digest, "watch", path, path, file_stat=key)
+                    recorded[path] = key
+                    added += created
+                    if created:
+                        log.debug("queued %s", path)
+                    else:
+                        log.debug("%s: same content as an input already queued; not queued again", path)
+                else:
+                    pending[path] = (*key, since)
+        # Only what is in the folders now is remembered: memory stays bounded by the folders' contents.
+        self._pending, self._recorded = pending, recorded
+        if added:
+            self.on_new()
+        return added
+
+    def run(self, queue_path: Path, stop: threading.Event, poll: float, clock: Callable[[], float]) -> None:
+        """Scan every ``poll`` seconds until ``stop`` is set."""
+        with PhotoQueue(queue_path) as queue:
+            while not stop.is_set():
+                self.scan(queue, clock())
+                stop.wait(poll)
+
+
+class VideoReader:
+    """Records every ``stride``-th frame of a video file, stream or camera as a JPEG under ``frames_dir``.
+
+    Frames are named ``SOURCE#frame=N`` (N counts from 0 in the source). A video file is read once:
+    how far it was read is kept in the queue, so a restart goes on where it stopped; while more than
+    ``max_pending`` inputs wait, reading a file pauses (a file can wait, a live stream cannot, so
+    streams and cameras are always read at their own pace and must be given a stride the device
+    keeps up with). Streams and cameras reconnect with a growing pause (1 s to 30 s) when they drop.
+
+    Args:
+        source: File path, URL, /dev/videoN or a camera index.
+        stride: Keep every Nth frame.
+        frames_dir: Where frames are stored (one file per distinct frame, named by its hash).
+        tmp_dir: Same file system as frames_dir, for atomic writes.
+        max_pending: Queue depth above which reading a file pauses.
+        on_new: Called after each recorded frame (wakes the worker).
+    """
+
+    def __init__(self, source: str, stride: int, frames_dir: Path, tmp_dir: Path, max_pending: int = 32,
+                 on_new: Callable[[], None] | None = None) -> None:
+        if int(stride) < 1:
+            raise ValueError(f"stride: expected an integer >= 1, found {stride!r}")
+        self.source = source
+        self.kind = video_kind(source)
+        self.stride = int(stride)
+        self.frames_dir, self.tmp_dir = frames_dir, tmp_dir
+        self.max_pending = max_pending
+        self.on_new = on_new or (lambda: None)
+
+    def _open(self):
+        import cv2
+
+        if self.kind == "camera":
+            target = int(self.source) if self.source.isdigit() else self.source
+            backend = getattr(cv2, "CAP_V4L2", cv2.CAP_ANY) if os.name == "posix" else cv2.CAP_ANY
+            return cv2.VideoCapture(target, backend)
+        return cv2.VideoCapture(self.source)
+
+    def run(self, queue_path: Path, stop: threading.Event) -> None:
+        """Read frames until the file ends, or until ``stop`` for streams and cameras."""
+        backoff = 1.0
+        with PhotoQueue(queue_path) as queue:
+            while not stop.is_set():
+                cap = self._open()
+                try:
+                    if not cap.isOpened():
+                        log.warning("video %s: cannot be opened%s", self.source,
+                                    "" if self.kind == "file" else f"; trying again in {backoff:.0f} s")
+                        if self.kind == "file":
+                            return
+                    else:
+                        frames = self._read(cap, queue, stop)
+                        if self.kind == "file":
+                            log.info("video %s: finished, %d frame(s) read", self.source, frames)
+                            return
+                        if frames:
+                            backoff = 1.0
+                        log.warning("video %s: stream ended or dropped; reconnecting in %.0f s", self.source, backoff)
+                finally:
+                    cap.release()
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def _read(self, cap, queue: PhotoQueue, stop: threading.Event) -> int:
+        import cv2
+
+        index = 0
+        if self.kind == "file":
+            done = queue.video_frames_read(self.source)
+            while index < done and cap.grab():  # skip what an earlier run already queued
+                index += 1
+        read = 0
+        while not stop.is_set():
+            if self.kind == "file":
+                while queue.depth() >= self.max_pending and not stop.is_set():
+                    stop.wait(0.2)
+                if stop.is_set():
+                    break
+            if not cap.grab():
+                break
+            read += 1
+            if index % self.stride == 0:
+                ok, frame = cap.retrieve()
+                if ok and frame is not None:
+                    ok, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
+                if not ok:
+                    log.warning("video %s: frame %d could not be decoded; skipped", self.source, index)
+                else:
+                    data = jpeg.tobytes()
+                    digest = hashlib.sha256(data).hexdigest()
+                    path = self.frames_dir / f"{digest}.jpg"
+                    if not path.exists():
+                        write_atomic(data, path, self.tmp_dir)
+                    _item_id, created = queue.add(digest, "video", f"{self.source}#frame={index}", path)
+                    if created:
+                        self.on_new()
+            index += 1
+            if self.kind == "file" and index % self.stride == 0:
+                queue.set_video_frames_read(self.source, index)
+        if self.kind == "file":
+            queue.set_video_frames_read(self.source, index)
+        return read

@@ -1,0 +1,375 @@
+"""The durable photo queue: one SQLite database (stdlib sqlite3, WAL) under the daemon's state folder.
+
+Why each rule exists:
+
+* An input is recorded (``items``) before anything is done with it, keyed by the SHA-256 of its bytes,
+  so the same photo seen twice (copied again, uploaded again, a restart rescanning the drop folder)
+  is one item and never gets two results.
+* A result is an ``outcomes`` row written in the same transaction that marks its item done or parked;
+  ``outcomes.item_id`` is UNIQUE, so a second result for an item is impossible, not merely avoided.
+* An item is marked ``running`` (its attempt counted) in a committed transaction before it is
+  processed. After a crash, kill or power cut the items still ``running`` go back to the queue as
+  *suspects*, each then processed alone, so a photo that kills the daemon (or a run of power cuts on
+  the same photo) is parked after ``max_attempts`` tries instead of looping forever, and its batch
+  mates are not blamed.
+* Outcome ids grow in commit order (one writer at a time, AUTOINCREMENT), so a client that pages
+  ``/detections?since=ID`` with the ``next`` it was given never misses a result, even when an input
+  is retried and finishes after later ones.
+
+``synchronous=FULL``: a commit is on disk when it returns, so an upload answered 201 or a result
+served once survives a power cut. Each thread opens its own :class:`PhotoQueue` (sqlite3
+connections are not shared between threads).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+STATES = ("queued", "running", "done", "parked")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    item_id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    sha256      TEXT NOT NULL UNIQUE,
+    source      TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    path        TEXT NOT NULL,
+    state       TEXT NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'running', 'done', 'parked')),
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    suspect     INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT,
+    not_before  REAL NOT NULL DEFAULT 0,
+    created_at  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS items_pending ON items (state, suspect, item_id);
+CREATE TABLE IF NOT EXISTS outcomes (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    item_id      INTEGER NOT NULL UNIQUE REFERENCES items (item_id),
+    ok           INTEGER NOT NULL,
+    width        INTEGER,
+    height       INTEGER,
+    detections   TEXT,
+    timings      TEXT,
+    error        TEXT,
+    processed_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outcomes_by_kind ON outcomes (ok, id);
+CREATE TABLE IF NOT EXISTS files (
+    path     TEXT PRIMARY KEY,
+    size     INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    item_id  INTEGER NOT NULL REFERENCES items (item_id)
+);
+CREATE TABLE IF NOT EXISTS video_progress (source TEXT PRIMARY KEY, frames INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input waiting for, or under, processing.
+
+    Attributes:
+        item_id: Queue id (enqueue order).
+        sha256: Hex SHA-256 of the input's bytes; the key that makes results unique.
+        source: "watch", "upload" or "video".
+        name: What results call the image: the watched path, the sanitized upload name, or
+            ``SOURCE#frame=N``.
+        path: Where the bytes are.
+        attempts: Tries started so far, this one included.
+    """
+
+    item_id: int
+    sha256: str
+    source: str
+    name: str
+    path: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What processing one claimed item produced: results, or an error."""
+
+    item: Item
+    width: int | None = None
+    height: int | None = None
+    detections: list[dict] | None = None
+    timings_ms: dict[str, float] | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def iso_utc(t: float) -> str:
+    """Seconds since the epoch as ISO 8601 UTC with milliseconds, e.g. 2024-05-01T12:00:00.123Z."""
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class PhotoQueue:
+    """One connection to the queue database; create one per thread.
+
+    Args:
+        path: The database file (created with its schema when missing).
+        max_attempts: Tries after which a failing input is parked with its error.
+        retry_after: Seconds before a failed input is tried again.
+    """
+
+    def __init__(self, path: str | Path, max_attempts: int = 3, retry_after: float = 10.0) -> None:
+        if int(max_attempts) < 1:
+            raise ValueError(f"max_attempts: expected an integer >= 1, found {max_attempts!r}")
+        if not retry_after >= 0:
+            raise ValueError(f"retry_after: expected seconds >= 0, found {retry_after!r}")
+        self.path = Path(path)
+        self.max_attempts = int(max_attempts)
+        self.retry_after = float(retry_after)
+        # isolation_level=None: no implicit transactions; every write below opens BEGIN IMMEDIATE itself.
+        self.conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None)
+        try:
+            self.conn.row_factory = sqlite3.Row
+            mode = self.conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise sqlite3.OperationalError(
+                    f"{self.path}: expected SQLite to use WAL journaling, found {mode!r} (a network file system?)"
+                )
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            with self._write():
+                for statement in _statements():  # executescript() would commit the transaction first
+                    self.conn.execute(statement)
+                row = self.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+                if row is None:
+                    self.conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                elif int(row[0]) != SCHEMA_VERSION:
+                    raise sqlite3.DatabaseError(
+                        f"{self.path}: expected queue schema {SCHEMA_VERSION}, found {row[0]} "
+                        "(written by another edgetile version)"
+                    )
+        except BaseException:
+            self.conn.close()
+            raise
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at once so that two writers never deadlock upgrading locks."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # ---- producers --------------------------------------------------------------------------
+
+    def add(self, sha256: str, source: str, name: str, path: str | Path,
+            file_stat: tuple[int, int] | None = None) -> tuple[int, bool]:
+        """Record an input unless its content is already known.
+
+        Args:
+            sha256: Hex digest of the bytes.
+            source: "watch", "upload" or "video".
+            name: What results call it.
+            path: Where its bytes are.
+            file_stat: (size, mtime_ns) of a watched file, remembered so that a rescan after a
+                restart does not hash it again.
+
+        Returns:
+            (item_id, created): created is False when the same content was recorded before.
+        """
+        with self._write() as c:
+            cur = c.execute(
+                "INSERT OR IGNORE INTO items (sha256, source, name, path, created_at) VALUES (?, ?, ?, ?, ?)",
+                (sha256, source, name, str(path), time.time()),
+            )
+            created = cur.rowcount == 1
+            item_id = c.execute("SELECT item_id FROM items WHERE sha256=?", (sha256,)).fetchone()[0]
+            if file_stat is not None:
+                c.execute("INSERT OR REPLACE INTO files (path, size, mtime_ns, item_id) VALUES (?, ?, ?, ?)",
+                          (str(path), int(file_stat[0]), int(file_stat[1]), item_id))
+        return int(item_id), created
+
+    def known_file(self, path: str | Path, size: int, mtime_ns: int) -> bool:
+        """True when this exact file (path, size, modification time) was recorded before."""
+        row = self.conn.execute("SELECT size, mtime_ns FROM files WHERE path=?", (str(path),)).fetchone()
+        return row is not None and row[0] == size and row[1] == mtime_ns
+
+    def video_frames_read(self, source: str) -> int:
+        """How many frames of a video file were already read and queued."""
+        row = self.conn.execute("SELECT frames FROM video_progress WHERE source=?", (source,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def set_video_frames_read(self, source: str, frames: int) -> None:
+        with self._write() as c:
+            c.execute("INSERT OR REPLACE INTO video_progress (source, frames) VALUES (?, ?)", (source, int(frames)))
+
+    # ---- the worker -------------------------------------------------------------------------
+
+    def recover(self) -> tuple[int, int]:
+        """At start-up: what was ``running`` when the last daemon died goes back to the queue.
+
+        Items interrupted ``max_attempts`` times are parked with that reason instead.
+
+        Returns:
+            (requeued, parked) counts.
+        """
+        now = time.time()
+        with self._write() as c:
+            doomed = c.execute("SELECT item_id, attempts, last_error FROM items WHERE state='running' AND attempts>=?",
+                               (self.max_attempts,)).fetchall()
+            for r in doomed:
+                error = (f"the daemon stopped {r['attempts']} time(s) while processing this input "
+                         "(crash, kill or power loss)")
+                if r["last_error"]:
+                    error += f"; last error: {r['last_error']}"
+                c.execute("INSERT INTO outcomes (item_id, ok, error, processed_at) VALUES (?, 0, ?, ?)",
+                          (r["item_id"], error, now))
+                c.execute("UPDATE items SET state='parked', last_error=? WHERE item_id=?", (error, r["item_id"]))
+            requeued = c.execute("UPDATE items SET state='queued', suspect=1, not_before=0 WHERE state='running'").rowcount
+        return requeued, len(doomed)
+
+    def claim(self, limit: int) -> list[Item]:
+        """Take up to ``limit`` queued inputs (oldest first) and count an attempt for each.
+
+        A suspect (interrupted last time) is claimed alone, so that if it crashes the daemon again
+        only it is blamed.
+        """
+        now = time.time()
+        with self._write() as c:
+            rows = c.execute(
+                "SELECT item_id, sha256, source, name, path, attempts, suspect FROM items "
+                "WHERE state='queued' AND not_before<=? ORDER BY suspect DESC, item_id LIMIT ?",
+                (now, int(limit)),
+            ).fetchall()
+            if rows and rows[0]["suspect"]:
+                rows = rows[:1]
+            c.executemany("UPDATE items SET state='running', attempts=attempts+1 WHERE item_id=?",
+                          [(r["item_id"],) for r in rows])
+        return [Item(r["item_id"], r["sha256"], r["source"], r["name"], r["path"], r["attempts"] + 1) for r in rows]
+
+    def finish(self, outcomes: Sequence[Outcome]) -> int:
+        """Commit a batch: results with their done marks, errors retried later or parked, in one transaction.
+
+        Returns:
+            How many of the failed inputs were parked.
+        """
+        now = time.time()
+        parked = 0
+        with self._write() as c:
+            for o in outcomes:
+                if o.ok:
+                    c.execute(
+                        "INSERT INTO outcomes (item_id, ok, width, height, detections, timings, processed_at) "
+                        "VALUES (?, 1, ?, ?, ?, ?, ?)",
+                        (o.item.item_id, o.width, o.height, json.dumps(o.detections, separators=(",", ":")),
+                         json.dumps(o.timings_ms or {}, separators=(",", ":")), now),
+                    )
+                    c.execute("UPDATE items SET state='done', suspect=0, last_error=NULL WHERE item_id=?",
+                              (o.item.item_id,))
+                elif o.item.attempts >= self.max_attempts:
+                    c.execute("INSERT INTO outcomes (item_id, ok, error, processed_at) VALUES (?, 0, ?, ?)",
+                              (o.item.item_id, o.error, now))
+                    c.execute("UPDATE items SET state='parked', suspect=0, last_error=? WHERE item_id=?",
+                              (o.error, o.item.item_id))
+                    parked += 1
+                else:
+                    c.execute("UPDATE items SET state='queued', suspect=0, last_error=?, not_before=? "
+                              "WHERE item_id=?", (o.error, now + self.retry_after, o.item.item_id))
+        return parked
+
+    def retry_parked(self) -> int:
+        """Send every parked input back to the queue with a fresh attempt count; returns how many."""
+        with self._write() as c:
+            ids = [r[0] for r in c.execute("SELECT item_id FROM items WHERE state='parked'")]
+            c.executemany("DELETE FROM outcomes WHERE item_id=?", [(i,) for i in ids])
+            c.executemany("UPDATE items SET state='queued', attempts=0, suspect=0, not_before=0 WHERE item_id=?",
+                          [(i,) for i in ids])
+        return len(ids)
+
+    # ---- readers ----------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """Number of items in each state (every state present, zero when empty)."""
+        out = dict.fromkeys(STATES, 0)
+        for state, n in self.conn.execute("SELECT state, COUNT(*) FROM items GROUP BY state"):
+            out[state] = int(n)
+        return out
+
+    def depth(self) -> int:
+        """Inputs waiting or under processing."""
+        return int(self.conn.execute("SELECT COUNT(*) FROM items WHERE state IN ('queued', 'running')").fetchone()[0])
+
+    def detections(self, since: int, limit: int) -> tuple[list[dict], int]:
+        """Results committed after outcome id ``since``, oldest first.
+
+        Returns:
+            (items, next): each item {"id", "image", "sha256", "width", "height", "detections",
+            "processed_at"}; next is the id to pass as ``since`` for the following page (``since``
+            itself when nothing new).
+        """
+        rows = self.conn.execute(
+            "SELECT o.id, i.name, i.sha256, o.width, o.height, o.detections, o.processed_at "
+            "FROM outcomes o JOIN items i USING (item_id) WHERE o.ok=1 AND o.id>? ORDER BY o.id LIMIT ?",
+            (int(since), int(limit)),
+        ).fetchall()
+        items = [
+            {"id": r["id"], "image": r["name"], "sha256": r["sha256"], "width": r["width"], "height": r["height"],
+             "detections": json.loads(r["detections"]), "processed_at": iso_utc(r["processed_at"])}
+            for r in rows
+        ]
+        return items, (rows[-1]["id"] if rows else int(since))
+
+    def failed(self, since: int, limit: int) -> tuple[list[dict], int]:
+        """Parked inputs after outcome id ``since``: {"id", "image", "sha256", "source", "attempts", "error", "failed_at"}."""
+        rows = self.conn.execute(
+            "SELECT o.id, i.name, i.sha256, i.source, i.attempts, o.error, o.processed_at "
+            "FROM outcomes o JOIN items i USING (item_id) WHERE o.ok=0 AND o.id>? ORDER BY o.id LIMIT ?",
+            (int(since), int(limit)),
+        ).fetchall()
+        items = [
+            {"id": r["id"], "image": r["name"], "sha256": r["sha256"], "source": r["source"],
+             "attempts": r["attempts"], "error": r["error"], "failed_at": iso_utc(r["processed_at"])}
+            for r in rows
+        ]
+        return items, (rows[-1]["id"] if rows else int(since))
+
+    def outcome(self, outcome_id: int) -> sqlite3.Row | None:
+        """The outcome row joined with its item (path, name, ok, detections), or None."""
+        return self.conn.execute(
+            "SELECT o.id, o.ok, o.detections, o.error, i.name, i.path, i.sha256 "
+            "FROM outcomes o JOIN items i USING (item_id) WHERE o.id=?", (int(outcome_id),),
+        ).fetchone()
+
+    def lookup(self, sha256: str) -> dict | None:
+        """Where an input stands, by its content hash: {"sha256", "image", "state", "attempts", "id", "error"}."""
+        r = self.conn.execute(
+            "SELECT i.sha256, i.name, i.state, i.attempts, i.last_error, o.id FROM items i "
+            "LEFT JOIN outcomes o USING (item_id) WHERE i.sha256=?", (sha256,),
+        ).fetchone()
+        if r is None:
+            return None
+        return {"sha256": r["sha256"], "image": r["name"], "state": r["state"], "attempts": r["attempts"],
+                "id": r["id"], "error": r["last_error"]}
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> PhotoQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _statements() -> list[str]:
+    return [s.strip() for s in _SCHEMA.split(";") if s.strip()]
