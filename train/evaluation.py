@@ -139,7 +139,7 @@ class SweepResult:
             w = csv.DictWriter(f, fieldnames=list(self.rows[0].keys()))
             w.writeheader()
             w.writerows(self.rows)
-        cmd = ["edgetile", "detect", "PHOTOS", "--model", *map(str, models), *self.detect_args()]
+        cmd = ["edgetile", "detect", "PHOTOS", "--model", *map(str, models), "--out", "results", *self.detect_args()]
         doc = {
             "detect_config": {**asdict(self.config), "tta": list(self.config.tta)},
             "detect_args": self.detect_args(),
