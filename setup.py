@@ -81,10 +81,15 @@ TRAIN = EXPORT + [
 ]
 RAY = ["ray[tune]>=2.41"]  # edgetile tune --ray: the same search on Ray Tune, shared by several machines
 SERVE = ["fastapi>=0.110", "uvicorn>=0.27", "python-multipart>=0.0.9", "pyyaml>=6.0"]
+GEO = ["pymap3d>=2.9", "pillow>=9.0"]  # ground coordinates of detections (runtime/geo)
+MQTT = ["paho-mqtt>=2.0"]  # publishing detections to a broker
+MAVLINK = ["pymavlink>=2.4.37"]  # vehicle pose in, detections out to a ground station
+GEO_TEST = ["geojson>=3.0", "fastkml>=1.0", "simplekml>=1.3"]  # the geo tests' oracles for GeoJSON and KML
 SERVE_TEST = ["prometheus-client>=0.17"]  # the serve tests' oracle for the metrics text format
 DEV = sorted(
     set(
         TRAIN
+        + GEO + MQTT + MAVLINK + GEO_TEST
         + SERVE
         + SERVE_TEST
         + [
@@ -106,10 +111,11 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.8",
     packages=["edgetile.runtime", "edgetile.runtime.backends", "edgetile.runtime.serve", "edgetile.export",
-              "edgetile.train"],
+              "edgetile.train", "edgetile.runtime.geo"],
     package_dir={
         "edgetile.runtime": "runtime",
         "edgetile.runtime.backends": "runtime/backends",
+        "edgetile.runtime.geo": "runtime/geo",
         "edgetile.runtime.serve": "runtime/serve",
         "edgetile.export": "export",
         "edgetile.train": "train",
@@ -126,6 +132,9 @@ setup(
         "train": TRAIN,
         "ray": TRAIN + RAY,
         "serve": SERVE,
+        "geo": GEO,
+        "mqtt": MQTT,
+        "mavlink": MAVLINK,
         "dev": DEV,
     },
         # Building TensorRT engines on a Jetson: TensorRT itself comes with JetPack; no torch needed.

@@ -138,13 +138,26 @@ def run_detect(sources: Sequence[str], a: argparse.Namespace, out_dir: Path, sav
     if not inputs:
         raise UsageError("SOURCE: expected image files, folders or glob patterns, found no inputs")
     detector = open_detector(a)
+    # --- geo (issue 8): ground coordinates, GeoJSON/KML/CSV, thumbnails; None without --format ---
+    geo = None
+    if getattr(a, "format", None):
+        from .geo.options import open_geo_writer
+
+        try:
+            geo = open_geo_writer(a, out_dir)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+    # --- end geo ---
     failed = found = 0
     show_bar = not a.quiet and len(inputs) > 1 and sys.stderr.isatty()
     from tqdm import tqdm
 
     bar = tqdm(inputs, disable=not show_bar, unit="img", file=sys.stderr, dynamic_ncols=True)
     t_start = time.perf_counter()
-    with detector, ResultWriter(out_dir, detector.names, save_vis=save_vis) as writer:
+    import contextlib
+
+    with detector, ResultWriter(out_dir, detector.names, save_vis=save_vis) as writer, \
+            (geo or contextlib.nullcontext()):
         for path in bar:
             record: dict = {"image": path}
             image = dets = None
@@ -164,6 +177,10 @@ def run_detect(sources: Sequence[str], a: argparse.Namespace, out_dir: Path, sav
                 record["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 failed += 1
                 tqdm.write(f"edgetile: skipped {path}: {record['error']}", file=sys.stderr)
+            if geo is not None:  # geo (issue 8): coordinates go into the record before it is written
+                warning = geo.add(record, image)
+                if warning:
+                    tqdm.write(f"edgetile: no ground coordinates for {path}: {warning}", file=sys.stderr)
             writer.add(record, image, dets)
     if not a.quiet:
         dt = time.perf_counter() - t_start
@@ -171,6 +188,9 @@ def run_detect(sources: Sequence[str], a: argparse.Namespace, out_dir: Path, sav
               f"{failed} failed", file=sys.stderr)
         print(f"results: {writer.json_path}  {writer.csv_path}" + (f"  {writer.vis_dir}/" if save_vis else ""),
               file=sys.stderr)
+        if geo is not None:  # geo (issue 8)
+            print(f"{geo.located} detection(s) georeferenced, {len(geo.tracks.tracks)} track(s): "
+                  + "  ".join(str(p) for p in geo.paths) + f"  {geo.thumb_dir}/", file=sys.stderr)
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
@@ -218,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("sources", nargs="+", metavar="SOURCE", help="image files, folders (searched recursively) or glob patterns")
     d.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     add_detect_options(d)
+    from .geo.options import add_geo_options  # geo (issue 8): --format geojson,kml,csv and pose overrides
+
+    add_geo_options(d)
     d.add_argument("--save-vis", action="store_true", help="also write annotated JPEGs to DIR/vis/")
     d.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     d.set_defaults(func=cmd_detect)

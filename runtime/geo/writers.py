@@ -1,0 +1,353 @@
+"""Georeferenced outputs: detections.geojson, detections.kml, detections_geo.csv, tracks and thumbnails.
+
+GeoWriter sits beside the pixel ResultWriter: for each photo it finds the camera pose, adds ground
+coordinates to each detection record in place (so detections.json carries them too), writes a crop
+thumbnail per detection, groups detections into tracks, and keeps the chosen files current
+(rewritten atomically at most every few seconds and at the end). A photo without a usable pose
+keeps its pixel results and gets a one-line warning instead of coordinates; only georeferenced
+detections appear in the geographic files, so that mapping tools never import a made-up point.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .ground import ElevationFn, ErrorModel, locate_boxes
+from .pose import CameraPose, PoseError, PoseOverrides, pose_from_photo
+from .tracks import TrackBuilder
+
+GEO_FORMATS = ("geojson", "kml", "csv")
+GEO_CSV_HEADER = ["image", "index", "class_name", "score", "latitude", "longitude", "error_m", "ground_alt_m",
+                  "distance_m", "x1", "y1", "x2", "y2", "track_id", "thumbnail"]
+KML_NS = "http://www.opengis.net/kml/2.2"
+THUMB_MIN_SIDE = 96
+THUMB_MAX_SIDE = 512
+THUMB_CONTEXT = 2.5  # thumbnail side / box side: enough ground around a person to judge a false positive
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """'geojson,kml,csv' -> ('geojson', 'kml', 'csv'); ValueError naming the choices otherwise."""
+    out: list[str] = []
+    for part in text.split(","):
+        name = part.strip().lower()
+        if not name:
+            continue
+        if name not in GEO_FORMATS:
+            raise ValueError(f"--format: expected a comma-separated list of {', '.join(GEO_FORMATS)}, found {part!r}")
+        if name not in out:
+            out.append(name)
+    if not out:
+        raise ValueError(f"--format: expected a comma-separated list of {', '.join(GEO_FORMATS)}, found {text!r}")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class GeoConfig:
+    """How detections become places.
+
+    Attributes:
+        formats: Which of geojson, kml, csv to write (empty: georeference nothing).
+        overrides: Pose values from flags.
+        errors: Uncertainties behind each point's error estimate.
+        track_radius_m: Ground radius within which sightings in different photos join one track.
+        thumbnails: Write a crop thumbnail per detection to DIR/thumbs/.
+    """
+
+    formats: tuple[str, ...] = ()
+    overrides: PoseOverrides = field(default_factory=PoseOverrides)
+    errors: ErrorModel = field(default_factory=ErrorModel)
+    track_radius_m: float = 5.0
+    thumbnails: bool = True
+
+    def __post_init__(self) -> None:
+        for f in self.formats:
+            if f not in GEO_FORMATS:
+                raise ValueError(f"formats: expected names among {', '.join(GEO_FORMATS)}, found {f!r}")
+        if not (math.isfinite(self.track_radius_m) and self.track_radius_m > 0):
+            raise ValueError(f"track_radius_m: expected a positive number of metres, found {self.track_radius_m}")
+
+
+def crop_thumbnail(image: np.ndarray, bbox: list[float] | np.ndarray) -> np.ndarray:
+    """A square crop around a box, with the box outlined, at most THUMB_MAX_SIDE pixels wide.
+
+    Args:
+        image: (H, W, 3) uint8 BGR photo.
+        bbox: x1, y1, x2, y2 in pixels.
+
+    Returns:
+        (h, w, 3) uint8 BGR crop (smaller than the square where the box is near the photo's edge).
+    """
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = (float(v) for v in bbox)
+    side = max(THUMB_MIN_SIDE, THUMB_CONTEXT * max(x2 - x1, y2 - y1))
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    left, top = int(max(0, math.floor(cx - side / 2))), int(max(0, math.floor(cy - side / 2)))
+    right, bottom = int(min(w, math.ceil(cx + side / 2))), int(min(h, math.ceil(cy + side / 2)))
+    crop = image[top:bottom, left:right].copy()
+    thick = max(1, int(round(side / 150)))
+    cv2.rectangle(crop, (int(round(x1)) - left - thick, int(round(y1)) - top - thick),
+                  (int(round(x2)) - left + thick, int(round(y2)) - top + thick), (0, 0, 255), thick)
+    if max(crop.shape[:2]) > THUMB_MAX_SIDE:
+        s = THUMB_MAX_SIDE / max(crop.shape[:2])
+        crop = cv2.resize(crop, (max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s))),
+                          interpolation=cv2.INTER_AREA)
+    return crop
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text so that readers see either the old or the new file, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def georeference_detections(detections: list[dict], pose: CameraPose, errors: ErrorModel | None = None,
+                            elevation: ElevationFn | None = None) -> int:
+    """Add lat, lon, error_m, ground_alt_m, distance_m to detection records in place.
+
+    Args:
+        detections: Records with bbox [x1, y1, x2, y2] in pixels (Detections.to_records()).
+        pose: The camera of their photo.
+
+    Returns:
+        How many records got coordinates; the others (rays at or above the horizon) get a
+        geo_warning instead.
+    """
+    if not detections:
+        return 0
+    fixes = locate_boxes(pose, np.array([d["bbox"] for d in detections], np.float64), errors, elevation)
+    n = 0
+    for d, fix in zip(detections, fixes):
+        if fix is None:
+            d["geo_warning"] = "the ray through the box's bottom-centre does not reach the ground"
+        else:
+            d.update(fix.to_dict())
+            n += 1
+    return n
+
+
+def feature(det: dict, image: str) -> dict:
+    """One GeoJSON Point feature (RFC 7946: [longitude, latitude]) for a georeferenced detection."""
+    props = {"image": image}
+    props.update({k: v for k, v in det.items() if k not in ("lat", "lon")})
+    return {"type": "Feature", "geometry": {"type": "Point", "coordinates": [det["lon"], det["lat"]]},
+            "properties": props}
+
+
+class GeoWriter:
+    """Georeferences each photo's detection records and keeps the geographic files current.
+
+    Args:
+        out_dir: Output folder (created); files are DIR/detections.geojson, DIR/tracks.geojson,
+            DIR/detections.kml, DIR/detections_geo.csv and DIR/thumbs/.
+        config: Formats, pose overrides, error model, track radius.
+        elevation: Optional ground elevation model (a DEM), in the datum of the absolute altitude.
+        flush_every_s: Longest time between rewrites of the files.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, config: GeoConfig, elevation: ElevationFn | None = None,
+                 flush_every_s: float = 2.0) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self.elevation = elevation
+        self.tracks = TrackBuilder(config.track_radius_m)
+        self.photos: list[tuple[str, list[dict]]] = []
+        self.thumb_dir = self.out_dir / "thumbs"
+        self.geojson_path = self.out_dir / "detections.geojson"
+        self.tracks_path = self.out_dir / "tracks.geojson"
+        self.kml_path = self.out_dir / "detections.kml"
+        self.csv_path = self.out_dir / "detections_geo.csv"
+        self._thumb_names: set[str] = set()
+        self._flush_every = flush_every_s
+        self._last_flush = 0.0
+        self._closed = False
+        self.located = 0
+        self.flush()
+
+    @property
+    def paths(self) -> list[Path]:
+        """The files this writer keeps, in the order of its formats."""
+        by_format = {"geojson": [self.geojson_path, self.tracks_path], "kml": [self.kml_path], "csv": [self.csv_path]}
+        return [p for f in self.config.formats for p in by_format[f]]
+
+    def pose_for(self, image_path: str) -> CameraPose:
+        """The pose of a photo file with the configured overrides (PoseError when unusable)."""
+        return pose_from_photo(image_path, self.config.overrides)
+
+    def add(self, record: dict, image: np.ndarray | None = None, pose: CameraPose | None = None) -> str | None:
+        """Georeference one photo's record in place and write its thumbnails.
+
+        Args:
+            record: A detect record: image (path), detections (records with bbox, score, class_name);
+                records with an error are ignored.
+            image: The decoded photo, for thumbnails (None: no thumbnails).
+            pose: The camera, when known from elsewhere (MAVLink); None reads the photo's metadata.
+
+        Returns:
+            None, or a one-line warning when the photo has no usable pose (its pixel results stay).
+        """
+        if "error" in record or "detections" not in record:
+            return None
+        name = str(record["image"])
+        dets: list[dict] = record["detections"]
+        warning = None
+        if image is not None and self.config.thumbnails:
+            for i, d in enumerate(dets):
+                d["thumbnail"] = self._write_thumbnail(image, d["bbox"], name, i)
+        if pose is None:
+            try:
+                pose = self.pose_for(name)
+            except PoseError as exc:
+                warning = str(exc)
+        if pose is not None:
+            record["camera"] = pose.summary()
+            self.located += georeference_detections(dets, pose, self.config.errors, self.elevation)
+            for d, tid in zip(dets, self.tracks.add_photo(name, dets)):
+                if tid is not None:
+                    d["track_id"] = tid
+        else:
+            record["geo_warning"] = warning
+        self.photos.append((name, dets))
+        now = time.monotonic()
+        if now - self._last_flush >= self._flush_every:
+            self.flush()
+        return warning
+
+    def _write_thumbnail(self, image: np.ndarray, bbox: list[float], image_name: str, index: int) -> str:
+        self.thumb_dir.mkdir(exist_ok=True)
+        stem = Path(image_name).stem
+        name, k = f"{stem}_{index:03d}.jpg", 1
+        while name in self._thumb_names:  # same file name from different folders
+            name, k = f"{stem}-{k}_{index:03d}.jpg", k + 1
+        self._thumb_names.add(name)
+        cv2.imwrite(str(self.thumb_dir / name), crop_thumbnail(image, bbox), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        return f"thumbs/{name}"
+
+    def _located(self) -> list[tuple[str, dict]]:
+        return [(img, d) for img, dets in self.photos for d in dets if d.get("lat") is not None]
+
+    def _thumb_of(self, image: str, index: int) -> str | None:
+        for img, dets in self.photos:
+            if img == image and index < len(dets):
+                return dets[index].get("thumbnail")
+        return None
+
+    def geojson(self) -> dict:
+        """The detections as a GeoJSON FeatureCollection."""
+        return {"type": "FeatureCollection", "features": [feature(d, img) for img, d in self._located()]}
+
+    def tracks_geojson(self) -> dict:
+        """The tracks as a GeoJSON FeatureCollection, one Point per track listing its photos."""
+        feats = []
+        for t in self.tracks.tracks:
+            props = t.to_dict()
+            props.pop("lat")
+            props.pop("lon")
+            props["thumbnail"] = self._thumb_of(t.best[0], t.best[1])
+            feats.append({"type": "Feature", "geometry": {"type": "Point", "coordinates": [round(t.lon, 8),
+                                                                                           round(t.lat, 8)]},
+                          "properties": props})
+        return {"type": "FeatureCollection", "features": feats}
+
+    def kml(self) -> str:
+        """The detections and tracks as a KML 2.2 document (two folders)."""
+        ET.register_namespace("", KML_NS)
+        q = f"{{{KML_NS}}}"
+        root = ET.Element(f"{q}kml")
+        doc = ET.SubElement(root, f"{q}Document")
+        ET.SubElement(doc, f"{q}name").text = "edgetile detections"
+        for sid, colour in (("detection", "ff0000ff"), ("track", "ff00ffff")):
+            style = ET.SubElement(doc, f"{q}Style", id=sid)
+            icon = ET.SubElement(style, f"{q}IconStyle")
+            ET.SubElement(icon, f"{q}color").text = colour
+
+        def placemark(parent: ET.Element, name: str, style: str, lat: float, lon: float, data: dict,
+                      thumb: str | None) -> None:
+            pm = ET.SubElement(parent, f"{q}Placemark")
+            ET.SubElement(pm, f"{q}name").text = name
+            lines = [f"{k}: {json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in data.items()
+                     if v is not None and k != "thumbnail"]
+            html = "<br/>".join(lines) + (f'<br/><img src="{thumb}" width="256"/>' if thumb else "")
+            ET.SubElement(pm, f"{q}description").text = html
+            ET.SubElement(pm, f"{q}styleUrl").text = f"#{style}"
+            ext = ET.SubElement(pm, f"{q}ExtendedData")
+            for k, v in data.items():
+                if v is None:
+                    continue
+                el = ET.SubElement(ext, f"{q}Data", name=str(k))
+                ET.SubElement(el, f"{q}value").text = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+            point = ET.SubElement(pm, f"{q}Point")
+            ET.SubElement(point, f"{q}coordinates").text = f"{lon:.8f},{lat:.8f},0"
+
+        folder = ET.SubElement(doc, f"{q}Folder")
+        ET.SubElement(folder, f"{q}name").text = "Detections"
+        for img, d in self._located():
+            data = {"image": img}
+            data.update({k: v for k, v in d.items() if k not in ("lat", "lon")})
+            placemark(folder, f"{d.get('class_name', '')} {float(d.get('score', 0)):.2f}", "detection",
+                      d["lat"], d["lon"], data, d.get("thumbnail"))
+        folder = ET.SubElement(doc, f"{q}Folder")
+        ET.SubElement(folder, f"{q}name").text = "Tracks"
+        for t in self.tracks.tracks:
+            data = t.to_dict()
+            lat, lon = data.pop("lat"), data.pop("lon")
+            placemark(folder, f"track {t.track_id}: {t.class_name} in {len(t.photos)} photo(s)", "track", lat, lon,
+                      data, self._thumb_of(t.best[0], t.best[1]))
+        return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+    def csv_text(self) -> str:
+        """The detections as CSV with latitude and longitude columns, one row per georeferenced detection."""
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(GEO_CSV_HEADER)
+        for img, dets in self.photos:
+            for i, d in enumerate(dets):
+                if d.get("lat") is None:
+                    continue
+                x1, y1, x2, y2 = d["bbox"]
+                w.writerow([img, i, d.get("class_name", ""), d.get("score", ""), d["lat"], d["lon"],
+                            "" if d.get("error_m") is None else d["error_m"],
+                            "" if d.get("ground_alt_m") is None else d["ground_alt_m"], d.get("distance_m", ""),
+                            x1, y1, x2, y2, d.get("track_id", ""), d.get("thumbnail", "")])
+        return buf.getvalue()
+
+    def flush(self) -> None:
+        """Rewrite every chosen file now."""
+        from ..outputs import write_json_atomic
+
+        if "geojson" in self.config.formats:
+            write_json_atomic(self.geojson_path, self.geojson())
+            write_json_atomic(self.tracks_path, self.tracks_geojson())
+        if "kml" in self.config.formats:
+            write_text_atomic(self.kml_path, self.kml())
+        if "csv" in self.config.formats:
+            write_text_atomic(self.csv_path, self.csv_text())
+        self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        """Write the final files. Safe to call twice."""
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+
+    def __enter__(self) -> GeoWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
