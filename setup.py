@@ -99,6 +99,9 @@ DEV = sorted(
             "sahi>=0.11.18",
             "ruff>=0.5",
             "scipy>=1.7",
+            # CUDA 11.8 NVRTC and headers: tests compile the kernels for sm_72 (Xavier), which CUDA 13's nvcc dropped.
+            "nvidia-cuda-nvrtc-cu11>=11.8; platform_system == 'Linux'",
+            "nvidia-cuda-runtime-cu11>=11.8; platform_system == 'Linux'",
         ]
     )
 )
@@ -110,17 +113,20 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.8",
-    packages=["edgetile.runtime", "edgetile.runtime.backends", "edgetile.runtime.serve", "edgetile.export",
+    packages=["edgetile.runtime", "edgetile.runtime.backends", "edgetile.runtime.cuda", "edgetile.runtime.serve",
+              "edgetile.export",
               "edgetile.train", "edgetile.runtime.geo"],
     package_dir={
         "edgetile.runtime": "runtime",
         "edgetile.runtime.backends": "runtime/backends",
+        "edgetile.runtime.cuda": "runtime/cuda",
         "edgetile.runtime.geo": "runtime/geo",
         "edgetile.runtime.serve": "runtime/serve",
         "edgetile.export": "export",
         "edgetile.train": "train",
     },
-    package_data={"edgetile.runtime": ["py.typed", "data/*.onnx", "data/*.jpg", "data/*.json", "*.cu", "*.c"]},
+    package_data={"edgetile.runtime": ["py.typed", "data/*.onnx", "data/*.jpg", "data/*.json", "*.cu", "*.c",
+                                     "cuda/*.cu"]},
     include_package_data=False,
     ext_modules=ext_modules,
     cmdclass={"build_ext": OptionalBuildExt},
