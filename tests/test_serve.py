@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import urllib.parse
 from pathlib import Path
 
@@ -213,6 +216,17 @@ def test_upload_declared_over_the_limit_is_refused_before_reading(api):
     assert answer.startswith(b"HTTP/1.1 413"), answer
 
 
+def test_a_second_daemon_on_the_same_state_or_port_is_refused(api, model, tmp_path):
+    same_state = ServeProcess(tmp_path, "--model", model, "--state", api.state)
+    assert same_state.run_to_exit() == 2
+    assert "another edgetile serve is using this folder" in same_state.log()
+    port = urllib.parse.urlsplit(api.url).port
+    same_port = ServeProcess(tmp_path, "--model", model, "--state", tmp_path / "state", "--port", port)
+    assert same_port.run_to_exit() == 2
+    assert f"--port {port}: cannot listen there" in same_port.log() and "Traceback" not in same_port.log()
+    assert api.request("/health")[0] == 200  # the first daemon is untouched
+
+
 def test_non_loopback_without_token_is_refused_at_start(tmp_path, model):
     d = ServeProcess(tmp_path, "--model", model, "--state", tmp_path / "state", "--host", "0.0.0.0")
     assert d.run_to_exit() == 2
@@ -313,11 +327,42 @@ def test_video_file_frames_by_stride(tmp_path, model):
         assert db.execute("SELECT COUNT(*) FROM items").fetchone()[0] == 5
 
 
+def test_video_stream_url_reconnects_and_queues_each_distinct_frame_once(tmp_path, model):
+    video = tmp_path / "cam.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
+    for i in range(12):
+        frame = np.full((240, 320, 3), (70, 100, 60), np.uint8)
+        frame[100:140, 20 + 8 * i : 44 + 8 * i] = (0, 0, 255)
+        writer.write(frame)
+    writer.release()
+    # A live source as OpenCV sees one: a URL that ends (the stream drops) and comes back.
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/cam.avi"
+    try:
+        with ServeProcess(tmp_path, "--model", model, *DETECT_OPTIONS, "--video", url, "--frame-stride", "4",
+                          "--state", tmp_path / "state").start() as d:
+            d.wait_for(lambda: d.log().count("reconnecting") >= 2, what="two reconnections", timeout=60)
+            items = d.wait_for(lambda: len(r := d.all_pages("/detections")) == 3 and r, what="3 frames")
+            assert all(it["image"].startswith(f"{url}#t=") and it["image"].endswith("Z") for it in items)
+            assert all(it["detections"] for it in items)
+            server.shutdown()  # the camera goes away: the daemon keeps serving and keeps trying
+            server.server_close()
+            d.wait_for(lambda: "cannot be opened; trying again" in d.log(), what="a failed reconnection")
+            assert d.request("/health")[0] == 200
+            assert len(d.all_pages("/detections")) == 3  # each distinct frame once, however often it was read
+            assert d.terminate() == 0
+    finally:
+        server.server_close()
+
+
 def test_sigterm_finishes_the_batch_commits_and_exits_0_and_systemd_is_told(tmp_path, model):
     drop = tmp_path / "drop"
     drop.mkdir()
-    for i in range(60):
-        write_jpeg(drop / f"p{i:03d}.jpg", person_photo(1000 + i, 640, 480))
+    for i in range(40):
+        write_jpeg(drop / f"p{i:03d}.jpg", person_photo(1000 + i))
     notify = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(notify))
@@ -342,6 +387,6 @@ def test_sigterm_finishes_the_batch_commits_and_exits_0_and_systemd_is_told(tmp_
     # The next start has nothing interrupted to recover and goes on with the rest.
     with ServeProcess(tmp_path, "--model", model, *DETECT_OPTIONS, "--watch", drop, "--state", state,
                       *FAST).start() as d2:
-        d2.wait_for(lambda: len(d2.all_pages("/detections")) == 60, what="all 60 photos")
+        d2.wait_for(lambda: len(d2.all_pages("/detections")) == 40, what="all 40 photos")
         assert "without finishing" not in d2.log()
         assert d2.terminate() == 0

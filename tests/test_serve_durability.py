@@ -30,7 +30,7 @@ def finished(d: ServeProcess) -> int:
     return int(values["edgetile_processed"] + values["edgetile_failed"])
 
 
-def drop_photos(drop, start: int, count: int, corrupt_every: int = 10) -> tuple[list[str], list[str]]:
+def drop_photos(drop, start: int, count: int, corrupt_every: int = 10, size=(320, 240)) -> tuple[list[str], list[str]]:
     """Write photos; every corrupt_every-th is broken (cut JPEG, random bytes or text), each distinct."""
     good, bad = [], []
     for i in range(start, start + count):
@@ -38,7 +38,7 @@ def drop_photos(drop, start: int, count: int, corrupt_every: int = 10) -> tuple[
         if i % corrupt_every == corrupt_every - 1:
             kind = (i // corrupt_every) % 3
             if kind == 0:
-                full = write_jpeg(path, person_photo(100_000 + i))
+                full = write_jpeg(path, person_photo(100_000 + i, *size))
                 path.write_bytes(full[: len(full) // 2])
             elif kind == 1:
                 path.write_bytes(bytes((i * 7 + k) % 251 for k in range(500)))
@@ -47,7 +47,7 @@ def drop_photos(drop, start: int, count: int, corrupt_every: int = 10) -> tuple[
                 path.write_text(f"photo {i} went missing")
             bad.append(str(path))
         else:
-            write_jpeg(path, person_photo(i))
+            write_jpeg(path, person_photo(i, *size))
             good.append(str(path))
     return good, bad
 
@@ -97,14 +97,15 @@ def test_soak_2000_photos_in_bounded_memory(tmp_path, model):
     drop, state = tmp_path / "drop", tmp_path / "state"
     drop.mkdir()
     total, wave = 2000, 250
-    drop_photos(drop, 0, wave, corrupt_every=100)
+    size = (256, 192)  # one tile each: the soak is about the daemon, not the detector
+    drop_photos(drop, 0, wave, corrupt_every=100, size=size)
     t0 = time.monotonic()
     with ServeProcess(tmp_path, "--model", model, *DETECT_OPTIONS, "--watch", drop, "--state", state,
-                      *FAST).start() as d:
+                      *FAST, "--queue-batch", "16").start() as d:
         d.wait_for(lambda: finished(d) == wave, what="the first wave", timeout=120)
         rss_start = peak = d.rss_mb()  # warm: model loaded, every code path taken once
         for start in range(wave, total, wave):
-            drop_photos(drop, start, wave, corrupt_every=100)
+            drop_photos(drop, start, wave, corrupt_every=100, size=size)
             d.wait_for(lambda s=start: finished(d) == s + wave, what=f"{start + wave} outcomes", timeout=180)
             peak = max(peak, d.rss_mb())
         rss_end = d.rss_mb()

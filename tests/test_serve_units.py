@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -245,3 +246,11 @@ def test_importing_the_runtime_and_building_the_cli_loads_no_web_framework():
             "'onnxruntime', 'torch', 'pydantic'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_shipped_example_config_is_valid():
+    example = Path(__file__).resolve().parents[1] / "deploy" / "serve.yaml"
+    a = serve_parser().parse_args(["serve", "--config", str(example)])
+    merged = merge_options(a, a._serve_defaults)
+    assert merged.watch == ["/media/sdcard/DCIM", "/srv/ftp/incoming"] and merged.frame_stride == 15
+    assert merged.host == "127.0.0.1" and merged.port == 8765 and merged.conf == 0.2

@@ -44,37 +44,37 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--watch", nargs="+", action="extend", metavar="DIR", default=[],
                    help="folder(s) searched recursively for new photos, e.g. a camera SD card or FTP drop "
                         "folder; a file is read once its size and time stop changing for --settle seconds")
-    g.add_argument("--settle", type=_number(float, 0, "--settle"), default=2.0,
+    g.add_argument("--settle", metavar="SECONDS", type=_number(float, 0, "--settle"), default=2.0,
                    help="seconds a watched file must stay unchanged before it is read; 0 when writers "
                         "rename finished files into the folder (default: 2)")
-    g.add_argument("--poll", type=_number(float, 0.05, "--poll"), default=1.0,
+    g.add_argument("--poll", metavar="SECONDS", type=_number(float, 0.05, "--poll"), default=1.0,
                    help="seconds between scans of the watched folders (default: 1)")
     g.add_argument("--video", nargs="+", action="extend", metavar="SRC", default=[],
                    help="video file, RTSP/HTTP stream URL, V4L2 device (/dev/video0) or camera index (0), "
                         "read through OpenCV; streams and cameras reconnect when they drop")
-    g.add_argument("--frame-stride", type=_number(int, 1, "--frame-stride"), default=15,
+    g.add_argument("--frame-stride", metavar="N", type=_number(int, 1, "--frame-stride"), default=15,
                    help="process every Nth video frame; 15 on a 30 fps camera is two photos a second "
                         "(default: 15)")
     g = p.add_argument_group("HTTP API")
-    g.add_argument("--host", default="127.0.0.1",
+    g.add_argument("--host", metavar="ADDRESS", default="127.0.0.1",
                    help="address to listen on; anything but loopback needs --token (default: 127.0.0.1)")
-    g.add_argument("--port", type=_number(int, 0, "--port"), default=DEFAULT_PORT,
+    g.add_argument("--port", metavar="PORT", type=_number(int, 0, "--port"), default=DEFAULT_PORT,
                    help=f"TCP port; 0 picks a free one and logs it (default: {DEFAULT_PORT})")
     g.add_argument("--token", metavar="SECRET",
                    help="require 'Authorization: Bearer SECRET' on every request but /health; visible in the "
                         "process list, so prefer --token-file")
     g.add_argument("--token-file", metavar="FILE",
                    help="read the bearer token from this file (first line), e.g. a systemd credential")
-    g.add_argument("--max-upload-mb", type=_number(float, 0.001, "--max-upload-mb"), default=50.0,
+    g.add_argument("--max-upload-mb", metavar="MIB", type=_number(float, 0.001, "--max-upload-mb"), default=50.0,
                    help="largest photo accepted by POST /images, in MiB (default: 50)")
     g.add_argument("--access-log", action="store_true", help="log every HTTP request")
     g = p.add_argument_group("queue")
-    g.add_argument("--max-attempts", type=_number(int, 1, "--max-attempts"), default=3,
+    g.add_argument("--max-attempts", metavar="N", type=_number(int, 1, "--max-attempts"), default=3,
                    help="tries before a failing input is parked (listed by GET /failed) and the queue goes "
                         "on; a crash or power cut during an input counts as a try (default: 3)")
-    g.add_argument("--retry-after", type=_number(float, 0, "--retry-after"), default=10.0,
+    g.add_argument("--retry-after", metavar="SECONDS", type=_number(float, 0, "--retry-after"), default=10.0,
                    help="seconds before a failed input is tried again (default: 10)")
-    g.add_argument("--queue-batch", type=_number(int, 1, "--queue-batch"), default=4,
+    g.add_argument("--queue-batch", metavar="N", type=_number(int, 1, "--queue-batch"), default=4,
                    help="photos taken from the queue and committed together when a backlog builds up; a "
                         "lone photo is committed at once. SIGTERM finishes this batch (default: 4)")
     g.add_argument("--retry-failed", action="store_true",

@@ -141,10 +141,9 @@ class Daemon:
                             log.warning("%s: parked after %d attempt(s): %s", o.item.name, o.item.attempts, o.error)
                     with self._lock:
                         self._retries += sum(1 for o in outcomes if not o.ok) - parked
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - kept and logged whole; the main thread then exits 1
             self.worker_error = exc
-            log.exception("the worker stopped")
-            raise
+            log.exception("the worker stopped; what it had not committed runs again at the next start")
 
     # ---- lifecycle --------------------------------------------------------------------------
 

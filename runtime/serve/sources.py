@@ -12,12 +12,13 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ..images import IMAGE_EXTENSIONS
 from .config import video_kind
-from .store import PhotoQueue
+from .store import PhotoQueue, iso_utc
 
 log = logging.getLogger("edgetile.serve")
 
@@ -152,15 +153,22 @@ class FolderWatcher:
         """Scan every ``poll`` seconds until ``stop`` is set."""
         with PhotoQueue(queue_path) as queue:
             while not stop.is_set():
-                self.scan(queue, clock())
+                try:
+                    self.scan(queue, clock())
+                except Exception:  # noqa: BLE001 - e.g. a full disk: logged whole, and the next scan tries again
+                    log.exception("scanning %s failed; trying again in %.0f s", ", ".join(map(str, self.folders)),
+                                  max(poll, 10.0))
+                    stop.wait(max(poll, 10.0))
                 stop.wait(poll)
 
 
 class VideoReader:
     """Records every ``stride``-th frame of a video file, stream or camera as a JPEG under ``frames_dir``.
 
-    Frames are named ``SOURCE#frame=N`` (N counts from 0 in the source). A video file is read once:
-    how far it was read is kept in the queue, so a restart goes on where it stopped; while more than
+    Frames of a file are named ``SOURCE#frame=N`` (N counts from 0); frames of a stream or camera
+    ``SOURCE#t=TIME`` (UTC, when read), because a live source restarts its count on every reconnect.
+    A frame whose content was seen before is not queued again. A video file is read once: how far it
+    was read is kept in the queue, so a restart goes on where it stopped; while more than
     ``max_pending`` inputs wait, reading a file pauses (a file can wait, a live stream cannot, so
     streams and cameras are always read at their own pace and must be given a stride the device
     keeps up with). Streams and cameras reconnect with a growing pause (1 s to 30 s) when they drop.
@@ -207,7 +215,13 @@ class VideoReader:
                         if self.kind == "file":
                             return
                     else:
-                        frames = self._read(cap, queue, stop)
+                        try:
+                            frames = self._read(cap, queue, stop)
+                        except Exception:  # noqa: BLE001 - e.g. a full disk: logged whole, then read again
+                            log.exception("video %s: reading failed; trying again in %.0f s", self.source, backoff)
+                            stop.wait(backoff)
+                            backoff = min(backoff * 2, 30.0)
+                            continue
                         if self.kind == "file":
                             log.info("video %s: finished, %d frame(s) read", self.source, frames)
                             return
@@ -249,7 +263,9 @@ class VideoReader:
                     path = self.frames_dir / f"{digest}.jpg"
                     if not path.exists():
                         write_atomic(data, path, self.tmp_dir)
-                    _item_id, created = queue.add(digest, "video", f"{self.source}#frame={index}", path)
+                    name = (f"{self.source}#frame={index}" if self.kind == "file"
+                            else f"{self.source}#t={iso_utc(time.time())}")
+                    _item_id, created = queue.add(digest, "video", name, path)
                     if created:
                         self.on_new()
             index += 1

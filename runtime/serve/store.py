@@ -144,20 +144,28 @@ class PhotoQueue:
                 )
             self.conn.execute("PRAGMA synchronous=FULL")
             self.conn.execute("PRAGMA foreign_keys=ON")
-            with self._write():
-                for statement in _statements():  # executescript() would commit the transaction first
-                    self.conn.execute(statement)
-                row = self.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-                if row is None:
-                    self.conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-                elif int(row[0]) != SCHEMA_VERSION:
-                    raise sqlite3.DatabaseError(
-                        f"{self.path}: expected queue schema {SCHEMA_VERSION}, found {row[0]} "
-                        "(written by another edgetile version)"
-                    )
+            version = self._schema_version()
+            if version is None:  # a new database: create the schema once, not on every connection
+                with self._write():
+                    for statement in _statements():  # executescript() would commit the transaction first
+                        self.conn.execute(statement)
+                    self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                version = self._schema_version()
+            if version != SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(
+                    f"{self.path}: expected queue schema {SCHEMA_VERSION}, found {version} "
+                    "(written by another edgetile version)"
+                )
         except BaseException:
             self.conn.close()
             raise
+
+    def _schema_version(self) -> int | None:
+        try:
+            row = self.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        except sqlite3.OperationalError:  # no meta table yet
+            return None
+        return int(row[0]) if row is not None else None
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
