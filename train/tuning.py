@@ -12,7 +12,7 @@ import csv
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 DEFAULT_SPACE = ("lr0", "lrf", "momentum")
@@ -142,7 +142,10 @@ def tune(data: str | Path, options: TuneOptions | None = None, fold: int | None 
     from .training import check_train_args, fold_data
 
     opt = options or TuneOptions()
-    data_path = fold_data(data, fold)
+    # Absolute paths: Ray runs each trial in a folder of its own.
+    data_path = fold_data(data, fold).resolve()
+    if Path(opt.model).is_file():
+        opt = replace(opt, model=str(Path(opt.model).resolve()))
     check_train_args(opt.overrides, "overrides")
     if opt.iterations < 1:
         raise ValueError(f"iterations: expected at least 1, found {opt.iterations}")
@@ -199,9 +202,11 @@ def _tune_genetic(data: Path, opt: TuneOptions, search_dir: Path, resume: bool) 
         rec = json.loads(line)
         row: dict = {"iteration": rec.get("iteration"), "fitness": rec.get("fitness")}
         row.update({k: rec.get("hyperparameters", {}).get(k) for k in opt.space})
-        metrics = rec.get("metrics") or {}
+        # Ultralytics keeps metrics per dataset ({"datasets": {name: {...}}}); one dataset is tuned here.
+        per_dataset = rec.get("datasets") or {}
+        metrics = next(iter(per_dataset.values()), None) if len(per_dataset) == 1 else rec.get("metrics")
         if isinstance(metrics, dict):
-            row.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+            row.update({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "fitness"})
         rows.append(row)
     return rows
 

@@ -1,0 +1,132 @@
+"""The whole training chain, small, on the CPU, as a user runs it: scenes -> tiles -> folds -> a one-epoch
+training -> ONNX -> hard negatives -> full-photo evaluation; and the weight budget's refusal."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgetile.runtime.detector import DetectConfig, Detector
+from edgetile.train.budget import BudgetError, check_budget_before_training, estimate_sizes
+from edgetile.train.synth import SceneConfig, write_dataset
+from edgetile.train.tiles import read_manifest
+
+EDGETILE = [sys.executable, "-c", "import sys; from edgetile.runtime.cli import main; sys.exit(main())"]
+SMALL = SceneConfig(width=512, height=384, people=(2, 4), person_px=(16, 48), rocks=(1, 3), logs=(1, 2), bushes=(1, 4))
+TINY_TRAIN = ["--model", "yolov8n.yaml", "--imgsz", 64, "--epochs", 1, "--batch", 4, "--workers", 0, "--device", "cpu",
+              "--set", "plots=false", "amp=false"]
+
+
+def run(*args, cwd=None):
+    env = {**os.environ, "YOLO_OFFLINE": "1"}  # no weights or fonts can be downloaded here
+    return subprocess.run([*EDGETILE, *map(str, args)], capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chain")
+    photos = write_dataset(root / "photos", 8, seed=21, config=SMALL)
+    tiles = run("dataset", "tiles", photos, "--out", root / "tiles", "--tile", 256, "--folds", 3, "--negatives", 3)
+    train = run("train", "--data", root / "tiles" / "data.yaml", "--fold", 1, *TINY_TRAIN,
+                "--project", root / "runs", "--name", "t")
+    return root, tiles, train
+
+
+def test_tiles_and_folds(chain):
+    root, tiles, _ = chain
+    assert tiles.returncode == 0, tiles.stderr
+    assert all((root / "tiles" / "folds" / f"fold{k}.yaml").is_file() for k in range(3))
+
+
+def test_one_epoch_training_exports_an_onnx_the_runtime_runs_within_budget(chain):
+    root, _, train = chain
+    assert train.returncode == 0, train.stderr[-3000:]
+    run_dir = root / "runs" / "t"
+    best, onnx = run_dir / "weights" / "best.pt", run_dir / "weights" / "best.onnx"
+    summary = json.loads((run_dir / "edgetile_summary.json").read_text())
+    assert summary["data"].endswith(str(Path("folds") / "fold1.yaml")) and summary["fold"] == 1
+    assert summary["within_budget"] and summary["budget_mb"] == 100
+    mib = 1024 * 1024
+    assert summary["sizes_mb"] == {"best.pt": best.stat().st_size / mib, "best.onnx": onnx.stat().st_size / mib}
+    # The prediction made before training is close to the real files.
+    assert summary["predicted_mb"]["checkpoint"] == pytest.approx(best.stat().st_size / mib, rel=0.02)
+    assert summary["predicted_mb"]["onnx"] == pytest.approx(onnx.stat().st_size / mib, rel=0.05)
+    table = (run_dir / "edgetile_summary.txt").read_text()
+    assert "best.pt" in table and "best.onnx" in table and "ok" in table
+    with Detector(str(onnx), config=DetectConfig(tile=256, conf=0.001)) as det:
+        assert det.names == {0: "person"} and det.input_hw == (64, 64)
+
+
+def test_hard_negatives_from_the_trained_checkpoint(chain):
+    root, _, train = chain
+    assert train.returncode == 0
+    best = root / "runs" / "t" / "weights" / "best.pt"
+    r = run("dataset", "tiles", root / "photos", "--out", root / "hard", "--tile", 256, "--negatives", 2,
+            "--hard-negatives", best, "--hard-conf", 0.001)
+    assert r.returncode == 0, r.stderr[-3000:]
+    hard = [row for row in read_manifest(root / "hard" / "manifest.csv") if row["kind"] == "hard-negative"]
+    assert len(hard) == 2
+    assert float(hard[0]["score"]) >= float(hard[1]["score"]) >= 0  # ranked, highest first
+
+
+def test_full_photo_evaluation_of_the_trained_model(chain):
+    root, _, train = chain
+    assert train.returncode == 0
+    out = root / "eval"
+    r = run("eval", "--model", root / "runs" / "t" / "weights" / "best.onnx", "--data", root / "photos",
+            "--tile", 256, "--out", out, "--sweep", "--sweep-conf", "0.01,0.05", "--sweep-merge", "ios",
+            "--sweep-merge-thr", "0.5")
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["photos"] == 8 and m["gt_boxes"] > 8
+    for k in ("map50", "map75", "map50_95", "lacmus_ap50", "lacmus_f1", "recall", "precision"):
+        assert m[k] is None or 0.0 <= m[k] <= 1.0  # an untrained model scores near 0; the chain is what is tested
+    assert (out / "pr_curve.png").is_file() and (out / "best_detect.json").is_file()
+
+
+def test_budget_refusal_before_training_names_the_largest_model_that_fits(tmp_path, chain):
+    root = chain[0]
+    t0 = time.perf_counter()
+    r = run("train", "--data", root / "tiles" / "data.yaml", "--model", "yolov8x.yaml", "--export", "none",
+            "--budget-mb", 100, "--epochs", 1, "--imgsz", 64, "--device", "cpu", "--project", tmp_path / "runs")
+    seconds = time.perf_counter() - t0
+    assert r.returncode == 2, r.stderr[-2000:]
+    line = [x for x in r.stderr.splitlines() if "refused" in x]
+    assert len(line) == 1 and "over the weight budget of 100 MB" in line[0], r.stderr
+    assert "the largest of its family that fits is yolov8l.yaml" in line[0]
+    assert not (tmp_path / "runs").exists()  # no training started
+    print(f"refused yolov8x.yaml in {seconds:.1f} s, most of it importing torch")
+
+
+# Each case: model, whether the ONNX (FP32, twice the FP16 checkpoint) must fit too, the model named.
+REFUSALS = [
+    ("yolov8x.yaml", False, "yolov8l.yaml"),
+    ("yolov8x.yaml", True, "yolov8m.yaml"),
+    ("yolo11x.yaml", True, "yolo11l.yaml"),
+    ("yolov8l.yaml", True, "yolov8m.yaml"),
+]
+
+
+@pytest.mark.parametrize("model,onnx,fits", REFUSALS)
+def test_budget_refusal_names_the_largest_of_the_family(model, onnx, fits):
+    with pytest.raises(BudgetError, match=f"the largest of its family that fits is {fits}"):
+        check_budget_before_training(model, 1, budget_mb=100.0, onnx=onnx)
+    assert check_budget_before_training(fits, 1, budget_mb=100.0, onnx=onnx).name == fits
+
+
+def test_budget_estimates_and_the_case_where_nothing_fits():
+    own, family = estimate_sizes("yolov8s.yaml", nc=1)
+    assert own.name == "yolov8s.yaml" and [e.name for e in family] == [f"yolov8{s}.yaml" for s in "nsmlx"]
+    assert [e.checkpoint_mb for e in family] == sorted(e.checkpoint_mb for e in family)
+    assert 2.0 * own.params / 2**20 < own.checkpoint_mb < 2.1 * own.params / 2**20  # FP16 plus structure
+    with pytest.raises(BudgetError, match="no model of its family fits"):
+        check_budget_before_training("yolov8n.yaml", 1, budget_mb=1.0)
+    assert check_budget_before_training("yolov8n.yaml", 1, budget_mb=7.0).scale == "n"
+    with pytest.raises(BudgetError, match="best.pt and its ONNX would be"):
+        check_budget_before_training("yolov8n.yaml", 1, budget_mb=7.0, onnx=True)
