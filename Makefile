@@ -11,6 +11,18 @@ test: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check runtime export train tests benchmarks
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
+# The MQTT tests (tests/test_geo_mqtt.py) start a real Mosquitto broker: installed from the system's
+# packages when missing; if that fails, make stops here and says so.
+MOSQUITTO ?= /usr/sbin/mosquitto
+SUDO ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+test: $(MOSQUITTO)
+
+$(MOSQUITTO):
+	@echo "make test: the MQTT tests need the Mosquitto broker at $@; installing it with apt-get"
+	$(SUDO) apt-get update
+	$(SUDO) apt-get install -y mosquitto
+	@test -x $@ || { echo "make test: error: mosquitto is still missing at $@ (the MQTT tests look for it there)" >&2; exit 1; }
+
 $(VENV)/.installed-dev: setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -e ".[dev]"

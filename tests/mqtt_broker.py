@@ -1,0 +1,106 @@
+"""A real Mosquitto broker on a free loopback port, and a subscriber that collects what it hears."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+MOSQUITTO = "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def needs_mosquitto():
+    if not os.access(MOSQUITTO, os.X_OK):
+        pytest.skip(f"needs the Mosquitto broker at {MOSQUITTO} (Debian: apt-get install mosquitto; "
+                    "`make test` installs it)")
+
+
+class Broker:
+    """Mosquitto with persistence (so that a restart keeps subscriptions and queued messages)."""
+
+    def __init__(self, workdir: Path) -> None:
+        needs_mosquitto()
+        self.port = free_port()
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.conf = self.dir / "mosquitto.conf"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                             f"persistence_location {self.dir}/\nlog_dest file {self.dir}/mosquitto.log\n"
+                             # as root, mosquitto would switch to user 'mosquitto', who cannot write here
+                             + ("user root\n" if os.geteuid() == 0 else ""))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Broker:
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {self.proc.stderr.read()!r}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not listen on port {self.port} within 20 s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: mosquitto saves its persistence database
+            self.proc.wait(timeout=20)
+        self.proc = None
+
+
+class Subscriber:
+    """A paho client that keeps its session across broker restarts and queues every message."""
+
+    def __init__(self, port: int, topic: str = "edgetile/#", client_id: str = "test-subscriber",
+                 clean: bool = False) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.messages: queue.Queue = queue.Queue()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean)
+        self.client.reconnect_delay_set(1, 2)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.client.on_message = lambda c, u, m: self.messages.put(m)
+        self.client.connect("127.0.0.1", port, keepalive=10)
+        self.client.loop_start()
+
+    def get(self, timeout: float = 15.0):
+        return self.messages.get(timeout=timeout)
+
+    def collect(self, n: int, topic: str, timeout: float = 20.0) -> list[dict]:
+        """The JSON payloads of the next n messages on `topic` (others are skipped)."""
+        out, deadline = [], time.monotonic() + timeout
+        while len(out) < n:
+            m = self.messages.get(timeout=max(0.01, deadline - time.monotonic()))
+            if m.topic == topic:
+                out.append((json.loads(m.payload), m))
+        return out
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def retained(port: int, topic: str, timeout: float = 10.0) -> dict:
+    """The retained message on a topic, as a fresh client sees it."""
+    sub = Subscriber(port, topic, client_id=f"probe-{time.monotonic_ns()}", clean=True)
+    try:
+        m = sub.get(timeout)
+        assert m.retain, f"expected a retained message on {topic}"
+        return json.loads(m.payload)
+    finally:
+        sub.close()
