@@ -92,9 +92,12 @@ def test_detections_pages_with_since_and_limit(api):
     middle = api.json(f"/detections?since={ids[2]}&limit=1000")["items"]
     assert [it["id"] for it in middle] == ids[3:]
     # Out-of-range paging is refused, not clamped.
-    for query in ("limit=0", "limit=1001", "since=-1", "since=abc"):
+    for query, words in [("limit=0", "limit: input should be greater than or equal to 1, found '0'"),
+                         ("limit=1001", "limit: input should be less than or equal to 1000, found '1001'"),
+                         ("since=-1", "since: input should be greater than or equal to 0, found '-1'"),
+                         ("since=abc", "since: input should be a valid integer")]:
         status, _, body = api.request(f"/detections?{query}")
-        assert status == 422, (query, body)
+        assert status == 422 and words in json.loads(body)["detail"], (query, body)
 
 
 def test_failed_lists_each_broken_input_once_with_its_error(api):
@@ -217,9 +220,13 @@ def test_upload_declared_over_the_limit_is_refused_before_reading(api):
 
 
 def test_a_second_daemon_on_the_same_state_or_port_is_refused(api, model, tmp_path):
+    in_flight = api.state / "tmp" / "upload-being-received.part"
+    in_flight.write_bytes(b"half a photo")
     same_state = ServeProcess(tmp_path, "--model", model, "--state", api.state)
     assert same_state.run_to_exit() == 2
     assert "another edgetile serve is using this folder" in same_state.log()
+    assert in_flight.exists()  # the refused daemon touched nothing of the running one's
+    in_flight.unlink()
     port = urllib.parse.urlsplit(api.url).port
     same_port = ServeProcess(tmp_path, "--model", model, "--state", tmp_path / "state", "--port", port)
     assert same_port.run_to_exit() == 2

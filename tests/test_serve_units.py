@@ -81,6 +81,18 @@ def test_failures_are_retried_then_parked_with_the_last_error(db):
         assert q.retry_parked() == 1 and q.failed(0, 10)[0] == [] and len(q.claim(1)) == 1
 
 
+def test_a_clock_that_jumped_back_does_not_hold_retries_forever(db):
+    with PhotoQueue(db, max_attempts=3, retry_after=10) as q:
+        q.add(sha(1), "watch", "a", "a")
+        q.add(sha(2), "watch", "b", "b")
+        a, b = q.claim(2)
+        q.finish([Outcome(a, error="hiccup"), Outcome(b, error="hiccup")])
+        assert q.claim(2) == []  # both wait 10 s
+        # The clock was a year ahead when b failed (then GPS set it right): b is due now, a still waits.
+        q.conn.execute("UPDATE items SET not_before=? WHERE item_id=?", (time.time() + 365 * 86400, b.item_id))
+        assert [it.item_id for it in q.claim(2)] == [b.item_id]
+
+
 def test_interrupted_items_come_back_alone_and_are_parked_when_they_keep_killing_the_daemon(db):
     with PhotoQueue(db, max_attempts=2) as q:
         for n in range(1, 6):

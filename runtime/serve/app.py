@@ -17,6 +17,7 @@ import mimetypes
 import os
 import re
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ import cv2
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.datastructures import UploadFile
 
@@ -47,6 +49,20 @@ def create_app(daemon: Daemon) -> FastAPI:
     """The API over one daemon's queue, configuration and measurements."""
     cfg = daemon.config
     app = FastAPI(title="edgetile serve", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+
+    # Checking an upload decodes it (a 12 MP photo is 36 MB of pixels): two at a time bounds memory
+    # however many clients upload at once.
+    decoding = threading.BoundedSemaphore(2)
+
+    def store(src, client_name):
+        with decoding:
+            return _store(src, client_name, cfg)
+
+    @app.exception_handler(RequestValidationError)
+    async def one_line_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default is a list of objects; a field user reads one line: what, expected, found.
+        parts = [f"{e['loc'][-1]}: {e['msg'].lower()}, found {e.get('input')!r}" for e in exc.errors()]
+        return JSONResponse({"detail": "; ".join(parts)}, status_code=422)
 
     def queue() -> PhotoQueue:
         return PhotoQueue(cfg.db_path, cfg.max_attempts, cfg.retry_after)
@@ -155,7 +171,7 @@ def create_app(daemon: Daemon) -> FastAPI:
                 part = form.get("file")
                 if not isinstance(part, UploadFile):
                     raise HTTPException(422, "expected the photo in a multipart file field named 'file', found none")
-                stored = await run_in_threadpool(_store, part.file, part.filename, cfg)
+                stored = await run_in_threadpool(store, part.file, part.filename)
             finally:
                 await form.close()
         else:
@@ -164,7 +180,7 @@ def create_app(daemon: Daemon) -> FastAPI:
                 async for chunk in request.stream():
                     spool.write(chunk)
                 spool.seek(0)
-                stored = await run_in_threadpool(_store, spool, name, cfg)
+                stored = await run_in_threadpool(store, spool, name)
             finally:
                 spool.close()
         with queue() as q:

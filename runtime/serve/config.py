@@ -52,9 +52,9 @@ def merge_options(given: argparse.Namespace, defaults: Mapping[str, object]) -> 
     """Options from the command line, then the --config file, then the defaults.
 
     Args:
-        given: What argparse parsed, holding only options given on the command line (the serve
-            parser's defaults are SUPPRESS), plus ``_serve_defaults`` and the parser itself under
-            ``_serve_actions``.
+        given: What argparse parsed: only the options given on the command line (the serve
+            parser's defaults are SUPPRESS), plus ``_serve_actions`` (dest -> argparse action, used
+            to check the file's values exactly as the command line's).
         defaults: dest -> default of every serve option.
 
     Raises:

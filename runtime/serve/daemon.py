@@ -148,8 +148,9 @@ class Daemon:
     # ---- lifecycle --------------------------------------------------------------------------
 
     def _prepare_state(self) -> None:
+        """Create the state folders and drop partial uploads; only while holding the state lock."""
         cfg = self.config
-        for d in (cfg.state, cfg.uploads_dir, cfg.frames_dir, cfg.tmp_dir):
+        for d in (cfg.uploads_dir, cfg.frames_dir, cfg.tmp_dir):
             d.mkdir(parents=True, exist_ok=True)
         for leftover in cfg.tmp_dir.iterdir():  # uploads cut off by a crash: never answered, never queued
             if leftover.is_file():
@@ -160,6 +161,7 @@ class Daemon:
             return None
         import fcntl
 
+        self.config.state.mkdir(parents=True, exist_ok=True)
         f = open(self.config.state / "lock", "a+")  # noqa: SIM115 - held open for the daemon's life
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -175,9 +177,9 @@ class Daemon:
         from .app import create_app
 
         cfg = self.config
-        self._prepare_state()
         lock = self._lock_state()
         try:
+            self._prepare_state()
             with PhotoQueue(cfg.db_path, cfg.max_attempts, cfg.retry_after) as q:
                 requeued, parked = q.recover()
                 retried = q.retry_parked() if cfg.retry_failed else 0

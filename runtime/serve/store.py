@@ -254,10 +254,12 @@ class PhotoQueue:
         """
         now = time.time()
         with self._write() as c:
+            # A retry time further ahead than retry_after means the clock jumped back (a companion
+            # computer without a battery-backed clock, set by GPS or NTP after boot): due now.
             rows = c.execute(
                 "SELECT item_id, sha256, source, name, path, attempts, suspect FROM items "
-                "WHERE state='queued' AND not_before<=? ORDER BY suspect DESC, item_id LIMIT ?",
-                (now, int(limit)),
+                "WHERE state='queued' AND (not_before<=? OR not_before>?) ORDER BY suspect DESC, item_id LIMIT ?",
+                (now, now + self.retry_after + 1.0, int(limit)),
             ).fetchall()
             if rows and rows[0]["suspect"]:
                 rows = rows[:1]
