@@ -199,7 +199,8 @@ class Detector:
             elif batch is None:
                 batch = DEFAULT_DYNAMIC_BATCH
             buffer = BatchBuffer(batch, info.input_hw, be.input_dtype)
-            buffer.array[:] = 0  # padding slots of a fixed-batch model hold zeros, never garbage
+            if getattr(be, "infer_views", None) is None:  # the GPU path never touches the host batch
+                buffer.array[:] = 0  # padding slots of a fixed-batch model hold zeros, never garbage
         except BaseException:
             be.close()
             raise
@@ -259,25 +260,39 @@ class Detector:
         cuts: list[np.ndarray] = []
         cap = m.buffer.capacity
         nc = len(m.info.names) or None
-        for start in range(0, len(views), cap):
-            v = views.subset(slice(start, start + cap))
-            n = len(v)
-            t0 = time.perf_counter()
-            arr = m.buffer.fill(image, v)
-            if m.info.batch is not None:
-                arr = m.buffer.array  # fixed batch: the last partial batch runs padded
-            t1 = time.perf_counter()
-            out = m.backend.infer(arr)[0]
-            t2 = time.perf_counter()
-            check_yolo_output(out, arr.shape[0], nc)
-            for i, (b, s, lab) in enumerate(decode_yolo(out, n, cfg.conf, cfg.iou, cfg.max_det)):
-                d, cut = to_image(b, s, lab, v, i)
-                parts.append(d)
-                cuts.append(cut)
-            t3 = time.perf_counter()
-            t["preprocess"] += (t1 - t0) * 1000
-            t["infer"] += (t2 - t1) * 1000
-            t["decode"] += (t3 - t2) * 1000
+        # A backend with a GPU path (infer_views) preprocesses, infers and filters on the device, batches
+        # pipelined; it yields per batch the output restricted to candidates above conf, (n, 4 + nc, M),
+        # which decodes exactly like the full output. Its preprocessing counts as infer time.
+        infer_views = getattr(m.backend, "infer_views", None)
+        device_batches = infer_views(image, views, cap, cfg.conf) if infer_views is not None else None
+        try:
+            for start in range(0, len(views), cap):
+                v = views.subset(slice(start, start + cap))
+                n = len(v)
+                t0 = time.perf_counter()
+                if device_batches is None:
+                    arr = m.buffer.fill(image, v)
+                    if m.info.batch is not None:
+                        arr = m.buffer.array  # fixed batch: the last partial batch runs padded
+                    rows = arr.shape[0]
+                    t1 = time.perf_counter()
+                    out = m.backend.infer(arr)[0]
+                else:
+                    rows, t1 = n, t0
+                    out = next(device_batches)
+                t2 = time.perf_counter()
+                check_yolo_output(out, rows, nc)
+                for i, (b, s, lab) in enumerate(decode_yolo(out, n, cfg.conf, cfg.iou, cfg.max_det)):
+                    d, cut = to_image(b, s, lab, v, i)
+                    parts.append(d)
+                    cuts.append(cut)
+                t3 = time.perf_counter()
+                t["preprocess"] += (t1 - t0) * 1000
+                t["infer"] += (t2 - t1) * 1000
+                t["decode"] += (t3 - t2) * 1000
+        finally:
+            if device_batches is not None:
+                device_batches.close()  # the backend finishes its queued GPU work before the next image
         t0 = time.perf_counter()
         dets = Detections.concat(parts)
         cut = np.concatenate(cuts) if cuts else np.zeros(0, bool)

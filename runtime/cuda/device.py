@@ -314,6 +314,14 @@ class CudaDevice:
         with self.active(), checked("cuCtxSynchronize"):
             self.driver.Context.synchronize()
 
+    def peak_bandwidth_gbs(self) -> float | None:
+        """Theoretical DRAM bandwidth from the driver (2 x memory clock x bus width), or None if unreported."""
+        attr = self.driver.device_attribute
+        with checked("cuDeviceGetAttribute"):
+            khz = int(self._dev.get_attribute(attr.MEMORY_CLOCK_RATE))
+            bits = int(self._dev.get_attribute(attr.GLOBAL_MEMORY_BUS_WIDTH))
+        return 2 * khz * 1e3 * bits / 8 / 1e9 if khz > 0 and bits > 0 else None
+
     # -- objects -----------------------------------------------------------------------------------
     def _track(self, res: _Resource) -> None:
         with self._lock:

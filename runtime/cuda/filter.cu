@@ -16,8 +16,33 @@
 
 #include <cuda_fp16.h>
 
-__device__ __forceinline__ float score_value(float s) { return s; }
-__device__ __forceinline__ float score_value(__half s) { return __half2float(s); }
+__host__ __device__ __forceinline__ float score_value(float s) { return s; }
+__host__ __device__ __forceinline__ float score_value(__half s) { return __half2float(s); }
+
+// Whether the anchor whose column starts at `column` passes. __host__ too, so that
+// tests/cuda_host_harness.cu can run exactly this code on the CPU where no GPU is present.
+template <typename T>
+__host__ __device__ __forceinline__ bool candidate_passes(const T* __restrict__ column, int rows, int anchors,
+                                                          float threshold)
+{
+    float best = score_value(column[(size_t)4 * anchors]);
+    for (int r = 5; r < rows; ++r) {
+        const float s = score_value(column[(size_t)r * anchors]);
+        if (isnan(s) || s > best) {  // NaN wins, as in NumPy's max
+            best = s;
+        }
+    }
+    return best > threshold;
+}
+
+template <typename T>
+__host__ __device__ __forceinline__ void copy_candidate(const T* __restrict__ column, int rows, int anchors,
+                                                        T* __restrict__ dst)
+{
+    for (int r = 0; r < rows; ++r) {
+        dst[r] = column[(size_t)r * anchors];
+    }
+}
 
 template <typename T>
 __device__ __forceinline__ void filter_candidates(
@@ -34,22 +59,12 @@ __device__ __forceinline__ void filter_candidates(
     const int v = (int)(i / anchors);
     const int a = (int)(i % anchors);
     const T* column = out + (size_t)v * rows * anchors + a;
-    float best = score_value(column[(size_t)4 * anchors]);
-    for (int r = 5; r < rows; ++r) {
-        const float s = score_value(column[(size_t)r * anchors]);
-        if (isnan(s) || s > best) {  // NaN wins, as in NumPy's max
-            best = s;
-        }
-    }
-    if (!(best > threshold)) {
+    if (!candidate_passes<T>(column, rows, anchors, threshold)) {
         return;
     }
     const int k = atomicAdd(count, 1);
     index[k] = (int)i;
-    T* dst = values + (size_t)k * rows;
-    for (int r = 0; r < rows; ++r) {
-        dst[r] = column[(size_t)r * anchors];
-    }
+    copy_candidate<T>(column, rows, anchors, values + (size_t)k * rows);
 }
 
 extern "C" __global__ void filter_candidates_f32(

@@ -15,10 +15,14 @@
 // Compiled at first use by pycuda (SourceModule, no_extern_c=True) for the GPU it runs on; CI compiles
 // it with nvcc for the Jetson architectures (tests/test_cuda_compile.py).
 
+#ifndef VIEW_PARAMS
 #define VIEW_PARAMS 8  // keep equal to reference.VIEW_PARAMS
+#endif
 
+// One output pixel (x, y) of view v, all three channels. __host__ too, so that tests/cuda_host_harness.cu
+// can run exactly this code on the CPU where no GPU is present.
 template <typename T>
-__device__ __forceinline__ void preprocess_views(
+__host__ __device__ __forceinline__ void preprocess_pixel(
     const unsigned char* __restrict__ frame,  // (frame_h, row_bytes) uint8 BGR rows
     int row_bytes,                            // bytes from one frame row to the next
     const int* __restrict__ params,           // (n_views, VIEW_PARAMS)
@@ -26,14 +30,8 @@ __device__ __forceinline__ void preprocess_views(
     const int4* __restrict__ ytab,            // source row 0, row 1, weight 0, weight 1
     const T* __restrict__ lut,                // 256 output values, one per uint8 level
     T* __restrict__ out,                      // (n_views, 3, out_h, out_w)
-    int out_h, int out_w, int n_views)
+    int out_h, int out_w, int x, int y, int v)
 {
-    const int x = blockIdx.x * blockDim.x + threadIdx.x;
-    const int y = blockIdx.y * blockDim.y + threadIdx.y;
-    const int v = blockIdx.z;
-    if (x >= out_w || y >= out_h || v >= n_views) {
-        return;
-    }
     const int* p = params + v * VIEW_PARAMS;
     const int x0 = p[0], y0 = p[1], cw = p[2], ch = p[3], flip = p[4], xoff = p[5], yoff = p[6];
     const size_t plane = (size_t)out_h * (size_t)out_w;
@@ -58,9 +56,24 @@ __device__ __forceinline__ void preprocess_views(
         // Vertical pass rounded as OpenCV's SIMD path: (h >> 4) fits in int16, then a 16x16 high
         // multiply, then a rounding shift by 2.
         int value = ((((h0 >> 4) * ty.z) >> 16) + (((h1 >> 4) * ty.w) >> 16) + 2) >> 2;
-        value = min(max(value, 0), 255);
+        value = value < 0 ? 0 : (value > 255 ? 255 : value);
         o[(2 - c) * plane] = lut[value];  // BGR in, RGB out
     }
+}
+
+template <typename T>
+__device__ __forceinline__ void preprocess_views(
+    const unsigned char* __restrict__ frame, int row_bytes, const int* __restrict__ params,
+    const int4* __restrict__ xtab, const int4* __restrict__ ytab, const T* __restrict__ lut,
+    T* __restrict__ out, int out_h, int out_w, int n_views)
+{
+    const int x = blockIdx.x * blockDim.x + threadIdx.x;
+    const int y = blockIdx.y * blockDim.y + threadIdx.y;
+    const int v = blockIdx.z;
+    if (x >= out_w || y >= out_h || v >= n_views) {
+        return;
+    }
+    preprocess_pixel<T>(frame, row_bytes, params, xtab, ytab, lut, out, out_h, out_w, x, y, v);
 }
 
 extern "C" __global__ void preprocess_views_f32(
