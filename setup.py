@@ -135,6 +135,8 @@ setup(
         "onnx": ONNX_RUNTIME,
         "jetson": ["pycuda>=2022.1"],
         "export": EXPORT,
+        # Building TensorRT engines on a Jetson: TensorRT itself comes with JetPack; no torch needed.
+        "engine": ONNX_RUNTIME + ["onnx>=1.14", "pycuda>=2022.1"],
         "train": TRAIN,
         "ray": TRAIN + RAY,
         "serve": SERVE,
@@ -143,8 +145,6 @@ setup(
         "mavlink": MAVLINK,
         "dev": DEV,
     },
-        # Building TensorRT engines on a Jetson: TensorRT itself comes with JetPack; no torch needed.
-        "engine": ONNX_RUNTIME + ["onnx>=1.14", "pycuda>=2022.1"],
     entry_points={
         "console_scripts": ["edgetile = edgetile.runtime.cli:main"],
         # Subcommands contributed by the heavier parts, loaded only when invoked (train -> export -> runtime).
