@@ -212,6 +212,24 @@ def test_watcher_waits_for_a_file_to_settle_and_skips_partial_and_hidden_names(t
         assert FolderWatcher([drop], settle=0.0, exclude=state).scan(q, now=300.0) == 1
 
 
+def test_watcher_waits_for_a_removed_card_and_skips_known_photos_when_it_returns(tmp_path, caplog):
+    card, moved = tmp_path / "card", tmp_path / "elsewhere"
+    card.mkdir()
+    (card / "a.jpg").write_bytes(b"photo a")
+    with PhotoQueue(tmp_path / "q.sqlite3") as q:
+        w = FolderWatcher([card], settle=0.0)
+        assert w.scan(q, now=1.0) == 1
+        card.rename(moved)  # pulled out
+        with caplog.at_level("INFO", logger="edgetile.serve"):
+            assert w.scan(q, now=2.0) == 0 and w.scan(q, now=3.0) == 0
+            moved.rename(card)  # back, with one new photo
+            (card / "b.jpg").write_bytes(b"photo b")
+            assert w.scan(q, now=4.0) == 1
+        assert [r.getMessage().split(" (")[0] for r in caplog.records] == \
+            [f"watched folder {card} is not there", f"watched folder {card} is back"]  # said once each
+        assert q.counts()["queued"] == 2
+
+
 def serve_parser():
     p = argparse.ArgumentParser()
     register(p.add_subparsers(dest="command"))

@@ -109,6 +109,7 @@ class FolderWatcher:
         self.on_new = on_new or (lambda: None)
         self._pending: dict[str, tuple[int, int, float]] = {}  # path -> (size, mtime_ns, unchanged since)
         self._recorded: dict[str, tuple[int, int]] = {}
+        self._missing: set[Path] = set()
 
     def scan(self, queue: PhotoQueue, now: float) -> int:
         """One pass over the folders; returns how many new inputs were recorded."""
@@ -116,6 +117,14 @@ class FolderWatcher:
         pending: dict[str, tuple[int, int, float]] = {}
         recorded: dict[str, tuple[int, int]] = {}
         for folder in self.folders:
+            if not folder.is_dir():  # an SD card pulled out: say so once, and wait for it
+                if folder not in self._missing:
+                    log.warning("watched folder %s is not there (card removed or unmounted?); waiting for it", folder)
+                    self._missing.add(folder)
+                continue
+            if folder in self._missing:
+                log.info("watched folder %s is back", folder)
+                self._missing.discard(folder)
             for path, st in _walk_images(folder, self.exclude):
                 key = (st.st_size, st.st_mtime_ns)
                 if self._recorded.get(path) == key:
