@@ -89,6 +89,7 @@ SERVE_TEST = ["prometheus-client>=0.17"]  # the serve tests' oracle for the metr
 DEV = sorted(
     set(
         TRAIN
+        + RAY
         + GEO + MQTT + MAVLINK + GEO_TEST
         + SERVE
         + SERVE_TEST
