@@ -380,9 +380,10 @@ def test_refused_shape_and_failed_execution_raise():
     with pytest.raises(ValueError, match=r"TensorRT refused input shape \(2, 3, 256, 256\)"):
         ex.set_batch(2)
     trt = StandInTensorRT("10.3.0", DYNAMIC, execute_ok=False)
-    ex = EngineExecution(trt.Engine(), engine_io(trt, trt.Engine(), runtime_api("10.3.0")), "m.engine")
+    log = ["ERROR: [executionContext.cpp::enqueueV3] Error Code 1: Cuda Runtime (out of memory)"]
+    ex = EngineExecution(trt.Engine(), engine_io(trt, trt.Engine(), runtime_api("10.3.0")), "m.engine", log)
     ex.set_batch(2)
-    with pytest.raises(CudaError, match="execute_async_v3 failed"):
+    with pytest.raises(CudaError, match=r"m.engine: TensorRT execute_async_v3 failed: ERROR: .*out of memory"):
         ex.enqueue(1, {"output0": 2}, 3)
     with pytest.raises(RuntimeError, match="set_batch must be called"):
         EngineExecution(trt.Engine(), ex.io).enqueue(1, {"output0": 2}, 3)

@@ -284,11 +284,13 @@ class EngineExecution:
         engine: The deserialized ICudaEngine.
         io: Its contract (engine_io).
         where: Engine path, for messages.
+        log: The lines of the TensorRT logger (make_logger), quoted when an enqueue fails.
     """
 
-    def __init__(self, engine: Any, io: EngineIO, where: str = "engine") -> None:
+    def __init__(self, engine: Any, io: EngineIO, where: str = "engine", log: list[str] | None = None) -> None:
         self.io = io
         self.where = where
+        self._log = log if log is not None else []  # the TensorRT logger's lines, quoted in errors
         self.context = engine.create_execution_context()
         if self.context is None:
             raise MemoryError(f"{where}: TensorRT could not create an execution context (out of GPU memory?)")
@@ -330,8 +332,8 @@ class EngineExecution:
             if not self.context.set_tensor_address(name, ptr):
                 raise CudaError(f"{self.where}: TensorRT set_tensor_address({name!r}) failed")
         if not self.context.execute_async_v3(int(stream_handle)):
-            raise CudaError(f"{self.where}: TensorRT execute_async_v3 failed (see the TensorRT log lines in the error "
-                            "of the backend, or run with a GPU memory check)")
+            said = " | ".join(self._log[-3:]) or "TensorRT logged nothing"
+            raise CudaError(f"{self.where}: TensorRT execute_async_v3 failed: {said}")
 
     def nbytes(self, name: str, batch: int | None = None) -> int:
         """Bytes of a tensor at the current batch (or at batch for the input)."""
@@ -439,6 +441,7 @@ class TensorRTBackend(Backend):
         self._host_in = None
         self._host_out: dict[str, Any] = {}
         self.infer_views = None
+        self._pre = self._frame = self._filter = None
         self.warnings: list[str] = []
         trt, api = import_tensorrt()
         self.api = api
@@ -482,7 +485,7 @@ class TensorRTBackend(Backend):
             if meta is not None and tuple(meta.input_hw) != io.input_hw:
                 raise ValueError(f"engine {path}: its sidecar says input {meta.input_hw}, the engine has {io.input_hw}; "
                                  "the sidecar belongs to another engine")
-            self._exec = EngineExecution(self._engine, io, str(path))
+            self._exec = EngineExecution(self._engine, io, str(path), self._logger.lines)
             self._exec.set_batch(io.batch_max)
             out_nbytes = {o.name: self._exec.nbytes(o.name) for o in io.outputs}
             self._pre_stream, self._inf_stream, self._copy_stream = (self._part(dev.stream()) for _ in range(3))
@@ -509,7 +512,7 @@ class TensorRTBackend(Backend):
 
                 self._frame = self._part(FrameUpload(dev))
                 self._pre = self._part(GpuPreprocessor(dev, io.input_hw, io.input.dtype))
-                self._filter = GpuFilter(dev, io.outputs[0].dtype)
+                self._filter = self._part(GpuFilter(dev, io.outputs[0].dtype))
                 self.infer_views = self.run_views
             self._inf_stream.synchronize()
 
@@ -524,6 +527,11 @@ class TensorRTBackend(Backend):
     def _check_open(self) -> None:
         if self._exec is None:
             raise RuntimeError("backend is closed")
+
+    def _check_gpu_path(self) -> None:
+        self._check_open()
+        if getattr(self, "_pre", None) is None:
+            raise RuntimeError("the GPU path is off for this backend (gpu_preprocess=False)")
 
     def _drain(self) -> None:
         for s in (self._pre_stream, self._inf_stream, self._copy_stream):
@@ -583,7 +591,7 @@ class TensorRTBackend(Backend):
             order, zero-padded to the most any view has. decode_yolo gives on it exactly what it gives
             on the full output.
         """
-        self._check_open()
+        self._check_gpu_path()
         io, dev = self.io, self.device
         if isinstance(batch, bool) or not 1 <= int(batch) <= io.batch_max:
             raise ValueError(f"batch: expected 1..{io.batch_max} views per call for this engine, found {batch}")
@@ -645,7 +653,7 @@ class TensorRTBackend(Backend):
         the others are GPU time between CUDA events, summed over the batches: preprocess, infer, filter,
         download (counter and candidates to the host).
         """
-        self._check_open()
+        self._check_gpu_path()
         from ..cuda.reference import score_threshold
 
         io, dev = self.io, self.device

@@ -37,10 +37,12 @@ def import_driver():
     """pycuda.driver, or CudaUnavailable saying how to get it."""
     try:
         import pycuda.driver as drv
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
         raise CudaUnavailable(
             f"pycuda is not installed ({exc}); install it where nvcc is on PATH: pip install 'edgetile[jetson]'"
         ) from exc
+    except ImportError as exc:  # installed, but its library cannot load (no NVIDIA driver, CUDA mismatch)
+        raise CudaUnavailable(f"pycuda is installed but cannot be loaded (is the NVIDIA driver present?): {exc}") from exc
     return drv
 
 

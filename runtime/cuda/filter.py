@@ -78,6 +78,10 @@ class GpuFilter:
         name = "filter_candidates_f16" if self.dtype == np.float16 else "filter_candidates_f32"
         self._kernel = device.kernel("filter.cu", name, "PiiifPPP")
 
+    def close(self) -> None:
+        """Drop the kernel (its module unloads with the device)."""
+        self._kernel = None
+
     def launch(self, out_ptr: int, count: int, rows: int, anchors: int, threshold: float,
                cands: CandidateBuffers, stream: Stream) -> None:
         """Queue: zero the counter, keep the candidates of the first count views above threshold.
@@ -94,6 +98,8 @@ class GpuFilter:
         if count * anchors > cands.capacity or rows != cands.rows:
             raise ValueError(f"count, rows: expected at most {cands.capacity} anchors of {cands.rows} rows, "
                              f"found {count} x {anchors} of {rows}")
+        if self._kernel is None:
+            raise RuntimeError("GpuFilter is closed")
         total = int(count) * int(anchors)
         with self.device.active():
             cands.count.zero_int32(1, stream)

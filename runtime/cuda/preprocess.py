@@ -135,3 +135,5 @@ class GpuPreprocessor:
             if buf is not None:
                 buf.close()
         self._staging = self._tables = None
+        self._kernel = None  # its module unloads with the device
+        self._layout = None
