@@ -22,6 +22,7 @@ pytestmark = pytest.mark.needs_cuda
 
 @pytest.fixture(scope="module")
 def device():
+    pytest.importorskip("pycuda.driver", reason="the CUDA path is built on pycuda (conftest also accepts cupy)")
     from edgetile.runtime.cuda.device import CudaDevice
 
     dev = CudaDevice(0)
@@ -176,8 +177,8 @@ def test_cuda_errors_name_the_call(device):
         device.alloc(1 << 50)  # a petabyte
 
 
-def test_closing_the_device_closes_what_it_made():
-    from edgetile.runtime.cuda.device import CudaDevice
+def test_closing_the_device_closes_what_it_made(device):
+    from edgetile.runtime.cuda.device import CudaDevice  # a second device object on the same primary context
 
     dev = CudaDevice(0)
     buf, stream, host = dev.alloc(1024), dev.stream(), dev.pinned((16,), np.float32, mapped=dev.can_map_host_memory)

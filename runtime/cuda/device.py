@@ -378,19 +378,39 @@ class CudaDevice:
                 return self._kernels[key]
             with self.active():
                 if source not in self._modules:
-                    from pycuda.compiler import SourceModule
-
                     with checked(f"compiling {source} for {self.arch}"):
-                        # no_extern_c: the sources declare their own extern "C" entry points and include
-                        # C++ headers (cuda_fp16.h) that pycuda's extern "C" wrapper would break.
-                        self._modules[source] = SourceModule(kernel_source(source), no_extern_c=True,
-                                                             options=["-O3"], arch=self.arch)
+                        self._modules[source] = self._compile(source)
                 with checked(f"loading kernel {name} from {source}"):
                     fn = self._modules[source].get_function(name)
                     fn.prepare(signature)
             k = Kernel(name, fn, self)
             self._kernels[key] = k
             return k
+
+    def _compile(self, source: str) -> object:
+        """pycuda's SourceModule for this GPU (nvcc, cached on disk by pycuda).
+
+        no_extern_c: the sources declare their own extern "C" entry points and include C++ headers
+        (cuda_fp16.h) that pycuda's extern "C" wrapper would break. pycuda releases up to 2025 find their
+        own headers through pkg_resources and their cache through appdirs; where either is missing (new
+        setuptools has no pkg_resources), the same nvcc call is made through pycuda's compile_plain, cached
+        under ~/.cache/edgetile/cuda-kernels (or $XDG_CACHE_HOME), and loaded with module_from_buffer.
+        """
+        from pycuda import compiler
+
+        text = kernel_source(source)
+        try:
+            return compiler.SourceModule(text, no_extern_c=True, options=["-O3"], arch=self.arch)
+        except ModuleNotFoundError as exc:
+            if exc.name not in ("pkg_resources", "appdirs"):
+                raise
+        import os
+        from pathlib import Path
+
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgetile" / "cuda-kernels"
+        cache.mkdir(parents=True, exist_ok=True)
+        cubin = compiler.compile_plain(text, ["-O3", "-arch", self.arch], False, "nvcc", str(cache))
+        return self.driver.module_from_buffer(cubin)
 
     # -- lifetime ----------------------------------------------------------------------------------
     def close(self) -> None:
