@@ -642,9 +642,10 @@ class TensorRTBackend(Backend):
         try:
             yield from pipelined((total + batch - 1) // batch, enqueue, collect)
         finally:
-            with dev.active():
-                self._frame.release(self._pre_stream)
-                self._drain()
+            if self._exec is not None:  # a generator left open may be finalized after close()
+                with dev.active():
+                    self._frame.release(self._pre_stream)
+                    self._drain()
 
     def profile_stages(self, image: np.ndarray, views: Views, batch: int, conf: float) -> dict[str, float]:
         """Milliseconds of each GPU-path stage for one image, run one after another (not pipelined).
