@@ -25,7 +25,7 @@ import numpy as np
 
 from .ground import ElevationFn, ErrorModel, locate_boxes
 from .pose import CameraPose, PoseError, PoseOverrides, pose_from_photo
-from .tracks import TrackBuilder
+from .tracks import Track, TrackBuilder
 
 GEO_FORMATS = ("geojson", "kml", "csv")
 GEO_CSV_HEADER = ["image", "index", "class_name", "score", "latitude", "longitude", "error_m", "ground_alt_m",
@@ -148,6 +148,116 @@ def feature(det: dict, image: str) -> dict:
             "properties": props}
 
 
+class GeoDocuments:
+    """GeoJSON, KML and CSV of georeferenced detection records and their tracks.
+
+    Args:
+        photos: (image, detection records) per photo, in order; records with lat/lon are placed.
+        tracks: The tracks of those records (see TrackBuilder), or None to build them here with
+            track_radius_m (track_id is then written into the records).
+        track_radius_m: Radius for building tracks.
+    """
+
+    def __init__(self, photos: list[tuple[str, list[dict]]], tracks: list[Track] | None = None,
+                 track_radius_m: float = 5.0) -> None:
+        self.photos = photos
+        if tracks is None:
+            builder = TrackBuilder(track_radius_m)
+            for image, dets in photos:
+                for d, tid in zip(dets, builder.add_photo(image, dets)):
+                    if tid is not None:
+                        d["track_id"] = tid
+            tracks = builder.tracks
+        self.tracks = tracks
+
+    def _located(self) -> list[tuple[str, dict]]:
+        return [(img, d) for img, dets in self.photos for d in dets if d.get("lat") is not None]
+
+    def _thumb_of(self, image: str, index: int) -> str | None:
+        for img, dets in self.photos:
+            if img == image and index < len(dets):
+                return dets[index].get("thumbnail")
+        return None
+
+    def geojson(self) -> dict:
+        """The detections as a GeoJSON FeatureCollection."""
+        return {"type": "FeatureCollection", "features": [feature(d, img) for img, d in self._located()]}
+
+    def tracks_geojson(self) -> dict:
+        """The tracks as a GeoJSON FeatureCollection, one Point per track listing its photos."""
+        feats = []
+        for t in self.tracks:
+            props = t.to_dict()
+            props.pop("lat")
+            props.pop("lon")
+            props["thumbnail"] = self._thumb_of(t.best[0], t.best[1])
+            feats.append({"type": "Feature", "geometry": {"type": "Point", "coordinates": [round(t.lon, 8),
+                                                                                           round(t.lat, 8)]},
+                          "properties": props})
+        return {"type": "FeatureCollection", "features": feats}
+
+    def kml(self) -> str:
+        """The detections and tracks as a KML 2.2 document (two folders)."""
+        root = ET.Element("kml", xmlns=KML_NS)  # children inherit the default namespace
+        doc = ET.SubElement(root, "Document")
+        ET.SubElement(doc, "name").text = "edgetile detections"
+        for sid, colour in (("detection", "ff0000ff"), ("track", "ff00ffff")):
+            style = ET.SubElement(doc, "Style", id=sid)
+            icon = ET.SubElement(style, "IconStyle")
+            ET.SubElement(icon, "color").text = colour
+
+        def placemark(parent: ET.Element, name: str, style: str, lat: float, lon: float, data: dict,
+                      thumb: str | None) -> None:
+            pm = ET.SubElement(parent, "Placemark")
+            ET.SubElement(pm, "name").text = name
+            lines = [f"{k}: {json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in data.items()
+                     if v is not None and k != "thumbnail"]
+            html = "<br/>".join(lines) + (f'<br/><img src="{thumb}" width="256"/>' if thumb else "")
+            ET.SubElement(pm, "description").text = html
+            ET.SubElement(pm, "styleUrl").text = f"#{style}"
+            ext = ET.SubElement(pm, "ExtendedData")
+            for k, v in data.items():
+                if v is None:
+                    continue
+                el = ET.SubElement(ext, "Data", name=str(k))
+                ET.SubElement(el, "value").text = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+            point = ET.SubElement(pm, "Point")
+            ET.SubElement(point, "coordinates").text = f"{lon:.8f},{lat:.8f},0"
+
+        folder = ET.SubElement(doc, "Folder")
+        ET.SubElement(folder, "name").text = "Detections"
+        for img, d in self._located():
+            data = {"image": img}
+            data.update({k: v for k, v in d.items() if k not in ("lat", "lon")})
+            placemark(folder, f"{d.get('class_name', '')} {float(d.get('score', 0)):.2f}", "detection",
+                      d["lat"], d["lon"], data, d.get("thumbnail"))
+        folder = ET.SubElement(doc, "Folder")
+        ET.SubElement(folder, "name").text = "Tracks"
+        for t in self.tracks:
+            data = t.to_dict()
+            lat, lon = data.pop("lat"), data.pop("lon")
+            placemark(folder, f"track {t.track_id}: {t.class_name} in {len(t.photos)} photo(s)", "track", lat, lon,
+                      data, self._thumb_of(t.best[0], t.best[1]))
+        return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+    def csv_text(self) -> str:
+        """The detections as CSV with latitude and longitude columns, one row per georeferenced detection."""
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(GEO_CSV_HEADER)
+        for img, dets in self.photos:
+            for i, d in enumerate(dets):
+                if d.get("lat") is None:
+                    continue
+                x1, y1, x2, y2 = d["bbox"]
+                w.writerow([img, i, d.get("class_name", ""), d.get("score", ""), d["lat"], d["lon"],
+                            "" if d.get("error_m") is None else d["error_m"],
+                            "" if d.get("ground_alt_m") is None else d["ground_alt_m"], d.get("distance_m", ""),
+                            x1, y1, x2, y2, d.get("track_id", ""), d.get("thumbnail", "")])
+        return buf.getvalue()
+
+
+
 class GeoWriter:
     """Georeferences each photo's detection records and keeps the geographic files current.
 
@@ -238,105 +348,22 @@ class GeoWriter:
         cv2.imwrite(str(self.thumb_dir / name), crop_thumbnail(image, bbox), [cv2.IMWRITE_JPEG_QUALITY, 90])
         return f"thumbs/{name}"
 
-    def _located(self) -> list[tuple[str, dict]]:
-        return [(img, d) for img, dets in self.photos for d in dets if d.get("lat") is not None]
-
-    def _thumb_of(self, image: str, index: int) -> str | None:
-        for img, dets in self.photos:
-            if img == image and index < len(dets):
-                return dets[index].get("thumbnail")
-        return None
-
-    def geojson(self) -> dict:
-        """The detections as a GeoJSON FeatureCollection."""
-        return {"type": "FeatureCollection", "features": [feature(d, img) for img, d in self._located()]}
-
-    def tracks_geojson(self) -> dict:
-        """The tracks as a GeoJSON FeatureCollection, one Point per track listing its photos."""
-        feats = []
-        for t in self.tracks.tracks:
-            props = t.to_dict()
-            props.pop("lat")
-            props.pop("lon")
-            props["thumbnail"] = self._thumb_of(t.best[0], t.best[1])
-            feats.append({"type": "Feature", "geometry": {"type": "Point", "coordinates": [round(t.lon, 8),
-                                                                                           round(t.lat, 8)]},
-                          "properties": props})
-        return {"type": "FeatureCollection", "features": feats}
-
-    def kml(self) -> str:
-        """The detections and tracks as a KML 2.2 document (two folders)."""
-        ET.register_namespace("", KML_NS)
-        q = f"{{{KML_NS}}}"
-        root = ET.Element(f"{q}kml")
-        doc = ET.SubElement(root, f"{q}Document")
-        ET.SubElement(doc, f"{q}name").text = "edgetile detections"
-        for sid, colour in (("detection", "ff0000ff"), ("track", "ff00ffff")):
-            style = ET.SubElement(doc, f"{q}Style", id=sid)
-            icon = ET.SubElement(style, f"{q}IconStyle")
-            ET.SubElement(icon, f"{q}color").text = colour
-
-        def placemark(parent: ET.Element, name: str, style: str, lat: float, lon: float, data: dict,
-                      thumb: str | None) -> None:
-            pm = ET.SubElement(parent, f"{q}Placemark")
-            ET.SubElement(pm, f"{q}name").text = name
-            lines = [f"{k}: {json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in data.items()
-                     if v is not None and k != "thumbnail"]
-            html = "<br/>".join(lines) + (f'<br/><img src="{thumb}" width="256"/>' if thumb else "")
-            ET.SubElement(pm, f"{q}description").text = html
-            ET.SubElement(pm, f"{q}styleUrl").text = f"#{style}"
-            ext = ET.SubElement(pm, f"{q}ExtendedData")
-            for k, v in data.items():
-                if v is None:
-                    continue
-                el = ET.SubElement(ext, f"{q}Data", name=str(k))
-                ET.SubElement(el, f"{q}value").text = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
-            point = ET.SubElement(pm, f"{q}Point")
-            ET.SubElement(point, f"{q}coordinates").text = f"{lon:.8f},{lat:.8f},0"
-
-        folder = ET.SubElement(doc, f"{q}Folder")
-        ET.SubElement(folder, f"{q}name").text = "Detections"
-        for img, d in self._located():
-            data = {"image": img}
-            data.update({k: v for k, v in d.items() if k not in ("lat", "lon")})
-            placemark(folder, f"{d.get('class_name', '')} {float(d.get('score', 0)):.2f}", "detection",
-                      d["lat"], d["lon"], data, d.get("thumbnail"))
-        folder = ET.SubElement(doc, f"{q}Folder")
-        ET.SubElement(folder, f"{q}name").text = "Tracks"
-        for t in self.tracks.tracks:
-            data = t.to_dict()
-            lat, lon = data.pop("lat"), data.pop("lon")
-            placemark(folder, f"track {t.track_id}: {t.class_name} in {len(t.photos)} photo(s)", "track", lat, lon,
-                      data, self._thumb_of(t.best[0], t.best[1]))
-        return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
-
-    def csv_text(self) -> str:
-        """The detections as CSV with latitude and longitude columns, one row per georeferenced detection."""
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(GEO_CSV_HEADER)
-        for img, dets in self.photos:
-            for i, d in enumerate(dets):
-                if d.get("lat") is None:
-                    continue
-                x1, y1, x2, y2 = d["bbox"]
-                w.writerow([img, i, d.get("class_name", ""), d.get("score", ""), d["lat"], d["lon"],
-                            "" if d.get("error_m") is None else d["error_m"],
-                            "" if d.get("ground_alt_m") is None else d["ground_alt_m"], d.get("distance_m", ""),
-                            x1, y1, x2, y2, d.get("track_id", ""), d.get("thumbnail", "")])
-        return buf.getvalue()
+    def documents(self) -> GeoDocuments:
+        """The files' contents now."""
+        return GeoDocuments(self.photos, self.tracks.tracks)
 
     def flush(self) -> None:
         """Rewrite every chosen file now."""
         from ..outputs import write_json_atomic
 
+        docs = self.documents()
         if "geojson" in self.config.formats:
-            write_json_atomic(self.geojson_path, self.geojson())
-            write_json_atomic(self.tracks_path, self.tracks_geojson())
+            write_json_atomic(self.geojson_path, docs.geojson())
+            write_json_atomic(self.tracks_path, docs.tracks_geojson())
         if "kml" in self.config.formats:
-            write_text_atomic(self.kml_path, self.kml())
+            write_text_atomic(self.kml_path, docs.kml())
         if "csv" in self.config.formats:
-            write_text_atomic(self.csv_path, self.csv_text())
+            write_text_atomic(self.csv_path, docs.csv_text())
         self._last_flush = time.monotonic()
 
     def close(self) -> None:

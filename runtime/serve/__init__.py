@@ -104,6 +104,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     add_detect_options(s)
     add_serve_options(s)
+    from ..geo.serve import add_serve_geo_options  # geo (issue 8): --geo, pose overrides, --mqtt
+
+    add_serve_geo_options(s)
     defaults, actions = {}, {}
     for action in s._actions:  # argparse has no public way to list a parser's options
         if action.dest != "help":

@@ -1,0 +1,112 @@
+"""`edgetile serve --geo --mqtt`: a real daemon process, a real Mosquitto broker, real HTTP."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import cv2
+import geojson
+import numpy as np
+import pytest
+from fastkml import kml
+from geo_photos import dji_values, write_photo
+from mqtt_broker import Broker, Subscriber, retained
+from serve_process import ServeProcess
+
+from edgetile.runtime.geo import locate_boxes, pose_from_photo
+from onnx_models import red_blob_model
+
+LAT0, LON0 = 55.75, 37.62
+PW, PH, PF, PAGL = 512, 384, 500.0, 50.0
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return red_blob_model(tmp_path_factory.mktemp("models") / "red.onnx")
+
+
+def blob_photo(path, cell_xy, **kw):
+    img = np.full((PH, PW, 3), (60, 110, 70), np.uint8)
+    x, y = cell_xy
+    img[y:y + 8, x:x + 8] = (0, 0, 255)
+    return write_photo(path, img, **kw)
+
+
+def test_daemon_serves_coordinates_geo_files_thumbnails_and_publishes_to_mqtt(tmp_path, model):
+    broker = Broker(tmp_path / "broker").start()
+    sub = Subscriber(broker.port, "drone1/#")
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    # geo and MQTT from the YAML config file, as a field deployment keeps them
+    (tmp_path / "serve.yaml").write_text(f"geo: true\nmqtt: 127.0.0.1:{broker.port}\nmqtt-topic: drone1\n"
+                                         "ground_above_takeoff: 0\n")
+    d = ServeProcess(tmp_path, "--model", model, "--tile", "256", "--watch", drop, "--state", tmp_path / "state",
+                     "--settle", "0", "--poll", "0.1", "--config", tmp_path / "serve.yaml")
+    try:
+        d.start()
+        assert retained(broker.port, "drone1/status")["state"] == "online"
+        xmp = dji_values(rel_alt=PAGL, abs_alt=180.0, pitch=-90.0, focal_px=PF)
+        blob_photo(drop / "DJI_0001.JPG", (280, 136), lat=LAT0, lon=LON0, xmp=xmp)
+        blob_photo(drop / "DJI_0002.JPG", (80, 80), lat=None, lon=None, xmp=xmp)  # no GPS fix
+        items = d.wait_for(lambda: (lambda it: it if len(it) == 2 else None)(d.all_pages("/detections")),
+                           what="2 results")
+        by_name = {Path(it["image"]).name: it for it in items}  # watched files are named by their path
+        located, unlocated = by_name["DJI_0001.JPG"]["detections"], by_name["DJI_0002.JPG"]["detections"]
+        assert len(located) == 1 and len(unlocated) == 1
+        expect = locate_boxes(pose_from_photo(drop / "DJI_0001.JPG"), np.array([located[0]["bbox"]]))[0]
+        assert (located[0]["lat"], located[0]["lon"]) == (round(expect.lat, 8), round(expect.lon, 8))
+        assert located[0]["error_m"] > 0 and "thumbnail" in located[0]
+        assert "lat" not in unlocated[0] and "thumbnail" in unlocated[0]  # pixels and thumbnail, no coordinates
+        assert d.log().count("no ground coordinates: no GPS position") == 1
+
+        # MQTT: one message per detection, after its commit
+        msgs = {Path(p["image"]).name: p for p, _ in sub.collect(2, "drone1/detections", timeout=30)}
+        assert msgs["DJI_0001.JPG"]["lat"] == located[0]["lat"]
+        assert msgs["DJI_0001.JPG"]["sha256"] == by_name["DJI_0001.JPG"]["sha256"]
+        assert "lat" not in msgs["DJI_0002.JPG"] and msgs["DJI_0002.JPG"]["bbox"] == unlocated[0]["bbox"]
+
+        # the geographic views of everything committed
+        status, headers, body = d.request("/detections.geojson")
+        assert status == 200 and headers["content-type"] == "application/geo+json"
+        assert geojson.loads(body).is_valid
+        feats = json.loads(body)["features"]
+        assert [f["geometry"]["coordinates"] for f in feats] == [[located[0]["lon"], located[0]["lat"]]]
+        assert Path(feats[0]["properties"]["image"]).name == "DJI_0001.JPG"
+        assert len(d.json("/tracks.geojson")["features"]) == 1
+        status, _, body = d.request("/detections.kml")
+        placemarks = kml.KML.from_string(body).features[0].features[0].features
+        assert status == 200 and [(p.geometry.x, p.geometry.y) for p in placemarks] == [
+            pytest.approx((located[0]["lon"], located[0]["lat"]))]
+        status, _, body = d.request("/detections_geo.csv")
+        rows = list(csv.DictReader(io.StringIO(body.decode())))
+        assert status == 200 and [(float(r["latitude"]), float(r["longitude"])) for r in rows] == [
+            (located[0]["lat"], located[0]["lon"])]
+        status, headers, body = d.request("/" + located[0]["thumbnail"])
+        assert status == 200 and headers["content-type"] == "image/jpeg"
+        thumb = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+        assert thumb.shape[0] >= 40 and (thumb[..., 2] > 200).any()
+        assert d.request("/thumbs/../../queue.sqlite3")[0] == 404  # never outside the thumbnails
+        assert d.request("/thumbs/passwd")[0] == 422
+        assert d.request("/thumbs/0123456789abcdef_999.jpg")[0] == 404
+
+        assert d.terminate() == 0, d.log()
+        status = retained(broker.port, "drone1/status")
+        assert status["state"] == "offline" and status["reason"] == "closed"
+    finally:
+        d.kill()
+        sub.close()
+        broker.stop()
+
+
+def test_daemon_without_geo_serves_pixels_only_and_bad_mqtt_is_a_usage_error(tmp_path, model):
+    d = ServeProcess(tmp_path, "--model", model, "--state", tmp_path / "s").start()
+    try:
+        assert d.request("/detections.geojson")[0] == 404
+    finally:
+        assert d.terminate() == 0
+    bad = ServeProcess(tmp_path, "--model", model, "--state", tmp_path / "s2", "--mqtt", "broker:notaport")
+    assert bad.run_to_exit() == 2
+    assert "--mqtt: expected HOST:PORT with a numeric port, found 'broker:notaport'" in bad.log()
