@@ -159,6 +159,12 @@ def register(subparsers) -> None:
                    help="annotation format of --val (default: auto)")
     g.add_argument("--max-drop", type=_non_negative_float("--max-drop"), default=0.02,
                    help="largest acceptable loss of mAP@0.5 from FP32 to INT8; more exits 1 (default: 0.02)")
+    g.add_argument("--max-recall-drop", type=_non_negative_float("--max-recall-drop"), default=0.05,
+                   help="largest acceptable loss of recall at --conf: INT8 may rank as well as FP32 yet score "
+                        "everything lower, and then the runtime's threshold misses people (default: 0.05)")
+    g.add_argument("--conf", type=_non_negative_float("--conf"), default=0.25,
+                   help="the confidence threshold the runtime will use, where recall and precision are "
+                        "compared (default: 0.25, as 'edgetile detect')")
     g.add_argument("--no-report", action="store_true",
                    help="write the INT8 model without measuring what it costs (not recommended)")
     _tiling(q, "calibration and validation")
@@ -310,14 +316,15 @@ def cmd_int8(a: argparse.Namespace) -> int:
         return code
     try:
         report = accuracy_report(a.model, result.path, a.val, result.calibration_line(), a.max_drop, a.tile,
-                                 a.overlap, a.val_format)
+                                 a.overlap, a.val_format, a.conf, a.max_recall_drop)
     except (ExportError, ValueError, FileNotFoundError) as exc:
         _err(f"accuracy report could not run: {str(exc).splitlines()[0]}")
         return EXIT_SOME_FAILED
     for line in report.lines():
         print(line, file=sys.stderr)
     if not report.passed:
-        _err(f"WARNING: INT8 loses {report.drop50:.4f} mAP@0.5, more than --max-drop {a.max_drop:g}")
+        _err(f"WARNING: INT8 loses {report.drop50:.4f} mAP@0.5 (--max-drop {a.max_drop:g}) and "
+             f"{report.recall_drop:.3f} recall at --conf {a.conf:g} (--max-recall-drop {a.max_recall_drop:g})")
         return EXIT_SOME_FAILED
     return code
 

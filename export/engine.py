@@ -19,7 +19,6 @@ The TensorRT facts used here were checked against the Python bindings of TensorR
 from __future__ import annotations
 
 import re
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -751,7 +750,3 @@ def build_engine(onnx_path: str | Path, out: str | Path | None = None, req: Engi
     seconds = time.perf_counter() - t0
     size_mb = check_budget(out, req.budget_mb)
     return EngineResult(out, sidecar, meta, plan, seconds, size_mb)
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr)

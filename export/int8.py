@@ -371,6 +371,8 @@ class AccuracyReport:
         fp32: Metrics of the FP32 model.
         int8: Metrics of the INT8 model.
         max_drop: Largest acceptable loss of mAP@0.5.
+        max_recall_drop: Largest acceptable loss of recall at the operating threshold (INT8 can rank as
+            well as FP32 and still score everything lower, so that the runtime's --conf finds nobody).
         calibration: The calibration line of the quantization (count, photos, method, warning).
         setting: How the runtime ran (backend, tiling).
         photos: Validation photos scored.
@@ -384,6 +386,7 @@ class AccuracyReport:
     setting: str
     photos: int
     boxes: int
+    max_recall_drop: float = 0.05
 
     @property
     def drop50(self) -> float:
@@ -394,8 +397,12 @@ class AccuracyReport:
         return float(self.fp32.map75 - self.int8.map75)
 
     @property
+    def recall_drop(self) -> float:
+        return float(self.fp32.recall - self.int8.recall)
+
+    @property
     def passed(self) -> bool:
-        return self.drop50 <= self.max_drop
+        return self.drop50 <= self.max_drop and self.recall_drop <= self.max_recall_drop
 
     def lines(self) -> list[str]:
         rows = [
@@ -406,18 +413,29 @@ class AccuracyReport:
             rows.append(f"{name:8}{r.map50:9.4f}{r.map75:10.4f}{r.map50_95:12.4f}{r.recall:8.3f}{r.precision:11.3f}")
         rows.append(f"{'drop':8}{self.drop50:9.4f}{self.drop75:10.4f}"
                     f"{self.fp32.map50_95 - self.int8.map50_95:12.4f}")
+        rows[-1] += f"{self.recall_drop:8.3f}"
+        rows.append(f"recall and precision at score {self.fp32.score_thr:g}, the runtime's --conf")
         rows.append(self.calibration)
-        if self.passed:
-            rows.append(f"verdict: PASS: INT8 loses {self.drop50:.4f} mAP@0.5 (--max-drop {self.max_drop:g})")
+        problems = []
+        if self.drop50 > self.max_drop:
+            problems.append(f"INT8 loses {self.drop50:.4f} mAP@0.5, more than --max-drop {self.max_drop:g}")
+        if self.recall_drop > self.max_recall_drop:
+            problems.append(f"INT8 loses {self.recall_drop:.3f} recall at score {self.fp32.score_thr:g}, more than "
+                            f"--max-recall-drop {self.max_recall_drop:g} (its scores are lower: the runtime's "
+                            "--conf would miss people that FP32 finds)")
+        if problems:
+            rows.append("verdict: FAIL: " + "; ".join(problems) + "; calibrate on more field tiles, try another "
+                        "--method, or keep FP16")
         else:
-            rows.append(f"verdict: FAIL: INT8 loses {self.drop50:.4f} mAP@0.5, more than --max-drop {self.max_drop:g}; "
-                        "calibrate on more field tiles, try another --method, or keep FP16")
+            rows.append(f"verdict: PASS: INT8 loses {self.drop50:.4f} mAP@0.5 (--max-drop {self.max_drop:g}) and "
+                        f"{self.recall_drop:.3f} recall (--max-recall-drop {self.max_recall_drop:g})")
         return rows
 
 
 def accuracy_report(
     fp32_path: str | Path, int8_path: str | Path, val: str | Path, calibration: str, max_drop: float = 0.02,
     tile: int = 1024, overlap: float = 0.2, val_format: str = "auto", score_thr: float = 0.25,
+    max_recall_drop: float = 0.05,
 ) -> AccuracyReport:
     """Score the FP32 and the INT8 model on full-size validation photos through the runtime (ONNX Runtime, CPU).
 
@@ -428,9 +446,10 @@ def accuracy_report(
         calibration: The calibration line to print beside the numbers.
         max_drop: Largest acceptable loss of mAP@0.5.
         tile: Tile side, as the runtime will run.
+        max_recall_drop: Largest acceptable loss of recall at score_thr.
         overlap: Tile overlap, as the runtime will run.
         val_format: Dataset format, or "auto".
-        score_thr: Operating threshold for recall and precision.
+        score_thr: Operating threshold for recall and precision (the runtime's --conf).
 
     Raises:
         ExportError: The validation set holds no usable photo.
@@ -452,4 +471,4 @@ def accuracy_report(
             results.append(evaluate(det, dataset, score_thr=score_thr, progress=sys.stderr.isatty()))
     return AccuracyReport(results[0], results[1], max_drop, calibration,
                           f"runtime: ONNX Runtime on the CPU, tile {tile}, overlap {overlap}",
-                          len(dataset), int(dataset.box_count))
+                          len(dataset), int(dataset.box_count), max_recall_drop)

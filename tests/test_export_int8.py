@@ -207,3 +207,25 @@ def test_int8_runs_close_to_fp32_on_field_tiles(data, tmp_path):
     b = ort.InferenceSession(str(r.path)).run(None, {"images": tiles})[0]
     np.testing.assert_array_equal(a[:, :4], b[:, :4])  # boxes: the float tail is untouched
     assert np.abs(a[:, 4] - b[:, 4]).max() < 0.1
+
+
+@pytest.mark.parametrize("fp32, int8, passed, why", [
+    ((0.80, 0.60, 0.90), (0.79, 0.58, 0.89), True, None),  # within both limits
+    ((0.80, 0.60, 0.90), (0.70, 0.50, 0.88), False, "loses 0.1000 mAP@0.5"),
+    # ranks as well (mAP kept) but scores everything lower: recall at --conf collapses
+    ((0.80, 0.60, 0.90), (0.80, 0.60, 0.20), False, "loses 0.700 recall at score 0.25"),
+])
+def test_report_verdict(fp32, int8, passed, why):
+    from types import SimpleNamespace
+
+    from edgetile.export.int8 import AccuracyReport
+
+    def result(m50, m75, recall):
+        return SimpleNamespace(map50=m50, map75=m75, map50_95=m75 / 2, recall=recall, precision=0.5, score_thr=0.25)
+
+    report = AccuracyReport(result(*fp32), result(*int8), 0.02, "calibration: 512 tile(s)", "setting", 10, 40)
+    assert report.passed is passed
+    verdict = report.lines()[-1]
+    assert verdict.startswith("verdict: PASS" if passed else "verdict: FAIL")
+    if why:
+        assert why in verdict
