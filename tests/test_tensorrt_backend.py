@@ -467,11 +467,20 @@ def test_detector_on_tensorrt_finds_what_the_cpu_path_finds(engines, kind, gpu_p
         want = cpu.detect(image)
         for _ in range(2):  # the second image reuses every buffer
             got = gpu.detect(image)
-    assert len(want) >= len(PEOPLE) - 1
-    assert len(got) == len(want)
-    tol = 0.5 if kind == "fp16" else 1e-3
-    np.testing.assert_allclose(got.xyxy, want.xyxy, atol=tol)
-    np.testing.assert_allclose(got.scores, want.scores, atol=2e-2 if kind == "fp16" else 1e-4)
+    assert len(want) >= len(PEOPLE)
+    if kind != "fp16":
+        assert len(got) == len(want)
+        np.testing.assert_allclose(got.xyxy, want.xyxy, atol=1e-3)
+        np.testing.assert_allclose(got.scores, want.scores, atol=1e-4)
+        return
+    # FP16 inference moves scores a little: every confident CPU box has its GPU twin, counts agree closely.
+    assert abs(len(got) - len(want)) <= max(2, len(want) // 20)
+    for box in want.xyxy[want.scores > 0.6]:
+        iw = np.clip(np.minimum(box[2], got.xyxy[:, 2]) - np.maximum(box[0], got.xyxy[:, 0]), 0, None)
+        ih = np.clip(np.minimum(box[3], got.xyxy[:, 3]) - np.maximum(box[1], got.xyxy[:, 1]), 0, None)
+        union = (box[2] - box[0]) * (box[3] - box[1]) + (got.xyxy[:, 2] - got.xyxy[:, 0]) * (
+            got.xyxy[:, 3] - got.xyxy[:, 1]) - iw * ih
+        assert (iw * ih / union).max() > 0.9, box
 
 
 @pytest.mark.needs_trt
