@@ -368,8 +368,8 @@ def test_video_stream_url_reconnects_and_queues_each_distinct_frame_once(tmp_pat
 def test_sigterm_finishes_the_batch_commits_and_exits_0_and_systemd_is_told(tmp_path, model):
     drop = tmp_path / "drop"
     drop.mkdir()
-    for i in range(40):
-        write_jpeg(drop / f"p{i:03d}.jpg", person_photo(1000 + i))
+    for i in range(24):  # large enough that a batch of 8 takes a while
+        write_jpeg(drop / f"p{i:03d}.jpg", person_photo(1000 + i, 1280, 960))
     notify = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(notify))
@@ -377,23 +377,27 @@ def test_sigterm_finishes_the_batch_commits_and_exits_0_and_systemd_is_told(tmp_
     try:
         state = tmp_path / "state"
         d = ServeProcess(tmp_path, "--model", model, *DETECT_OPTIONS, "--watch", drop, "--state", state, *FAST,
-                         "--queue-batch", "8", env={"NOTIFY_SOCKET": str(notify)}).start()
+                         "--queue-batch", "8", "--log-level", "debug", env={"NOTIFY_SOCKET": str(notify)}).start()
         assert sock.recv(100) == b"READY=1"
-        d.wait_for(lambda: d.json("/detections")["items"], what="the first results", interval=0.02)
+        # SIGTERM as soon as the first photo of the first batch is done: 7 photos of it are still to go.
+        d.wait_for(lambda: "detection(s)" in d.log(), what="the first photo", interval=0.01)
         assert d.terminate() == 0, d.log()
         assert sock.recv(100) == b"STOPPING=1"
     finally:
         sock.close()
     log = d.log()
-    assert "finishing the current batch" in log and "Traceback" not in log
+    assert "Traceback" not in log
+    stopping = log.index("stopping: finishing the current batch")
+    assert log.count("claimed 8 input(s)") == 1 and log.index("claimed 8 input(s)") < stopping
+    assert log.index("committed 8 outcome(s)") > stopping  # the batch in hand was finished after SIGTERM...
+    assert log[stopping:].count("detection(s)") >= 1
     with sqlite3.connect(state / "queue.sqlite3") as db:
         states = dict(db.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall())
         outcomes = db.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0]
-    assert states.get("running", 0) == 0  # the batch in hand was finished and committed, none left half-done
-    assert outcomes == states.get("done", 0) > 0
+    assert states == {"done": 8, "queued": 16} and outcomes == 8  # ...and committed; no other batch was begun
     # The next start has nothing interrupted to recover and goes on with the rest.
     with ServeProcess(tmp_path, "--model", model, *DETECT_OPTIONS, "--watch", drop, "--state", state,
                       *FAST).start() as d2:
-        d2.wait_for(lambda: len(d2.all_pages("/detections")) == 40, what="all 40 photos")
+        d2.wait_for(lambda: len(d2.all_pages("/detections")) == 24, what="all 24 photos")
         assert "without finishing" not in d2.log()
         assert d2.terminate() == 0

@@ -71,7 +71,7 @@ class Daemon:
             the worker thread only.
     """
 
-    def __init__(self, config: ServeConfig, detector, geo=None) -> None:
+    def __init__(self, config: ServeConfig, detector) -> None:
         self.config = config
         self.detector = detector
         self.stop = threading.Event()
@@ -82,7 +82,6 @@ class Daemon:
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
         self.worker_error: BaseException | None = None
-        self.geo = geo  # geo (issue 8): a geo.serve.DaemonGeo (coordinates, thumbnails, MQTT), or None
 
     @property
     def retries(self) -> int:
@@ -107,12 +106,10 @@ class Daemon:
             image = read_image(item.path)
             timings = {"read": (time.perf_counter() - t0) * 1000}
             dets = self.detector.detect(image, timings)
-            records = dets.to_records(self.detector.names)
-            if self.geo is not None:  # geo (issue 8): coordinates and thumbnails go into the committed records
-                self.geo.annotate(item, image, records)
+            log.debug("%s: %d detection(s)", item.name, len(dets))
             timings["total"] = (time.perf_counter() - t0) * 1000
             return Outcome(item, width=int(image.shape[1]), height=int(image.shape[0]),
-                           detections=records,
+                           detections=dets.to_records(self.detector.names),
                            timings_ms={k: round(v, 2) for k, v in timings.items()})
         except (ImageReadError, OSError, ValueError, MemoryError) as exc:
             error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -133,16 +130,15 @@ class Daemon:
                     if not items:
                         self.wake.wait(0.5)
                         continue
+                    log.debug("claimed %d input(s)", len(items))
                     outcomes = [self.process(it) for it in items]  # a stop request waits for the whole batch
                     t0 = time.perf_counter()
                     parked = q.finish(outcomes)
-                    if self.geo is not None:  # geo (issue 8): MQTT hears what was committed
-                        self.geo.publish(outcomes)
+                    log.debug("committed %d outcome(s)", len(outcomes))
                     self.histograms.observe("commit", time.perf_counter() - t0)
                     for o in outcomes:
                         if o.ok:
                             self.histograms.observe_ms(o.timings_ms or {})
-                            log.debug("%s: %d detection(s)", o.item.name, len(o.detections or []))
                         elif o.item.attempts >= cfg.max_attempts:
                             log.warning("%s: parked after %d attempt(s): %s", o.item.name, o.item.attempts, o.error)
                     with self._lock:
@@ -297,23 +293,11 @@ def serve_command(a: argparse.Namespace) -> int:
             print(f"edgetile serve: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
         with detector:
-            # --- geo (issue 8): coordinates, thumbnails and MQTT; None without --geo and --mqtt ---
-            from ..geo.serve import daemon_geo_from_args
-
             try:
-                geo = daemon_geo_from_args(options, config.state)
-            except ValueError as exc:
-                print(f"edgetile serve: error: {exc}", file=sys.stderr)
-                return EXIT_USAGE
-            # --- end geo ---
-            try:
-                return Daemon(config, detector, geo=geo).run()
+                return Daemon(config, detector).run()
             except ConfigError as exc:
                 print(f"edgetile serve: error: {exc}", file=sys.stderr)
                 return EXIT_USAGE
-            finally:
-                if geo is not None:  # geo (issue 8): the MQTT goodbye (retained status 'offline')
-                    geo.close()
     finally:
         for logger, handler in installed:
             logger.removeHandler(handler)

@@ -25,6 +25,7 @@ log = logging.getLogger("edgetile.serve")
 # Names that file copiers, browsers and FTP servers give to files still being written.
 PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".filepart", ".download", ".!sync")
 HASH_CHUNK = 1 << 20
+RECORD_BATCH = 64
 
 
 def sha256_file(path: str | Path) -> str:
@@ -112,10 +113,27 @@ class FolderWatcher:
         self._missing: set[Path] = set()
 
     def scan(self, queue: PhotoQueue, now: float) -> int:
-        """One pass over the folders; returns how many new inputs were recorded."""
+        """One pass over the folders; returns how many new inputs were recorded.
+
+        Complete files are recorded RECORD_BATCH at a time, one transaction each: a card full of
+        photos costs a few disk syncs, and the worker sees them together.
+        """
         added = 0
         pending: dict[str, tuple[int, int, float]] = {}
         recorded: dict[str, tuple[int, int]] = {}
+        batch: list[tuple[str, str, str, str, tuple[int, int]]] = []
+
+        def record() -> int:
+            new = 0
+            for (_sha, _src, _name, path, _stat), (_item_id, created) in zip(batch, queue.add_many(batch)):
+                new += created
+                log.debug("queued %s" if created else "%s: same content as an input already queued; not queued "
+                          "again", path)
+            batch.clear()
+            if new:
+                self.on_new()
+            return new
+
         for folder in self.folders:
             if not folder.is_dir():  # an SD card pulled out: say so once, and wait for it
                 if folder not in self._missing:
@@ -143,19 +161,16 @@ class FolderWatcher:
                         log.warning("cannot read %s: %s; trying again next scan", path, exc.strerror or exc)
                         pending[path] = (*key, since)
                         continue
-                    _item_id, created = queue.add(digest, "watch", path, path, file_stat=key)
+                    batch.append((digest, "watch", path, path, key))
                     recorded[path] = key
-                    added += created
-                    if created:
-                        log.debug("queued %s", path)
-                    else:
-                        log.debug("%s: same content as an input already queued; not queued again", path)
+                    if len(batch) >= RECORD_BATCH:
+                        added += record()
                 else:
                     pending[path] = (*key, since)
+        if batch:
+            added += record()
         # Only what is in the folders now is remembered: memory stays bounded by the folders' contents.
         self._pending, self._recorded = pending, recorded
-        if added:
-            self.on_new()
         return added
 
     def run(self, queue_path: Path, stop: threading.Event, poll: float, clock: Callable[[], float]) -> None:

@@ -195,17 +195,32 @@ class PhotoQueue:
         Returns:
             (item_id, created): created is False when the same content was recorded before.
         """
+        return self.add_many([(sha256, source, name, path, file_stat)])[0]
+
+    def add_many(self, inputs: Sequence[tuple[str, str, str, str | Path, tuple[int, int] | None]]
+                 ) -> list[tuple[int, bool]]:
+        """Record several inputs in one transaction (one disk sync); each as :meth:`add` takes it.
+
+        Args:
+            inputs: (sha256, source, name, path, file_stat) per input.
+
+        Returns:
+            (item_id, created) per input, in order.
+        """
+        out = []
         with self._write() as c:
-            cur = c.execute(
-                "INSERT OR IGNORE INTO items (sha256, source, name, path, created_at) VALUES (?, ?, ?, ?, ?)",
-                (sha256, source, name, str(path), time.time()),
-            )
-            created = cur.rowcount == 1
-            item_id = c.execute("SELECT item_id FROM items WHERE sha256=?", (sha256,)).fetchone()[0]
-            if file_stat is not None:
-                c.execute("INSERT OR REPLACE INTO files (path, size, mtime_ns, item_id) VALUES (?, ?, ?, ?)",
-                          (str(path), int(file_stat[0]), int(file_stat[1]), item_id))
-        return int(item_id), created
+            for sha256, source, name, path, file_stat in inputs:
+                cur = c.execute(
+                    "INSERT OR IGNORE INTO items (sha256, source, name, path, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (sha256, source, name, str(path), time.time()),
+                )
+                created = cur.rowcount == 1
+                item_id = c.execute("SELECT item_id FROM items WHERE sha256=?", (sha256,)).fetchone()[0]
+                if file_stat is not None:
+                    c.execute("INSERT OR REPLACE INTO files (path, size, mtime_ns, item_id) VALUES (?, ?, ?, ?)",
+                              (str(path), int(file_stat[0]), int(file_stat[1]), item_id))
+                out.append((int(item_id), created))
+        return out
 
     def known_file(self, path: str | Path, size: int, mtime_ns: int) -> bool:
         """True when this exact file (path, size, modification time) was recorded before."""
