@@ -71,7 +71,7 @@ class Daemon:
             the worker thread only.
     """
 
-    def __init__(self, config: ServeConfig, detector) -> None:
+    def __init__(self, config: ServeConfig, detector, geo=None) -> None:
         self.config = config
         self.detector = detector
         self.stop = threading.Event()
@@ -82,6 +82,7 @@ class Daemon:
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
         self.worker_error: BaseException | None = None
+        self.geo = geo  # geo (issue 8): a geo.serve.DaemonGeo (coordinates, thumbnails, MQTT), or None
 
     @property
     def retries(self) -> int:
@@ -107,9 +108,12 @@ class Daemon:
             timings = {"read": (time.perf_counter() - t0) * 1000}
             dets = self.detector.detect(image, timings)
             log.debug("%s: %d detection(s)", item.name, len(dets))
+            records = dets.to_records(self.detector.names)
+            if self.geo is not None:  # geo (issue 8): coordinates and thumbnails go into the committed records
+                self.geo.annotate(item, image, records)
             timings["total"] = (time.perf_counter() - t0) * 1000
             return Outcome(item, width=int(image.shape[1]), height=int(image.shape[0]),
-                           detections=dets.to_records(self.detector.names),
+                           detections=records,
                            timings_ms={k: round(v, 2) for k, v in timings.items()})
         except (ImageReadError, OSError, ValueError, MemoryError) as exc:
             error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -135,6 +139,8 @@ class Daemon:
                     t0 = time.perf_counter()
                     parked = q.finish(outcomes)
                     log.debug("committed %d outcome(s)", len(outcomes))
+                    if self.geo is not None:  # geo (issue 8): MQTT hears what was committed
+                        self.geo.publish(outcomes)
                     self.histograms.observe("commit", time.perf_counter() - t0)
                     for o in outcomes:
                         if o.ok:
@@ -293,11 +299,23 @@ def serve_command(a: argparse.Namespace) -> int:
             print(f"edgetile serve: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
         with detector:
+            # --- geo (issue 8): coordinates, thumbnails and MQTT; None without --geo and --mqtt ---
+            from ..geo.serve import daemon_geo_from_args
+
             try:
-                return Daemon(config, detector).run()
+                geo = daemon_geo_from_args(options, config.state)
+            except ValueError as exc:
+                print(f"edgetile serve: error: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            # --- end geo ---
+            try:
+                return Daemon(config, detector, geo=geo).run()
             except ConfigError as exc:
                 print(f"edgetile serve: error: {exc}", file=sys.stderr)
                 return EXIT_USAGE
+            finally:
+                if geo is not None:  # geo (issue 8): the MQTT goodbye (retained status 'offline')
+                    geo.close()
     finally:
         for logger, handler in installed:
             logger.removeHandler(handler)
