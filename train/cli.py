@@ -186,7 +186,8 @@ def register_train(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
                     "(RUN/edgetile_summary.txt and .json).",
         epilog="Example: edgetile train --data tiles/data.yaml --fold 2 --model yolov8s.yaml --imgsz 1024 "
                "--hyp runs/tune/best_hyperparameters.yaml\n"
-               "Exit codes: 0 trained within budget, 1 trained but a file is over budget, 2 usage error or refused.",
+               "Exit codes: 0 trained within budget, 1 trained but a file is over budget or the export failed, "
+               "2 usage error or refused.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, metavar="YAML", help="Ultralytics data.yaml, e.g. from 'edgetile dataset "
                                                                   "tiles'")
@@ -234,7 +235,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc).splitlines()[0]) from exc
     print(result.summary(), file=sys.stderr)
-    return EXIT_OK if result.within_budget else EXIT_SOME_FAILED
+    return EXIT_OK if result.ok else EXIT_SOME_FAILED
 
 
 # --------------------------------------------------------------------------------------------------- tune

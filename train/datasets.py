@@ -143,7 +143,9 @@ class HardNegativeScorer:
 
         crops = [crop_tile(image, win.astype(int), self.tile) for win in w]
         scores = []
-        kw = {"imgsz": self.imgsz} if self.imgsz else {}
+        # The size it was trained at, not Ultralytics' predict default of 640.
+        imgsz = self.imgsz or (getattr(self._yolo, "ckpt", None) or {}).get("train_args", {}).get("imgsz")
+        kw = {"imgsz": imgsz} if imgsz else {}
         for start in range(0, len(crops), 16):
             for r in self._yolo.predict(crops[start:start + 16], conf=self.conf, verbose=False, **kw):
                 s = r.boxes.conf.cpu().numpy().astype(np.float64) if r.boxes is not None else np.zeros(0)

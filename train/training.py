@@ -60,6 +60,7 @@ class TrainResult:
         budget_mb: The budget.
         within_budget: Every file fits.
         metrics: Ultralytics' final validation metrics (tile-level, not full-photo).
+        export_error: Why the ONNX export failed, or None.
     """
 
     run_dir: Path
@@ -70,6 +71,12 @@ class TrainResult:
     budget_mb: float
     within_budget: bool
     metrics: dict[str, float]
+    export_error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Within budget and, when asked, exported."""
+        return self.within_budget and self.export_error is None
 
     def summary(self) -> str:
         return (
@@ -77,6 +84,7 @@ class TrainResult:
             + "\n".join(f"  {k} {v:.4f}" for k, v in self.metrics.items())
             + "\n" + size_table(self.sizes_mb, self.budget_mb, self.estimate)
             + ("" if self.within_budget else "\nOVER BUDGET: choose a smaller model or raise --budget-mb knowingly")
+            + (f"\nEXPORT FAILED: {self.export_error}" if self.export_error else "")
         )
 
 
@@ -156,6 +164,15 @@ def fold_data(data_yaml: str | Path, fold: int | None) -> Path:
     return f
 
 
+def _export_errors() -> tuple[type[BaseException], ...]:
+    """What a failed export raises: edgetile.export's ExportError when present."""
+    try:
+        from edgetile.export.artifacts import ExportError
+    except ImportError:
+        return (RuntimeError,)
+    return (ExportError, RuntimeError)
+
+
 def export_onnx(best: Path, imgsz: int, budget_mb: float) -> Path:
     """Export best.pt to ONNX: edgetile.export when present (checked export), else Ultralytics directly."""
     try:
@@ -217,16 +234,22 @@ def train(
     best = Path(trainer.best) if Path(trainer.best).is_file() else Path(trainer.last)
     metrics = {k: float(v) for k, v in (getattr(trainer, "metrics", None) or {}).items()
                if isinstance(v, (int, float))}
-    onnx = export_onnx(best, opt.imgsz, budget_mb) if export else None
+    onnx, export_error = None, None
+    if export:
+        try:
+            onnx = export_onnx(best, opt.imgsz, budget_mb)
+        except _export_errors() as exc:
+            # The trained weights are kept and reported; the failed export is the run's problem line.
+            export_error = f"ONNX export of {best} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
     sizes = file_sizes_mb({best.name: best, **({onnx.name: onnx} if onnx is not None else {})})
     result = TrainResult(run_dir, best, onnx, sizes, estimate, budget_mb,
-                         all(v <= budget_mb for v in sizes.values()), metrics)
+                         all(v <= budget_mb for v in sizes.values()), metrics, export_error)
     summary = {
         "data": str(data_path), "fold": fold, "model": opt.model, "options": {**asdict(opt), "overrides": dict(opt.overrides)},
         "best": str(best), "onnx": str(onnx) if onnx else None, "sizes_mb": sizes,
         "predicted_mb": {"checkpoint": estimate.checkpoint_mb, "onnx": estimate.onnx_mb},
         "params": estimate.params, "budget_mb": budget_mb, "within_budget": result.within_budget,
-        "metrics": metrics,
+        "export_error": export_error, "metrics": metrics,
     }
     tmp = run_dir / ".edgetile_summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=1, default=str))
