@@ -67,8 +67,9 @@ def tile_views(windows: np.ndarray, tile: int, input_hw: tuple[int, int], image_
     ih, iw = input_hw
     sx, sy = iw / tile, ih / tile
     scales = np.tile(np.array([[sx, sy]]), (n, 1))
-    cw = np.minimum(np.round((w[:, 2] - w[:, 0]) * sx).astype(np.int64), iw)
-    ch = np.minimum(np.round((w[:, 3] - w[:, 1]) * sy).astype(np.int64), ih)
+    # At least one model pixel: a 1 px image must not round away to an empty resize.
+    cw = np.clip(np.round((w[:, 2] - w[:, 0]) * sx).astype(np.int64), 1, iw)
+    ch = np.clip(np.round((w[:, 3] - w[:, 1]) * sy).astype(np.int64), 1, ih)
     W, H = image_wh
     interior = np.stack([w[:, 0] > 0, w[:, 1] > 0, w[:, 2] < W, w[:, 3] < H], axis=1)
     return Views(w, scales, np.stack([cw, ch], axis=1), np.full(n, flip), interior)
@@ -79,7 +80,7 @@ def full_frame_view(image_wh: tuple[int, int], input_hw: tuple[int, int], flip: 
     W, H = image_wh
     ih, iw = input_hw
     s = min(iw / W, ih / H)
-    cw, ch = min(int(round(W * s)), iw), min(int(round(H * s)), ih)
+    cw, ch = min(max(int(round(W * s)), 1), iw), min(max(int(round(H * s)), 1), ih)
     return Views(np.array([[0, 0, W, H]], np.int64), np.array([[s, s]]), np.array([[cw, ch]], np.int64),
                  np.array([flip]), np.zeros((1, 4), bool))
 

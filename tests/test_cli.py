@@ -55,6 +55,7 @@ def inputs(tmp_path):
     cv2.imwrite(str(d / "grey.png"), cv2.cvtColor(cv2.imread(str(d / "good.jpg")), cv2.COLOR_BGR2GRAY))
     cv2.imwrite(str(d / "rgba.png"), cv2.cvtColor(cv2.imread(str(d / "good.jpg")), cv2.COLOR_BGR2BGRA))
     red_photo(d / "tiny.png", 90, 60, [(10, 10, 40, 50)])  # far smaller than a tile
+    cv2.imwrite(str(d / "dot.png"), np.zeros((1, 1, 3), np.uint8))  # a single pixel
     return d
 
 
@@ -66,7 +67,7 @@ def test_detect_processes_everything_and_reports_each_bad_input(tmp_path, model,
     assert "Traceback" not in r.stderr
     records = {Path(rec["image"]).name: rec for rec in json.loads((out / "detections.json").read_text())}
     assert set(records) == {"good.jpg", "truncated.jpg", "empty.jpg", "notes.png", "deep16.png", "grey.png",
-                            "rgba.png", "tiny.png", "not_there.jpg"}
+                            "rgba.png", "tiny.png", "dot.png", "not_there.jpg"}
     expected_errors = {"truncated.jpg": "truncated JPEG", "empty.jpg": "empty file",
                        "notes.png": "not a readable image", "not_there.jpg": "file not found"}
     for name, words in expected_errors.items():
@@ -80,6 +81,7 @@ def test_detect_processes_everything_and_reports_each_bad_input(tmp_path, model,
         assert set(d) == {"bbox", "score", "class_id", "class_name"} and d["class_name"] == "person"
         assert set(rec["timings_ms"]) >= {"read", "preprocess", "infer", "decode", "merge"}
         assert (rec["width"], rec["height"]) == ((90, 60) if name == "tiny.png" else (600, 400))
+    assert records["dot.png"]["detections"] == [] and (records["dot.png"]["width"], records["dot.png"]["height"]) == (1, 1)
     # Grey has no red: processed, nothing found.
     assert records["grey.png"]["detections"] == [] and "error" not in records["grey.png"]
     rows = list(csv.DictReader((out / "detections.csv").open()))

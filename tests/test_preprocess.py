@@ -14,6 +14,8 @@ CASES = [
     (300, 200, 1024, (640, 640), False),  # smaller than a tile: padded
     (2000, 300, 512, (256, 256), True),  # strip: padded below, mirrored
     (700, 900, 400, (384, 512), False),  # non-square model input
+    (1, 1, 1024, (256, 256), False),  # a single pixel: scaled size would round to 0
+    (3, 2, 1024, (256, 256), True),
 ]
 
 
@@ -54,6 +56,12 @@ def test_float16_buffer_within_half_precision():
     ref = preprocess_reference(image, tuple(views.windows[0]), tuple(views.content[0]), (320, 320))
     assert batch.dtype == np.float16
     np.testing.assert_allclose(batch[0].astype(np.float32), ref, atol=1e-3)
+
+
+def test_full_frame_of_a_strip_keeps_at_least_one_row():
+    v = full_frame_view((5000, 1), (256, 256))
+    assert v.content[0].tolist() == [256, 1]
+    BatchBuffer(1, (256, 256)).fill(np.zeros((1, 5000, 3), np.uint8), v)
 
 
 def test_full_frame_view_letterboxes_keeping_aspect():
