@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import socket
 from pathlib import Path
 
 import cv2
@@ -16,10 +18,20 @@ from geo_photos import dji_values, write_photo
 from mqtt_broker import Broker, Subscriber, retained
 from serve_process import ServeProcess
 
+os.environ.setdefault("MAVLINK20", "1")
+from pymavlink import mavutil  # noqa: E402
+
 from edgetile.runtime.geo import locate_boxes, pose_from_photo
 from onnx_models import red_blob_model
 
 LAT0, LON0 = 55.75, 37.62
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 PW, PH, PF, PAGL = 512, 384, 500.0, 50.0
 
 
@@ -41,8 +53,10 @@ def test_daemon_serves_coordinates_geo_files_thumbnails_and_publishes_to_mqtt(tm
     drop = tmp_path / "drop"
     drop.mkdir()
     # geo and MQTT from the YAML config file, as a field deployment keeps them
+    gcs_port = free_udp_port()
+    gcs = mavutil.mavlink_connection(f"udpin:127.0.0.1:{gcs_port}", dialect="ardupilotmega", source_system=255)
     (tmp_path / "serve.yaml").write_text(f"geo: true\nmqtt: 127.0.0.1:{broker.port}\nmqtt-topic: drone1\n"
-                                         "ground_above_takeoff: 0\n")
+                                         f"ground_above_takeoff: 0\nmavlink-out: udpout:127.0.0.1:{gcs_port}\n")
     d = ServeProcess(tmp_path, "--model", model, "--tile", "256", "--watch", drop, "--state", tmp_path / "state",
                      "--settle", "0", "--poll", "0.1", "--config", tmp_path / "serve.yaml")
     try:
@@ -67,6 +81,19 @@ def test_daemon_serves_coordinates_geo_files_thumbnails_and_publishes_to_mqtt(tm
         assert msgs["DJI_0001.JPG"]["lat"] == located[0]["lat"]
         assert msgs["DJI_0001.JPG"]["sha256"] == by_name["DJI_0001.JPG"]["sha256"]
         assert "lat" not in msgs["DJI_0002.JPG"] and msgs["DJI_0002.JPG"]["bbox"] == unlocated[0]["bbox"]
+
+        # MAVLink: the ground station hears an alert per detection and the person's position
+        heard: dict[str, list] = {"STATUSTEXT": [], "CAMERA_TRACKING_GEO_STATUS": []}
+        while len(heard["STATUSTEXT"]) < 2 or not heard["CAMERA_TRACKING_GEO_STATUS"]:
+            m = gcs.recv_match(type=list(heard), blocking=True, timeout=20)
+            assert m is not None, f"the ground station heard only {heard}"
+            heard[m.get_type()].append(m)
+        texts, geo = heard["STATUSTEXT"], heard["CAMERA_TRACKING_GEO_STATUS"][0]
+        assert sorted(t.text for t in texts) == sorted([
+            f"person {located[0]['score']:.0%} {located[0]['lat']:.6f},{located[0]['lon']:.6f} "
+            f"+-{located[0]['error_m']:.0f}m", f"person {unlocated[0]['score']:.0%} (no position)"])
+        assert (geo.lat, geo.lon) == (round(located[0]["lat"] * 1e7), round(located[0]["lon"] * 1e7))
+        assert geo.dist == pytest.approx((located[0]["distance_m"] ** 2 + PAGL ** 2) ** 0.5, rel=1e-5)
 
         # the geographic views of everything committed
         status, headers, body = d.request("/detections.geojson")
@@ -98,6 +125,7 @@ def test_daemon_serves_coordinates_geo_files_thumbnails_and_publishes_to_mqtt(tm
     finally:
         d.kill()
         sub.close()
+        gcs.close()
         broker.stop()
 
 
@@ -110,3 +138,6 @@ def test_daemon_without_geo_serves_pixels_only_and_bad_mqtt_is_a_usage_error(tmp
     bad = ServeProcess(tmp_path, "--model", model, "--state", tmp_path / "s2", "--mqtt", "broker:notaport")
     assert bad.run_to_exit() == 2
     assert "--mqtt: expected HOST:PORT with a numeric port, found 'broker:notaport'" in bad.log()
+    bad = ServeProcess(tmp_path, "--model", model, "--state", tmp_path / "s3", "--mavlink-lacmus")
+    assert bad.run_to_exit() == 2
+    assert "--mavlink-lacmus: expected --mavlink-out URL as well" in bad.log()

@@ -1,4 +1,4 @@
-"""Ground coordinates, thumbnails and MQTT in the daemon (`edgetile serve --geo --mqtt HOST:PORT`).
+"""Ground coordinates, thumbnails, MQTT and MAVLink in the daemon (`edgetile serve --geo --mqtt HOST:PORT`).
 
 With --geo the worker adds lat, lon, error_m, ground_alt_m, distance_m and a thumbnail to each
 detection record before the record is committed, so GET /detections serves them; the HTTP API also
@@ -7,7 +7,8 @@ the tracks as /tracks.geojson, and the thumbnails as /thumbs/NAME. Tracks are bu
 from all committed results in commit order, so they are the same after a restart.
 
 With --mqtt each detection of a committed photo is published (see geo.mqtt) as JSON with the photo's
-name and SHA-256, after the commit: what subscribers hear is what the daemon keeps.
+name and SHA-256, after the commit: what subscribers hear is what the daemon keeps. With
+--mavlink-out each is also sent to a ground station (see geo.mavlink).
 """
 
 from __future__ import annotations
@@ -41,6 +42,13 @@ def add_serve_geo_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mqtt-buffer", metavar="N", type=_number("--mqtt-buffer", 1, 10_000_000), default=100_000,
                    help="messages kept while the broker is unreachable; beyond it new ones are dropped and "
                         "counted (default: 100000)")
+    g.add_argument("--mavlink-out", metavar="URL",
+                   help="send every detection to a ground station over MAVLink: a STATUSTEXT alert and, with "
+                        "--geo, a CAMERA_TRACKING_GEO_STATUS with its position; URL as pymavlink takes it, e.g. "
+                        "udpout:192.168.1.10:14550 or /dev/ttyUSB0,57600 (default: no MAVLink)")
+    g.add_argument("--mavlink-lacmus", action="store_true",
+                   help="with --mavlink-out, also send the Lacmus dialect's LACMUS_OBJECT_DETECTED (id 7000) "
+                        "with the person's position")
     add_geo_options(p, with_format=False)
 
 
@@ -53,13 +61,16 @@ class DaemonGeo:
         state_dir: The daemon's state folder; thumbnails go to STATE/thumbs.
         georeference: Add coordinates and thumbnails (--geo).
         publisher: An MqttPublisher, or None.
+        mavlink: A MavlinkSender, or None.
     """
 
     config: GeoConfig
     state_dir: Path
     georeference: bool = True
     publisher: object | None = None
+    mavlink: object | None = None
     _warned: dict[str, int] = field(default_factory=dict)
+    _poses: dict[str, object] = field(default_factory=dict)  # sha256 -> pose, from annotate to publish
 
     @property
     def thumbs_dir(self) -> Path:
@@ -93,16 +104,21 @@ class DaemonGeo:
                                                  "" if seen else " (said once; later photos at debug level)")
             return
         georeference_detections(records, pose, self.config.errors)
+        if self.mavlink is not None:
+            self._poses[item.sha256] = pose
 
     def publish(self, outcomes) -> None:
-        """Publish the detections of committed outcomes to MQTT (worker thread)."""
-        if self.publisher is None:
-            return
+        """Publish the detections of committed outcomes to MQTT and MAVLink (worker thread)."""
         for o in outcomes:
+            pose = self._poses.pop(o.item.sha256, None)
             if not o.ok:
                 continue
             for d in o.detections or []:
-                self.publisher.publish_detection(d, image=o.item.name, sha256=o.item.sha256)
+                if self.publisher is not None:
+                    self.publisher.publish_detection(d, image=o.item.name, sha256=o.item.sha256)
+                if self.mavlink is not None:
+                    self.mavlink.send_detection(d, image_index=o.item.item_id, camera=pose,
+                                                file_url=d.get("thumbnail", ""))
 
     def documents(self, queue_factory) -> GeoDocuments:
         """GeoJSON/KML/CSV of every committed result, tracks built in commit order."""
@@ -120,15 +136,20 @@ class DaemonGeo:
     def close(self) -> None:
         if self.publisher is not None:
             self.publisher.close()
+        if self.mavlink is not None:
+            self.mavlink.close()
 
 
 def daemon_geo_from_args(a: argparse.Namespace, state_dir: Path) -> DaemonGeo | None:
-    """The DaemonGeo the options ask for, or None without --geo and --mqtt.
+    """The DaemonGeo the options ask for, or None without --geo, --mqtt and --mavlink-out.
 
     Raises:
-        ValueError: A bad --mqtt address, or a missing package (named, with the install command).
+        ValueError: A bad --mqtt address or --mavlink-out URL, or a missing package (named, with the
+            install command).
     """
-    if not a.geo and not a.mqtt:
+    if a.mavlink_lacmus and not a.mavlink_out:
+        raise ValueError("--mavlink-lacmus: expected --mavlink-out URL as well, found none")
+    if not a.geo and not a.mqtt and not a.mavlink_out:
         return None
     config = geo_config_from_args(a)
     if a.geo and missing_geo_packages():
@@ -142,7 +163,17 @@ def daemon_geo_from_args(a: argparse.Namespace, state_dir: Path) -> DaemonGeo | 
             publisher = MqttPublisher(host, port, topic_prefix=a.mqtt_topic, max_buffer=int(a.mqtt_buffer))
         except ImportError as exc:
             raise ValueError(str(exc)) from None
-    return DaemonGeo(config, Path(state_dir), georeference=bool(a.geo), publisher=publisher)
+    mavlink = None
+    if a.mavlink_out:
+        from .mavlink import MavlinkSender
+
+        try:
+            mavlink = MavlinkSender(a.mavlink_out, lacmus=bool(a.mavlink_lacmus))
+        except ImportError as exc:
+            raise ValueError(str(exc)) from None
+        except OSError as exc:
+            raise ValueError(f"--mavlink-out {a.mavlink_out}: cannot open the link: {exc}") from None
+    return DaemonGeo(config, Path(state_dir), georeference=bool(a.geo), publisher=publisher, mavlink=mavlink)
 
 
 def geo_router(geo: DaemonGeo, queue_factory):
