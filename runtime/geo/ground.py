@@ -15,8 +15,9 @@ central differences; it grows with height and steeply as the ray approaches the 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Callable  # collections.abc.Callable is not subscriptable at run time on Python 3.8
 
 import numpy as np
 

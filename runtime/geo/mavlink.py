@@ -8,8 +8,8 @@ ATTITUDE and CAMERA_FEEDBACK carry the VEHICLE's attitude (ArduPilot fills CAMER
 AHRS), so the camera's mounting (default: straight down, photo top towards the nose) is applied to
 them; CAMERA_IMAGE_CAPTURED's quaternion is the camera's own orientation in NED.
 
-Out: MavlinkSender sends, per detection, a STATUSTEXT alert (shown and spoken by QGroundControl and
-Mission Planner), a CAMERA_TRACKING_GEO_STATUS with the person's position and accuracy, and
+Out: MavlinkSender sends, per detection, a STATUSTEXT alert (shown by QGroundControl and Mission
+Planner), a CAMERA_TRACKING_GEO_STATUS with the person's position and accuracy, and
 optionally the Lacmus dialect's LACMUS_OBJECT_DETECTED (id 7000). pymavlink has no Lacmus dialect,
 so that message is built here byte by byte from its definition (MAVLink 2 framing, CRC-16/MCRF4XX
 with the message's CRC_EXTRA); a ground station needs the Lacmus dialect to decode it. It sends a
@@ -351,7 +351,7 @@ class MavlinkSender:
         system_id: Our system id: the vehicle's (1) so that the ground station groups us with it.
         component_id: Our component id (191: onboard computer).
         heartbeat_s: Seconds between HEARTBEATs (0: none; ground stations then ignore us).
-        severity: STATUSTEXT severity (1 ALERT: spoken by the ground station; 5 NOTICE: quieter).
+        severity: STATUSTEXT severity (1 ALERT, the most prominent short of an emergency; 5 NOTICE).
         lacmus: Also send LACMUS_OBJECT_DETECTED (a receiver needs the Lacmus dialect).
         lacmus_position: "target" puts the person's position in its lat/lon (what a search needs;
             the prototype's field text says "where image was taken"); "camera" the camera's.
