@@ -264,7 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     register_serve(sub)
 
     unavailable = []
+    seen: set[str] = set()
     for ep in sorted(metadata.entry_points(group="edgetile.commands"), key=lambda e: e.name):
+        # The same distribution can be visible twice (an editable install's egg-info beside the
+        # checkout and its dist-info): register each command once.
+        if ep.name in seen:
+            continue
+        seen.add(ep.name)
         try:
             register = ep.load()
         except ImportError as exc:
@@ -293,4 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the package's module, not this __main__ copy: plugins raise edgetile.runtime.cli.UsageError,
+    # which this copy's own UsageError class would not catch.
+    from edgetile.runtime.cli import main as package_main
+
+    sys.exit(package_main())

@@ -225,3 +225,10 @@ def test_huge_photo_holds_only_the_image_and_one_batch(tmp_path, model):
     # OpenCV and ONNX Runtime (~250 MB): a second copy of the image would add another 858 MB.
     assert before <= peak_mb * 1024
     assert peak_mb < image_mb + 450, f"peak RSS {peak_mb:.0f} MB for an image of {image_mb:.0f} MB"
+
+
+def test_plugin_usage_errors_exit_2_under_python_m(tmp_path):
+    # A plugin command's usage error must be caught when the CLI runs as `python -m`, too.
+    r = run("eval", "--model", tmp_path / "missing.onnx", "--data", tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
