@@ -95,12 +95,25 @@ class Subscriber:
         self.client.loop_stop()
 
 
-def retained(port: int, topic: str, timeout: float = 10.0) -> dict:
-    """The retained message on a topic, as a fresh client sees it."""
-    sub = Subscriber(port, topic, client_id=f"probe-{time.monotonic_ns()}", clean=True)
-    try:
-        m = sub.get(timeout)
-        assert m.retain, f"expected a retained message on {topic}"
-        return json.loads(m.payload)
-    finally:
-        sub.close()
+def retained(port: int, topic: str, state: str, timeout: float = 20.0) -> dict:
+    """The retained status on a topic once it has the given state, as a fresh client sees it.
+
+    A probe that connects while the state changes may hear the change live (not retained); it
+    then tries again, so what is returned was delivered as a retained message.
+    """
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        sub = Subscriber(port, topic, client_id=f"probe-{time.monotonic_ns()}", clean=True)
+        try:
+            m = sub.get(2.0)
+            payload = json.loads(m.payload)
+            seen.append((payload.get("state"), m.retain))
+            if m.retain and payload.get("state") == state:
+                return payload
+        except queue.Empty:
+            seen.append(None)
+        finally:
+            sub.close()
+        time.sleep(0.1)
+    raise AssertionError(f"no retained {state!r} on {topic} within {timeout} s; probes saw {seen}")

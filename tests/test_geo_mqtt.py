@@ -36,7 +36,7 @@ def test_detections_arrive_as_json_with_qos1_and_status_is_retained(broker):
     try:
         with MqttPublisher("127.0.0.1", broker.port, reconnect_min_s=0.2, reconnect_max_s=1.0) as pub:
             assert pub.wait_connected(10)
-            assert retained(broker.port, "edgetile/status")["state"] == "online"
+            assert retained(broker.port, "edgetile/status", "online")
             for k in range(3):
                 assert pub.publish_detection({**DET, "score": 0.5 + k / 10}, image=f"DJI_{k}.JPG")
             got = sub.collect(3, "edgetile/detections")
@@ -44,8 +44,7 @@ def test_detections_arrive_as_json_with_qos1_and_status_is_retained(broker):
         assert [p["image"] for p, _ in got] == ["DJI_0.JPG", "DJI_1.JPG", "DJI_2.JPG"]
         assert all(m.qos == 1 for _, m in got)
         assert got[1][0] == {**DET, "score": 0.6, "image": "DJI_1.JPG"}
-        status = retained(broker.port, "edgetile/status")
-        assert status["state"] == "offline" and status["reason"] == "closed"
+        assert retained(broker.port, "edgetile/status", "offline")["reason"] == "closed"
     finally:
         sub.close()
 
@@ -112,11 +111,10 @@ def test_last_will_marks_the_status_offline_when_the_process_dies(broker):
                             text=True)
     try:
         assert proc.stdout.readline().strip() == "connected"
-        assert retained(broker.port, "drone7/status")["state"] == "online"
+        assert retained(broker.port, "drone7/status", "online")
         proc.kill()  # no goodbye: the broker publishes the will
         proc.wait(10)
-        assert wait_until(lambda: retained(broker.port, "drone7/status")["state"] == "offline")
-        assert retained(broker.port, "drone7/status")["reason"] == "connection lost"
+        assert retained(broker.port, "drone7/status", "offline")["reason"] == "connection lost"
     finally:
         proc.kill()
         proc.wait(10)

@@ -61,7 +61,7 @@ def test_daemon_serves_coordinates_geo_files_thumbnails_and_publishes_to_mqtt(tm
                      "--settle", "0", "--poll", "0.1", "--config", tmp_path / "serve.yaml")
     try:
         d.start()
-        assert retained(broker.port, "drone1/status")["state"] == "online"
+        assert retained(broker.port, "drone1/status", "online")
         xmp = dji_values(rel_alt=PAGL, abs_alt=180.0, pitch=-90.0, focal_px=PF)
         blob_photo(drop / "DJI_0001.JPG", (280, 136), lat=LAT0, lon=LON0, xmp=xmp)
         blob_photo(drop / "DJI_0002.JPG", (80, 80), lat=None, lon=None, xmp=xmp)  # no GPS fix
@@ -120,8 +120,7 @@ def test_daemon_serves_coordinates_geo_files_thumbnails_and_publishes_to_mqtt(tm
         assert d.request("/thumbs/0123456789abcdef_999.jpg")[0] == 404
 
         assert d.terminate() == 0, d.log()
-        status = retained(broker.port, "drone1/status")
-        assert status["state"] == "offline" and status["reason"] == "closed"
+        assert retained(broker.port, "drone1/status", "offline")["reason"] == "closed"
     finally:
         d.kill()
         sub.close()

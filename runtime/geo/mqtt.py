@@ -112,8 +112,8 @@ class MqttPublisher:
             log.warning("MQTT broker %s:%d refused the connection: %s", self.host, self.port, reason_code)
             return
         self.connects += 1
-        self._connected.set()
         client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
+        self._connected.set()  # after the status, so that it goes out before anything published next
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
