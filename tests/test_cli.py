@@ -232,3 +232,13 @@ def test_plugin_usage_errors_exit_2_under_python_m(tmp_path):
     r = run("eval", "--model", tmp_path / "missing.onnx", "--data", tmp_path)
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_ensemble_with_weights_and_flip_runs_from_the_cli(tmp_path, model):
+    second = red_blob_model(tmp_path / "second.onnx", batch=2)  # a fixed-batch member next to a dynamic one
+    red_photo(tmp_path / "a.jpg", 900, 700, [(100, 100, 140, 180), (600, 400, 640, 480)])
+    r = run("detect", tmp_path / "a.jpg", "--model", model, second, "--model-weights", 1, 2, "--tta", "flip",
+            "--tile", 256, "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "out" / "detections.json").read_text())[0]
+    assert rec["detections"] and rec["timings_ms"]["fuse"] > 0  # four passes fused by WBF
