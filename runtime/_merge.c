@@ -995,7 +995,7 @@ static int nmm_visit(void *vc, idx_t id, const gobj_t *o)
 }
 
 static int nmm_kernel(const double *boxes, const double *scores, const int64_t *labels, idx_t n, double thr, int ios,
-                      int64_t *keep, int64_t *members, int64_t *offsets, idx_t *ngroups)
+                      int64_t *keep, int64_t *members, int64_t *offsets, double *unions, idx_t *ngroups)
 {
     idx_t *order = malloc((size_t)(n + 1) * sizeof(idx_t));
     idx_t *v = malloc((size_t)(n + 1) * sizeof(idx_t));
@@ -1088,6 +1088,23 @@ static int nmm_kernel(const double *boxes, const double *scores, const int64_t *
     for (i = 0; i < n; i++) {
         const idx_t j = order[i];
         members[tmp[rank[owner[j]]]++] = j;
+    }
+    /* each group's box: the union of its members */
+    for (i = 0; i < ng; i++) {
+        double *u = unions + 4 * i;
+        idx_t k;
+        memcpy(u, boxes + 4 * members[offsets[i]], 4 * sizeof(double));
+        for (k = offsets[i] + 1; k < offsets[i + 1]; k++) {
+            const double *b = boxes + 4 * members[k];
+            if (b[0] < u[0])
+                u[0] = b[0];
+            if (b[1] < u[1])
+                u[1] = b[1];
+            if (b[2] > u[2])
+                u[2] = b[2];
+            if (b[3] > u[3])
+                u[3] = b[3];
+        }
     }
     *ngroups = ng;
     st = ST_OK;
@@ -1393,20 +1410,21 @@ done:
     return ret;
 }
 
-PyDoc_STRVAR(nmm_doc, "greedy_nmm(boxes, scores, labels, match_thr, metric, keep, members, offsets) -> int\n--\n\n"
+PyDoc_STRVAR(nmm_doc, "greedy_nmm(boxes, scores, labels, match_thr, metric, keep, members, offsets, unions) -> int\n--\n\n"
                       "Greedy non-maximum merging; see _merge_ref.greedy_nmm. Returns the number of groups.");
 
 static PyObject *py_greedy_nmm(PyObject *self, PyObject *args)
 {
-    PyObject *o_boxes, *o_scores, *o_labels, *o_thr, *o_metric, *o_keep, *o_members, *o_offsets, *ret = NULL;
-    arr_t boxes = {0}, scores = {0}, labels = {0}, keep = {0}, members = {0}, offsets = {0};
+    PyObject *o_boxes, *o_scores, *o_labels, *o_thr, *o_metric, *o_keep, *o_members, *o_offsets, *o_unions,
+        *ret = NULL;
+    arr_t boxes = {0}, scores = {0}, labels = {0}, keep = {0}, members = {0}, offsets = {0}, unions = {0};
     Py_ssize_t shape[2] = {-1, 4};
     double thr;
     idx_t n, ng = 0;
     int ios, st;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOOOOOOO:greedy_nmm", &o_boxes, &o_scores, &o_labels, &o_thr, &o_metric, &o_keep,
-                          &o_members, &o_offsets))
+    if (!PyArg_ParseTuple(args, "OOOOOOOOO:greedy_nmm", &o_boxes, &o_scores, &o_labels, &o_thr, &o_metric, &o_keep,
+                          &o_members, &o_offsets, &o_unions))
         return NULL;
     if (get_array(o_boxes, "boxes", 'd', 2, shape, 0, &boxes) < 0)
         goto done;
@@ -1424,9 +1442,12 @@ static PyObject *py_greedy_nmm(PyObject *self, PyObject *args)
     shape[0] = n + 1;
     if (get_array(o_offsets, "offsets", 'q', 1, shape, 1, &offsets) < 0)
         goto done;
+    shape[0] = n;
+    if (get_array(o_unions, "unions", 'd', 2, shape, 1, &unions) < 0)
+        goto done;
     Py_BEGIN_ALLOW_THREADS
     st = nmm_kernel(boxes.view.buf, scores.view.buf, labels.view.buf, n, thr, ios, keep.view.buf, members.view.buf,
-                    offsets.view.buf, &ng);
+                    offsets.view.buf, unions.view.buf, &ng);
     Py_END_ALLOW_THREADS
     ret = status_to_result(st, ng);
 done:
@@ -1436,6 +1457,7 @@ done:
     arr_release(&keep);
     arr_release(&members);
     arr_release(&offsets);
+    arr_release(&unions);
     return ret;
 }
 

@@ -39,7 +39,9 @@ CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_array(name: str, arr: object, dtype: type, shape: tuple[int | None, ...], writable: bool = False) -> None:
+def _check_array(
+    name: str, arr: object, dtype: type, shape: tuple[int | None, ...], writable: bool = False
+) -> None:
     """Check what the C kernels check through the buffer protocol.
 
     Args:
@@ -54,11 +56,18 @@ def _check_array(name: str, arr: object, dtype: type, shape: tuple[int | None, .
         ValueError: Wrong shape, not C-contiguous or read-only.
     """
     if not isinstance(arr, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray of {np.dtype(dtype).name}; found {type(arr).__name__}")
+        raise TypeError(
+            f"{name} must be a numpy.ndarray of {np.dtype(dtype).name}; found {type(arr).__name__}"
+        )
     if arr.dtype != dtype:
         raise TypeError(f"{name} must have dtype {np.dtype(dtype).name}; found {arr.dtype}")
     if arr.ndim != len(shape) or any(e is not None and e != a for e, a in zip(shape, arr.shape)):
-        expected = "(" + ", ".join("N" if e is None else str(e) for e in shape) + ("," if len(shape) == 1 else "") + ")"
+        expected = (
+            "("
+            + ", ".join("N" if e is None else str(e) for e in shape)
+            + ("," if len(shape) == 1 else "")
+            + ")"
+        )
         raise ValueError(f"{name} must have shape {expected}; found {arr.shape}")
     if not arr.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous; found a strided array")
@@ -83,20 +92,20 @@ def _check_boxes(name: str, boxes: np.ndarray, positive_area: bool = False) -> N
     bad = ~np.isfinite(boxes)
     if bad.any():
         r, c = np.argwhere(bad)[0]
-        raise ValueError(f"{name} must be finite; found {boxes[r, c]} at {name}[{r}, {c}]")
+        raise ValueError(f"{name} must be finite; found {float(boxes[r, c])!r} at {name}[{r}, {c}]")
     bad = np.abs(boxes) > MAX_COORD
     if bad.any():
         r, c = np.argwhere(bad)[0]
         raise ValueError(
-            f"{name} coordinates must have magnitude at most 2**53; found {boxes[r, c]!r} at {name}[{r}, {c}]"
+            f"{name} coordinates must have magnitude at most 2**53; found {float(boxes[r, c])!r} at {name}[{r}, {c}]"
         )
     for lo, hi, axis in ((0, 2, "x"), (1, 3, "y")):
         bad = boxes[:, hi] < boxes[:, lo]
         if bad.any():
             r = int(np.flatnonzero(bad)[0])
             raise ValueError(
-                f"{name} must have {axis}2 >= {axis}1; found {axis}1={boxes[r, lo]!r}, "
-                f"{axis}2={boxes[r, hi]!r} at {name}[{r}]"
+                f"{name} must have {axis}2 >= {axis}1; found {axis}1={float(boxes[r, lo])!r}, "
+                f"{axis}2={float(boxes[r, hi])!r} at {name}[{r}]"
             )
     if positive_area:
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
@@ -118,7 +127,7 @@ def _check_finite(name: str, values: np.ndarray, lo: float | None = None, hi: fl
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         expected = "finite" if lo is None else f"finite and in [{lo:g}, {hi:g}]"
-        raise ValueError(f"{name} must be {expected}; found {values[i]!r} at {name}[{i}]")
+        raise ValueError(f"{name} must be {expected}; found {float(values[i])!r} at {name}[{i}]")
 
 
 def _check_threshold(name: str, value: float) -> float:
@@ -160,7 +169,9 @@ def _areas(boxes: np.ndarray) -> np.ndarray:
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
-def _overlap(box: np.ndarray, area: float, others: np.ndarray, other_areas: np.ndarray, ios: bool) -> np.ndarray:
+def _overlap(
+    box: np.ndarray, area: float, others: np.ndarray, other_areas: np.ndarray, ios: bool
+) -> np.ndarray:
     """IoU or IoS of ``box`` against each row of ``others``, 0 where the denominator is not positive.
 
     Args:
@@ -207,7 +218,9 @@ class _XWindow:
 # --------------------------------------------------------------------------------------------------
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_thr: float, metric: str, keep: np.ndarray) -> int:
+def nms(
+    boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_thr: float, metric: str, keep: np.ndarray
+) -> int:
     """Non-maximum suppression, class-aware through ``labels``.
 
     Boxes are visited by descending score, ties by lower index (a stable sort). A box is kept unless
@@ -268,6 +281,7 @@ def greedy_nmm(
     keep: np.ndarray,
     members: np.ndarray,
     offsets: np.ndarray,
+    unions: np.ndarray,
 ) -> int:
     """Greedy non-maximum merging: the grouping of ``sahi.postprocess.combine.batched_greedy_nmm``.
 
@@ -285,6 +299,7 @@ def greedy_nmm(
         members: ``(N,)`` int64, written: every index, group by group, each group's kept box first
             and then its merged boxes in visiting order.
         offsets: ``(N + 1,)`` int64, written: group ``i`` is ``members[offsets[i]:offsets[i + 1]]``.
+        unions: ``(N, 4)`` float64, written: ``unions[:g]`` the union box of each group.
 
     Returns:
         ``g``, the number of groups.
@@ -293,6 +308,7 @@ def greedy_nmm(
     _check_array("keep", keep, np.int64, (n,), writable=True)
     _check_array("members", members, np.int64, (n,), writable=True)
     _check_array("offsets", offsets, np.int64, (n + 1,), writable=True)
+    _check_array("unions", unions, np.float64, (n, 4), writable=True)
     offsets[0] = 0
     if n == 0:
         return 0
@@ -325,6 +341,10 @@ def greedy_nmm(
     keep[:g] = kept
     members[:] = grouped
     offsets[1 : g + 1] = np.cumsum(np.bincount(group_of[owner], minlength=g))
+    grouped_boxes = boxes[grouped]
+    starts = offsets[:g]
+    unions[:g, :2] = np.minimum.reduceat(grouped_boxes[:, :2], starts, axis=0)
+    unions[:g, 2:] = np.maximum.reduceat(grouped_boxes[:, 2:], starts, axis=0)
     return int(g)
 
 
@@ -416,7 +436,9 @@ def wbf(
             box = boxes[j]
             c = -1
             if state:
-                iou = _overlap(box, float(_areas(box[None])[0]), fused[: len(state)], fused_area[: len(state)], False)
+                iou = _overlap(
+                    box, float(_areas(box[None])[0]), fused[: len(state)], fused_area[: len(state)], False
+                )
                 best = int(np.argmax(iou))
                 if iou[best] > thr:
                     c = best

@@ -76,7 +76,9 @@ def _as_real_array(name: str, value: object) -> np.ndarray:
     try:
         arr = np.asarray(value)
     except ValueError as exc:  # ragged nested sequences
-        raise ValueError(f"{name} must be a rectangular array of numbers; found {type(value).__name__} ({exc})") from exc
+        raise ValueError(
+            f"{name} must be a rectangular array of numbers; found {type(value).__name__} ({exc})"
+        ) from exc
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"{name} must hold real numbers (float or integer dtype); found dtype {arr.dtype}")
     return arr
@@ -121,7 +123,7 @@ def _as_labels(name: str, value: object, n: int) -> np.ndarray:
         bad = ~np.isfinite(arr) | (arr != np.round(arr)) | (np.abs(arr) > 2.0**62)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{name} must hold integer class ids; found {arr[i]!r} at {name}[{i}]")
+            raise ValueError(f"{name} must hold integer class ids; found {arr[i].item()!r} at {name}[{i}]")
     elif arr.dtype == np.uint64 and arr.size and arr.max() > np.iinfo(np.int64).max:
         i = int(np.argmax(arr))
         raise ValueError(f"{name} must fit in int64; found {arr[i]} at {name}[{i}]")
@@ -245,25 +247,13 @@ def greedy_nmm(
     keep = np.empty(n, dtype=np.int64)
     members = np.empty(n, dtype=np.int64)
     offsets = np.empty(n + 1, dtype=np.int64)
-    g = kernels.greedy_nmm(b, s, lab, thr, _as_metric(metric), keep, members, offsets)
+    unions = np.empty((n, 4), dtype=np.float64)
+    g = kernels.greedy_nmm(b, s, lab, thr, _as_metric(metric), keep, members, offsets, unions)
     keep = keep[:g]
-    starts = offsets[:g]
     score_dtype = _FLOAT32 if s_given.dtype == _FLOAT32 else np.dtype(np.float64)
-    if g == 0:
-        return np.zeros((0, 4), box_dtype), np.zeros(0, score_dtype), np.zeros(0, np.int64), []
-    mb = b[members]
-    union = np.stack(
-        [
-            np.minimum.reduceat(mb[:, 0], starts),
-            np.minimum.reduceat(mb[:, 1], starts),
-            np.maximum.reduceat(mb[:, 2], starts),
-            np.maximum.reduceat(mb[:, 3], starts),
-        ],
-        axis=1,
-    )
     bounds = offsets[: g + 1].tolist()
     groups = [members[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
-    return union.astype(box_dtype, copy=False), s[keep].astype(score_dtype, copy=False), lab[keep], groups
+    return unions[:g].astype(box_dtype), s[keep].astype(score_dtype, copy=False), lab[keep], groups
 
 
 def wbf(
@@ -319,19 +309,25 @@ def wbf(
     scores_seq = _as_list("scores_list", scores_list)
     m = len(boxes_seq)
     if len(scores_seq) != m:
-        raise ValueError(f"scores_list must have one entry per boxes_list entry ({m}); found {len(scores_seq)}")
+        raise ValueError(
+            f"scores_list must have one entry per boxes_list entry ({m}); found {len(scores_seq)}"
+        )
     if labels_list is None:
         labels_seq: list = [None] * m
     else:
         labels_seq = _as_list("labels_list", labels_list)
         if len(labels_seq) != m:
-            raise ValueError(f"labels_list must have one entry per boxes_list entry ({m}); found {len(labels_seq)}")
+            raise ValueError(
+                f"labels_list must have one entry per boxes_list entry ({m}); found {len(labels_seq)}"
+            )
     if weights is None:
         w = np.ones(m, dtype=np.float64)
     else:
         w_arr = _as_real_array("weights", weights)
         if w_arr.shape != (m,):
-            raise ValueError(f"weights must have shape ({m},), one weight per model; found shape {w_arr.shape}")
+            raise ValueError(
+                f"weights must have shape ({m},), one weight per model; found shape {w_arr.shape}"
+            )
         w = np.ascontiguousarray(w_arr, dtype=np.float64)
         _merge_ref._check_finite("weights", w, _merge_ref.MIN_WEIGHT, _merge_ref.MAX_WEIGHT)
     thr = _merge_ref._check_threshold("iou_thr", iou_thr)
