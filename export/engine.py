@@ -209,7 +209,7 @@ class EngineRequest:
         timing_cache: File to load tactic timings from and save them to (builds of the same network
             on the same device become minutes faster).
         calib: Calibration photos for implicit INT8 (TensorRT <= 10, FP32 ONNX), or None.
-        calib_method: "entropy" or "minmax" for implicit INT8.
+        calib_method: "minmax" or "entropy" for implicit INT8.
         calib_count: Most calibration tiles.
         calib_cache: Calibration cache file (read when present, written after calibrating).
         tile: Tile side in photo pixels, as the runtime runs (calibration tiles are cut the same way).
@@ -225,7 +225,7 @@ class EngineRequest:
     dla_core: int | None = None
     timing_cache: Path | None = None
     calib: Path | None = None
-    calib_method: str = "entropy"
+    calib_method: str = "minmax"
     calib_count: int = 512
     calib_cache: Path | None = None
     tile: int = 1024

@@ -129,8 +129,8 @@ CALIB = Path("photos")
     ("10.3.0", QDQ, EngineRequest("int8"), (), ("INT8", "FP16"), False, None, "qdq"),
     ("11.4.1", QDQ, EngineRequest("int8"), ("STRONGLY_TYPED",), (), False, None, "qdq"),
     # int8 by implicit calibration (TensorRT <= 10 only)
-    ("8.5.2", DYNAMIC, EngineRequest("int8", calib=CALIB), ("EXPLICIT_BATCH",), ("INT8", "FP16"), False,
-     "IInt8EntropyCalibrator2", "calibrator"),
+    ("8.5.2", DYNAMIC, EngineRequest("int8", calib=CALIB, calib_method="entropy"), ("EXPLICIT_BATCH",),
+     ("INT8", "FP16"), False, "IInt8EntropyCalibrator2", "calibrator"),
     ("10.3.0", DYNAMIC, EngineRequest("int8", calib=CALIB, calib_method="minmax"), (), ("INT8", "FP16"), False,
      "IInt8MinMaxCalibrator", "calibrator"),
     # DLA: GPU fallback added
@@ -481,7 +481,7 @@ def test_int8_calibrator_build_sequence_writes_the_cache(models, tmp_path):
                         batch_max=8)
     trt, cuda, result, _ = _build(models, "10.3.0", req, tmp_path / "c.engine")
     cal = [c[1] for c in trt.calls if c[0] == "config.int8_calibrator"]
-    assert len(cal) == 1 and isinstance(cal[0], trt.IInt8EntropyCalibrator2)
+    assert len(cal) == 1 and isinstance(cal[0], trt.IInt8MinMaxCalibrator)  # the default method
     assert cal[0].get_batch_size() == 4  # the profile's optimal batch
     assert trt.called("set_calibration_profile")
     assert trt.calib_batches == 5 and cuda.copies == 5  # 20 tiles in batches of 4
