@@ -664,3 +664,12 @@ def test_fp16_conversion_of_an_ultralytics_export(tmp_path):
     b = ort.InferenceSession(str(fp16)).run(None, {"images": tiles})[0]
     assert np.abs(a[:, :4] - b[:, :4]).max() < 0.5  # px
     assert np.abs(a[:, 4:] - b[:, 4:]).max() < 1e-2
+
+
+def test_registering_the_export_command_imports_nothing_heavy():
+    code = ("import sys; from edgetile.runtime.cli import build_parser; p = build_parser(); "
+            "p.parse_args(['export', 'engine', 'm.onnx', '--precision', 'int8']); "
+            "print([m for m in ('torch', 'ultralytics', 'onnx', 'onnxruntime', 'tensorrt', 'pycuda') "
+            "if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
