@@ -56,10 +56,22 @@ class ServeProcess:
         raise RuntimeError(f"edgetile serve did not start listening within {timeout} s:\n{self.log()}")
 
     def run_to_exit(self, timeout: float = 60.0) -> int:
-        """Start the daemon expecting it to stop by itself (a refused start); returns the exit code."""
+        """Start the daemon expecting it to stop by itself (a refused start); returns the exit code.
+
+        Raises:
+            subprocess.TimeoutExpired: It was still running after ``timeout`` s; it is killed and
+                reaped first, so no daemon outlives the test.
+        """
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen([*SERVE, *self.args], stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
-        return self.proc.wait(timeout)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(30)
+            raise
+        finally:
+            self._log.close()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
