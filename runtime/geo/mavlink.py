@@ -2,11 +2,17 @@
 ground station.
 
 In: MavlinkTelemetry listens on a MAVLink link (UDP, serial, TCP: any pymavlink connection string)
-and keeps the latest GLOBAL_POSITION_INT and ATTITUDE, and each photo's CAMERA_FEEDBACK (ArduPilot)
-or CAMERA_IMAGE_CAPTURED (MAVLink camera protocol), so that a frame or photo becomes a CameraPose.
-ATTITUDE and CAMERA_FEEDBACK carry the VEHICLE's attitude (ArduPilot fills CAMERA_FEEDBACK from its
-AHRS), so the camera's mounting (default: straight down, photo top towards the nose) is applied to
-them; CAMERA_IMAGE_CAPTURED's quaternion is the camera's own orientation in NED.
+and keeps the latest GLOBAL_POSITION_INT, ATTITUDE and GIMBAL_DEVICE_ATTITUDE_STATUS, and each
+photo's CAMERA_FEEDBACK (ArduPilot) or CAMERA_IMAGE_CAPTURED (MAVLink camera protocol), so that a
+frame or photo becomes a CameraPose. ATTITUDE and CAMERA_FEEDBACK carry the VEHICLE's attitude
+(ArduPilot fills CAMERA_FEEDBACK from its AHRS), so the camera's mounting (default: straight down,
+photo top towards the nose) is applied to them; CAMERA_IMAGE_CAPTURED's quaternion is the camera's
+own orientation in NED, and GIMBAL_DEVICE_ATTITUDE_STATUS's that of a gimbal's camera (roll and
+pitch against the horizon, yaw against north or the vehicle's heading, as its flags say).
+
+A video frame waits in a queue before it is processed while the vehicle moves on, so its pose is
+taken when it is grabbed: ``snapshot(max_age_s)`` gives a FrameTelemetry (JSON-ready, recorded with
+the frame), which later becomes the frame's CameraPose with ``FrameTelemetry.pose``.
 
 Out: MavlinkSender sends, per detection, a STATUSTEXT alert (shown by QGroundControl and Mission
 Planner), a CAMERA_TRACKING_GEO_STATUS with the person's position and accuracy, and
@@ -30,7 +36,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .pose import CameraPose, rotation_from_quaternion, rotation_ypr
+from .pose import CameraPose, PoseError, PoseOverrides, rotation_from_quaternion, rotation_ypr
+from .profiles import profile_by_name
 
 DIALECT = "ardupilotmega"  # common + ArduPilot's CAMERA_FEEDBACK
 MAV_COMP_ID_ONBOARD_COMPUTER = 191
@@ -40,6 +47,9 @@ MAV_STATE_ACTIVE = 4
 MAV_SEVERITY_ALERT = 1
 CAMERA_TRACKING_STATUS_FLAGS_ACTIVE = 1
 STATUSTEXT_MAX = 50
+GIMBAL_DEVICE_FLAGS_YAW_LOCK = 16
+GIMBAL_DEVICE_FLAGS_YAW_IN_VEHICLE_FRAME = 32
+GIMBAL_DEVICE_FLAGS_YAW_IN_EARTH_FRAME = 64
 
 
 def _mavutil():
@@ -165,10 +175,107 @@ class CameraCapture:
     time_usec: int = 0
 
 
+@dataclass(frozen=True, eq=False)
+class FrameTelemetry:
+    """The vehicle's telemetry at the moment a video frame was grabbed: what the frame's pose is made of.
+
+    Recorded with the frame (``to_dict``/``from_dict`` round-trip through JSON) because the frame
+    may wait in a queue, across a restart, while the vehicle moves on.
+
+    Attributes:
+        lat: Vehicle latitude, degrees (GLOBAL_POSITION_INT).
+        lon: Vehicle longitude, degrees.
+        alt_msl_m: Altitude above sea level, metres.
+        relative_alt_m: Altitude above home (take-off), metres.
+        rotation: (3, 3) camera (forward, right, down) -> NED rotation.
+        attitude_source: Where the rotation came from, for the outputs.
+        position_age_s: Age of the GLOBAL_POSITION_INT when the frame was grabbed, seconds.
+        attitude_age_s: Age of the oldest attitude message the rotation used, seconds.
+        grabbed_at: When the frame was grabbed, seconds since the Unix epoch.
+        link: The MAVLink connection string it came from.
+    """
+
+    lat: float
+    lon: float
+    alt_msl_m: float
+    relative_alt_m: float
+    rotation: np.ndarray
+    attitude_source: str
+    position_age_s: float
+    attitude_age_s: float
+    grabbed_at: float
+    link: str = ""
+
+    def to_dict(self) -> dict:
+        """JSON-ready values (the rotation as 3 rows of 3 floats)."""
+        return {"lat": self.lat, "lon": self.lon, "alt_msl_m": self.alt_msl_m, "relative_alt_m": self.relative_alt_m,
+                "rotation": np.asarray(self.rotation, np.float64).tolist(), "attitude_source": self.attitude_source,
+                "position_age_s": round(self.position_age_s, 4), "attitude_age_s": round(self.attitude_age_s, 4),
+                "grabbed_at": self.grabbed_at, "link": self.link}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FrameTelemetry:
+        """The inverse of to_dict.
+
+        Raises:
+            ValueError: A missing key or a rotation that is not 3x3.
+        """
+        try:
+            rot = np.asarray(d["rotation"], np.float64)
+            if rot.shape != (3, 3):
+                raise ValueError(f"rotation: expected 3 rows of 3 numbers, found shape {rot.shape}")
+            return cls(float(d["lat"]), float(d["lon"]), float(d["alt_msl_m"]), float(d["relative_alt_m"]), rot,
+                       str(d["attitude_source"]), float(d["position_age_s"]), float(d["attitude_age_s"]),
+                       float(d["grabbed_at"]), str(d.get("link", "")))
+        except KeyError as exc:
+            raise ValueError(f"frame telemetry: expected the key {exc.args[0]!r}, found only {sorted(d)}") from None
+
+    def pose(self, width: int, height: int, overrides: PoseOverrides | None = None, cx: float | None = None,
+             cy: float | None = None) -> CameraPose:
+        """The frame's camera pose: this telemetry, and intrinsics and height rules from the overrides.
+
+        A video frame has no EXIF, so the focal length must be given (``focal_px``, else the
+        ``camera`` profile scaled to the frame's width). Height above ground, first found:
+        ``height_above_ground``; the altitude above sea level minus ``ground_alt``; the altitude
+        above home minus ``ground_above_takeoff`` (as for photos: home is not the ground under the
+        camera). The attitude is the recorded one; yaw/pitch/roll overrides are not applied to it.
+
+        Raises:
+            PoseError: No focal length given, or the camera is not above the ground.
+        """
+        o = overrides or PoseOverrides()
+        if o.focal_px is not None:
+            focal, intrinsics = o.focal_px, "--focal-px"
+        elif o.camera is not None:
+            prof = profile_by_name(o.camera)
+            focal, intrinsics = prof.focal_px(width), f"--camera {prof.name} (nominal)"
+        else:
+            raise PoseError("no focal length: a video frame has no EXIF; pass --focal-px or --camera")
+        if o.height_above_ground is not None:
+            agl, height_src = o.height_above_ground, "--height-above-ground"
+        elif o.ground_alt is not None:
+            agl = self.alt_msl_m - o.ground_alt
+            height_src = f"GLOBAL_POSITION_INT alt {self.alt_msl_m:.2f} m - --ground-alt {o.ground_alt:.2f} m"
+        else:
+            agl = self.relative_alt_m - o.ground_above_takeoff
+            height_src = (f"GLOBAL_POSITION_INT relative_alt {self.relative_alt_m:.2f} m - ground "
+                          f"{o.ground_above_takeoff:.2f} m above home"
+                          + (" (assumed: pass --ground-above-takeoff or --ground-alt)"
+                             if o.ground_above_takeoff == 0.0 else ""))
+        return CameraPose(self.lat, self.lon, agl, self.rotation, focal, width / 2.0 if cx is None else cx,
+                          height / 2.0 if cy is None else cy, width, height, self.alt_msl_m,
+                          {"position": f"MAVLink GLOBAL_POSITION_INT ({self.position_age_s:.2f} s old at grab)",
+                           "height": height_src,
+                           "attitude": f"{self.attitude_source} ({self.attitude_age_s:.2f} s old at grab)",
+                           "intrinsics": intrinsics})
+
+
 @dataclass
 class _State:
     position: dict | None = None
     attitude: tuple[float, float, float] | None = None  # roll, pitch, yaw in radians (vehicle, NED)
+    attitude_received: float = 0.0  # time.monotonic() of the latest ATTITUDE
+    gimbal: tuple[np.ndarray, bool, float] | None = None  # camera rotation, yaw in earth frame?, received
     captures: list[CameraCapture] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -225,6 +332,15 @@ class MavlinkTelemetry:
                 }
             elif t == "ATTITUDE":
                 self._state.attitude = (msg.roll, msg.pitch, msg.yaw)
+                self._state.attitude_received = time.monotonic()
+            elif t == "GIMBAL_DEVICE_ATTITUDE_STATUS":
+                q = tuple(float(v) for v in msg.q)
+                if all(math.isfinite(v) for v in q) and any(q):  # NaN or zeros: orientation unknown
+                    flags = int(msg.flags)
+                    earth = bool(flags & GIMBAL_DEVICE_FLAGS_YAW_IN_EARTH_FRAME) or (
+                        not flags & (GIMBAL_DEVICE_FLAGS_YAW_IN_EARTH_FRAME | GIMBAL_DEVICE_FLAGS_YAW_IN_VEHICLE_FRAME)
+                        and bool(flags & GIMBAL_DEVICE_FLAGS_YAW_LOCK))  # the protocol's rule for older gimbals
+                    self._state.gimbal = (rotation_from_quaternion(*q), earth, time.monotonic())
             elif t == "CAMERA_FEEDBACK":
                 body = rotation_ypr(msg.yaw, msg.pitch, msg.roll)
                 self._add_capture(CameraCapture(msg.img_idx, msg.lat / 1e7, msg.lng / 1e7, msg.alt_msl, msg.alt_rel,
@@ -274,30 +390,70 @@ class MavlinkTelemetry:
                     return c
         return None
 
-    def pose_now(self, width: int, height: int, focal_px: float, cx: float | None = None, cy: float | None = None,
-                 ground_above_takeoff: float = 0.0) -> CameraPose:
-        """The camera's pose from the latest GLOBAL_POSITION_INT and ATTITUDE (video frames).
+    def snapshot(self, max_age_s: float | None = None) -> FrameTelemetry:
+        """The vehicle's position and the camera's attitude now, for a frame grabbed now.
+
+        The camera's attitude is the gimbal's (GIMBAL_DEVICE_ATTITUDE_STATUS; a yaw in the vehicle
+        frame is turned by the vehicle's ATTITUDE yaw) once a gimbal has reported, else the
+        vehicle's ATTITUDE times the camera mount.
+
+        Args:
+            max_age_s: Refuse messages older than this (seconds since they were received); None
+                accepts any age.
 
         Raises:
-            PoseError: No position or attitude received yet, or the camera is not above the ground.
+            PoseError: No position or attitude yet, one of them older than max_age_s, or the link
+                failed. The message names what is missing and no numbers that change per frame.
         """
-        from .pose import PoseError
-
-        self._check()
+        if self.error is not None:
+            raise PoseError(f"the MAVLink link {self.url} failed: {self.error}")
+        now = time.monotonic()
         with self._lock:
-            pos, att = self._state.position, self._state.attitude
-        if pos is None or att is None:
-            raise PoseError(f"no vehicle pose from MAVLink yet ({'no GLOBAL_POSITION_INT' if pos is None else ''}"
-                            f"{', ' if pos is None and att is None else ''}{'no ATTITUDE' if att is None else ''}"
-                            f" received on {self.url})")
-        roll, pitch, yaw = (math.degrees(v) for v in att)
-        rot = rotation_ypr(yaw, pitch, roll) @ self.mount
-        return CameraPose(pos["lat"], pos["lon"], pos["relative_alt_m"] - ground_above_takeoff, rot, focal_px,
-                          width / 2.0 if cx is None else cx, height / 2.0 if cy is None else cy, width, height,
-                          pos["alt_msl_m"], {"position": "MAVLink GLOBAL_POSITION_INT",
-                                             "height": f"relative_alt - ground {ground_above_takeoff:.2f} m above home",
-                                             "attitude": "MAVLink ATTITUDE x camera mount",
-                                             "intrinsics": "given"})
+            pos, att, att_t, gimbal = (self._state.position, self._state.attitude, self._state.attitude_received,
+                                       self._state.gimbal)
+        missing = [name for name, v in (("GLOBAL_POSITION_INT", pos), ("ATTITUDE", att)) if v is None]
+        if gimbal is not None and gimbal[1]:
+            missing = [m for m in missing if m != "ATTITUDE"]  # an earth-frame gimbal needs no vehicle yaw
+        if missing:
+            raise PoseError(f"no vehicle pose from MAVLink yet ({', '.join('no ' + m for m in missing)} received "
+                            f"on {self.url})")
+
+        def stale(what: str, received: float) -> None:
+            if max_age_s is not None and now - received > max_age_s:
+                raise PoseError(f"the latest {what} on {self.url} is older than {max_age_s:g} s (--mavlink-max-age)")
+
+        stale("GLOBAL_POSITION_INT", pos["received"])
+        ages = []
+        if gimbal is not None:
+            rot, earth, g_t = gimbal
+            stale("GIMBAL_DEVICE_ATTITUDE_STATUS", g_t)
+            ages.append(now - g_t)
+            if earth:
+                source = "MAVLink GIMBAL_DEVICE_ATTITUDE_STATUS (yaw from north)"
+            else:
+                stale("ATTITUDE", att_t)
+                ages.append(now - att_t)
+                rot = rotation_ypr(math.degrees(att[2]), 0.0, 0.0) @ rot
+                source = "MAVLink GIMBAL_DEVICE_ATTITUDE_STATUS (yaw from the heading in ATTITUDE)"
+        else:
+            stale("ATTITUDE", att_t)
+            ages.append(now - att_t)
+            roll, pitch, yaw = (math.degrees(v) for v in att)
+            rot = rotation_ypr(yaw, pitch, roll) @ self.mount
+            source = "MAVLink ATTITUDE x camera mount"
+        return FrameTelemetry(pos["lat"], pos["lon"], pos["alt_msl_m"], pos["relative_alt_m"], rot, source,
+                              now - pos["received"], max(ages), time.time(), self.url)
+
+    def pose_now(self, width: int, height: int, focal_px: float, cx: float | None = None, cy: float | None = None,
+                 ground_above_takeoff: float = 0.0, max_age_s: float | None = None) -> CameraPose:
+        """The camera's pose from the latest telemetry (see snapshot), for a live frame.
+
+        Raises:
+            PoseError: No position or attitude received yet (or older than max_age_s), or the
+                camera is not above the ground.
+        """
+        overrides = PoseOverrides(focal_px=focal_px, ground_above_takeoff=ground_above_takeoff)
+        return self.snapshot(max_age_s).pose(width, height, overrides, cx, cy)
 
     def pose_for_capture(self, capture: CameraCapture, width: int, height: int, focal_px: float,
                          cx: float | None = None, cy: float | None = None,
@@ -308,8 +464,6 @@ class MavlinkTelemetry:
         Raises:
             PoseError: No orientation known, or the camera is not above the ground.
         """
-        from .pose import PoseError
-
         rot, att_src = capture.rotation, f"MAVLink {capture.source}"
         if rot is None:
             with self._lock:

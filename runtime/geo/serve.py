@@ -9,13 +9,22 @@ from all committed results in commit order, so they are the same after a restart
 With --mqtt each detection of a committed photo is published (see geo.mqtt) as JSON with the photo's
 name and SHA-256, after the commit: what subscribers hear is what the daemon keeps. With
 --mavlink-out each is also sent to a ground station (see geo.mavlink).
+
+With --mavlink-in the vehicle's telemetry is read (geo.mavlink.MavlinkTelemetry), and each video
+frame gets the pose of the moment it was grabbed, recorded with it in the queue (a frame has no
+EXIF, and it may wait in the queue, across a restart, while the vehicle moves on). Photos keep
+using their own EXIF/XMP pose: when a photo reaches a watched folder says nothing about when it was
+taken.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import re
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +34,21 @@ from .writers import GeoConfig, GeoDocuments, crop_thumbnail, georeference_detec
 
 log = logging.getLogger("edgetile.serve")
 THUMB_NAME = re.compile(r"^[0-9a-f]{16}_[0-9]{3}\.jpg$")
+NO_TELEMETRY = "no fresh MAVLink telemetry when the frame was grabbed"
+TELEMETRY_GRACE_S = 5.0  # at start, how long video sources wait for the vehicle's first position and attitude
+
+
+def _mount(s: str) -> tuple[float, float, float]:
+    parts = s.replace(" ", "").split(",")
+    try:
+        yaw, pitch, roll = (float(v) for v in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected YAW,PITCH,ROLL in degrees for --camera-mount, e.g. 0,-90,0, "
+                                         f"found {s!r}") from None
+    for name, v, lim in (("yaw", yaw, 360.0), ("pitch", pitch, 90.0), ("roll", roll, 180.0)):
+        if not (math.isfinite(v) and -lim <= v <= lim):
+            raise argparse.ArgumentTypeError(f"expected a {name} in [-{lim:g}, {lim:g}] for --camera-mount, found {v:g}")
+    return yaw, pitch, roll
 
 
 def add_serve_geo_options(p: argparse.ArgumentParser) -> None:
@@ -49,6 +73,20 @@ def add_serve_geo_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mavlink-lacmus", action="store_true",
                    help="with --mavlink-out, also send the Lacmus dialect's LACMUS_OBJECT_DETECTED (id 7000) "
                         "with the person's position")
+    g.add_argument("--mavlink-in", metavar="URL",
+                   help="with --geo and --video, read the vehicle's telemetry (GLOBAL_POSITION_INT, ATTITUDE, "
+                        "GIMBAL_DEVICE_ATTITUDE_STATUS) and georeference each video frame from the pose when it was "
+                        "grabbed (needs --focal-px or --camera: frames have no EXIF); URL as pymavlink takes it, "
+                        "e.g. udpin:0.0.0.0:14550 or /dev/ttyTHS1,921600 (default: video frames get no coordinates)")
+    g.add_argument("--mavlink-max-age", metavar="SECONDS", type=_number("--mavlink-max-age", 0, 60, positive=True),
+                   default=1.0,
+                   help="a frame grabbed when the latest position or attitude is older than this gets no coordinates "
+                        "(pixels and a warning instead); keep it above the autopilot's slowest stream period "
+                        "(default: 1)")
+    g.add_argument("--camera-mount", metavar="YAW,PITCH,ROLL", type=_mount, default=(0.0, -90.0, 0.0),
+                   help="with --mavlink-in, the camera's fixed mounting on the vehicle in degrees, used when no gimbal "
+                        "reports GIMBAL_DEVICE_ATTITUDE_STATUS: 0,-90,0 looks straight down with the frame's top "
+                        "towards the nose; 0,-30,0 ahead and 30 degrees down (default: 0,-90,0)")
     add_geo_options(p, with_format=False)
 
 
@@ -62,6 +100,8 @@ class DaemonGeo:
         georeference: Add coordinates and thumbnails (--geo).
         publisher: An MqttPublisher, or None.
         mavlink: A MavlinkSender, or None.
+        telemetry: A MavlinkTelemetry (--mavlink-in), or None.
+        max_age_s: Telemetry older than this at a frame's grab gives the frame no pose.
     """
 
     config: GeoConfig
@@ -69,8 +109,12 @@ class DaemonGeo:
     georeference: bool = True
     publisher: object | None = None
     mavlink: object | None = None
+    telemetry: object | None = None
+    max_age_s: float = 1.0
     _warned: dict[str, int] = field(default_factory=dict)
     _poses: dict[str, object] = field(default_factory=dict)  # sha256 -> pose, from annotate to publish
+    _link_fresh: bool | None = None  # telemetry fresh at the last grab (None: no grab yet)
+    _link_lock: threading.Lock = field(default_factory=threading.Lock)  # video readers run in their own threads
 
     @property
     def thumbs_dir(self) -> Path:
@@ -95,7 +139,10 @@ class DaemonGeo:
                 raise OSError(f"cannot write the thumbnail {self.thumbs_dir / name}")
             d["thumbnail"] = f"thumbs/{name}"
         try:
-            pose = pose_from_photo(item.path, self.config.overrides)
+            if item.source == "video":
+                pose = self.frame_pose(item, image.shape[1], image.shape[0])
+            else:
+                pose = pose_from_photo(item.path, self.config.overrides)
         except PoseError as exc:
             reason = str(exc)
             seen = self._warned.get(reason, 0)
@@ -106,6 +153,77 @@ class DaemonGeo:
         georeference_detections(records, pose, self.config.errors)
         if self.mavlink is not None:
             self._poses[item.sha256] = pose
+
+    def frame_telemetry(self) -> dict:
+        """What to record with a video frame grabbed now (video reader threads).
+
+        Returns:
+            The vehicle's telemetry (FrameTelemetry.to_dict()), or {"problem": one line} when it is
+            missing or older than max_age_s. Losing and regaining fresh telemetry is logged once each.
+        """
+        from .mavlink import FrameTelemetry
+
+        try:
+            snap: FrameTelemetry = self.telemetry.snapshot(self.max_age_s)
+        except PoseError as exc:
+            with self._link_lock:
+                was, self._link_fresh = self._link_fresh, False
+            if was is not False:
+                log.warning("%s; video frames get no ground coordinates until it is fresh again", exc)
+            return {"problem": f"{NO_TELEMETRY}: {exc}"}
+        self._fresh(snap)
+        return snap.to_dict()
+
+    def _fresh(self, snap) -> None:
+        with self._link_lock:
+            was, self._link_fresh = self._link_fresh, True
+        if not was:
+            log.info("MAVLink %s: position and attitude are fresh; video frames get ground coordinates "
+                     "(camera attitude: %s)", self.telemetry.url, snap.attitude_source)
+
+    def wait_for_telemetry(self, stop: threading.Event, timeout_s: float = TELEMETRY_GRACE_S) -> bool:
+        """Before a video source is opened: wait until the telemetry is fresh, for at most timeout_s.
+
+        The autopilot's link may come up a moment after the daemon; frames read before it would all
+        lack coordinates. Live sources lose at most timeout_s of frames at start, a file nothing.
+
+        Returns:
+            True when fresh telemetry arrived; False after timeout_s or when stopped (logged).
+        """
+        deadline = time.monotonic() + timeout_s
+        while not stop.is_set():
+            try:
+                snap = self.telemetry.snapshot(self.max_age_s)
+            except PoseError as exc:
+                if time.monotonic() >= deadline:
+                    log.warning("%s after waiting %.0f s; reading video anyway (frames get no ground coordinates "
+                                "until it is fresh)", exc, timeout_s)
+                    return False
+                stop.wait(0.05)
+                continue
+            self._fresh(snap)
+            return True
+        return False
+
+    def frame_pose(self, item, width: int, height: int):
+        """The pose of a video frame from the telemetry recorded when it was grabbed.
+
+        Raises:
+            PoseError: Nothing fresh was recorded (the reason then), or no focal length.
+        """
+        from .mavlink import FrameTelemetry
+
+        record = item.telemetry
+        if record is None:
+            raise PoseError("a video frame has no EXIF pose and none was recorded when it was grabbed: pass "
+                            "--mavlink-in URL to record the vehicle's")
+        if "problem" in record:
+            raise PoseError(str(record["problem"]))
+        try:
+            snap = FrameTelemetry.from_dict(record)
+        except (ValueError, TypeError) as exc:
+            raise PoseError(f"the telemetry recorded with the frame is unreadable: {exc}") from None
+        return snap.pose(width, height, self.config.overrides)
 
     def publish(self, outcomes) -> None:
         """Publish the detections of committed outcomes to MQTT and MAVLink (worker thread)."""
@@ -138,6 +256,8 @@ class DaemonGeo:
             self.publisher.close()
         if self.mavlink is not None:
             self.mavlink.close()
+        if self.telemetry is not None:
+            self.telemetry.close()
 
 
 def daemon_geo_from_args(a: argparse.Namespace, state_dir: Path) -> DaemonGeo | None:
@@ -149,6 +269,16 @@ def daemon_geo_from_args(a: argparse.Namespace, state_dir: Path) -> DaemonGeo | 
     """
     if a.mavlink_lacmus and not a.mavlink_out:
         raise ValueError("--mavlink-lacmus: expected --mavlink-out URL as well, found none")
+    if a.mavlink_in:
+        if not a.geo:
+            raise ValueError("--mavlink-in: expected --geo as well (the vehicle's pose is used to georeference video "
+                             "frames), found none")
+        if not a.video:
+            raise ValueError("--mavlink-in: expected a --video source as well (photos use their own EXIF/XMP pose), "
+                             "found none")
+        if a.focal_px is None and a.camera is None:
+            raise ValueError("--mavlink-in: video frames have no EXIF focal length: expected --focal-px F or "
+                             "--camera NAME, found neither")
     if not a.geo and not a.mqtt and not a.mavlink_out:
         return None
     config = geo_config_from_args(a)
@@ -173,7 +303,35 @@ def daemon_geo_from_args(a: argparse.Namespace, state_dir: Path) -> DaemonGeo | 
             raise ValueError(str(exc)) from None
         except OSError as exc:
             raise ValueError(f"--mavlink-out {a.mavlink_out}: cannot open the link: {exc}") from None
-    return DaemonGeo(config, Path(state_dir), georeference=bool(a.geo), publisher=publisher, mavlink=mavlink)
+    telemetry = None
+    if a.mavlink_in:
+        from .mavlink import MavlinkTelemetry
+
+        given = [f"--{n}" for n in ("yaw", "pitch", "roll") if getattr(a, n) is not None]
+        if given:
+            log.warning("%s apply to photos; video frames take the camera's attitude from MAVLink (a gimbal's "
+                        "GIMBAL_DEVICE_ATTITUDE_STATUS, else ATTITUDE and --camera-mount)", ", ".join(given))
+        try:
+            try:
+                telemetry = MavlinkTelemetry(a.mavlink_in, mount_ypr=tuple(a.camera_mount))
+            except ImportError as exc:
+                if exc.name == "serial":  # pymavlink opens anything that is not a network URL as a serial port
+                    raise ValueError(f"--mavlink-in {a.mavlink_in}: a serial port needs pyserial (pip install "
+                                     "pyserial); for the network give e.g. udpin:0.0.0.0:14550") from None
+                raise ValueError(str(exc)) from None
+            except OSError as exc:
+                raise ValueError(f"--mavlink-in {a.mavlink_in}: cannot open the link: {exc}") from None
+            except ValueError as exc:
+                raise ValueError(f"--mavlink-in: expected a pymavlink connection string such as "
+                                 f"udpin:0.0.0.0:14550, tcp:HOST:PORT or /dev/ttyTHS1,921600, found "
+                                 f"{a.mavlink_in!r} ({exc})") from None
+        except ValueError:
+            for link in (publisher, mavlink):  # opened above; the daemon will not start
+                if link is not None:
+                    link.close()
+            raise
+    return DaemonGeo(config, Path(state_dir), georeference=bool(a.geo), publisher=publisher, mavlink=mavlink,
+                     telemetry=telemetry, max_age_s=float(a.mavlink_max_age))
 
 
 def geo_router(geo: DaemonGeo, queue_factory):

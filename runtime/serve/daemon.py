@@ -153,6 +153,12 @@ class Daemon:
             self.worker_error = exc
             log.exception("the worker stopped; what it had not committed runs again at the next start")
 
+    def _read_video(self, reader: VideoReader) -> None:
+        """A video source's thread: with telemetry, first wait (briefly) for the vehicle's pose."""
+        if reader.telemetry is not None:
+            self.geo.wait_for_telemetry(self.stop)
+        reader.run(self.config.db_path, self.stop)
+
     # ---- lifecycle --------------------------------------------------------------------------
 
     def _prepare_state(self) -> None:
@@ -208,11 +214,19 @@ class Daemon:
                 watcher = FolderWatcher(cfg.watch, cfg.settle, exclude=cfg.state, on_new=self.wake.set)
                 threads.append(threading.Thread(target=watcher.run, name="watch", daemon=True,
                                                 args=(cfg.db_path, self.stop, cfg.poll, time.time)))
+            # geo (issue 8): with --mavlink-in each kept frame is recorded with the vehicle's pose at its grab
+            frame_telemetry = None
+            if self.geo is not None and self.geo.telemetry is not None:
+                frame_telemetry = self.geo.frame_telemetry
             for src in cfg.video:
                 reader = VideoReader(src, cfg.frame_stride, cfg.frames_dir, cfg.tmp_dir,
-                                     max_pending=max(32, 4 * cfg.queue_batch), on_new=self.wake.set)
-                threads.append(threading.Thread(target=reader.run, name=f"video {src}", daemon=True,
-                                                args=(cfg.db_path, self.stop)))
+                                     max_pending=max(32, 4 * cfg.queue_batch), on_new=self.wake.set,
+                                     telemetry=frame_telemetry)
+                if frame_telemetry is not None and reader.kind == "file":
+                    log.info("video %s: a file's frames get the vehicle's pose when they are read, not when they "
+                             "were recorded: right only for a file replayed in step with its telemetry", src)
+                threads.append(threading.Thread(target=self._read_video, name=f"video {src}", daemon=True,
+                                                args=(reader,)))
             self._worker = threading.Thread(target=self.work, name="worker")
             http = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="http", daemon=True)
             previous = {}

@@ -197,6 +197,10 @@ class VideoReader:
     streams and cameras are always read at their own pace and must be given a stride the device
     keeps up with). Streams and cameras reconnect with a growing pause (1 s to 30 s) when they drop.
 
+    With ``telemetry``, what it returns right after a kept frame is grabbed (the vehicle's pose
+    then) is recorded with the frame in the same transaction, so the frame is georeferenced from
+    where the camera was when it saw it, however long it waits in the queue.
+
     Args:
         source: File path, URL, /dev/videoN or a camera index.
         stride: Keep every Nth frame.
@@ -204,10 +208,11 @@ class VideoReader:
         tmp_dir: Same file system as frames_dir, for atomic writes.
         max_pending: Queue depth above which reading a file pauses.
         on_new: Called after each recorded frame (wakes the worker).
+        telemetry: Called at each kept frame's grab; returns a JSON object to record with it.
     """
 
     def __init__(self, source: str, stride: int, frames_dir: Path, tmp_dir: Path, max_pending: int = 32,
-                 on_new: Callable[[], None] | None = None) -> None:
+                 on_new: Callable[[], None] | None = None, telemetry: Callable[[], dict] | None = None) -> None:
         if int(stride) < 1:
             raise ValueError(f"stride: expected an integer >= 1, found {stride!r}")
         self.source = source
@@ -216,6 +221,7 @@ class VideoReader:
         self.frames_dir, self.tmp_dir = frames_dir, tmp_dir
         self.max_pending = max_pending
         self.on_new = on_new or (lambda: None)
+        self.telemetry = telemetry
 
     def _open(self):
         import cv2
@@ -276,6 +282,7 @@ class VideoReader:
                 break
             read += 1
             if index % self.stride == 0:
+                grabbed = self.telemetry() if self.telemetry is not None else None  # before decoding: grab time
                 ok, frame = cap.retrieve()
                 if ok and frame is not None:
                     ok, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
@@ -289,7 +296,7 @@ class VideoReader:
                         write_atomic(data, path, self.tmp_dir)
                     name = (f"{self.source}#frame={index}" if self.kind == "file"
                             else f"{self.source}#t={iso_utc(time.time())}")
-                    _item_id, created = queue.add(digest, "video", name, path)
+                    _item_id, created = queue.add(digest, "video", name, path, telemetry=grabbed)
                     if created:
                         self.on_new()
             index += 1

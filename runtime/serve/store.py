@@ -16,6 +16,13 @@ Why each rule exists:
   ``/detections?since=ID`` with the ``next`` it was given never misses a result, even when an input
   is retried and finishes after later ones.
 
+* A video frame's telemetry (the vehicle's pose when the frame was grabbed, or why there was none)
+  is a ``frame_telemetry`` row written in the same transaction as its item: the frame waits in the
+  queue, possibly across a restart, while the vehicle moves on, so the pose cannot be asked for later.
+
+Schema changes are migrations applied when an older database is opened (``_MIGRATIONS``), so an
+existing state folder keeps its queue and results.
+
 ``synchronous=FULL``: a commit is on disk when it returns, so an upload answered 201 or a result
 served once survives a power cut. Each thread opens its own :class:`PhotoQueue` (sqlite3
 connections are not shared between threads).
@@ -32,7 +39,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATES = ("queued", "running", "done", "parked")
 
 _SCHEMA = """
@@ -70,7 +77,17 @@ CREATE TABLE IF NOT EXISTS files (
     item_id  INTEGER NOT NULL REFERENCES items (item_id)
 );
 CREATE TABLE IF NOT EXISTS video_progress (source TEXT PRIMARY KEY, frames INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS frame_telemetry (
+    item_id     INTEGER PRIMARY KEY REFERENCES items (item_id),
+    telemetry   TEXT NOT NULL
+);
 """
+
+# version -> statements that bring a database of the version before it up to it
+_MIGRATIONS = {
+    2: ["CREATE TABLE IF NOT EXISTS frame_telemetry (item_id INTEGER PRIMARY KEY REFERENCES items (item_id), "
+        "telemetry TEXT NOT NULL)"],
+}
 
 
 @dataclass(frozen=True)
@@ -85,6 +102,8 @@ class Item:
             ``SOURCE#frame=N``.
         path: Where the bytes are.
         attempts: Tries started so far, this one included.
+        telemetry: What was recorded with a video frame when it was grabbed (a JSON object: the
+            vehicle's pose, or why there was none), or None.
     """
 
     item_id: int
@@ -93,6 +112,7 @@ class Item:
     name: str
     path: str
     attempts: int
+    telemetry: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +171,9 @@ class PhotoQueue:
                         self.conn.execute(statement)
                     self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
                 version = self._schema_version()
+            if version is not None and version < SCHEMA_VERSION:
+                self._migrate()
+                version = self._schema_version()
             if version != SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(
                     f"{self.path}: expected queue schema {SCHEMA_VERSION}, found {version} "
@@ -167,6 +190,17 @@ class PhotoQueue:
             return None
         return int(row[0]) if row is not None else None
 
+    def _migrate(self) -> None:
+        """Bring an older database up to SCHEMA_VERSION, one version per committed transaction."""
+        while True:
+            with self._write():  # the version is read again under the write lock: two openers migrate once
+                version = self._schema_version()
+                if version is None or version >= SCHEMA_VERSION:
+                    return
+                for statement in _MIGRATIONS[version + 1]:
+                    self.conn.execute(statement)
+                self.conn.execute("UPDATE meta SET value=? WHERE key='schema'", (str(version + 1),))
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken at once so that two writers never deadlock upgrading locks."""
@@ -181,7 +215,7 @@ class PhotoQueue:
     # ---- producers --------------------------------------------------------------------------
 
     def add(self, sha256: str, source: str, name: str, path: str | Path,
-            file_stat: tuple[int, int] | None = None) -> tuple[int, bool]:
+            file_stat: tuple[int, int] | None = None, telemetry: dict | None = None) -> tuple[int, bool]:
         """Record an input unless its content is already known.
 
         Args:
@@ -191,31 +225,40 @@ class PhotoQueue:
             path: Where its bytes are.
             file_stat: (size, mtime_ns) of a watched file, remembered so that a rescan after a
                 restart does not hash it again.
+            telemetry: A JSON object recorded with a new input in the same transaction (a video
+                frame's pose when it was grabbed); ignored when the content was recorded before,
+                like the rest of the input.
 
         Returns:
             (item_id, created): created is False when the same content was recorded before.
         """
-        return self.add_many([(sha256, source, name, path, file_stat)])[0]
+        return self.add_many([(sha256, source, name, path, file_stat)], [telemetry])[0]
 
-    def add_many(self, inputs: Sequence[tuple[str, str, str, str | Path, tuple[int, int] | None]]
-                 ) -> list[tuple[int, bool]]:
+    def add_many(self, inputs: Sequence[tuple[str, str, str, str | Path, tuple[int, int] | None]],
+                 telemetry: Sequence[dict | None] | None = None) -> list[tuple[int, bool]]:
         """Record several inputs in one transaction (one disk sync); each as :meth:`add` takes it.
 
         Args:
             inputs: (sha256, source, name, path, file_stat) per input.
+            telemetry: One JSON object or None per input, or None for none at all.
 
         Returns:
             (item_id, created) per input, in order.
         """
+        if telemetry is not None and len(telemetry) != len(inputs):
+            raise ValueError(f"telemetry: expected one entry per input ({len(inputs)}), found {len(telemetry)}")
         out = []
         with self._write() as c:
-            for sha256, source, name, path, file_stat in inputs:
+            for i, (sha256, source, name, path, file_stat) in enumerate(inputs):
                 cur = c.execute(
                     "INSERT OR IGNORE INTO items (sha256, source, name, path, created_at) VALUES (?, ?, ?, ?, ?)",
                     (sha256, source, name, str(path), time.time()),
                 )
                 created = cur.rowcount == 1
                 item_id = c.execute("SELECT item_id FROM items WHERE sha256=?", (sha256,)).fetchone()[0]
+                if created and telemetry is not None and telemetry[i] is not None:
+                    c.execute("INSERT INTO frame_telemetry (item_id, telemetry) VALUES (?, ?)",
+                              (item_id, json.dumps(telemetry[i], separators=(",", ":"))))
                 if file_stat is not None:
                     c.execute("INSERT OR REPLACE INTO files (path, size, mtime_ns, item_id) VALUES (?, ?, ?, ?)",
                               (str(path), int(file_stat[0]), int(file_stat[1]), item_id))
@@ -272,15 +315,17 @@ class PhotoQueue:
             # A retry time further ahead than retry_after means the clock jumped back (a companion
             # computer without a battery-backed clock, set by GPS or NTP after boot): due now.
             rows = c.execute(
-                "SELECT item_id, sha256, source, name, path, attempts, suspect FROM items "
-                "WHERE state='queued' AND (not_before<=? OR not_before>?) ORDER BY suspect DESC, item_id LIMIT ?",
+                "SELECT i.item_id, sha256, source, name, path, attempts, suspect, t.telemetry FROM items i "
+                "LEFT JOIN frame_telemetry t USING (item_id) "
+                "WHERE state='queued' AND (not_before<=? OR not_before>?) ORDER BY suspect DESC, i.item_id LIMIT ?",
                 (now, now + self.retry_after + 1.0, int(limit)),
             ).fetchall()
             if rows and rows[0]["suspect"]:
                 rows = rows[:1]
             c.executemany("UPDATE items SET state='running', attempts=attempts+1 WHERE item_id=?",
                           [(r["item_id"],) for r in rows])
-        return [Item(r["item_id"], r["sha256"], r["source"], r["name"], r["path"], r["attempts"] + 1) for r in rows]
+        return [Item(r["item_id"], r["sha256"], r["source"], r["name"], r["path"], r["attempts"] + 1,
+                     None if r["telemetry"] is None else json.loads(r["telemetry"])) for r in rows]
 
     def finish(self, outcomes: Sequence[Outcome]) -> int:
         """Commit a batch: results with their done marks, errors retried later or parked, in one transaction.
