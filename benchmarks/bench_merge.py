@@ -376,8 +376,10 @@ def main(argv: list[str] | None = None) -> int:
         "warm-up each; medians of the calling thread's CPU time (wall-time ratio beside it)"
     )
     rows: list[Row] = []
-    rng = np.random.default_rng(args.seed)
     for set_name in sets:
+        rng = np.random.default_rng(
+            [args.seed, ("realistic", "stress").index(set_name)]
+        )  # same inputs whatever --sets
         w, h = (FRAME_W, FRAME_H) if set_name == "realistic" else (4 * FRAME_W, 4 * FRAME_H)
         scene = make_scene(rng, w, h)
         if set_name == "stress":
