@@ -23,7 +23,8 @@ $(MOSQUITTO):
 	$(SUDO) apt-get install -y mosquitto
 	@test -x $@ || { echo "make test: error: mosquitto is still missing at $@ (the MQTT tests look for it there)" >&2; exit 1; }
 
-$(VENV)/.installed-dev: setup.py pyproject.toml
+# The C merge extension is built by the editable install: rebuild when its source changes.
+$(VENV)/.installed-dev: setup.py pyproject.toml runtime/_merge.c
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -e ".[dev]"
 	touch $@
@@ -32,7 +33,7 @@ $(VENV)/.installed-dev: setup.py pyproject.toml
 demo: $(DEMO_VENV)/.installed
 	$(DEMO_VENV)/bin/edgetile demo --out demo_out
 
-$(DEMO_VENV)/.installed: setup.py pyproject.toml
+$(DEMO_VENV)/.installed: setup.py pyproject.toml runtime/_merge.c
 	$(PYTHON) -m venv $(DEMO_VENV)
 	$(DEMO_VENV)/bin/python -m pip install -e ".[onnx]"
 	touch $@

@@ -72,6 +72,9 @@ EXPORT = ONNX_RUNTIME + TORCH + [
     "onnx>=1.14",
     "onnxslim>=0.1.82",
     "pycocotools>=2.0.7",
+    # Ultralytics patches PIL.Image.open process-wide and pip-installs pi-heif on the first image
+    # Pillow cannot identify; declared here so that never happens.
+    "pi-heif>=0.18",
 ]
 TRAIN = EXPORT + [
     "iterative-stratification>=0.1.7",

@@ -14,11 +14,12 @@ fail CI instead of the first detection on a Jetson. Two compilers:
 """
 from __future__ import annotations
 
-import ctypes
 import importlib.util
+import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -126,26 +127,44 @@ NO_NVRTC = ("needs the CUDA 11 NVRTC wheels of the dev extra (pip install nvidia
             "nvidia-cuda-runtime-cu11) to compile for sm_72; not installed here")
 
 
+_NVRTC_CHILD = r"""
+import ctypes, json, sys
+lib_path, include, source, arch = sys.argv[1:5]
+lib = ctypes.CDLL(lib_path)
+lib.nvrtcGetErrorString.restype = ctypes.c_char_p
+prog = ctypes.c_void_p()
+src = open(source, "rb").read()
+rc = lib.nvrtcCreateProgram(ctypes.byref(prog), src, source.encode(), 0, None, None)
+if rc != 0:
+    print(json.dumps([rc, lib.nvrtcGetErrorString(rc).decode(), 0]))
+    sys.exit(0)
+try:
+    opts = [f"--gpu-architecture={arch}".encode(), f"-I{include}".encode(), b"-std=c++14"]
+    rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
+    size = ctypes.c_size_t()
+    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+    log = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetProgramLog(prog, log)
+    cubin = ctypes.c_size_t()
+    if rc == 0:
+        lib.nvrtcGetCUBINSize(prog, ctypes.byref(cubin))
+    print(json.dumps([rc, log.value.decode(errors="replace").strip(), cubin.value]))
+finally:
+    lib.nvrtcDestroyProgram(ctypes.byref(prog))
+"""
+
+
 def nvrtc_compile(lib_path: Path, include: Path, source: Path, arch: str) -> tuple[int, str, int]:
-    """(NVRTC status, compiler log, cubin size) of one source for one architecture."""
-    lib = ctypes.CDLL(str(lib_path))
-    lib.nvrtcGetErrorString.restype = ctypes.c_char_p
-    prog = ctypes.c_void_p()
-    rc = lib.nvrtcCreateProgram(ctypes.byref(prog), source.read_bytes(), source.name.encode(), 0, None, None)
-    assert rc == 0, lib.nvrtcGetErrorString(rc)
-    try:
-        opts = [f"--gpu-architecture={arch}".encode(), f"-I{include}".encode(), b"-std=c++14"]
-        rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
-        size = ctypes.c_size_t()
-        lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
-        log = ctypes.create_string_buffer(size.value)
-        lib.nvrtcGetProgramLog(prog, log)
-        cubin = ctypes.c_size_t()
-        if rc == 0:
-            lib.nvrtcGetCUBINSize(prog, ctypes.byref(cubin))
-        return rc, log.value.decode(errors="replace").strip(), cubin.value
-    finally:
-        lib.nvrtcDestroyProgram(ctypes.byref(prog))
+    """(NVRTC status, compiler log, cubin size) of one source for one architecture.
+
+    NVRTC runs in a child process: loaded in-process it changes the C locale's encoding to ASCII for
+    the rest of the test session, which breaks every later test that decodes a subprocess's UTF-8.
+    """
+    res = subprocess.run([sys.executable, "-c", _NVRTC_CHILD, str(lib_path), str(include), str(source), arch],
+                         capture_output=True, text=True, encoding="utf-8", timeout=300)
+    assert res.returncode == 0, res.stderr
+    rc, log, cubin = json.loads(res.stdout)
+    return int(rc), str(log), int(cubin)
 
 
 @pytest.mark.skipif(NVRTC11 is None, reason=NO_NVRTC)
