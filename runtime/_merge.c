@@ -16,10 +16,11 @@
  * m = max(w, h) goes to the level whose cell size s satisfies s/2 < m <= s, into the cell holding
  * its centre, so it reaches at most s/2 beyond that cell. A query visits, on each level that can
  * hold a match, the cells whose centres could lie within reach; a level whose cell range is
- * larger than its population is scanned as a list instead. For IoU above t > 0 the matching
- * object's size must lie within [t * m, m / t] of the query's, which limits the levels visited.
- * Cells are found through an open-addressing hash table, so memory is O(N) whatever the extent of
- * the coordinates.
+ * larger than its population is scanned as a list instead. Level 0 takes every box up to the
+ * run's median size. An overlap of at least t > 0 bounds the distance between centres (IoU and
+ * IoS), and for IoU the matching object's size to [t * m, m / t] of the query's, which limits the
+ * levels and cells visited. Cells are found through an open-addressing hash table behind a small
+ * occupancy bitmap, so memory is O(N) whatever the extent of the coordinates.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
