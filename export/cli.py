@@ -16,36 +16,11 @@ import contextlib
 import logging
 import sys
 
+from edgetile.runtime.argtypes import finite_number, int_at_least, number_in
 from edgetile.runtime.cli import EXIT_OK, EXIT_SOME_FAILED, UsageError
 
 EPILOG = ("Exit codes: 0 written and checked; 1 written but a check failed (verification, accuracy drop, "
           "budget) or the export failed; 2 usage error.")
-
-
-def _positive_int(name: str):
-    def parse(s: str) -> int:
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive integer for {name}, found {s!r}") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"expected a positive integer for {name}, found {v}")
-        return v
-
-    return parse
-
-
-def _non_negative_float(name: str):
-    def parse(s: str) -> float:
-        try:
-            v = float(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number >= 0 for {name}, found {s!r}") from None
-        if not v >= 0 or v == float("inf"):
-            raise argparse.ArgumentTypeError(f"expected a finite number >= 0 for {name}, found {s}")
-        return v
-
-    return parse
 
 
 def _batch(s: str) -> int | None:
@@ -60,28 +35,18 @@ def _batch(s: str) -> int | None:
     return v
 
 
-def _overlap(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 0.9) for --overlap, found {s!r}") from None
-    if not 0.0 <= v < 0.9:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 0.9) for --overlap, found {v}")
-    return v
-
-
 def _common(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--out", metavar="PATH", help=out_help)
-    p.add_argument("--budget-mb", type=_non_negative_float("--budget-mb"), default=100.0, metavar="MB",
+    p.add_argument("--budget-mb", type=finite_number("--budget-mb"), default=100.0, metavar="MB",
                    help="fail (exit 1, file kept) when the written file is larger than this; the weight budget "
                         "of the deployment (default: 100)")
 
 
 def _tiling(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--tile", type=_positive_int("--tile"), default=1024, metavar="PX",
+    p.add_argument("--tile", type=int_at_least("--tile"), default=1024, metavar="PX",
                    help=f"tile side in photo pixels, as 'edgetile detect --tile' will run: {what} tiles are cut "
                         "this size and resized to the model input (default: 1024)")
-    p.add_argument("--overlap", type=_overlap, default=0.2,
+    p.add_argument("--overlap", type=number_in("--overlap", 0.0, 0.9, hi_open=True), default=0.2,
                    help="tile overlap, as 'edgetile detect --overlap' will run (default: 0.2)")
 
 
@@ -106,12 +71,12 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     o.add_argument("weights", metavar="MODEL.pt", help="Ultralytics detection checkpoint (YOLOv8 / YOLO11)")
-    o.add_argument("--imgsz", type=_positive_int("--imgsz"), default=1024,
+    o.add_argument("--imgsz", type=int_at_least("--imgsz"), default=1024,
                    help="model input side in pixels, a multiple of 32; match the tile size the model was trained "
                         "on (default: 1024)")
     o.add_argument("--batch", type=_batch, default=None, metavar="dynamic|N",
                    help="'dynamic' (one ONNX and one engine for any batch) or a fixed batch size (default: dynamic)")
-    o.add_argument("--opset", type=_positive_int("--opset"), default=None,
+    o.add_argument("--opset", type=int_at_least("--opset"), default=None,
                    help="ONNX opset (default: Ultralytics' choice for the installed onnx); TensorRT 8.5 parses up "
                         "to opset 17")
     _common(o, "ONNX file to write (default: MODEL.onnx beside MODEL.pt)")
@@ -119,12 +84,12 @@ def register(subparsers) -> None:
     g.add_argument("--verify-images", metavar="DIR",
                    help="photos to cut verification tiles from, as the runtime cuts them (default: a built-in "
                         "deterministic test pattern)")
-    g.add_argument("--verify-count", type=_positive_int("--verify-count"), default=8, metavar="N",
+    g.add_argument("--verify-count", type=int_at_least("--verify-count"), default=8, metavar="N",
                    help="tiles to compare (default: 8)")
-    g.add_argument("--max-box-diff", type=_non_negative_float("--max-box-diff"), default=0.05, metavar="PX",
+    g.add_argument("--max-box-diff", type=finite_number("--max-box-diff"), default=0.05, metavar="PX",
                    help="largest acceptable difference of a box coordinate between ONNX Runtime and PyTorch, in "
                         "input pixels (default: 0.05)")
-    g.add_argument("--max-score-diff", type=_non_negative_float("--max-score-diff"), default=1e-3,
+    g.add_argument("--max-score-diff", type=finite_number("--max-score-diff"), default=1e-3,
                    help="largest acceptable difference of a class score (default: 0.001)")
     g.add_argument("--no-verify", action="store_true", help="skip the comparison (not recommended)")
     _tiling(o, "verification")
@@ -142,7 +107,7 @@ def register(subparsers) -> None:
     q.add_argument("model", metavar="MODEL.onnx", help="FP32 ONNX from 'edgetile export onnx'")
     q.add_argument("--calib", required=True, metavar="DIR",
                    help="full-size field photos (not tiles, not the validation photos) to calibrate on")
-    q.add_argument("--calib-count", type=_positive_int("--calib-count"), default=512, metavar="N",
+    q.add_argument("--calib-count", type=int_at_least("--calib-count"), default=512, metavar="N",
                    help="calibration tiles, spread over all photos; fewer than 128 risks collapsing small-object "
                         "accuracy (default: 512)")
     q.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="minmax",
@@ -158,12 +123,12 @@ def register(subparsers) -> None:
                         "and INT8 on; required unless --no-report")
     g.add_argument("--val-format", choices=["auto", "voc", "yolo", "coco"], default="auto",
                    help="annotation format of --val (default: auto)")
-    g.add_argument("--max-drop", type=_non_negative_float("--max-drop"), default=0.02,
+    g.add_argument("--max-drop", type=finite_number("--max-drop"), default=0.02,
                    help="largest acceptable loss of mAP@0.5 from FP32 to INT8; more exits 1 (default: 0.02)")
-    g.add_argument("--max-recall-drop", type=_non_negative_float("--max-recall-drop"), default=0.05,
+    g.add_argument("--max-recall-drop", type=finite_number("--max-recall-drop"), default=0.05,
                    help="largest acceptable loss of recall at --conf: INT8 may rank as well as FP32 yet score "
                         "everything lower, and then the runtime's threshold misses people (default: 0.05)")
-    g.add_argument("--conf", type=_non_negative_float("--conf"), default=0.25,
+    g.add_argument("--conf", type=finite_number("--conf"), default=0.25,
                    help="the confidence threshold the runtime will use, where recall and precision are "
                         "compared (default: 0.25, as 'edgetile detect')")
     g.add_argument("--no-report", action="store_true",
@@ -186,13 +151,13 @@ def register(subparsers) -> None:
     e.add_argument("model", metavar="MODEL.onnx", help="FP32 ONNX, or the Q/DQ ONNX from 'edgetile export int8'")
     e.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16",
                    help="fp16 is the usual choice on Jetson; int8 needs a Q/DQ ONNX or --calib (default: fp16)")
-    e.add_argument("--batch-min", type=_positive_int("--batch-min"), default=None, metavar="N",
+    e.add_argument("--batch-min", type=int_at_least("--batch-min"), default=None, metavar="N",
                    help="smallest batch the engine accepts (default: 1, or the ONNX's fixed batch)")
-    e.add_argument("--batch-opt", type=_positive_int("--batch-opt"), default=None, metavar="N",
+    e.add_argument("--batch-opt", type=int_at_least("--batch-opt"), default=None, metavar="N",
                    help="batch TensorRT tunes for; use the runtime's --batch (default: 8, or the fixed batch)")
-    e.add_argument("--batch-max", type=_positive_int("--batch-max"), default=None, metavar="N",
+    e.add_argument("--batch-max", type=int_at_least("--batch-max"), default=None, metavar="N",
                    help="largest batch the engine accepts (default: 8, or the fixed batch)")
-    e.add_argument("--workspace-mb", type=_positive_int("--workspace-mb"), default=1024, metavar="MB",
+    e.add_argument("--workspace-mb", type=int_at_least("--workspace-mb"), default=1024, metavar="MB",
                    help="builder scratch memory; the GPU shares the board's memory, so keep it well below it on "
                         "4-8 GB boards (default: 1024)")
     e.add_argument("--dla", type=int, default=None, metavar="CORE",
@@ -206,7 +171,7 @@ def register(subparsers) -> None:
     g.add_argument("--calib-method", choices=["minmax", "entropy"], default="minmax",
                    help="minmax (IInt8MinMaxCalibrator, keeps the rare strong activations of small objects; "
                         "Ultralytics' choice) or entropy (IInt8EntropyCalibrator2) (default: minmax)")
-    g.add_argument("--calib-count", type=_positive_int("--calib-count"), default=512, metavar="N",
+    g.add_argument("--calib-count", type=int_at_least("--calib-count"), default=512, metavar="N",
                    help="calibration tiles (default: 512)")
     g.add_argument("--calib-cache", metavar="FILE",
                    help="calibration cache: reused when it exists (calibration skipped), written otherwise "

@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 
 from ._version import __version__
+from .argtypes import finite_number, int_at_least, number_in
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -29,42 +30,6 @@ class UsageError(Exception):
     """A problem with what the user asked for: reported in one line, exit code 2."""
 
 
-def _fraction(lo: float, hi: float, name: str):
-    def parse(s: str) -> float:
-        try:
-            v = float(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number in [{lo}, {hi}] for {name}, found {s!r}") from None
-        if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"expected a number in [{lo}, {hi}] for {name}, found {s}")
-        return v
-
-    return parse
-
-
-def _positive_int(name: str, minimum: int = 1):
-    def parse(s: str) -> int:
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum} for {name}, found {s!r}") from None
-        if v < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum} for {name}, found {v}")
-        return v
-
-    return parse
-
-
-def _positive_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, found {s!r}") from None
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, found {s}")
-    return v
-
-
 def add_detect_options(p: argparse.ArgumentParser) -> None:
     """Options shared by detect, demo and the daemon: model, tiling, thresholds, merging."""
     from .detector import MERGE_METHODS
@@ -73,30 +38,30 @@ def add_detect_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", nargs="+", action="extend", metavar="PATH",
                    help="ONNX model or TensorRT engine; several for an ensemble fused by WBF "
                         "(default: the bundled demo model)")
-    g.add_argument("--model-weights", nargs="+", type=_positive_float, metavar="W",
+    g.add_argument("--model-weights", nargs="+", type=finite_number("--model-weights", 0.0, inclusive=False), metavar="W",
                    help="one weight per --model for the ensemble fusion, e.g. 1 2 (default: all 1)")
     g.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"], default="auto",
                    help="inference backend; auto picks TensorRT for .engine/.plan and ONNX Runtime for .onnx")
     g = p.add_argument_group("tiling")
-    g.add_argument("--tile", type=_positive_int("--tile", 32), default=1024,
+    g.add_argument("--tile", type=int_at_least("--tile", 32), default=1024,
                    help="tile side in image pixels; tiles are resized to the model input (default: 1024)")
-    g.add_argument("--overlap", type=_fraction(0.0, 0.89, "--overlap"), default=0.2,
+    g.add_argument("--overlap", type=number_in("--overlap", 0.0, 0.9, hi_open=True), default=0.2,
                    help="fraction of a tile shared with its neighbour; keep it wider than the largest "
                         "object over the tile size (default: 0.2)")
     g.add_argument("--full-frame", action="store_true",
                    help="add one downscaled pass of the whole image, for objects larger than a tile")
-    g.add_argument("--batch", type=_positive_int("--batch"), default=None,
+    g.add_argument("--batch", type=int_at_least("--batch"), default=None,
                    help="tiles per inference call (default: the model's fixed batch, or 8)")
     g = p.add_argument_group("thresholds and merging")
-    g.add_argument("--conf", type=_fraction(0.0, 1.0, "--conf"), default=0.25,
+    g.add_argument("--conf", type=number_in("--conf"), default=0.25,
                    help="confidence threshold; lower it for recall when every miss matters (default: 0.25)")
-    g.add_argument("--iou", type=_fraction(0.0, 1.0, "--iou"), default=0.7,
+    g.add_argument("--iou", type=number_in("--iou"), default=0.7,
                    help="IoU threshold of the NMS inside each tile (default: 0.7)")
     g.add_argument("--merge", choices=MERGE_METHODS, default="ios",
                    help="how boxes of overlapping tiles are joined: ios suppresses a box whose intersection "
                         "over the smaller box exceeds --merge-thr; nms uses IoU; nmm merges into the union "
                         "box; wbf averages (default: ios)")
-    g.add_argument("--merge-thr", type=_fraction(0.0, 1.0, "--merge-thr"), default=0.5,
+    g.add_argument("--merge-thr", type=number_in("--merge-thr"), default=0.5,
                    help="threshold of the cross-tile merge (default: 0.5)")
     g.add_argument("--tta", choices=["none", "flip"], default="none",
                    help="flip adds a mirrored pass fused by WBF: slower, usually better recall (default: none)")

@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from edgetile.runtime.argtypes import finite_number, int_at_least, number_in
 from edgetile.runtime.cli import EXIT_OK, EXIT_SOME_FAILED, UsageError
 
 FORMATS = ("auto", "voc", "yolo", "coco")
@@ -28,43 +29,6 @@ def _no_runtime_installs() -> None:
     # Ultralytics pip-installs missing packages at run time unless told not to; edgetile declares
     # them as dependencies instead. Read by Ultralytics when it is first imported.
     os.environ.setdefault("YOLO_AUTOINSTALL", "false")
-
-
-def _fraction(name: str, lo: float = 0.0, hi: float = 1.0, hi_open: bool = False):
-    def parse(s: str) -> float:
-        try:
-            v = float(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number in [{lo}, {hi}] for {name}, found {s!r}") from None
-        if not (lo <= v < hi if hi_open else lo <= v <= hi):
-            raise argparse.ArgumentTypeError(f"expected a number in [{lo}, {hi}{')' if hi_open else ']'} for {name}, "
-                                             f"found {s}")
-        return v
-
-    return parse
-
-
-def _int_at_least(name: str, minimum: int):
-    def parse(s: str) -> int:
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum} for {name}, found {s!r}") from None
-        if v < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum} for {name}, found {v}")
-        return v
-
-    return parse
-
-
-def _positive(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, found {s!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, found {s}")
-    return v
 
 
 def _key_values(items: list[str] | None, option: str) -> dict[str, object]:
@@ -117,30 +81,30 @@ def register_dataset(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                    help="what a bad annotation removes: the whole photo (default, so nobody stays in it "
                         "unlabelled) or only that box")
     g = t.add_argument_group("windows")
-    g.add_argument("--tile", type=_int_at_least("--tile", 32), default=1024,
+    g.add_argument("--tile", type=int_at_least("--tile", 32), default=1024,
                    help="window side in photo pixels; use the --tile you will detect with (default: 1024)")
-    g.add_argument("--overlap", type=_fraction("--overlap", 0.0, 0.9, hi_open=True), default=0.2,
+    g.add_argument("--overlap", type=number_in("--overlap", 0.0, 0.9, hi_open=True), default=0.2,
                    help="fraction shared by neighbouring windows, as detect's --overlap (default: 0.2)")
-    g.add_argument("--min-visible", type=_fraction("--min-visible", 0.01, 1.0), default=0.5,
+    g.add_argument("--min-visible", type=number_in("--min-visible", 0.01, 1.0), default=0.5,
                    help="keep a box cut by a window edge only when this fraction of it is visible, so slivers "
                         "are not taught as people (default: 0.5)")
     g = t.add_argument_group("negatives (windows without people)")
-    g.add_argument("--negatives", type=_int_at_least("--negatives", 0), default=None, metavar="N",
+    g.add_argument("--negatives", type=int_at_least("--negatives", 0), default=None, metavar="N",
                    help="empty windows to keep in all (default: a quarter of the windows with people)")
     g.add_argument("--hard-negatives", metavar="MODEL",
                    help="a first model (.onnx, .engine or .pt) ranking empty windows by p = 1 - prod(1 - s) over its "
                         "detections, highest first: the rocks, logs and bushes it mistakes for people "
                         "(default: random windows)")
-    g.add_argument("--hard-conf", type=_fraction("--hard-conf", 0.001, 0.999), default=0.1,
+    g.add_argument("--hard-conf", type=number_in("--hard-conf", 0.001, 0.999), default=0.1,
                    help="that model's detections below this score are ignored (default: 0.1)")
     g = t.add_argument_group("splits (over photos, never tiles)")
-    g.add_argument("--folds", type=_int_at_least("--folds", 2), default=None, metavar="K",
+    g.add_argument("--folds", type=int_at_least("--folds", 2), default=None, metavar="K",
                    help="K multilabel-stratified folds by class presence, box count and box size; one data.yaml "
                         "per fold in DIR/folds/ (default: one stratified hold-out instead)")
-    g.add_argument("--val-fraction", type=_fraction("--val-fraction", 0.0, 1.0, hi_open=True), default=0.2,
+    g.add_argument("--val-fraction", type=number_in("--val-fraction", 0.0, 1.0, hi_open=True), default=0.2,
                    help="without --folds: fraction of photos held out for validation (default: 0.2)")
     g.add_argument("--seed", type=int, default=0, help="seeds the split and the random negatives (default: 0)")
-    t.add_argument("--jpeg-quality", type=_int_at_least("--jpeg-quality", 1), default=95,
+    t.add_argument("--jpeg-quality", type=int_at_least("--jpeg-quality", 1), default=95,
                    help="JPEG quality of the tiles (default: 95)")
     t.add_argument("--quiet", action="store_true", help="no progress bar, problems or table")
     t.set_defaults(func=cmd_dataset_tiles)
@@ -194,22 +158,22 @@ def register_train(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     p.add_argument("--model", default="yolov8s.yaml", metavar="YAML|PT",
                    help="architecture to train from random initialisation (yolov8n.yaml ... yolo11x.yaml) or a .pt "
                         "to start from (default: yolov8s.yaml)")
-    p.add_argument("--fold", type=_int_at_least("--fold", 0), default=None, metavar="K",
+    p.add_argument("--fold", type=int_at_least("--fold", 0), default=None, metavar="K",
                    help="train on fold K made by 'dataset tiles --folds' (folds/foldK.yaml beside --data)")
     p.add_argument("--hyp", metavar="YAML", help="hyperparameters, e.g. best_hyperparameters.yaml from 'edgetile tune'")
-    p.add_argument("--imgsz", type=_int_at_least("--imgsz", 32), default=640,
+    p.add_argument("--imgsz", type=int_at_least("--imgsz", 32), default=640,
                    help="training input size; a 1024 tile at 640 is seen at 0.625 scale (default: 640)")
-    p.add_argument("--epochs", type=_int_at_least("--epochs", 1), default=100, help="epochs (default: 100)")
+    p.add_argument("--epochs", type=int_at_least("--epochs", 1), default=100, help="epochs (default: 100)")
     p.add_argument("--batch", type=int, default=16, help="batch size; -1 fills the GPU (default: 16)")
-    p.add_argument("--budget-mb", type=_positive, default=100.0,
+    p.add_argument("--budget-mb", type=finite_number("--budget-mb", 0.0, inclusive=False), default=100.0,
                    help="largest acceptable best.pt (and ONNX) in MB, e.g. a competition's weight limit (default: 100)")
     p.add_argument("--export", choices=("onnx", "none"), default="onnx",
                    help="export best.pt to ONNX for the runtime after training (default: onnx)")
     p.add_argument("--device", default="", help="cpu, or a CUDA index such as 0 (default: Ultralytics' choice)")
-    p.add_argument("--workers", type=_int_at_least("--workers", 0), default=2,
+    p.add_argument("--workers", type=int_at_least("--workers", 0), default=2,
                    help="data-loading processes (default: 2)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--patience", type=_int_at_least("--patience", 1), default=50,
+    p.add_argument("--patience", type=int_at_least("--patience", 1), default=50,
                    help="stop after this many epochs without improvement (default: 50)")
     p.add_argument("--project", default="runs/train", help="folder holding the run folders (default: runs/train)")
     p.add_argument("--name", default="exp", help="run folder name; an existing one is numbered on (default: exp)")
@@ -255,27 +219,27 @@ def register_tune(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, metavar="YAML", help="a small data.yaml: tuning trains many short runs")
     p.add_argument("--model", default="yolov8n.yaml", metavar="YAML|PT", help="model to tune (default: yolov8n.yaml)")
-    p.add_argument("--fold", type=_int_at_least("--fold", 0), default=None, metavar="K",
+    p.add_argument("--fold", type=int_at_least("--fold", 0), default=None, metavar="K",
                    help="use fold K made by 'dataset tiles --folds'")
     p.add_argument("--space", nargs="+", default=["lr0", "lrf", "momentum"], metavar="NAME[=LO:HI]",
                    help="hyperparameters to search; known ones have Ultralytics' bounds, any other training "
                         "argument needs NAME=LO:HI (default: lr0 lrf momentum)")
-    p.add_argument("--iterations", type=_int_at_least("--iterations", 1), default=30,
+    p.add_argument("--iterations", type=int_at_least("--iterations", 1), default=30,
                    help="candidates to train (default: 30)")
-    p.add_argument("--epochs", type=_int_at_least("--epochs", 1), default=10,
+    p.add_argument("--epochs", type=int_at_least("--epochs", 1), default=10,
                    help="epochs per candidate: enough to rank, not to finish (default: 10)")
-    p.add_argument("--imgsz", type=_int_at_least("--imgsz", 32), default=640, help="input size (default: 640)")
+    p.add_argument("--imgsz", type=int_at_least("--imgsz", 32), default=640, help="input size (default: 640)")
     p.add_argument("--batch", type=int, default=16, help="batch size (default: 16)")
     p.add_argument("--optimizer", default="AdamW",
                    help="optimizer, fixed for the search and written to the result (default: AdamW)")
     p.add_argument("--device", default="", help="cpu or a CUDA index (default: Ultralytics' choice)")
-    p.add_argument("--workers", type=_int_at_least("--workers", 0), default=2, help="data-loading processes (default: 2)")
+    p.add_argument("--workers", type=int_at_least("--workers", 0), default=2, help="data-loading processes (default: 2)")
     p.add_argument("--out", default="runs/tune", metavar="DIR", help="output folder (default: runs/tune)")
     p.add_argument("--resume", action="store_true", help="continue the search already in --out")
     p.add_argument("--ray", action="store_true", help="search on Ray Tune (pip install 'edgetile[ray]')")
     p.add_argument("--ray-search", choices=("random", "optuna"), default="random",
                    help="Ray's search algorithm; optuna needs 'pip install optuna' (default: random)")
-    p.add_argument("--grace-period", type=_int_at_least("--grace-period", 1), default=1,
+    p.add_argument("--grace-period", type=int_at_least("--grace-period", 1), default=1,
                    help="Ray's ASHA scheduler: epochs before a poor trial may be stopped (default: 1)")
     p.add_argument("--set", nargs="+", metavar="KEY=VALUE", action="extend",
                    help="other fixed Ultralytics training arguments, e.g. --set mosaic=0 amp=false")
@@ -342,7 +306,7 @@ def register_eval(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
     p.add_argument("--format", choices=FORMATS, default="auto", help="annotation format (default: auto)")
     p.add_argument("--subset", metavar="NAME", help="VOC ImageSets/Main list or YOLO split (default: every photo)")
     p.add_argument("--classes", nargs="+", metavar="NAME", help="dataset class names in id order (default: as annotated)")
-    p.add_argument("--score-thr", type=_fraction("--score-thr"), default=0.05,
+    p.add_argument("--score-thr", type=number_in("--score-thr"), default=0.05,
                    help="operating threshold for recall, precision and F1 (default: 0.05, the Lacmus rule)")
     p.add_argument("--out", default="runs/eval", metavar="DIR", help="output folder (default: runs/eval)")
     add_detect_options(p)
@@ -360,7 +324,7 @@ def register_eval(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
     g.add_argument("--objective", choices=("f1", "lacmus_ap50", "lacmus_f1", "map50", "map75", "map50_95"),
                    default="f1", help="what the sweep maximises; conf-free metrics then take the conf of best F1 "
                                       "(default: f1)")
-    g.add_argument("--min-recall", type=_fraction("--min-recall"), default=None,
+    g.add_argument("--min-recall", type=number_in("--min-recall"), default=None,
                    help="only settings reaching this recall qualify: recall first when every miss counts")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_eval)
@@ -441,12 +405,12 @@ def register_pseudo_label(subparsers: argparse._SubParsersAction) -> argparse.Ar
     p.add_argument("--out", required=True, metavar="DIR", help="folder of the new dataset")
     add_detect_options(p)
     _adjust_conf(p, 0.5, "a box becomes a label at or above this score (default: 0.5)")
-    p.add_argument("--ambiguous", type=_fraction("--ambiguous", 0.001, 1.0), default=0.2,
+    p.add_argument("--ambiguous", type=number_in("--ambiguous", 0.001, 1.0), default=0.2,
                    help="a photo with any box scoring between this and --conf is left out: an uncertain person "
                         "would be learnt as background (default: 0.2; equal to --conf turns it off)")
-    p.add_argument("--min-boxes", type=_int_at_least("--min-boxes", 0), default=1,
+    p.add_argument("--min-boxes", type=int_at_least("--min-boxes", 0), default=1,
                    help="fewest boxes for a photo to be kept; 0 also keeps confidently empty photos (default: 1)")
-    p.add_argument("--max-boxes", type=_int_at_least("--max-boxes", 0), default=100,
+    p.add_argument("--max-boxes", type=int_at_least("--max-boxes", 0), default=100,
                    help="most boxes for a photo to be kept (default: 100)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_pseudo_label)

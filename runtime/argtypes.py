@@ -1,0 +1,58 @@
+"""Value parsers for the command line's options, shared by every edgetile subcommand.
+
+Each returns an argparse type function whose error names the option, what was expected and what was
+found, so a bad value ends in one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Callable
+
+
+def number_in(name: str, lo: float = 0.0, hi: float = 1.0, hi_open: bool = False) -> Callable[[str], float]:
+    """A number in [lo, hi] (or [lo, hi) with hi_open)."""
+    span = f"[{lo}, {hi}{')' if hi_open else ']'}"
+
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number in {span} for {name}, found {s!r}") from None
+        if not (lo <= v < hi if hi_open else lo <= v <= hi):
+            raise argparse.ArgumentTypeError(f"expected a number in {span} for {name}, found {s}")
+        return v
+
+    return parse
+
+
+def int_at_least(name: str, minimum: int = 1) -> Callable[[str], int]:
+    """An integer of at least minimum."""
+
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum} for {name}, found {s!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum} for {name}, found {v}")
+        return v
+
+    return parse
+
+
+def finite_number(name: str, minimum: float = 0.0, inclusive: bool = True) -> Callable[[str], float]:
+    """A finite number >= minimum (> minimum when not inclusive)."""
+    rel = ">=" if inclusive else ">"
+
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a finite number {rel} {minimum:g} for {name}, found {s!r}") from None
+        if not math.isfinite(v) or not (v >= minimum if inclusive else v > minimum):
+            raise argparse.ArgumentTypeError(f"expected a finite number {rel} {minimum:g} for {name}, found {s}")
+        return v
+
+    return parse
