@@ -1,0 +1,66 @@
+"""The bundled demo model end to end: it finds the people in the bundled sample, and our decoding
+agrees with Ultralytics' own predictor on the same ONNX file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgetile.runtime.detector import DetectConfig, Detector
+from edgetile.runtime.images import read_image
+
+DATA = Path(__file__).resolve().parent.parent / "runtime" / "data"
+MODEL, SAMPLE, TRUTH = DATA / "demo.onnx", DATA / "sample.jpg", DATA / "sample.json"
+
+
+def iou_matrix(a, b):
+    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iw * ih
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
+
+
+def test_demo_finds_the_people_in_the_sample(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "edgetile.runtime.cli", "demo", "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert str(tmp_path / "vis" / "sample.jpg") in r.stderr  # it says where to look
+    assert (tmp_path / "vis" / "sample.jpg").is_file() and (tmp_path / "detections.csv").is_file()
+    rec = json.loads((tmp_path / "detections.json").read_text())[0]
+    found = np.array([d["bbox"] for d in rec["detections"]], np.float32).reshape(-1, 4)
+    truth = np.array(json.loads(TRUTH.read_text())["boxes"], np.float32)
+    iou = iou_matrix(truth, found) if len(found) else np.zeros((len(truth), 0))
+    recall = float((iou.max(axis=1) >= 0.5).mean()) if len(found) else 0.0
+    precision = float((iou.max(axis=0) >= 0.5).mean()) if len(found) else 0.0
+    assert recall >= 0.8, f"found {recall:.0%} of the {len(truth)} people; boxes: {found}"
+    assert precision >= 0.6, f"{precision:.0%} of {len(found)} boxes are people"
+
+
+def test_decoding_matches_ultralytics_predictor_on_the_same_onnx():
+    ultralytics = pytest.importorskip("ultralytics", reason="Ultralytics' predictor is the decoding oracle")
+    image = read_image(SAMPLE)
+    truth = np.array(json.loads(TRUTH.read_text())["boxes"])
+    x, y = (int(v) for v in truth[0][:2])  # a crop around a person, the size of the model input
+    with Detector(MODEL) as det:
+        size = det.input_hw[0]
+        x0, y0 = max(0, min(x - size // 2, image.shape[1] - size)), max(0, min(y - size // 2, image.shape[0] - size))
+        crop = np.ascontiguousarray(image[y0 : y0 + size, x0 : x0 + size])
+        # One tile exactly the model's input: no resize, no padding; a cross-tile merge at IoU 1.0
+        # suppresses nothing, so both sides are the raw output after the same per-tile NMS.
+        cfg = DetectConfig(tile=size, conf=0.01, iou=0.7, merge="nms", merge_thr=1.0)
+        with Detector(MODEL, config=cfg) as one_tile:
+            ours = one_tile.detect(crop)
+    res = ultralytics.YOLO(str(MODEL), task="detect").predict(crop, imgsz=size, conf=0.01, iou=0.7, verbose=False)[0]
+    theirs = res.boxes.xyxy.cpu().numpy()
+    their_scores = res.boxes.conf.cpu().numpy()
+    assert len(theirs) > 0, "the crop should contain at least one confident box"
+    assert len(ours) == len(theirs)
+    order = np.argsort(-their_scores, kind="stable")
+    np.testing.assert_allclose(ours.xyxy, theirs[order], atol=0.5)
+    np.testing.assert_allclose(ours.scores, their_scores[order], atol=1e-4)
