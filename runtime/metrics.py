@@ -23,7 +23,7 @@ import contextlib
 import io
 import math
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -506,11 +506,24 @@ def evaluate(
             f"detections below it), found {cfg.conf:g}; build the detector with DetectConfig(conf=0.001)"
         )
     mapping, notes = class_mapping(detector.names, dataset.class_names)
-    per_photo: list[PhotoDetections] = []
     problems: list[str] = []
+    per_photo = [
+        PhotoDetections(photo, map_classes(detector.detect(image), mapping))
+        for photo, image in loaded_photos(dataset, problems, progress, desc="eval")
+    ]
+    return score_detections(per_photo, dataset.class_names, score_thr, problems=problems, notes=notes)
+
+
+def loaded_photos(
+    dataset: Dataset, problems: list[str], progress: bool = False, desc: str = "eval"
+) -> Iterator[tuple[AnnotatedPhoto, np.ndarray]]:
+    """Yield (photo, (H, W, 3) uint8 BGR image) for each readable photo of the dataset.
+
+    A photo that cannot be read is not yielded: a one-line reason is appended to problems.
+    """
     from tqdm import tqdm
 
-    bar = tqdm(dataset.photos, desc="eval", unit="photo", file=sys.stderr,
+    bar = tqdm(dataset.photos, desc=desc, unit="photo", file=sys.stderr,
                disable=not (progress and sys.stderr.isatty()))
     for photo in bar:
         try:
@@ -518,8 +531,7 @@ def evaluate(
         except ImageReadError as exc:
             problems.append(f"{photo.path}: not evaluated: {exc}")
             continue
-        per_photo.append(PhotoDetections(photo, map_classes(detector.detect(image), mapping)))
-    return score_detections(per_photo, dataset.class_names, score_thr, problems=problems, notes=notes)
+        yield photo, image
 
 
 def map_classes(dets: Detections, mapping: Mapping[int, int]) -> Detections:

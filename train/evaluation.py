@@ -13,7 +13,6 @@ import hashlib
 import json
 import math
 import shlex
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -28,6 +27,7 @@ from edgetile.runtime.metrics import (
     EvalResult,
     PhotoDetections,
     class_mapping,
+    loaded_photos,
     map_classes,
     operating_point,
     score_detections,
@@ -223,16 +223,7 @@ def sweep(
         mapping, notes = class_mapping(detectors[0].names, dataset.class_names)
         per_setting: list[list[PhotoDetections]] = [[] for _ in settings]
         problems: list[str] = []
-        from tqdm import tqdm
-
-        bar = tqdm(dataset.photos, desc="sweep", unit="photo", file=sys.stderr,
-                   disable=not (progress and sys.stderr.isatty()))
-        for photo in bar:
-            try:
-                image = photo.load()
-            except ImageReadError as exc:
-                problems.append(f"{photo.path}: not evaluated: {exc}")
-                continue
+        for photo, image in loaded_photos(dataset, problems, progress, desc="sweep"):
             for k, det in enumerate(detectors):
                 per_setting[k].append(PhotoDetections(photo, map_classes(det.detect(image), mapping)))
             for s in shared:
