@@ -11,6 +11,7 @@ dependencies still point one way (train -> export -> runtime).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from collections.abc import Sequence
@@ -127,8 +128,6 @@ def run_detect(sources: Sequence[str], a: argparse.Namespace, out_dir: Path, sav
 
     bar = tqdm(inputs, disable=not show_bar, unit="img", file=sys.stderr, dynamic_ncols=True)
     t_start = time.perf_counter()
-    import contextlib
-
     with detector, ResultWriter(out_dir, detector.names, save_vis=save_vis) as writer, \
             (geo or contextlib.nullcontext()):
         for path in bar:

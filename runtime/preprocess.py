@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .tiling import interior_edges
+
 PAD_VALUE = 114
 
 
@@ -70,8 +72,7 @@ def tile_views(windows: np.ndarray, tile: int, input_hw: tuple[int, int], image_
     # At least one model pixel: a 1 px image must not round away to an empty resize.
     cw = np.clip(np.round((w[:, 2] - w[:, 0]) * sx).astype(np.int64), 1, iw)
     ch = np.clip(np.round((w[:, 3] - w[:, 1]) * sy).astype(np.int64), 1, ih)
-    W, H = image_wh
-    interior = np.stack([w[:, 0] > 0, w[:, 1] > 0, w[:, 2] < W, w[:, 3] < H], axis=1)
+    interior = interior_edges(w, *image_wh)
     return Views(w, scales, np.stack([cw, ch], axis=1), np.full(n, flip), interior)
 
 

@@ -20,9 +20,8 @@ import cv2
 import numpy as np
 
 from edgetile.runtime.images import ImageReadError
+from edgetile.runtime.preprocess import PAD_VALUE  # Ultralytics' letterbox grey, as the runtime pads
 from edgetile.runtime.tiling import plan_tiles, validate_tiling
-
-PAD_VALUE = 114  # Ultralytics' letterbox grey, also what the runtime pads with
 
 
 @dataclass
