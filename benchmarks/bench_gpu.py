@@ -184,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.files:
         import cv2
 
-        from edgetile.runtime.cuda.pipeline import prefetch
         from edgetile.runtime.images import read_image
+        from edgetile.runtime.readahead import prefetch
 
         with tempfile.TemporaryDirectory(prefix="edgetile-bench-") as tmp:
             paths = []

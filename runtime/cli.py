@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 
 from ._version import __version__
-from .argtypes import finite_number, int_at_least, number_in
+from .argtypes import add_read_ahead_option, finite_number, int_at_least, number_in
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -105,8 +105,9 @@ def open_detector(a: argparse.Namespace):
 
 def run_detect(sources: Sequence[str], a: argparse.Namespace, out_dir: Path, save_vis: bool) -> int:
     """Process every input, writing results as they come; return the exit code."""
-    from .images import ImageReadError, expand_sources, read_image
+    from .images import ImageReadError, expand_sources
     from .outputs import ResultWriter
+    from .readahead import prefetch, read_ahead_bytes, read_in_turn, read_within
 
     inputs = expand_sources(sources)
     if not inputs:
@@ -126,17 +127,22 @@ def run_detect(sources: Sequence[str], a: argparse.Namespace, out_dir: Path, sav
     show_bar = not a.quiet and len(inputs) > 1 and sys.stderr.isatty()
     from tqdm import tqdm
 
-    bar = tqdm(inputs, disable=not show_bar, unit="img", file=sys.stderr, dynamic_ncols=True)
+    # The next photo is decoded on a thread while this one is detected (photos over the budget wait
+    # for their turn, so a huge one is never held twice); by default only when the model is on a GPU.
+    load = read_within(read_ahead_bytes(a.read_ahead, detector.infers_on_cpu))
+    bar = tqdm(total=len(inputs), disable=not show_bar, unit="img", file=sys.stderr, dynamic_ncols=True)
     t_start = time.perf_counter()
     with detector, ResultWriter(out_dir, detector.names, save_vis=save_vis) as writer, \
-            (geo or contextlib.nullcontext()):
-        for path in bar:
+            (geo or contextlib.nullcontext()), bar:
+        for path, ahead, read_error in prefetch(inputs, load):
             record: dict = {"image": path}
             image = dets = None
             try:
-                t0 = time.perf_counter()
-                image = read_image(path)
-                timings = {"read": (time.perf_counter() - t0) * 1000}
+                if read_error is not None:
+                    raise read_error
+                image, read_ms = read_in_turn(path, ahead)
+                ahead = None
+                timings = {"read": read_ms}
                 dets = detector.detect(image, timings)
                 record.update(
                     width=int(image.shape[1]), height=int(image.shape[0]),
@@ -154,6 +160,8 @@ def run_detect(sources: Sequence[str], a: argparse.Namespace, out_dir: Path, sav
                 if warning:
                     tqdm.write(f"edgetile: no ground coordinates for {path}: {warning}", file=sys.stderr)
             writer.add(record, image, dets)
+            image = dets = ahead = read_error = None  # let go before the next photo is read
+            bar.update(1)
     if not a.quiet:
         dt = time.perf_counter() - t_start
         print(f"{len(inputs) - failed}/{len(inputs)} image(s) processed in {dt:.1f} s, {found} detection(s), "
@@ -213,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .geo.options import add_geo_options  # geo (issue 8): --format geojson,kml,csv and pose overrides
 
     add_geo_options(d)
+    add_read_ahead_option(d)
     d.add_argument("--save-vis", action="store_true", help="also write annotated JPEGs to DIR/vis/")
     d.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     d.set_defaults(func=cmd_detect)

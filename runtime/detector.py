@@ -207,6 +207,11 @@ class Detector:
         return _Model(path, be, info, buffer, weight)
 
     @property
+    def infers_on_cpu(self) -> bool:
+        """True when any model's inference runs on the CPU's cores (ONNX Runtime's CPU provider)."""
+        return any(m.backend.infers_on_cpu for m in self._models)
+
+    @property
     def input_hw(self) -> tuple[int, int]:
         """Input size of the first model."""
         return self._models[0].info.input_hw

@@ -91,6 +91,26 @@ def test_detect_processes_everything_and_reports_each_bad_input(tmp_path, model,
     assert (out / "vis" / "good.jpg").is_file()
 
 
+def test_reading_ahead_changes_nothing_but_when_photos_are_read(tmp_path, model, inputs):
+    # Good and broken photos alike: with the next photo decoded on a thread (--read-ahead 256, the
+    # default on a GPU) and without (--read-ahead 0, the default on the CPU), the same records in the
+    # same order, with the same errors.
+    def records(*extra):
+        out = tmp_path / f"out{len(extra)}"  # both runs use the model's default batch (8)
+        r = run("detect", inputs, "--model", model, "--out", out, "--tile", 256, *extra)
+        assert r.returncode == 1, r.stderr
+        recs = json.loads((out / "detections.json").read_text())
+        for rec in recs:
+            assert ("timings_ms" in rec) != ("error" in rec)
+            rec.pop("timings_ms", None)
+        return recs
+
+    ahead, in_turn = records("--read-ahead", 256), records("--read-ahead", 0, "--batch", 8)
+    assert ahead == in_turn
+    assert [Path(rec["image"]).name for rec in ahead] == sorted(p.name for p in inputs.iterdir())
+    assert sum(1 for rec in ahead if "error" in rec) == 3
+
+
 def test_all_good_inputs_exit_zero_and_globs_expand(tmp_path, model):
     for i in range(3):
         red_photo(tmp_path / f"img_{i}.jpg")

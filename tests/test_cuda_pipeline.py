@@ -1,4 +1,4 @@
-"""The pipelined batch loop, the frame prefetcher, and the Detector's GPU-path hook, on the CPU.
+"""The pipelined batch loop and the Detector's GPU-path hook, on the CPU.
 
 The hook is exercised with a backend that computes the GPU path's contract without a GPU: views
 preprocessed by the kernel's exact arithmetic (runtime/cuda/reference.py), the real ONNX model, and the
@@ -7,14 +7,12 @@ filter kernel's reference compaction. Its detections must be the CPU path's.
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 
 from conftest import scene_with_people
 from edgetile.runtime.backends.onnxruntime import OnnxRuntimeBackend
-from edgetile.runtime.cuda.pipeline import pipelined, prefetch
+from edgetile.runtime.cuda.pipeline import pipelined
 from edgetile.runtime.cuda.reference import dense_candidates, filter_reference, preprocess_reference
 from edgetile.runtime.detector import DetectConfig, Detector
 from onnx_models import red_blob_model
@@ -41,62 +39,6 @@ def test_pipelined_stops_enqueueing_when_the_consumer_stops():
     next(gen)
     gen.close()
     assert trace == ["e0", "e1", "c0"]
-
-
-# --- prefetch --------------------------------------------------------------------------------------
-
-
-def test_prefetch_yields_in_order_with_errors_attached_to_their_item():
-    def load(x):
-        if x == 3:
-            raise OSError(f"cannot read {x}")
-        return x * x
-
-    got = list(prefetch(range(6), load))
-    assert [(i, v) for i, v, e in got] == [(0, 0), (1, 1), (2, 4), (3, None), (4, 16), (5, 25)]
-    errors = [(i, str(e)) for i, _, e in got if e is not None]
-    assert errors == [(3, "cannot read 3")]
-
-
-def test_prefetch_loads_the_next_item_while_the_caller_works():
-    second_loaded = threading.Event()
-
-    def load(x):
-        if x == 1:
-            second_loaded.set()
-        return x
-
-    gen = prefetch([0, 1, 2], load)
-    item, _, _ = next(gen)
-    assert item == 0
-    # The caller is still "working" on item 0; item 1 must get loaded meanwhile, on the worker.
-    assert second_loaded.wait(timeout=10)
-    assert [i for i, _, _ in gen] == [1, 2]
-
-
-def test_prefetch_closed_early_stops_and_joins_its_worker():
-    loaded: list[int] = []
-    gen = prefetch(range(1000), lambda x: loaded.append(x) or x, depth=2)
-    next(gen)
-    gen.close()
-    assert not any(t.name == "edgetile-prefetch" and t.is_alive() for t in threading.enumerate())
-    assert len(loaded) < 10  # it stopped: at most depth ahead plus the one in hand
-
-
-def test_prefetch_raises_a_failure_of_the_items_themselves():
-    def items():
-        yield 1
-        raise RuntimeError("folder vanished")
-
-    gen = prefetch(items(), lambda x: x)
-    assert next(gen)[0] == 1
-    with pytest.raises(RuntimeError, match="folder vanished"):
-        next(gen)
-
-
-def test_prefetch_depth_must_be_positive():
-    with pytest.raises(ValueError, match="depth: expected at least 1, found 0"):
-        next(prefetch([1], lambda x: x, depth=0))
 
 
 # --- the Detector's hook ---------------------------------------------------------------------------

@@ -37,9 +37,12 @@ class Backend(ABC):
         input_dtype: NumPy dtype the input wants (float32 or float16).
         output_names: Names of the outputs, in the order infer returns them.
         metadata: String metadata stored with the model (Ultralytics writes names, imgsz, stride).
+        infers_on_cpu: True when inference keeps the CPU's cores busy; then decoding the next photo
+            beside it slows both (see edgetile.runtime.readahead), so detect does not read ahead.
     """
 
     name: ClassVar[str] = ""
+    infers_on_cpu: bool = True  # the safe guess for a backend that does not say
     input_name: str
     input_shape: tuple[int | None, int, int, int]
     input_dtype: np.dtype

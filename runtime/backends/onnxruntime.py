@@ -65,6 +65,7 @@ class OnnxRuntimeBackend(Backend):
             w if isinstance(w, int) else -1,
         )
         self.output_names = [o.name for o in self._session.get_outputs()]
+        self.infers_on_cpu = self._session.get_providers()[0] == "CPUExecutionProvider"
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
         if self._session is None:

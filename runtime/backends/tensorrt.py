@@ -418,6 +418,7 @@ class TensorRTBackend(Backend):
     """
 
     name = "tensorrt"
+    infers_on_cpu = False
 
     @classmethod
     def available(cls) -> tuple[bool, str]:

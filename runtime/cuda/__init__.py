@@ -10,7 +10,7 @@ Layout (one file per op, a NumPy reference beside each):
   preprocessing kernel reads.
 * :mod:`.device` - the one module that holds CUDA state: the primary context, streams, events, device
   and pinned (optionally mapped) buffers, compiled kernels; every object has ``close()``.
-* :mod:`.pipeline` - the pipelined batch loop and the frame prefetcher (no CUDA of their own).
+* :mod:`.pipeline` - the pipelined batch loop (no CUDA of its own).
 
 Importing this package loads nothing but NumPy: pycuda is imported when a device is opened.
 """

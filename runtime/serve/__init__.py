@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..argtypes import add_read_ahead_option
+
 DEFAULT_PORT = 8765
 DEFAULT_STATE = "edgetile-state"
 
@@ -77,6 +79,7 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--queue-batch", metavar="N", type=_number(int, 1, "--queue-batch"), default=4,
                    help="photos taken from the queue and committed together when a backlog builds up; a "
                         "lone photo is committed at once. SIGTERM finishes this batch (default: 4)")
+    add_read_ahead_option(g)
     g.add_argument("--retry-failed", action="store_true",
                    help="at start, send every parked input back to the queue with fresh tries")
     g.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",

@@ -128,6 +128,8 @@ class ServeConfig:
         retry_after: Seconds before a failed input is tried again.
         queue_batch: Photos claimed and committed together.
         retry_failed: Requeue parked inputs at start.
+        read_ahead_mb: Largest photo (decoded, MiB) read on a thread while the one before is detected;
+            None: the default of :func:`..readahead.read_ahead_bytes` for the detector's backend.
         log_level: Logging level name.
         sysfs: Where sysfs is mounted (sensors for /metrics).
     """
@@ -147,6 +149,7 @@ class ServeConfig:
     retry_after: float = 10.0
     queue_batch: int = 4
     retry_failed: bool = False
+    read_ahead_mb: int | None = None
     log_level: str = "info"
     sysfs: Path = Path("/sys")
 
@@ -205,7 +208,7 @@ class ServeConfig:
             settle=a.settle, poll=a.poll, host=a.host, port=a.port, token=token,
             max_upload_bytes=int(a.max_upload_mb * 1024 * 1024), access_log=a.access_log,
             max_attempts=a.max_attempts, retry_after=a.retry_after, queue_batch=a.queue_batch,
-            retry_failed=a.retry_failed, log_level=a.log_level,
+            retry_failed=a.retry_failed, read_ahead_mb=a.read_ahead, log_level=a.log_level,
         )
 
 

@@ -18,7 +18,8 @@ import sys
 import threading
 import time
 
-from ..images import ImageReadError, read_image
+from ..images import ImageReadError
+from ..readahead import prefetch, read_ahead_bytes, read_in_turn, read_within
 from .config import ConfigError, ServeConfig, merge_options
 from .sources import FolderWatcher, VideoReader
 from .store import Item, Outcome, PhotoQueue
@@ -100,18 +101,28 @@ class Daemon:
 
     # ---- the worker -------------------------------------------------------------------------
 
-    def process(self, item: Item) -> Outcome:
-        """Run the detector on one input; any failure becomes the outcome's one-line error."""
+    def process(self, item: Item, ahead: tuple | None = None, read_error: Exception | None = None) -> Outcome:
+        """Run the detector on one input; any failure becomes the outcome's one-line error.
+
+        Args:
+            item: The queue's input.
+            ahead: What the read-ahead thread made of it (see :func:`..readahead.read_within`), or None
+                to read it here.
+            read_error: The read-ahead thread's failure to read it.
+        """
         t0 = time.perf_counter()
         try:
-            image = read_image(item.path)
-            timings = {"read": (time.perf_counter() - t0) * 1000}
+            if read_error is not None:
+                raise read_error
+            image, read_ms = read_in_turn(item.path, ahead or (None, 0.0))
+            ahead = None
+            timings = {"read": read_ms}
             dets = self.detector.detect(image, timings)
             log.debug("%s: %d detection(s)", item.name, len(dets))
             records = dets.to_records(self.detector.names)
             if self.geo is not None:  # geo (issue 8): coordinates and thumbnails go into the committed records
                 self.geo.annotate(item, image, records)
-            timings["total"] = (time.perf_counter() - t0) * 1000
+            timings["total"] = (time.perf_counter() - t0) * 1000  # this thread's time: a read ahead is not in it
             return Outcome(item, width=int(image.shape[1]), height=int(image.shape[0]),
                            detections=records,
                            timings_ms={k: round(v, 2) for k, v in timings.items()})
@@ -126,6 +137,8 @@ class Daemon:
     def work(self) -> None:
         """Claim, process and commit batches until stopped."""
         cfg = self.config
+        # the next photo of a batch is read on a thread (by default only when the model is on a GPU)
+        load = read_within(read_ahead_bytes(cfg.read_ahead_mb, getattr(self.detector, "infers_on_cpu", True)))
         try:
             with PhotoQueue(cfg.db_path, cfg.max_attempts, cfg.retry_after) as q:
                 while not self.stop.is_set():
@@ -135,7 +148,10 @@ class Daemon:
                         self.wake.wait(0.5)
                         continue
                     log.debug("claimed %d input(s)", len(items))
-                    outcomes = [self.process(it) for it in items]  # a stop request waits for the whole batch
+                    outcomes = []  # a stop request waits for the whole batch
+                    for item, ahead, read_error in prefetch(items, lambda it: load(it.path)):
+                        outcomes.append(self.process(item, ahead, read_error))
+                        ahead = None  # let go before the next photo is read
                     t0 = time.perf_counter()
                     parked = q.finish(outcomes)
                     log.debug("committed %d outcome(s)", len(outcomes))
