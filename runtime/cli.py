@@ -32,16 +32,22 @@ class UsageError(Exception):
     """A problem with what the user asked for: reported in one line, exit code 2."""
 
 
-def add_detect_options(p: argparse.ArgumentParser, conf_default: float = 0.25, conf_why: str = "") -> None:
+def add_detect_options(
+    p: argparse.ArgumentParser, conf_default: float = 0.25, conf_why: str = ""
+) -> dict[str, argparse.Action]:
     """Options shared by detect, demo and the daemon: model, tiling, thresholds, merging.
 
     Args:
         p: The subcommand's parser.
         conf_default: Default confidence threshold.
         conf_why: Why this command's default differs from detect's, for the help line.
+
+    Returns:
+        dest -> action of each option added: the detection settings a --settings file may set.
     """
     from .detector import MERGE_METHODS
 
+    first = len(p._actions)  # argparse has no public way to list a parser's options
     g = p.add_argument_group("model")
     g.add_argument("--model", nargs="+", action="extend", metavar="PATH",
                    help="ONNX model or TensorRT engine; several for an ensemble fused by WBF "
@@ -74,6 +80,7 @@ def add_detect_options(p: argparse.ArgumentParser, conf_default: float = 0.25, c
                    help="threshold of the cross-tile merge (default: 0.5)")
     g.add_argument("--tta", choices=["none", "flip"], default="none",
                    help="flip adds a mirrored pass fused by WBF: slower, usually better recall (default: none)")
+    return {action.dest: action for action in p._actions[first:]}
 
 
 def detect_config_from_args(a: argparse.Namespace):
@@ -175,6 +182,12 @@ def run_detect(sources: Sequence[str], a: argparse.Namespace, out_dir: Path, sav
 
 
 def cmd_detect(a: argparse.Namespace) -> int:
+    from .settings import resolve
+
+    try:
+        a = resolve(a)  # the command line over the --settings file over the defaults
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     return run_detect(a.sources, a, Path(a.out), a.save_vis)
 
 
@@ -212,19 +225,31 @@ def build_parser() -> argparse.ArgumentParser:
                     "and boxes of neighbouring tiles are merged. Writes DIR/detections.json (one record per "
                     "input) and DIR/detections.csv (Lacmus layout: id,xmin,ymin,xmax,ymax,score).",
         epilog="Exit codes: 0 all inputs processed, 1 some inputs failed (others still written), 2 usage error.\n"
-               "Example: edgetile detect flight_07/ --model person.onnx --out results --conf 0.1 --tta flip",
+               "Example: edgetile detect flight_07/ --model person.onnx --out results --conf 0.1 --tta flip\n"
+               "Example: edgetile detect flight_07/ --model person.onnx --out results "
+               "--settings runs/eval/best_detect.yaml",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d.add_argument("sources", nargs="+", metavar="SOURCE", help="image files, folders (searched recursively) or glob patterns")
     d.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
-    add_detect_options(d)
+    d.add_argument("--settings", metavar="FILE",
+                   help="YAML or JSON file of detection settings keyed by these option names without dashes, "
+                        "e.g. 'conf: 0.15' and 'merge-thr: 0.6': the best_detect.yaml of 'edgetile eval --sweep', "
+                        "which 'edgetile serve --config' reads too. It may set the model, tiling, threshold and "
+                        "merging options; options given on the command line win over it. JSON (a file starting with "
+                        "'{') needs nothing more, YAML needs PyYAML (pip install 'edgetile[serve]')")
+    settings = add_detect_options(d)
     from .geo.options import add_geo_options  # geo (issue 8): --format geojson,kml,csv and pose overrides
 
     add_geo_options(d)
     add_read_ahead_option(d)
     d.add_argument("--save-vis", action="store_true", help="also write annotated JPEGs to DIR/vis/")
     d.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    d.set_defaults(func=cmd_detect)
+    from .settings import defer_defaults
+
+    # The settings' defaults become SUPPRESS so that cmd_detect can tell what the command line gave;
+    # a parse of detect's words holds only those until settings.resolve() fills in the rest.
+    d.set_defaults(func=cmd_detect, _settings=defer_defaults(settings, d._actions))
 
     demo = sub.add_parser("demo", help="run the bundled demo model on the bundled aerial sample",
                           description="Run the bundled demo model on a bundled synthetic 4000x3000 aerial photo "

@@ -14,6 +14,7 @@ from edgetile.runtime.annotations import AnnotatedPhoto, Dataset, load_dataset
 from edgetile.runtime.cli import build_parser, detect_config_from_args
 from edgetile.runtime.detector import DetectConfig, Detector
 from edgetile.runtime.metrics import evaluate
+from edgetile.runtime.settings import resolve
 from edgetile.train.evaluation import SweepGrid, sweep
 from onnx_models import red_blob_model
 
@@ -99,12 +100,21 @@ def test_eval_cli_writes_metrics_curve_and_detect_settings_detect_accepts(tmp_pa
     best = json.loads((out / "best_detect.json").read_text())
     # The written command line, parsed by detect's own parser, gives the written DetectConfig.
     words = best["command"].split()[1:]
-    a = build_parser().parse_args(words)
+    a = resolve(build_parser().parse_args(words))
     assert a.command == "detect" and a.sources == ["PHOTOS"]
     cfg = best["detect_config"]
-    assert detect_config_from_args(a) == DetectConfig(**{**cfg, "tta": tuple(cfg["tta"])})
+    written = DetectConfig(**{**cfg, "tta": tuple(cfg["tta"])})
+    assert detect_config_from_args(a) == written
     assert (out / "best_detect.txt").read_text().strip() == best["command"]
-    assert "detect with: edgetile detect PHOTOS" in r.stderr
+    # best_detect.yaml, read by detect --settings, gives the same DetectConfig; its header says where it came from.
+    yaml_path = out / "best_detect.yaml"
+    a = resolve(build_parser().parse_args(["detect", "PHOTOS", "--out", "r", "--settings", str(yaml_path)]))
+    assert detect_config_from_args(a) == written
+    header = yaml_path.read_text().split("\n# ")
+    assert any(line.startswith(f"data: {voc}") and "4 photo(s)" in line for line in header)
+    assert any(line.startswith("objective: f1, min recall: none; 8 settings tried") for line in header)
+    assert f"detect with: edgetile detect PHOTOS --model {model} --out results --settings {yaml_path}" in r.stderr
+    assert f"settings: {yaml_path}" in r.stderr
 
 
 def test_eval_reports_unreadable_photos_and_exits_1(tmp_path, model, voc):

@@ -298,8 +298,12 @@ def register_eval(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
                     "photo count), the Lacmus competition metric (VOC all-point AP@0.5 and F1 over scores >= 0.05, "
                     "matched in submission order), recall and precision at --score-thr. Writes OUT/metrics.json, "
                     "OUT/pr_curve.png and OUT/detections.csv. --sweep tries conf, merge method and merge threshold "
-                    "and writes OUT/best_detect.json and OUT/best_detect.txt: the best settings as detect options.",
+                    "and writes OUT/best_detect.yaml, the best settings as detect option names, which "
+                    "'edgetile detect --settings' and 'edgetile serve --config' read; OUT/best_detect.json (the "
+                    "same with the scores and the DetectConfig), OUT/best_detect.txt (a detect command line) and "
+                    "OUT/sweep.csv (every setting's scores).",
         epilog="Example: edgetile eval --model person.onnx --data LADD/ --subset test --sweep --min-recall 0.9\n"
+               "then: edgetile detect PHOTOS --model person.onnx --out results --settings runs/eval/best_detect.yaml\n"
                "Exit codes: 0 done, 1 done but some photos or annotations were bad, 2 usage error.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, metavar="DIR", help="annotated full-size photos (VOC, YOLO or COCO)")
@@ -333,6 +337,7 @@ def register_eval(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
 
 def cmd_eval(a: argparse.Namespace) -> int:
     import json
+    import shlex
 
     from edgetile.runtime.annotations import load_dataset
     from edgetile.runtime.cli import detect_config_from_args, open_detector
@@ -372,15 +377,20 @@ def cmd_eval(a: argparse.Namespace) -> int:
                         objective=a.objective, min_recall=a.min_recall, progress=_progress(a))
         except ValueError as exc:
             raise UsageError(str(exc).splitlines()[0]) from exc
-        paths = res.write(out, models)
+        data = str(ds.root) + (f" (subset {a.subset})" if a.subset else "") + f", {len(ds.photos)} photo(s)"
+        paths = res.write(out, models, weights=a.model_weights, data=data)
         if not a.quiet:
             b = res.best
             for line in res.notes:
                 print(f"note: {line}", file=sys.stderr)
+            use = shlex.join(["edgetile", "detect", "PHOTOS", "--model", *models, "--out", "results",
+                              "--settings", str(paths["yaml"])])
             print(f"sweep: {len(res.rows)} settings; best by {a.objective}: merge {b['merge']} {b['merge_thr']:g}, "
                   f"conf {b['conf']:g}: recall {b['recall']:.4f} precision {b['precision']:.4f} F1 {b['f1']:.4f}\n"
-                  f"detect with: {json.loads(paths['json'].read_text())['command']}\n"
-                  f"results: {paths['csv']}  {paths['json']}", file=sys.stderr)
+                  f"settings: {paths['yaml']} (for 'edgetile detect --settings' and 'edgetile serve --config')\n"
+                  f"detect with: {use}\n"
+                  f"  or: {json.loads(paths['json'].read_text())['command']}\n"
+                  f"results: {paths['csv']}  {paths['yaml']}  {paths['json']}", file=sys.stderr)
     return EXIT_SOME_FAILED if result.problems else EXIT_OK
 
 

@@ -131,27 +131,79 @@ class SweepResult:
         """The detect options of the best setting, as command-line words."""
         return detect_args(self.config)
 
-    def write(self, out_dir: str | Path, models: Sequence[str | Path]) -> dict[str, Path]:
-        """Write sweep.csv, best_detect.json (DetectConfig fields + the command line) and best_detect.txt."""
+    def settings(self, weights: Sequence[float] | None = None) -> dict[str, object]:
+        """The best setting as detect option names -> values: what best_detect.yaml holds.
+
+        Args:
+            weights: The ensemble weights the sweep ran with, or None: written as model-weights,
+                since the scores hold only for them.
+        """
+        cfg = self.config
+        out: dict[str, object] = {"tile": cfg.tile, "overlap": cfg.overlap, "conf": cfg.conf, "iou": cfg.iou,
+                                  "merge": cfg.merge, "merge-thr": cfg.merge_thr,
+                                  "tta": cfg.tta[0] if cfg.tta else "none", "full-frame": cfg.full_frame}
+        if cfg.batch is not None:
+            out["batch"] = cfg.batch
+        if weights is not None:
+            out["model-weights"] = [float(w) for w in weights]
+        return out
+
+    def write(self, out_dir: str | Path, models: Sequence[str | Path], weights: Sequence[float] | None = None,
+              data: str | None = None) -> dict[str, Path]:
+        """Write sweep.csv, best_detect.yaml, best_detect.json and best_detect.txt.
+
+        best_detect.yaml holds the best setting as detect option names, under a comment saying where
+        it came from: ``edgetile detect --settings`` and ``edgetile serve --config`` both read it.
+        best_detect.json records the DetectConfig fields, the detect options as words, the command
+        line, the objective and the scores; best_detect.txt is the command line.
+
+        Args:
+            out_dir: Output folder (created).
+            models: The model(s) swept, named in the command line and the YAML's header.
+            weights: Ensemble weights the sweep ran with, or None.
+            data: What the photos were (e.g. the dataset folder and subset), for the YAML's header.
+
+        Returns:
+            "csv", "yaml", "json" and "txt" -> the paths written.
+        """
+        import yaml
+
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "sweep.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(self.rows[0].keys()))
             w.writeheader()
             w.writerows(self.rows)
-        cmd = ["edgetile", "detect", "PHOTOS", "--model", *map(str, models), "--out", "results", *self.detect_args()]
+        words = self.detect_args() + (["--model-weights", *(f"{v:g}" for v in weights)] if weights is not None else [])
+        cmd = ["edgetile", "detect", "PHOTOS", "--model", *map(str, models), "--out", "results", *words]
+        scores = {k: self.best[k] for k in ("recall", "precision", "f1", "map50", "map75", "lacmus_ap50")}
         doc = {
             "detect_config": {**asdict(self.config), "tta": list(self.config.tta)},
-            "detect_args": self.detect_args(),
+            "detect_args": words,
             "command": shlex.join(cmd),
             "objective": self.objective,
             "min_recall": self.min_recall,
-            "scores": {k: self.best[k] for k in ("recall", "precision", "f1", "map50", "map75", "lacmus_ap50")},
+            "scores": scores,
             "notes": self.notes,
         }
+        floor = "none" if self.min_recall is None else f"{self.min_recall:g}"
+        header = [
+            "Detection settings chosen by 'edgetile eval --sweep'; option names of 'edgetile detect'.",
+            f"data: {data or 'not recorded'}",
+            f"model(s): {' '.join(map(str, models))} (the file names no model: give --model when using it)",
+            f"objective: {self.objective}, min recall: {floor}; {len(self.rows)} settings tried",
+            "scores at these settings: " + ", ".join(
+                f"{k} {v:.4f}" if isinstance(v, float) and math.isfinite(v) else f"{k} {v}" for k, v in scores.items()),
+            "use: edgetile detect PHOTOS --model MODEL --out DIR --settings best_detect.yaml",
+            "     edgetile serve --model MODEL --config best_detect.yaml ...",
+            "options given on the command line win over this file.",
+        ]
+        body = yaml.safe_dump(self.settings(weights), sort_keys=False, default_flow_style=None)
+        (out / "best_detect.yaml").write_text("".join(f"# {' '.join(line.splitlines())}\n" for line in header) + body)
         (out / "best_detect.json").write_text(json.dumps(doc, indent=1))
         (out / "best_detect.txt").write_text(shlex.join(cmd) + "\n")
-        return {"csv": out / "sweep.csv", "json": out / "best_detect.json", "txt": out / "best_detect.txt"}
+        return {"csv": out / "sweep.csv", "yaml": out / "best_detect.yaml", "json": out / "best_detect.json",
+                "txt": out / "best_detect.txt"}
 
 
 def detect_args(cfg: DetectConfig) -> list[str]:
