@@ -7,6 +7,7 @@ import os
 import queue
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -71,12 +72,18 @@ class Subscriber:
         import paho.mqtt.client as mqtt
 
         self.messages: queue.Queue = queue.Queue()
+        self.subscribed = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean)
         self.client.reconnect_delay_set(1, 2)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda c, u, mid, codes, p: self.subscribed.set()
         self.client.on_message = lambda c, u, m: self.messages.put(m)
         self.client.connect("127.0.0.1", port, keepalive=10)
         self.client.loop_start()
+        # A message published before the broker acknowledged the subscription would never reach us.
+        if not self.subscribed.wait(15):
+            self.close()
+            raise TimeoutError(f"the broker on port {port} did not acknowledge the subscription to {topic!r} in 15 s")
 
     def get(self, timeout: float = 15.0):
         return self.messages.get(timeout=timeout)

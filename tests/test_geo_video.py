@@ -241,6 +241,8 @@ def test_the_pose_recorded_at_grab_survives_kill_9_and_a_restart_without_telemet
             d.kill()  # SIGKILL, as in a power cut
         left = count(db, "SELECT COUNT(*) FROM items WHERE state!='done'")
         assert left > 0, "every frame was processed before the kill: nothing is left to prove the restart with"
+        # The kill may fall between two batches, when no frame is being processed.
+        interrupted = count(db, "SELECT COUNT(*) FROM items WHERE state='running'")
         assert count(db, "SELECT COUNT(*) FROM frame_telemetry") == n
     finally:
         ap.close()
@@ -251,7 +253,7 @@ def test_the_pose_recorded_at_grab_survives_kill_9_and_a_restart_without_telemet
         for it in items:
             assert_located(it["detections"], pose)
         log = d.log()
-        assert "stopped without finishing" in log
+        assert ("stopped without finishing" in log) == (interrupted > 0)
         assert "no ground coordinates:" not in log and "Traceback" not in log
         assert d.terminate() == 0
 
@@ -287,7 +289,7 @@ def test_a_state_folder_of_the_previous_schema_is_migrated_and_keeps_its_queue(t
     with sqlite3.connect(db) as c:  # written by the daemon before frame telemetry existed
         c.executescript(V1_SCHEMA)
     with PhotoQueue(db) as q, PhotoQueue(db) as q2:  # a second opener finds it migrated
-        assert SCHEMA_VERSION == 2
+        assert SCHEMA_VERSION == 3
         assert q.counts() == {"queued": 1, "running": 0, "done": 1, "parked": 0}
         assert q.detections(0, 10)[0][0]["image"] == "p.jpg"
         assert q2.add("c", "video", "new#frame=1", "/f/c.jpg", telemetry={"problem": "none"}) == (3, True)
@@ -298,7 +300,7 @@ def test_a_state_folder_of_the_previous_schema_is_migrated_and_keeps_its_queue(t
         assert (new.name, new.telemetry) == ("new#frame=1", {"problem": "none"})
         q.finish([Outcome(old, 4, 3, [], {}), Outcome(new, 4, 3, [], {})])
     with sqlite3.connect(db) as c:
-        assert c.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == "2"
+        assert c.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == str(SCHEMA_VERSION)
 
 
 def test_frame_telemetry_becomes_a_pose_by_the_flags_rules():

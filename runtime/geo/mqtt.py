@@ -10,6 +10,8 @@ longer after each failure (reconnect_min_s doubling up to reconnect_max_s), and 
 published meanwhile (up to max_buffer, in order) to send when the broker is back. Messages stay
 pending until the broker acknowledges them (PUBACK). A buffer that is full refuses new messages and
 counts them as dropped: the caller sees publish() return False, and the status says how many.
+This buffer is in memory; the daemon keeps its messages in its queue database instead (see
+``serve.outbox``) and hands them over with :meth:`MqttPublisher.send` only while connected.
 
 Needs paho-mqtt >= 2.0 (extra ``mqtt``), imported when a publisher is made.
 """
@@ -75,6 +77,7 @@ class MqttPublisher:
             raise ValueError(f"reconnect_min_s, reconnect_max_s: expected 0 < min <= max, found "
                              f"{reconnect_min_s}, {reconnect_max_s}")
         self.host, self.port = host, int(port)
+        self.max_buffer = int(max_buffer)
         self.topic_prefix = topic_prefix
         self.detections_topic = f"{topic_prefix}/detections"
         self.status_topic = f"{topic_prefix}/status"
@@ -152,17 +155,32 @@ class MqttPublisher:
             True when the message was sent or buffered; False when the buffer is full (counted in
             `dropped`, and logged).
         """
+        info = self.send(topic, payload, retain)
+        if info is None:
+            with self._lock:
+                self.dropped += 1
+            log.warning("MQTT buffer full (%d messages waiting for %s:%d): message to %s dropped", self.pending,
+                        self.host, self.port, topic)
+            return False
+        return True
+
+    def send(self, topic: str, payload: dict, retain: bool = False):
+        """Publish one JSON object with QoS 1 and return paho's MQTTMessageInfo to follow it.
+
+        ``info.is_published()`` turns True when the broker has acknowledged the message (PUBACK),
+        also after a reconnection resent it.
+
+        Returns:
+            The message info, or None when the buffer is full (nothing is counted as dropped: the
+            caller still holds the message).
+        """
         import paho.mqtt.client as mqtt
 
         if self._closed:
             raise RuntimeError("publish: this MqttPublisher is closed")
         info = self._client.publish(topic, json.dumps(payload, separators=(",", ":")), qos=1, retain=retain)
         if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
-            with self._lock:
-                self.dropped += 1
-            log.warning("MQTT buffer full (%d messages waiting for %s:%d): message to %s dropped", self.pending,
-                        self.host, self.port, topic)
-            return False
+            return None
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise RuntimeError(f"MQTT publish to {topic} failed: {mqtt.error_string(info.rc)}")
         with self._lock:  # NO_CONN: paho keeps QoS 1 messages and sends them after reconnecting
@@ -171,7 +189,7 @@ class MqttPublisher:
                 self.published += 1
             else:
                 self._pending.add(info.mid)
-        return True
+        return info
 
     def publish_detection(self, detection: dict, **context: object) -> bool:
         """Publish one detection record (bbox, score, class_name, lat, lon, error_m, ...) plus context

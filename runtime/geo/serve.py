@@ -7,8 +7,10 @@ the tracks as /tracks.geojson, and the thumbnails as /thumbs/NAME. Tracks are bu
 from all committed results in commit order, so they are the same after a restart.
 
 With --mqtt each detection of a committed photo is published (see geo.mqtt) as JSON with the photo's
-name and SHA-256, after the commit: what subscribers hear is what the daemon keeps. With
---mavlink-out each is also sent to a ground station (see geo.mavlink).
+name and SHA-256, from the daemon's outbox (serve.outbox): the messages are committed with the
+result and forgotten only once the broker acknowledged them, so what subscribers hear is what the
+daemon keeps, at least once, across broker outages and restarts. With --mavlink-out each is also
+sent to a ground station (see geo.mavlink) after the commit.
 
 With --mavlink-in the vehicle's telemetry is read (geo.mavlink.MavlinkTelemetry), and each video
 frame gets the pose of the moment it was grabbed, recorded with it in the queue (a frame has no
@@ -60,12 +62,15 @@ def add_serve_geo_options(p: argparse.ArgumentParser) -> None:
                         "/detections_geo.csv, /tracks.geojson and /thumbs/NAME")
     g.add_argument("--mqtt", metavar="HOST[:PORT]",
                    help="publish every detection as JSON to this MQTT broker (QoS 1; retained status on "
-                        "PREFIX/status; buffered while the broker is away) (default: no MQTT)")
+                        "PREFIX/status; kept in the queue database until the broker acknowledges them, across "
+                        "outages and restarts) (default: no MQTT)")
     g.add_argument("--mqtt-topic", metavar="PREFIX", default="edgetile",
                    help="topic prefix: detections go to PREFIX/detections (default: edgetile)")
     g.add_argument("--mqtt-buffer", metavar="N", type=_number("--mqtt-buffer", 1, 10_000_000), default=100_000,
-                   help="messages kept while the broker is unreachable; beyond it new ones are dropped and "
-                        "counted (default: 100000)")
+                   help="messages kept in the state folder's queue database, across restarts, until the broker "
+                        "acknowledges them; beyond it the oldest are dropped and counted "
+                        "(edgetile_mqtt_dropped_total); a waiting message takes a few dozen bytes of the "
+                        "database (default: 100000)")
     g.add_argument("--mavlink-out", metavar="URL",
                    help="send every detection to a ground station over MAVLink: a STATUSTEXT alert and, with "
                         "--geo, a CAMERA_TRACKING_GEO_STATUS with its position; URL as pymavlink takes it, e.g. "
@@ -226,14 +231,16 @@ class DaemonGeo:
         return snap.pose(width, height, self.config.overrides)
 
     def publish(self, outcomes) -> None:
-        """Publish the detections of committed outcomes to MQTT and MAVLink (worker thread)."""
+        """Send the detections of committed outcomes to MAVLink (worker thread).
+
+        MQTT is not sent from here: the daemon's outbox (serve.outbox) publishes what was committed
+        with the results, through ``publisher``.
+        """
         for o in outcomes:
             pose = self._poses.pop(o.item.sha256, None)
             if not o.ok:
                 continue
             for d in o.detections or []:
-                if self.publisher is not None:
-                    self.publisher.publish_detection(d, image=o.item.name, sha256=o.item.sha256)
                 if self.mavlink is not None:
                     self.mavlink.send_detection(d, image_index=o.item.item_id, camera=pose,
                                                 file_url=d.get("thumbnail", ""))

@@ -34,6 +34,21 @@ def _number(kind: type, minimum: float, option: str):
     return parse
 
 
+def _budget_gb(s: str) -> float | None:
+    """--keep-inputs-gb: GiB >= 0, or 'unlimited' (None)."""
+    if s.strip().lower() == "unlimited":
+        return None
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of GiB >= 0 or 'unlimited' for --keep-inputs-gb, "
+                                         f"found {s!r}") from None
+    if not 0 <= v < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of GiB >= 0 or 'unlimited' for --keep-inputs-gb, "
+                                         f"found {s}")
+    return v
+
+
 def add_serve_options(p: argparse.ArgumentParser) -> None:
     """The daemon's own options: config file, state, sources, HTTP and queue behaviour."""
     p.add_argument("--config", metavar="FILE",
@@ -84,6 +99,23 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
                    help="at start, send every parked input back to the queue with fresh tries")
     g.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info",
                    help="debug logs every photo; info logs start, stop and failures (default: info)")
+    g = p.add_argument_group("disk")
+    g.add_argument("--keep-inputs-gb", metavar="GIB", type=_budget_gb, default=2.0,
+                   help="disk budget for the daemon's own copies of inputs (STATE/uploads and STATE/frames); "
+                        "past it the copies of finished inputs are deleted, oldest result first (detections "
+                        "stay; GET /images then answers 410). Watched photos are never deleted. 2 GiB holds "
+                        "about half an hour of 1080p frames (~0.5 MB each) at --frame-stride 15 from a 30 fps "
+                        "camera and fits beside JetPack on a 32 GB eMMC; 'unlimited' keeps every copy "
+                        "(default: 2)")
+    g.add_argument("--keep-days", metavar="DAYS", type=_number(float, 0, "--keep-days"), default=None,
+                   help="also delete the copies of results older than this, e.g. 7 where photos of people "
+                        "may be kept only a week; 0 deletes each copy once its input is finished "
+                        "(default: no age limit)")
+    g.add_argument("--min-free-mb", metavar="MIB", type=_number(float, 0, "--min-free-mb"), default=500.0,
+                   help="free space to keep on the state folder's disk: below it live video frames are "
+                        "skipped, video files wait, uploads are refused (507) and finished copies are deleted "
+                        "until it is back, instead of every write failing on a full disk; 0 turns this off "
+                        "(default: 500)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

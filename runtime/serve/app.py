@@ -33,7 +33,8 @@ from .._version import __version__
 from ..images import ImageReadError, read_image
 from ..outputs import draw_detections
 from ..results import Detections
-from .store import PhotoQueue
+from .retention import MIB, human_bytes
+from .store import PhotoQueue, iso_utc
 from .telemetry import read_sensors, render_prometheus
 from .uploads import UploadTooLarge, store_upload
 
@@ -90,8 +91,13 @@ def create_app(daemon: Daemon) -> FastAPI:
     def metrics() -> PlainTextResponse:
         with queue() as q:
             counts = q.counts()
+            storage = {**q.copies(), "free_bytes": daemon.floor.free_bytes(), "frames_skipped": daemon.floor.skipped}
+            mqtt = None
+            if daemon.outbox is not None:
+                mqtt = {**q.outbox_counts(), "published": daemon.outbox.published,
+                        "connected": int(daemon.outbox.publisher.connected)}
         text = render_prometheus(counts, daemon.histograms, read_sensors(cfg.sysfs), daemon.retries,
-                                 daemon.started_at, __version__)
+                                 daemon.started_at, __version__, storage, mqtt)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @api.get("/detections")
@@ -122,6 +128,10 @@ def create_app(daemon: Daemon) -> FastAPI:
             row = q.outcome(outcome_id)
         if row is None:
             raise HTTPException(404, f"no result with id {outcome_id}")
+        if row["removed_at"] is not None:
+            raise HTTPException(410, f"the image of result {outcome_id} was removed by the retention budget "
+                                     f"(--keep-inputs-gb, --keep-days or --min-free-mb) at "
+                                     f"{iso_utc(row['removed_at'])}; its detections stay in /detections")
         if not Path(row["path"]).is_file():
             raise HTTPException(404, f"the image of result {outcome_id} is no longer at {row['path']}")
         return row
@@ -164,6 +174,11 @@ def create_app(daemon: Daemon) -> FastAPI:
         if int(length) > limit + MULTIPART_OVERHEAD:
             raise HTTPException(413, f"upload too large: expected at most {limit} bytes (--max-upload-mb), "
                                      f"found {length}")
+        free = daemon.floor.short()
+        if free is not None:
+            raise HTTPException(507, f"the state folder has {human_bytes(free)} free, below --min-free-mb "
+                                     f"{daemon.floor.min_free_bytes / MIB:g}: expected room for the upload; try "
+                                     "again when finished copies have been removed")
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("multipart/form-data"):
             form = await request.form(max_files=1, max_fields=8)
@@ -184,8 +199,11 @@ def create_app(daemon: Daemon) -> FastAPI:
             finally:
                 spool.close()
         with queue() as q:
-            _item_id, created = q.add(stored.sha256, "upload", stored.name, stored.path)
+            _item_id, created = q.add(stored.sha256, "upload", stored.name, stored.path, size=stored.size)
             status = q.lookup(stored.sha256)
+            if not created and stored.new_file and not q.holds_copy(stored.sha256, stored.path):
+                # known content whose copy is elsewhere or was removed by the retention: this one is nobody's
+                stored.path.unlink(missing_ok=True)
         if created:
             daemon.wake.set()
         body = {**status, "width": stored.width, "height": stored.height, "duplicate": not created}

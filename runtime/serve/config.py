@@ -76,26 +76,28 @@ def merge_options(given: argparse.Namespace, defaults: Mapping[str, object]) -> 
     return argparse.Namespace(**merged)
 
 
-def load_yaml(path: str | Path) -> dict:
-    """A YAML mapping from a file; anything else is a ConfigError naming what was found."""
+def load_yaml(path: str | Path, option: str = "--config") -> dict:
+    """A YAML mapping from a file; anything else is a ConfigError naming the option and what was found."""
     try:
         import yaml
     except ImportError as exc:
-        raise ConfigError(f"--config needs PyYAML, part of the serve extra (pip install 'edgetile[serve]'): {exc}") from None
+        raise ConfigError(f"{option} needs PyYAML, part of the serve extra (pip install 'edgetile[serve]'): {exc}") from None
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")
     except OSError as exc:
-        raise ConfigError(f"--config: cannot read {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"{option}: cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{option} {path}: expected a UTF-8 text file of YAML, found binary data") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"--config {path}: not valid YAML: {first}") from None
+        raise ConfigError(f"{option} {path}: not valid YAML: {first}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"--config {path}: expected a mapping of option names to values, found {type(data).__name__}")
+        raise ConfigError(f"{option} {path}: expected a mapping of option names to values, found {type(data).__name__}")
     return data
 
 
@@ -128,6 +130,11 @@ class ServeConfig:
         retry_after: Seconds before a failed input is tried again.
         queue_batch: Photos claimed and committed together.
         retry_failed: Requeue parked inputs at start.
+        keep_inputs_bytes: Most bytes the daemon's own copies of inputs (uploads, video frames) may
+            take before the oldest finished ones are deleted; None for no budget.
+        keep_days: Copies of results older than this many days are deleted; None for no age limit.
+        min_free_bytes: Free space under the state folder below which new frames are not kept and
+            uploads are refused; 0 for no floor.
         read_ahead_mb: Largest photo (decoded, MiB) read on a thread while the one before is detected;
             None: the default of :func:`..readahead.read_ahead_bytes` for the detector's backend.
         log_level: Logging level name.
@@ -149,6 +156,9 @@ class ServeConfig:
     retry_after: float = 10.0
     queue_batch: int = 4
     retry_failed: bool = False
+    keep_inputs_bytes: int | None = 2 << 30
+    keep_days: float | None = None
+    min_free_bytes: int = 500 << 20
     read_ahead_mb: int | None = None
     log_level: str = "info"
     sysfs: Path = Path("/sys")
@@ -209,6 +219,8 @@ class ServeConfig:
             max_upload_bytes=int(a.max_upload_mb * 1024 * 1024), access_log=a.access_log,
             max_attempts=a.max_attempts, retry_after=a.retry_after, queue_batch=a.queue_batch,
             retry_failed=a.retry_failed, read_ahead_mb=a.read_ahead, log_level=a.log_level,
+            keep_inputs_bytes=None if a.keep_inputs_gb is None else int(a.keep_inputs_gb * (1 << 30)),
+            keep_days=a.keep_days, min_free_bytes=int(a.min_free_mb * (1 << 20)),
         )
 
 

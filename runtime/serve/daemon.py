@@ -21,6 +21,7 @@ import time
 from ..images import ImageReadError
 from ..readahead import prefetch, read_ahead_bytes, read_in_turn, read_within
 from .config import ConfigError, ServeConfig, merge_options
+from .retention import GIB, MIB, DiskFloor, Retention, human_bytes
 from .sources import FolderWatcher, VideoReader
 from .store import Item, Outcome, PhotoQueue
 from .telemetry import StageHistograms
@@ -84,6 +85,15 @@ class Daemon:
         self._worker: threading.Thread | None = None
         self.worker_error: BaseException | None = None
         self.geo = geo  # geo (issue 8): a geo.serve.DaemonGeo (coordinates, thumbnails, MQTT), or None
+        self.outbox = None  # with MQTT: results go to the broker through the queue database
+        if geo is not None and geo.publisher is not None:
+            from .outbox import MqttOutbox
+
+            self.outbox = MqttOutbox(geo.publisher)
+        self._outbox_stop = threading.Event()  # set once the worker has committed its last batch
+        self.floor = DiskFloor(config.state, config.min_free_bytes)
+        self.retention = Retention((config.uploads_dir, config.frames_dir), config.keep_inputs_bytes,
+                                   config.keep_days, self.floor)
 
     @property
     def retries(self) -> int:
@@ -98,6 +108,7 @@ class Daemon:
         """Stop taking new work; the worker finishes and commits its batch."""
         self.stop.set()
         self.wake.set()
+        self.retention.wake.set()
 
     # ---- the worker -------------------------------------------------------------------------
 
@@ -153,11 +164,14 @@ class Daemon:
                         outcomes.append(self.process(item, ahead, read_error))
                         ahead = None  # let go before the next photo is read
                     t0 = time.perf_counter()
-                    parked = q.finish(outcomes)
+                    parked = q.finish(outcomes, outbox_limit=None if self.outbox is None else self.outbox.limit)
                     log.debug("committed %d outcome(s)", len(outcomes))
-                    if self.geo is not None:  # geo (issue 8): MQTT hears what was committed
+                    if self.outbox is not None:  # MQTT hears what was committed, from the outbox
+                        self.outbox.wake.set()
+                    if self.geo is not None:  # geo (issue 8): MAVLink hears what was committed
                         self.geo.publish(outcomes)
                     self.histograms.observe("commit", time.perf_counter() - t0)
+                    self.retention.wake.set()  # finished inputs' copies may now go
                     for o in outcomes:
                         if o.ok:
                             self.histograms.observe_ms(o.timings_ms or {})
@@ -213,13 +227,16 @@ class Daemon:
             with PhotoQueue(cfg.db_path, cfg.max_attempts, cfg.retry_after) as q:
                 requeued, parked = q.recover()
                 retried = q.retry_parked() if cfg.retry_failed else 0
+                not_retried = q.parked_without_copy() if cfg.retry_failed else 0
                 counts = q.counts()
+                copies = q.copies()
             if requeued or parked:
                 log.warning("the last run stopped without finishing %d input(s): %d queued again (each tried "
                             "alone), %d parked (interrupted on their last allowed attempt)",
                             requeued + parked, requeued, parked)
-            if retried:
-                log.info("--retry-failed: %d parked input(s) queued again", retried)
+            if retried or not_retried:
+                log.info("--retry-failed: %d parked input(s) queued again%s", retried,
+                         f"; {not_retried} not, their copies were removed by the retention" if not_retried else "")
             sock = bind_socket(cfg.host, cfg.port)
             server = uvicorn.Server(uvicorn.Config(create_app(self), log_config=None, log_level="warning",
                                                    access_log=cfg.access_log, lifespan="off"))
@@ -237,12 +254,17 @@ class Daemon:
             for src in cfg.video:
                 reader = VideoReader(src, cfg.frame_stride, cfg.frames_dir, cfg.tmp_dir,
                                      max_pending=max(32, 4 * cfg.queue_batch), on_new=self.wake.set,
-                                     telemetry=frame_telemetry)
+                                     telemetry=frame_telemetry, floor=self.floor)
                 if frame_telemetry is not None and reader.kind == "file":
                     log.info("video %s: a file's frames get the vehicle's pose when they are read, not when they "
                              "were recorded: right only for a file replayed in step with its telemetry", src)
                 threads.append(threading.Thread(target=self._read_video, name=f"video {src}", daemon=True,
                                                 args=(reader,)))
+            threads.append(threading.Thread(target=self.retention.run, name="retention", daemon=True,
+                                            args=(cfg.db_path, self.stop)))
+            if self.outbox is not None:  # stopped after the worker, so that its last batch is sent too
+                threads.append(threading.Thread(target=self.outbox.run, name="mqtt outbox", daemon=True,
+                                                args=(cfg.db_path, self._outbox_stop)))
             self._worker = threading.Thread(target=self.work, name="worker")
             http = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="http", daemon=True)
             previous = {}
@@ -259,6 +281,11 @@ class Daemon:
                 log.info("listening on http://%s:%d  state %s  queue: %d waiting, %d done, %d parked%s",
                          url_host, port, cfg.state, counts["queued"], counts["done"], counts["parked"],
                          "  (token required)" if cfg.token else "")
+                log.info("disk: the copies of inputs take %s in %d file(s) (--keep-inputs-gb %s%s); %s free "
+                         "(--min-free-mb %g)", human_bytes(copies["held_bytes"]), copies["held_files"],
+                         "unlimited" if cfg.keep_inputs_bytes is None else f"{cfg.keep_inputs_bytes / GIB:g}",
+                         "" if cfg.keep_days is None else f", --keep-days {cfg.keep_days:g}",
+                         human_bytes(self.floor.free_bytes()), cfg.min_free_bytes / MIB)
                 sd_notify("READY=1")
                 code = EXIT_OK
                 while not self.stop.wait(0.5):
@@ -273,6 +300,9 @@ class Daemon:
                 log.info("stopping: finishing the current batch")
                 self.request_stop()
                 self._worker.join()
+                self._outbox_stop.set()
+                if self.outbox is not None:
+                    self.outbox.wake.set()
                 for t in threads:
                     t.join(timeout=10)
                 server.should_exit = True

@@ -201,6 +201,10 @@ class VideoReader:
     then) is recorded with the frame in the same transaction, so the frame is georeferenced from
     where the camera was when it saw it, however long it waits in the queue.
 
+    With ``floor``, while the state folder's disk is below its floor a stream's or camera's frames
+    are not kept (counted as skipped) and a file waits; a frame whose content is already in the
+    queue is not written again (its copy may have been removed by the retention on purpose).
+
     Args:
         source: File path, URL, /dev/videoN or a camera index.
         stride: Keep every Nth frame.
@@ -209,10 +213,12 @@ class VideoReader:
         max_pending: Queue depth above which reading a file pauses.
         on_new: Called after each recorded frame (wakes the worker).
         telemetry: Called at each kept frame's grab; returns a JSON object to record with it.
+        floor: The disk floor (a retention.DiskFloor), or None.
     """
 
     def __init__(self, source: str, stride: int, frames_dir: Path, tmp_dir: Path, max_pending: int = 32,
-                 on_new: Callable[[], None] | None = None, telemetry: Callable[[], dict] | None = None) -> None:
+                 on_new: Callable[[], None] | None = None, telemetry: Callable[[], dict] | None = None,
+                 floor=None) -> None:
         if int(stride) < 1:
             raise ValueError(f"stride: expected an integer >= 1, found {stride!r}")
         self.source = source
@@ -222,6 +228,7 @@ class VideoReader:
         self.max_pending = max_pending
         self.on_new = on_new or (lambda: None)
         self.telemetry = telemetry
+        self.floor = floor
 
     def _open(self):
         import cv2
@@ -273,15 +280,21 @@ class VideoReader:
                 index += 1
         read = 0
         while not stop.is_set():
+            keep = index % self.stride == 0
             if self.kind == "file":
                 while queue.depth() >= self.max_pending and not stop.is_set():
                     stop.wait(0.2)
+                while keep and self.floor is not None and self.floor.short() is not None and not stop.is_set():
+                    stop.wait(1.0)  # a file can wait for room; the floor logs the wait once
                 if stop.is_set():
                     break
             if not cap.grab():
                 break
             read += 1
-            if index % self.stride == 0:
+            if keep and self.kind != "file" and self.floor is not None and self.floor.short() is not None:
+                self.floor.skip()  # a live source cannot wait: this frame is not kept
+                keep = False
+            if keep:
                 grabbed = self.telemetry() if self.telemetry is not None else None  # before decoding: grab time
                 ok, frame = cap.retrieve()
                 if ok and frame is not None:
@@ -291,17 +304,22 @@ class VideoReader:
                 else:
                     data = jpeg.tobytes()
                     digest = hashlib.sha256(data).hexdigest()
-                    path = self.frames_dir / f"{digest}.jpg"
-                    if not path.exists():
-                        write_atomic(data, path, self.tmp_dir)
-                    name = (f"{self.source}#frame={index}" if self.kind == "file"
-                            else f"{self.source}#t={iso_utc(time.time())}")
-                    _item_id, created = queue.add(digest, "video", name, path, telemetry=grabbed)
-                    if created:
-                        self.on_new()
+                    if not queue.known(digest):  # a repeated frame is the same input: nothing to write
+                        self._record(queue, data, digest, index, grabbed)
             index += 1
             if self.kind == "file" and index % self.stride == 0:
                 queue.set_video_frames_read(self.source, index)
         if self.kind == "file":
             queue.set_video_frames_read(self.source, index)
         return read
+
+    def _record(self, queue: PhotoQueue, data: bytes, digest: str, index: int, grabbed: dict | None) -> None:
+        path = self.frames_dir / f"{digest}.jpg"
+        if not path.exists():
+            write_atomic(data, path, self.tmp_dir)
+        name = f"{self.source}#frame={index}" if self.kind == "file" else f"{self.source}#t={iso_utc(time.time())}"
+        _item_id, created = queue.add(digest, "video", name, path, telemetry=grabbed, size=len(data))
+        if created:
+            self.on_new()
+        elif not queue.holds_copy(digest, path):  # the same content arrived another way meanwhile
+            path.unlink(missing_ok=True)

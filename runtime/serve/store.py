@@ -16,6 +16,17 @@ Why each rule exists:
   ``/detections?since=ID`` with the ``next`` it was given never misses a result, even when an input
   is retried and finishes after later ones.
 
+* The daemon's own copy of an input (an upload under ``uploads/``, a video frame under ``frames/``)
+  has its size in ``items.bytes``; the retention (:mod:`.retention`) deletes the copies of finished
+  inputs, oldest result first, and marks them ``removed_at`` in the transaction that deleted them.
+  Only done or parked inputs are ever chosen, so a queued or running input always has its bytes;
+  a watched photo (``bytes`` NULL) is the user's file and never chosen. Results stay.
+
+* With MQTT, each detection of a committed result gets an ``mqtt_outbox`` row in the transaction
+  that commits the result (the outbox pattern): the row is deleted only once the broker has
+  acknowledged the message, so a broker that is away, or a restart meanwhile, loses nothing; the
+  oldest rows are dropped (and counted in ``meta``) past the configured limit.
+
 * A video frame's telemetry (the vehicle's pose when the frame was grabbed, or why there was none)
   is a ``frame_telemetry`` row written in the same transaction as its item: the frame waits in the
   queue, possibly across a restart, while the vehicle moves on, so the pose cannot be asked for later.
@@ -33,13 +44,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STATES = ("queued", "running", "done", "parked")
 
 _SCHEMA = """
@@ -55,9 +66,12 @@ CREATE TABLE IF NOT EXISTS items (
     suspect     INTEGER NOT NULL DEFAULT 0,
     last_error  TEXT,
     not_before  REAL NOT NULL DEFAULT 0,
-    created_at  REAL NOT NULL
+    created_at  REAL NOT NULL,
+    bytes       INTEGER,
+    removed_at  REAL
 );
 CREATE INDEX IF NOT EXISTS items_pending ON items (state, suspect, item_id);
+CREATE INDEX IF NOT EXISTS items_held ON items (item_id, bytes) WHERE bytes > 0 AND removed_at IS NULL;
 CREATE TABLE IF NOT EXISTS outcomes (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
     item_id      INTEGER NOT NULL UNIQUE REFERENCES items (item_id),
@@ -81,13 +95,28 @@ CREATE TABLE IF NOT EXISTS frame_telemetry (
     item_id     INTEGER PRIMARY KEY REFERENCES items (item_id),
     telemetry   TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS mqtt_outbox (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    outcome_id  INTEGER NOT NULL REFERENCES outcomes (id),
+    detection   INTEGER NOT NULL
+);
 """
 
 # version -> statements that bring a database of the version before it up to it
 _MIGRATIONS = {
     2: ["CREATE TABLE IF NOT EXISTS frame_telemetry (item_id INTEGER PRIMARY KEY REFERENCES items (item_id), "
         "telemetry TEXT NOT NULL)"],
+    # the retention budget: the size of the daemon's own copy of each input, and when it was deleted;
+    # the MQTT outbox: one row per detection not yet acknowledged by the broker
+    3: ["ALTER TABLE items ADD COLUMN bytes INTEGER",
+        "ALTER TABLE items ADD COLUMN removed_at REAL",
+        "CREATE INDEX IF NOT EXISTS items_held ON items (item_id, bytes) WHERE bytes > 0 AND removed_at IS NULL",
+        "CREATE TABLE IF NOT EXISTS mqtt_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "outcome_id INTEGER NOT NULL REFERENCES outcomes (id), detection INTEGER NOT NULL)"],
 }
+# Sources whose files are the daemon's own copies (under STATE/uploads and STATE/frames); a watched
+# photo is the user's file.
+OWN_COPIES = ("upload", "video")
 
 
 @dataclass(frozen=True)
@@ -199,7 +228,26 @@ class PhotoQueue:
                     return
                 for statement in _MIGRATIONS[version + 1]:
                     self.conn.execute(statement)
+                if version + 1 == 3:
+                    self._measure_copies()
                 self.conn.execute("UPDATE meta SET value=? WHERE key='schema'", (str(version + 1),))
+
+    def _measure_copies(self) -> None:
+        """Schema 3: the size of every own copy recorded before sizes were kept (one stat each, once).
+
+        A copy already missing gets size 0: it is not counted, and /images keeps answering 404 for it
+        (it was not removed by the retention).
+        """
+        rows = self.conn.execute(
+            f"SELECT item_id, path FROM items WHERE bytes IS NULL AND source IN ({_marks(OWN_COPIES)})", OWN_COPIES,
+        ).fetchall()
+        sizes = []
+        for r in rows:
+            try:
+                sizes.append((Path(r["path"]).stat().st_size, r["item_id"]))
+            except FileNotFoundError:
+                sizes.append((0, r["item_id"]))
+        self.conn.executemany("UPDATE items SET bytes=? WHERE item_id=?", sizes)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -215,7 +263,8 @@ class PhotoQueue:
     # ---- producers --------------------------------------------------------------------------
 
     def add(self, sha256: str, source: str, name: str, path: str | Path,
-            file_stat: tuple[int, int] | None = None, telemetry: dict | None = None) -> tuple[int, bool]:
+            file_stat: tuple[int, int] | None = None, telemetry: dict | None = None,
+            size: int | None = None) -> tuple[int, bool]:
         """Record an input unless its content is already known.
 
         Args:
@@ -228,31 +277,42 @@ class PhotoQueue:
             telemetry: A JSON object recorded with a new input in the same transaction (a video
                 frame's pose when it was grabbed); ignored when the content was recorded before,
                 like the rest of the input.
+            size: Bytes of the daemon's own copy (an upload or a video frame), counted against the
+                retention budget; None for a watched photo (the user's file, never deleted).
 
         Returns:
             (item_id, created): created is False when the same content was recorded before.
         """
-        return self.add_many([(sha256, source, name, path, file_stat)], [telemetry])[0]
+        return self.add_many([(sha256, source, name, path, file_stat)], [telemetry],
+                             None if size is None else [size])[0]
 
     def add_many(self, inputs: Sequence[tuple[str, str, str, str | Path, tuple[int, int] | None]],
-                 telemetry: Sequence[dict | None] | None = None) -> list[tuple[int, bool]]:
+                 telemetry: Sequence[dict | None] | None = None,
+                 sizes: Sequence[int | None] | None = None) -> list[tuple[int, bool]]:
         """Record several inputs in one transaction (one disk sync); each as :meth:`add` takes it.
 
         Args:
             inputs: (sha256, source, name, path, file_stat) per input.
             telemetry: One JSON object or None per input, or None for none at all.
+            sizes: Bytes of each input's own copy (or None), or None for none at all.
 
         Returns:
             (item_id, created) per input, in order.
         """
-        if telemetry is not None and len(telemetry) != len(inputs):
-            raise ValueError(f"telemetry: expected one entry per input ({len(inputs)}), found {len(telemetry)}")
+        for what, given in (("telemetry", telemetry), ("sizes", sizes)):
+            if given is not None and len(given) != len(inputs):
+                raise ValueError(f"{what}: expected one entry per input ({len(inputs)}), found {len(given)}")
         out = []
         with self._write() as c:
             for i, (sha256, source, name, path, file_stat) in enumerate(inputs):
+                size = None if sizes is None else sizes[i]
+                if size is not None and (source not in OWN_COPIES or int(size) < 0):
+                    raise ValueError(f"sizes: expected a size >= 0 only for an own copy ({', '.join(OWN_COPIES)}), "
+                                     f"found {size!r} for a {source!r} input")
                 cur = c.execute(
-                    "INSERT OR IGNORE INTO items (sha256, source, name, path, created_at) VALUES (?, ?, ?, ?, ?)",
-                    (sha256, source, name, str(path), time.time()),
+                    "INSERT OR IGNORE INTO items (sha256, source, name, path, created_at, bytes) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (sha256, source, name, str(path), time.time(), None if size is None else int(size)),
                 )
                 created = cur.rowcount == 1
                 item_id = c.execute("SELECT item_id FROM items WHERE sha256=?", (sha256,)).fetchone()[0]
@@ -264,6 +324,15 @@ class PhotoQueue:
                               (str(path), int(file_stat[0]), int(file_stat[1]), item_id))
                 out.append((int(item_id), created))
         return out
+
+    def known(self, sha256: str) -> bool:
+        """True when an input with this content was recorded (whatever became of it since)."""
+        return self.conn.execute("SELECT 1 FROM items WHERE sha256=?", (sha256,)).fetchone() is not None
+
+    def holds_copy(self, sha256: str, path: str | Path) -> bool:
+        """True when the input with this content uses the file at ``path`` and it was not removed."""
+        row = self.conn.execute("SELECT path, removed_at FROM items WHERE sha256=?", (sha256,)).fetchone()
+        return row is not None and row["path"] == str(path) and row["removed_at"] is None
 
     def known_file(self, path: str | Path, size: int, mtime_ns: int) -> bool:
         """True when this exact file (path, size, modification time) was recorded before."""
@@ -327,23 +396,34 @@ class PhotoQueue:
         return [Item(r["item_id"], r["sha256"], r["source"], r["name"], r["path"], r["attempts"] + 1,
                      None if r["telemetry"] is None else json.loads(r["telemetry"])) for r in rows]
 
-    def finish(self, outcomes: Sequence[Outcome]) -> int:
+    def finish(self, outcomes: Sequence[Outcome], outbox_limit: int | None = None) -> int:
         """Commit a batch: results with their done marks, errors retried later or parked, in one transaction.
+
+        Args:
+            outcomes: What processing the claimed items produced.
+            outbox_limit: With MQTT, the most messages the outbox holds: each detection of a result
+                gets an outbox row in this transaction, and the oldest rows past the limit are
+                dropped and counted. None: no outbox rows.
 
         Returns:
             How many of the failed inputs were parked.
         """
+        if outbox_limit is not None and int(outbox_limit) < 1:
+            raise ValueError(f"outbox_limit: expected at least 1 message or None, found {outbox_limit!r}")
         now = time.time()
         parked = 0
         with self._write() as c:
             for o in outcomes:
                 if o.ok:
-                    c.execute(
+                    cur = c.execute(
                         "INSERT INTO outcomes (item_id, ok, width, height, detections, timings, processed_at) "
                         "VALUES (?, 1, ?, ?, ?, ?, ?)",
                         (o.item.item_id, o.width, o.height, json.dumps(o.detections, separators=(",", ":")),
                          json.dumps(o.timings_ms or {}, separators=(",", ":")), now),
                     )
+                    if outbox_limit is not None:
+                        c.executemany("INSERT INTO mqtt_outbox (outcome_id, detection) VALUES (?, ?)",
+                                      [(cur.lastrowid, k) for k in range(len(o.detections or []))])
                     c.execute("UPDATE items SET state='done', suspect=0, last_error=NULL WHERE item_id=?",
                               (o.item.item_id,))
                 elif o.item.attempts >= self.max_attempts:
@@ -355,16 +435,124 @@ class PhotoQueue:
                 else:
                     c.execute("UPDATE items SET state='queued', suspect=0, last_error=?, not_before=? "
                               "WHERE item_id=?", (o.error, now + self.retry_after, o.item.item_id))
+            if outbox_limit is not None:
+                over = c.execute("SELECT COUNT(*) FROM mqtt_outbox").fetchone()[0] - int(outbox_limit)
+                if over > 0:  # the broker has been away for long: the oldest messages make room
+                    c.execute("DELETE FROM mqtt_outbox WHERE id IN (SELECT id FROM mqtt_outbox ORDER BY id LIMIT ?)",
+                              (over,))
+                    c.execute("INSERT OR IGNORE INTO meta VALUES ('mqtt_dropped', '0')")  # no UPSERT before 3.24
+                    c.execute("UPDATE meta SET value=CAST(value AS INTEGER) + ? WHERE key='mqtt_dropped'", (over,))
         return parked
 
     def retry_parked(self) -> int:
-        """Send every parked input back to the queue with a fresh attempt count; returns how many."""
+        """Send every parked input back to the queue with a fresh attempt count; returns how many.
+
+        A parked input whose copy the retention removed stays parked: there is nothing left to read.
+        """
         with self._write() as c:
-            ids = [r[0] for r in c.execute("SELECT item_id FROM items WHERE state='parked'")]
+            ids = [r[0] for r in c.execute("SELECT item_id FROM items WHERE state='parked' AND removed_at IS NULL")]
             c.executemany("DELETE FROM outcomes WHERE item_id=?", [(i,) for i in ids])
             c.executemany("UPDATE items SET state='queued', attempts=0, suspect=0, not_before=0 WHERE item_id=?",
                           [(i,) for i in ids])
         return len(ids)
+
+    # ---- the retention ------------------------------------------------------------------------
+
+    def remove_copies(self, excess_bytes: int, processed_before: float | None,
+                      remove: Callable[[list[Path]], list[bool]], limit: int = 256) -> tuple[int, int]:
+        """Delete the own copies of finished inputs, oldest result first, in one transaction.
+
+        Copies are chosen while ``excess_bytes`` is not yet freed, and while a result was committed
+        before ``processed_before`` (seconds since the epoch; None: no age limit). Only inputs that
+        are done or parked are chosen, so nothing queued or running loses its bytes.
+
+        Args:
+            excess_bytes: Bytes to free (0 or less: only the age limit chooses).
+            processed_before: Copies of results older than this go whatever the budget.
+            remove: Deletes the chosen files (and makes that durable) before the marks are
+                committed; returns per file whether it is gone (False: it could not be deleted,
+                and stays counted).
+            limit: Most copies looked at in this transaction; call again while it returns files.
+
+        Returns:
+            (files, bytes) marked removed.
+        """
+        before = -1e300 if processed_before is None else float(processed_before)
+        with self._write() as c:
+            # The age is tested on every row, not assumed to grow with the id: a device without a
+            # battery-backed clock commits results with times that jump back and forth.
+            rows = c.execute(
+                # INDEXED BY: only the copies still held are read, not every result ever committed
+                "SELECT i.item_id, i.path, i.bytes, o.processed_at FROM items i INDEXED BY items_held "
+                "JOIN outcomes o USING (item_id) "
+                "WHERE i.bytes > 0 AND i.removed_at IS NULL AND i.state IN ('done', 'parked') "
+                f"AND i.source IN ({_marks(OWN_COPIES)}) AND (? > 0 OR o.processed_at < ?) ORDER BY o.id LIMIT ?",
+                (*OWN_COPIES, int(excess_bytes), before, int(limit)),
+            ).fetchall()
+            chosen = []
+            for r in rows:
+                if excess_bytes > 0 or r["processed_at"] < before:
+                    chosen.append(r)
+                    excess_bytes -= r["bytes"]
+            if not chosen:
+                return 0, 0
+            gone = [r for r, ok in zip(chosen, remove([Path(r["path"]) for r in chosen])) if ok]
+            now = time.time()
+            c.executemany("UPDATE items SET removed_at=? WHERE item_id=?", [(now, r["item_id"]) for r in gone])
+        return len(gone), sum(r["bytes"] for r in gone)
+
+    def outbox_after(self, after_id: int, limit: int) -> list[tuple[int, dict]]:
+        """MQTT messages waiting in the outbox after row ``after_id``, in commit order.
+
+        Returns:
+            (row id, message) pairs; a message is the detection record with the photo's ``image``
+            name and ``sha256``.
+        """
+        rows = self.conn.execute(
+            "SELECT b.id, b.outcome_id, b.detection, o.detections, i.name, i.sha256 FROM mqtt_outbox b "
+            "JOIN outcomes o ON o.id = b.outcome_id JOIN items i ON i.item_id = o.item_id "
+            "WHERE b.id > ? ORDER BY b.id LIMIT ?", (int(after_id), int(limit)),
+        ).fetchall()
+        parsed: dict[int, list[dict]] = {}
+        out = []
+        for r in rows:
+            records = parsed.get(r["outcome_id"])
+            if records is None:
+                records = parsed[r["outcome_id"]] = json.loads(r["detections"])
+            out.append((int(r["id"]), {"image": r["name"], "sha256": r["sha256"], **records[r["detection"]]}))
+        return out
+
+    def outbox_done(self, row_ids: Sequence[int]) -> None:
+        """Forget messages the broker acknowledged (ids already dropped are ignored)."""
+        with self._write() as c:
+            c.executemany("DELETE FROM mqtt_outbox WHERE id=?", [(int(i),) for i in row_ids])
+
+    def outbox_counts(self) -> dict[str, int]:
+        """{"waiting": messages in the outbox, "dropped": dropped past the limit (all runs)}."""
+        waiting = self.conn.execute("SELECT COUNT(*) FROM mqtt_outbox").fetchone()[0]
+        row = self.conn.execute("SELECT value FROM meta WHERE key='mqtt_dropped'").fetchone()
+        return {"waiting": int(waiting), "dropped": int(row[0]) if row else 0}
+
+    def held_copies(self) -> tuple[int, int]:
+        """(files, bytes) of the own copies on disk; reads only the ``items_held`` index."""
+        held = self.conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM items WHERE bytes > 0 AND removed_at IS NULL"
+        ).fetchone()
+        return int(held[0]), int(held[1])
+
+    def copies(self) -> dict[str, int]:
+        """The own copies: {"held_files", "held_bytes", "removed_files", "removed_bytes"} (all runs)."""
+        files, nbytes = self.held_copies()
+        removed = self.conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM items WHERE removed_at IS NOT NULL"
+        ).fetchone()
+        return {"held_files": files, "held_bytes": nbytes,
+                "removed_files": int(removed[0]), "removed_bytes": int(removed[1])}
+
+    def parked_without_copy(self) -> int:
+        """Parked inputs whose copy the retention removed (--retry-failed cannot try them again)."""
+        return int(self.conn.execute(
+            "SELECT COUNT(*) FROM items WHERE state='parked' AND removed_at IS NOT NULL").fetchone()[0])
 
     # ---- readers ----------------------------------------------------------------------------
 
@@ -414,9 +602,9 @@ class PhotoQueue:
         return items, (rows[-1]["id"] if rows else int(since))
 
     def outcome(self, outcome_id: int) -> sqlite3.Row | None:
-        """The outcome row joined with its item (path, name, ok, detections), or None."""
+        """The outcome row joined with its item (path, name, ok, detections, removed_at), or None."""
         return self.conn.execute(
-            "SELECT o.id, o.ok, o.detections, o.error, i.name, i.path, i.sha256 "
+            "SELECT o.id, o.ok, o.detections, o.error, i.name, i.path, i.sha256, i.removed_at "
             "FROM outcomes o JOIN items i USING (item_id) WHERE o.id=?", (int(outcome_id),),
         ).fetchone()
 
@@ -439,6 +627,10 @@ class PhotoQueue:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _marks(values: Sequence[object]) -> str:
+    return ", ".join("?" * len(values))
 
 
 def _statements() -> list[str]:

@@ -140,6 +140,8 @@ def render_prometheus(
     retries: int,
     started_at: float,
     version: str,
+    storage: Mapping[str, int] | None = None,
+    mqtt: Mapping[str, int] | None = None,
 ) -> str:
     """The Prometheus text exposition (format 0.0.4) of everything the daemon reports.
 
@@ -150,6 +152,11 @@ def render_prometheus(
         retries: Failed attempts this run that were queued again.
         started_at: time.time() when the daemon started.
         version: edgetile version.
+        storage: The daemon's own copies and disk: held_files, held_bytes, removed_files,
+            removed_bytes (all runs, from the queue), free_bytes (now), frames_skipped (this run);
+            None leaves these metrics out.
+        mqtt: The MQTT outbox: waiting, dropped (all runs), published (this run), connected (0 or
+            1); None (no --mqtt) leaves these metrics out.
     """
     lines: list[str] = []
 
@@ -173,6 +180,33 @@ def render_prometheus(
            [("", counts.get("parked", 0))])
     metric("edgetile_retries_total", "counter", "Failed attempts queued again for a later try (this run).",
            [("", retries)])
+    if storage is not None:
+        metric("edgetile_inputs_kept_bytes", "gauge",
+               "Bytes of the daemon's own copies of inputs (STATE/uploads, STATE/frames) on disk.",
+               [("", storage["held_bytes"])])
+        metric("edgetile_inputs_kept_files", "gauge", "Files of the daemon's own copies of inputs on disk.",
+               [("", storage["held_files"])])
+        metric("edgetile_inputs_removed_total", "counter",
+               "Copies of finished inputs removed by the retention (all runs; their detections stay).",
+               [("", storage["removed_files"])])
+        metric("edgetile_inputs_removed_bytes_total", "counter", "Bytes of the copies removed by the retention "
+               "(all runs).", [("", storage["removed_bytes"])])
+        metric("edgetile_state_free_bytes", "gauge", "Free bytes on the state folder's file system.",
+               [("", storage["free_bytes"])])
+        metric("edgetile_frames_skipped_total", "counter",
+               "Live video frames not kept because the disk was below --min-free-mb (this run).",
+               [("", storage["frames_skipped"])])
+    if mqtt is not None:
+        metric("edgetile_mqtt_connected", "gauge", "1 while the MQTT broker connection is up.",
+               [("", mqtt["connected"])])
+        metric("edgetile_mqtt_outbox_messages", "gauge",
+               "MQTT messages committed but not yet acknowledged by the broker (kept across restarts).",
+               [("", mqtt["waiting"])])
+        metric("edgetile_mqtt_published_total", "counter", "MQTT messages acknowledged by the broker (this run).",
+               [("", mqtt["published"])])
+        metric("edgetile_mqtt_dropped_total", "counter",
+               "MQTT messages dropped, oldest first, past --mqtt-buffer while the broker was away (all runs).",
+               [("", mqtt["dropped"])])
     snap = histograms.snapshot()
     lines.append("# HELP edgetile_stage_seconds Latency of each processing stage per photo (this run).")
     lines.append("# TYPE edgetile_stage_seconds histogram")

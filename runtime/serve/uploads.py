@@ -58,13 +58,19 @@ def _extension(name: str, head: bytes) -> str:
 
 @dataclass(frozen=True)
 class StoredUpload:
-    """An accepted upload: content hash, sanitized name, where the bytes are, image size."""
+    """An accepted upload: content hash, sanitized name, where the bytes are, image size.
+
+    ``size`` is the file's bytes; ``new_file`` is True when this call wrote the file (False when a
+    copy of the same content was already stored).
+    """
 
     sha256: str
     name: str
     path: Path
     width: int
     height: int
+    size: int = 0
+    new_file: bool = False
 
 
 def store_upload(src: BinaryIO, client_name: str | None, uploads_dir: Path, tmp_dir: Path,
@@ -108,12 +114,13 @@ def store_upload(src: BinaryIO, client_name: str | None, uploads_dir: Path, tmp_
         del image
         digest = h.hexdigest()
         final = uploads_dir / f"{digest}{_extension(name, head)}"
-        if final.exists():
-            tmp.unlink()
-        else:
+        new_file = not final.exists()
+        if new_file:
             os.replace(tmp, final)
             fsync_dir(uploads_dir)
+        else:
+            tmp.unlink()
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return StoredUpload(digest, name, final, int(width), int(height))
+    return StoredUpload(digest, name, final, int(width), int(height), size, new_file)
