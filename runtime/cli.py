@@ -195,6 +195,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     if not DEMO_SAMPLE.is_file():
         raise UsageError(f"the bundled sample is missing from this install: {DEMO_SAMPLE}")
     a.model = a.model or [str(DEMO_MODEL)]
+    a.read_ahead = None  # one photo: nothing to read ahead; detect's default rule applies
     print(f"edgetile demo: the bundled model {Path(a.model[0]).name} on the bundled 4000x3000 sample "
           f"{DEMO_SAMPLE.name}", file=sys.stderr)
     code = run_detect([str(DEMO_SAMPLE)], a, Path(a.out), save_vis=True)
