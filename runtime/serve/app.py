@@ -18,6 +18,7 @@ import os
 import re
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +27,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.datastructures import UploadFile
 
 from .._version import __version__
@@ -136,11 +137,29 @@ def create_app(daemon: Daemon) -> FastAPI:
             raise HTTPException(404, f"the image of result {outcome_id} is no longer at {row['path']}")
         return row
 
+    def gone_meanwhile(outcome_id: int, row) -> HTTPException:
+        """The answer for a file that vanished after outcome_or_404 found it (the retention's race)."""
+        outcome_or_404(outcome_id)  # raises 410 once the retention has committed its mark
+        return HTTPException(404, f"the image of result {outcome_id} is no longer at {row['path']}")
+
     @api.get("/images/{outcome_id}")
-    def image(outcome_id: int) -> FileResponse:
+    def image(outcome_id: int) -> StreamingResponse:
         row = outcome_or_404(outcome_id)
         media = mimetypes.guess_type(row["path"])[0] or "application/octet-stream"
-        return FileResponse(row["path"], media_type=media)
+        # Opened here, not by a FileResponse later: a copy the retention deletes while it is sent
+        # stays readable through this handle, so the answer is never cut short.
+        try:
+            f = open(row["path"], "rb")  # noqa: SIM115 - closed by the generator when the body is sent
+        except FileNotFoundError:
+            raise gone_meanwhile(outcome_id, row) from None
+        size = os.fstat(f.fileno()).st_size
+
+        def body() -> Iterator[bytes]:
+            with f:
+                while chunk := f.read(1 << 20):
+                    yield chunk
+
+        return StreamingResponse(body(), media_type=media, headers={"Content-Length": str(size)})
 
     @api.get("/images/{outcome_id}/annotated")
     def annotated(outcome_id: int) -> Response:
@@ -150,6 +169,8 @@ def create_app(daemon: Daemon) -> FastAPI:
         try:
             img = read_image(row["path"])
         except ImageReadError as exc:
+            if not Path(row["path"]).exists():
+                raise gone_meanwhile(outcome_id, row) from None
             raise HTTPException(409, f"result {outcome_id}: {exc}") from None
         records = json.loads(row["detections"])
         dets = Detections(
