@@ -13,7 +13,7 @@ command line: a file that sets them is refused rather than half obeyed.
 
 Formats: a file whose first non-blank character is ``{`` is JSON, read with the json module, so a
 lean install without PyYAML reads it; anything else is YAML, which needs PyYAML (the serve extra).
-eval's best_detect.json, the sweep's record, is read through its ``detect_args``.
+eval's best_detect.json, the sweep's record, is read through its ``detect_settings``.
 
 Precedence: options given on the command line, then the file, then the defaults. To tell the first
 from the last, detect's parser records each setting's default and replaces it by SUPPRESS, as
@@ -102,9 +102,12 @@ def read_settings(path: str | Path, spec: DetectSettings) -> dict[str, object]:
 
     where = f"--settings {path}"
     data = load_settings(path)
-    if "detect_config" in data and "detect_args" in data:
-        # eval's best_detect.json: a record of the sweep whose detect_args are the chosen options.
-        data = _from_detect_args(data["detect_args"], spec.actions, where)
+    if "detect_config" in data and "detect_settings" in data:
+        # eval's best_detect.json: a record of the sweep whose detect_settings are the chosen options.
+        data = data["detect_settings"]
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: detect_settings: expected a mapping of option names to values, "
+                              f"found {type(data).__name__}")
     out: dict[str, object] = {}
     for key, value in data.items():
         dest = str(key).replace("-", "_")
@@ -148,31 +151,3 @@ def load_settings(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of option names to values, found {type(data).__name__}")
     return data
-
-
-def _from_detect_args(words: object, actions: Mapping[str, argparse.Action], where: str) -> dict[str, object]:
-    """Command-line words (``--tile 1024 --full-frame``) as a mapping of option names to values."""
-    from .serve.config import ConfigError
-
-    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
-        raise ConfigError(f"{where}: detect_args: expected a list of option words, found {words!r}")
-    out: dict[str, object] = {}
-    i = 0
-    while i < len(words):
-        word = words[i]
-        action = actions.get(word[2:].replace("-", "_")) if word.startswith("--") else None
-        if action is None:
-            raise ConfigError(f"{where}: detect_args: expected a detection option, found {word!r}")
-        i += 1
-        if action.nargs == 0:
-            out[word[2:]] = True
-            continue
-        values = []
-        while i < len(words) and not words[i].startswith("--"):
-            values.append(words[i])
-            i += 1
-        if not values or (len(values) > 1 and action.nargs not in ("+", "*")):
-            raise ConfigError(f"{where}: detect_args: expected {'values' if action.nargs else 'one value'} "
-                              f"after {word}, found {len(values)}")
-        out[word[2:]] = values if action.nargs in ("+", "*") else values[0]
-    return out

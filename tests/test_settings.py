@@ -141,8 +141,8 @@ def test_settings_decide_what_detect_finds(tmp_path, model, photo):
 
 
 def test_json_settings_and_eval_records_need_no_pyyaml(tmp_path, model, photo):
-    record = {"detect_config": {"tile": 256}, "detect_args": ["--tile", "256", "--overlap", "0", "--conf", "0.8",
-                                                              "--full-frame"], "command": "edgetile detect ..."}
+    record = {"detect_config": {"tile": 256}, "detect_settings": {"tile": 256, "overlap": 0, "conf": 0.8,
+                                                                  "full-frame": True}, "command": "edgetile detect ..."}
     files = {"plain.json": {"tile": 256, "overlap": 0, "conf": 0.8}, "best_detect.json": record}
     for name, doc in files.items():
         (tmp_path / name).write_text(json.dumps(doc))
@@ -185,10 +185,10 @@ KNOWN = "backend, batch, conf, full-frame, iou, merge, merge-thr, model, model-w
     ("conf: [0.1\n", "not valid YAML"),
     ('{"conf": 0.1,}', "not valid JSON: "),  # the json module's words for it vary by Python version
     ("[1, 2]", "expected a mapping of option names to values, found list"),
-    # eval's record with words that are not detection options
-    ('{"detect_config": {}, "detect_args": ["--tile"]}', "detect_args: expected one value after --tile, found 0"),
-    ('{"detect_config": {}, "detect_args": ["--out", "x"]}', "detect_args: expected a detection option, found '--out'"),
-    ('{"detect_config": {}, "detect_args": "--tile 512"}', "detect_args: expected a list of option words"),
+    # eval's record whose settings are not a mapping of detection options
+    ('{"detect_config": {}, "detect_settings": {"out": "x"}}', "'out' is not a detection setting"),
+    ('{"detect_config": {}, "detect_settings": ["--tile", "512"]}',
+     "detect_settings: expected a mapping of option names to values, found list"),
     # unreadable: missing, a folder, binary
     (None, "cannot read {path}: No such file or directory"),
     ("DIR", "cannot read {path}: Is a directory"),

@@ -127,26 +127,13 @@ class SweepResult:
     notes: list[str] = field(default_factory=list)
     model_runs: int = 0
 
-    def detect_args(self) -> list[str]:
+    def detect_args(self, weights: Sequence[float] | None = None) -> list[str]:
         """The detect options of the best setting, as command-line words."""
-        return detect_args(self.config)
+        return detect_args(self.config, weights)
 
     def settings(self, weights: Sequence[float] | None = None) -> dict[str, object]:
-        """The best setting as detect option names -> values: what best_detect.yaml holds.
-
-        Args:
-            weights: The ensemble weights the sweep ran with, or None: written as model-weights,
-                since the scores hold only for them.
-        """
-        cfg = self.config
-        out: dict[str, object] = {"tile": cfg.tile, "overlap": cfg.overlap, "conf": cfg.conf, "iou": cfg.iou,
-                                  "merge": cfg.merge, "merge-thr": cfg.merge_thr,
-                                  "tta": cfg.tta[0] if cfg.tta else "none", "full-frame": cfg.full_frame}
-        if cfg.batch is not None:
-            out["batch"] = cfg.batch
-        if weights is not None:
-            out["model-weights"] = [float(w) for w in weights]
-        return out
+        """The best setting as detect option names -> values: what best_detect.yaml holds."""
+        return detect_settings(self.config, weights)
 
     def write(self, out_dir: str | Path, models: Sequence[str | Path], weights: Sequence[float] | None = None,
               data: str | None = None) -> dict[str, Path]:
@@ -174,11 +161,13 @@ class SweepResult:
             w = csv.DictWriter(f, fieldnames=list(self.rows[0].keys()))
             w.writeheader()
             w.writerows(self.rows)
-        words = self.detect_args() + (["--model-weights", *(f"{v:g}" for v in weights)] if weights is not None else [])
+        settings = self.settings(weights)
+        words = detect_args(self.config, weights)
         cmd = ["edgetile", "detect", "PHOTOS", "--model", *map(str, models), "--out", "results", *words]
         scores = {k: self.best[k] for k in ("recall", "precision", "f1", "map50", "map75", "lacmus_ap50")}
         doc = {
             "detect_config": {**asdict(self.config), "tta": list(self.config.tta)},
+            "detect_settings": settings,
             "detect_args": words,
             "command": shlex.join(cmd),
             "objective": self.objective,
@@ -198,7 +187,7 @@ class SweepResult:
             "     edgetile serve --model MODEL --config best_detect.yaml ...",
             "options given on the command line win over this file.",
         ]
-        body = yaml.safe_dump(self.settings(weights), sort_keys=False, default_flow_style=None)
+        body = yaml.safe_dump(settings, sort_keys=False, default_flow_style=None)
         (out / "best_detect.yaml").write_text("".join(f"# {' '.join(line.splitlines())}\n" for line in header) + body)
         (out / "best_detect.json").write_text(json.dumps(doc, indent=1))
         (out / "best_detect.txt").write_text(shlex.join(cmd) + "\n")
@@ -206,15 +195,36 @@ class SweepResult:
                 "txt": out / "best_detect.txt"}
 
 
-def detect_args(cfg: DetectConfig) -> list[str]:
-    """DetectConfig as `edgetile detect` options (only those detect has)."""
-    args = ["--tile", str(cfg.tile), "--overlap", f"{cfg.overlap:g}", "--conf", f"{cfg.conf:g}",
-            "--iou", f"{cfg.iou:g}", "--merge", cfg.merge, "--merge-thr", f"{cfg.merge_thr:g}",
-            "--tta", cfg.tta[0] if cfg.tta else "none"]
-    if cfg.full_frame:
-        args.append("--full-frame")
+def detect_settings(cfg: DetectConfig, weights: Sequence[float] | None = None) -> dict[str, object]:
+    """DetectConfig as `edgetile detect` option names -> values (only the options detect has).
+
+    Args:
+        cfg: The settings.
+        weights: Ensemble weights, or None: written as model-weights, since scores hold only for them.
+    """
+    out: dict[str, object] = {"tile": cfg.tile, "overlap": cfg.overlap, "conf": cfg.conf, "iou": cfg.iou,
+                              "merge": cfg.merge, "merge-thr": cfg.merge_thr,
+                              "tta": cfg.tta[0] if cfg.tta else "none", "full-frame": cfg.full_frame}
     if cfg.batch is not None:
-        args += ["--batch", str(cfg.batch)]
+        out["batch"] = cfg.batch
+    if weights is not None:
+        out["model-weights"] = [float(w) for w in weights]
+    return out
+
+
+def detect_args(cfg: DetectConfig, weights: Sequence[float] | None = None) -> list[str]:
+    """:func:`detect_settings` as command-line words (a flag only when it is on)."""
+    def word(v: object) -> str:
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    args: list[str] = []
+    for key, value in detect_settings(cfg, weights).items():
+        if isinstance(value, bool):
+            args += [f"--{key}"] if value else []
+        elif isinstance(value, list):
+            args += [f"--{key}", *map(word, value)]
+        else:
+            args += [f"--{key}", word(value)]
     return args
 
 
