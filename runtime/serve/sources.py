@@ -15,10 +15,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..images import IMAGE_EXTENSIONS
 from .config import video_kind
 from .store import PhotoQueue, iso_utc
+
+if TYPE_CHECKING:
+    from .retention import DiskFloor  # retention imports this module
 
 log = logging.getLogger("edgetile.serve")
 
@@ -218,7 +222,7 @@ class VideoReader:
 
     def __init__(self, source: str, stride: int, frames_dir: Path, tmp_dir: Path, max_pending: int = 32,
                  on_new: Callable[[], None] | None = None, telemetry: Callable[[], dict] | None = None,
-                 floor=None) -> None:
+                 floor: DiskFloor | None = None) -> None:
         if int(stride) < 1:
             raise ValueError(f"stride: expected an integer >= 1, found {stride!r}")
         self.source = source
