@@ -66,16 +66,20 @@ if (HERE / "runtime" / "_merge.c").exists():
 
 TORCH = ["torch>=2.2", "torchvision>=0.17"]
 ONNX_RUNTIME = ["onnxruntime>=1.16"]
-EXPORT = ONNX_RUNTIME + TORCH + [
-    "ultralytics>=8.3.0",
-    # Ultralytics pip-installs these at run time when missing; we declare them instead.
-    "onnx>=1.14",
-    "onnxslim>=0.1.82",
-    "pycocotools>=2.0.7",
-    # Ultralytics patches PIL.Image.open process-wide and pip-installs pi-heif on the first image
-    # Pillow cannot identify; declared here so that never happens.
-    "pi-heif>=0.18",
-]
+EXPORT = (
+    ONNX_RUNTIME
+    + TORCH
+    + [
+        "ultralytics>=8.3.0",
+        # Ultralytics pip-installs these at run time when missing; we declare them instead.
+        "onnx>=1.14",
+        "onnxslim>=0.1.82",
+        "pycocotools>=2.0.7",
+        # Ultralytics patches PIL.Image.open process-wide and pip-installs pi-heif on the first image
+        # Pillow cannot identify; declared here so that never happens.
+        "pi-heif>=0.18",
+    ]
+)
 TRAIN = EXPORT + [
     "iterative-stratification>=0.1.7",
     "matplotlib>=3.5",
@@ -93,7 +97,10 @@ DEV = sorted(
     set(
         TRAIN
         + RAY
-        + GEO + MQTT + MAVLINK + GEO_TEST
+        + GEO
+        + MQTT
+        + MAVLINK
+        + GEO_TEST
         + SERVE
         + SERVE_TEST
         + [
@@ -114,12 +121,20 @@ setup(
     name="edgetile",
     version=VERSION,
     description="Find small objects in large images on edge devices: tiled detection, merging, export and training",
-    long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8")
+    if (HERE / "README.md").exists()
+    else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.8",
-    packages=["edgetile.runtime", "edgetile.runtime.backends", "edgetile.runtime.cuda", "edgetile.runtime.serve",
-              "edgetile.export",
-              "edgetile.train", "edgetile.runtime.geo"],
+    packages=[
+        "edgetile.runtime",
+        "edgetile.runtime.backends",
+        "edgetile.runtime.cuda",
+        "edgetile.runtime.serve",
+        "edgetile.export",
+        "edgetile.train",
+        "edgetile.runtime.geo",
+    ],
     package_dir={
         "edgetile.runtime": "runtime",
         "edgetile.runtime.backends": "runtime/backends",
@@ -129,8 +144,17 @@ setup(
         "edgetile.export": "export",
         "edgetile.train": "train",
     },
-    package_data={"edgetile.runtime": ["py.typed", "data/*.onnx", "data/*.jpg", "data/*.json", "*.cu", "*.c",
-                                     "cuda/*.cu"]},
+    package_data={
+        "edgetile.runtime": [
+            "py.typed",
+            "data/*.onnx",
+            "data/*.jpg",
+            "data/*.json",
+            "*.cu",
+            "*.c",
+            "cuda/*.cu",
+        ]
+    },
     include_package_data=False,
     ext_modules=ext_modules,
     cmdclass={"build_ext": OptionalBuildExt},

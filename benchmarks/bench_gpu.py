@@ -55,23 +55,43 @@ def preprocess_floor_bytes(views, image_wh, input_hw, itemsize: int) -> tuple[in
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--engine", type=Path, required=True, help="TensorRT engine with its edgetile sidecar")
-    p.add_argument("--onnx", type=Path, default=None,
-                   help="also time ONNX Runtime on the CPU with this model (default: skip)")
+    p.add_argument(
+        "--onnx",
+        type=Path,
+        default=None,
+        help="also time ONNX Runtime on the CPU with this model (default: skip)",
+    )
     p.add_argument("--images", type=int, default=4, help="synthetic 4000x3000 scenes (default: 4)")
     p.add_argument("--repeat", type=int, default=3, help="timed passes over the scenes (default: 3)")
-    p.add_argument("--batch", type=int, default=None,
-                   help="tiles per inference in detect() (default: the engine's fixed batch, or 8)")
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 12],
-                   help="batch sizes for the inference sweep, those outside the engine's range skipped "
-                        "(default: 1 2 4 8 12)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="tiles per inference in detect() (default: the engine's fixed batch, or 8)",
+    )
+    p.add_argument(
+        "--batches",
+        type=int,
+        nargs="+",
+        default=[1, 2, 4, 8, 12],
+        help="batch sizes for the inference sweep, those outside the engine's range skipped "
+        "(default: 1 2 4 8 12)",
+    )
     p.add_argument("--tile", type=int, default=1024, help="tile side in photo pixels (default: 1024)")
     p.add_argument("--overlap", type=float, default=0.2, help="tile overlap (default: 0.2)")
     p.add_argument("--conf", type=float, default=0.25, help="confidence threshold (default: 0.25)")
-    p.add_argument("--bandwidth-gbs", type=float, default=None,
-                   help="peak memory bandwidth in GB/s for the floor (default: from the driver; AGX Orin "
-                        "204.8, Orin NX 102.4, Orin Nano 68 or 102 (Super))")
-    p.add_argument("--files", action="store_true",
-                   help="also run a folder of JPEGs, reading each next file on a thread vs. in line")
+    p.add_argument(
+        "--bandwidth-gbs",
+        type=float,
+        default=None,
+        help="peak memory bandwidth in GB/s for the floor (default: from the driver; AGX Orin "
+        "204.8, Orin NX 102.4, Orin Nano 68 or 102 (Super))",
+    )
+    p.add_argument(
+        "--files",
+        action="store_true",
+        help="also run a folder of JPEGs, reading each next file on a thread vs. in line",
+    )
     p.add_argument("--json", type=Path, default=None, help="write every number to this JSON file")
     a = p.parse_args(argv)
 
@@ -79,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ok, why = TensorRTBackend.available()
     if not ok:
-        print(f"bench_gpu: needs a CUDA GPU with TensorRT and pycuda; cannot run here: {why}", file=sys.stderr)
+        print(
+            f"bench_gpu: needs a CUDA GPU with TensorRT and pycuda; cannot run here: {why}", file=sys.stderr
+        )
         return 1
     if not a.engine.is_file():
         print(f"bench_gpu: --engine: file not found: {a.engine}", file=sys.stderr)
@@ -91,21 +113,30 @@ def main(argv: list[str] | None = None) -> int:
     from edgetile.train.synth import SceneConfig, make_scene
 
     med = statistics.median
-    scenes = [make_scene(7000 + i, SceneConfig(width=4000, height=3000, person_px=(24, 130))).image
-              for i in range(a.images)]
+    scenes = [
+        make_scene(7000 + i, SceneConfig(width=4000, height=3000, person_px=(24, 130))).image
+        for i in range(a.images)
+    ]
     gpu_be = TensorRTBackend(a.engine)
     cpu_be = TensorRTBackend(a.engine, gpu_preprocess=False)
     io, dev = gpu_be.io, gpu_be.device
     batch = a.batch or (io.batch_max if not io.dynamic_batch else min(8, io.batch_max))
     cfg = DetectConfig(tile=a.tile, overlap=a.overlap, conf=a.conf, batch=batch)
     results: dict = {
-        "machine": f"{platform.machine()} {platform.node()}", "gpu": f"{dev.name} (sm {dev.compute_capability})",
-        "tensorrt": gpu_be.api.label, "engine": str(a.engine), "input_hw": list(io.input_hw),
-        "input_dtype": str(io.input.dtype), "batch": batch, "tile": a.tile,
+        "machine": f"{platform.machine()} {platform.node()}",
+        "gpu": f"{dev.name} (sm {dev.compute_capability})",
+        "tensorrt": gpu_be.api.label,
+        "engine": str(a.engine),
+        "input_hw": list(io.input_hw),
+        "input_dtype": str(io.input.dtype),
+        "batch": batch,
+        "tile": a.tile,
     }
-    print(f"GPU {results['gpu']}, TensorRT {results['tensorrt']}, engine {a.engine.name}: input "
-          f"{io.input_hw[1]}x{io.input_hw[0]} {io.input.dtype}, batch {io.batch_min}..{io.batch_max}; detect batch "
-          f"{batch}; {a.images} scene(s) x {a.repeat}")
+    print(
+        f"GPU {results['gpu']}, TensorRT {results['tensorrt']}, engine {a.engine.name}: input "
+        f"{io.input_hw[1]}x{io.input_hw[0]} {io.input.dtype}, batch {io.batch_min}..{io.batch_max}; detect batch "
+        f"{batch}; {a.images} scene(s) x {a.repeat}"
+    )
 
     # -- whole detect(), both paths, with the Detector's stage timings -----------------------------------
     dets = {"cpu path": Detector(cpu_be, config=cfg), "gpu path": Detector(gpu_be, config=cfg)}
@@ -124,14 +155,18 @@ def main(argv: list[str] | None = None) -> int:
                 whole[name].append((time.perf_counter() - t0) * 1000)
                 for k, v in t.items():
                     stages[name].setdefault(k, []).append(v)
-    print("\nDetector stage timings, median ms per image (on the GPU path preprocessing and filtering are "
-          "inside infer):")
+    print(
+        "\nDetector stage timings, median ms per image (on the GPU path preprocessing and filtering are "
+        "inside infer):"
+    )
     keys = ["slice", "preprocess", "infer", "decode", "merge", "total"]
     print(f"{'':18}" + "".join(f"{k:>11}" for k in keys))
     for name in dets:
         row = [med(stages[name].get(k, [0.0])) for k in keys[:-1]] + [med(whole[name])]
         print(f"{name:18}" + "".join(f"{v:11.2f}" for v in row))
-    results["detect_ms"] = {n: {**{k: med(v) for k, v in stages[n].items()}, "total": med(whole[n])} for n in dets}
+    results["detect_ms"] = {
+        n: {**{k: med(v) for k, v in stages[n].items()}, "total": med(whole[n])} for n in dets
+    }
 
     # -- the GPU path's stages one after another (CUDA events) -------------------------------------------
     W, H = 4000, 3000
@@ -164,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     # -- the preprocessing kernel against the memory-bandwidth floor -----------------------------------
     bw = a.bandwidth_gbs or dev.peak_bandwidth_gbs()
     cases = [(f"{len(views)} tiles of {a.tile} (overlap {a.overlap})", views)]
-    issue = tile_views(plan_tiles(W, H, 1024, 0.0), 1024, io.input_hw, (W, H))  # the issue's 12 tiles of 1024^2
+    issue = tile_views(
+        plan_tiles(W, H, 1024, 0.0), 1024, io.input_hw, (W, H)
+    )  # the issue's 12 tiles of 1024^2
     cases.append((f"{len(issue)} tiles of 1024 (overlap 0, the issue's case)", issue))
     results["preprocess_floor"] = []
     if not bw:
@@ -173,12 +210,22 @@ def main(argv: list[str] | None = None) -> int:
         kernel_ms = med([gpu_be.profile_stages(img, v, batch, a.conf)["preprocess"] for img in scenes])
         read, written = preprocess_floor_bytes(v, (W, H), io.input_hw, io.input.dtype.itemsize)
         floor_ms = (read + written) / (bw * 1e9) * 1000
-        print(f"\npreprocess kernel, {label} into {io.input_hw[1]}x{io.input_hw[0]} {io.input.dtype}: "
-              f"{kernel_ms:.3f} ms; floor {floor_ms:.3f} ms ({read / 1e6:.1f} MB read + {written / 1e6:.1f} MB "
-              f"written at {bw:.1f} GB/s): {kernel_ms / floor_ms:.2f}x the floor (target <= 3x)")
-        results["preprocess_floor"].append({"case": label, "kernel_ms": kernel_ms, "floor_ms": floor_ms,
-                                            "ratio": kernel_ms / floor_ms, "bytes_read": read,
-                                            "bytes_written": written, "bandwidth_gbs": bw})
+        print(
+            f"\npreprocess kernel, {label} into {io.input_hw[1]}x{io.input_hw[0]} {io.input.dtype}: "
+            f"{kernel_ms:.3f} ms; floor {floor_ms:.3f} ms ({read / 1e6:.1f} MB read + {written / 1e6:.1f} MB "
+            f"written at {bw:.1f} GB/s): {kernel_ms / floor_ms:.2f}x the floor (target <= 3x)"
+        )
+        results["preprocess_floor"].append(
+            {
+                "case": label,
+                "kernel_ms": kernel_ms,
+                "floor_ms": floor_ms,
+                "ratio": kernel_ms / floor_ms,
+                "bytes_read": read,
+                "bytes_written": written,
+                "bandwidth_gbs": bw,
+            }
+        )
 
     # -- a folder of JPEGs: the next file read on a thread ---------------------------------------------
     if a.files:
@@ -204,8 +251,10 @@ def main(argv: list[str] | None = None) -> int:
                     raise err
                 d.detect(img)
             ahead = (time.perf_counter() - t0) / len(paths) * 1000
-        print(f"\nfolder of {len(paths)} JPEGs, GPU path: {inline:.1f} ms/image reading in line, "
-              f"{ahead:.1f} ms/image reading the next file on a thread")
+        print(
+            f"\nfolder of {len(paths)} JPEGs, GPU path: {inline:.1f} ms/image reading in line, "
+            f"{ahead:.1f} ms/image reading the next file on a thread"
+        )
         results["files_ms_per_image"] = {"inline": inline, "prefetch": ahead}
 
     for d in dets.values():

@@ -31,8 +31,19 @@ DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "runtime" / "data" / "d
 
 
 def run_detect(folder: Path, out: Path, model: Path, extra: list[str]) -> tuple[float, list[dict]]:
-    cmd = [sys.executable, "-m", "edgetile.runtime.cli", "detect", str(folder), "--model", str(model),
-           "--out", str(out), "--quiet", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgetile.runtime.cli",
+        "detect",
+        str(folder),
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True)
     dt = time.perf_counter() - t0
@@ -44,19 +55,26 @@ def run_detect(folder: Path, out: Path, model: Path, extra: list[str]) -> tuple[
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="ONNX model (default: the demo model)")
-    p.add_argument("--images", type=int, default=8, help="synthetic 4000x3000 JPEGs in the folder (default: 8)")
+    p.add_argument(
+        "--images", type=int, default=8, help="synthetic 4000x3000 JPEGs in the folder (default: 8)"
+    )
     p.add_argument("--repeat", type=int, default=3, help="runs of each mode, alternating (default: 3)")
     a = p.parse_args(argv)
 
-    print(f"machine: {platform.machine()}  {os.cpu_count()} cpu; python {platform.python_version()}; "
-          f"model {a.model}")
+    print(
+        f"machine: {platform.machine()}  {os.cpu_count()} cpu; python {platform.python_version()}; "
+        f"model {a.model}"
+    )
     with tempfile.TemporaryDirectory(prefix="edgetile-readahead-") as tmp:
         folder = Path(tmp) / "photos"
         folder.mkdir()
         for i in range(a.images):
             scene = make_scene(7000 + i, SceneConfig(width=4000, height=3000, person_px=(24, 130)))
             cv2.imwrite(str(folder / f"{i:03d}.jpg"), scene.image, [cv2.IMWRITE_JPEG_QUALITY, 92])
-        modes = {"read ahead (--read-ahead 256)": ["--read-ahead", "256"], "in turn (--read-ahead 0)": ["--read-ahead", "0"]}
+        modes = {
+            "read ahead (--read-ahead 256)": ["--read-ahead", "256"],
+            "in turn (--read-ahead 0)": ["--read-ahead", "0"],
+        }
         wall: dict[str, list[float]] = {m: [] for m in modes}
         read_ms: dict[str, list[float]] = {m: [] for m in modes}
         outputs: dict[str, list] = {}
@@ -71,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     for m in modes:
         print(f"{m:28s} {statistics.median(wall[m]):8.3f} {statistics.median(read_ms[m]):10.1f}")
     a_s, t_s = (statistics.median(wall[m]) for m in modes)
-    print(f"\nread ahead / in turn: {a_s / t_s:.3f}  (decode is {statistics.median(read_ms['in turn (--read-ahead 0)']) / 1000 / t_s:.1%} "
-          f"of a photo's time in turn)")
+    print(
+        f"\nread ahead / in turn: {a_s / t_s:.3f}  (decode is {statistics.median(read_ms['in turn (--read-ahead 0)']) / 1000 / t_s:.1%} "
+        f"of a photo's time in turn)"
+    )
     same = outputs["read ahead (--read-ahead 256)"] == outputs["in turn (--read-ahead 0)"]
     print(f"identical detections in both modes: {same}")
     return 0 if same else 1

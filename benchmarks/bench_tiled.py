@@ -62,9 +62,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnxruntime as ort
 
-    print(f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpu; python "
-          f"{platform.python_version()}; onnxruntime {ort.__version__}; model {a.model}")
-    scenes = [make_scene(7000 + i, SceneConfig(width=4000, height=3000, person_px=(24, 130))) for i in range(a.images)]
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpu; python "
+        f"{platform.python_version()}; onnxruntime {ort.__version__}; model {a.model}"
+    )
+    scenes = [
+        make_scene(7000 + i, SceneConfig(width=4000, height=3000, person_px=(24, 130)))
+        for i in range(a.images)
+    ]
     images = [s.image for s in scenes]
     rgb = [np.ascontiguousarray(im[:, :, ::-1]) for im in images]
     cfg = DetectConfig(tile=1024, overlap=0.2, merge="ios", merge_thr=0.5, batch=a.batch, conf=a.conf)
@@ -86,15 +91,27 @@ def main(argv: list[str] | None = None) -> int:
         from sahi.predict import get_sliced_prediction
 
         sahi_model = AutoDetectionModel.from_pretrained(
-            model_type="ultralytics", model_path=str(a.model), confidence_threshold=a.conf, device="cpu",
+            model_type="ultralytics",
+            model_path=str(a.model),
+            confidence_threshold=a.conf,
+            device="cpu",
             image_size=in_w,
         )
 
     def run_sahi(img_rgb: np.ndarray) -> np.ndarray:
         res = get_sliced_prediction(
-            img_rgb, sahi_model, slice_height=1024, slice_width=1024, overlap_height_ratio=0.2,
-            overlap_width_ratio=0.2, perform_standard_pred=False, postprocess_type="NMS",
-            postprocess_match_metric="IOS", postprocess_match_threshold=0.5, verbose=0, batch_size=a.batch,
+            img_rgb,
+            sahi_model,
+            slice_height=1024,
+            slice_width=1024,
+            overlap_height_ratio=0.2,
+            overlap_width_ratio=0.2,
+            perform_standard_pred=False,
+            postprocess_type="NMS",
+            postprocess_match_metric="IOS",
+            postprocess_match_threshold=0.5,
+            verbose=0,
+            batch_size=a.batch,
         )
         return np.array([o.bbox.to_xyxy() for o in res.object_prediction_list], np.float32).reshape(-1, 4)
 
@@ -130,8 +147,10 @@ def main(argv: list[str] | None = None) -> int:
                 agree[2] += nb
 
     med = statistics.median
-    print(f"\n{a.images} image(s) x {a.repeat} pass(es), {n_tiles} tiles of 1024 per image -> model input "
-          f"{in_w}x{in_h}, batch {a.batch}")
+    print(
+        f"\n{a.images} image(s) x {a.repeat} pass(es), {n_tiles} tiles of 1024 per image -> model input "
+        f"{in_w}x{in_h}, batch {a.batch}"
+    )
     print(f"{'':28}{'s/image':>10}{'images/s':>10}")
     print(f"{'model-only floor (ORT)':28}{med(t_floor):10.3f}{1 / med(t_floor):10.2f}")
     print(f"{'edgetile':28}{med(t_ours):10.3f}{1 / med(t_ours):10.2f}")
@@ -143,11 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in stages.items():
         print(f"  {k:<12}{med(v):9.2f}")
     non_model = sum(med(stages[k]) for k in ("slice", "preprocess", "decode", "merge") if k in stages)
-    print(f"non-model stages: {non_model:.1f} ms = {100 * non_model / med(stages['infer']):.1f}% of model time")
+    print(
+        f"non-model stages: {non_model:.1f} ms = {100 * non_model / med(stages['infer']):.1f}% of model time"
+    )
     if t_sahi:
         m, na, nb = agree
-        print(f"\nagreement at IoU 0.5: {m} matched; {100 * m / max(na, 1):.1f}% of edgetile's {na} boxes, "
-              f"{100 * m / max(nb, 1):.1f}% of SAHI's {nb} boxes")
+        print(
+            f"\nagreement at IoU 0.5: {m} matched; {100 * m / max(na, 1):.1f}% of edgetile's {na} boxes, "
+            f"{100 * m / max(nb, 1):.1f}% of SAHI's {nb} boxes"
+        )
     det.close()
     return 0
 

@@ -19,8 +19,10 @@ import sys
 from edgetile.runtime.argtypes import finite_number, int_at_least, number_in
 from edgetile.runtime.cli import EXIT_OK, EXIT_SOME_FAILED, UsageError
 
-EPILOG = ("Exit codes: 0 written and checked; 1 written but a check failed (verification, accuracy drop, "
-          "budget) or the export failed; 2 usage error.")
+EPILOG = (
+    "Exit codes: 0 written and checked; 1 written but a check failed (verification, accuracy drop, "
+    "budget) or the export failed; 2 usage error."
+)
 
 
 def _batch(s: str) -> int | None:
@@ -29,7 +31,9 @@ def _batch(s: str) -> int | None:
     try:
         v = int(s)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'dynamic' or a positive integer for --batch, found {s!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected 'dynamic' or a positive integer for --batch, found {s!r}"
+        ) from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected 'dynamic' or a positive integer for --batch, found {v}")
     return v
@@ -37,148 +41,283 @@ def _batch(s: str) -> int | None:
 
 def _common(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--out", metavar="PATH", help=out_help)
-    p.add_argument("--budget-mb", type=finite_number("--budget-mb"), default=100.0, metavar="MB",
-                   help="fail (exit 1, file kept) when the written file is larger than this; the weight budget "
-                        "of the deployment (default: 100)")
+    p.add_argument(
+        "--budget-mb",
+        type=finite_number("--budget-mb"),
+        default=100.0,
+        metavar="MB",
+        help="fail (exit 1, file kept) when the written file is larger than this; the weight budget "
+        "of the deployment (default: 100)",
+    )
 
 
 def _tiling(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--tile", type=int_at_least("--tile"), default=1024, metavar="PX",
-                   help=f"tile side in photo pixels, as 'edgetile detect --tile' will run: {what} tiles are cut "
-                        "this size and resized to the model input (default: 1024)")
-    p.add_argument("--overlap", type=number_in("--overlap", 0.0, 0.9, hi_open=True), default=0.2,
-                   help="tile overlap, as 'edgetile detect --overlap' will run (default: 0.2)")
+    p.add_argument(
+        "--tile",
+        type=int_at_least("--tile"),
+        default=1024,
+        metavar="PX",
+        help=f"tile side in photo pixels, as 'edgetile detect --tile' will run: {what} tiles are cut "
+        "this size and resized to the model input (default: 1024)",
+    )
+    p.add_argument(
+        "--overlap",
+        type=number_in("--overlap", 0.0, 0.9, hi_open=True),
+        default=0.2,
+        help="tile overlap, as 'edgetile detect --overlap' will run (default: 0.2)",
+    )
 
 
 def register(subparsers) -> None:
     """Add ``export`` with its three subcommands to the ``edgetile`` parser."""
     exp = subparsers.add_parser(
-        "export", help="PyTorch -> ONNX -> INT8 Q/DQ ONNX -> TensorRT engine, each step checked",
+        "export",
+        help="PyTorch -> ONNX -> INT8 Q/DQ ONNX -> TensorRT engine, each step checked",
         description="Turn a trained model into what the runtime runs: 'onnx' exports and verifies against "
-                    "PyTorch, 'int8' quantizes and reports the accuracy cost, 'engine' builds a TensorRT plan "
-                    "on the Jetson that will run it.",
+        "PyTorch, 'int8' quantizes and reports the accuracy cost, 'engine' builds a TensorRT plan "
+        "on the Jetson that will run it.",
         epilog=EPILOG,
     )
     sub = exp.add_subparsers(dest="export_command", metavar="STEP")
     exp.set_defaults(func=lambda a: _missing_step(exp))
 
     o = sub.add_parser(
-        "onnx", help="export an Ultralytics .pt to ONNX and verify it against PyTorch",
+        "onnx",
+        help="export an Ultralytics .pt to ONNX and verify it against PyTorch",
         description="Export with Ultralytics' exporter (dynamic batch axis by default, fixed input size), "
-                    "simplify with onnxslim, add edgetile's metadata, then run ONNX Runtime and PyTorch on the "
-                    "same tiles and compare.",
+        "simplify with onnxslim, add edgetile's metadata, then run ONNX Runtime and PyTorch on the "
+        "same tiles and compare.",
         epilog=EPILOG + "\nExample: edgetile export onnx person.pt --imgsz 1024 --verify-images flight_07/",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     o.add_argument("weights", metavar="MODEL.pt", help="Ultralytics detection checkpoint (YOLOv8 / YOLO11)")
-    o.add_argument("--imgsz", type=int_at_least("--imgsz"), default=1024,
-                   help="model input side in pixels, a multiple of 32; match the tile size the model was trained "
-                        "on (default: 1024)")
-    o.add_argument("--batch", type=_batch, default=None, metavar="dynamic|N",
-                   help="'dynamic' (one ONNX and one engine for any batch) or a fixed batch size (default: dynamic)")
-    o.add_argument("--opset", type=int_at_least("--opset"), default=None,
-                   help="ONNX opset (default: Ultralytics' choice for the installed onnx); TensorRT 8.5 parses up "
-                        "to opset 17")
+    o.add_argument(
+        "--imgsz",
+        type=int_at_least("--imgsz"),
+        default=1024,
+        help="model input side in pixels, a multiple of 32; match the tile size the model was trained "
+        "on (default: 1024)",
+    )
+    o.add_argument(
+        "--batch",
+        type=_batch,
+        default=None,
+        metavar="dynamic|N",
+        help="'dynamic' (one ONNX and one engine for any batch) or a fixed batch size (default: dynamic)",
+    )
+    o.add_argument(
+        "--opset",
+        type=int_at_least("--opset"),
+        default=None,
+        help="ONNX opset (default: Ultralytics' choice for the installed onnx); TensorRT 8.5 parses up "
+        "to opset 17",
+    )
     _common(o, "ONNX file to write (default: MODEL.onnx beside MODEL.pt)")
     g = o.add_argument_group("verification")
-    g.add_argument("--verify-images", metavar="DIR",
-                   help="photos to cut verification tiles from, as the runtime cuts them (default: a built-in "
-                        "deterministic test pattern)")
-    g.add_argument("--verify-count", type=int_at_least("--verify-count"), default=8, metavar="N",
-                   help="tiles to compare (default: 8)")
-    g.add_argument("--max-box-diff", type=finite_number("--max-box-diff"), default=0.05, metavar="PX",
-                   help="largest acceptable difference of a box coordinate between ONNX Runtime and PyTorch, in "
-                        "input pixels (default: 0.05)")
-    g.add_argument("--max-score-diff", type=finite_number("--max-score-diff"), default=1e-3,
-                   help="largest acceptable difference of a class score (default: 0.001)")
+    g.add_argument(
+        "--verify-images",
+        metavar="DIR",
+        help="photos to cut verification tiles from, as the runtime cuts them (default: a built-in "
+        "deterministic test pattern)",
+    )
+    g.add_argument(
+        "--verify-count",
+        type=int_at_least("--verify-count"),
+        default=8,
+        metavar="N",
+        help="tiles to compare (default: 8)",
+    )
+    g.add_argument(
+        "--max-box-diff",
+        type=finite_number("--max-box-diff"),
+        default=0.05,
+        metavar="PX",
+        help="largest acceptable difference of a box coordinate between ONNX Runtime and PyTorch, in "
+        "input pixels (default: 0.05)",
+    )
+    g.add_argument(
+        "--max-score-diff",
+        type=finite_number("--max-score-diff"),
+        default=1e-3,
+        help="largest acceptable difference of a class score (default: 0.001)",
+    )
     g.add_argument("--no-verify", action="store_true", help="skip the comparison (not recommended)")
     _tiling(o, "verification")
     o.set_defaults(func=cmd_onnx)
 
     q = sub.add_parser(
-        "int8", help="quantize an ONNX to INT8 Q/DQ for TensorRT and report the accuracy cost",
+        "int8",
+        help="quantize an ONNX to INT8 Q/DQ for TensorRT and report the accuracy cost",
         description="Static INT8 quantization with ONNX Runtime: symmetric, per-channel weights, Q/DQ nodes as "
-                    "TensorRT requires; calibrated on tiles cut from full-size photos exactly as the runtime "
-                    "cuts them. Then FP32 and INT8 are scored side by side on a validation set through the "
-                    "runtime (ONNX Runtime, CPU).",
+        "TensorRT requires; calibrated on tiles cut from full-size photos exactly as the runtime "
+        "cuts them. Then FP32 and INT8 are scored side by side on a validation set through the "
+        "runtime (ONNX Runtime, CPU).",
         epilog=EPILOG + "\nExample: edgetile export int8 person.onnx --calib flights/ --val val_voc/",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     q.add_argument("model", metavar="MODEL.onnx", help="FP32 ONNX from 'edgetile export onnx'")
-    q.add_argument("--calib", required=True, metavar="DIR",
-                   help="full-size field photos (not tiles, not the validation photos) to calibrate on")
-    q.add_argument("--calib-count", type=int_at_least("--calib-count"), default=512, metavar="N",
-                   help="calibration tiles, spread over all photos; fewer than 128 risks collapsing small-object "
-                        "accuracy (default: 512)")
-    q.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="minmax",
-                   help="activation range calibration: minmax keeps the rare strong activations of small objects; "
-                        "entropy gives finer steps but clips them (it lost all recall at --conf 0.25 in our "
-                        "measurement); percentile clips the top 0.001%% (default: minmax)")
-    q.add_argument("--quantize-head", action="store_true",
-                   help="also quantize the head's box-decoding tail (DFL, anchors, final concat); usually ruins "
-                        "localization: use it to measure, not to deploy")
+    q.add_argument(
+        "--calib",
+        required=True,
+        metavar="DIR",
+        help="full-size field photos (not tiles, not the validation photos) to calibrate on",
+    )
+    q.add_argument(
+        "--calib-count",
+        type=int_at_least("--calib-count"),
+        default=512,
+        metavar="N",
+        help="calibration tiles, spread over all photos; fewer than 128 risks collapsing small-object "
+        "accuracy (default: 512)",
+    )
+    q.add_argument(
+        "--method",
+        choices=["minmax", "entropy", "percentile"],
+        default="minmax",
+        help="activation range calibration: minmax keeps the rare strong activations of small objects; "
+        "entropy gives finer steps but clips them (it lost all recall at --conf 0.25 in our "
+        "measurement); percentile clips the top 0.001%% (default: minmax)",
+    )
+    q.add_argument(
+        "--quantize-head",
+        action="store_true",
+        help="also quantize the head's box-decoding tail (DFL, anchors, final concat); usually ruins "
+        "localization: use it to measure, not to deploy",
+    )
     g = q.add_argument_group("accuracy report")
-    g.add_argument("--val", metavar="DATASET",
-                   help="annotated full-size photos (VOC folder, YOLO folder or data.yaml, COCO JSON) to score FP32 "
-                        "and INT8 on; required unless --no-report")
-    g.add_argument("--val-format", choices=["auto", "voc", "yolo", "coco"], default="auto",
-                   help="annotation format of --val (default: auto)")
-    g.add_argument("--max-drop", type=finite_number("--max-drop"), default=0.02,
-                   help="largest acceptable loss of mAP@0.5 from FP32 to INT8; more exits 1 (default: 0.02)")
-    g.add_argument("--max-recall-drop", type=finite_number("--max-recall-drop"), default=0.05,
-                   help="largest acceptable loss of recall at --conf: INT8 may rank as well as FP32 yet score "
-                        "everything lower, and then the runtime's threshold misses people (default: 0.05)")
-    g.add_argument("--conf", type=finite_number("--conf"), default=0.25,
-                   help="the confidence threshold the runtime will use, where recall and precision are "
-                        "compared (default: 0.25, as 'edgetile detect')")
-    g.add_argument("--no-report", action="store_true",
-                   help="write the INT8 model without measuring what it costs (not recommended)")
+    g.add_argument(
+        "--val",
+        metavar="DATASET",
+        help="annotated full-size photos (VOC folder, YOLO folder or data.yaml, COCO JSON) to score FP32 "
+        "and INT8 on; required unless --no-report",
+    )
+    g.add_argument(
+        "--val-format",
+        choices=["auto", "voc", "yolo", "coco"],
+        default="auto",
+        help="annotation format of --val (default: auto)",
+    )
+    g.add_argument(
+        "--max-drop",
+        type=finite_number("--max-drop"),
+        default=0.02,
+        help="largest acceptable loss of mAP@0.5 from FP32 to INT8; more exits 1 (default: 0.02)",
+    )
+    g.add_argument(
+        "--max-recall-drop",
+        type=finite_number("--max-recall-drop"),
+        default=0.05,
+        help="largest acceptable loss of recall at --conf: INT8 may rank as well as FP32 yet score "
+        "everything lower, and then the runtime's threshold misses people (default: 0.05)",
+    )
+    g.add_argument(
+        "--conf",
+        type=finite_number("--conf"),
+        default=0.25,
+        help="the confidence threshold the runtime will use, where recall and precision are "
+        "compared (default: 0.25, as 'edgetile detect')",
+    )
+    g.add_argument(
+        "--no-report",
+        action="store_true",
+        help="write the INT8 model without measuring what it costs (not recommended)",
+    )
     _tiling(q, "calibration and validation")
     _common(q, "Q/DQ ONNX to write (default: MODEL_int8.onnx beside MODEL.onnx)")
     q.set_defaults(func=cmd_int8)
 
     e = sub.add_parser(
-        "engine", help="build a TensorRT engine (run it on the Jetson that will use it)",
+        "engine",
+        help="build a TensorRT engine (run it on the Jetson that will use it)",
         description="Build a TensorRT plan with its JSON sidecar (TensorRT version, GPU, precision, batch range, "
-                    "input size, classes, hash of the ONNX). Works with TensorRT 8.5 (JetPack 5.1), 8.6 and 10.x "
-                    "(JetPack 6), and 10.13+ / 11 (JetPack 7). Combinations this TensorRT cannot build are refused "
-                    "before building.",
+        "input size, classes, hash of the ONNX). Works with TensorRT 8.5 (JetPack 5.1), 8.6 and 10.x "
+        "(JetPack 6), and 10.13+ / 11 (JetPack 7). Combinations this TensorRT cannot build are refused "
+        "before building.",
         epilog=EPILOG + "\nExamples:\n  edgetile export engine person.onnx --precision fp16\n"
-                        "  edgetile export engine person_int8.onnx --precision int8\n"
-                        "  edgetile export engine person.onnx --precision int8 --calib flights/   (TensorRT <= 10)",
+        "  edgetile export engine person_int8.onnx --precision int8\n"
+        "  edgetile export engine person.onnx --precision int8 --calib flights/   (TensorRT <= 10)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    e.add_argument("model", metavar="MODEL.onnx", help="FP32 ONNX, or the Q/DQ ONNX from 'edgetile export int8'")
-    e.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16",
-                   help="fp16 is the usual choice on Jetson; int8 needs a Q/DQ ONNX or --calib (default: fp16)")
-    e.add_argument("--batch-min", type=int_at_least("--batch-min"), default=None, metavar="N",
-                   help="smallest batch the engine accepts (default: 1, or the ONNX's fixed batch)")
-    e.add_argument("--batch-opt", type=int_at_least("--batch-opt"), default=None, metavar="N",
-                   help="batch TensorRT tunes for; use the runtime's --batch (default: 8, or the fixed batch)")
-    e.add_argument("--batch-max", type=int_at_least("--batch-max"), default=None, metavar="N",
-                   help="largest batch the engine accepts (default: 8, or the fixed batch)")
-    e.add_argument("--workspace-mb", type=int_at_least("--workspace-mb"), default=1024, metavar="MB",
-                   help="builder scratch memory; the GPU shares the board's memory, so keep it well below it on "
-                        "4-8 GB boards (default: 1024)")
-    e.add_argument("--dla", type=int, default=None, metavar="CORE",
-                   help="run on this DLA core (0 or 1 on AGX Orin / Orin NX 16 GB) with GPU fallback; needs fp16 or "
-                        "int8 and a fixed batch; saves power, may be slower (default: GPU)")
-    e.add_argument("--timing-cache", metavar="FILE",
-                   help="load tactic timings from FILE when it exists and save them after; rebuilds on the same "
-                        "device get faster (default: none)")
+    e.add_argument(
+        "model", metavar="MODEL.onnx", help="FP32 ONNX, or the Q/DQ ONNX from 'edgetile export int8'"
+    )
+    e.add_argument(
+        "--precision",
+        choices=["fp32", "fp16", "int8"],
+        default="fp16",
+        help="fp16 is the usual choice on Jetson; int8 needs a Q/DQ ONNX or --calib (default: fp16)",
+    )
+    e.add_argument(
+        "--batch-min",
+        type=int_at_least("--batch-min"),
+        default=None,
+        metavar="N",
+        help="smallest batch the engine accepts (default: 1, or the ONNX's fixed batch)",
+    )
+    e.add_argument(
+        "--batch-opt",
+        type=int_at_least("--batch-opt"),
+        default=None,
+        metavar="N",
+        help="batch TensorRT tunes for; use the runtime's --batch (default: 8, or the fixed batch)",
+    )
+    e.add_argument(
+        "--batch-max",
+        type=int_at_least("--batch-max"),
+        default=None,
+        metavar="N",
+        help="largest batch the engine accepts (default: 8, or the fixed batch)",
+    )
+    e.add_argument(
+        "--workspace-mb",
+        type=int_at_least("--workspace-mb"),
+        default=1024,
+        metavar="MB",
+        help="builder scratch memory; the GPU shares the board's memory, so keep it well below it on "
+        "4-8 GB boards (default: 1024)",
+    )
+    e.add_argument(
+        "--dla",
+        type=int,
+        default=None,
+        metavar="CORE",
+        help="run on this DLA core (0 or 1 on AGX Orin / Orin NX 16 GB) with GPU fallback; needs fp16 or "
+        "int8 and a fixed batch; saves power, may be slower (default: GPU)",
+    )
+    e.add_argument(
+        "--timing-cache",
+        metavar="FILE",
+        help="load tactic timings from FILE when it exists and save them after; rebuilds on the same "
+        "device get faster (default: none)",
+    )
     g = e.add_argument_group("implicit INT8 calibration (TensorRT <= 10, FP32 ONNX)")
     g.add_argument("--calib", metavar="DIR", help="full-size field photos to calibrate on")
-    g.add_argument("--calib-method", choices=["minmax", "entropy"], default="minmax",
-                   help="minmax (IInt8MinMaxCalibrator, keeps the rare strong activations of small objects; "
-                        "Ultralytics' choice) or entropy (IInt8EntropyCalibrator2) (default: minmax)")
-    g.add_argument("--calib-count", type=int_at_least("--calib-count"), default=512, metavar="N",
-                   help="calibration tiles (default: 512)")
-    g.add_argument("--calib-cache", metavar="FILE",
-                   help="calibration cache: reused when it exists (calibration skipped), written otherwise "
-                        "(default: ENGINE.calib beside the engine)")
+    g.add_argument(
+        "--calib-method",
+        choices=["minmax", "entropy"],
+        default="minmax",
+        help="minmax (IInt8MinMaxCalibrator, keeps the rare strong activations of small objects; "
+        "Ultralytics' choice) or entropy (IInt8EntropyCalibrator2) (default: minmax)",
+    )
+    g.add_argument(
+        "--calib-count",
+        type=int_at_least("--calib-count"),
+        default=512,
+        metavar="N",
+        help="calibration tiles (default: 512)",
+    )
+    g.add_argument(
+        "--calib-cache",
+        metavar="FILE",
+        help="calibration cache: reused when it exists (calibration skipped), written otherwise "
+        "(default: ENGINE.calib beside the engine)",
+    )
     _tiling(g, "calibration")
-    _common(e, "engine file to write (default: MODEL_PRECISION.engine beside MODEL.onnx); its sidecar is "
-               "written to PATH.json")
+    _common(
+        e,
+        "engine file to write (default: MODEL_PRECISION.engine beside MODEL.onnx); its sidecar is "
+        "written to PATH.json",
+    )
     e.set_defaults(func=cmd_engine)
 
 
@@ -255,12 +394,20 @@ def cmd_int8(a: argparse.Namespace) -> int:
     if not Path(a.calib).exists():
         raise UsageError(f"--calib: not found: {a.calib}")
     if a.val is None and not a.no_report:
-        raise UsageError("--val: expected an annotated validation set to measure the INT8 accuracy cost on "
-                         "(or --no-report to skip the measurement knowingly)")
+        raise UsageError(
+            "--val: expected an annotated validation set to measure the INT8 accuracy cost on "
+            "(or --no-report to skip the measurement knowingly)"
+        )
     if a.val is not None and not Path(a.val).exists():
         raise UsageError(f"--val: not found: {a.val}")
-    cfg = Int8Config(calib_count=a.calib_count, method=a.method, tile=a.tile, overlap=a.overlap,
-                     exclude_head=not a.quantize_head, budget_mb=a.budget_mb)
+    cfg = Int8Config(
+        calib_count=a.calib_count,
+        method=a.method,
+        tile=a.tile,
+        overlap=a.overlap,
+        exclude_head=not a.quantize_head,
+        budget_mb=a.budget_mb,
+    )
     code = EXIT_OK
     try:
         # ONNX Runtime's calibrators print progress on stdout, which carries the written paths.
@@ -282,16 +429,28 @@ def cmd_int8(a: argparse.Namespace) -> int:
         _err("accuracy report skipped (--no-report): the INT8 model's accuracy is unmeasured")
         return code
     try:
-        report = accuracy_report(a.model, result.path, a.val, result.calibration_line(), a.max_drop, a.tile,
-                                 a.overlap, a.val_format, a.conf, a.max_recall_drop)
+        report = accuracy_report(
+            a.model,
+            result.path,
+            a.val,
+            result.calibration_line(),
+            a.max_drop,
+            a.tile,
+            a.overlap,
+            a.val_format,
+            a.conf,
+            a.max_recall_drop,
+        )
     except (ExportError, ValueError, FileNotFoundError) as exc:
         _err(f"accuracy report could not run: {str(exc).splitlines()[0]}")
         return EXIT_SOME_FAILED
     for line in report.lines():
         print(line, file=sys.stderr)
     if not report.passed:
-        _err(f"WARNING: INT8 loses {report.drop50:.4f} mAP@0.5 (--max-drop {a.max_drop:g}) and "
-             f"{report.recall_drop:.3f} recall at --conf {a.conf:g} (--max-recall-drop {a.max_recall_drop:g})")
+        _err(
+            f"WARNING: INT8 loses {report.drop50:.4f} mAP@0.5 (--max-drop {a.max_drop:g}) and "
+            f"{report.recall_drop:.3f} recall at --conf {a.conf:g} (--max-recall-drop {a.max_recall_drop:g})"
+        )
         return EXIT_SOME_FAILED
     return code
 
@@ -309,12 +468,24 @@ def cmd_engine(a: argparse.Namespace) -> int:
     if a.dla is not None and a.dla < 0:
         raise UsageError(f"--dla: expected a DLA core index >= 0, found {a.dla}")
     out = Path(a.out) if a.out else Path(a.model).with_name(f"{Path(a.model).stem}_{a.precision}.engine")
-    calib_cache = Path(a.calib_cache) if a.calib_cache else (out.with_name(out.name + ".calib") if a.calib else None)
+    calib_cache = (
+        Path(a.calib_cache) if a.calib_cache else (out.with_name(out.name + ".calib") if a.calib else None)
+    )
     req = EngineRequest(
-        precision=a.precision, batch_min=a.batch_min, batch_opt=a.batch_opt, batch_max=a.batch_max,
-        workspace_mb=a.workspace_mb, dla_core=a.dla, timing_cache=Path(a.timing_cache) if a.timing_cache else None,
-        calib=Path(a.calib) if a.calib else None, calib_method=a.calib_method, calib_count=a.calib_count,
-        calib_cache=calib_cache, tile=a.tile, overlap=a.overlap, budget_mb=a.budget_mb,
+        precision=a.precision,
+        batch_min=a.batch_min,
+        batch_opt=a.batch_opt,
+        batch_max=a.batch_max,
+        workspace_mb=a.workspace_mb,
+        dla_core=a.dla,
+        timing_cache=Path(a.timing_cache) if a.timing_cache else None,
+        calib=Path(a.calib) if a.calib else None,
+        calib_method=a.calib_method,
+        calib_count=a.calib_count,
+        calib_cache=calib_cache,
+        tile=a.tile,
+        overlap=a.overlap,
+        budget_mb=a.budget_mb,
     )
     try:
         result = build_engine(a.model, out, req, log=lambda m: print(m, file=sys.stderr))
@@ -329,6 +500,9 @@ def cmd_engine(a: argparse.Namespace) -> int:
         return EXIT_SOME_FAILED
     print(result.path)
     print(result.sidecar)
-    print(f"built in {result.seconds:.0f} s: {result.size_mb:.1f} MB, TensorRT {result.meta.tensorrt_version} on "
-          f"{result.meta.gpu_name} (sm {result.meta.compute_capability})", file=sys.stderr)
+    print(
+        f"built in {result.seconds:.0f} s: {result.size_mb:.1f} MB, TensorRT {result.meta.tensorrt_version} on "
+        f"{result.meta.gpu_name} (sm {result.meta.compute_capability})",
+        file=sys.stderr,
+    )
     return EXIT_OK

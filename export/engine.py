@@ -158,18 +158,24 @@ def onnx_facts(path: str | Path) -> OnnxFacts:
     inits = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if len(inputs) != 1:
-        raise ExportError(f"model {path}: expected one image input, found {len(inputs)}: {[i.name for i in inputs]}")
+        raise ExportError(
+            f"model {path}: expected one image input, found {len(inputs)}: {[i.name for i in inputs]}"
+        )
     inp = inputs[0]
     dims = inp.type.tensor_type.shape.dim
     if len(dims) != 4:
-        raise ExportError(f"model {path}: input {inp.name!r}: expected shape (B, 3, H, W), found {len(dims)} axes")
+        raise ExportError(
+            f"model {path}: input {inp.name!r}: expected shape (B, 3, H, W), found {len(dims)} axes"
+        )
     meta = {p.key: p.value for p in model.metadata_props}
     hw = [d.dim_value if d.HasField("dim_value") else None for d in dims[2:]]
     if None in hw:
         imgsz = ast.literal_eval(meta["imgsz"]) if "imgsz" in meta else None
         if imgsz is None:
-            raise ExportError(f"model {path}: the input size is dynamic and the metadata has no 'imgsz'; "
-                              "export with 'edgetile export onnx'")
+            raise ExportError(
+                f"model {path}: the input size is dynamic and the metadata has no 'imgsz'; "
+                "export with 'edgetile export onnx'"
+            )
         hw = [imgsz, imgsz] if isinstance(imgsz, int) else list(imgsz)
     batch = dims[0].dim_value if dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
     names: dict[int, str] = {}
@@ -177,9 +183,14 @@ def onnx_facts(path: str | Path) -> OnnxFacts:
         raw = ast.literal_eval(meta["names"])
         names = {int(k): str(v) for k, v in (raw.items() if isinstance(raw, dict) else enumerate(raw))}
     fp16 = onnx.TensorProto.FLOAT16
-    float16 = any(i.data_type == fp16 for i in model.graph.initializer) or any(
-        n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute) for n in model.graph.node
-    ) or inp.type.tensor_type.elem_type == fp16
+    float16 = (
+        any(i.data_type == fp16 for i in model.graph.initializer)
+        or any(
+            n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute)
+            for n in model.graph.node
+        )
+        or inp.type.tensor_type.elem_type == fp16
+    )
     return OnnxFacts(
         input_name=inp.name,
         batch=batch,
@@ -236,7 +247,9 @@ class EngineRequest:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, found {self.precision!r}")
         if self.calib_method not in CALIB_METHODS:
-            raise ValueError(f"calib_method: expected one of {', '.join(CALIB_METHODS)}, found {self.calib_method!r}")
+            raise ValueError(
+                f"calib_method: expected one of {', '.join(CALIB_METHODS)}, found {self.calib_method!r}"
+            )
         if self.workspace_mb is not None and self.workspace_mb < 1:
             raise ValueError(f"workspace_mb: expected a positive size in MiB, found {self.workspace_mb}")
         if self.dla_core is not None and self.dla_core < 0:
@@ -331,12 +344,16 @@ def plan_build(trt_version: str, req: EngineRequest, facts: OnnxFacts) -> BuildP
             )
         else:
             int8_source = "calibrator"
-            calibrator = "IInt8EntropyCalibrator2" if req.calib_method == "entropy" else "IInt8MinMaxCalibrator"
+            calibrator = (
+                "IInt8EntropyCalibrator2" if req.calib_method == "entropy" else "IInt8MinMaxCalibrator"
+            )
             if b[1] != b[2] or b[0] != b[1]:
                 notes.append(f"calibration runs at the optimal batch {b[1]}")
             if api.calibrators_deprecated:
-                notes.append(f"TensorRT {v} deprecates implicit INT8 calibration; 'edgetile export int8' "
-                             "(explicit Q/DQ) is the path that also works on TensorRT 11")
+                notes.append(
+                    f"TensorRT {v} deprecates implicit INT8 calibration; 'edgetile export int8' "
+                    "(explicit Q/DQ) is the path that also works on TensorRT 11"
+                )
         if api.precision_flags:
             # INT8 kernels where TensorRT has them; FP16 for the layers left in float (the head's tail).
             builder_flags += ["INT8", "FP16"]
@@ -353,27 +370,42 @@ def plan_build(trt_version: str, req: EngineRequest, facts: OnnxFacts) -> BuildP
         else:
             network_flags.append("STRONGLY_TYPED")
             convert_fp16 = not facts.float16
-            notes.append("strongly typed: the ONNX is converted to FP16 first (inputs, outputs and the box "
-                         "decoding stay FP32)" if convert_fp16 else "strongly typed: the ONNX is already FP16")
+            notes.append(
+                "strongly typed: the ONNX is converted to FP16 first (inputs, outputs and the box "
+                "decoding stay FP32)"
+                if convert_fp16
+                else "strongly typed: the ONNX is already FP16"
+            )
     else:  # fp32
         if api.strongly_typed_only:
             network_flags.append("STRONGLY_TYPED")
     if req.dla_core is not None:
         if req.precision == "fp32":
-            raise BuildRefused("DLA runs FP16 and INT8 only; expected --precision fp16 or int8 with --dla, found fp32")
+            raise BuildRefused(
+                "DLA runs FP16 and INT8 only; expected --precision fp16 or int8 with --dla, found fp32"
+            )
         if b[0] != b[2]:
             raise BuildRefused(
                 f"DLA needs a fixed batch; expected --batch-min = --batch-opt = --batch-max with --dla, found {b}"
             )
         builder_flags.append("GPU_FALLBACK")
-        notes.append(f"DLA core {req.dla_core}: layers the DLA cannot run fall back to the GPU; DLA saves power "
-                     "and can be slower than the GPU: measure both")
+        notes.append(
+            f"DLA core {req.dla_core}: layers the DLA cannot run fall back to the GPU; DLA saves power "
+            "and can be slower than the GPU: measure both"
+        )
     h, w = facts.input_hw
     shapes = tuple((n, 3, h, w) for n in b)
     return BuildPlan(
-        api=api, network_flags=tuple(network_flags), builder_flags=tuple(builder_flags), convert_fp16=convert_fp16,
-        calibrator=calibrator, int8_source=int8_source, shapes=shapes, dla_core=req.dla_core,
-        workspace_bytes=int(req.workspace_mb) * 1024 * 1024, notes=tuple(notes),
+        api=api,
+        network_flags=tuple(network_flags),
+        builder_flags=tuple(builder_flags),
+        convert_fp16=convert_fp16,
+        calibrator=calibrator,
+        int8_source=int8_source,
+        shapes=shapes,
+        dla_core=req.dla_core,
+        workspace_bytes=int(req.workspace_mb) * 1024 * 1024,
+        notes=tuple(notes),
     )
 
 
@@ -436,8 +468,15 @@ def convert_to_fp16(onnx_path: str | Path, out: str | Path, keep_float: Sequence
             elif name in float_inputs:
                 if name not in input_casts:
                     input_casts[name] = f"{name}__fp16"
-                    casts_in.append(helper.make_node("Cast", [name], [input_casts[name]], name=f"{name}__to_fp16",
-                                                     to=TensorProto.FLOAT16))
+                    casts_in.append(
+                        helper.make_node(
+                            "Cast",
+                            [name],
+                            [input_casts[name]],
+                            name=f"{name}__to_fp16",
+                            to=TensorProto.FLOAT16,
+                        )
+                    )
                 node.input[k] = input_casts[name]
         if node.op_type == "Cast":
             for a in node.attribute:
@@ -446,15 +485,18 @@ def convert_to_fp16(onnx_path: str | Path, out: str | Path, keep_float: Sequence
         if node.op_type == "Constant":
             for a in node.attribute:
                 if a.name == "value" and a.t.data_type == TensorProto.FLOAT:
-                    a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float16), a.t.name))
+                    a.t.CopyFrom(
+                        numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float16), a.t.name)
+                    )
     # Every FP16 tensor read by an FP32 node or returned as an output is cast back to FP32.
     back: dict[str, str] = {}
 
     def to_float(name: str) -> str:
         if name not in back:
             back[name] = f"{name}__fp32"
-            casts_out.append(helper.make_node("Cast", [name], [back[name]], name=f"{name}__to_fp32",
-                                              to=TensorProto.FLOAT))
+            casts_out.append(
+                helper.make_node("Cast", [name], [back[name]], name=f"{name}__to_fp32", to=TensorProto.FLOAT)
+            )
         return back[name]
 
     for node in graph.node:
@@ -474,8 +516,9 @@ def convert_to_fp16(onnx_path: str | Path, out: str | Path, keep_float: Sequence
                 for k, name in enumerate(node.input):
                     if name == o.name:
                         node.input[k] = src
-            casts_out.append(helper.make_node("Cast", [src], [o.name], name=f"{o.name}__to_fp32",
-                                              to=TensorProto.FLOAT))
+            casts_out.append(
+                helper.make_node("Cast", [src], [o.name], name=f"{o.name}__to_fp32", to=TensorProto.FLOAT)
+            )
     graph.initializer.extend(new_inits)
     used = {i for n in graph.node for i in n.input} | {i for n in casts_out for i in n.input}
     for name in list(renamed):
@@ -565,7 +608,9 @@ def gpu_identity(cuda) -> tuple[str, str]:
     """(name, "major.minor") of GPU 0 through pycuda's driver API."""
     cuda.init()
     if cuda.Device.count() < 1:
-        raise BuildRefused("no CUDA GPU is visible here; TensorRT engines are built on the device that runs them")
+        raise BuildRefused(
+            "no CUDA GPU is visible here; TensorRT engines are built on the device that runs them"
+        )
     dev = cuda.Device(0)
     major, minor = dev.compute_capability()
     return str(dev.name()), f"{major}.{minor}"
@@ -581,13 +626,16 @@ def parser_errors(parser) -> list[str]:
         where = f"node {node}" if node is not None and node >= 0 else "graph"
         if hasattr(err, "node_name") and err.node_name():
             where += f" ({err.node_name()}"
-            where += f", {err.node_operator()})" if hasattr(err, "node_operator") and err.node_operator() else ")"
+            where += (
+                f", {err.node_operator()})" if hasattr(err, "node_operator") and err.node_operator() else ")"
+            )
         lines.append(f"{where}: {desc}")
     return lines
 
 
-def make_calibrator(trt, cuda, method: str, tiles, batch: int, input_shape: tuple[int, int, int, int],
-                    cache: Path | None):
+def make_calibrator(
+    trt, cuda, method: str, tiles, batch: int, input_shape: tuple[int, int, int, int], cache: Path | None
+):
     """An implicit-INT8 calibrator (TensorRT <= 10) feeding runtime tiles in batches of `batch`.
 
     Args:
@@ -639,8 +687,15 @@ def make_calibrator(trt, cuda, method: str, tiles, batch: int, input_shape: tupl
     return Calibrator()
 
 
-def build_engine(onnx_path: str | Path, out: str | Path | None = None, req: EngineRequest | None = None, *,
-                 trt=None, cuda=None, log=print) -> EngineResult:
+def build_engine(
+    onnx_path: str | Path,
+    out: str | Path | None = None,
+    req: EngineRequest | None = None,
+    *,
+    trt=None,
+    cuda=None,
+    log=print,
+) -> EngineResult:
     """Build a TensorRT engine and its sidecar.
 
     Args:
@@ -689,8 +744,10 @@ def build_engine(onnx_path: str | Path, out: str | Path | None = None, req: Engi
             errors = parser_errors(parser)
             if not ok or errors:
                 listing = "; ".join(f"{i + 1}) {e}" for i, e in enumerate(errors)) or "no error recorded"
-                raise BuildError(f"TensorRT {plan.api.label}'s ONNX parser rejected {onnx_path.name}: "
-                                 f"{len(errors)} error(s): {listing}")
+                raise BuildError(
+                    f"TensorRT {plan.api.label}'s ONNX parser rejected {onnx_path.name}: "
+                    f"{len(errors)} error(s): {listing}"
+                )
             config = builder.create_builder_config()
             config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_bytes)
             for name in plan.builder_flags:
@@ -701,8 +758,10 @@ def build_engine(onnx_path: str | Path, out: str | Path | None = None, req: Engi
             if plan.dla_core is not None:
                 cores = int(builder.num_DLA_cores)
                 if plan.dla_core >= cores:
-                    raise BuildRefused(f"--dla {plan.dla_core}: this device has {cores} DLA core(s)"
-                                       + (" (Orin Nano and Thor have none)" if cores == 0 else ""))
+                    raise BuildRefused(
+                        f"--dla {plan.dla_core}: this device has {cores} DLA core(s)"
+                        + (" (Orin Nano and Thor have none)" if cores == 0 else "")
+                    )
                 config.default_device_type = trt.DeviceType.DLA
                 config.DLA_core = plan.dla_core
             cache = None
@@ -710,24 +769,34 @@ def build_engine(onnx_path: str | Path, out: str | Path | None = None, req: Engi
                 blob = Path(req.timing_cache).read_bytes() if Path(req.timing_cache).is_file() else b""
                 cache = config.create_timing_cache(blob)
                 if not config.set_timing_cache(cache, False):
-                    raise BuildRefused(f"--timing-cache {req.timing_cache}: made by another TensorRT version or "
-                                       "device; delete it or give another file")
+                    raise BuildRefused(
+                        f"--timing-cache {req.timing_cache}: made by another TensorRT version or "
+                        "device; delete it or give another file"
+                    )
             if plan.calibrator is not None:
                 from .tiles import plan_runtime_tiles
 
-                tiles = plan_runtime_tiles([req.calib], req.calib_count, facts.input_hw, req.tile, req.overlap)
+                tiles = plan_runtime_tiles(
+                    [req.calib], req.calib_count, facts.input_hw, req.tile, req.overlap
+                )
                 calib_profile = builder.create_optimization_profile()
                 opt = plan.shapes[1]
                 calib_profile.set_shape(facts.input_name, opt, opt, opt)
                 config.set_calibration_profile(calib_profile)
                 calibrator = make_calibrator(trt, cuda, req.calib_method, tiles, opt[0], opt, req.calib_cache)
                 config.int8_calibrator = calibrator
-                log(f"calibration: up to {tiles.count} tile(s) of {len(tiles.photos)} photo(s), {req.calib_method}")
-            log(f"building {req.precision} engine with TensorRT {plan.api.label} on {gpu_name} (sm {cc}), batch "
-                f"{plan.shapes[0][0]}..{plan.shapes[2][0]} (opt {plan.shapes[1][0]}): this takes minutes")
+                log(
+                    f"calibration: up to {tiles.count} tile(s) of {len(tiles.photos)} photo(s), {req.calib_method}"
+                )
+            log(
+                f"building {req.precision} engine with TensorRT {plan.api.label} on {gpu_name} (sm {cc}), batch "
+                f"{plan.shapes[0][0]}..{plan.shapes[2][0]} (opt {plan.shapes[1][0]}): this takes minutes"
+            )
             serialized = builder.build_serialized_network(network, config)
             if serialized is None:
-                raise BuildError(f"TensorRT {plan.api.label} could not build {onnx_path.name}; its log above says why")
+                raise BuildError(
+                    f"TensorRT {plan.api.label} could not build {onnx_path.name}; its log above says why"
+                )
             out.parent.mkdir(parents=True, exist_ok=True)
             partial = out.with_name(out.name + ".partial")
             with open(partial, "wb") as f:
@@ -740,11 +809,22 @@ def build_engine(onnx_path: str | Path, out: str | Path | None = None, req: Engi
             calibrator.close()
         ctx.pop()
     meta = EngineMeta(
-        tensorrt_version=str(trt.__version__), gpu_name=gpu_name, compute_capability=cc, precision=req.precision,
-        batch_min=plan.shapes[0][0], batch_opt=plan.shapes[1][0], batch_max=plan.shapes[2][0],
-        input_hw=facts.input_hw, names=facts.names, source_sha256=sha256_file(onnx_path),
-        source_onnx=onnx_path.name, int8_source=plan.int8_source, dla_core=plan.dla_core,
-        input_name=facts.input_name, stride=facts.stride, edgetile_version=__version__,
+        tensorrt_version=str(trt.__version__),
+        gpu_name=gpu_name,
+        compute_capability=cc,
+        precision=req.precision,
+        batch_min=plan.shapes[0][0],
+        batch_opt=plan.shapes[1][0],
+        batch_max=plan.shapes[2][0],
+        input_hw=facts.input_hw,
+        names=facts.names,
+        source_sha256=sha256_file(onnx_path),
+        source_onnx=onnx_path.name,
+        int8_source=plan.int8_source,
+        dla_core=plan.dla_core,
+        input_name=facts.input_name,
+        stride=facts.stride,
+        edgetile_version=__version__,
     )
     sidecar = write_engine_sidecar(out, meta)
     seconds = time.perf_counter() - t0

@@ -67,7 +67,11 @@ class Int8Config:
     budget_mb: float = DEFAULT_BUDGET_MB
 
     def __post_init__(self) -> None:
-        if isinstance(self.calib_count, bool) or not isinstance(self.calib_count, int) or self.calib_count < 1:
+        if (
+            isinstance(self.calib_count, bool)
+            or not isinstance(self.calib_count, int)
+            or self.calib_count < 1
+        ):
             raise ValueError(f"calib_count: expected a positive integer, found {self.calib_count!r}")
         if self.method not in METHODS:
             raise ValueError(f"method: expected one of {', '.join(METHODS)}, found {self.method!r}")
@@ -106,11 +110,15 @@ class Int8Result:
         return self.calib_tiles < SMALL_CALIBRATION
 
     def calibration_line(self) -> str:
-        line = (f"calibration: {self.calib_tiles} tile(s) from {self.calib_photos} photo(s) "
-                f"({self.available_tiles} available), method {self.method}")
+        line = (
+            f"calibration: {self.calib_tiles} tile(s) from {self.calib_photos} photo(s) "
+            f"({self.available_tiles} available), method {self.method}"
+        )
         if self.small_calibration:
-            line += (f"; WARNING: fewer than {SMALL_CALIBRATION} tiles: INT8 ranges from a handful of tiles are "
-                     "known to collapse small-object accuracy; calibrate on hundreds of field tiles")
+            line += (
+                f"; WARNING: fewer than {SMALL_CALIBRATION} tiles: INT8 ranges from a handful of tiles are "
+                "known to collapse small-object accuracy; calibrate on hundreds of field tiles"
+            )
         return line
 
 
@@ -194,8 +202,9 @@ def _calibration_reader(plan: TilePlan, input_name: str):
 
         def set_range(self, start_index: int, end_index: int) -> None:
             if start_index != self.fed:
-                raise RuntimeError(f"calibration chunks must come in order: expected start {self.fed}, "
-                                   f"found {start_index}")
+                raise RuntimeError(
+                    f"calibration chunks must come in order: expected start {self.fed}, found {start_index}"
+                )
             self._left = end_index - start_index
 
         def get_next(self) -> dict[str, np.ndarray] | None:
@@ -217,7 +226,9 @@ def _chunk(total: int) -> int:
 
 
 def quantize_int8(
-    onnx_path: str | Path, calib: str | Path | Sequence[str | Path], out: str | Path | None = None,
+    onnx_path: str | Path,
+    calib: str | Path | Sequence[str | Path],
+    out: str | Path | None = None,
     config: Int8Config | None = None,
 ) -> Int8Result:
     """Quantize an FP32 ONNX to a symmetric, per-channel Q/DQ INT8 ONNX.
@@ -247,15 +258,20 @@ def quantize_int8(
         info = model_info(be, str(onnx_path))
         input_name = be.input_name
     if info.batch not in (None, 1):
-        raise ExportError(f"model {onnx_path}: calibration feeds one tile at a time; expected a dynamic batch or "
-                          f"batch 1, found a fixed batch of {info.batch}; export with --batch dynamic")
+        raise ExportError(
+            f"model {onnx_path}: calibration feeds one tile at a time; expected a dynamic batch or "
+            f"batch 1, found a fixed batch of {info.batch}; export with --batch dynamic"
+        )
     model = onnx.load(str(onnx_path))
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
         raise ExportError(f"model {onnx_path}: already holds Q/DQ nodes; quantize the FP32 ONNX instead")
     sources = [calib] if isinstance(calib, (str, Path)) else list(calib)
     plan = plan_runtime_tiles(sources, cfg.calib_count, info.input_hw, cfg.tile, cfg.overlap)
-    method = {"entropy": CalibrationMethod.Entropy, "minmax": CalibrationMethod.MinMax,
-              "percentile": CalibrationMethod.Percentile}[cfg.method]
+    method = {
+        "entropy": CalibrationMethod.Entropy,
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+    }[cfg.method]
     with tempfile.TemporaryDirectory(prefix="edgetile-int8-") as tmp:
         src = onnx_path
         if _named(model):
@@ -278,30 +294,52 @@ def quantize_int8(
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
             quantize_static(
-                str(src), str(tmp_out), reader, quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                reduce_range=False, calibrate_method=method, op_types_to_quantize=list(WEIGHTED_OPS),
-                nodes_to_exclude=excluded, extra_options=extra,
+                str(src),
+                str(tmp_out),
+                reader,
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                reduce_range=False,
+                calibrate_method=method,
+                op_types_to_quantize=list(WEIGHTED_OPS),
+                nodes_to_exclude=excluded,
+                extra_options=extra,
             )
         except (ValueError, RuntimeError) as exc:
             tmp_out.unlink(missing_ok=True)
             why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             if cfg.method == "percentile" and "bins" in why:
-                why += " (a tensor is nearly constant on these tiles; --method entropy or minmax does not bin)"
+                why += (
+                    " (a tensor is nearly constant on these tiles; --method entropy or minmax does not bin)"
+                )
             if plan.problems:
                 why += f" (unreadable calibration photos: {'; '.join(plan.problems[:3])})"
             raise ExportError(f"ONNX Runtime could not quantize {onnx_path}: {why}") from exc
     qmodel = onnx.load(str(tmp_out))
-    _copy_metadata(model, qmodel, {
-        "edgetile_quantization": "int8 qdq symmetric per-channel (onnxruntime quantize_static)",
-        "edgetile_calibration": f"{reader.fed} tiles, {cfg.method}, tile {cfg.tile}, overlap {cfg.overlap}",
-        "edgetile_float_nodes": str(len(excluded)),
-    })
+    _copy_metadata(
+        model,
+        qmodel,
+        {
+            "edgetile_quantization": "int8 qdq symmetric per-channel (onnxruntime quantize_static)",
+            "edgetile_calibration": f"{reader.fed} tiles, {cfg.method}, tile {cfg.tile}, overlap {cfg.overlap}",
+            "edgetile_float_nodes": str(len(excluded)),
+        },
+    )
     onnx.save(qmodel, str(tmp_out))
     tmp_out.replace(out)
     qdq = check_qdq(qmodel)
-    result = Int8Result(out, reader.fed, sum(1 for p in plan.picks if len(p)), plan.available, cfg.method,
-                        excluded, qdq, list(plan.problems))
+    result = Int8Result(
+        out,
+        reader.fed,
+        sum(1 for p in plan.picks if len(p)),
+        plan.available,
+        cfg.method,
+        excluded,
+        qdq,
+        list(plan.problems),
+    )
     result.size_mb = check_budget(out, cfg.budget_mb)
     return result
 
@@ -352,7 +390,9 @@ def check_qdq(model) -> int:
                 scale = numpy_helper.to_array(inits[n.input[1]])
                 channels = inits[n.input[0]].dims[0]
                 if scale.size != channels:
-                    raise ExportError(f"{n.name}: expected per-channel weight scales ({channels}), found {scale.size}")
+                    raise ExportError(
+                        f"{n.name}: expected per-channel weight scales ({channels}), found {scale.size}"
+                    )
     return count
 
 
@@ -360,8 +400,10 @@ def float_nodes_line(result: Int8Result) -> str:
     """One line naming what stayed in float."""
     if not result.excluded:
         return "head: the box-decoding tail is quantized too (--quantize-head)"
-    return (f"head: {len(result.excluded)} box-decoding node(s) kept in float (DFL, anchor arithmetic, "
-            "final concat)")
+    return (
+        f"head: {len(result.excluded)} box-decoding node(s) kept in float (DFL, anchor arithmetic, "
+        "final concat)"
+    )
 
 
 @dataclass
@@ -411,9 +453,12 @@ class AccuracyReport:
             f"{'':8}{'mAP@0.5':>9}{'mAP@0.75':>10}{'mAP@.5:.95':>12}{'recall':>8}{'precision':>11}",
         ]
         for name, r in (("FP32", self.fp32), ("INT8", self.int8)):
-            rows.append(f"{name:8}{r.map50:9.4f}{r.map75:10.4f}{r.map50_95:12.4f}{r.recall:8.3f}{r.precision:11.3f}")
-        rows.append(f"{'drop':8}{self.drop50:9.4f}{self.drop75:10.4f}"
-                    f"{self.fp32.map50_95 - self.int8.map50_95:12.4f}")
+            rows.append(
+                f"{name:8}{r.map50:9.4f}{r.map75:10.4f}{r.map50_95:12.4f}{r.recall:8.3f}{r.precision:11.3f}"
+            )
+        rows.append(
+            f"{'drop':8}{self.drop50:9.4f}{self.drop75:10.4f}{self.fp32.map50_95 - self.int8.map50_95:12.4f}"
+        )
         rows[-1] += f"{self.recall_drop:8.3f}"
         rows.append(f"recall and precision at score {self.fp32.score_thr:g}, the runtime's --conf")
         rows.append(self.calibration)
@@ -421,21 +466,34 @@ class AccuracyReport:
         if self.drop50 > self.max_drop:
             problems.append(f"INT8 loses {self.drop50:.4f} mAP@0.5, more than --max-drop {self.max_drop:g}")
         if self.recall_drop > self.max_recall_drop:
-            problems.append(f"INT8 loses {self.recall_drop:.3f} recall at score {self.fp32.score_thr:g}, more than "
-                            f"--max-recall-drop {self.max_recall_drop:g} (its scores are lower: the runtime's "
-                            "--conf would miss people that FP32 finds)")
+            problems.append(
+                f"INT8 loses {self.recall_drop:.3f} recall at score {self.fp32.score_thr:g}, more than "
+                f"--max-recall-drop {self.max_recall_drop:g} (its scores are lower: the runtime's "
+                "--conf would miss people that FP32 finds)"
+            )
         if problems:
-            rows.append("verdict: FAIL: " + "; ".join(problems) + "; calibrate on more field tiles, try another "
-                        "--method, or keep FP16")
+            rows.append(
+                "verdict: FAIL: " + "; ".join(problems) + "; calibrate on more field tiles, try another "
+                "--method, or keep FP16"
+            )
         else:
-            rows.append(f"verdict: PASS: INT8 loses {self.drop50:.4f} mAP@0.5 (--max-drop {self.max_drop:g}) and "
-                        f"{self.recall_drop:.3f} recall (--max-recall-drop {self.max_recall_drop:g})")
+            rows.append(
+                f"verdict: PASS: INT8 loses {self.drop50:.4f} mAP@0.5 (--max-drop {self.max_drop:g}) and "
+                f"{self.recall_drop:.3f} recall (--max-recall-drop {self.max_recall_drop:g})"
+            )
         return rows
 
 
 def accuracy_report(
-    fp32_path: str | Path, int8_path: str | Path, val: str | Path, calibration: str, max_drop: float = 0.02,
-    tile: int = 1024, overlap: float = 0.2, val_format: str = "auto", score_thr: float = 0.25,
+    fp32_path: str | Path,
+    int8_path: str | Path,
+    val: str | Path,
+    calibration: str,
+    max_drop: float = 0.02,
+    tile: int = 1024,
+    overlap: float = 0.2,
+    val_format: str = "auto",
+    score_thr: float = 0.25,
     max_recall_drop: float = 0.05,
 ) -> AccuracyReport:
     """Score the FP32 and the INT8 model on full-size validation photos through the runtime (ONNX Runtime, CPU).
@@ -470,6 +528,13 @@ def accuracy_report(
     for path in (fp32_path, int8_path):
         with Detector(str(path), backend="onnxruntime", config=config) as det:
             results.append(evaluate(det, dataset, score_thr=score_thr, progress=sys.stderr.isatty()))
-    return AccuracyReport(results[0], results[1], max_drop, calibration,
-                          f"runtime: ONNX Runtime on the CPU, tile {tile}, overlap {overlap}",
-                          len(dataset), int(dataset.box_count), max_recall_drop)
+    return AccuracyReport(
+        results[0],
+        results[1],
+        max_drop,
+        calibration,
+        f"runtime: ONNX Runtime on the CPU, tile {tile}, overlap {overlap}",
+        len(dataset),
+        int(dataset.box_count),
+        max_recall_drop,
+    )

@@ -40,10 +40,16 @@ class OnnxExportConfig:
     budget_mb: float = DEFAULT_BUDGET_MB
 
     def __post_init__(self) -> None:
-        if isinstance(self.imgsz, bool) or not isinstance(self.imgsz, int) or self.imgsz < 32 or self.imgsz % 32:
+        if (
+            isinstance(self.imgsz, bool)
+            or not isinstance(self.imgsz, int)
+            or self.imgsz < 32
+            or self.imgsz % 32
+        ):
             raise ValueError(f"imgsz: expected a multiple of 32 of at least 32, found {self.imgsz!r}")
-        if self.batch is not None and (isinstance(self.batch, bool) or not isinstance(self.batch, int)
-                                       or self.batch < 1):
+        if self.batch is not None and (
+            isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1
+        ):
             raise ValueError(f"batch: expected a positive integer or None (dynamic), found {self.batch!r}")
         if self.opset is not None and (not isinstance(self.opset, int) or self.opset < MIN_OPSET):
             raise ValueError(f"opset: expected an integer >= {MIN_OPSET} or None, found {self.opset!r}")
@@ -70,7 +76,9 @@ def _fix_spatial_dims(model, imgsz: int) -> None:
                 d.Clear()
 
 
-def export_onnx(weights: str | Path, out: str | Path | None = None, config: OnnxExportConfig | None = None) -> Path:
+def export_onnx(
+    weights: str | Path, out: str | Path | None = None, config: OnnxExportConfig | None = None
+) -> Path:
     """Export an Ultralytics detection model to ONNX.
 
     Args:
@@ -102,8 +110,10 @@ def export_onnx(weights: str | Path, out: str | Path | None = None, config: Onnx
         try:
             model = YOLO(str(local))
         except Exception as exc:  # Ultralytics raises many types for a file that is not a checkpoint
-            raise ExportError(f"weights {weights}: not an Ultralytics checkpoint ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+            raise ExportError(
+                f"weights {weights}: not an Ultralytics checkpoint ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''})"
+            ) from exc
         if model.task != "detect":
             raise ExportError(f"weights {weights}: expected a detection model, found task {model.task!r}")
         stride = int(max(getattr(model.model, "stride", [32])))
@@ -111,11 +121,19 @@ def export_onnx(weights: str | Path, out: str | Path | None = None, config: Onnx
             raise ExportError(f"imgsz: expected a multiple of the model stride {stride}, found {cfg.imgsz}")
         try:
             exported = model.export(
-                format="onnx", imgsz=cfg.imgsz, dynamic=cfg.batch is None, batch=cfg.batch or 1,
-                opset=cfg.opset, simplify=False, device="cpu", verbose=False,
+                format="onnx",
+                imgsz=cfg.imgsz,
+                dynamic=cfg.batch is None,
+                batch=cfg.batch or 1,
+                opset=cfg.opset,
+                simplify=False,
+                device="cpu",
+                verbose=False,
             )
         except Exception as exc:  # the exporter wraps its failures in bare Exceptions
-            raise ExportError(f"Ultralytics ONNX export of {weights} failed: {type(exc).__name__}: {exc}") from exc
+            raise ExportError(
+                f"Ultralytics ONNX export of {weights} failed: {type(exc).__name__}: {exc}"
+            ) from exc
         proto = onnx.load(str(exported))
         if len(proto.graph.input) != 1:
             raise ExportError(f"expected one image input, found {len(proto.graph.input)}")
@@ -126,11 +144,15 @@ def export_onnx(weights: str | Path, out: str | Path | None = None, config: Onnx
         try:
             proto = onnxslim.slim(proto)
         except Exception as exc:  # onnxslim raises bare Exceptions
-            raise ExportError(f"onnxslim could not simplify the exported graph: {type(exc).__name__}: {exc}") from exc
+            raise ExportError(
+                f"onnxslim could not simplify the exported graph: {type(exc).__name__}: {exc}"
+            ) from exc
         meta = {p.key: p.value for p in proto.metadata_props}
         for key in ("names", "imgsz", "stride"):
             if key not in meta:
-                raise ExportError(f"the exported ONNX lacks Ultralytics metadata {key!r} that the runtime reads")
+                raise ExportError(
+                    f"the exported ONNX lacks Ultralytics metadata {key!r} that the runtime reads"
+                )
         _set_metadata(proto, {"edgetile_version": __version__, "edgetile_source": weights.name})
         onnx.checker.check_model(proto)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -177,13 +199,16 @@ class Verification:
 
     def summary(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
-        return (f"verify: {verdict}: ONNX Runtime vs PyTorch on {self.tiles} tile(s) of {self.source}: largest "
-                f"difference {self.max_box_diff:.2e} px in boxes (tolerance {self.box_tol:g}), "
-                f"{self.max_score_diff:.2e} in scores (tolerance {self.score_tol:g})")
+        return (
+            f"verify: {verdict}: ONNX Runtime vs PyTorch on {self.tiles} tile(s) of {self.source}: largest "
+            f"difference {self.max_box_diff:.2e} px in boxes (tolerance {self.box_tol:g}), "
+            f"{self.max_score_diff:.2e} in scores (tolerance {self.score_tol:g})"
+        )
 
 
-def verification_tiles(imgsz: int, images: str | Path | None = None, count: int = 8, tile: int = 1024,
-                       overlap: float = 0.2) -> tuple[np.ndarray, str]:
+def verification_tiles(
+    imgsz: int, images: str | Path | None = None, count: int = 8, tile: int = 1024, overlap: float = 0.2
+) -> tuple[np.ndarray, str]:
     """Tiles to verify an export on: cut from the user's photos, or from a deterministic test pattern.
 
     Returns:
@@ -196,7 +221,9 @@ def verification_tiles(imgsz: int, images: str | Path | None = None, count: int 
             raise ExportError(f"--verify-images {images}: no readable photo: {'; '.join(plan.problems)}")
         return tiles, f"{len(plan.photos)} photo(s) in {images} (tile {tile}, overlap {overlap})"
     photo = synthetic_photo(0, 2 * tile, int(1.5 * tile))
-    return image_tiles(photo, count, (imgsz, imgsz), tile, overlap), f"a synthetic {2 * tile}x{int(1.5 * tile)} pattern"
+    return image_tiles(
+        photo, count, (imgsz, imgsz), tile, overlap
+    ), f"a synthetic {2 * tile}x{int(1.5 * tile)} pattern"
 
 
 def _torch_outputs(weights: Path, tiles: np.ndarray) -> np.ndarray:
@@ -210,8 +237,14 @@ def _torch_outputs(weights: Path, tiles: np.ndarray) -> np.ndarray:
     return out.numpy()
 
 
-def verify_onnx(weights: str | Path, onnx_path: str | Path, tiles: np.ndarray, source: str = "tiles",
-                box_tol: float = 0.05, score_tol: float = 1e-3) -> Verification:
+def verify_onnx(
+    weights: str | Path,
+    onnx_path: str | Path,
+    tiles: np.ndarray,
+    source: str = "tiles",
+    box_tol: float = 0.05,
+    score_tol: float = 1e-3,
+) -> Verification:
     """Run the ONNX through the runtime's ONNX Runtime backend and the .pt through PyTorch; compare.
 
     Args:

@@ -71,7 +71,11 @@ class TilePlan:
 
 
 def plan_runtime_tiles(
-    sources: Sequence[str | Path], count: int, input_hw: tuple[int, int], tile: int = 1024, overlap: float = 0.2
+    sources: Sequence[str | Path],
+    count: int,
+    input_hw: tuple[int, int],
+    tile: int = 1024,
+    overlap: float = 0.2,
 ) -> TilePlan:
     """Choose `count` tiles spread evenly over the tiles of all photos, as the runtime would cut them.
 
@@ -104,8 +108,10 @@ def plan_runtime_tiles(
         plans.append(plan_tiles(w, h, tile, overlap))
     if not photos:
         where = ", ".join(str(s) for s in sources)
-        raise ExportError(f"expected photos (jpg, png, ...) in {where}, found "
-                          + (f"none readable ({problems[0]})" if problems else "none"))
+        raise ExportError(
+            f"expected photos (jpg, png, ...) in {where}, found "
+            + (f"none readable ({problems[0]})" if problems else "none")
+        )
     sizes = np.array([len(p) for p in plans])
     total = int(sizes.sum())
     take = min(count, total)
@@ -145,8 +151,9 @@ def synthetic_photo(seed: int, width: int, height: int) -> np.ndarray:
     return img
 
 
-def image_tiles(image: np.ndarray, count: int, input_hw: tuple[int, int], tile: int = 1024,
-                overlap: float = 0.2) -> np.ndarray:
+def image_tiles(
+    image: np.ndarray, count: int, input_hw: tuple[int, int], tile: int = 1024, overlap: float = 0.2
+) -> np.ndarray:
     """Up to `count` tiles of one in-memory photo, spread evenly, preprocessed as the runtime does.
 
     Args:

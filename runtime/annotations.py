@@ -61,9 +61,13 @@ class AnnotatedPhoto:
             raise ValueError(f"boxes: expected shape (N, 4), found {boxes.shape}")
         class_ids = np.asarray(self.class_ids, np.int64).reshape(-1)
         if class_ids.shape != (boxes.shape[0],):
-            raise ValueError(f"class_ids: expected shape ({boxes.shape[0]},) to match boxes, found {class_ids.shape}")
+            raise ValueError(
+                f"class_ids: expected shape ({boxes.shape[0]},) to match boxes, found {class_ids.shape}"
+            )
         if int(self.width) < 1 or int(self.height) < 1:
-            raise ValueError(f"width, height: expected a positive image size, found {self.width}x{self.height}")
+            raise ValueError(
+                f"width, height: expected a positive image size, found {self.width}x{self.height}"
+            )
         self.width, self.height = int(self.width), int(self.height)
         self.boxes, self.class_ids = boxes, class_ids
 
@@ -237,8 +241,11 @@ class _Collector:
             )
             return None
         return AnnotatedPhoto(
-            path, self.width, self.height,
-            np.asarray(self.boxes, np.float32).reshape(-1, 4), np.asarray(self.class_ids, np.int64),
+            path,
+            self.width,
+            self.height,
+            np.asarray(self.boxes, np.float32).reshape(-1, 4),
+            np.asarray(self.class_ids, np.int64),
         )
 
 
@@ -294,7 +301,9 @@ def _find_image(folder: Path, stem: str, filename: str | None) -> Path | None:
     return None
 
 
-def _load_voc(root: Path, classes: _Classes, skip: str, subset: str | None, problems: list[str]) -> list[AnnotatedPhoto]:
+def _load_voc(
+    root: Path, classes: _Classes, skip: str, subset: str | None, problems: list[str]
+) -> list[AnnotatedPhoto]:
     ann_dir, img_dir = root / "Annotations", root / "JPEGImages"
     if subset is not None:
         listing = root / "ImageSets" / "Main" / f"{subset}.txt"
@@ -318,7 +327,9 @@ def _load_voc(root: Path, classes: _Classes, skip: str, subset: str | None, prob
         filename = (tree.findtext("filename") or "").strip() or None
         image = _find_image(img_dir, xml.stem, filename)
         if image is None:
-            problems.append(f"{rel}: missing image: expected JPEGImages/{filename or xml.stem + '.jpg'}, found none")
+            problems.append(
+                f"{rel}: missing image: expected JPEGImages/{filename or xml.stem + '.jpg'}, found none"
+            )
             continue
         try:
             real_w, real_h = image_size(image)
@@ -334,7 +345,9 @@ def _load_voc(root: Path, classes: _Classes, skip: str, subset: str | None, prob
                 problems.append(f"{rel}: expected numbers in <size>, found {ET.tostring(size, 'unicode')!r}")
                 continue
         if (w, h) != (0, 0) and (w, h) != (real_w, real_h):
-            problems.append(f"{rel}: expected <size> {real_w}x{real_h} as in {image.name}, found {w}x{h}; photo left out")
+            problems.append(
+                f"{rel}: expected <size> {real_w}x{real_h} as in {image.name}, found {w}x{h}; photo left out"
+            )
             continue
         c = _Collector(rel, real_w, real_h, skip, problems)
         for k, obj in enumerate(tree.iter("object")):
@@ -366,7 +379,7 @@ def _read_names_yaml(path: Path) -> list[str] | None:
     for i, line in enumerate(lines):
         if not line.startswith("names:"):
             continue
-        rest = line[len("names:"):].strip()
+        rest = line[len("names:") :].strip()
         if rest.startswith("["):
             import ast
 
@@ -378,7 +391,7 @@ def _read_names_yaml(path: Path) -> list[str] | None:
             return [str(d[k]) for k in sorted(d)]
         names: dict[int, str] = {}
         seq: list[str] = []
-        for sub in lines[i + 1:]:
+        for sub in lines[i + 1 :]:
             if not sub.startswith((" ", "\t")) or not sub.strip():
                 if sub.strip():
                     break
@@ -419,7 +432,9 @@ def _label_path(image: Path, root: Path) -> Path:
     return root / "labels" / (image.stem + ".txt")
 
 
-def _load_yolo(src: Path, classes: _Classes, skip: str, subset: str | None, problems: list[str]) -> list[AnnotatedPhoto]:
+def _load_yolo(
+    src: Path, classes: _Classes, skip: str, subset: str | None, problems: list[str]
+) -> list[AnnotatedPhoto]:
     if src.is_file():  # data.yaml
         root = src.parent
         base = _yaml_value(src, "path")
@@ -440,7 +455,9 @@ def _load_yolo(src: Path, classes: _Classes, skip: str, subset: str | None, prob
         if not classes.fixed:
             for cand in (src / "classes.txt", src.parent / "classes.txt"):
                 if cand.is_file():
-                    classes.fix([s.strip() for s in cand.read_text(encoding="utf-8").splitlines() if s.strip()])
+                    classes.fix(
+                        [s.strip() for s in cand.read_text(encoding="utf-8").splitlines() if s.strip()]
+                    )
                     break
             else:
                 for cand in (src / "data.yaml", src / "dataset.yaml"):
@@ -459,8 +476,10 @@ def _load_yolo(src: Path, classes: _Classes, skip: str, subset: str | None, prob
         if not image_root.is_dir():
             raise FileNotFoundError(f"expected an image folder at {image_root}, found none")
         images += sorted(
-            p for p in image_root.rglob("*")
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            p
+            for p in image_root.rglob("*")
+            if p.is_file()
+            and p.suffix.lower() in IMAGE_EXTENSIONS
             and "labels" not in p.relative_to(image_root).parts
         )
     photos = []
@@ -506,8 +525,9 @@ def _load_yolo(src: Path, classes: _Classes, skip: str, subset: str | None, prob
         for lab in sorted(label_root.rglob("*.txt")):
             if lab not in used and lab.name != "classes.txt":
                 rel = _relative(lab, root)
-                problems.append(f"{rel}: missing image: expected an image named {lab.stem}.* for these labels, "
-                                "found none")
+                problems.append(
+                    f"{rel}: missing image: expected an image named {lab.stem}.* for these labels, found none"
+                )
     return photos
 
 
@@ -515,8 +535,9 @@ def _load_yolo(src: Path, classes: _Classes, skip: str, subset: str | None, prob
 # COCO
 
 
-def _load_coco(src: Path, images_dir: Path | None, classes: _Classes, skip: str,
-               problems: list[str]) -> list[AnnotatedPhoto]:
+def _load_coco(
+    src: Path, images_dir: Path | None, classes: _Classes, skip: str, problems: list[str]
+) -> list[AnnotatedPhoto]:
     try:
         doc = json.loads(src.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -532,14 +553,20 @@ def _load_coco(src: Path, images_dir: Path | None, classes: _Classes, skip: str,
     by_image: dict[object, list[dict]] = {}
     for ann in doc.get("annotations", []):
         by_image.setdefault(ann.get("image_id"), []).append(ann)
-    folders = [images_dir] if images_dir is not None else [src.parent, src.parent / "images", src.parent / "JPEGImages"]
+    folders = (
+        [images_dir]
+        if images_dir is not None
+        else [src.parent, src.parent / "images", src.parent / "JPEGImages"]
+    )
     photos = []
     for img in doc["images"]:
         fname = str(img.get("file_name", ""))
         source = f"{src.name}: image {img.get('id')} ({fname})"
         path = next((f / fname for f in folders if fname and (f / fname).is_file()), None)
         if path is None:
-            problems.append(f"{source}: missing image: expected {fname} in {' or '.join(map(str, folders))}, found none")
+            problems.append(
+                f"{source}: missing image: expected {fname} in {' or '.join(map(str, folders))}, found none"
+            )
             continue
         try:
             real_w, real_h = image_size(path)
@@ -548,8 +575,10 @@ def _load_coco(src: Path, images_dir: Path | None, classes: _Classes, skip: str,
             continue
         w, h = int(img.get("width") or 0), int(img.get("height") or 0)
         if (w, h) != (0, 0) and (w, h) != (real_w, real_h):
-            problems.append(f"{source}: expected width x height {real_w}x{real_h} as in the file, found {w}x{h}; "
-                            "photo left out")
+            problems.append(
+                f"{source}: expected width x height {real_w}x{real_h} as in the file, found {w}x{h}; "
+                "photo left out"
+            )
             continue
         c = _Collector(source, real_w, real_h, skip, problems)
         for ann in by_image.get(img.get("id"), []):

@@ -34,7 +34,9 @@ def int_at_least(name: str, minimum: int = 1) -> Callable[[str], int]:
         try:
             v = int(s)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum} for {name}, found {s!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected an integer >= {minimum} for {name}, found {s!r}"
+            ) from None
         if v < minimum:
             raise argparse.ArgumentTypeError(f"expected an integer >= {minimum} for {name}, found {v}")
         return v
@@ -50,9 +52,13 @@ def finite_number(name: str, minimum: float = 0.0, inclusive: bool = True) -> Ca
         try:
             v = float(s)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a finite number {rel} {minimum:g} for {name}, found {s!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected a finite number {rel} {minimum:g} for {name}, found {s!r}"
+            ) from None
         if not math.isfinite(v) or not (v >= minimum if inclusive else v > minimum):
-            raise argparse.ArgumentTypeError(f"expected a finite number {rel} {minimum:g} for {name}, found {s}")
+            raise argparse.ArgumentTypeError(
+                f"expected a finite number {rel} {minimum:g} for {name}, found {s}"
+            )
         return v
 
     return parse
@@ -62,9 +68,14 @@ def add_read_ahead_option(group) -> None:
     """``--read-ahead MB``, shared by detect and serve: the next photo decoded while this one is detected."""
     from .readahead import READ_AHEAD_MB
 
-    group.add_argument("--read-ahead", type=int_at_least("--read-ahead", 0), default=None, metavar="MB",
-                       help="decode the next photo on a thread while this one is detected, when it takes at most "
-                            "MB decoded (a 4000x3000 photo takes 36); larger ones are read in their turn, so a "
-                            "huge photo is never held twice; 0 turns it off (default: "
-                            f"{READ_AHEAD_MB} when the model runs on a GPU; 0 on the CPU, where a decode beside "
-                            "inference slows both)")
+    group.add_argument(
+        "--read-ahead",
+        type=int_at_least("--read-ahead", 0),
+        default=None,
+        metavar="MB",
+        help="decode the next photo on a thread while this one is detected, when it takes at most "
+        "MB decoded (a 4000x3000 photo takes 36); larger ones are read in their turn, so a "
+        "huge photo is never held twice; 0 turns it off (default: "
+        f"{READ_AHEAD_MB} when the model runs on a GPU; 0 on the CPU, where a decode beside "
+        "inference slows both)",
+    )

@@ -49,37 +49,86 @@ def add_detect_options(
 
     first = len(p._actions)  # argparse has no public way to list a parser's options
     g = p.add_argument_group("model")
-    g.add_argument("--model", nargs="+", action="extend", metavar="PATH",
-                   help="ONNX model or TensorRT engine; several for an ensemble fused by WBF "
-                        "(default: the bundled demo model)")
-    g.add_argument("--model-weights", nargs="+", type=finite_number("--model-weights", 0.0, inclusive=False), metavar="W",
-                   help="one weight per --model for the ensemble fusion, e.g. 1 2 (default: all 1)")
-    g.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"], default="auto",
-                   help="inference backend; auto picks TensorRT for .engine/.plan and ONNX Runtime for .onnx")
+    g.add_argument(
+        "--model",
+        nargs="+",
+        action="extend",
+        metavar="PATH",
+        help="ONNX model or TensorRT engine; several for an ensemble fused by WBF "
+        "(default: the bundled demo model)",
+    )
+    g.add_argument(
+        "--model-weights",
+        nargs="+",
+        type=finite_number("--model-weights", 0.0, inclusive=False),
+        metavar="W",
+        help="one weight per --model for the ensemble fusion, e.g. 1 2 (default: all 1)",
+    )
+    g.add_argument(
+        "--backend",
+        choices=["auto", "onnxruntime", "tensorrt"],
+        default="auto",
+        help="inference backend; auto picks TensorRT for .engine/.plan and ONNX Runtime for .onnx",
+    )
     g = p.add_argument_group("tiling")
-    g.add_argument("--tile", type=int_at_least("--tile", 32), default=1024,
-                   help="tile side in image pixels; tiles are resized to the model input (default: 1024)")
-    g.add_argument("--overlap", type=number_in("--overlap", 0.0, 0.9, hi_open=True), default=0.2,
-                   help="fraction of a tile shared with its neighbour; keep it wider than the largest "
-                        "object over the tile size (default: 0.2)")
-    g.add_argument("--full-frame", action="store_true",
-                   help="add one downscaled pass of the whole image, for objects larger than a tile")
-    g.add_argument("--batch", type=int_at_least("--batch"), default=None,
-                   help="tiles per inference call (default: the model's fixed batch, or 8)")
+    g.add_argument(
+        "--tile",
+        type=int_at_least("--tile", 32),
+        default=1024,
+        help="tile side in image pixels; tiles are resized to the model input (default: 1024)",
+    )
+    g.add_argument(
+        "--overlap",
+        type=number_in("--overlap", 0.0, 0.9, hi_open=True),
+        default=0.2,
+        help="fraction of a tile shared with its neighbour; keep it wider than the largest "
+        "object over the tile size (default: 0.2)",
+    )
+    g.add_argument(
+        "--full-frame",
+        action="store_true",
+        help="add one downscaled pass of the whole image, for objects larger than a tile",
+    )
+    g.add_argument(
+        "--batch",
+        type=int_at_least("--batch"),
+        default=None,
+        help="tiles per inference call (default: the model's fixed batch, or 8)",
+    )
     g = p.add_argument_group("thresholds and merging")
-    g.add_argument("--conf", type=number_in("--conf"), default=conf_default,
-                   help=f"confidence threshold; lower it for recall when every miss matters (default: {conf_default}"
-                        + (f", because {conf_why})" if conf_why else ")"))
-    g.add_argument("--iou", type=number_in("--iou"), default=0.7,
-                   help="IoU threshold of the NMS inside each tile (default: 0.7)")
-    g.add_argument("--merge", choices=MERGE_METHODS, default="ios",
-                   help="how boxes of overlapping tiles are joined: ios suppresses a box whose intersection "
-                        "over the smaller box exceeds --merge-thr; nms uses IoU; nmm merges into the union "
-                        "box; wbf averages (default: ios)")
-    g.add_argument("--merge-thr", type=number_in("--merge-thr"), default=0.5,
-                   help="threshold of the cross-tile merge (default: 0.5)")
-    g.add_argument("--tta", choices=["none", "flip"], default="none",
-                   help="flip adds a mirrored pass fused by WBF: slower, usually better recall (default: none)")
+    g.add_argument(
+        "--conf",
+        type=number_in("--conf"),
+        default=conf_default,
+        help=f"confidence threshold; lower it for recall when every miss matters (default: {conf_default}"
+        + (f", because {conf_why})" if conf_why else ")"),
+    )
+    g.add_argument(
+        "--iou",
+        type=number_in("--iou"),
+        default=0.7,
+        help="IoU threshold of the NMS inside each tile (default: 0.7)",
+    )
+    g.add_argument(
+        "--merge",
+        choices=MERGE_METHODS,
+        default="ios",
+        help="how boxes of overlapping tiles are joined: ios suppresses a box whose intersection "
+        "over the smaller box exceeds --merge-thr; nms uses IoU; nmm merges into the union "
+        "box; wbf averages (default: ios)",
+    )
+    g.add_argument(
+        "--merge-thr",
+        type=number_in("--merge-thr"),
+        default=0.5,
+        help="threshold of the cross-tile merge (default: 0.5)",
+    )
+    g.add_argument(
+        "--tta",
+        choices=["none", "flip"],
+        default="none",
+        help="flip adds a mirrored pass fused by WBF: slower, usually better recall (default: none)",
+    )
     return {action.dest: action for action in p._actions[first:]}
 
 
@@ -87,8 +136,15 @@ def detect_config_from_args(a: argparse.Namespace):
     from .detector import DetectConfig
 
     return DetectConfig(
-        tile=a.tile, overlap=a.overlap, full_frame=a.full_frame, batch=a.batch, conf=a.conf, iou=a.iou,
-        merge=a.merge, merge_thr=a.merge_thr, tta=() if a.tta == "none" else (a.tta,),
+        tile=a.tile,
+        overlap=a.overlap,
+        full_frame=a.full_frame,
+        batch=a.batch,
+        conf=a.conf,
+        iou=a.iou,
+        merge=a.merge,
+        merge_thr=a.merge_thr,
+        tta=() if a.tta == "none" else (a.tta,),
     )
 
 
@@ -102,8 +158,9 @@ def open_detector(a: argparse.Namespace):
         if not Path(m).is_file():
             raise UsageError(f"--model: file not found: {m}")
     if a.model_weights is not None and len(a.model_weights) != len(models):
-        raise UsageError(f"--model-weights: expected {len(models)} weight(s), one per model, "
-                         f"found {len(a.model_weights)}")
+        raise UsageError(
+            f"--model-weights: expected {len(models)} weight(s), one per model, found {len(a.model_weights)}"
+        )
     try:
         return Detector(models, weights=a.model_weights, backend=a.backend, config=detect_config_from_args(a))
     except (ValueError, BackendUnavailable, FileNotFoundError) as exc:
@@ -139,8 +196,9 @@ def run_detect(sources: Sequence[str], a: argparse.Namespace, out_dir: Path, sav
     load = read_within(read_ahead_bytes(a.read_ahead, detector.infers_on_cpu))
     bar = tqdm(total=len(inputs), disable=not show_bar, unit="img", file=sys.stderr, dynamic_ncols=True)
     t_start = time.perf_counter()
-    with detector, ResultWriter(out_dir, detector.names, save_vis=save_vis) as writer, \
-            (geo or contextlib.nullcontext()), bar:
+    with detector, ResultWriter(out_dir, detector.names, save_vis=save_vis) as writer, (
+        geo or contextlib.nullcontext()
+    ), bar:
         for path, ahead, read_error in prefetch(inputs, load):
             record: dict = {"image": path}
             image = dets = None
@@ -152,7 +210,8 @@ def run_detect(sources: Sequence[str], a: argparse.Namespace, out_dir: Path, sav
                 timings = {"read": read_ms}
                 dets = detector.detect(image, timings)
                 record.update(
-                    width=int(image.shape[1]), height=int(image.shape[0]),
+                    width=int(image.shape[1]),
+                    height=int(image.shape[0]),
                     detections=dets.to_records(detector.names),
                     timings_ms={k: round(v, 2) for k, v in timings.items()},
                 )
@@ -171,13 +230,22 @@ def run_detect(sources: Sequence[str], a: argparse.Namespace, out_dir: Path, sav
             bar.update(1)
     if not a.quiet:
         dt = time.perf_counter() - t_start
-        print(f"{len(inputs) - failed}/{len(inputs)} image(s) processed in {dt:.1f} s, {found} detection(s), "
-              f"{failed} failed", file=sys.stderr)
-        print(f"results: {writer.json_path}  {writer.csv_path}" + (f"  {writer.vis_dir}/" if save_vis else ""),
-              file=sys.stderr)
+        print(
+            f"{len(inputs) - failed}/{len(inputs)} image(s) processed in {dt:.1f} s, {found} detection(s), "
+            f"{failed} failed",
+            file=sys.stderr,
+        )
+        print(
+            f"results: {writer.json_path}  {writer.csv_path}" + (f"  {writer.vis_dir}/" if save_vis else ""),
+            file=sys.stderr,
+        )
         if geo is not None:  # geo (issue 8)
-            print(f"{geo.located} detection(s) georeferenced, {len(geo.tracks.tracks)} track(s): "
-                  + "  ".join(str(p) for p in geo.paths) + f"  {geo.thumb_dir}/", file=sys.stderr)
+            print(
+                f"{geo.located} detection(s) georeferenced, {len(geo.tracks.tracks)} track(s): "
+                + "  ".join(str(p) for p in geo.paths)
+                + f"  {geo.thumb_dir}/",
+                file=sys.stderr,
+            )
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
@@ -196,8 +264,11 @@ def cmd_demo(a: argparse.Namespace) -> int:
         raise UsageError(f"the bundled sample is missing from this install: {DEMO_SAMPLE}")
     a.model = a.model or [str(DEMO_MODEL)]
     a.read_ahead = None  # one photo: nothing to read ahead; detect's default rule applies
-    print(f"edgetile demo: the bundled model {Path(a.model[0]).name} on the bundled 4000x3000 sample "
-          f"{DEMO_SAMPLE.name}", file=sys.stderr)
+    print(
+        f"edgetile demo: the bundled model {Path(a.model[0]).name} on the bundled 4000x3000 sample "
+        f"{DEMO_SAMPLE.name}",
+        file=sys.stderr,
+    )
     code = run_detect([str(DEMO_SAMPLE)], a, Path(a.out), save_vis=True)
     if code == EXIT_OK and not a.quiet:
         print(f"open {Path(a.out) / 'vis' / DEMO_SAMPLE.name} to see the people found", file=sys.stderr)
@@ -221,24 +292,33 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     d = sub.add_parser(
-        "detect", help="detect objects in photos by tiled inference",
+        "detect",
+        help="detect objects in photos by tiled inference",
         description="Detect objects in photos: each photo is cut into overlapping tiles, tiles run in batches, "
-                    "and boxes of neighbouring tiles are merged. Writes DIR/detections.json (one record per "
-                    "input) and DIR/detections.csv (Lacmus layout: id,xmin,ymin,xmax,ymax,score).",
+        "and boxes of neighbouring tiles are merged. Writes DIR/detections.json (one record per "
+        "input) and DIR/detections.csv (Lacmus layout: id,xmin,ymin,xmax,ymax,score).",
         epilog="Exit codes: 0 all inputs processed, 1 some inputs failed (others still written), 2 usage error.\n"
-               "Example: edgetile detect flight_07/ --model person.onnx --out results --conf 0.1 --tta flip\n"
-               "Example: edgetile detect flight_07/ --model person.onnx --out results "
-               "--settings runs/eval/best_detect.yaml",
+        "Example: edgetile detect flight_07/ --model person.onnx --out results --conf 0.1 --tta flip\n"
+        "Example: edgetile detect flight_07/ --model person.onnx --out results "
+        "--settings runs/eval/best_detect.yaml",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    d.add_argument("sources", nargs="+", metavar="SOURCE", help="image files, folders (searched recursively) or glob patterns")
+    d.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="image files, folders (searched recursively) or glob patterns",
+    )
     d.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
-    d.add_argument("--settings", metavar="FILE",
-                   help="YAML or JSON file of detection settings keyed by these option names without dashes, "
-                        "e.g. 'conf: 0.15' and 'merge-thr: 0.6': the best_detect.yaml of 'edgetile eval --sweep', "
-                        "which 'edgetile serve --config' reads too. It may set the model, tiling, threshold and "
-                        "merging options; options given on the command line win over it. JSON (a file starting with "
-                        "'{') needs nothing more, YAML needs PyYAML (pip install 'edgetile[serve]')")
+    d.add_argument(
+        "--settings",
+        metavar="FILE",
+        help="YAML or JSON file of detection settings keyed by these option names without dashes, "
+        "e.g. 'conf: 0.15' and 'merge-thr: 0.6': the best_detect.yaml of 'edgetile eval --sweep', "
+        "which 'edgetile serve --config' reads too. It may set the model, tiling, threshold and "
+        "merging options; options given on the command line win over it. JSON (a file starting with "
+        "'{') needs nothing more, YAML needs PyYAML (pip install 'edgetile[serve]')",
+    )
     settings = add_detect_options(d)
     from .geo.options import add_geo_options  # geo (issue 8): --format geojson,kml,csv and pose overrides
 
@@ -252,19 +332,28 @@ def build_parser() -> argparse.ArgumentParser:
     # a parse of detect's words holds only those until settings.resolve() fills in the rest.
     d.set_defaults(func=cmd_detect, _settings=defer_defaults(settings, d._actions))
 
-    demo = sub.add_parser("demo", help="run the bundled demo model on the bundled aerial sample",
-                          description="Run the bundled demo model on a bundled synthetic 4000x3000 aerial photo "
-                                      "and write the same outputs as detect, with annotated images.")
+    demo = sub.add_parser(
+        "demo",
+        help="run the bundled demo model on the bundled aerial sample",
+        description="Run the bundled demo model on a bundled synthetic 4000x3000 aerial photo "
+        "and write the same outputs as detect, with annotated images.",
+    )
     demo.add_argument("--out", default="demo_out", metavar="DIR", help="output folder (default: demo_out)")
     # At detect's 0.25 the demo model misses half the sample's people; at 0.1 it finds all, no false alarm.
-    add_detect_options(demo, conf_default=DEMO_CONF,
-                       conf_why="the bundled model is small and briefly trained, so its scores run low")
+    add_detect_options(
+        demo,
+        conf_default=DEMO_CONF,
+        conf_why="the bundled model is small and briefly trained, so its scores run low",
+    )
     demo.add_argument("--quiet", action="store_true", help="no summary")
     demo.set_defaults(func=cmd_demo)
 
-    env = sub.add_parser("env", help="versions of the libraries edgetile uses and which backends work here",
-                         description="Print Python, NumPy, OpenCV, ONNX Runtime, TensorRT, pycuda and CUDA "
-                                     "versions where present, the merge implementation, and usable backends.")
+    env = sub.add_parser(
+        "env",
+        help="versions of the libraries edgetile uses and which backends work here",
+        description="Print Python, NumPy, OpenCV, ONNX Runtime, TensorRT, pycuda and CUDA "
+        "versions where present, the merge implementation, and usable backends.",
+    )
     env.set_defaults(func=cmd_env)
 
     # The on-device daemon (edgetile.runtime.serve); fastapi and uvicorn load only when it runs.

@@ -22,7 +22,9 @@ def check_yolo_output(output: np.ndarray, batch: int, num_classes: int | None) -
             f"found {output.shape}"
         )
     if output.shape[1] < 5:
-        raise ValueError(f"model output: expected shape {expect} with at least one class, found {output.shape}")
+        raise ValueError(
+            f"model output: expected shape {expect} with at least one class, found {output.shape}"
+        )
 
 
 def decode_yolo(

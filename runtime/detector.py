@@ -59,8 +59,9 @@ class DetectConfig:
 
     def __post_init__(self) -> None:
         validate_tiling(self.tile, self.overlap)
-        if self.batch is not None and (isinstance(self.batch, bool) or int(self.batch) != self.batch
-                                       or self.batch < 1):
+        if self.batch is not None and (
+            isinstance(self.batch, bool) or int(self.batch) != self.batch or self.batch < 1
+        ):
             raise ValueError(f"batch: expected a positive integer, found {self.batch!r}")
         for name in ("conf", "iou", "merge_thr", "fusion_iou"):
             v = getattr(self, name)
@@ -119,11 +120,14 @@ def merge_boxes(dets: Detections, method: str, thr: float) -> Detections:
     if len(dets) < 2:
         return dets
     if method in ("ios", "nms"):
-        keep = merge.nms(dets.xyxy, dets.scores, dets.class_ids, iou_thr=thr, metric="iou" if method == "nms" else "ios")
+        keep = merge.nms(
+            dets.xyxy, dets.scores, dets.class_ids, iou_thr=thr, metric="iou" if method == "nms" else "ios"
+        )
         return dets[keep]
     if method == "nmm":
-        boxes, scores, labels, _groups = merge.greedy_nmm(dets.xyxy, dets.scores, dets.class_ids, match_thr=thr,
-                                                          metric="ios")
+        boxes, scores, labels, _groups = merge.greedy_nmm(
+            dets.xyxy, dets.scores, dets.class_ids, match_thr=thr, metric="ios"
+        )
         return Detections(boxes, scores, labels)
     if method == "wbf":
         boxes, scores, labels = merge.wbf([dets.xyxy], [dets.scores], [dets.class_ids], iou_thr=thr)
@@ -167,7 +171,9 @@ class Detector:
         self._models: list[_Model] = []
         try:
             for path, weight in zip(paths, weights):
-                self._models.append(self._load(path if isinstance(path, Backend) else str(path), backend, weight))
+                self._models.append(
+                    self._load(path if isinstance(path, Backend) else str(path), backend, weight)
+                )
         except BaseException:
             self.close()
             raise
@@ -227,7 +233,12 @@ class Detector:
         Returns:
             Detections in image pixels, by descending score.
         """
-        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        if (
+            not isinstance(image, np.ndarray)
+            or image.ndim != 3
+            or image.shape[2] != 3
+            or image.dtype != np.uint8
+        ):
             shape = getattr(image, "shape", None)
             dtype = getattr(image, "dtype", type(image).__name__)
             raise ValueError(f"image: expected an (H, W, 3) uint8 BGR array, found shape {shape} of {dtype}")
@@ -245,8 +256,13 @@ class Detector:
             return passes[0].sorted()
         t0 = time.perf_counter()
         boxes, scores, labels = merge.wbf(
-            [p.xyxy for p in passes], [p.scores for p in passes], [p.class_ids for p in passes],
-            weights=weights, iou_thr=self.config.fusion_iou, skip_box_thr=0.0, conf_type="avg",
+            [p.xyxy for p in passes],
+            [p.scores for p in passes],
+            [p.class_ids for p in passes],
+            weights=weights,
+            iou_thr=self.config.fusion_iou,
+            skip_box_thr=0.0,
+            conf_type="avg",
         )
         fused = Detections(boxes, scores, np.asarray(labels).astype(np.int64))
         t["fuse"] += (time.perf_counter() - t0) * 1000

@@ -84,18 +84,29 @@ class EngineMeta:
     def __post_init__(self) -> None:
         _version_tuple(self.tensorrt_version, "tensorrt_version")
         if not re.fullmatch(r"\d+\.\d+", str(self.compute_capability)):
-            raise ValueError(f"compute_capability: expected 'major.minor' like 8.7, found {self.compute_capability!r}")
+            raise ValueError(
+                f"compute_capability: expected 'major.minor' like 8.7, found {self.compute_capability!r}"
+            )
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, found {self.precision!r}")
         if self.precision == "int8" and self.int8_source not in INT8_SOURCES:
-            raise ValueError(f"int8_source: expected one of {', '.join(INT8_SOURCES)} for an int8 engine, "
-                             f"found {self.int8_source!r}")
+            raise ValueError(
+                f"int8_source: expected one of {', '.join(INT8_SOURCES)} for an int8 engine, "
+                f"found {self.int8_source!r}"
+            )
         b = (self.batch_min, self.batch_opt, self.batch_max)
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in b) or not 1 <= b[0] <= b[1] <= b[2]:
-            raise ValueError(f"batch_min, batch_opt, batch_max: expected integers 1 <= min <= opt <= max, found {b}")
+        if (
+            not all(isinstance(v, int) and not isinstance(v, bool) for v in b)
+            or not 1 <= b[0] <= b[1] <= b[2]
+        ):
+            raise ValueError(
+                f"batch_min, batch_opt, batch_max: expected integers 1 <= min <= opt <= max, found {b}"
+            )
         hw = tuple(self.input_hw)
         if len(hw) != 2 or not all(isinstance(v, int) and v > 0 for v in hw):
-            raise ValueError(f"input_hw: expected two positive integers (height, width), found {self.input_hw!r}")
+            raise ValueError(
+                f"input_hw: expected two positive integers (height, width), found {self.input_hw!r}"
+            )
         object.__setattr__(self, "input_hw", (int(hw[0]), int(hw[1])))
         if not re.fullmatch(r"[0-9a-f]{64}", str(self.source_sha256)):
             raise ValueError(f"source_sha256: expected 64 lowercase hex digits, found {self.source_sha256!r}")
@@ -111,14 +122,28 @@ class EngineMeta:
     @classmethod
     def from_dict(cls, d: dict, where: str = "sidecar") -> EngineMeta:
         if d.get("format") != SIDECAR_FORMAT:
-            raise ValueError(f"{where}: expected an {SIDECAR_FORMAT} sidecar, found format {d.get('format')!r}")
+            raise ValueError(
+                f"{where}: expected an {SIDECAR_FORMAT} sidecar, found format {d.get('format')!r}"
+            )
         if d.get("format_version") != SIDECAR_VERSION:
-            raise ValueError(f"{where}: expected sidecar format_version {SIDECAR_VERSION}, found "
-                             f"{d.get('format_version')!r}; rebuild the engine with this edgetile")
+            raise ValueError(
+                f"{where}: expected sidecar format_version {SIDECAR_VERSION}, found "
+                f"{d.get('format_version')!r}; rebuild the engine with this edgetile"
+            )
         known = set(cls.__dataclass_fields__)
         body = {k: v for k, v in d.items() if k in known}
-        required = ("tensorrt_version", "gpu_name", "compute_capability", "precision", "batch_min", "batch_opt",
-                    "batch_max", "input_hw", "names", "source_sha256")
+        required = (
+            "tensorrt_version",
+            "gpu_name",
+            "compute_capability",
+            "precision",
+            "batch_min",
+            "batch_opt",
+            "batch_max",
+            "input_hw",
+            "names",
+            "source_sha256",
+        )
         missing = [k for k in required if k not in body]
         if missing:
             raise ValueError(f"{where}: missing field(s) {', '.join(missing)}")
@@ -161,7 +186,9 @@ def read_engine_sidecar(engine_path: str | Path) -> EngineMeta:
     return EngineMeta.from_dict(d, str(path))
 
 
-def check_engine_compatible(meta: EngineMeta, trt_version: str, gpu_name: str, compute_capability: str) -> list[str]:
+def check_engine_compatible(
+    meta: EngineMeta, trt_version: str, gpu_name: str, compute_capability: str
+) -> list[str]:
     """Refuse an engine that this TensorRT on this GPU cannot run.
 
     TensorRT deserializes a plan only with the exact version that built it (major.minor.patch), and the
@@ -190,6 +217,8 @@ def check_engine_compatible(meta: EngineMeta, trt_version: str, gpu_name: str, c
             f"{compute_capability}); rebuild it here with 'edgetile export engine' from {meta.source_onnx or 'its ONNX'}"
         )
     if meta.gpu_name != gpu_name:
-        return [f"engine built on GPU {meta.gpu_name}, running on GPU {gpu_name} of the same compute capability "
-                f"{compute_capability}: it loads, but rebuild it here for the fastest tactics"]
+        return [
+            f"engine built on GPU {meta.gpu_name}, running on GPU {gpu_name} of the same compute capability "
+            f"{compute_capability}: it loads, but rebuild it here for the fastest tactics"
+        ]
     return []

@@ -38,7 +38,9 @@ def _cuda_version() -> str:
     except ImportError:
         pass
     except Exception as exc:  # no driver or no GPU: say so
-        found.append(f"pycuda cannot reach a GPU: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        found.append(
+            f"pycuda cannot reach a GPU: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        )
     nvcc = shutil.which("nvcc")
     if nvcc:
         out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=20).stdout

@@ -75,7 +75,9 @@ def _decode_jpeg(data: np.ndarray, path: str | os.PathLike) -> np.ndarray | None
     try:
         return simplejpeg.decode_jpeg(data, colorspace="BGR", buffer=out, strict=True)
     except ValueError as exc:
-        raise ImageReadError(f"corrupt or truncated JPEG ({str(exc).strip() or 'decode failed'}): {path}") from exc
+        raise ImageReadError(
+            f"corrupt or truncated JPEG ({str(exc).strip() or 'decode failed'}): {path}"
+        ) from exc
 
 
 def to_bgr8(img: np.ndarray, name: str = "image") -> np.ndarray:

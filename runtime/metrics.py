@@ -110,13 +110,26 @@ class EvalResult:
 
     def rescore(self, score_thr: float) -> EvalResult:
         """The same detections scored at another operating threshold (no model run)."""
-        return score_detections(self.per_photo, self.class_names, score_thr, problems=self.problems,
-                                notes=self.notes)
+        return score_detections(
+            self.per_photo, self.class_names, score_thr, problems=self.problems, notes=self.notes
+        )
 
     def to_dict(self) -> dict:
         """JSON-ready numbers (no detections)."""
-        keys = ("map50", "map75", "map50_95", "lacmus_ap50", "lacmus_f1", "recall", "precision", "f1",
-                "score_thr", "tp", "fp", "gt_boxes")
+        keys = (
+            "map50",
+            "map75",
+            "map50_95",
+            "lacmus_ap50",
+            "lacmus_f1",
+            "recall",
+            "precision",
+            "f1",
+            "score_thr",
+            "tp",
+            "fp",
+            "gt_boxes",
+        )
         out: dict = {k: _json_num(getattr(self, k)) for k in keys}
         out["photos"] = len(self.per_photo)
         out["detections"] = int(sum(len(p.detections) for p in self.per_photo))
@@ -151,15 +164,22 @@ class EvalResult:
                 ax.plot(self.curve[:, 1], self.curve[:, 2], lw=1.5, label="all detections, IoU 0.5")
                 rec, prec = _envelope(self.curve[:, 1], self.curve[:, 2])
                 ax.plot(rec, prec, lw=1, ls="--", label="interpolated (VOC all-point)")
-            ax.plot([self.recall], [self.precision], "o", ms=8,
-                    label=f"score >= {self.score_thr:g}: R {self.recall:.3f} P {self.precision:.3f}")
+            ax.plot(
+                [self.recall],
+                [self.precision],
+                "o",
+                ms=8,
+                label=f"score >= {self.score_thr:g}: R {self.recall:.3f} P {self.precision:.3f}",
+            )
             ax.set_xlim(0, 1.01)
             ax.set_ylim(0, 1.01)
             ax.set_xlabel("recall")
             ax.set_ylabel("precision")
             ax.grid(alpha=0.3)
-            ax.set_title(title or f"mAP@0.5 {self.map50:.3f}  mAP@0.75 {self.map75:.3f}  "
-                                  f"Lacmus AP {self.lacmus_ap50:.3f}")
+            ax.set_title(
+                title
+                or f"mAP@0.5 {self.map50:.3f}  mAP@0.75 {self.map75:.3f}  Lacmus AP {self.lacmus_ap50:.3f}"
+            )
             ax.legend(loc="lower left", fontsize=8)
             out = Path(path)
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -292,7 +312,9 @@ def _class_curve(pooled: _Pooled, c: int) -> tuple[np.ndarray, np.ndarray, np.nd
     return s, recall, precision
 
 
-def lacmus_metrics(per_photo: Sequence[PhotoDetections], min_score: float = LACMUS_SCORE_THR) -> tuple[float, float]:
+def lacmus_metrics(
+    per_photo: Sequence[PhotoDetections], min_score: float = LACMUS_SCORE_THR
+) -> tuple[float, float]:
     """Lacmus AP@0.5 (VOC all-point, averaged over classes with ground truth) and F1, at min_score.
 
     Returns:
@@ -308,7 +330,9 @@ def lacmus_metrics(per_photo: Sequence[PhotoDetections], min_score: float = LACM
     return (float(np.mean(aps)) if aps else float("nan")), _f1(tp, fp, n_gt)[2]
 
 
-def operating_point(per_photo: Sequence[PhotoDetections], score_thr: float) -> tuple[int, int, int, float, float, float]:
+def operating_point(
+    per_photo: Sequence[PhotoDetections], score_thr: float
+) -> tuple[int, int, int, float, float, float]:
     """Counts and rates at one threshold, without the COCO evaluation (cheap enough for a sweep).
 
     Returns:
@@ -374,16 +398,28 @@ def coco_map(
     return [float("nan") if v < 0 else float(v) for v in ev.stats], md
 
 
-def coco_ground_truth(per_photo: Sequence[PhotoDetections | AnnotatedPhoto], class_names: Sequence[str]) -> dict:
+def coco_ground_truth(
+    per_photo: Sequence[PhotoDetections | AnnotatedPhoto], class_names: Sequence[str]
+) -> dict:
     """The ground truth as a COCO dataset dict: image id = position + 1, category id = class + 1."""
     images, anns = [], []
     for i, p in enumerate(per_photo):
         photo = p.photo if isinstance(p, PhotoDetections) else p
-        images.append({"id": i + 1, "file_name": photo.path.name, "width": photo.width, "height": photo.height})
+        images.append(
+            {"id": i + 1, "file_name": photo.path.name, "width": photo.width, "height": photo.height}
+        )
         for b, c in zip(photo.boxes.astype(np.float64), photo.class_ids):
             w, h = float(b[2] - b[0]), float(b[3] - b[1])
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": int(c) + 1,
-                         "bbox": [float(b[0]), float(b[1]), w, h], "area": w * h, "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": int(c) + 1,
+                    "bbox": [float(b[0]), float(b[1]), w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
     cats = [{"id": i + 1, "name": str(n)} for i, n in enumerate(class_names)]
     return {"images": images, "annotations": anns, "categories": cats}
 
@@ -394,9 +430,14 @@ def coco_detections(per_photo: Sequence[PhotoDetections]) -> list[dict]:
     for i, p in enumerate(per_photo):
         d = p.detections
         for b, s, c in zip(d.xyxy.astype(np.float64), d.scores, d.class_ids):
-            out.append({"image_id": i + 1, "category_id": int(c) + 1,
-                        "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
-                        "score": float(s)})
+            out.append(
+                {
+                    "image_id": i + 1,
+                    "category_id": int(c) + 1,
+                    "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
+                    "score": float(s),
+                }
+            )
     return out
 
 
@@ -436,17 +477,37 @@ def score_detections(
     order = np.argsort(-s, kind="stable")
     ctp = np.cumsum(t[order])
     total_gt = max(int(sum(all_pooled.gts.values())), 1)
-    curve = np.stack([s[order].astype(np.float64), ctp / total_gt, ctp / np.arange(1, len(order) + 1)], axis=1) \
-        if len(order) else np.zeros((0, 3))
+    curve = (
+        np.stack([s[order].astype(np.float64), ctp / total_gt, ctp / np.arange(1, len(order) + 1)], axis=1)
+        if len(order)
+        else np.zeros((0, 3))
+    )
     return EvalResult(
-        map50=stats[1], map75=stats[2], map50_95=stats[0], lacmus_ap50=lap, lacmus_f1=lf1,
-        recall=recall, precision=precision, f1=f1, score_thr=float(score_thr), tp=tp, fp=fp, gt_boxes=n_gt,
-        per_photo=per_photo, class_names=list(class_names), coco_stats=stats, coco_max_dets=md, curve=curve,
-        problems=list(problems), notes=list(notes),
+        map50=stats[1],
+        map75=stats[2],
+        map50_95=stats[0],
+        lacmus_ap50=lap,
+        lacmus_f1=lf1,
+        recall=recall,
+        precision=precision,
+        f1=f1,
+        score_thr=float(score_thr),
+        tp=tp,
+        fp=fp,
+        gt_boxes=n_gt,
+        per_photo=per_photo,
+        class_names=list(class_names),
+        coco_stats=stats,
+        coco_max_dets=md,
+        curve=curve,
+        problems=list(problems),
+        notes=list(notes),
     )
 
 
-def class_mapping(model_names: Mapping[int, str], class_names: Sequence[str]) -> tuple[dict[int, int], list[str]]:
+def class_mapping(
+    model_names: Mapping[int, str], class_names: Sequence[str]
+) -> tuple[dict[int, int], list[str]]:
     """How the model's class ids map onto the dataset's.
 
     By name when every dataset class is among the model's names; else by index when both have the
@@ -463,7 +524,11 @@ def class_mapping(model_names: Mapping[int, str], class_names: Sequence[str]) ->
     if all(n in by_name for n in class_names):
         mapping = {by_name[n]: k for k, n in enumerate(class_names)}
         extra = sorted(set(model_names) - set(mapping))
-        notes = [f"model classes not in the dataset are ignored: {[model_names[i] for i in extra]}"] if extra else []
+        notes = (
+            [f"model classes not in the dataset are ignored: {[model_names[i] for i in extra]}"]
+            if extra
+            else []
+        )
         return mapping, notes
     if len(model_names) == len(class_names):
         pairs = ", ".join(f"{model_names[i]!r}={class_names[i]!r}" for i in sorted(model_names))
@@ -523,8 +588,13 @@ def loaded_photos(
     """
     from tqdm import tqdm
 
-    bar = tqdm(dataset.photos, desc=desc, unit="photo", file=sys.stderr,
-               disable=not (progress and sys.stderr.isatty()))
+    bar = tqdm(
+        dataset.photos,
+        desc=desc,
+        unit="photo",
+        file=sys.stderr,
+        disable=not (progress and sys.stderr.isatty()),
+    )
     for photo in bar:
         try:
             image = photo.load()

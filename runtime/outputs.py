@@ -41,8 +41,16 @@ def draw_detections(image: np.ndarray, dets: Detections, names: Mapping[int, str
         pad = 2 * thick
         cv2.rectangle(out, (x1 - pad, y1 - pad), (x2 + pad, y2 + pad), (0, 0, 255), thick)
         label = f"{names.get(int(c), str(int(c)))} {s:.2f}"
-        cv2.putText(out, label, (x1 - pad, max(y1 - 2 * pad, 12)), cv2.FONT_HERSHEY_SIMPLEX, font, (0, 0, 255),
-                    max(1, thick // 2), cv2.LINE_AA)
+        cv2.putText(
+            out,
+            label,
+            (x1 - pad, max(y1 - 2 * pad, 12)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            font,
+            (0, 0, 255),
+            max(1, thick // 2),
+            cv2.LINE_AA,
+        )
     return out
 
 
@@ -56,8 +64,13 @@ class ResultWriter:
         flush_every_s: Longest time between rewrites of detections.json.
     """
 
-    def __init__(self, out_dir: str | Path, names: Mapping[int, str], save_vis: bool = False,
-                 flush_every_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        out_dir: str | Path,
+        names: Mapping[int, str],
+        save_vis: bool = False,
+        flush_every_s: float = 2.0,
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.names = dict(names)
@@ -90,8 +103,11 @@ class ResultWriter:
             while name in self._vis_names:  # same file name from different folders
                 name, k = f"{stem}_{k}.jpg", k + 1
             self._vis_names.add(name)
-            cv2.imwrite(str(self.vis_dir / name), draw_detections(image, dets, self.names),
-                        [cv2.IMWRITE_JPEG_QUALITY, 90])
+            cv2.imwrite(
+                str(self.vis_dir / name),
+                draw_detections(image, dets, self.names),
+                [cv2.IMWRITE_JPEG_QUALITY, 90],
+            )
             record["vis"] = str(self.vis_dir / name)
         now = time.monotonic()
         if now - self._last_flush >= self._flush_every:

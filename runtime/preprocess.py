@@ -44,17 +44,27 @@ class Views:
         return int(self.windows.shape[0])
 
     def subset(self, index: slice | np.ndarray) -> Views:
-        return Views(self.windows[index], self.scales[index], self.content[index], self.flipped[index],
-                     self.interior[index])
+        return Views(
+            self.windows[index],
+            self.scales[index],
+            self.content[index],
+            self.flipped[index],
+            self.interior[index],
+        )
 
     @staticmethod
     def concat(parts: list[Views]) -> Views:
-        return Views(*(np.concatenate([getattr(p, f) for p in parts]) for f in
-                       ("windows", "scales", "content", "flipped", "interior")))
+        return Views(
+            *(
+                np.concatenate([getattr(p, f) for p in parts])
+                for f in ("windows", "scales", "content", "flipped", "interior")
+            )
+        )
 
 
-def tile_views(windows: np.ndarray, tile: int, input_hw: tuple[int, int], image_wh: tuple[int, int],
-               flip: bool = False) -> Views:
+def tile_views(
+    windows: np.ndarray, tile: int, input_hw: tuple[int, int], image_wh: tuple[int, int], flip: bool = False
+) -> Views:
     """Views of tiles: each tile x tile window resized to the model input.
 
     Args:
@@ -82,8 +92,13 @@ def full_frame_view(image_wh: tuple[int, int], input_hw: tuple[int, int], flip: 
     ih, iw = input_hw
     s = min(iw / W, ih / H)
     cw, ch = min(max(int(round(W * s)), 1), iw), min(max(int(round(H * s)), 1), ih)
-    return Views(np.array([[0, 0, W, H]], np.int64), np.array([[s, s]]), np.array([[cw, ch]], np.int64),
-                 np.array([flip]), np.zeros((1, 4), bool))
+    return Views(
+        np.array([[0, 0, W, H]], np.int64),
+        np.array([[s, s]]),
+        np.array([[cw, ch]], np.int64),
+        np.array([flip]),
+        np.zeros((1, 4), bool),
+    )
 
 
 class BatchBuffer:
@@ -144,8 +159,13 @@ class BatchBuffer:
             np.multiply(slot[:, :, 2 - c], 1.0 / 255.0, out=out[c], casting="unsafe")
 
 
-def preprocess_reference(image: np.ndarray, window: tuple[int, int, int, int], content_wh: tuple[int, int],
-                         input_hw: tuple[int, int], flip: bool = False) -> np.ndarray:
+def preprocess_reference(
+    image: np.ndarray,
+    window: tuple[int, int, int, int],
+    content_wh: tuple[int, int],
+    input_hw: tuple[int, int],
+    flip: bool = False,
+) -> np.ndarray:
     """Plain OpenCV preprocessing of one view, the oracle for BatchBuffer and the CUDA kernel.
 
     Returns:
@@ -154,7 +174,9 @@ def preprocess_reference(image: np.ndarray, window: tuple[int, int, int, int], c
     x0, y0, x1, y1 = window
     crop = np.ascontiguousarray(image[y0:y1, x0:x1])
     cw, ch = content_wh
-    resized = cv2.resize(crop, (cw, ch), interpolation=cv2.INTER_LINEAR) if crop.shape[:2] != (ch, cw) else crop
+    resized = (
+        cv2.resize(crop, (cw, ch), interpolation=cv2.INTER_LINEAR) if crop.shape[:2] != (ch, cw) else crop
+    )
     if flip:
         resized = cv2.flip(resized, 1)
     canvas = np.full((input_hw[0], input_hw[1], 3), PAD_VALUE, np.uint8)

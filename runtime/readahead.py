@@ -142,7 +142,9 @@ class _Failed:
         self.exc = exc
 
 
-def prefetch(items: Iterable[T], load: Callable[[T], R], depth: int = 1) -> Iterator[tuple[T, R | None, Exception | None]]:
+def prefetch(
+    items: Iterable[T], load: Callable[[T], R], depth: int = 1
+) -> Iterator[tuple[T, R | None, Exception | None]]:
     """Load items on a worker thread, ``depth`` ahead of the caller, and yield them in order.
 
     At most ``depth + 1`` loaded items exist at once: the one the caller holds and ``depth`` loaded

@@ -33,7 +33,9 @@ class Detections:
                 raise ValueError(f"xyxy: expected shape (N, 4), found {xyxy.shape}")
         n = xyxy.shape[0]
         if scores.shape != (n,):
-            raise ValueError(f"scores: expected shape ({n},) to match xyxy {xyxy.shape}, found {scores.shape}")
+            raise ValueError(
+                f"scores: expected shape ({n},) to match xyxy {xyxy.shape}, found {scores.shape}"
+            )
         if class_ids.shape != (n,):
             raise ValueError(
                 f"class_ids: expected shape ({n},) to match xyxy {xyxy.shape}, found {class_ids.shape}"

@@ -49,7 +49,9 @@ class DetectSettings:
         return ", ".join(sorted(k.replace("_", "-") for k in self.actions))
 
 
-def defer_defaults(actions: Mapping[str, argparse.Action], others: Iterable[argparse.Action]) -> DetectSettings:
+def defer_defaults(
+    actions: Mapping[str, argparse.Action], others: Iterable[argparse.Action]
+) -> DetectSettings:
     """Record each action's default and replace it by SUPPRESS, so a parse yields only what was given.
 
     The help lines state their defaults in words, so ``--help`` still shows the real ones.
@@ -65,8 +67,11 @@ def defer_defaults(actions: Mapping[str, argparse.Action], others: Iterable[argp
     for dest, action in actions.items():
         defaults[dest] = action.default
         action.default = argparse.SUPPRESS
-    command_line_only = {x.dest: x.option_strings[-1] if x.option_strings else str(x.metavar or x.dest)
-                         for x in others if x.dest not in actions and x.dest != "help"}
+    command_line_only = {
+        x.dest: x.option_strings[-1] if x.option_strings else str(x.metavar or x.dest)
+        for x in others
+        if x.dest not in actions and x.dest != "help"
+    }
     return DetectSettings(dict(actions), defaults, command_line_only)
 
 
@@ -106,19 +111,25 @@ def read_settings(path: str | Path, spec: DetectSettings) -> dict[str, object]:
         # eval's best_detect.json: a record of the sweep whose detect_settings are the chosen options.
         data = data["detect_settings"]
         if not isinstance(data, dict):
-            raise ConfigError(f"{where}: detect_settings: expected a mapping of option names to values, "
-                              f"found {type(data).__name__}")
+            raise ConfigError(
+                f"{where}: detect_settings: expected a mapping of option names to values, "
+                f"found {type(data).__name__}"
+            )
     out: dict[str, object] = {}
     for key, value in data.items():
         dest = str(key).replace("-", "_")
         if dest in spec.command_line_only:
-            raise ConfigError(f"{where}: {key!r} is not a detection setting: give {spec.command_line_only[dest]} "
-                              f"on the command line; a settings file holds: {spec.known_keys()}")
+            raise ConfigError(
+                f"{where}: {key!r} is not a detection setting: give {spec.command_line_only[dest]} "
+                f"on the command line; a settings file holds: {spec.known_keys()}"
+            )
         if dest not in spec.actions:
             raise ConfigError(f"{where}: unknown key {key!r}; expected one of: {spec.known_keys()}")
         if dest in out:
-            raise ConfigError(f"{where}: {dest.replace('_', '-')!r} given twice (as '-' and '_' spellings); "
-                              "expected it once")
+            raise ConfigError(
+                f"{where}: {dest.replace('_', '-')!r} given twice (as '-' and '_' spellings); "
+                "expected it once"
+            )
         out[dest] = _convert(spec.actions[dest], str(key), value, where)
     return out
 
@@ -143,11 +154,15 @@ def load_settings(path: str | Path) -> dict:
         try:
             import yaml  # noqa: F401  (load_yaml's own message would not say that JSON needs nothing)
         except ImportError:
-            raise ConfigError(f"{where}: reading YAML needs PyYAML, part of the serve extra (pip install "
-                              "'edgetile[serve]'); a JSON settings file needs nothing more") from None
+            raise ConfigError(
+                f"{where}: reading YAML needs PyYAML, part of the serve extra (pip install "
+                "'edgetile[serve]'); a JSON settings file needs nothing more"
+            ) from None
         data = load_yaml(path, option="--settings")
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping of option names to values, found {type(data).__name__}")
+        raise ConfigError(
+            f"{where}: expected a mapping of option names to values, found {type(data).__name__}"
+        )
     return data

@@ -57,8 +57,9 @@ class BlobBackend(Backend):
 
     name = "blob"
 
-    def __init__(self, input_hw=(256, 256), batch=None, edge_score=0.9, whole_score=0.6, slots=64,
-                 corner_box=False):
+    def __init__(
+        self, input_hw=(256, 256), batch=None, edge_score=0.9, whole_score=0.6, slots=64, corner_box=False
+    ):
         self.input_name = "images"
         self.input_shape = (batch, 3, input_hw[0], input_hw[1])
         self.input_dtype = np.dtype(np.float32)
@@ -89,8 +90,13 @@ class BlobBackend(Backend):
                     continue
                 y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
                 edge = x0 == 0 or y0 == 0 or x1 == W or y1 == H
-                out[b, :, k] = ((x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0,
-                                self.edge_score if edge else self.whole_score)
+                out[b, :, k] = (
+                    (x0 + x1) / 2,
+                    (y0 + y1) / 2,
+                    x1 - x0,
+                    y1 - y0,
+                    self.edge_score if edge else self.whole_score,
+                )
                 k += 1
             if self.corner_box and k < self.slots:
                 out[b, :, k] = (W - 8, H - 8, 12, 12, 0.95)  # a box in the bottom-right corner

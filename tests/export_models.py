@@ -59,8 +59,9 @@ def conv_blob_model(path: Path, input_hw=(64, 64), names=None) -> Path:
         numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
     ]
     nodes = [
-        helper.make_node("Conv", ["images", "w1"], ["redness"], name="cell_redness", strides=[8, 8],
-                         kernel_shape=[8, 8]),
+        helper.make_node(
+            "Conv", ["images", "w1"], ["redness"], name="cell_redness", strides=[8, 8], kernel_shape=[8, 8]
+        ),
         helper.make_node("Conv", ["redness", "w2", "b2"], ["logit"], name="score_conv", kernel_shape=[1, 1]),
         helper.make_node("Sigmoid", ["logit"], ["score4d"], name="score_sigmoid"),
         helper.make_node("Reshape", ["score4d", "flat"], ["score"], name="score_flat"),
@@ -69,7 +70,8 @@ def conv_blob_model(path: Path, input_hw=(64, 64), names=None) -> Path:
         helper.make_node("Concat", ["boxes", "score"], ["output0"], name="head_concat", axis=1),
     ]
     graph = helper.make_graph(
-        nodes, "conv_blob",
+        nodes,
+        "conv_blob",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, h, w])],
         [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", 5, n])],
         inits,
@@ -102,7 +104,11 @@ def write_photos(folder: Path, count: int, seed: int, size=(256, 256), people=(3
     rng = np.random.default_rng(seed)
     out = []
     for i in range(count):
-        boxes = red_square_boxes(rng, size[0], size[1], int(rng.integers(people[0], people[1] + 1))) if red else []
+        boxes = (
+            red_square_boxes(rng, size[0], size[1], int(rng.integers(people[0], people[1] + 1)))
+            if red
+            else []
+        )
         img = scene_with_people(size[0], size[1], boxes, seed=seed * 1000 + i)
         p = folder / f"photo_{i:03d}.png"
         cv2.imwrite(str(p), img)
@@ -117,9 +123,18 @@ def write_coco(folder: Path, count: int, seed: int, size=(256, 256)) -> Path:
     for i, (p, boxes) in enumerate(photos):
         images.append({"id": i + 1, "file_name": p.name, "width": size[0], "height": size[1]})
         for x1, y1, x2, y2 in boxes:
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": 1,
-                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": 1,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": 0,
+                }
+            )
     path = folder / "annotations.json"
-    path.write_text(json.dumps({"images": images, "annotations": anns,
-                                "categories": [{"id": 1, "name": "person"}]}))
+    path.write_text(
+        json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "person"}]})
+    )
     return path

@@ -24,8 +24,10 @@ def free_port() -> int:
 
 def needs_mosquitto():
     if not os.access(MOSQUITTO, os.X_OK):
-        pytest.skip(f"needs the Mosquitto broker at {MOSQUITTO} (Debian: apt-get install mosquitto; "
-                    "`make test` installs it)")
+        pytest.skip(
+            f"needs the Mosquitto broker at {MOSQUITTO} (Debian: apt-get install mosquitto; "
+            "`make test` installs it)"
+        )
 
 
 class Broker:
@@ -37,19 +39,24 @@ class Broker:
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.conf = self.dir / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                             f"persistence_location {self.dir}/\nlog_dest file {self.dir}/mosquitto.log\n"
-                             # as root, mosquitto would switch to user 'mosquitto', who cannot write here
-                             + ("user root\n" if os.geteuid() == 0 else ""))
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {self.dir}/\nlog_dest file {self.dir}/mosquitto.log\n"
+            # as root, mosquitto would switch to user 'mosquitto', who cannot write here
+            + ("user root\n" if os.geteuid() == 0 else "")
+        )
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Broker:
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {self.proc.stderr.read()!r}")
+                raise RuntimeError(
+                    f"mosquitto exited with {self.proc.returncode}: {self.proc.stderr.read()!r}"
+                )
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
                 return self
@@ -67,8 +74,9 @@ class Broker:
 class Subscriber:
     """A paho client that keeps its session across broker restarts and queues every message."""
 
-    def __init__(self, port: int, topic: str = "edgetile/#", client_id: str = "test-subscriber",
-                 clean: bool = False) -> None:
+    def __init__(
+        self, port: int, topic: str = "edgetile/#", client_id: str = "test-subscriber", clean: bool = False
+    ) -> None:
         import paho.mqtt.client as mqtt
 
         self.messages: queue.Queue = queue.Queue()
@@ -83,7 +91,9 @@ class Subscriber:
         # A message published before the broker acknowledged the subscription would never reach us.
         if not self.subscribed.wait(15):
             self.close()
-            raise TimeoutError(f"the broker on port {port} did not acknowledge the subscription to {topic!r} in 15 s")
+            raise TimeoutError(
+                f"the broker on port {port} did not acknowledge the subscription to {topic!r} in 15 s"
+            )
 
     def get(self, timeout: float = 15.0):
         return self.messages.get(timeout=timeout)

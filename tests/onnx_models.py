@@ -56,7 +56,8 @@ def red_blob_model(path, input_hw=(256, 256), batch=None, names=None, extra_clas
     nodes.append(helper.make_node("Concat", parts, ["output0"], axis=1))
     b = batch if batch is not None else "batch"
     graph = helper.make_graph(
-        nodes, "red_blob",
+        nodes,
+        "red_blob",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, [b, 3, h, w])],
         [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [b, 5 + extra_classes, n])],
         inits,

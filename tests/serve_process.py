@@ -42,7 +42,9 @@ class ServeProcess:
     def start(self, timeout: float = 90.0) -> ServeProcess:
         """Start the daemon and wait for its 'listening on' line."""
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([*SERVE, *self.args], stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
+        self.proc = subprocess.Popen(
+            [*SERVE, *self.args], stdout=self._log, stderr=subprocess.STDOUT, env=self.env
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             m = LISTENING.search(self.log())
@@ -63,7 +65,9 @@ class ServeProcess:
                 reaped first, so no daemon outlives the test.
         """
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([*SERVE, *self.args], stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
+        self.proc = subprocess.Popen(
+            [*SERVE, *self.args], stdout=self._log, stderr=subprocess.STDOUT, env=self.env
+        )
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -87,8 +91,15 @@ class ServeProcess:
                 return int(line.split()[1]) / 1024
         raise RuntimeError("no VmRSS line in /proc/PID/status")
 
-    def request(self, path: str, method: str = "GET", data: bytes | None = None, headers: dict | None = None,
-                token: str | None = None, timeout: float = 30.0) -> tuple[int, dict, bytes]:
+    def request(
+        self,
+        path: str,
+        method: str = "GET",
+        data: bytes | None = None,
+        headers: dict | None = None,
+        token: str | None = None,
+        timeout: float = 30.0,
+    ) -> tuple[int, dict, bytes]:
         """(status, headers, body) of one HTTP request; HTTP errors are returned, not raised."""
         h = dict(headers or {})
         if token is not None:
@@ -114,7 +125,9 @@ class ServeProcess:
             if v:
                 return v
             if self.proc.poll() is not None:
-                raise AssertionError(f"the daemon exited ({self.proc.returncode}) while waiting for {what}:\n{self.log()}")
+                raise AssertionError(
+                    f"the daemon exited ({self.proc.returncode}) while waiting for {what}:\n{self.log()}"
+                )
             time.sleep(interval)
         raise AssertionError(f"timed out after {timeout} s waiting for {what}:\n{self.log()[-3000:]}")
 
@@ -156,7 +169,7 @@ def person_photo(seed: int, w: int = 320, h: int = 240) -> np.ndarray:
     img = rng.integers(60, 120, (h, w, 3), dtype=np.uint8)
     img[..., 2] = np.minimum(img[..., 2], 90)
     x, y = int(rng.integers(8, w - 40)), int(rng.integers(8, h - 56))
-    img[y:y + 40, x:x + 24] = (0, 0, 255)
+    img[y : y + 40, x : x + 24] = (0, 0, 255)
     return img
 
 
@@ -173,7 +186,9 @@ def write_jpeg(path: Path, img: np.ndarray) -> bytes:
 def multipart(field: str, filename: str, data: bytes, content_type: str = "image/jpeg") -> tuple[bytes, dict]:
     """A multipart/form-data body with one file field, as curl -F sends it."""
     boundary = uuid.uuid4().hex
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
-            f"Content-Type: {content_type}\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+        f"Content-Type: {content_type}\r\n\r\n"
+    ).encode()
     body = head + data + f"\r\n--{boundary}--\r\n".encode()
     return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}

@@ -14,8 +14,9 @@ import pytest
 from edgetile.runtime.annotations import image_size, load_dataset
 from edgetile.train.synth import SceneConfig, write_dataset
 
-SMALL = SceneConfig(width=320, height=240, people=(1, 4), person_px=(12, 40), rocks=(1, 3), logs=(1, 2),
-                    bushes=(1, 4))
+SMALL = SceneConfig(
+    width=320, height=240, people=(1, 4), person_px=(12, 40), rocks=(1, 3), logs=(1, 2), bushes=(1, 4)
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,9 @@ def make_voc(root: Path, photos: dict[str, tuple[list, tuple[int, int] | None]])
     (root / "JPEGImages").mkdir()
     for stem, (objects, real_size) in photos.items():
         if real_size is not None:
-            cv2.imwrite(str(root / "JPEGImages" / f"{stem}.jpg"), np.zeros((real_size[1], real_size[0], 3), np.uint8))
+            cv2.imwrite(
+                str(root / "JPEGImages" / f"{stem}.jpg"), np.zeros((real_size[1], real_size[0], 3), np.uint8)
+            )
         (root / "Annotations" / f"{stem}.xml").write_text(voc_xml(f"{stem}.jpg", 200, 100, objects))
     return root
 
@@ -99,7 +102,9 @@ def test_skip_box_keeps_the_photo_without_the_bad_box(tmp_path):
 
 
 def test_voc_classes_are_numbered_in_order_of_appearance_when_not_given(tmp_path):
-    root = make_voc(tmp_path / "voc", {"a": ([("Pedestrian", (1, 1, 5, 5)), ("dog", (1, 1, 9, 9))], (200, 100))})
+    root = make_voc(
+        tmp_path / "voc", {"a": ([("Pedestrian", (1, 1, 5, 5)), ("dog", (1, 1, 9, 9))], (200, 100))}
+    )
     ds = load_dataset(root)
     assert ds.class_names == ["Pedestrian", "dog"] and ds.photos[0].class_ids.tolist() == [0, 1]
 
@@ -147,7 +152,9 @@ def test_yolo_data_yaml_with_splits_and_names(tmp_path):
         (root / "labels" / split).mkdir(parents=True)
         cv2.imwrite(str(root / "images" / split / f"{split}1.jpg"), np.zeros((100, 200, 3), np.uint8))
         (root / "labels" / split / f"{split}1.txt").write_text("1 0.5 0.5 0.1 0.1\n")
-    (root / "data.yaml").write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: car\n  1: person\n")
+    (root / "data.yaml").write_text(
+        f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: car\n  1: person\n"
+    )
     ds = load_dataset(root / "data.yaml")
     assert ds.class_names == ["car", "person"] and [p.photo_id for p in ds.photos] == ["train1", "val1"]
     assert load_dataset(root / "data.yaml", subset="val").photos[0].photo_id == "val1"
@@ -168,14 +175,21 @@ def make_coco(root: Path, bad_ann: dict, missing_image=False) -> Path:
     root.mkdir(parents=True)
     for n in ("good.png", "bad.png"):
         cv2.imwrite(str(root / n), np.zeros((100, 200, 3), np.uint8))
-    images = [{"id": 1, "file_name": "good.png", "width": 200, "height": 100},
-              {"id": 2, "file_name": "bad.png", "width": 200, "height": 100}]
+    images = [
+        {"id": 1, "file_name": "good.png", "width": 200, "height": 100},
+        {"id": 2, "file_name": "bad.png", "width": 200, "height": 100},
+    ]
     if missing_image:
         images.append({"id": 3, "file_name": "gone.png", "width": 200, "height": 100})
     ann = {"id": 5, "image_id": 2, "category_id": 1, "bbox": [10, 10, 20, 40], "iscrowd": 0, **bad_ann}
-    doc = {"images": images,
-           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 40], "iscrowd": 0}, ann],
-           "categories": [{"id": 1, "name": "person"}, {"id": 2, "name": "cow"}]}
+    doc = {
+        "images": images,
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 40], "iscrowd": 0},
+            ann,
+        ],
+        "categories": [{"id": 1, "name": "person"}, {"id": 2, "name": "cow"}],
+    }
     (root / "ann.json").write_text(json.dumps(doc))
     return root / "ann.json"
 
@@ -193,19 +207,24 @@ def test_coco_missing_image_is_reported(tmp_path):
     assert len(ds.problems) == 1 and "gone.png" in ds.problems[0] and "missing image" in ds.problems[0]
 
 
-@pytest.mark.parametrize("make,kw,words", [
-    (lambda p: p, {}, "found nothing at"),
-    (lambda p: (p.mkdir(), p)[1], {}, "found none of them"),
-    (lambda p: p, {"format": "xml"}, "expected one of auto, voc, yolo, coco"),
-])
+@pytest.mark.parametrize(
+    "make,kw,words",
+    [
+        (lambda p: p, {}, "found nothing at"),
+        (lambda p: (p.mkdir(), p)[1], {}, "found none of them"),
+        (lambda p: p, {"format": "xml"}, "expected one of auto, voc, yolo, coco"),
+    ],
+)
 def test_not_a_dataset_is_one_clear_error(tmp_path, make, kw, words):
     with pytest.raises((ValueError, FileNotFoundError), match=words):
         load_dataset(make(tmp_path / "nothing"), **kw)
 
 
 def test_annotations_and_metrics_keep_the_runtime_lean():
-    code = ("import sys, edgetile.runtime.annotations, edgetile.runtime.metrics; "
-            "print(sorted(m for m in ('torch', 'ultralytics', 'onnx', 'pycocotools', 'matplotlib', 'yaml') "
-            "if m in sys.modules))")
+    code = (
+        "import sys, edgetile.runtime.annotations, edgetile.runtime.metrics; "
+        "print(sorted(m for m in ('torch', 'ultralytics', 'onnx', 'pycocotools', 'matplotlib', 'yaml') "
+        "if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

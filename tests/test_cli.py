@@ -24,7 +24,9 @@ EDGETILE = [sys.executable, "-m", "edgetile.runtime.cli"]
 
 
 def run(*args, cwd=None, **kw):
-    return subprocess.run([*EDGETILE, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600, **kw)
+    return subprocess.run(
+        [*EDGETILE, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600, **kw
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,7 @@ def inputs(tmp_path):
     (d / "truncated.jpg").write_bytes(good[: len(good) // 2])
     (d / "empty.jpg").write_bytes(b"")
     (d / "notes.png").write_text("this is not an image")
-    img16 = (cv2.imread(str(d / "good.jpg")).astype(np.uint16) * 257)
+    img16 = cv2.imread(str(d / "good.jpg")).astype(np.uint16) * 257
     cv2.imwrite(str(d / "deep16.png"), img16)
     cv2.imwrite(str(d / "grey.png"), cv2.cvtColor(cv2.imread(str(d / "good.jpg")), cv2.COLOR_BGR2GRAY))
     cv2.imwrite(str(d / "rgba.png"), cv2.cvtColor(cv2.imread(str(d / "good.jpg")), cv2.COLOR_BGR2BGRA))
@@ -66,10 +68,24 @@ def test_detect_processes_everything_and_reports_each_bad_input(tmp_path, model,
     assert r.returncode == 1, r.stderr  # some inputs failed, the rest were processed
     assert "Traceback" not in r.stderr
     records = {Path(rec["image"]).name: rec for rec in json.loads((out / "detections.json").read_text())}
-    assert set(records) == {"good.jpg", "truncated.jpg", "empty.jpg", "notes.png", "deep16.png", "grey.png",
-                            "rgba.png", "tiny.png", "dot.png", "not_there.jpg"}
-    expected_errors = {"truncated.jpg": "truncated JPEG", "empty.jpg": "empty file",
-                       "notes.png": "not a readable image", "not_there.jpg": "file not found"}
+    assert set(records) == {
+        "good.jpg",
+        "truncated.jpg",
+        "empty.jpg",
+        "notes.png",
+        "deep16.png",
+        "grey.png",
+        "rgba.png",
+        "tiny.png",
+        "dot.png",
+        "not_there.jpg",
+    }
+    expected_errors = {
+        "truncated.jpg": "truncated JPEG",
+        "empty.jpg": "empty file",
+        "notes.png": "not a readable image",
+        "not_there.jpg": "file not found",
+    }
     for name, words in expected_errors.items():
         assert words in records[name]["error"] and "\n" not in records[name]["error"]
         assert f"skipped {records[name]['image']}" in r.stderr
@@ -81,7 +97,10 @@ def test_detect_processes_everything_and_reports_each_bad_input(tmp_path, model,
         assert set(d) == {"bbox", "score", "class_id", "class_name"} and d["class_name"] == "person"
         assert set(rec["timings_ms"]) >= {"read", "preprocess", "infer", "decode", "merge"}
         assert (rec["width"], rec["height"]) == ((90, 60) if name == "tiny.png" else (600, 400))
-    assert records["dot.png"]["detections"] == [] and (records["dot.png"]["width"], records["dot.png"]["height"]) == (1, 1)
+    assert records["dot.png"]["detections"] == [] and (
+        records["dot.png"]["width"],
+        records["dot.png"]["height"],
+    ) == (1, 1)
     # Grey has no red: processed, nothing found.
     assert records["grey.png"]["detections"] == [] and "error" not in records["grey.png"]
     rows = list(csv.DictReader((out / "detections.csv").open()))
@@ -176,8 +195,12 @@ def test_progress_bar_on_a_terminal_only(tmp_path, model):
         red_photo(tmp_path / f"img_{i}.jpg")
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a terminal 120 columns wide
-    proc = subprocess.run([*EDGETILE, "detect", str(tmp_path), "--model", str(model), "--out", str(tmp_path / "o")],
-                          stdout=subprocess.PIPE, stderr=slave, timeout=300)
+    proc = subprocess.run(
+        [*EDGETILE, "detect", str(tmp_path), "--model", str(model), "--out", str(tmp_path / "o")],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        timeout=300,
+    )
     os.close(slave)
     shown = b""
     try:
@@ -216,13 +239,29 @@ sys.exit(rc)
 
 
 def test_lean_runtime_never_loads_heavy_libraries(tmp_path, model):
-    code = "import sys, edgetile.runtime, edgetile.runtime.detector, edgetile.runtime.cli; " \
-           "print([m for m in ('torch','ultralytics','onnx','onnxruntime','tensorrt','pycuda') if m in sys.modules])"
+    code = (
+        "import sys, edgetile.runtime, edgetile.runtime.detector, edgetile.runtime.cli; "
+        "print([m for m in ('torch','ultralytics','onnx','onnxruntime','tensorrt','pycuda') if m in sys.modules])"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
     red_photo(tmp_path / "a.jpg")
-    r = subprocess.run([sys.executable, "-c", LEAN, "detect", str(tmp_path / "a.jpg"), "--model", str(model),
-                        "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            LEAN,
+            "detect",
+            str(tmp_path / "a.jpg"),
+            "--model",
+            str(model),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "HEAVY=\n" in r.stdout or r.stdout.strip().endswith("HEAVY=")
 
@@ -257,8 +296,22 @@ def test_plugin_usage_errors_exit_2_under_python_m(tmp_path):
 def test_ensemble_with_weights_and_flip_runs_from_the_cli(tmp_path, model):
     second = red_blob_model(tmp_path / "second.onnx", batch=2)  # a fixed-batch member next to a dynamic one
     red_photo(tmp_path / "a.jpg", 900, 700, [(100, 100, 140, 180), (600, 400, 640, 480)])
-    r = run("detect", tmp_path / "a.jpg", "--model", model, second, "--model-weights", 1, 2, "--tta", "flip",
-            "--tile", 256, "--out", tmp_path / "out")
+    r = run(
+        "detect",
+        tmp_path / "a.jpg",
+        "--model",
+        model,
+        second,
+        "--model-weights",
+        1,
+        2,
+        "--tta",
+        "flip",
+        "--tile",
+        256,
+        "--out",
+        tmp_path / "out",
+    )
     assert r.returncode == 0, r.stderr
     rec = json.loads((tmp_path / "out" / "detections.json").read_text())[0]
     assert rec["detections"] and rec["timings_ms"]["fuse"] > 0  # four passes fused by WBF

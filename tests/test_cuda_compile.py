@@ -12,6 +12,7 @@ fail CI instead of the first detection on a Jetson. Two compilers:
   ``nvidia-cuda-runtime-cu11``), the CUDA generation of JetPack 5 (11.4), for sm_72 and sm_87, as C++14.
   This is how sm_72 is checked here; JetPack 5's own nvcc 11.4 itself is only run on a Xavier.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -69,17 +70,29 @@ def _cases():
             if NVCC is None:
                 marks.append(pytest.mark.skip(reason=NO_NVCC))
             elif arch not in LISTED:
-                marks.append(pytest.mark.skip(
-                    reason=f"sm_{arch} ({what}) is not supported by this nvcc (it lists compute_"
-                           f"{', compute_'.join(sorted(LISTED, key=int))}); {WHY_MISSING.get(arch, '')}"))
+                marks.append(
+                    pytest.mark.skip(
+                        reason=f"sm_{arch} ({what}) is not supported by this nvcc (it lists compute_"
+                        f"{', compute_'.join(sorted(LISTED, key=int))}); {WHY_MISSING.get(arch, '')}"
+                    )
+                )
             yield pytest.param(source, arch, marks=marks, id=f"{source}-sm_{arch}")
 
 
 @pytest.mark.parametrize("source,arch", list(_cases()))
 def test_kernel_compiles(tmp_path, source, arch):
     cubin = tmp_path / f"{source}.sm_{arch}.cubin"
-    cmd = [NVCC, "--cubin", f"-arch=sm_{arch}", "-O3", "--Werror", "all-warnings", "-o", str(cubin),
-           str(KERNEL_DIR / source)]
+    cmd = [
+        NVCC,
+        "--cubin",
+        f"-arch=sm_{arch}",
+        "-O3",
+        "--Werror",
+        "all-warnings",
+        "-o",
+        str(cubin),
+        str(KERNEL_DIR / source),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stdout}\n{res.stderr}"
     assert cubin.stat().st_size > 0
@@ -88,8 +101,17 @@ def test_kernel_compiles(tmp_path, source, arch):
 @pytest.mark.skipif(NVCC is None, reason=NO_NVCC)
 @pytest.mark.parametrize("source", KERNEL_SOURCES)
 def test_kernel_compiles_as_cpp14_for_jetpack5(tmp_path, source):
-    cmd = [NVCC, "--cubin", "-arch=sm_87", "-std=c++14", "--Werror", "all-warnings", "-o",
-           str(tmp_path / "k.cubin"), str(KERNEL_DIR / source)]
+    cmd = [
+        NVCC,
+        "--cubin",
+        "-arch=sm_87",
+        "-std=c++14",
+        "--Werror",
+        "all-warnings",
+        "-o",
+        str(tmp_path / "k.cubin"),
+        str(KERNEL_DIR / source),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stdout}\n{res.stderr}"
 
@@ -97,12 +119,18 @@ def test_kernel_compiles_as_cpp14_for_jetpack5(tmp_path, source):
 @pytest.mark.skipif(NVCC is None, reason=NO_NVCC)
 def test_the_entry_points_pycuda_looks_up_are_exported(tmp_path):
     """The names the Python wrappers ask pycuda for exist, unmangled, in the compiled code."""
-    wanted = {"preprocess.cu": ["preprocess_views_f32", "preprocess_views_f16"],
-              "filter.cu": ["filter_candidates_f32", "filter_candidates_f16"]}
+    wanted = {
+        "preprocess.cu": ["preprocess_views_f32", "preprocess_views_f16"],
+        "filter.cu": ["filter_candidates_f32", "filter_candidates_f16"],
+    }
     for source, names in wanted.items():
         ptx = tmp_path / f"{source}.ptx"
-        res = subprocess.run([NVCC, "--ptx", "-arch=sm_87", "-o", str(ptx), str(KERNEL_DIR / source)],
-                             capture_output=True, text=True, timeout=300)
+        res = subprocess.run(
+            [NVCC, "--ptx", "-arch=sm_87", "-o", str(ptx), str(KERNEL_DIR / source)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert res.returncode == 0, res.stderr
         text = ptx.read_text()
         for name in names:
@@ -123,8 +151,10 @@ def _nvrtc11() -> tuple[Path, Path] | None:
 
 
 NVRTC11 = _nvrtc11()
-NO_NVRTC = ("needs the CUDA 11 NVRTC wheels of the dev extra (pip install nvidia-cuda-nvrtc-cu11 "
-            "nvidia-cuda-runtime-cu11) to compile for sm_72; not installed here")
+NO_NVRTC = (
+    "needs the CUDA 11 NVRTC wheels of the dev extra (pip install nvidia-cuda-nvrtc-cu11 "
+    "nvidia-cuda-runtime-cu11) to compile for sm_72; not installed here"
+)
 
 
 _NVRTC_CHILD = r"""
@@ -160,8 +190,13 @@ def nvrtc_compile(lib_path: Path, include: Path, source: Path, arch: str) -> tup
     NVRTC runs in a child process: loaded in-process it changes the C locale's encoding to ASCII for
     the rest of the test session, which breaks every later test that decodes a subprocess's UTF-8.
     """
-    res = subprocess.run([sys.executable, "-c", _NVRTC_CHILD, str(lib_path), str(include), str(source), arch],
-                         capture_output=True, text=True, encoding="utf-8", timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-c", _NVRTC_CHILD, str(lib_path), str(include), str(source), arch],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     rc, log, cubin = json.loads(res.stdout)
     return int(rc), str(log), int(cubin)

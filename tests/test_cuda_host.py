@@ -27,16 +27,21 @@ from edgetile.runtime.preprocess import Views, full_frame_view, tile_views
 from edgetile.runtime.tiling import plan_tiles
 
 NVCC = shutil.which("nvcc")
-pytestmark = pytest.mark.skipif(NVCC is None, reason="needs nvcc (the CUDA toolkit) on PATH to build the host "
-                                                     "harness; not found here")
+pytestmark = pytest.mark.skipif(
+    NVCC is None, reason="needs nvcc (the CUDA toolkit) on PATH to build the host harness; not found here"
+)
 HARNESS = Path(__file__).resolve().parent / "cuda_host_harness.cu"
 
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory):
     exe = tmp_path_factory.mktemp("harness") / "harness"
-    res = subprocess.run([NVCC, "-O2", f"-I{KERNEL_DIR}", "-o", str(exe), str(HARNESS)], capture_output=True,
-                         text=True, timeout=600)
+    res = subprocess.run(
+        [NVCC, "-O2", f"-I{KERNEL_DIR}", "-o", str(exe), str(HARNESS)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr
     return exe
 
@@ -51,9 +56,24 @@ def run_preprocess(harness, tmp, image, views, input_hw, dtype):
     t.ytab.tofile(files["ytab"])
     (lut.view(np.uint16) if lut.dtype == np.float16 else lut).tofile(files["lut"])
     kind = "f16" if np.dtype(dtype) == np.float16 else "f32"
-    cmd = [str(harness), "preprocess", kind, str(files["frame"]), str(image.shape[0]), str(image.shape[1]),
-           str(files["params"]), str(len(views)), str(files["xtab"]), str(len(t.xtab)), str(files["ytab"]),
-           str(len(t.ytab)), str(files["lut"]), str(input_hw[0]), str(input_hw[1]), str(files["out"])]
+    cmd = [
+        str(harness),
+        "preprocess",
+        kind,
+        str(files["frame"]),
+        str(image.shape[0]),
+        str(image.shape[1]),
+        str(files["params"]),
+        str(len(views)),
+        str(files["xtab"]),
+        str(len(t.xtab)),
+        str(files["ytab"]),
+        str(len(t.ytab)),
+        str(files["lut"]),
+        str(input_hw[0]),
+        str(input_hw[1]),
+        str(files["out"]),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     return np.fromfile(files["out"], dtype=lut.dtype).reshape(len(views), 3, *input_hw)
@@ -71,7 +91,9 @@ CASES = [
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("w,h,tile,input_hw,flip,full,comment", CASES, ids=[c[-1] for c in CASES])
-def test_preprocess_kernel_code_equals_reference(harness, tmp_path, w, h, tile, input_hw, flip, full, comment, dtype):
+def test_preprocess_kernel_code_equals_reference(
+    harness, tmp_path, w, h, tile, input_hw, flip, full, comment, dtype
+):
     rng = np.random.default_rng(w * 3 + h)
     image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
     views = tile_views(plan_tiles(w, h, tile, 0.2), tile, input_hw, (w, h), flip)
@@ -87,8 +109,18 @@ def run_filter(harness, tmp, out, count, conf):
     src, idx_f, val_f = tmp / "out.bin", tmp / "idx.bin", tmp / "val.bin"
     np.ascontiguousarray(out[:count]).tofile(src)
     thr = score_threshold(conf, out.dtype)
-    cmd = [str(harness), "filter", kind, str(src), str(count), str(out.shape[1]), str(out.shape[2]), repr(thr),
-           str(idx_f), str(val_f)]
+    cmd = [
+        str(harness),
+        "filter",
+        kind,
+        str(src),
+        str(count),
+        str(out.shape[1]),
+        str(out.shape[2]),
+        repr(thr),
+        str(idx_f),
+        str(val_f),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     k = int(res.stdout.strip())
@@ -120,4 +152,3 @@ def test_threshold_passed_as_text_round_trips_exactly():
         for dtype in (np.float32, np.float16):
             t = score_threshold(conf, dtype)
             assert np.float32(float(repr(t))) == np.float32(t)
-

@@ -22,7 +22,9 @@ pytestmark = pytest.mark.needs_cuda
 
 @pytest.fixture(scope="module")
 def device():
-    pytest.importorskip("pycuda.driver", reason="the CUDA path is built on pycuda (conftest also accepts cupy)")
+    pytest.importorskip(
+        "pycuda.driver", reason="the CUDA path is built on pycuda (conftest also accepts cupy)"
+    )
     from edgetile.runtime.cuda.device import CudaDevice
 
     dev = CudaDevice(0)
@@ -89,7 +91,11 @@ def test_preprocess_kernel_equals_reference_and_cpu_over_random_sizes(device, dt
             continue
         got = run_preprocess(device, image, views, input_hw, dtype, batch=int(rng.integers(1, 9)))
         ref = preprocess_reference(image, views, input_hw, dtype)
-        assert np.array_equal(got.view(np.uint8), ref.view(np.uint8)), (image.shape, input_hw, views.windows[:3])
+        assert np.array_equal(got.view(np.uint8), ref.view(np.uint8)), (
+            image.shape,
+            input_hw,
+            views.windows[:3],
+        )
         cpu = BatchBuffer(len(views), input_hw, dtype).fill(image, views).astype(np.float32)
         tol = 1 / 255 + (2.0**-11 if dtype == np.float16 else 1e-6)  # one level, plus FP16 rounding
         assert np.abs(got.astype(np.float32) - cpu).max() <= tol
@@ -151,7 +157,9 @@ def test_filter_kernel_keeps_exactly_the_reference_candidates(device, dtype, nc,
     dev_out = device.to_device(out)
     cands = CandidateBuffers(device, b * n, 4 + nc, dtype)
     try:
-        GpuFilter(device, dtype).launch(dev_out.ptr, count, 4 + nc, n, score_threshold(conf, dtype), cands, stream)
+        GpuFilter(device, dtype).launch(
+            dev_out.ptr, count, 4 + nc, n, score_threshold(conf, dtype), cands, stream
+        )
         cands.download_count(stream)
         stream.synchronize()
         k = int(cands.host_count.array[0])
@@ -181,7 +189,11 @@ def test_closing_the_device_closes_what_it_made(device):
     from edgetile.runtime.cuda.device import CudaDevice  # a second device object on the same primary context
 
     dev = CudaDevice(0)
-    buf, stream, host = dev.alloc(1024), dev.stream(), dev.pinned((16,), np.float32, mapped=dev.can_map_host_memory)
+    buf, stream, host = (
+        dev.alloc(1024),
+        dev.stream(),
+        dev.pinned((16,), np.float32, mapped=dev.can_map_host_memory),
+    )
     if dev.can_map_host_memory:
         assert host.device_ptr is not None
     dev.close()

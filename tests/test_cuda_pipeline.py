@@ -20,12 +20,15 @@ from onnx_models import red_blob_model
 # --- pipelined -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("count,expected", [
-    (0, []),
-    (1, ["e0", "c0"]),
-    (2, ["e0", "e1", "c0", "c1"]),
-    (4, ["e0", "e1", "c0", "e2", "c1", "e3", "c2", "c3"]),  # k + 2 reuses k's buffer only after c(k)
-])
+@pytest.mark.parametrize(
+    "count,expected",
+    [
+        (0, []),
+        (1, ["e0", "c0"]),
+        (2, ["e0", "e1", "c0", "c1"]),
+        (4, ["e0", "e1", "c0", "e2", "c1", "e3", "c2", "c3"]),  # k + 2 reuses k's buffer only after c(k)
+    ],
+)
 def test_pipelined_runs_two_deep(count, expected):
     trace: list[str] = []
     out = list(pipelined(count, lambda k: trace.append(f"e{k}"), lambda k: trace.append(f"c{k}") or k * 10))
@@ -60,7 +63,9 @@ class ReferenceViewsBackend(OnnxRuntimeBackend):
                 n = len(v)
                 arr = preprocess_reference(image, v, self.input_shape[2:], self.input_dtype)
                 if self.input_shape[0] is not None and n < self.input_shape[0]:  # fixed batch: pad
-                    arr = np.concatenate([arr, np.zeros((self.input_shape[0] - n, *arr.shape[1:]), arr.dtype)])
+                    arr = np.concatenate(
+                        [arr, np.zeros((self.input_shape[0] - n, *arr.shape[1:]), arr.dtype)]
+                    )
                 out = self.infer(arr)[0]
                 idx, vals = filter_reference(out, n, conf)
                 self.batches.append(n)
@@ -70,14 +75,24 @@ class ReferenceViewsBackend(OnnxRuntimeBackend):
             self.generators_closed += 1
 
 
-PEOPLE = [(490, 100, 530, 180), (370, 300, 400, 360), (600, 470, 640, 530), (1270, 480, 1300, 560),
-          (100, 700, 160, 730), (1440, 940, 1500, 1000)]
+PEOPLE = [
+    (490, 100, 530, 180),
+    (370, 300, 400, 360),
+    (600, 470, 640, 530),
+    (1270, 480, 1300, 560),
+    (100, 700, 160, 730),
+    (1440, 940, 1500, 1000),
+]
 
 HOOK_CASES = [
     # (config, model batch, comment)
     (DetectConfig(tile=512, overlap=0.25, batch=5), None, "dynamic batch, short last batch"),
     (DetectConfig(tile=512, overlap=0.25), 4, "fixed batch of 4: the last batch is padded"),
-    (DetectConfig(tile=400, overlap=0.2, batch=3, tta=("flip",), full_frame=True), None, "flip TTA + full frame"),
+    (
+        DetectConfig(tile=400, overlap=0.2, batch=3, tta=("flip",), full_frame=True),
+        None,
+        "flip TTA + full frame",
+    ),
     (DetectConfig(tile=1600, batch=2, conf=0.05), None, "image smaller than a tile, low threshold"),
 ]
 

@@ -198,8 +198,13 @@ VIEW_ERRORS = [
 @pytest.mark.parametrize("windows,content,message", VIEW_ERRORS)
 def test_views_outside_the_image_are_refused(windows, content, message):
     n = len(windows)
-    views = Views(np.array(windows, np.int64), np.ones((n, 2)), np.array(content, np.int64), np.zeros(n, bool),
-                  np.zeros((n, 4), bool))
+    views = Views(
+        np.array(windows, np.int64),
+        np.ones((n, 2)),
+        np.array(content, np.int64),
+        np.zeros(n, bool),
+        np.zeros((n, 4), bool),
+    )
     with pytest.raises(ValueError, match=message):
         check_views(views, (100, 80), (64, 64))
 

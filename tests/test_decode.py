@@ -20,7 +20,7 @@ def head(candidates, nc, n=16, batch=1):
 
 def test_centre_size_becomes_corners_and_class_is_the_argmax():
     out = head([(0, 3, 50, 60, 20, 40, 0.1, 0.8, 0.3)], nc=3)
-    (boxes, scores, labels), = decode_yolo(out, 1, conf=0.25, iou=0.7, max_det=300)
+    ((boxes, scores, labels),) = decode_yolo(out, 1, conf=0.25, iou=0.7, max_det=300)
     np.testing.assert_allclose(boxes, [[40, 40, 60, 80]])
     assert scores.tolist() == pytest.approx([0.8]) and labels.tolist() == [1]
 
@@ -36,18 +36,21 @@ CONF_CASES = [
 @pytest.mark.parametrize("score,conf,kept", CONF_CASES)
 def test_confidence_threshold_is_strict(score, conf, kept):
     out = head([(0, 0, 10, 10, 4, 4, score)], nc=1)
-    (boxes, _, _), = decode_yolo(out, 1, conf=conf, iou=0.7, max_det=300)
+    ((boxes, _, _),) = decode_yolo(out, 1, conf=conf, iou=0.7, max_det=300)
     assert len(boxes) == int(kept)
 
 
 def test_nms_is_per_class_and_keeps_the_best():
-    out = head([
-        (0, 0, 50, 50, 20, 20, 0.9, 0.0),  # class 0, best
-        (0, 1, 51, 50, 20, 20, 0.8, 0.0),  # class 0, same place: suppressed
-        (0, 2, 51, 50, 20, 20, 0.0, 0.7),  # class 1, same place: kept (other class)
-        (0, 3, 200, 200, 20, 20, 0.6, 0.0),  # class 0 elsewhere: kept
-    ], nc=2)
-    (boxes, scores, labels), = decode_yolo(out, 1, conf=0.25, iou=0.7, max_det=300)
+    out = head(
+        [
+            (0, 0, 50, 50, 20, 20, 0.9, 0.0),  # class 0, best
+            (0, 1, 51, 50, 20, 20, 0.8, 0.0),  # class 0, same place: suppressed
+            (0, 2, 51, 50, 20, 20, 0.0, 0.7),  # class 1, same place: kept (other class)
+            (0, 3, 200, 200, 20, 20, 0.6, 0.0),  # class 0 elsewhere: kept
+        ],
+        nc=2,
+    )
+    ((boxes, scores, labels),) = decode_yolo(out, 1, conf=0.25, iou=0.7, max_det=300)
     assert scores.tolist() == pytest.approx([0.9, 0.7, 0.6]) and labels.tolist() == [0, 1, 0]
 
 
@@ -60,7 +63,9 @@ def test_max_det_keeps_the_highest_scores_and_padding_items_are_not_decoded():
     assert decoded[0][1].tolist() == pytest.approx([0.65, 0.6, 0.55])
 
 
-@pytest.mark.parametrize("shape,names", [((1, 84, 100), 1), ((1, 100, 84), 80), ((2, 5, 10), 1), ((1, 4, 10), None)])
+@pytest.mark.parametrize(
+    "shape,names", [((1, 84, 100), 1), ((1, 100, 84), 80), ((2, 5, 10), 1), ((1, 4, 10), None)]
+)
 def test_outputs_that_do_not_fit_are_refused_with_both_shapes(shape, names):
     with pytest.raises(ValueError, match=r"expected .*found \(" + ", ".join(map(str, shape))):
         check_yolo_output(np.zeros(shape, np.float32), 1, names)

@@ -27,8 +27,12 @@ def iou_matrix(a, b):
 
 
 def test_demo_finds_the_people_in_the_sample(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "edgetile.runtime.cli", "demo", "--out", str(tmp_path)],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "edgetile.runtime.cli", "demo", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     assert str(tmp_path / "vis" / "sample.jpg") in r.stderr  # it says where to look
     assert (tmp_path / "vis" / "sample.jpg").is_file() and (tmp_path / "detections.csv").is_file()
@@ -49,14 +53,19 @@ def test_decoding_matches_ultralytics_predictor_on_the_same_onnx():
     x, y = (int(v) for v in truth[0][:2])  # a crop around a person, the size of the model input
     with Detector(MODEL) as det:
         size = det.input_hw[0]
-        x0, y0 = max(0, min(x - size // 2, image.shape[1] - size)), max(0, min(y - size // 2, image.shape[0] - size))
+        x0, y0 = (
+            max(0, min(x - size // 2, image.shape[1] - size)),
+            max(0, min(y - size // 2, image.shape[0] - size)),
+        )
         crop = np.ascontiguousarray(image[y0 : y0 + size, x0 : x0 + size])
         # One tile exactly the model's input: no resize, no padding; a cross-tile merge at IoU 1.0
         # suppresses nothing, so both sides are the raw output after the same per-tile NMS.
         cfg = DetectConfig(tile=size, conf=0.01, iou=0.7, merge="nms", merge_thr=1.0)
         with Detector(MODEL, config=cfg) as one_tile:
             ours = one_tile.detect(crop)
-    res = ultralytics.YOLO(str(MODEL), task="detect").predict(crop, imgsz=size, conf=0.01, iou=0.7, verbose=False)[0]
+    res = ultralytics.YOLO(str(MODEL), task="detect").predict(
+        crop, imgsz=size, conf=0.01, iou=0.7, verbose=False
+    )[0]
     theirs = res.boxes.xyxy.cpu().numpy()
     their_scores = res.boxes.conf.cpu().numpy()
     assert len(theirs) > 0, "the crop should contain at least one confident box"

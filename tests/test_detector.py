@@ -65,8 +65,9 @@ def test_fixed_batch_model_pads_the_last_partial_batch():
     assert n_tiles % 5 != 0  # so the dynamic model really gets a short last batch
     fixed = BlobBackend(input_hw=(256, 256), batch=5)
     dynamic = BlobBackend(input_hw=(256, 256))
-    with Detector(fixed, config=DetectConfig(tile=512, overlap=0.25)) as a, \
-            Detector(dynamic, config=DetectConfig(tile=512, overlap=0.25, batch=5)) as b:
+    with Detector(fixed, config=DetectConfig(tile=512, overlap=0.25)) as a, Detector(
+        dynamic, config=DetectConfig(tile=512, overlap=0.25, batch=5)
+    ) as b:
         ra, rb = a.detect(image), b.detect(image)
     assert fixed.calls == [5] * -(-n_tiles // 5)  # every call is a full batch, the last one padded
     assert dynamic.calls == [5] * (n_tiles // 5) + [n_tiles % 5]  # a short last batch, unpadded
@@ -114,14 +115,17 @@ def test_ensemble_fuses_models_by_weight():
 def test_full_frame_pass_finds_an_object_larger_than_a_tile():
     big = (300, 150, 1000, 850)  # 700 px: no 512 tile holds it
     image = scene_with_people(1500, 1000, [big])
-    with Detector(BlobBackend(input_hw=(256, 256)), config=DetectConfig(tile=512, overlap=0.25,
-                                                                         full_frame=True)) as det:
+    with Detector(
+        BlobBackend(input_hw=(256, 256)), config=DetectConfig(tile=512, overlap=0.25, full_frame=True)
+    ) as det:
         found = det.detect(image)
     assert len(found) == 1
     assert iou(found.xyxy[0], big) > 0.95
 
 
-@pytest.mark.parametrize("bad", [np.zeros((10, 10), np.uint8), np.zeros((10, 10, 3), np.float32), "photo.jpg"])
+@pytest.mark.parametrize(
+    "bad", [np.zeros((10, 10), np.uint8), np.zeros((10, 10, 3), np.float32), "photo.jpg"]
+)
 def test_detect_refuses_what_is_not_an_8bit_bgr_image(bad):
     with Detector(BlobBackend()) as det:
         with pytest.raises(ValueError, match=r"expected an \(H, W, 3\) uint8 BGR array"):
@@ -140,8 +144,14 @@ def test_timings_cover_every_stage_and_close_releases_backends():
 
 @pytest.mark.parametrize(
     "kwargs,name",
-    [({"merge": "soft"}, "merge"), ({"conf": 1.5}, "conf"), ({"tta": ("rot90",)}, "tta"), ({"batch": 0}, "batch"),
-     ({"overlap": 0.95}, "overlap"), ({"tile": 8}, "tile")],
+    [
+        ({"merge": "soft"}, "merge"),
+        ({"conf": 1.5}, "conf"),
+        ({"tta": ("rot90",)}, "tta"),
+        ({"batch": 0}, "batch"),
+        ({"overlap": 0.95}, "overlap"),
+        ({"tile": 8}, "tile"),
+    ],
 )
 def test_config_refuses_bad_values(kwargs, name):
     with pytest.raises(ValueError, match=name):

@@ -57,28 +57,40 @@ API_NAMES = json.loads((Path(__file__).parent / "data" / "tensorrt_api_names.jso
 # trt_api: what each TensorRT version offers.
 
 
-@pytest.mark.parametrize("version, explicit_batch, strongly_typed_only, precision_flags, implicit_int8, calib_dep", [
-    ("8.5.2.2", True, False, True, True, False),  # JetPack 5.1
-    ("8.6.2", True, False, True, True, False),  # JetPack 6.0
-    ("10.3.0", False, False, True, True, True),  # JetPack 6.1 / 6.2
-    ("10.13.0", False, False, True, True, True),  # JetPack 7.0 (Thor)
-    ("10.16.1", False, False, True, True, True),  # JetPack 7.2
-    ("11.4.1", False, True, False, False, True),  # JetPack 7.2 on AGX Orin / Thor
-])
-def test_trt_api_table(version, explicit_batch, strongly_typed_only, precision_flags, implicit_int8, calib_dep):
+@pytest.mark.parametrize(
+    "version, explicit_batch, strongly_typed_only, precision_flags, implicit_int8, calib_dep",
+    [
+        ("8.5.2.2", True, False, True, True, False),  # JetPack 5.1
+        ("8.6.2", True, False, True, True, False),  # JetPack 6.0
+        ("10.3.0", False, False, True, True, True),  # JetPack 6.1 / 6.2
+        ("10.13.0", False, False, True, True, True),  # JetPack 7.0 (Thor)
+        ("10.16.1", False, False, True, True, True),  # JetPack 7.2
+        ("11.4.1", False, True, False, False, True),  # JetPack 7.2 on AGX Orin / Thor
+    ],
+)
+def test_trt_api_table(
+    version, explicit_batch, strongly_typed_only, precision_flags, implicit_int8, calib_dep
+):
     api = trt_api(version)
-    assert (api.explicit_batch_flag, api.strongly_typed_only, api.precision_flags, api.implicit_int8,
-            api.calibrators_deprecated) == (explicit_batch, strongly_typed_only, precision_flags, implicit_int8,
-                                            calib_dep)
+    assert (
+        api.explicit_batch_flag,
+        api.strongly_typed_only,
+        api.precision_flags,
+        api.implicit_int8,
+        api.calibrators_deprecated,
+    ) == (explicit_batch, strongly_typed_only, precision_flags, implicit_int8, calib_dep)
     assert api.precision_flags_deprecated == (api.version[:2] >= (10, 12))
 
 
-@pytest.mark.parametrize("version, message", [
-    ("8.2.1", "older than 8.5"),  # JetPack 4.6: out of scope
-    ("7.1.3", "older than 8.5"),
-    ("12.0.0", "newer than any version"),
-    ("ten", "expected something like 10.3.0"),
-])
+@pytest.mark.parametrize(
+    "version, message",
+    [
+        ("8.2.1", "older than 8.5"),  # JetPack 4.6: out of scope
+        ("7.1.3", "older than 8.5"),
+        ("12.0.0", "newer than any version"),
+        ("ten", "expected something like 10.3.0"),
+    ],
+)
 def test_trt_api_refuses(version, message):
     with pytest.raises((BuildRefused, ValueError), match=message):
         trt_api(version)
@@ -97,10 +109,25 @@ def test_the_api_table_agrees_with_the_real_bindings():
         assert ("set_calibration_profile" in present) == api.implicit_int8
         assert ("platform_has_fast_fp16" in absent) == api.strongly_typed_only
         # what the builder uses in every version
-        for name in ("set_memory_pool_limit", "build_serialized_network", "parse_from_file", "get_error",
-                     "create_optimization_profile", "set_shape", "create_timing_cache", "set_timing_cache",
-                     "GPU_FALLBACK", "DLA_core", "default_device_type", "num_DLA_cores", "WORKSPACE",
-                     "num_io_tensors", "set_input_shape", "set_tensor_address", "execute_async_v3"):
+        for name in (
+            "set_memory_pool_limit",
+            "build_serialized_network",
+            "parse_from_file",
+            "get_error",
+            "create_optimization_profile",
+            "set_shape",
+            "create_timing_cache",
+            "set_timing_cache",
+            "GPU_FALLBACK",
+            "DLA_core",
+            "default_device_type",
+            "num_DLA_cores",
+            "WORKSPACE",
+            "num_io_tensors",
+            "set_input_shape",
+            "set_tensor_address",
+            "execute_async_v3",
+        ):
             assert name in present, (version, name)
 
 
@@ -113,32 +140,75 @@ FIXED4 = OnnxFacts("images", 4, (64, 64), has_qdq=False, float16=False, names={0
 CALIB = Path("photos")
 
 
-@pytest.mark.parametrize("version, facts, req, network_flags, builder_flags, convert, calibrator, source", [
-    # fp16: builder flag up to 10.x, FP16-converted ONNX built strongly typed on 11
-    ("8.5.2", DYNAMIC, EngineRequest("fp16"), ("EXPLICIT_BATCH",), ("FP16",), False, None, None),
-    ("10.3.0", DYNAMIC, EngineRequest("fp16"), (), ("FP16",), False, None, None),
-    ("11.4.1", DYNAMIC, EngineRequest("fp16"), ("STRONGLY_TYPED",), (), True, None, None),
-    # an ONNX that is already FP16 is not converted again
-    ("11.4.1", OnnxFacts("images", None, (64, 64), False, True, {}), EngineRequest("fp16"),
-     ("STRONGLY_TYPED",), (), False, None, None),
-    # fp32
-    ("8.6.2", DYNAMIC, EngineRequest("fp32"), ("EXPLICIT_BATCH",), (), False, None, None),
-    ("11.4.1", DYNAMIC, EngineRequest("fp32"), ("STRONGLY_TYPED",), (), False, None, None),
-    # int8 from Q/DQ: INT8 (+FP16 for the float tail) up to 10.x, strongly typed on 11
-    ("8.6.2", QDQ, EngineRequest("int8"), ("EXPLICIT_BATCH",), ("INT8", "FP16"), False, None, "qdq"),
-    ("10.3.0", QDQ, EngineRequest("int8"), (), ("INT8", "FP16"), False, None, "qdq"),
-    ("11.4.1", QDQ, EngineRequest("int8"), ("STRONGLY_TYPED",), (), False, None, "qdq"),
-    # int8 by implicit calibration (TensorRT <= 10 only)
-    ("8.5.2", DYNAMIC, EngineRequest("int8", calib=CALIB, calib_method="entropy"), ("EXPLICIT_BATCH",),
-     ("INT8", "FP16"), False, "IInt8EntropyCalibrator2", "calibrator"),
-    ("10.3.0", DYNAMIC, EngineRequest("int8", calib=CALIB, calib_method="minmax"), (), ("INT8", "FP16"), False,
-     "IInt8MinMaxCalibrator", "calibrator"),
-    # DLA: GPU fallback added
-    ("10.3.0", DYNAMIC, EngineRequest("fp16", dla_core=0, batch_min=4, batch_opt=4, batch_max=4), (),
-     ("FP16", "GPU_FALLBACK"), False, None, None),
-    ("11.4.1", QDQ, EngineRequest("int8", dla_core=1, batch_min=2, batch_opt=2, batch_max=2), ("STRONGLY_TYPED",),
-     ("GPU_FALLBACK",), False, None, "qdq"),
-])
+@pytest.mark.parametrize(
+    "version, facts, req, network_flags, builder_flags, convert, calibrator, source",
+    [
+        # fp16: builder flag up to 10.x, FP16-converted ONNX built strongly typed on 11
+        ("8.5.2", DYNAMIC, EngineRequest("fp16"), ("EXPLICIT_BATCH",), ("FP16",), False, None, None),
+        ("10.3.0", DYNAMIC, EngineRequest("fp16"), (), ("FP16",), False, None, None),
+        ("11.4.1", DYNAMIC, EngineRequest("fp16"), ("STRONGLY_TYPED",), (), True, None, None),
+        # an ONNX that is already FP16 is not converted again
+        (
+            "11.4.1",
+            OnnxFacts("images", None, (64, 64), False, True, {}),
+            EngineRequest("fp16"),
+            ("STRONGLY_TYPED",),
+            (),
+            False,
+            None,
+            None,
+        ),
+        # fp32
+        ("8.6.2", DYNAMIC, EngineRequest("fp32"), ("EXPLICIT_BATCH",), (), False, None, None),
+        ("11.4.1", DYNAMIC, EngineRequest("fp32"), ("STRONGLY_TYPED",), (), False, None, None),
+        # int8 from Q/DQ: INT8 (+FP16 for the float tail) up to 10.x, strongly typed on 11
+        ("8.6.2", QDQ, EngineRequest("int8"), ("EXPLICIT_BATCH",), ("INT8", "FP16"), False, None, "qdq"),
+        ("10.3.0", QDQ, EngineRequest("int8"), (), ("INT8", "FP16"), False, None, "qdq"),
+        ("11.4.1", QDQ, EngineRequest("int8"), ("STRONGLY_TYPED",), (), False, None, "qdq"),
+        # int8 by implicit calibration (TensorRT <= 10 only)
+        (
+            "8.5.2",
+            DYNAMIC,
+            EngineRequest("int8", calib=CALIB, calib_method="entropy"),
+            ("EXPLICIT_BATCH",),
+            ("INT8", "FP16"),
+            False,
+            "IInt8EntropyCalibrator2",
+            "calibrator",
+        ),
+        (
+            "10.3.0",
+            DYNAMIC,
+            EngineRequest("int8", calib=CALIB, calib_method="minmax"),
+            (),
+            ("INT8", "FP16"),
+            False,
+            "IInt8MinMaxCalibrator",
+            "calibrator",
+        ),
+        # DLA: GPU fallback added
+        (
+            "10.3.0",
+            DYNAMIC,
+            EngineRequest("fp16", dla_core=0, batch_min=4, batch_opt=4, batch_max=4),
+            (),
+            ("FP16", "GPU_FALLBACK"),
+            False,
+            None,
+            None,
+        ),
+        (
+            "11.4.1",
+            QDQ,
+            EngineRequest("int8", dla_core=1, batch_min=2, batch_opt=2, batch_max=2),
+            ("STRONGLY_TYPED",),
+            ("GPU_FALLBACK",),
+            False,
+            None,
+            "qdq",
+        ),
+    ],
+)
 def test_plan_build_table(version, facts, req, network_flags, builder_flags, convert, calibrator, source):
     plan = plan_build(version, req, facts)
     assert plan.network_flags == network_flags
@@ -149,33 +219,48 @@ def test_plan_build_table(version, facts, req, network_flags, builder_flags, con
     assert plan.workspace_bytes == req.workspace_mb * 1024 * 1024
 
 
-@pytest.mark.parametrize("version, facts, req, message", [
-    ("11.4.1", DYNAMIC, EngineRequest("int8", calib=CALIB), "builds INT8 only from a Q/DQ ONNX"),
-    ("11.0.0", DYNAMIC, EngineRequest("int8"), "builds INT8 only from a Q/DQ ONNX"),
-    ("10.3.0", DYNAMIC, EngineRequest("int8"), "needs calibration: give --calib DIR"),
-    ("10.3.0", QDQ, EngineRequest("int8", calib=CALIB), "--calib would be ignored"),
-    ("8.6.2", QDQ, EngineRequest("fp16"), "holds Q/DQ nodes"),
-    ("11.4.1", QDQ, EngineRequest("fp32"), "holds Q/DQ nodes"),
-    ("10.3.0", DYNAMIC, EngineRequest("fp16", calib=CALIB), "--calib is for --precision int8"),
-    ("10.3.0", DYNAMIC, EngineRequest("fp32", dla_core=0, batch_min=1, batch_opt=1, batch_max=1),
-     "DLA runs FP16 and INT8 only"),
-    ("10.3.0", DYNAMIC, EngineRequest("fp16", dla_core=0), "DLA needs a fixed batch"),
-    ("10.3.0", DYNAMIC, EngineRequest("fp16", batch_min=8, batch_opt=4, batch_max=16), "1 <= --batch-min"),
-    ("10.3.0", FIXED4, EngineRequest("fp16", batch_max=8), "fixed batch of 4"),
-    ("8.2.1", DYNAMIC, EngineRequest("fp16"), "older than 8.5"),
-])
+@pytest.mark.parametrize(
+    "version, facts, req, message",
+    [
+        ("11.4.1", DYNAMIC, EngineRequest("int8", calib=CALIB), "builds INT8 only from a Q/DQ ONNX"),
+        ("11.0.0", DYNAMIC, EngineRequest("int8"), "builds INT8 only from a Q/DQ ONNX"),
+        ("10.3.0", DYNAMIC, EngineRequest("int8"), "needs calibration: give --calib DIR"),
+        ("10.3.0", QDQ, EngineRequest("int8", calib=CALIB), "--calib would be ignored"),
+        ("8.6.2", QDQ, EngineRequest("fp16"), "holds Q/DQ nodes"),
+        ("11.4.1", QDQ, EngineRequest("fp32"), "holds Q/DQ nodes"),
+        ("10.3.0", DYNAMIC, EngineRequest("fp16", calib=CALIB), "--calib is for --precision int8"),
+        (
+            "10.3.0",
+            DYNAMIC,
+            EngineRequest("fp32", dla_core=0, batch_min=1, batch_opt=1, batch_max=1),
+            "DLA runs FP16 and INT8 only",
+        ),
+        ("10.3.0", DYNAMIC, EngineRequest("fp16", dla_core=0), "DLA needs a fixed batch"),
+        (
+            "10.3.0",
+            DYNAMIC,
+            EngineRequest("fp16", batch_min=8, batch_opt=4, batch_max=16),
+            "1 <= --batch-min",
+        ),
+        ("10.3.0", FIXED4, EngineRequest("fp16", batch_max=8), "fixed batch of 4"),
+        ("8.2.1", DYNAMIC, EngineRequest("fp16"), "older than 8.5"),
+    ],
+)
 def test_plan_build_refuses_before_building(version, facts, req, message):
     with pytest.raises(BuildRefused, match=message):
         plan_build(version, req, facts)
 
 
-@pytest.mark.parametrize("facts, req, expected", [
-    (DYNAMIC, EngineRequest(), (1, 8, 8)),  # the runtime's default batch of 8
-    (DYNAMIC, EngineRequest(batch_max=32), (1, 8, 32)),
-    (DYNAMIC, EngineRequest(batch_opt=16), (1, 16, 16)),
-    (DYNAMIC, EngineRequest(batch_max=4), (1, 4, 4)),
-    (FIXED4, EngineRequest(), (4, 4, 4)),  # a fixed-batch ONNX fixes the range
-])
+@pytest.mark.parametrize(
+    "facts, req, expected",
+    [
+        (DYNAMIC, EngineRequest(), (1, 8, 8)),  # the runtime's default batch of 8
+        (DYNAMIC, EngineRequest(batch_max=32), (1, 8, 32)),
+        (DYNAMIC, EngineRequest(batch_opt=16), (1, 16, 16)),
+        (DYNAMIC, EngineRequest(batch_max=4), (1, 4, 4)),
+        (FIXED4, EngineRequest(), (4, 4, 4)),  # a fixed-batch ONNX fixes the range
+    ],
+)
 def test_batch_range_defaults(facts, req, expected):
     assert resolve_batch(req, facts) == expected
 
@@ -196,7 +281,13 @@ def models(tmp_path_factory):
 def test_onnx_facts(models):
     f = onnx_facts(models.fp32)
     assert (f.input_name, f.batch, f.input_hw, f.has_qdq, f.float16, f.names) == (
-        "images", None, (64, 64), False, False, {0: "person"})
+        "images",
+        None,
+        (64, 64),
+        False,
+        False,
+        {0: "person"},
+    )
     assert onnx_facts(models.qdq).has_qdq
 
 
@@ -207,7 +298,9 @@ def test_fp16_conversion_keeps_io_and_tail_float_and_matches_fp32(models, tmp_pa
     assert m.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     inits = {i.name: i.data_type for i in m.graph.initializer}
     nodes = {n.name: n for n in m.graph.node}
-    assert inits[nodes["cell_redness"].input[1]] == onnx.TensorProto.FLOAT16  # the convolutions compute in FP16
+    assert (
+        inits[nodes["cell_redness"].input[1]] == onnx.TensorProto.FLOAT16
+    )  # the convolutions compute in FP16
     assert inits[nodes["score_conv"].input[1]] == onnx.TensorProto.FLOAT16
     assert inits[nodes["boxes"].input[1]] == onnx.TensorProto.FLOAT  # the box tail stays FP32 (the grid)
     assert nodes["score_sigmoid"].input[0].endswith("__fp32")  # cast back where FP16 meets the tail
@@ -301,8 +394,10 @@ class FakeTrt:
                 object.__setattr__(self, name, value)
 
         if "set_calibration_profile" in names:
+
             def set_calibration_profile(self, p):
                 rec.append(("set_calibration_profile",))
+
             Config.set_calibration_profile = set_calibration_profile
 
         class Builder:
@@ -363,9 +458,11 @@ class FakeTrt:
         self.Logger, self.Builder, self.OnnxParser = Logger, Builder, OnnxParser
         self.calib_batches = 0
         if "IInt8EntropyCalibrator2" in names:
+
             class _Calibrator:
                 def __init__(self):
                     pass
+
             self.IInt8EntropyCalibrator2 = type("IInt8EntropyCalibrator2", (_Calibrator,), {})
             self.IInt8MinMaxCalibrator = type("IInt8MinMaxCalibrator", (_Calibrator,), {})
 
@@ -438,7 +535,9 @@ def _build(models, version, req, out, **fake_kwargs):
 
 @pytest.mark.parametrize("version, flags", [("8.6.1", 1 << 0), ("10.3.0", 0), ("11.4.0", 1 << 4)])
 def test_fp16_build_sequence(models, tmp_path, version, flags):
-    trt, _, result, src = _build(models, version, EngineRequest("fp16", workspace_mb=512), tmp_path / "m.engine")
+    trt, _, result, src = _build(
+        models, version, EngineRequest("fp16", workspace_mb=512), tmp_path / "m.engine"
+    )
     assert trt.called("create_network") == [("create_network", flags)]
     parsed = trt.called("parse_from_file")
     assert len(parsed) == 1
@@ -449,22 +548,32 @@ def test_fp16_build_sequence(models, tmp_path, version, flags):
         assert parsed[0] == ("parse_from_file", str(src), False)
         assert trt.called("set_flag") == [("set_flag", trt.BuilderFlag.FP16)]
     assert trt.called("set_memory_pool_limit") == [("set_memory_pool_limit", 0, 512 * 1024 * 1024)]
-    assert trt.called("profile.set_shape") == [("profile.set_shape", "images", (1, 3, 64, 64), (8, 3, 64, 64),
-                                                (8, 3, 64, 64))]
+    assert trt.called("profile.set_shape") == [
+        ("profile.set_shape", "images", (1, 3, 64, 64), (8, 3, 64, 64), (8, 3, 64, 64))
+    ]
     names = [c[0] for c in trt.calls]
-    assert names.index("parse_from_file") < names.index("add_optimization_profile") < names.index(
-        "build_serialized_network")
+    assert (
+        names.index("parse_from_file")
+        < names.index("add_optimization_profile")
+        < names.index("build_serialized_network")
+    )
     assert result.path.read_bytes() == b"PLAN" + version.encode()  # a plain plan, no header
     meta = read_engine_sidecar(result.path)
     assert (meta.tensorrt_version, meta.gpu_name, meta.compute_capability, meta.precision) == (
-        version, "Orin", "8.7", "fp16")
+        version,
+        "Orin",
+        "8.7",
+        "fp16",
+    )
     assert (meta.batch_min, meta.batch_opt, meta.batch_max, meta.input_hw) == (1, 8, 8, (64, 64))
     assert meta.names == {0: "person"} and meta.dla_core is None
     assert meta.source_sha256 == hashlib.sha256(Path(src).read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("version, flags, set_flags", [
-    ("8.6.1", 1 << 0, ["INT8", "FP16"]), ("10.3.0", 0, ["INT8", "FP16"]), ("11.4.0", 1 << 4, [])])
+@pytest.mark.parametrize(
+    "version, flags, set_flags",
+    [("8.6.1", 1 << 0, ["INT8", "FP16"]), ("10.3.0", 0, ["INT8", "FP16"]), ("11.4.0", 1 << 4, [])],
+)
 def test_int8_from_qdq_build_sequence(models, tmp_path, version, flags, set_flags):
     trt, _, result, src = _build(models, version, EngineRequest("int8"), tmp_path / "q.engine")
     assert trt.called("create_network") == [("create_network", flags)]
@@ -477,8 +586,9 @@ def test_int8_from_qdq_build_sequence(models, tmp_path, version, flags, set_flag
 
 def test_int8_calibrator_build_sequence_writes_the_cache(models, tmp_path):
     cache = tmp_path / "m.calib"
-    req = EngineRequest("int8", calib=models.calib, calib_count=20, calib_cache=cache, tile=128, batch_opt=4,
-                        batch_max=8)
+    req = EngineRequest(
+        "int8", calib=models.calib, calib_count=20, calib_cache=cache, tile=128, batch_opt=4, batch_max=8
+    )
     trt, cuda, result, _ = _build(models, "10.3.0", req, tmp_path / "c.engine")
     cal = [c[1] for c in trt.calls if c[0] == "config.int8_calibrator"]
     assert len(cal) == 1 and isinstance(cal[0], trt.IInt8MinMaxCalibrator)  # the default method
@@ -522,15 +632,25 @@ def test_timing_cache_loaded_and_saved(models, tmp_path):
     assert trt.called("create_timing_cache") == [("create_timing_cache", b"old")]
     assert cache.read_bytes() == b"timing-cache"
     with pytest.raises(BuildRefused, match="another TensorRT version or device"):
-        _build(models, "10.3.0", EngineRequest("fp16", timing_cache=cache), tmp_path / "t2.engine",
-               timing_cache_ok=False)
+        _build(
+            models,
+            "10.3.0",
+            EngineRequest("fp16", timing_cache=cache),
+            tmp_path / "t2.engine",
+            timing_cache_ok=False,
+        )
 
 
 def test_refusal_happens_before_tensorrt_is_touched(models, tmp_path):
     trt = FakeTrt("11.4.0")
     with pytest.raises(BuildRefused, match="INT8 only from a Q/DQ ONNX"):
-        build_engine(models.fp32, tmp_path / "x.engine", EngineRequest("int8", calib=models.calib), trt=trt,
-                     cuda=FakeCuda())
+        build_engine(
+            models.fp32,
+            tmp_path / "x.engine",
+            EngineRequest("int8", calib=models.calib),
+            trt=trt,
+            cuda=FakeCuda(),
+        )
     assert trt.calls == []
 
 
@@ -561,9 +681,19 @@ def _has(module: str) -> bool:
 
 
 def _meta(**kw):
-    base = dict(tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7", precision="fp16",
-                batch_min=1, batch_opt=8, batch_max=8, input_hw=(1024, 1024), names={0: "person"},
-                source_sha256="a" * 64, source_onnx="person.onnx")
+    base = dict(
+        tensorrt_version="10.3.0",
+        gpu_name="Orin",
+        compute_capability="8.7",
+        precision="fp16",
+        batch_min=1,
+        batch_opt=8,
+        batch_max=8,
+        input_hw=(1024, 1024),
+        names={0: "person"},
+        source_sha256="a" * 64,
+        source_onnx="person.onnx",
+    )
     base.update(kw)
     return EngineMeta(**base)
 
@@ -578,13 +708,19 @@ def test_sidecar_round_trip(tmp_path):
     assert d["format"] == "edgetile-engine" and d["names"] == {"0": "person"}
 
 
-@pytest.mark.parametrize("here, error", [
-    (("10.3.0", "Orin", "8.7"), None),
-    (("10.3.0.26", "Orin", "8.7"), None),  # the build number does not matter
-    (("8.6.2", "Orin", "8.7"), "engine built for TensorRT 10.3.0 on GPU Orin .*this is TensorRT 8.6.2 on GPU Orin"),
-    (("10.3.1", "Orin", "8.7"), "this is TensorRT 10.3.1"),
-    (("10.3.0", "Xavier", "7.2"), "on GPU Orin .*this is TensorRT 10.3.0 on GPU Xavier"),
-])
+@pytest.mark.parametrize(
+    "here, error",
+    [
+        (("10.3.0", "Orin", "8.7"), None),
+        (("10.3.0.26", "Orin", "8.7"), None),  # the build number does not matter
+        (
+            ("8.6.2", "Orin", "8.7"),
+            "engine built for TensorRT 10.3.0 on GPU Orin .*this is TensorRT 8.6.2 on GPU Orin",
+        ),
+        (("10.3.1", "Orin", "8.7"), "this is TensorRT 10.3.1"),
+        (("10.3.0", "Xavier", "7.2"), "on GPU Orin .*this is TensorRT 10.3.0 on GPU Xavier"),
+    ],
+)
 def test_check_engine_compatible(here, error):
     if error is None:
         assert check_engine_compatible(_meta(), *here) == []
@@ -598,14 +734,20 @@ def test_same_compute_capability_other_gpu_is_a_warning():
     assert len(warnings) == 1 and "rebuild it here" in warnings[0]
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "expected its sidecar"),
-    ("{not json", "expected JSON"),
-    (json.dumps({"format": "other"}), "expected an edgetile-engine sidecar"),
-    (json.dumps({"format": "edgetile-engine", "format_version": 1, "tensorrt_version": "10.3"}), "missing field"),
-    (json.dumps({**json.loads(_meta().to_json()), "precision": "int4"}), "precision: expected one of"),
-    (json.dumps({**json.loads(_meta().to_json()), "batch_min": 9}), "min <= opt <= max"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "expected its sidecar"),
+        ("{not json", "expected JSON"),
+        (json.dumps({"format": "other"}), "expected an edgetile-engine sidecar"),
+        (
+            json.dumps({"format": "edgetile-engine", "format_version": 1, "tensorrt_version": "10.3"}),
+            "missing field",
+        ),
+        (json.dumps({**json.loads(_meta().to_json()), "precision": "int4"}), "precision: expected one of"),
+        (json.dumps({**json.loads(_meta().to_json()), "batch_min": 9}), "min <= opt <= max"),
+    ],
+)
 def test_bad_sidecars_are_refused_with_a_reason(tmp_path, content, message):
     engine = tmp_path / "m.engine"
     if content is not None:
@@ -615,9 +757,11 @@ def test_bad_sidecars_are_refused_with_a_reason(tmp_path, content, message):
 
 
 def test_engine_meta_is_stdlib_only():
-    code = ("import sys, edgetile.runtime.engine_meta; "
-            "heavy = [m for m in ('numpy', 'onnx', 'torch', 'tensorrt', 'pycuda') if m in sys.modules]; "
-            "print(heavy)")
+    code = (
+        "import sys, edgetile.runtime.engine_meta; "
+        "heavy = [m for m in ('numpy', 'onnx', 'torch', 'tensorrt', 'pycuda') if m in sys.modules]; "
+        "print(heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     # numpy comes with edgetile.runtime's own package import; nothing heavier may
     assert set(eval(out)) <= {"numpy"}
@@ -633,8 +777,9 @@ def test_real_build_loads_back(models, tmp_path, precision):
     import tensorrt as trt
 
     src = models.qdq if precision == "int8" else models.fp32
-    result = build_engine(src, tmp_path / f"m_{precision}.engine", EngineRequest(precision, batch_max=4),
-                          log=lambda m: None)
+    result = build_engine(
+        src, tmp_path / f"m_{precision}.engine", EngineRequest(precision, batch_max=4), log=lambda m: None
+    )
     meta = read_engine_sidecar(result.path)
     assert meta.tensorrt_version == trt.__version__
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
@@ -667,9 +812,11 @@ def test_fp16_conversion_of_an_ultralytics_export(tmp_path):
 
 
 def test_registering_the_export_command_imports_nothing_heavy():
-    code = ("import sys; from edgetile.runtime.cli import build_parser; p = build_parser(); "
-            "p.parse_args(['export', 'engine', 'm.onnx', '--precision', 'int8']); "
-            "print([m for m in ('torch', 'ultralytics', 'onnx', 'onnxruntime', 'tensorrt', 'pycuda') "
-            "if m in sys.modules])")
+    code = (
+        "import sys; from edgetile.runtime.cli import build_parser; p = build_parser(); "
+        "p.parse_args(['export', 'engine', 'm.onnx', '--precision', 'int8']); "
+        "print([m for m in ('torch', 'ultralytics', 'onnx', 'onnxruntime', 'tensorrt', 'pycuda') "
+        "if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -96,7 +96,9 @@ def test_qdq_graph_is_what_tensorrt_accepts(yolo_onnx, data, tmp_path):
     # The head tail stays float: no node of it reads a dequantized tensor.
     for name in r.excluded:
         node = next(n for n in q.graph.node if n.name == name)
-        assert all(producer.get(i) is None or producer[i].op_type != "DequantizeLinear" for i in node.input), name
+        assert all(
+            producer.get(i) is None or producer[i].op_type != "DequantizeLinear" for i in node.input
+        ), name
     meta = {p.key: p.value for p in q.metadata_props}
     assert meta["names"] == "{0: 'person'}" and meta["imgsz"] == "[64, 64]"
     assert meta["edgetile_calibration"].startswith("12 tiles, minmax")  # the default method
@@ -108,8 +110,12 @@ def test_qdq_graph_is_what_tensorrt_accepts(yolo_onnx, data, tmp_path):
 
 
 def test_quantize_head_puts_qdq_on_the_dfl(yolo_onnx, data, tmp_path):
-    r = quantize_int8(yolo_onnx, data / "calib", tmp_path / "qh.onnx",
-                      Int8Config(calib_count=8, tile=128, method="minmax", exclude_head=False))
+    r = quantize_int8(
+        yolo_onnx,
+        data / "calib",
+        tmp_path / "qh.onnx",
+        Int8Config(calib_count=8, tile=128, method="minmax", exclude_head=False),
+    )
     q = onnx.load(str(r.path))
     producer = {o: n for n in q.graph.node for o in n.output}
     dfl = next(n for n in q.graph.node if n.op_type == "Conv" and "dfl" in n.name)
@@ -146,16 +152,18 @@ def test_no_calibration_photos_is_one_clear_error(tmp_path, yolo_onnx):
 
 def test_budget_is_checked(yolo_onnx, data, tmp_path):
     with pytest.raises(BudgetExceeded, match="over the weight budget"):
-        quantize_int8(yolo_onnx, data / "calib", tmp_path / "b.onnx", Int8Config(calib_count=4, tile=128,
-                                                                                  budget_mb=0.5))
+        quantize_int8(
+            yolo_onnx, data / "calib", tmp_path / "b.onnx", Int8Config(calib_count=4, tile=128, budget_mb=0.5)
+        )
     assert (tmp_path / "b.onnx").is_file()
 
 
 @pytest.mark.parametrize("method", ["entropy", "minmax", "percentile"])
 def test_accuracy_report_fp32_and_int8_side_by_side(method, data, tmp_path):
     fp32 = conv_blob_model(tmp_path / "blob.onnx")
-    r = quantize_int8(fp32, data / "calib", tmp_path / "blob_int8.onnx",
-                      Int8Config(calib_count=36, method=method, tile=128))
+    r = quantize_int8(
+        fp32, data / "calib", tmp_path / "blob_int8.onnx", Int8Config(calib_count=36, method=method, tile=128)
+    )
     assert set(r.excluded) == {"head_concat", "score_flat", "score_sigmoid", "boxes", "zeros"}
     report = accuracy_report(fp32, r.path, data / "val" / "annotations.json", r.calibration_line(), tile=128)
     assert report.photos == 6 and report.boxes > 0
@@ -169,9 +177,23 @@ def test_accuracy_report_fp32_and_int8_side_by_side(method, data, tmp_path):
 
 def test_a_calibration_set_without_the_objects_collapses_and_the_report_says_so(data, tmp_path, capsys):
     fp32 = conv_blob_model(tmp_path / "blob.onnx")
-    code = main(["export", "int8", str(fp32), "--calib", str(data / "grey"), "--calib-count", "16",
-                 "--val", str(data / "val" / "annotations.json"), "--tile", "128", "--out",
-                 str(tmp_path / "collapsed.onnx")])
+    code = main(
+        [
+            "export",
+            "int8",
+            str(fp32),
+            "--calib",
+            str(data / "grey"),
+            "--calib-count",
+            "16",
+            "--val",
+            str(data / "val" / "annotations.json"),
+            "--tile",
+            "128",
+            "--out",
+            str(tmp_path / "collapsed.onnx"),
+        ]
+    )
     out = capsys.readouterr()
     assert code == 1
     assert out.out.strip() == str(tmp_path / "collapsed.onnx")
@@ -183,8 +205,21 @@ def test_a_calibration_set_without_the_objects_collapses_and_the_report_says_so(
 
 def test_cli_int8_passes_with_field_calibration(data, tmp_path, capsys):
     fp32 = conv_blob_model(tmp_path / "blob.onnx")
-    code = main(["export", "int8", str(fp32), "--calib", str(data / "calib"), "--val",
-                 str(data / "val" / "annotations.json"), "--tile", "128", "--method", "minmax"])
+    code = main(
+        [
+            "export",
+            "int8",
+            str(fp32),
+            "--calib",
+            str(data / "calib"),
+            "--val",
+            str(data / "val" / "annotations.json"),
+            "--tile",
+            "128",
+            "--method",
+            "minmax",
+        ]
+    )
     out = capsys.readouterr()
     assert code == 0, out.err
     assert out.out.strip() == str(tmp_path / "blob_int8.onnx")  # default: beside the input
@@ -209,19 +244,24 @@ def test_int8_runs_close_to_fp32_on_field_tiles(data, tmp_path):
     assert np.abs(a[:, 4] - b[:, 4]).max() < 0.1
 
 
-@pytest.mark.parametrize("fp32, int8, passed, why", [
-    ((0.80, 0.60, 0.90), (0.79, 0.58, 0.89), True, None),  # within both limits
-    ((0.80, 0.60, 0.90), (0.70, 0.50, 0.88), False, "loses 0.1000 mAP@0.5"),
-    # ranks as well (mAP kept) but scores everything lower: recall at --conf collapses
-    ((0.80, 0.60, 0.90), (0.80, 0.60, 0.20), False, "loses 0.700 recall at score 0.25"),
-])
+@pytest.mark.parametrize(
+    "fp32, int8, passed, why",
+    [
+        ((0.80, 0.60, 0.90), (0.79, 0.58, 0.89), True, None),  # within both limits
+        ((0.80, 0.60, 0.90), (0.70, 0.50, 0.88), False, "loses 0.1000 mAP@0.5"),
+        # ranks as well (mAP kept) but scores everything lower: recall at --conf collapses
+        ((0.80, 0.60, 0.90), (0.80, 0.60, 0.20), False, "loses 0.700 recall at score 0.25"),
+    ],
+)
 def test_report_verdict(fp32, int8, passed, why):
     from types import SimpleNamespace
 
     from edgetile.export.int8 import AccuracyReport
 
     def result(m50, m75, recall):
-        return SimpleNamespace(map50=m50, map75=m75, map50_95=m75 / 2, recall=recall, precision=0.5, score_thr=0.25)
+        return SimpleNamespace(
+            map50=m50, map75=m75, map50_95=m75 / 2, recall=recall, precision=0.5, score_thr=0.25
+        )
 
     report = AccuracyReport(result(*fp32), result(*int8), 0.02, "calibration: 512 tile(s)", "setting", 10, 40)
     assert report.passed is passed

@@ -47,7 +47,12 @@ def test_dynamic_batch_fixed_size_and_metadata_the_runtime_reads(tiny_onnx):
     assert not any(n.op_type == "Shape" for n in m.graph.node)
     with create_backend("onnxruntime", tiny_onnx) as be:
         info = model_info(be, str(tiny_onnx))
-        assert (info.names, info.input_hw, info.batch, info.stride) == ({0: "person"}, (IMGSZ, IMGSZ), None, 32)
+        assert (info.names, info.input_hw, info.batch, info.stride) == (
+            {0: "person"},
+            (IMGSZ, IMGSZ),
+            None,
+            32,
+        )
         out = be.infer(np.zeros((3, 3, IMGSZ, IMGSZ), np.float32))[0]
     assert out.shape == (3, 5, (IMGSZ // 8) ** 2 + (IMGSZ // 16) ** 2 + (IMGSZ // 32) ** 2)
 
@@ -63,7 +68,7 @@ def test_verification_passes_on_tiles_of_user_photos(tiny_pt, tiny_onnx, tmp_pat
 
 
 def test_verification_tiles_are_the_runtime_preprocessing_of_plan_tiles(tmp_path):
-    (path, _), = write_photos(tmp_path / "p", 1, seed=6, size=(300, 200))
+    ((path, _),) = write_photos(tmp_path / "p", 1, seed=6, size=(300, 200))
     tiles, _ = verification_tiles(IMGSZ, tmp_path / "p", count=100, tile=128, overlap=0.2)
     import cv2
 
@@ -104,11 +109,14 @@ def test_budget_failure_keeps_the_file(tiny_pt, tmp_path):
     assert (tmp_path / "big.onnx").stat().st_size > 1024 * 1024
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"imgsz": 100}, "multiple of 32"),  # not a multiple of the stride
-    ({"batch": 0}, "positive integer"),
-    ({"opset": 9}, "opset"),  # below what the head needs
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"imgsz": 100}, "multiple of 32"),  # not a multiple of the stride
+        ({"batch": 0}, "positive integer"),
+        ({"opset": 9}, "opset"),  # below what the head needs
+    ],
+)
 def test_config_refuses_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
         OnnxExportConfig(**kwargs)
@@ -126,8 +134,21 @@ def test_cli_default_out_beside_input_prints_path_and_never_touches_a_neighbour(
     assert (work / "person.onnx").is_file()
     # --out elsewhere: the file Ultralytics would write beside the .pt must stay as it was.
     (work / "person.onnx").write_bytes(b"user's own file")
-    assert main(["export", "onnx", str(pt), "--imgsz", str(IMGSZ), "--out", str(tmp_path / "o" / "x.onnx"),
-                 "--no-verify"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "onnx",
+                str(pt),
+                "--imgsz",
+                str(IMGSZ),
+                "--out",
+                str(tmp_path / "o" / "x.onnx"),
+                "--no-verify",
+            ]
+        )
+        == 0
+    )
     assert (work / "person.onnx").read_bytes() == b"user's own file"
     assert (tmp_path / "o" / "x.onnx").is_file()
 
@@ -137,8 +158,20 @@ def test_cli_exit_codes(tiny_pt, tmp_path, capsys):
     assert "file not found" in capsys.readouterr().err
     assert main(["export", "onnx", str(tiny_pt), "--imgsz", "100"]) == 2
     assert "multiple of 32" in capsys.readouterr().err
-    code = main(["export", "onnx", str(tiny_pt), "--imgsz", str(IMGSZ), "--out", str(tmp_path / "b.onnx"),
-                 "--budget-mb", "1", "--no-verify"])
+    code = main(
+        [
+            "export",
+            "onnx",
+            str(tiny_pt),
+            "--imgsz",
+            str(IMGSZ),
+            "--out",
+            str(tmp_path / "b.onnx"),
+            "--budget-mb",
+            "1",
+            "--no-verify",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1 and "over the weight budget" in captured.err
     assert captured.out.strip() == str(tmp_path / "b.onnx")

@@ -67,9 +67,16 @@ HAND_CASES = [
     # oblique 30 deg down, heading east: 100 / tan(30) east
     (90, -30, 0, 100, CX, CY, 0.0, 100 / math.tan(math.radians(30))),
     # oblique with roll 10: ray (1, 0, 0.2) -> Rx(10) (1, -0.2 sin10, 0.2 cos10) -> Ry(-45)
-    (0, -45, 10, 100, CX, CY + 0.2 * F,
-     100 * S45 * (1 - 0.2 * math.cos(math.radians(10))) / (S45 * (1 + 0.2 * math.cos(math.radians(10)))),
-     100 * -0.2 * math.sin(math.radians(10)) / (S45 * (1 + 0.2 * math.cos(math.radians(10))))),
+    (
+        0,
+        -45,
+        10,
+        100,
+        CX,
+        CY + 0.2 * F,
+        100 * S45 * (1 - 0.2 * math.cos(math.radians(10))) / (S45 * (1 + 0.2 * math.cos(math.radians(10)))),
+        100 * -0.2 * math.sin(math.radians(10)) / (S45 * (1 + 0.2 * math.cos(math.radians(10)))),
+    ),
 ]
 
 
@@ -99,8 +106,9 @@ def test_quaternion_matches_scipy():
     rng = np.random.default_rng(1)
     for q in rng.normal(size=(20, 4)):
         w, x, y, z = q / np.linalg.norm(q)
-        np.testing.assert_allclose(rotation_from_quaternion(w, x, y, z),
-                                   Rotation.from_quat([x, y, z, w]).as_matrix(), atol=1e-12)
+        np.testing.assert_allclose(
+            rotation_from_quaternion(w, x, y, z), Rotation.from_quat([x, y, z, w]).as_matrix(), atol=1e-12
+        )
     with pytest.raises(ValueError, match="non-zero quaternion"):
         rotation_from_quaternion(0, 0, 0, 0)  # MAVLink's "unknown orientation"
 
@@ -108,7 +116,9 @@ def test_quaternion_matches_scipy():
 def reference_fix(yaw, pitch, roll, h, u, v):
     """Independent oracle: SciPy's rotation, then root-finding along the ray for the point whose
     WGS84 height is the ground's (h below the camera), through pymap3d."""
-    ray = Rotation.from_euler("ZYX", [yaw, pitch, roll], degrees=True).apply([1.0, (u - CX) / F, (v - CY) / F])
+    ray = Rotation.from_euler("ZYX", [yaw, pitch, roll], degrees=True).apply(
+        [1.0, (u - CX) / F, (v - CY) / F]
+    )
     if ray[2] <= 0:
         return None
 
@@ -141,13 +151,22 @@ def test_random_poses_agree_with_an_independent_scipy_pipeline():
 def test_round_trip_pixel_ground_pixel():
     rng = np.random.default_rng(3)
     for _ in range(20):
-        p = pose(rng.uniform(-180, 180), rng.uniform(-90, -40), rng.uniform(-5, 5), agl=rng.uniform(40, 120),
-                 abs_alt=rng.uniform(100, 400))
+        p = pose(
+            rng.uniform(-180, 180),
+            rng.uniform(-90, -40),
+            rng.uniform(-5, 5),
+            agl=rng.uniform(40, 120),
+            abs_alt=rng.uniform(100, 400),
+        )
         uv = rng.uniform([0, 0], [W, H], (10, 2))
         fixes = locate_pixels(p, uv)
         keep = [i for i, f in enumerate(fixes) if f is not None]
-        back = ground_to_pixel(p, [fixes[i].lat for i in keep], [fixes[i].lon for i in keep],
-                               [fixes[i].ground_alt_m for i in keep])
+        back = ground_to_pixel(
+            p,
+            [fixes[i].lat for i in keep],
+            [fixes[i].lon for i in keep],
+            [fixes[i].ground_alt_m for i in keep],
+        )
         np.testing.assert_allclose(back, uv[keep], atol=0.01)  # a hundredth of a pixel
 
 
@@ -186,7 +205,7 @@ def test_error_estimate_at_nadir_centre_by_hand():
     e = ErrorModel(alt_sigma_m=3.0, angle_sigma_deg=1.5, gps_sigma_m=2.0)
     fix = locate_pixels(pose(agl=100.0), np.array([[CX, CY]]), e)[0]
     tilt = 100 * math.tan(math.radians(1.5))
-    assert fix.error_m == pytest.approx(math.sqrt(2 * tilt ** 2 + 2.0 ** 2), abs=0.01)
+    assert fix.error_m == pytest.approx(math.sqrt(2 * tilt**2 + 2.0**2), abs=0.01)
 
 
 def test_error_estimate_at_nadir_corner_by_hand():
@@ -207,8 +226,9 @@ def test_error_grows_with_height_and_obliquity():
 
 def test_near_horizon_error_is_unbounded_and_above_horizon_has_no_fix():
     p = pose(pitch=0.0)  # looking at the horizon
-    below = locate_pixels(p, np.array([[CX, CY + F * math.tan(math.radians(0.5))]]),
-                          ErrorModel(angle_sigma_deg=1.0))[0]
+    below = locate_pixels(
+        p, np.array([[CX, CY + F * math.tan(math.radians(0.5))]]), ErrorModel(angle_sigma_deg=1.0)
+    )[0]
     assert below is not None and below.error_m is None  # one sigma lifts the ray above the horizon
     # the Earth curves away: 13 km, not the 11.5 km of a flat plane
     ref = reference_fix(0.0, 0.0, 0.0, 100.0, CX, CY + F * math.tan(math.radians(0.5)))
@@ -235,11 +255,14 @@ def test_elevation_model_on_a_slope_by_hand():
         locate_pixels(pose(), np.array([[CX, CY]]), elevation=elevation)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"agl": 0.0}, "height above ground"),  # the camera on the ground
-    ({"agl": -5.0}, "height above ground"),
-    ({"agl": float("nan")}, "height above ground"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"agl": 0.0}, "height above ground"),  # the camera on the ground
+        ({"agl": -5.0}, "height above ground"),
+        ({"agl": float("nan")}, "height above ground"),
+    ],
+)
 def test_bad_poses_are_refused(kwargs, message):
     with pytest.raises(PoseError, match=message):
         pose(**kwargs)

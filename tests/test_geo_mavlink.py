@@ -46,8 +46,9 @@ def link():
     """Our listener on a loopback port, and a pymavlink 'autopilot' sending to it."""
     port = free_udp_port()
     tele = MavlinkTelemetry(f"udpin:127.0.0.1:{port}")
-    autopilot = mavutil.mavlink_connection(f"udpout:127.0.0.1:{port}", dialect="ardupilotmega", source_system=1,
-                                           source_component=1)
+    autopilot = mavutil.mavlink_connection(
+        f"udpout:127.0.0.1:{port}", dialect="ardupilotmega", source_system=1, source_component=1
+    )
     yield tele, autopilot
     autopilot.close()
     tele.close()
@@ -73,7 +74,9 @@ def test_live_pose_from_global_position_int_and_attitude(link):
         ap.mav.global_position_int_send(1000, int(LAT * 1e7), int(LON * 1e7), 180_000, 50_000, 0, 0, 0, 9000)
         ap.mav.attitude_send(1000, 0.0, 0.0, math.pi / 2, 0.0, 0.0, 0.0)  # level, nose east
 
-    assert send_until(tele, send, lambda t: t.counts().get("ATTITUDE") and t.counts().get("GLOBAL_POSITION_INT"))
+    assert send_until(
+        tele, send, lambda t: t.counts().get("ATTITUDE") and t.counts().get("GLOBAL_POSITION_INT")
+    )
     pose = tele.pose_now(W, H, F)
     assert (pose.lat, pose.lon, pose.agl_m, pose.abs_alt_m) == (LAT, LON, 50.0, 180.0)
     # a downward camera on a vehicle facing east: yaw 90, pitch -90, photo top towards the east
@@ -89,18 +92,62 @@ def test_photo_poses_from_camera_feedback_and_camera_image_captured(link):
     camera_r = rotation_ypr(90, -90, 0)
 
     def send():
-        ap.mav.camera_feedback_send(1_700_000_000_000_000, 1, 0, 7, int(LAT * 1e7), int(LON * 1e7), 180.0, 50.0,
-                                    0.0, 0.0, 90.0, 4.5, 0)  # vehicle attitude: level, yaw 90
-        ap.mav.camera_image_captured_send(1000, 1_700_000_000_500_000, 1, int(LAT * 1e7), int(LON * 1e7), 181_000,
-                                          51_000, quaternion_wxyz(camera_r), 8, 1, b"DCIM/DJI_0008.JPG")
-        ap.mav.camera_image_captured_send(1000, 0, 1, int(LAT * 1e7), int(LON * 1e7), 181_000, 51_000,
-                                          [0, 0, 0, 0], 9, 1, b"DCIM/DJI_0009.JPG")  # orientation unknown
+        ap.mav.camera_feedback_send(
+            1_700_000_000_000_000,
+            1,
+            0,
+            7,
+            int(LAT * 1e7),
+            int(LON * 1e7),
+            180.0,
+            50.0,
+            0.0,
+            0.0,
+            90.0,
+            4.5,
+            0,
+        )  # vehicle attitude: level, yaw 90
+        ap.mav.camera_image_captured_send(
+            1000,
+            1_700_000_000_500_000,
+            1,
+            int(LAT * 1e7),
+            int(LON * 1e7),
+            181_000,
+            51_000,
+            quaternion_wxyz(camera_r),
+            8,
+            1,
+            b"DCIM/DJI_0008.JPG",
+        )
+        ap.mav.camera_image_captured_send(
+            1000,
+            0,
+            1,
+            int(LAT * 1e7),
+            int(LON * 1e7),
+            181_000,
+            51_000,
+            [0, 0, 0, 0],
+            9,
+            1,
+            b"DCIM/DJI_0009.JPG",
+        )  # orientation unknown
 
     assert send_until(tele, send, lambda t: t.capture(7) and t.capture(8) and t.capture(9))
     fb, cap = tele.capture(7), tele.capture(file_url="DJI_0008.JPG")
-    assert (fb.source, fb.index, fb.relative_alt_m, fb.time_usec) == ("CAMERA_FEEDBACK", 7, 50.0, 1_700_000_000_000_000)
-    assert (cap.source, cap.index, cap.alt_msl_m, cap.file_url) == ("CAMERA_IMAGE_CAPTURED", 8, 181.0,
-                                                                    "DCIM/DJI_0008.JPG")
+    assert (fb.source, fb.index, fb.relative_alt_m, fb.time_usec) == (
+        "CAMERA_FEEDBACK",
+        7,
+        50.0,
+        1_700_000_000_000_000,
+    )
+    assert (cap.source, cap.index, cap.alt_msl_m, cap.file_url) == (
+        "CAMERA_IMAGE_CAPTURED",
+        8,
+        181.0,
+        "DCIM/DJI_0008.JPG",
+    )
     for c, h in ((fb, 50.0), (cap, 51.0)):
         pose = tele.pose_for_capture(c, W, H, F)
         np.testing.assert_allclose(pose.rotation, camera_r, atol=1e-6)
@@ -127,11 +174,23 @@ def recv(gcs, kind, timeout=10.0):
 def test_detections_reach_the_ground_station_as_standard_messages(ground_station):
     port, gcs = ground_station
     camera = CameraPose.from_angles(LAT, LON, 60.0, 0, -90, 0, F, W, H, abs_alt_m=200.0)
-    det = {"bbox": [100.0, 200.0, 130.0, 260.0], "score": 0.874, "class_name": "person", "lat": 55.7501234,
-           "lon": 37.6209876, "error_m": 3.4, "ground_alt_m": 140.0, "distance_m": 80.0}
+    det = {
+        "bbox": [100.0, 200.0, 130.0, 260.0],
+        "score": 0.874,
+        "class_name": "person",
+        "lat": 55.7501234,
+        "lon": 37.6209876,
+        "error_m": 3.4,
+        "ground_alt_m": 140.0,
+        "distance_m": 80.0,
+    }
     with MavlinkSender(f"udpout:127.0.0.1:{port}", heartbeat_s=0.2) as sender:
         hb = recv(gcs, "HEARTBEAT")
-        assert (hb.type, hb.get_srcSystem(), hb.get_srcComponent()) == (apm.MAV_TYPE_ONBOARD_CONTROLLER, 1, 191)
+        assert (hb.type, hb.get_srcSystem(), hb.get_srcComponent()) == (
+            apm.MAV_TYPE_ONBOARD_CONTROLLER,
+            1,
+            191,
+        )
         assert sender.send_detection(det, image_index=3, camera=camera) == 2
         text = recv(gcs, "STATUSTEXT")
         geo = recv(gcs, "CAMERA_TRACKING_GEO_STATUS")
@@ -148,8 +207,13 @@ def test_detections_reach_the_ground_station_as_standard_messages(ground_station
 
 
 def test_statustext_fits_fifty_characters():
-    long = {"class_name": "a-very-long-class-name-from-a-custom-model", "score": 0.5, "lat": -33.123456789,
-            "lon": -70.987654321, "error_m": 123.4}
+    long = {
+        "class_name": "a-very-long-class-name-from-a-custom-model",
+        "score": 0.5,
+        "lat": -33.123456789,
+        "lon": -70.987654321,
+        "error_m": 123.4,
+    }
     assert len(MavlinkSender.alert_text(long)) == 50
 
 
@@ -194,19 +258,38 @@ def lacmus_dialect(tmp_path_factory):
 
 
 def test_our_crc_extra_matches_the_generator(lacmus_dialect):
-    assert crc_extra("LACMUS_OBJECT_DETECTED", LACMUS_FIELDS) == \
-        lacmus_dialect.MAVLink_lacmus_object_detected_message.crc_extra
+    assert (
+        crc_extra("LACMUS_OBJECT_DETECTED", LACMUS_FIELDS)
+        == lacmus_dialect.MAVLink_lacmus_object_detected_message.crc_extra
+    )
     # and for a standard message, against pymavlink's shipped dialect
-    gpi = (("uint32_t", "time_boot_ms", 0), ("int32_t", "lat", 0), ("int32_t", "lon", 0), ("int32_t", "alt", 0),
-           ("int32_t", "relative_alt", 0), ("int16_t", "vx", 0), ("int16_t", "vy", 0), ("int16_t", "vz", 0),
-           ("uint16_t", "hdg", 0))
+    gpi = (
+        ("uint32_t", "time_boot_ms", 0),
+        ("int32_t", "lat", 0),
+        ("int32_t", "lon", 0),
+        ("int32_t", "alt", 0),
+        ("int32_t", "relative_alt", 0),
+        ("int16_t", "vx", 0),
+        ("int16_t", "vy", 0),
+        ("int16_t", "vz", 0),
+        ("uint16_t", "hdg", 0),
+    )
     assert crc_extra("GLOBAL_POSITION_INT", gpi) == apm.MAVLink_global_position_int_message.crc_extra
 
 
 def test_lacmus_bytes_decode_with_the_generated_dialect(lacmus_dialect):
-    values = {"time_boot_ms": 123456, "time_utc": 1_700_000_000_123_456, "camera_id": 2, "lat": 557501234,
-              "lon": -376209876, "alt": 140_000, "relative_alt": 60_000, "source_image_index": 41,
-              "bbox": (100, 200, 130, 65535), "file_url": "thumbs/DJI_0041_000.jpg"}
+    values = {
+        "time_boot_ms": 123456,
+        "time_utc": 1_700_000_000_123_456,
+        "camera_id": 2,
+        "lat": 557501234,
+        "lon": -376209876,
+        "alt": 140_000,
+        "relative_alt": 60_000,
+        "source_image_index": 41,
+        "bbox": (100, 200, 130, 65535),
+        "file_url": "thumbs/DJI_0041_000.jpg",
+    }
     packet = encode_lacmus_object_detected(values, seq=17, system_id=1, component_id=191)
     msgs = lacmus_dialect.MAVLink(None).parse_buffer(packet)
     assert len(msgs) == 1
@@ -235,25 +318,48 @@ def test_sender_sends_lacmus_with_the_persons_position_over_udp(lacmus_dialect):
     rx.bind(("127.0.0.1", port))
     rx.settimeout(5)
     camera = CameraPose.from_angles(LAT, LON, 60.0, 0, -90, 0, F, W, H, abs_alt_m=200.0)
-    det = {"bbox": [100.4, 200.6, 130.0, 260.0], "score": 0.9, "class_name": "person", "lat": 55.7501234,
-           "lon": 37.6209876, "error_m": 3.0, "ground_alt_m": 140.0, "distance_m": 80.0}
+    det = {
+        "bbox": [100.4, 200.6, 130.0, 260.0],
+        "score": 0.9,
+        "class_name": "person",
+        "lat": 55.7501234,
+        "lon": 37.6209876,
+        "error_m": 3.0,
+        "ground_alt_m": 140.0,
+        "distance_m": 80.0,
+    }
     try:
         with MavlinkSender(f"udpout:127.0.0.1:{port}", heartbeat_s=0, lacmus=True) as sender:
-            assert sender.send_detection(det, image_index=41, camera=camera, file_url="thumbs/a.jpg",
-                                         time_utc_us=1_700_000_000_000_000) == 3
+            assert (
+                sender.send_detection(
+                    det,
+                    image_index=41,
+                    camera=camera,
+                    file_url="thumbs/a.jpg",
+                    time_utc_us=1_700_000_000_000_000,
+                )
+                == 3
+            )
             std, lac = [], []
             while len(std) < 2 or not lac:
                 data = rx.recv(4096)
                 std += apm.MAVLink(None).parse_buffer(data) or []
-                lac += [m for m in lacmus_dialect.MAVLink(None).parse_buffer(data) or []
-                        if m.get_type() == "LACMUS_OBJECT_DETECTED"]
+                lac += [
+                    m
+                    for m in lacmus_dialect.MAVLink(None).parse_buffer(data) or []
+                    if m.get_type() == "LACMUS_OBJECT_DETECTED"
+                ]
     finally:
         rx.close()
     assert [m.get_type() for m in std][:2] == ["STATUSTEXT", "CAMERA_TRACKING_GEO_STATUS"]
     m = lac[0]
     assert (m.lat, m.lon, m.alt, m.relative_alt) == (557501234, 376209876, 140_000, 60_000)
-    assert (list(m.bbox), m.source_image_index, m.file_url, m.time_utc) == ([100, 201, 130, 260], 41,
-                                                                            "thumbs/a.jpg", 1_700_000_000_000_000)
+    assert (list(m.bbox), m.source_image_index, m.file_url, m.time_utc) == (
+        [100, 201, 130, 260],
+        41,
+        "thumbs/a.jpg",
+        1_700_000_000_000_000,
+    )
     seqs = [x.get_seq() for x in std[:2]] + [m.get_seq()]
     assert seqs == [seqs[0], seqs[0] + 1, seqs[0] + 2]  # one packet sequence across all our messages
 

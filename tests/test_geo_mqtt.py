@@ -11,8 +11,14 @@ from mqtt_broker import Broker, Subscriber, free_port, needs_mosquitto, retained
 
 from edgetile.runtime.geo.mqtt import MqttPublisher, parse_host_port
 
-DET = {"bbox": [10.0, 20.0, 30.0, 60.0], "score": 0.87, "class_name": "person", "lat": 55.75, "lon": 37.62,
-       "error_m": 3.2}
+DET = {
+    "bbox": [10.0, 20.0, 30.0, 60.0],
+    "score": 0.87,
+    "class_name": "person",
+    "lat": 55.75,
+    "lon": 37.62,
+    "error_m": 3.2,
+}
 
 
 @pytest.fixture
@@ -107,8 +113,9 @@ time.sleep(60)
 
 
 def test_last_will_marks_the_status_offline_when_the_process_dies(broker):
-    proc = subprocess.Popen([sys.executable, "-c", PUBLISHER_THAT_DIES, str(broker.port)], stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PUBLISHER_THAT_DIES, str(broker.port)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout.readline().strip() == "connected"
         assert retained(broker.port, "drone7/status", "online")
@@ -120,17 +127,22 @@ def test_last_will_marks_the_status_offline_when_the_process_dies(broker):
         proc.wait(10)
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("localhost", ("localhost", 1883)),
-    ("10.0.0.5:8883", ("10.0.0.5", 8883)),
-    ("[::1]:1884", ("::1", 1884)),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("localhost", ("localhost", 1883)),
+        ("10.0.0.5:8883", ("10.0.0.5", 8883)),
+        ("[::1]:1884", ("::1", 1884)),
+    ],
+)
 def test_host_port(text, expected):
     assert parse_host_port(text) == expected
 
 
-@pytest.mark.parametrize("text,words", [(":1883", "expected HOST or HOST:PORT"), ("h:x", "numeric port"),
-                                        ("h:70000", "port in 1..65535")])
+@pytest.mark.parametrize(
+    "text,words",
+    [(":1883", "expected HOST or HOST:PORT"), ("h:x", "numeric port"), ("h:70000", "port in 1..65535")],
+)
 def test_bad_host_port(text, words):
     with pytest.raises(ValueError, match=words):
         parse_host_port(text)

@@ -42,8 +42,10 @@ def offset(north, east, lat=LAT0, lon=LON0):
 
 def flight(n_photos=3, step_m=25.0, yaw_jitter=(0.0, 0.0, 0.0)):
     """Nadir photos 25 m apart flying north, 60 m up: consecutive footprints (77 x 58 m) overlap."""
-    return [CameraPose.from_angles(*offset(k * step_m, 0.0), AGL, yaw_jitter[k], -90.0, 0.0, F, W, H)
-            for k in range(n_photos)]
+    return [
+        CameraPose.from_angles(*offset(k * step_m, 0.0), AGL, yaw_jitter[k], -90.0, 0.0, F, W, H)
+        for k in range(n_photos)
+    ]
 
 
 def sightings(pose, people):
@@ -52,8 +54,14 @@ def sightings(pose, people):
     dets = []
     for (u, v), _ in zip(feet, people):
         if 10 <= u <= W - 10 and 40 <= v <= H:
-            dets.append({"bbox": [float(u - 8), float(v - 40), float(u + 8), float(v)], "score": 0.8,
-                         "class_id": 0, "class_name": "person"})
+            dets.append(
+                {
+                    "bbox": [float(u - 8), float(v - 40), float(u + 8), float(v)],
+                    "score": 0.8,
+                    "class_id": 0,
+                    "class_name": "person",
+                }
+            )
     return dets
 
 
@@ -61,11 +69,18 @@ def run_flight(tmp_path, people, poses, formats=ALL, radius=5.0):
     image = np.full((H, W, 3), 90, np.uint8)
     with GeoWriter(tmp_path, GeoConfig(formats=formats, track_radius_m=radius)) as w:
         for k, pose in enumerate(poses):
-            w.add({"image": f"flight/DJI_{k:04d}.JPG", "detections": sightings(pose, people)}, image, pose=pose)
+            w.add(
+                {"image": f"flight/DJI_{k:04d}.JPG", "detections": sightings(pose, people)}, image, pose=pose
+            )
     return w
 
 
-PEOPLE = [offset(20.0, -10.0), offset(35.0, 12.0), offset(10.0, 20.0), offset(13.0, 20.0)]  # the last two 3 m apart
+PEOPLE = [
+    offset(20.0, -10.0),
+    offset(35.0, 12.0),
+    offset(10.0, 20.0),
+    offset(13.0, 20.0),
+]  # the last two 3 m apart
 
 
 def test_each_person_becomes_one_track_listing_its_photos(tmp_path):
@@ -83,16 +98,24 @@ def test_tracks_absorb_pose_noise_but_not_other_classes_or_far_points(tmp_path):
     w = run_flight(tmp_path, PEOPLE[:2], flight(yaw_jitter=(0.0, 1.5, -1.5)))  # compass wobble of 1.5 deg
     assert len(w.tracks.tracks) == 2
     b = TrackBuilder(radius_m=5.0)
-    assert b.add_photo("a", [{"lat": LAT0, "lon": LON0, "class_name": "person", "score": 0.5, "error_m": 3.0}]) == [1]
+    assert b.add_photo(
+        "a", [{"lat": LAT0, "lon": LON0, "class_name": "person", "score": 0.5, "error_m": 3.0}]
+    ) == [1]
     near, far = offset(3.0, 0.0), offset(6.0, 0.0)
-    ids = b.add_photo("b", [{"lat": near[0], "lon": near[1], "class_name": "car", "score": 0.5},
-                            {"lat": far[0], "lon": far[1], "class_name": "person", "score": 0.5},
-                            {"class_name": "person", "score": 0.9}])  # no coordinates: no track
+    ids = b.add_photo(
+        "b",
+        [
+            {"lat": near[0], "lon": near[1], "class_name": "car", "score": 0.5},
+            {"lat": far[0], "lon": far[1], "class_name": "person", "score": 0.5},
+            {"class_name": "person", "score": 0.9},
+        ],
+    )  # no coordinates: no track
     assert ids == [2, 3, None]
     # the track's position is the inverse-variance mean: a 1 m fix outweighs a 3 m one nine to one
     one_m = offset(2.0, 0.0)
-    assert b.add_photo("c", [{"lat": one_m[0], "lon": one_m[1], "class_name": "person", "score": 0.7,
-                              "error_m": 1.0}]) == [1]
+    assert b.add_photo(
+        "c", [{"lat": one_m[0], "lon": one_m[1], "class_name": "person", "score": 0.7, "error_m": 1.0}]
+    ) == [1]
     assert ground_distance_m(b.tracks[0].lat, b.tracks[0].lon, *offset(2.0 * 9 / 10, 0.0)) < 0.01
     assert b.tracks[0].photos == ["a", "c"] and b.tracks[0].error_m == 1.0 and b.tracks[0].best == ("c", 0)
     with pytest.raises(ValueError, match="radius_m: expected a positive number"):
@@ -139,7 +162,9 @@ def test_csv_has_latitude_longitude_columns(tmp_path):
     feats = json.loads(w.geojson_path.read_text())["features"]
     assert len(rows) == len(feats)
     for row, f in zip(rows, feats):
-        assert (float(row["longitude"]), float(row["latitude"])) == pytest.approx(tuple(f["geometry"]["coordinates"]))
+        assert (float(row["longitude"]), float(row["latitude"])) == pytest.approx(
+            tuple(f["geometry"]["coordinates"])
+        )
         assert int(row["track_id"]) == f["properties"]["track_id"]
         assert row["image"] == f["properties"]["image"]
 
@@ -147,10 +172,13 @@ def test_csv_has_latitude_longitude_columns(tmp_path):
 def test_thumbnails_show_the_box_with_context(tmp_path):
     image = np.full((H, W, 3), 90, np.uint8)
     image[200:240, 300:316] = (0, 0, 255)
-    rec = {"image": "x/a.jpg", "detections": [{"bbox": [300.0, 200.0, 316.0, 240.0], "score": 0.9,
-                                               "class_id": 0, "class_name": "person"},
-                                              {"bbox": [0.0, 0.0, 10.0, 10.0], "score": 0.5, "class_id": 0,
-                                               "class_name": "person"}]}
+    rec = {
+        "image": "x/a.jpg",
+        "detections": [
+            {"bbox": [300.0, 200.0, 316.0, 240.0], "score": 0.9, "class_id": 0, "class_name": "person"},
+            {"bbox": [0.0, 0.0, 10.0, 10.0], "score": 0.5, "class_id": 0, "class_name": "person"},
+        ],
+    }
     with GeoWriter(tmp_path, GeoConfig(formats=("geojson",))) as w:
         w.add(rec, image, pose=flight(1)[0])
     thumbs = [cv2.imread(str(tmp_path / d["thumbnail"])) for d in rec["detections"]]
@@ -160,9 +188,13 @@ def test_thumbnails_show_the_box_with_context(tmp_path):
 
 
 def test_photo_without_pose_keeps_pixels_and_gets_a_warning(tmp_path):
-    path = write_photo(tmp_path / "nogps.jpg", np.zeros((H, W, 3), np.uint8), lat=None, lon=None, xmp=dji_values())
-    rec = {"image": str(path), "detections": [{"bbox": [1.0, 2.0, 3.0, 4.0], "score": 0.9, "class_id": 0,
-                                               "class_name": "person"}]}
+    path = write_photo(
+        tmp_path / "nogps.jpg", np.zeros((H, W, 3), np.uint8), lat=None, lon=None, xmp=dji_values()
+    )
+    rec = {
+        "image": str(path),
+        "detections": [{"bbox": [1.0, 2.0, 3.0, 4.0], "score": 0.9, "class_id": 0, "class_name": "person"}],
+    }
     with GeoWriter(tmp_path / "out", GeoConfig(formats=ALL)) as w:
         warning = w.add(rec, np.zeros((H, W, 3), np.uint8))
     assert warning.startswith("no GPS position") and "\n" not in warning
@@ -187,7 +219,7 @@ def blob_photo(path, cell_xy, **kw):
     """A photo with one 8x8 red 'person' filling one cell of the red-blob model's 8 px grid."""
     img = np.full((PH, PW, 3), (60, 110, 70), np.uint8)
     x, y = cell_xy
-    img[y:y + 8, x:x + 8] = (0, 0, 255)
+    img[y : y + 8, x : x + 8] = (0, 0, 255)
     return write_photo(path, img, **kw)
 
 
@@ -201,12 +233,30 @@ def test_detect_writes_geojson_kml_csv_and_tracks(tmp_path, model):
     blob_photo(photos / "DJI_0002.JPG", (280, 336), lat=cam2[0], lon=cam2[1], xmp=xmp)
     blob_photo(photos / "DJI_0003.JPG", (80, 80), lat=None, lon=None, xmp=xmp)  # no GPS fix recorded
     out = tmp_path / "out"
-    r = subprocess.run([*EDGETILE, "detect", str(photos), "--model", str(model), "--out", str(out), "--tile", "256",
-                        "--format", "geojson,kml,csv"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            *EDGETILE,
+            "detect",
+            str(photos),
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+            "--tile",
+            "256",
+            "--format",
+            "geojson,kml,csv",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr  # a photo without a pose is not a failed input
     warnings = [ln for ln in r.stderr.splitlines() if "no ground coordinates" in ln]
-    assert warnings == [f"edgetile: no ground coordinates for {photos / 'DJI_0003.JPG'}: no GPS position: the photo "
-                        "has neither EXIF GPSLatitude/GPSLongitude nor drone-dji:GpsLatitude/GpsLongitude"]
+    assert warnings == [
+        f"edgetile: no ground coordinates for {photos / 'DJI_0003.JPG'}: no GPS position: the photo "
+        "has neither EXIF GPSLatitude/GPSLongitude nor drone-dji:GpsLatitude/GpsLongitude"
+    ]
     records = {Path(rec["image"]).name: rec for rec in json.loads((out / "detections.json").read_text())}
     nogps = records["DJI_0003.JPG"]
     assert len(nogps["detections"]) == 1 and "lat" not in nogps["detections"][0] and "geo_warning" in nogps
@@ -230,8 +280,10 @@ def test_detect_writes_geojson_kml_csv_and_tracks(tmp_path, model):
         assert (lat, lon) == (det["lat"], det["lon"])  # detections.json carries the same coordinates
         assert records[name]["camera"]["agl_m"] == PAGL
     tracks = json.loads((out / "tracks.geojson").read_text())["features"]
-    assert len(tracks) == 1 and tracks[0]["properties"]["photos"] == [str(photos / "DJI_0001.JPG"),
-                                                                     str(photos / "DJI_0002.JPG")]
+    assert len(tracks) == 1 and tracks[0]["properties"]["photos"] == [
+        str(photos / "DJI_0001.JPG"),
+        str(photos / "DJI_0002.JPG"),
+    ]
     doc = kml.KML.from_string((out / "detections.kml").read_bytes()).features[0]
     assert [len(folder.features) for folder in doc.features] == [2, 1]
     rows = list(csv.DictReader((out / "detections_geo.csv").open()))
@@ -245,12 +297,29 @@ def test_detect_ground_flags_move_the_points(tmp_path, model):
     dist = {}
     for flags in ([], ["--ground-alt", "155"], ["--height-above-ground", "100"]):
         out = tmp_path / f"out{len(dist)}"
-        r = subprocess.run([*EDGETILE, "detect", str(tmp_path / "a.jpg"), "--model", str(model), "--out", str(out),
-                            "--tile", "256", "--format", "geojson", *flags], capture_output=True, text=True,
-                           timeout=300)
+        r = subprocess.run(
+            [
+                *EDGETILE,
+                "detect",
+                str(tmp_path / "a.jpg"),
+                "--model",
+                str(model),
+                "--out",
+                str(out),
+                "--tile",
+                "256",
+                "--format",
+                "geojson",
+                *flags,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stderr
-        dist[tuple(flags)] = json.loads((out / "detections.geojson").read_text())["features"][0]["properties"][
-            "distance_m"]
+        dist[tuple(flags)] = json.loads((out / "detections.geojson").read_text())["features"][0][
+            "properties"
+        ]["distance_m"]
     # heights 50 (RelativeAltitude), 25 (180 - 155) and 100 m: the offset from the camera scales with them
     assert dist[("--ground-alt", "155")] == pytest.approx(dist[()] / 2, rel=1e-3)
     assert dist[("--height-above-ground", "100")] == pytest.approx(dist[()] * 2, rel=1e-3)
@@ -258,17 +327,41 @@ def test_detect_ground_flags_move_the_points(tmp_path, model):
 
 def test_detect_without_format_writes_no_geo_files_and_bad_format_is_usage(tmp_path, model):
     blob_photo(tmp_path / "a.jpg", (80, 80), lat=LAT0, lon=LON0, xmp=dji_values(focal_px=PF))
-    r = subprocess.run([*EDGETILE, "detect", str(tmp_path / "a.jpg"), "--model", str(model), "--out",
-                        str(tmp_path / "o"), "--tile", "256"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            *EDGETILE,
+            "detect",
+            str(tmp_path / "a.jpg"),
+            "--model",
+            str(model),
+            "--out",
+            str(tmp_path / "o"),
+            "--tile",
+            "256",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["detections.csv", "detections.json"]
     assert set(json.loads((tmp_path / "o" / "detections.json").read_text())[0]["detections"][0]) == {
-        "bbox", "score", "class_id", "class_name"}
-    for args, words in ((["--format", "kmz"], "expected a comma-separated list of geojson, kml, csv, found 'kmz'"),
-                        (["--format", "kml", "--ground-alt", "1", "--height-above-ground", "2"], "not allowed with"),
-                        (["--format", "kml", "--camera", "gopro"], "invalid choice: 'gopro'")):
-        r = subprocess.run([*EDGETILE, "detect", str(tmp_path / "a.jpg"), "--out", str(tmp_path / "o2"), *args],
-                           capture_output=True, text=True, timeout=300)
+        "bbox",
+        "score",
+        "class_id",
+        "class_name",
+    }
+    for args, words in (
+        (["--format", "kmz"], "expected a comma-separated list of geojson, kml, csv, found 'kmz'"),
+        (["--format", "kml", "--ground-alt", "1", "--height-above-ground", "2"], "not allowed with"),
+        (["--format", "kml", "--camera", "gopro"], "invalid choice: 'gopro'"),
+    ):
+        r = subprocess.run(
+            [*EDGETILE, "detect", str(tmp_path / "a.jpg"), "--out", str(tmp_path / "o2"), *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 

@@ -25,8 +25,12 @@ IMG = np.full((300, 400, 3), (60, 110, 70), np.uint8)
 def photo(tmp_path, name="p.jpg", **kw):
     kw.setdefault("lat", LAT)
     kw.setdefault("lon", LON)
-    kw.setdefault("xmp", dji_values(rel_alt=80.0, abs_alt=250.0, yaw=30.0, pitch=-60.0, roll=1.5, focal_px=350.0,
-                                     cx=201.5, cy=148.25))
+    kw.setdefault(
+        "xmp",
+        dji_values(
+            rel_alt=80.0, abs_alt=250.0, yaw=30.0, pitch=-60.0, roll=1.5, focal_px=350.0, cx=201.5, cy=148.25
+        ),
+    )
     return write_photo(tmp_path / name, IMG, **kw)
 
 
@@ -63,19 +67,35 @@ def test_position_from_xmp_when_exif_has_none_even_misspelled(tmp_path):
 MISSING = [
     ({"lat": None, "lon": None}, {}, "no GPS position"),
     ({"lat": 0.0, "lon": 0.0}, {}, "no satellite fix"),
-    ({"xmp": {k: v for k, v in dji_values().items() if k != "RelativeAltitude"}}, {"focal_px": 300.0},
-     "pass --height-above-ground"),
-    ({"xmp": {k: v for k, v in dji_values().items() if k != "GimbalPitchDegree"}}, {"focal_px": 300.0},
-     r"pass --pitch \(-90 = straight down\)"),
+    (
+        {"xmp": {k: v for k, v in dji_values().items() if k != "RelativeAltitude"}},
+        {"focal_px": 300.0},
+        "pass --height-above-ground",
+    ),
+    (
+        {"xmp": {k: v for k, v in dji_values().items() if k != "GimbalPitchDegree"}},
+        {"focal_px": 300.0},
+        r"pass --pitch \(-90 = straight down\)",
+    ),
     ({"xmp": {k: v for k, v in dji_values().items() if "Yaw" not in k}}, {"focal_px": 300.0}, "pass --yaw"),
     ({"xmp": dji_values(), "model": "XT2"}, {}, "pass --focal-px or --camera"),
     ({"xmp": dji_values(), "model": None}, {}, r"no known EXIF Model \(none\)"),
-    ({"xmp": {**dji_values(), "RelativeAltitude": "fifty"}}, {"focal_px": 300.0},
-     "drone-dji:RelativeAltitude: expected a number, found 'fifty'"),
-    ({"xmp": dji_values(rel_alt=10.0)}, {"focal_px": 300.0, "ground_above_takeoff": 12.0},
-     r"height above ground: expected a positive number of metres, found -2.00"),
+    (
+        {"xmp": {**dji_values(), "RelativeAltitude": "fifty"}},
+        {"focal_px": 300.0},
+        "drone-dji:RelativeAltitude: expected a number, found 'fifty'",
+    ),
+    (
+        {"xmp": dji_values(rel_alt=10.0)},
+        {"focal_px": 300.0, "ground_above_takeoff": 12.0},
+        r"height above ground: expected a positive number of metres, found -2.00",
+    ),
     ({"xmp": dji_values()}, {"focal_px": 300.0, "ground_alt": 100.0}, "needs the camera's absolute altitude"),
-    ({"xmp": None, "raw_xmp": b"<x:xmpmeta><broken"}, {"focal_px": 300.0}, "XMP packet is not well-formed XML"),
+    (
+        {"xmp": None, "raw_xmp": b"<x:xmpmeta><broken"},
+        {"focal_px": 300.0},
+        "XMP packet is not well-formed XML",
+    ),
 ]
 
 
@@ -125,8 +145,12 @@ def test_flags_override_the_photo(tmp_path):
 
 
 def test_yaw_falls_back_to_flight_yaw_and_roll_to_zero(tmp_path):
-    xmp = {"RelativeAltitude": "+50.00", "GimbalPitchDegree": "-90.00", "FlightYawDegree": "+45.00",
-           "CalibratedFocalLength": "300"}
+    xmp = {
+        "RelativeAltitude": "+50.00",
+        "GimbalPitchDegree": "-90.00",
+        "FlightYawDegree": "+45.00",
+        "CalibratedFocalLength": "300",
+    }
     p = pose_from_photo(photo(tmp_path, xmp=xmp))
     assert "FlightYawDegree" in p.sources["attitude"] and "roll assumed 0" in p.sources["attitude"]
     # nadir, heading 45: the top-centre of the photo lies north-east of the camera

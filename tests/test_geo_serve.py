@@ -32,6 +32,7 @@ def free_udp_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
+
 PW, PH, PF, PAGL = 512, 384, 500.0, 50.0
 
 
@@ -43,7 +44,7 @@ def model(tmp_path_factory):
 def blob_photo(path, cell_xy, **kw):
     img = np.full((PH, PW, 3), (60, 110, 70), np.uint8)
     x, y = cell_xy
-    img[y:y + 8, x:x + 8] = (0, 0, 255)
+    img[y : y + 8, x : x + 8] = (0, 0, 255)
     return write_photo(path, img, **kw)
 
 
@@ -54,26 +55,48 @@ def test_daemon_serves_coordinates_geo_files_thumbnails_and_publishes_to_mqtt(tm
     drop.mkdir()
     # geo and MQTT from the YAML config file, as a field deployment keeps them
     gcs_port = free_udp_port()
-    gcs = mavutil.mavlink_connection(f"udpin:127.0.0.1:{gcs_port}", dialect="ardupilotmega", source_system=255)
-    (tmp_path / "serve.yaml").write_text(f"geo: true\nmqtt: 127.0.0.1:{broker.port}\nmqtt-topic: drone1\n"
-                                         f"ground_above_takeoff: 0\nmavlink-out: udpout:127.0.0.1:{gcs_port}\n")
-    d = ServeProcess(tmp_path, "--model", model, "--tile", "256", "--watch", drop, "--state", tmp_path / "state",
-                     "--settle", "0", "--poll", "0.1", "--config", tmp_path / "serve.yaml")
+    gcs = mavutil.mavlink_connection(
+        f"udpin:127.0.0.1:{gcs_port}", dialect="ardupilotmega", source_system=255
+    )
+    (tmp_path / "serve.yaml").write_text(
+        f"geo: true\nmqtt: 127.0.0.1:{broker.port}\nmqtt-topic: drone1\n"
+        f"ground_above_takeoff: 0\nmavlink-out: udpout:127.0.0.1:{gcs_port}\n"
+    )
+    d = ServeProcess(
+        tmp_path,
+        "--model",
+        model,
+        "--tile",
+        "256",
+        "--watch",
+        drop,
+        "--state",
+        tmp_path / "state",
+        "--settle",
+        "0",
+        "--poll",
+        "0.1",
+        "--config",
+        tmp_path / "serve.yaml",
+    )
     try:
         d.start()
         assert retained(broker.port, "drone1/status", "online")
         xmp = dji_values(rel_alt=PAGL, abs_alt=180.0, pitch=-90.0, focal_px=PF)
         blob_photo(drop / "DJI_0001.JPG", (280, 136), lat=LAT0, lon=LON0, xmp=xmp)
         blob_photo(drop / "DJI_0002.JPG", (80, 80), lat=None, lon=None, xmp=xmp)  # no GPS fix
-        items = d.wait_for(lambda: (lambda it: it if len(it) == 2 else None)(d.all_pages("/detections")),
-                           what="2 results")
+        items = d.wait_for(
+            lambda: (lambda it: it if len(it) == 2 else None)(d.all_pages("/detections")), what="2 results"
+        )
         by_name = {Path(it["image"]).name: it for it in items}  # watched files are named by their path
         located, unlocated = by_name["DJI_0001.JPG"]["detections"], by_name["DJI_0002.JPG"]["detections"]
         assert len(located) == 1 and len(unlocated) == 1
         expect = locate_boxes(pose_from_photo(drop / "DJI_0001.JPG"), np.array([located[0]["bbox"]]))[0]
         assert (located[0]["lat"], located[0]["lon"]) == (round(expect.lat, 8), round(expect.lon, 8))
         assert located[0]["error_m"] > 0 and "thumbnail" in located[0]
-        assert "lat" not in unlocated[0] and "thumbnail" in unlocated[0]  # pixels and thumbnail, no coordinates
+        assert (
+            "lat" not in unlocated[0] and "thumbnail" in unlocated[0]
+        )  # pixels and thumbnail, no coordinates
         assert d.log().count("no ground coordinates: no GPS position") == 1
 
         # MQTT: one message per detection, after its commit
@@ -89,11 +112,15 @@ def test_daemon_serves_coordinates_geo_files_thumbnails_and_publishes_to_mqtt(tm
             assert m is not None, f"the ground station heard only {heard}"
             heard[m.get_type()].append(m)
         texts, geo = heard["STATUSTEXT"], heard["CAMERA_TRACKING_GEO_STATUS"][0]
-        assert sorted(t.text for t in texts) == sorted([
-            f"person {located[0]['score']:.0%} {located[0]['lat']:.6f},{located[0]['lon']:.6f} "
-            f"+-{located[0]['error_m']:.0f}m", f"person {unlocated[0]['score']:.0%} (no position)"])
+        assert sorted(t.text for t in texts) == sorted(
+            [
+                f"person {located[0]['score']:.0%} {located[0]['lat']:.6f},{located[0]['lon']:.6f} "
+                f"+-{located[0]['error_m']:.0f}m",
+                f"person {unlocated[0]['score']:.0%} (no position)",
+            ]
+        )
         assert (geo.lat, geo.lon) == (round(located[0]["lat"] * 1e7), round(located[0]["lon"] * 1e7))
-        assert geo.dist == pytest.approx((located[0]["distance_m"] ** 2 + PAGL ** 2) ** 0.5, rel=1e-5)
+        assert geo.dist == pytest.approx((located[0]["distance_m"] ** 2 + PAGL**2) ** 0.5, rel=1e-5)
 
         # the geographic views of everything committed
         status, headers, body = d.request("/detections.geojson")
@@ -106,11 +133,13 @@ def test_daemon_serves_coordinates_geo_files_thumbnails_and_publishes_to_mqtt(tm
         status, _, body = d.request("/detections.kml")
         placemarks = kml.KML.from_string(body).features[0].features[0].features
         assert status == 200 and [(p.geometry.x, p.geometry.y) for p in placemarks] == [
-            pytest.approx((located[0]["lon"], located[0]["lat"]))]
+            pytest.approx((located[0]["lon"], located[0]["lat"]))
+        ]
         status, _, body = d.request("/detections_geo.csv")
         rows = list(csv.DictReader(io.StringIO(body.decode())))
         assert status == 200 and [(float(r["latitude"]), float(r["longitude"])) for r in rows] == [
-            (located[0]["lat"], located[0]["lon"])]
+            (located[0]["lat"], located[0]["lon"])
+        ]
         status, headers, body = d.request("/" + located[0]["thumbnail"])
         assert status == 200 and headers["content-type"] == "image/jpeg"
         thumb = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)

@@ -64,10 +64,20 @@ class Autopilot:
     """
 
     def __init__(self, port: int, **pose) -> None:
-        self.conn = mavutil.mavlink_connection(f"udpout:127.0.0.1:{port}", dialect="ardupilotmega", source_system=1,
-                                               source_component=1)
-        self.pose = {"lat": LAT, "lon": LON, "alt": ALT_MSL, "rel_alt": AGL, "yaw": 0.0, "pitch": 0.0, "roll": 0.0,
-                     "gimbal": None, **pose}
+        self.conn = mavutil.mavlink_connection(
+            f"udpout:127.0.0.1:{port}", dialect="ardupilotmega", source_system=1, source_component=1
+        )
+        self.pose = {
+            "lat": LAT,
+            "lon": LON,
+            "alt": ALT_MSL,
+            "rel_alt": AGL,
+            "yaw": 0.0,
+            "pitch": 0.0,
+            "roll": 0.0,
+            "gimbal": None,
+            **pose,
+        }
         self.sending = threading.Event()
         self.sending.set()
         self._stop = threading.Event()
@@ -80,15 +90,37 @@ class Autopilot:
             if not self.sending.is_set():
                 continue
             p, ms = self.pose, int((time.monotonic() - t0) * 1000)
-            self.conn.mav.global_position_int_send(ms, round(p["lat"] * 1e7), round(p["lon"] * 1e7),
-                                                   round(p["alt"] * 1000), round(p["rel_alt"] * 1000), 0, 0, 0,
-                                                   round(p["yaw"] % 360 * 100))
-            self.conn.mav.attitude_send(ms, *(math.radians(p[k]) for k in ("roll", "pitch", "yaw")), 0.0, 0.0, 0.0)
+            self.conn.mav.global_position_int_send(
+                ms,
+                round(p["lat"] * 1e7),
+                round(p["lon"] * 1e7),
+                round(p["alt"] * 1000),
+                round(p["rel_alt"] * 1000),
+                0,
+                0,
+                0,
+                round(p["yaw"] % 360 * 100),
+            )
+            self.conn.mav.attitude_send(
+                ms, *(math.radians(p[k]) for k in ("roll", "pitch", "yaw")), 0.0, 0.0, 0.0
+            )
             if p["gimbal"] is not None:
                 yaw, pitch, roll, flags = p["gimbal"]
                 nan = float("nan")
                 self.conn.mav.gimbal_device_attitude_status_send(
-                    0, 0, ms, flags, quaternion_wxyz(rotation_ypr(yaw, pitch, roll)), nan, nan, nan, 0, nan, nan, 1)
+                    0,
+                    0,
+                    ms,
+                    flags,
+                    quaternion_wxyz(rotation_ypr(yaw, pitch, roll)),
+                    nan,
+                    nan,
+                    nan,
+                    0,
+                    nan,
+                    nan,
+                    1,
+                )
 
     def close(self) -> None:
         self._stop.set()
@@ -105,7 +137,7 @@ def write_video(path: Path, frames: int, size: tuple[int, int], blob_xy) -> Path
     for i in range(frames):
         frame = np.full((h, w, 3), (70, 100, 60), np.uint8)
         x, y = blob_xy(i)
-        frame[y:y + 16, x:x + 16] = (0, 0, 255)
+        frame[y : y + 16, x : x + 16] = (0, 0, 255)
         writer.write(frame)
     writer.release()
     os.replace(tmp, path)  # a stream server never serves half a file
@@ -136,22 +168,39 @@ def test_frames_get_coordinates_from_the_gimbal_pose_when_grabbed(tmp_path, mode
     port = free_udp_port()
     # The vehicle heads 30 deg, tilted 3 deg nose up and 2 deg right; its gimbal holds the camera 60 deg down
     # and 15 deg right of the nose, level with the horizon (yaw in the vehicle frame): camera yaw 45, pitch -60.
-    ap = Autopilot(port, yaw=30.0, pitch=3.0, roll=2.0, gimbal=(15.0, -60.0, 0.0, GIMBAL_YAW_IN_VEHICLE_FRAME))
+    ap = Autopilot(
+        port, yaw=30.0, pitch=3.0, roll=2.0, gimbal=(15.0, -60.0, 0.0, GIMBAL_YAW_IN_VEHICLE_FRAME)
+    )
     video = write_video(tmp_path / "flight.avi", 8, (320, 240), lambda i: (16 + 32 * i, 40 + 16 * i))
     # the MAVLink options from the YAML configuration, as a deployment keeps them
-    (tmp_path / "serve.yaml").write_text(f"geo: true\nmavlink-in: udpin:127.0.0.1:{port}\nmavlink-max-age: 1.0\n"
-                                         "focal-px: 300\n")
+    (tmp_path / "serve.yaml").write_text(
+        f"geo: true\nmavlink-in: udpin:127.0.0.1:{port}\nmavlink-max-age: 1.0\nfocal-px: 300\n"
+    )
     state = tmp_path / "state"
     try:
-        with ServeProcess(tmp_path, "--model", model, "--tile", "256", "--video", video, "--frame-stride", "2",
-                          "--state", state, "--config", tmp_path / "serve.yaml").start() as d:
+        with ServeProcess(
+            tmp_path,
+            "--model",
+            model,
+            "--tile",
+            "256",
+            "--video",
+            video,
+            "--frame-stride",
+            "2",
+            "--state",
+            state,
+            "--config",
+            tmp_path / "serve.yaml",
+        ).start() as d:
             items = d.wait_for(lambda: len(r := d.all_pages("/detections")) == 4 and r, what="4 frames")
             pose = CameraPose.from_angles(LAT, LON, AGL, 45.0, -60.0, 0.0, 300.0, 320, 240, abs_alt_m=ALT_MSL)
             for it in items:
                 assert_located(it["detections"], pose)
             # the gimbal's attitude was used, not the vehicle's with a fixed downward mount (tens of metres apart)
-            rigid = CameraPose(LAT, LON, AGL, rotation_ypr(30, 3, 2) @ rotation_ypr(0, -90, 0), 300.0, 160, 120,
-                               320, 240)
+            rigid = CameraPose(
+                LAT, LON, AGL, rotation_ypr(30, 3, 2) @ rotation_ypr(0, -90, 0), 300.0, 160, 120, 320, 240
+            )
             d0 = items[0]["detections"][0]
             other = locate_boxes(rigid, np.array([d0["bbox"]]))[0]
             assert metres_apart(d0["lat"], d0["lon"], other.lat, other.lon) > 10
@@ -182,9 +231,26 @@ def test_stale_telemetry_gives_pixels_and_one_warning_and_fresh_telemetry_coordi
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/cam.avi"  # a live camera that is not up yet
     try:
-        with ServeProcess(tmp_path, "--model", model, "--tile", "256", "--video", url, "--frame-stride", "2",
-                          "--state", tmp_path / "state", "--geo", "--mavlink-in", f"udpin:127.0.0.1:{port}",
-                          "--mavlink-max-age", "0.5", "--focal-px", "300").start() as d:
+        with ServeProcess(
+            tmp_path,
+            "--model",
+            model,
+            "--tile",
+            "256",
+            "--video",
+            url,
+            "--frame-stride",
+            "2",
+            "--state",
+            tmp_path / "state",
+            "--geo",
+            "--mavlink-in",
+            f"udpin:127.0.0.1:{port}",
+            "--mavlink-max-age",
+            "0.5",
+            "--focal-px",
+            "300",
+        ).start() as d:
             d.wait_for(lambda: "position and attitude are fresh" in d.log(), what="the first telemetry")
             ap.sending.clear()  # the telemetry link drops...
             time.sleep(0.8)  # ...for longer than --mavlink-max-age, then the camera comes up
@@ -192,15 +258,19 @@ def test_stale_telemetry_gives_pixels_and_one_warning_and_fresh_telemetry_coordi
             stale = d.wait_for(lambda: len(r := d.all_pages("/detections")) == 3 and r, what="3 frames")
             for it in stale:
                 assert it["detections"] and all("lat" not in x and "thumbnail" in x for x in it["detections"])
-            warning = (f"no ground coordinates: no fresh MAVLink telemetry when the frame was grabbed: the latest "
-                       f"GLOBAL_POSITION_INT on udpin:127.0.0.1:{port} is older than 0.5 s (--mavlink-max-age)")
+            warning = (
+                f"no ground coordinates: no fresh MAVLink telemetry when the frame was grabbed: the latest "
+                f"GLOBAL_POSITION_INT on udpin:127.0.0.1:{port} is older than 0.5 s (--mavlink-max-age)"
+            )
             log = d.log()
             assert log.count(warning) == 1, log  # one line, however many frames
             assert "video frames get no ground coordinates until it is fresh again" in log
 
             ap.sending.set()  # the link is back: the next frames are georeferenced
             time.sleep(0.5)
-            write_video(www / "cam.avi", 6, (320, 240), lambda i: (16 + 32 * i, 184))  # blobs along the bottom
+            write_video(
+                www / "cam.avi", 6, (320, 240), lambda i: (16 + 32 * i, 184)
+            )  # blobs along the bottom
             items = d.wait_for(lambda: len(r := d.all_pages("/detections")) == 6 and r, what="3 more frames")
             fresh = [it for it in items if it["detections"][0]["bbox"][1] > 120]
             assert len(fresh) == 3
@@ -223,24 +293,49 @@ def test_the_pose_recorded_at_grab_survives_kill_9_and_a_restart_without_telemet
     ap = Autopilot(port, yaw=30.0)
     n = 40  # large frames, read faster than they are processed: a backlog builds up
     video = write_video(tmp_path / "flight.avi", n, (1280, 720), lambda i: (64 + 24 * i, 96 + 12 * i))
-    args = ["--model", model, "--tile", "256", "--video", video, "--frame-stride", "1", "--state", tmp_path / "state",
-            "--geo", "--mavlink-in", f"udpin:127.0.0.1:{port}", "--focal-px", "1000", "--camera-mount", "0,-70,0"]
+    args = [
+        "--model",
+        model,
+        "--tile",
+        "256",
+        "--video",
+        video,
+        "--frame-stride",
+        "1",
+        "--state",
+        tmp_path / "state",
+        "--geo",
+        "--mavlink-in",
+        f"udpin:127.0.0.1:{port}",
+        "--focal-px",
+        "1000",
+        "--camera-mount",
+        "0,-70,0",
+    ]
     db = tmp_path / "state" / "queue.sqlite3"
     try:
         d = ServeProcess(tmp_path, *args).start()
         try:
-            d.wait_for(lambda: db.exists() and count(db, "SELECT COUNT(*) FROM items") == n, what="every frame queued",
-                       interval=0.02)
+            d.wait_for(
+                lambda: db.exists() and count(db, "SELECT COUNT(*) FROM items") == n,
+                what="every frame queued",
+                interval=0.02,
+            )
             # The vehicle flies on 1.1 km north; frames processed from now on must still use where they were seen.
             ap.pose = {**ap.pose, "lat": LAT + 0.01}
             done = count(db, "SELECT COUNT(*) FROM items WHERE state='done'")
             time.sleep(0.2)
-            d.wait_for(lambda: count(db, "SELECT COUNT(*) FROM items WHERE state='done'") >= done + 2,
-                       what="two frames processed after the vehicle moved", interval=0.02)
+            d.wait_for(
+                lambda: count(db, "SELECT COUNT(*) FROM items WHERE state='done'") >= done + 2,
+                what="two frames processed after the vehicle moved",
+                interval=0.02,
+            )
         finally:
             d.kill()  # SIGKILL, as in a power cut
         left = count(db, "SELECT COUNT(*) FROM items WHERE state!='done'")
-        assert left > 0, "every frame was processed before the kill: nothing is left to prove the restart with"
+        assert left > 0, (
+            "every frame was processed before the kill: nothing is left to prove the restart with"
+        )
         # The kill may fall between two batches, when no frame is being processed.
         interrupted = count(db, "SELECT COUNT(*) FROM items WHERE state='running'")
         assert count(db, "SELECT COUNT(*) FROM frame_telemetry") == n
@@ -305,7 +400,9 @@ def test_a_state_folder_of_the_previous_schema_is_migrated_and_keeps_its_queue(t
 
 def test_frame_telemetry_becomes_a_pose_by_the_flags_rules():
     rot = rotation_ypr(30, -70, 0)
-    t = FrameTelemetry(LAT, LON, ALT_MSL, AGL, rot, "MAVLink ATTITUDE x camera mount", 0.1, 0.05, 1.7e9, "udpin:x")
+    t = FrameTelemetry(
+        LAT, LON, ALT_MSL, AGL, rot, "MAVLink ATTITUDE x camera mount", 0.1, 0.05, 1.7e9, "udpin:x"
+    )
     back = FrameTelemetry.from_dict(json.loads(json.dumps(t.to_dict())))
     np.testing.assert_array_equal(back.rotation, rot)
     cases = [
@@ -314,14 +411,20 @@ def test_frame_telemetry_becomes_a_pose_by_the_flags_rules():
         (PoseOverrides(focal_px=800.0, ground_above_takeoff=12.0), AGL - 12.0, 800.0),
         (PoseOverrides(focal_px=800.0, ground_alt=150.0), ALT_MSL - 150.0, 800.0),  # MSL altitude - ground
         (PoseOverrides(focal_px=800.0, height_above_ground=33.0), 33.0, 800.0),
-        (PoseOverrides(camera="mavic-air-2"), AGL, profile_by_name("mavic-air-2").focal_px(1280)),  # scaled to width
+        (
+            PoseOverrides(camera="mavic-air-2"),
+            AGL,
+            profile_by_name("mavic-air-2").focal_px(1280),
+        ),  # scaled to width
     ]
     for overrides, agl, focal in cases:
         pose = back.pose(1280, 720, overrides)
         assert (pose.lat, pose.lon, pose.abs_alt_m) == (LAT, LON, ALT_MSL)
         assert pose.agl_m == pytest.approx(agl) and pose.focal_px == pytest.approx(focal)
         np.testing.assert_allclose(pose.rotation, rot)
-    with pytest.raises(PoseError, match="no focal length: a video frame has no EXIF; pass --focal-px or --camera"):
+    with pytest.raises(
+        PoseError, match="no focal length: a video frame has no EXIF; pass --focal-px or --camera"
+    ):
         back.pose(1280, 720, PoseOverrides())
     with pytest.raises(ValueError, match="expected the key 'rotation'"):
         FrameTelemetry.from_dict({k: v for k, v in t.to_dict().items() if k != "rotation"})
@@ -346,8 +449,11 @@ def test_snapshot_refuses_stale_telemetry_and_follows_the_gimbals_frame():
             np.testing.assert_allclose(tele.snapshot(0.5).rotation, rotation_ypr(80, -45, 0), atol=1e-6)
             ap.sending.clear()
             time.sleep(0.4)
-            with pytest.raises(PoseError, match=r"the latest GLOBAL_POSITION_INT on udpin:127.0.0.1:\d+ is older "
-                                                r"than 0.3 s \(--mavlink-max-age\)"):
+            with pytest.raises(
+                PoseError,
+                match=r"the latest GLOBAL_POSITION_INT on udpin:127.0.0.1:\d+ is older "
+                r"than 0.3 s \(--mavlink-max-age\)",
+            ):
                 tele.snapshot(0.3)
             assert tele.snapshot(None).lat == LAT  # without a bound, the last known pose
         finally:
@@ -363,15 +469,24 @@ def serve_options(*cli: str):
     return merge_options(a, a._serve_defaults)
 
 
-@pytest.mark.parametrize("cli, words", [
-    # MAVLink poses need a place to go and a focal length; each missing piece is named at start
-    (["--mavlink-in", "udpin:127.0.0.1:9", "--video", "v.avi", "--focal-px", "300"],
-     "--mavlink-in: expected --geo as well"),
-    (["--mavlink-in", "udpin:127.0.0.1:9", "--geo", "--focal-px", "300"],
-     "--mavlink-in: expected a --video source as well (photos use their own EXIF/XMP pose)"),
-    (["--mavlink-in", "udpin:127.0.0.1:9", "--geo", "--video", "v.avi"],
-     "video frames have no EXIF focal length: expected --focal-px F or --camera NAME, found neither"),
-])
+@pytest.mark.parametrize(
+    "cli, words",
+    [
+        # MAVLink poses need a place to go and a focal length; each missing piece is named at start
+        (
+            ["--mavlink-in", "udpin:127.0.0.1:9", "--video", "v.avi", "--focal-px", "300"],
+            "--mavlink-in: expected --geo as well",
+        ),
+        (
+            ["--mavlink-in", "udpin:127.0.0.1:9", "--geo", "--focal-px", "300"],
+            "--mavlink-in: expected a --video source as well (photos use their own EXIF/XMP pose)",
+        ),
+        (
+            ["--mavlink-in", "udpin:127.0.0.1:9", "--geo", "--video", "v.avi"],
+            "video frames have no EXIF focal length: expected --focal-px F or --camera NAME, found neither",
+        ),
+    ],
+)
 def test_mavlink_in_without_what_it_needs_is_refused(tmp_path, cli, words):
     with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
         daemon_geo_from_args(serve_options(*cli), tmp_path)
@@ -384,16 +499,28 @@ def test_a_mavlink_in_link_that_cannot_be_opened_is_refused_in_one_line(tmp_path
         busy = f"udpin:127.0.0.1:{taken.getsockname()[1]}"
         with pytest.raises(ValueError, match=f"--mavlink-in {busy}: cannot open the link: .*in use"):
             daemon_geo_from_args(serve_options(*ok, "--mavlink-in", busy), tmp_path)
-    with pytest.raises(ValueError, match="--mavlink-in: expected a pymavlink connection string such as "
-                                         "udpin:0.0.0.0:14550, .*found 'udpin:127.0.0.1:notaport'"):
+    with pytest.raises(
+        ValueError,
+        match="--mavlink-in: expected a pymavlink connection string such as "
+        "udpin:0.0.0.0:14550, .*found 'udpin:127.0.0.1:notaport'",
+    ):
         daemon_geo_from_args(serve_options(*ok, "--mavlink-in", "udpin:127.0.0.1:notaport"), tmp_path)
 
 
-@pytest.mark.parametrize("yaml_text, words", [
-    ("mavlink-max-age: 0\n", "mavlink-max-age: expected a positive number for --mavlink-max-age, found 0"),
-    ("camera-mount: 0,-95,0\n", "camera-mount: expected a pitch in [-90, 90] for --camera-mount, found -95"),
-    ("camera-mount: down\n", "camera-mount: expected YAW,PITCH,ROLL in degrees for --camera-mount"),
-])
+@pytest.mark.parametrize(
+    "yaml_text, words",
+    [
+        (
+            "mavlink-max-age: 0\n",
+            "mavlink-max-age: expected a positive number for --mavlink-max-age, found 0",
+        ),
+        (
+            "camera-mount: 0,-95,0\n",
+            "camera-mount: expected a pitch in [-90, 90] for --camera-mount, found -95",
+        ),
+        ("camera-mount: down\n", "camera-mount: expected YAW,PITCH,ROLL in degrees for --camera-mount"),
+    ],
+)
 def test_bad_mavlink_values_in_the_config_file_are_refused_like_flags(tmp_path, yaml_text, words):
     (tmp_path / "c.yaml").write_text(yaml_text)
     d = ServeProcess(tmp_path, "--config", tmp_path / "c.yaml", "--state", tmp_path / "state")

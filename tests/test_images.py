@@ -25,7 +25,10 @@ BAD = [
     # (how to make the file, expected words in the one-line error)
     (lambda d, p: d / "missing.jpg", "file not found"),
     (lambda d, p: (d / "empty.jpg").write_bytes(b"") and d / "empty.jpg" or d / "empty.jpg", "empty file"),
-    (lambda d, p: (d / "notes.jpg").write_text("not an image at all") and d / "notes.jpg", "not a readable image"),
+    (
+        lambda d, p: (d / "notes.jpg").write_text("not an image at all") and d / "notes.jpg",
+        "not a readable image",
+    ),
     (lambda d, p: _truncate(p, d / "cut_half.jpg", 0.5), "truncated JPEG"),
     (lambda d, p: _truncate(p, d / "cut_end.jpg", 0.98), "truncated JPEG"),
     (lambda d, p: d, "folder"),
@@ -62,8 +65,11 @@ CONVERTED = [
     ("colour.jpg", np.full((10, 12, 3), (30, 90, 200), np.uint8), (30, 90, 200)),
     ("deep.png", np.full((10, 12, 3), 65535, np.uint16), (255, 255, 255)),
     ("deep_grey.png", np.full((10, 12), 256 * 100, np.uint16), (100, 100, 100)),
-    ("rgba.png", np.dstack([np.full((10, 12, 3), (10, 20, 30), np.uint8), np.full((10, 12), 7, np.uint8)]),
-     (10, 20, 30)),
+    (
+        "rgba.png",
+        np.dstack([np.full((10, 12, 3), (10, 20, 30), np.uint8), np.full((10, 12), 7, np.uint8)]),
+        (10, 20, 30),
+    ),
 ]
 
 

@@ -333,11 +333,15 @@ WBF_ORACLE_CASES = [
 # Every case for every conf_type, except the 1,500-box case, which runs for 'avg' only: the pure-Python
 # oracle takes seconds per call at that size.
 WBF_CONF_TYPES = ["avg", "max", "box_and_model_avg", "absent_model_aware_avg"]
-WBF_ORACLE_RUNS = [(case, ct) for case in WBF_ORACLE_CASES for ct in WBF_CONF_TYPES if case[1] <= 1000 or ct == "avg"]
+WBF_ORACLE_RUNS = [
+    (case, ct) for case in WBF_ORACLE_CASES for ct in WBF_CONF_TYPES if case[1] <= 1000 or ct == "avg"
+]
 
 
 @pytest.mark.parametrize(
-    "case,conf_type", WBF_ORACLE_RUNS, ids=lambda v: v if isinstance(v, str) else f"s{v[0]}-n{v[1]}-{v[2]}-m{v[3]}"
+    "case,conf_type",
+    WBF_ORACLE_RUNS,
+    ids=lambda v: v if isinstance(v, str) else f"s{v[0]}-n{v[1]}-{v[2]}-m{v[3]}",
 )
 def test_wbf_matches_ensemble_boxes(backend, case, conf_type):
     seed, n, kind, n_models, weights, thr, skip, overflow, clip_case = case

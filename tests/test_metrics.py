@@ -114,8 +114,9 @@ def _random_case(seed, n_photos=6):
         dc = np.concatenate([dc, rng.integers(0, 2, nfp)])
         ds = rng.uniform(0.01, 1, len(db))
         order = np.argsort(-ds)
-        per_photo.append(PhotoDetections(photo(gt, classes=gc, name=f"img{i}.jpg"),
-                                         dets(db[order], ds[order], dc[order])))
+        per_photo.append(
+            PhotoDetections(photo(gt, classes=gc, name=f"img{i}.jpg"), dets(db[order], ds[order], dc[order]))
+        )
     return per_photo
 
 
@@ -123,17 +124,40 @@ def _pycocotools_oracle(per_photo, tmp_path, max_dets):
     """COCO files written by hand and scored by pycocotools, independent of edgetile's conversion."""
     images, anns, results = [], [], []
     for i, pd in enumerate(per_photo):
-        images.append({"id": 100 + i, "file_name": f"img{i}.jpg", "width": pd.photo.width, "height": pd.photo.height})
+        images.append(
+            {"id": 100 + i, "file_name": f"img{i}.jpg", "width": pd.photo.width, "height": pd.photo.height}
+        )
         for b, c in zip(pd.photo.boxes.tolist(), pd.photo.class_ids.tolist()):
-            anns.append({"id": len(anns) + 7, "image_id": 100 + i, "category_id": 11 + c,
-                         "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "area": (b[2] - b[0]) * (b[3] - b[1]),
-                         "iscrowd": 0})
-        for b, s, c in zip(pd.detections.xyxy.tolist(), pd.detections.scores.tolist(),
-                           pd.detections.class_ids.tolist()):
-            results.append({"image_id": 100 + i, "category_id": 11 + c, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
-                            "score": s})
-    (tmp_path / "gt.json").write_text(json.dumps(
-        {"images": images, "annotations": anns, "categories": [{"id": 11, "name": "a"}, {"id": 12, "name": "b"}]}))
+            anns.append(
+                {
+                    "id": len(anns) + 7,
+                    "image_id": 100 + i,
+                    "category_id": 11 + c,
+                    "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                    "area": (b[2] - b[0]) * (b[3] - b[1]),
+                    "iscrowd": 0,
+                }
+            )
+        for b, s, c in zip(
+            pd.detections.xyxy.tolist(), pd.detections.scores.tolist(), pd.detections.class_ids.tolist()
+        ):
+            results.append(
+                {
+                    "image_id": 100 + i,
+                    "category_id": 11 + c,
+                    "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                    "score": s,
+                }
+            )
+    (tmp_path / "gt.json").write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": anns,
+                "categories": [{"id": 11, "name": "a"}, {"id": 12, "name": "b"}],
+            }
+        )
+    )
     (tmp_path / "dt.json").write_text(json.dumps(results))
     gt = COCO(str(tmp_path / "gt.json"))
     ev = COCOeval(gt, gt.loadRes(str(tmp_path / "dt.json")), "bbox")
@@ -190,7 +214,9 @@ def red_scene(tmp_path, name, w, h, boxes):
         img[y1:y2, x1:x2] = (0, 0, 255)
     path = tmp_path / name
     cv2.imwrite(str(path), img)
-    return AnnotatedPhoto(path, w, h, np.asarray(boxes, np.float32).reshape(-1, 4), np.zeros(len(boxes), np.int64))
+    return AnnotatedPhoto(
+        path, w, h, np.asarray(boxes, np.float32).reshape(-1, 4), np.zeros(len(boxes), np.int64)
+    )
 
 
 def test_evaluate_runs_the_tiled_detector_on_full_photos(tmp_path):

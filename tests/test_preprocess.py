@@ -28,8 +28,9 @@ def test_batch_matches_opencv_reference(w, h, tile, input_hw, flip):
     batch = buf.fill(image, views)
     assert batch.shape == (len(views), 3, *input_hw) and batch.flags.c_contiguous
     for i in range(len(views)):
-        ref = preprocess_reference(image, tuple(views.windows[i]), tuple(views.content[i]), input_hw,
-                                   bool(views.flipped[i]))
+        ref = preprocess_reference(
+            image, tuple(views.windows[i]), tuple(views.content[i]), input_hw, bool(views.flipped[i])
+        )
         np.testing.assert_allclose(batch[i], ref, atol=1e-6)
 
 

@@ -107,18 +107,21 @@ def write(path, img, *params):
     return path
 
 
-@pytest.mark.parametrize("name,shape,params,expected", [
-    # case: baseline JPEG, 3 bytes a pixel decoded
-    ("a.jpg", (300, 500, 3), (), 300 * 500 * 3),
-    # case: progressive JPEG (SOF2)
-    ("p.jpg", (120, 64, 3), (cv2.IMWRITE_JPEG_PROGRESSIVE, 1), 120 * 64 * 3),
-    # case: grey JPEG still decodes to BGR
-    ("g.jpg", (40, 30), (), 40 * 30 * 3),
-    # case: 8-bit PNG: up to 4 channels, then BGR
-    ("b.png", (50, 70, 3), (), 50 * 70 * 7),
-    # case: 16-bit PNG counts 2 bytes a sample
-    ("w.png", (50, 70, 3), (), 50 * 70 * 11),
-])
+@pytest.mark.parametrize(
+    "name,shape,params,expected",
+    [
+        # case: baseline JPEG, 3 bytes a pixel decoded
+        ("a.jpg", (300, 500, 3), (), 300 * 500 * 3),
+        # case: progressive JPEG (SOF2)
+        ("p.jpg", (120, 64, 3), (cv2.IMWRITE_JPEG_PROGRESSIVE, 1), 120 * 64 * 3),
+        # case: grey JPEG still decodes to BGR
+        ("g.jpg", (40, 30), (), 40 * 30 * 3),
+        # case: 8-bit PNG: up to 4 channels, then BGR
+        ("b.png", (50, 70, 3), (), 50 * 70 * 7),
+        # case: 16-bit PNG counts 2 bytes a sample
+        ("w.png", (50, 70, 3), (), 50 * 70 * 11),
+    ],
+)
 def test_decoded_bytes_from_the_header(tmp_path, name, shape, params, expected):
     img = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
     if name == "w.png":
@@ -137,7 +140,9 @@ def test_decoded_bytes_skips_exif_before_the_frame_header(tmp_path):
     assert read_image(tmp_path / "exif.jpg").shape == (64, 96, 3)
 
 
-@pytest.mark.parametrize("content", [b"", b"\xff\xd8\xff", b"\xff\xd8\xff\xda\x00\x02", b"GIF89a....", b"\x89PNG\r\n\x1a\n"])
+@pytest.mark.parametrize(
+    "content", [b"", b"\xff\xd8\xff", b"\xff\xd8\xff\xda\x00\x02", b"GIF89a....", b"\x89PNG\r\n\x1a\n"]
+)
 def test_decoded_bytes_is_unknown_for_what_it_cannot_tell(tmp_path, content):
     (tmp_path / "x.img").write_bytes(content)
     assert decoded_bytes(tmp_path / "x.img") is None
@@ -178,12 +183,15 @@ def test_read_within_rejects_a_negative_budget():
         read_within(-1)
 
 
-@pytest.mark.parametrize("mb,on_cpu,expected", [
-    (None, True, 0),  # case: default with the model on the CPU: a decode beside inference slows both
-    (None, False, READ_AHEAD_MB * 2**20),  # case: default with the model on a GPU
-    (0, False, 0),  # case: turned off
-    (64, True, 64 * 2**20),  # case: asked for, even on the CPU
-])
+@pytest.mark.parametrize(
+    "mb,on_cpu,expected",
+    [
+        (None, True, 0),  # case: default with the model on the CPU: a decode beside inference slows both
+        (None, False, READ_AHEAD_MB * 2**20),  # case: default with the model on a GPU
+        (0, False, 0),  # case: turned off
+        (64, True, 64 * 2**20),  # case: asked for, even on the CPU
+    ],
+)
 def test_read_ahead_budget(mb, on_cpu, expected):
     assert read_ahead_bytes(mb, on_cpu) == expected
 

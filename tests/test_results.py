@@ -28,4 +28,9 @@ def test_dtypes_are_normalised_and_subsets_keep_alignment():
     assert s.scores.tolist() == pytest.approx([0.9, 0.2]) and s.class_ids.tolist() == [0, 1]
     assert len(Detections.concat([d, Detections.empty(), d])) == 4
     rec = s.to_records({0: "person"})[0]
-    assert rec == {"bbox": [2.0, 2.0, 4.0, 5.0], "score": pytest.approx(0.9), "class_id": 0, "class_name": "person"}
+    assert rec == {
+        "bbox": [2.0, 2.0, 4.0, 5.0],
+        "score": pytest.approx(0.9),
+        "class_id": 0,
+        "class_name": "person",
+    }

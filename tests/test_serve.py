@@ -42,10 +42,23 @@ def api(tmp_path_factory, model):
         good[f"photo_{i}.jpg"] = write_jpeg(drop / f"photo_{i}.jpg", person_photo(i))
     (drop / "cut.jpg").write_bytes(good["photo_0.jpg"][:3000])  # a card pulled out mid-write
     (drop / "notes.png").write_text("not an image")
-    d = ServeProcess(root, "--model", model, *DETECT_OPTIONS, "--watch", drop, "--state", root / "state", *FAST,
-                     "--max-upload-mb", "0.2").start()
-    d.wait_for(lambda: len(d.json("/detections")["items"]) == 6 and len(d.json("/failed")["items"]) == 2,
-               what="6 results and 2 parked inputs")
+    d = ServeProcess(
+        root,
+        "--model",
+        model,
+        *DETECT_OPTIONS,
+        "--watch",
+        drop,
+        "--state",
+        root / "state",
+        *FAST,
+        "--max-upload-mb",
+        "0.2",
+    ).start()
+    d.wait_for(
+        lambda: len(d.json("/detections")["items"]) == 6 and len(d.json("/failed")["items"]) == 2,
+        what="6 results and 2 parked inputs",
+    )
     d.root, d.drop, d.state, d.good = root, drop, root / "state", good
     yield d
     assert d.terminate() == 0, d.log()
@@ -54,23 +67,44 @@ def api(tmp_path_factory, model):
 def test_health_answers_ok_with_the_queue_depth(api):
     status, headers, body = api.request("/health")
     assert status == 200 and headers["content-type"] == "application/json"
-    assert json.loads(body) == {"status": "ok", "version": json.loads(body)["version"], "queue_depth": 0,
-                                "stopping": False}
+    assert json.loads(body) == {
+        "status": "ok",
+        "version": json.loads(body)["version"],
+        "queue_depth": 0,
+        "stopping": False,
+    }
 
 
 def test_detections_are_the_records_detect_writes(api, model, tmp_path):
     served = {Path(it["image"]).name: it for it in api.all_pages("/detections")}
     assert set(served) == set(api.good)
     out = tmp_path / "detect"
-    r = subprocess.run([sys.executable, "-m", "edgetile.runtime.cli", "detect", *(str(api.drop / n) for n in api.good),
-                        "--model", str(model), *DETECT_OPTIONS, "--out", str(out), "--quiet"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgetile.runtime.cli",
+            "detect",
+            *(str(api.drop / n) for n in api.good),
+            "--model",
+            str(model),
+            *DETECT_OPTIONS,
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     written = {Path(rec["image"]).name: rec for rec in json.loads((out / "detections.json").read_text())}
     for name, item in served.items():
         assert item["detections"] == written[name]["detections"], name
         assert item["detections"], f"{name}: the red person is found"
-        assert (item["width"], item["height"]) == (written[name]["width"], written[name]["height"]) == (320, 240)
+        assert (
+            (item["width"], item["height"]) == (written[name]["width"], written[name]["height"]) == (320, 240)
+        )
         assert item["image"] == str(api.drop / name)
         assert item["processed_at"].endswith("Z") and "T" in item["processed_at"]
         assert set(item) == {"id", "image", "sha256", "width", "height", "detections", "processed_at"}
@@ -88,14 +122,19 @@ def test_detections_pages_with_since_and_limit(api):
         pages += page["items"]
         since = page["next"]
     assert [it["id"] for it in pages] == ids
-    assert api.json(f"/detections?since={ids[-1]}") == {"items": [], "next": ids[-1]}  # nothing new: same cursor
+    assert api.json(f"/detections?since={ids[-1]}") == {
+        "items": [],
+        "next": ids[-1],
+    }  # nothing new: same cursor
     middle = api.json(f"/detections?since={ids[2]}&limit=1000")["items"]
     assert [it["id"] for it in middle] == ids[3:]
     # Out-of-range paging is refused, not clamped.
-    for query, words in [("limit=0", "limit: input should be greater than or equal to 1, found '0'"),
-                         ("limit=1001", "limit: input should be less than or equal to 1000, found '1001'"),
-                         ("since=-1", "since: input should be greater than or equal to 0, found '-1'"),
-                         ("since=abc", "since: input should be a valid integer")]:
+    for query, words in [
+        ("limit=0", "limit: input should be greater than or equal to 1, found '0'"),
+        ("limit=1001", "limit: input should be less than or equal to 1000, found '1001'"),
+        ("since=-1", "since: input should be greater than or equal to 0, found '-1'"),
+        ("since=abc", "since: input should be a valid integer"),
+    ]:
         status, _, body = api.request(f"/detections?{query}")
         assert status == 422 and words in json.loads(body)["detail"], (query, body)
 
@@ -139,24 +178,40 @@ def test_metrics_are_prometheus_text_with_queue_counts_and_stage_histograms(api)
     status, headers, body = api.request("/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
     families = {f.name: f for f in text_string_to_metric_families(body.decode())}  # the real parser as oracle
-    value = {name: families[name].samples[0].value for name in
-             ("edgetile_queue_depth", "edgetile_processed", "edgetile_failed", "edgetile_retries")}
+    value = {
+        name: families[name].samples[0].value
+        for name in ("edgetile_queue_depth", "edgetile_processed", "edgetile_failed", "edgetile_retries")
+    }
     done = len(api.all_pages("/detections"))
-    assert value == {"edgetile_queue_depth": 0, "edgetile_processed": done, "edgetile_failed": 2,
-                     "edgetile_retries": 2}  # each broken file: tried, retried once, parked
+    assert value == {
+        "edgetile_queue_depth": 0,
+        "edgetile_processed": done,
+        "edgetile_failed": 2,
+        "edgetile_retries": 2,
+    }  # each broken file: tried, retried once, parked
     assert families["edgetile_processed"].type == "counter"
     hist = families["edgetile_stage_seconds"]
     assert hist.type == "histogram"
     counts = {s.labels["stage"]: s.value for s in hist.samples if s.name.endswith("_count")}
     assert counts["infer"] == counts["read"] == counts["total"] == done
     assert {"slice", "preprocess", "decode", "merge", "commit"} <= set(counts)
-    infer_buckets = [s.value for s in hist.samples if s.name.endswith("_bucket") and s.labels["stage"] == "infer"]
+    infer_buckets = [
+        s.value for s in hist.samples if s.name.endswith("_bucket") and s.labels["stage"] == "infer"
+    ]
     assert infer_buckets == sorted(infer_buckets) and infer_buckets[-1] == done  # cumulative, +Inf = count
     # This machine has no Jetson power monitor; the rail metrics are then absent, not zero.
-    has_ina = any(p.joinpath("name").read_text().strip() == "ina3221" for p in Path("/sys/class/hwmon").glob("hwmon*")) \
-        if Path("/sys/class/hwmon").is_dir() else False
+    has_ina = (
+        any(
+            p.joinpath("name").read_text().strip() == "ina3221"
+            for p in Path("/sys/class/hwmon").glob("hwmon*")
+        )
+        if Path("/sys/class/hwmon").is_dir()
+        else False
+    )
     assert ("edgetile_rail_power_watts" in families) == has_ina
-    zones = list(Path("/sys/class/thermal").glob("thermal_zone*")) if Path("/sys/class/thermal").is_dir() else []
+    zones = (
+        list(Path("/sys/class/thermal").glob("thermal_zone*")) if Path("/sys/class/thermal").is_dir() else []
+    )
     if not zones:
         assert "edgetile_temperature_celsius" not in families
 
@@ -172,7 +227,9 @@ def test_upload_is_checked_stored_by_hash_and_processed(api, tmp_path):
     stored = api.state / "uploads" / f"{info['sha256']}.jpg"
     assert stored.read_bytes() == data  # stored under its hash, never under the client's name
     assert not (api.root / "etc").exists() and not list(api.root.rglob("evil*"))
-    done = api.wait_for(lambda: (s := api.json(f"/inputs/{info['sha256']}"))["state"] == "done" and s, what="upload")
+    done = api.wait_for(
+        lambda: (s := api.json(f"/inputs/{info['sha256']}"))["state"] == "done" and s, what="upload"
+    )
     item = next(it for it in api.all_pages("/detections") if it["id"] == done["id"])
     assert item["image"] == "evil_name_rm_-rf.jpg" and item["detections"]
     assert api.request(f"/images/{done['id']}")[2] == data
@@ -186,21 +243,46 @@ def test_upload_is_checked_stored_by_hash_and_processed(api, tmp_path):
     assert status == 201 and json.loads(answer)["image"] == "c.png"
 
 
-@pytest.mark.parametrize("case, body, headers, status, words", [
-    # case, what is sent, expected status and words of the one-line reason
-    ("text", *multipart("file", "x.jpg", b"hello, not a photo"), 415, "not a readable image"),
-    ("cut jpeg", *multipart("file", "x.jpg", cv2.imencode(".jpg", person_photo(7))[1].tobytes()[:2000]), 415,
-     "truncated JPEG"),
-    ("empty", *multipart("file", "x.jpg", b""), 415, "empty file"),
-    ("no file field", *multipart("photo", "x.jpg", b"abc"), 422, "field named 'file'"),
-    ("declared over the limit", *multipart("file", "big.png", cv2.imencode(
-        ".png", np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8))[1].tobytes()), 413,
-     "too large: expected at most 209715 bytes (--max-upload-mb), found"),
-    # within the multipart allowance, so only counting the bytes while storing them catches it
-    ("counted over the limit", *multipart("file", "big.png", cv2.imencode(
-        ".png", np.random.default_rng(1).integers(0, 255, (240, 320, 3), dtype=np.uint8))[1].tobytes()), 413,
-     "too large: expected at most 209715 bytes, found more"),
-])
+@pytest.mark.parametrize(
+    "case, body, headers, status, words",
+    [
+        # case, what is sent, expected status and words of the one-line reason
+        ("text", *multipart("file", "x.jpg", b"hello, not a photo"), 415, "not a readable image"),
+        (
+            "cut jpeg",
+            *multipart("file", "x.jpg", cv2.imencode(".jpg", person_photo(7))[1].tobytes()[:2000]),
+            415,
+            "truncated JPEG",
+        ),
+        ("empty", *multipart("file", "x.jpg", b""), 415, "empty file"),
+        ("no file field", *multipart("photo", "x.jpg", b"abc"), 422, "field named 'file'"),
+        (
+            "declared over the limit",
+            *multipart(
+                "file",
+                "big.png",
+                cv2.imencode(
+                    ".png", np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8)
+                )[1].tobytes(),
+            ),
+            413,
+            "too large: expected at most 209715 bytes (--max-upload-mb), found",
+        ),
+        # within the multipart allowance, so only counting the bytes while storing them catches it
+        (
+            "counted over the limit",
+            *multipart(
+                "file",
+                "big.png",
+                cv2.imencode(
+                    ".png", np.random.default_rng(1).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+                )[1].tobytes(),
+            ),
+            413,
+            "too large: expected at most 209715 bytes, found more",
+        ),
+    ],
+)
 def test_upload_refusals_name_the_reason_and_leave_nothing_behind(api, case, body, headers, status, words):
     before = sorted(p.name for p in (api.state / "uploads").iterdir())
     got, _, answer = api.request("/images", "POST", body, headers)
@@ -214,7 +296,9 @@ def test_upload_declared_over_the_limit_is_refused_before_reading(api):
     # Only the headers are sent: the daemon answers 413 from Content-Length without waiting for the body.
     where = urllib.parse.urlsplit(api.url)
     with socket.create_connection((where.hostname, where.port), timeout=10) as s:
-        s.sendall(b"POST /images HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 900000000\r\n\r\n")
+        s.sendall(
+            b"POST /images HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 900000000\r\n\r\n"
+        )
         answer = s.recv(4096)
     assert answer.startswith(b"HTTP/1.1 413"), answer
 
@@ -247,16 +331,30 @@ def test_non_loopback_without_token_is_refused_at_start(tmp_path, model):
 def test_with_a_token_every_route_but_health_needs_the_bearer_header(tmp_path, model):
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")
-    with ServeProcess(tmp_path, "--model", model, *DETECT_OPTIONS, "--state", tmp_path / "state",
-                      "--host", "0.0.0.0", "--token-file", token_file).start() as d:
+    with ServeProcess(
+        tmp_path,
+        "--model",
+        model,
+        *DETECT_OPTIONS,
+        "--state",
+        tmp_path / "state",
+        "--host",
+        "0.0.0.0",
+        "--token-file",
+        token_file,
+    ).start() as d:
         assert "token required" in d.log()
         url = d.url.replace("0.0.0.0", "127.0.0.1")
         d.url = url
         photo = cv2.imencode(".jpg", person_photo(5))[1].tobytes()
-        for path, method, body, headers in [("/metrics", "GET", None, {}), ("/detections", "GET", None, {}),
-                                            ("/failed", "GET", None, {}), ("/images/1", "GET", None, {}),
-                                            ("/inputs/" + "0" * 64, "GET", None, {}),
-                                            ("/images", "POST", *multipart("file", "p.jpg", photo))]:
+        for path, method, body, headers in [
+            ("/metrics", "GET", None, {}),
+            ("/detections", "GET", None, {}),
+            ("/failed", "GET", None, {}),
+            ("/images/1", "GET", None, {}),
+            ("/inputs/" + "0" * 64, "GET", None, {}),
+            ("/images", "POST", *multipart("file", "p.jpg", photo)),
+        ]:
             for token in (None, "wrong", "s3cret-token-but-longer"):
                 status, h, _ = d.request(path, method, body, headers, token=token)
                 assert status == 401 and h["www-authenticate"] == "Bearer", (path, token, status)
@@ -276,8 +374,10 @@ def test_yaml_config_is_used_and_the_command_line_wins(tmp_path, model):
     drop.mkdir()
     write_jpeg(drop / "a.jpg", person_photo(1))
     cfg = tmp_path / "serve.yaml"
-    cfg.write_text(f"model: {model}\ntile: 256\nwatch: {drop}\nsettle: 0\npoll: 0.1\nhost: 0.0.0.0\n"
-                   f"state: {tmp_path / 'state'}\nframe-stride: 3\n")
+    cfg.write_text(
+        f"model: {model}\ntile: 256\nwatch: {drop}\nsettle: 0\npoll: 0.1\nhost: 0.0.0.0\n"
+        f"state: {tmp_path / 'state'}\nframe-stride: 3\n"
+    )
     # From the file alone, host 0.0.0.0 without a token is refused...
     assert ServeProcess(tmp_path, "--config", cfg).run_to_exit() == 2
     # ...and --host on the command line overrides it.
@@ -286,16 +386,19 @@ def test_yaml_config_is_used_and_the_command_line_wins(tmp_path, model):
         assert d.terminate() == 0
 
 
-@pytest.mark.parametrize("yaml_text, words", [
-    # a bad config file is refused in one line naming the key and what was expected
-    ("conf: 2\n", "conf: expected a number in [0.0, 1.0] for --conf, found 2"),
-    ("tile: big\n", "tile: expected an integer >= 32 for --tile, found 'big'"),
-    ("color: red\n", "unknown key 'color'"),
-    ("merge: average\n", "merge: expected one of ios, nms, nmm, wbf"),
-    ("access-log: 1\n", "access-log: expected true or false, found 1"),
-    ("- just\n- a list\n", "expected a mapping of option names to values, found list"),
-    ("watch: [unclosed\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "yaml_text, words",
+    [
+        # a bad config file is refused in one line naming the key and what was expected
+        ("conf: 2\n", "conf: expected a number in [0.0, 1.0] for --conf, found 2"),
+        ("tile: big\n", "tile: expected an integer >= 32 for --tile, found 'big'"),
+        ("color: red\n", "unknown key 'color'"),
+        ("merge: average\n", "merge: expected one of ios, nms, nmm, wbf"),
+        ("access-log: 1\n", "access-log: expected true or false, found 1"),
+        ("- just\n- a list\n", "expected a mapping of option names to values, found list"),
+        ("watch: [unclosed\n", "not valid YAML"),
+    ],
+)
 def test_bad_config_files_are_refused_with_one_line(tmp_path, yaml_text, words):
     cfg = tmp_path / "serve.yaml"
     cfg.write_text(yaml_text)
@@ -315,8 +418,9 @@ def test_video_file_frames_by_stride(tmp_path, model):
         writer.write(frame)
     writer.release()
     state = tmp_path / "state"
-    with ServeProcess(tmp_path, "--model", model, *DETECT_OPTIONS, "--video", video, "--frame-stride", "5",
-                      "--state", state).start() as d:
+    with ServeProcess(
+        tmp_path, "--model", model, *DETECT_OPTIONS, "--video", video, "--frame-stride", "5", "--state", state
+    ).start() as d:
         items = d.wait_for(lambda: len(r := d.all_pages("/detections")) == 5 and r, what="5 frames")
         assert sorted(it["image"] for it in items) == sorted(f"{video}#frame={i}" for i in (0, 5, 10, 15, 20))
         for it in items:
@@ -325,8 +429,9 @@ def test_video_file_frames_by_stride(tmp_path, model):
             assert xs and all(20 + 8 * i - 8 <= x <= 44 + 8 * i + 8 for x in xs), (i, xs)
         assert d.terminate() == 0
     # A restart does not read the finished file again.
-    with ServeProcess(tmp_path, "--model", model, *DETECT_OPTIONS, "--video", video, "--frame-stride", "5",
-                      "--state", state).start() as d:
+    with ServeProcess(
+        tmp_path, "--model", model, *DETECT_OPTIONS, "--video", video, "--frame-stride", "5", "--state", state
+    ).start() as d:
         d.wait_for(lambda: "finished" in d.log(), what="the reader to reach the end")
         assert len(d.all_pages("/detections")) == 5
         assert d.terminate() == 0
@@ -349,8 +454,18 @@ def test_video_stream_url_reconnects_and_queues_each_distinct_frame_once(tmp_pat
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/cam.avi"
     try:
-        with ServeProcess(tmp_path, "--model", model, *DETECT_OPTIONS, "--video", url, "--frame-stride", "4",
-                          "--state", tmp_path / "state").start() as d:
+        with ServeProcess(
+            tmp_path,
+            "--model",
+            model,
+            *DETECT_OPTIONS,
+            "--video",
+            url,
+            "--frame-stride",
+            "4",
+            "--state",
+            tmp_path / "state",
+        ).start() as d:
             d.wait_for(lambda: d.log().count("reconnecting") >= 2, what="two reconnections", timeout=60)
             items = d.wait_for(lambda: len(r := d.all_pages("/detections")) == 3 and r, what="3 frames")
             assert all(it["image"].startswith(f"{url}#t=") and it["image"].endswith("Z") for it in items)
@@ -376,8 +491,22 @@ def test_sigterm_finishes_the_batch_commits_and_exits_0_and_systemd_is_told(tmp_
     sock.settimeout(60)
     try:
         state = tmp_path / "state"
-        d = ServeProcess(tmp_path, "--model", model, *DETECT_OPTIONS, "--watch", drop, "--state", state, *FAST,
-                         "--queue-batch", "8", "--log-level", "debug", env={"NOTIFY_SOCKET": str(notify)}).start()
+        d = ServeProcess(
+            tmp_path,
+            "--model",
+            model,
+            *DETECT_OPTIONS,
+            "--watch",
+            drop,
+            "--state",
+            state,
+            *FAST,
+            "--queue-batch",
+            "8",
+            "--log-level",
+            "debug",
+            env={"NOTIFY_SOCKET": str(notify)},
+        ).start()
         assert sock.recv(100) == b"READY=1"
         # SIGTERM as soon as the first photo of the first batch is done: 7 photos of it are still to go.
         d.wait_for(lambda: "detection(s)" in d.log(), what="the first photo", interval=0.01)
@@ -396,8 +525,9 @@ def test_sigterm_finishes_the_batch_commits_and_exits_0_and_systemd_is_told(tmp_
         outcomes = db.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0]
     assert states == {"done": 8, "queued": 16} and outcomes == 8  # ...and committed; no other batch was begun
     # The next start has nothing interrupted to recover and goes on with the rest.
-    with ServeProcess(tmp_path, "--model", model, *DETECT_OPTIONS, "--watch", drop, "--state", state,
-                      *FAST).start() as d2:
+    with ServeProcess(
+        tmp_path, "--model", model, *DETECT_OPTIONS, "--watch", drop, "--state", state, *FAST
+    ).start() as d2:
         d2.wait_for(lambda: len(d2.all_pages("/detections")) == 24, what="all 24 photos")
         assert "without finishing" not in d2.log()
         assert d2.terminate() == 0

@@ -25,12 +25,17 @@ def finished(d: ServeProcess) -> int:
     """Inputs with an outcome (results or parked), from /metrics."""
     status, _, body = d.request("/metrics")
     assert status == 200
-    values = {f.name: f.samples[0].value for f in text_string_to_metric_families(body.decode())
-              if f.name in ("edgetile_processed", "edgetile_failed")}
+    values = {
+        f.name: f.samples[0].value
+        for f in text_string_to_metric_families(body.decode())
+        if f.name in ("edgetile_processed", "edgetile_failed")
+    }
     return int(values["edgetile_processed"] + values["edgetile_failed"])
 
 
-def drop_photos(drop, start: int, count: int, corrupt_every: int = 10, size=(320, 240)) -> tuple[list[str], list[str]]:
+def drop_photos(
+    drop, start: int, count: int, corrupt_every: int = 10, size=(320, 240)
+) -> tuple[list[str], list[str]]:
     """Write photos; every corrupt_every-th is broken (cut JPEG, random bytes or text), each distinct."""
     good, bad = [], []
     for i in range(start, start + count):
@@ -88,8 +93,10 @@ def test_sigkill_midway_then_restart_gives_every_photo_exactly_one_outcome(tmp_p
         assert it["error"] and "\n" not in it["error"]
     with sqlite3.connect(state / "queue.sqlite3") as db:
         assert db.execute("SELECT COUNT(*), COUNT(DISTINCT item_id) FROM outcomes").fetchone() == (200, 200)
-        assert dict(db.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall()) == \
-            {"done": 180, "parked": 20}
+        assert dict(db.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall()) == {
+            "done": 180,
+            "parked": 20,
+        }
 
 
 @pytest.mark.slow
@@ -100,8 +107,19 @@ def test_soak_2000_photos_in_bounded_memory(tmp_path, model):
     size = (256, 192)  # one tile each: the soak is about the daemon, not the detector
     drop_photos(drop, 0, wave, corrupt_every=100, size=size)
     t0 = time.monotonic()
-    with ServeProcess(tmp_path, "--model", model, *DETECT_OPTIONS, "--watch", drop, "--state", state,
-                      *FAST, "--queue-batch", "16").start() as d:
+    with ServeProcess(
+        tmp_path,
+        "--model",
+        model,
+        *DETECT_OPTIONS,
+        "--watch",
+        drop,
+        "--state",
+        state,
+        *FAST,
+        "--queue-batch",
+        "16",
+    ).start() as d:
         d.wait_for(lambda: finished(d) == wave, what="the first wave", timeout=120)
         rss_start = peak = d.rss_mb()  # warm: model loaded, every code path taken once
         for start in range(wave, total, wave):
@@ -113,8 +131,10 @@ def test_soak_2000_photos_in_bounded_memory(tmp_path, model):
         failed = d.all_pages("/failed")
         assert d.terminate() == 0
     elapsed = time.monotonic() - t0
-    print(f"\nsoak: {total} photos in {elapsed:.0f} s; daemon RSS {rss_start:.1f} MB after the first {wave}, "
-          f"{rss_end:.1f} MB at the end (growth {rss_end - rss_start:+.1f} MB), peak {peak:.1f} MB")
+    print(
+        f"\nsoak: {total} photos in {elapsed:.0f} s; daemon RSS {rss_start:.1f} MB after the first {wave}, "
+        f"{rss_end:.1f} MB at the end (growth {rss_end - rss_start:+.1f} MB), peak {peak:.1f} MB"
+    )
     assert len(pages) == total - total // 100 and len(failed) == total // 100
     assert len({it["image"] for it in pages}) == len(pages)
     # Bounded: the queue lives in SQLite, not in the process; what grows is allocator noise.

@@ -34,8 +34,10 @@ def commit(q: PhotoQueue, n: int, detections: list[dict] | None, limit: int | No
     """Record input n, claim it and commit its outcome (None: a failure that parks it)."""
     q.add(sha(n), "watch", f"p{n}.jpg", f"/d/p{n}.jpg")
     [item] = q.claim(1)
-    q.finish([Outcome(item, 10, 10, detections, {}) if detections is not None else Outcome(item, error="bad")],
-             outbox_limit=limit)
+    q.finish(
+        [Outcome(item, 10, 10, detections, {}) if detections is not None else Outcome(item, error="bad")],
+        outbox_limit=limit,
+    )
 
 
 def test_each_detection_of_a_committed_result_waits_in_the_outbox_in_commit_order(tmp_path):
@@ -46,9 +48,11 @@ def test_each_detection_of_a_committed_result_waits_in_the_outbox_in_commit_orde
         commit(q, 4, [det(4)], limit=None)  # committed without MQTT: never published later
         commit(q, 5, [det(5)], limit=100)
         waiting = q.outbox_after(0, 10)
-        assert [m for _, m in waiting] == [{"image": "p1.jpg", "sha256": sha(1), **det(1)},
-                                           {"image": "p1.jpg", "sha256": sha(1), **det(2)},
-                                           {"image": "p5.jpg", "sha256": sha(5), **det(5)}]
+        assert [m for _, m in waiting] == [
+            {"image": "p1.jpg", "sha256": sha(1), **det(1)},
+            {"image": "p1.jpg", "sha256": sha(1), **det(2)},
+            {"image": "p5.jpg", "sha256": sha(5), **det(5)},
+        ]
         ids = [i for i, _ in waiting]
         assert ids == sorted(ids)
         assert [i for i, _ in q.outbox_after(ids[0], 10)] == ids[1:]  # paging after the last one handed over
@@ -116,14 +120,28 @@ def test_results_committed_while_the_broker_is_down_arrive_after_a_restart_in_or
         drop.mkdir()
         for i in range(3):
             write_jpeg(drop / f"a{i}.jpg", person_photo(1100 + i))
-        args = ["--model", model, *DETECT_OPTIONS, "--watch", drop, "--state", state, *FAST,
-                "--mqtt", f"127.0.0.1:{broker.port}", "--mqtt-topic", "drone9"]
+        args = [
+            "--model",
+            model,
+            *DETECT_OPTIONS,
+            "--watch",
+            drop,
+            "--state",
+            state,
+            *FAST,
+            "--mqtt",
+            f"127.0.0.1:{broker.port}",
+            "--mqtt-topic",
+            "drone9",
+        ]
         with ServeProcess(tmp_path, *args).start() as d:
             first = d.wait_for(lambda: len(r := d.all_pages("/detections")) == 3 and r, what="3 results")
             expected = [m for r in first for m in messages(r)]
             assert expected  # the red people are found
-            d.wait_for(lambda: metric_values(d)["edgetile_mqtt_outbox_messages"] == len(expected),
-                       what="every message waiting in the outbox")
+            d.wait_for(
+                lambda: metric_values(d)["edgetile_mqtt_outbox_messages"] == len(expected),
+                what="every message waiting in the outbox",
+            )
             assert metric_values(d)["edgetile_mqtt_connected"] == 0
             assert d.terminate() == 0  # nothing was sent: everything waits in the queue database
 
@@ -134,8 +152,10 @@ def test_results_committed_while_the_broker_is_down_arrive_after_a_restart_in_or
             expected = [m for r in results for m in messages(r)]  # in commit order
             before = sum(len(messages(r)) for r in results[:3])  # the first run's results
             assert f"MQTT outbox: {before} message(s) from before wait" in d.log()
-            d.wait_for(lambda: metric_values(d)["edgetile_mqtt_outbox_messages"] == len(expected),
-                       what="the new messages waiting too")
+            d.wait_for(
+                lambda: metric_values(d)["edgetile_mqtt_outbox_messages"] == len(expected),
+                what="the new messages waiting too",
+            )
 
             broker.start()  # the link comes back
             heard: list[tuple[str, str, list]] = []
@@ -144,8 +164,10 @@ def test_results_committed_while_the_broker_is_down_arrive_after_a_restart_in_or
                     heard.append((payload["image"], payload["sha256"], payload["bbox"]))
             first_seen = list(dict.fromkeys(map(repr, heard)))
             assert first_seen == [repr(m) for m in expected]  # every one, at least once, in commit order
-            d.wait_for(lambda: metric_values(d)["edgetile_mqtt_outbox_messages"] == 0,
-                       what="the outbox emptied by the acknowledgements")
+            d.wait_for(
+                lambda: metric_values(d)["edgetile_mqtt_outbox_messages"] == 0,
+                what="the outbox emptied by the acknowledgements",
+            )
             m = metric_values(d)
             assert m["edgetile_mqtt_published"] == len(expected) and m["edgetile_mqtt_dropped"] == 0
             assert m["edgetile_mqtt_connected"] == 1
@@ -160,19 +182,48 @@ def test_a_full_outbox_drops_the_oldest_messages_and_says_so(tmp_path, model):
     port = free_port()  # no broker ever listens here
     drop = tmp_path / "drop"
     drop.mkdir()
-    with ServeProcess(tmp_path, "--model", model, *DETECT_OPTIONS, "--watch", drop, "--state", tmp_path / "state",
-                      *FAST, "--mqtt", f"127.0.0.1:{port}", "--mqtt-buffer", "2").start() as d:
+    with ServeProcess(
+        tmp_path,
+        "--model",
+        model,
+        *DETECT_OPTIONS,
+        "--watch",
+        drop,
+        "--state",
+        tmp_path / "state",
+        *FAST,
+        "--mqtt",
+        f"127.0.0.1:{port}",
+        "--mqtt-buffer",
+        "2",
+    ).start() as d:
         for i in range(4):
             write_jpeg(drop / f"p{i}.jpg", person_photo(1300 + i))
         results = d.wait_for(lambda: len(r := d.all_pages("/detections")) == 4 and r, what="4 results")
         total = sum(len(r["detections"]) for r in results)
         assert total > 2
-        d.wait_for(lambda: (m := metric_values(d))["edgetile_mqtt_outbox_messages"] == 2
-                   and m["edgetile_mqtt_dropped"] == total - 2, what="the outbox held at its limit")
+        d.wait_for(
+            lambda: (
+                (m := metric_values(d))["edgetile_mqtt_outbox_messages"] == 2
+                and m["edgetile_mqtt_dropped"] == total - 2
+            ),
+            what="the outbox held at its limit",
+        )
         d.wait_for(lambda: "MQTT outbox full (--mqtt-buffer 2)" in d.log(), what="the warning", timeout=30)
         assert d.terminate() == 0
-    with ServeProcess(tmp_path, "--model", model, *DETECT_OPTIONS, "--state", tmp_path / "state", *FAST,
-                      "--mqtt", f"127.0.0.1:{port}", "--mqtt-buffer", "2").start() as d:
+    with ServeProcess(
+        tmp_path,
+        "--model",
+        model,
+        *DETECT_OPTIONS,
+        "--state",
+        tmp_path / "state",
+        *FAST,
+        "--mqtt",
+        f"127.0.0.1:{port}",
+        "--mqtt-buffer",
+        "2",
+    ).start() as d:
         m = metric_values(d)  # a restart keeps what waits and what was dropped
         assert (m["edgetile_mqtt_outbox_messages"], m["edgetile_mqtt_dropped"]) == (2, total - 2)
         assert d.terminate() == 0

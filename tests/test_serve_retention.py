@@ -88,24 +88,37 @@ class State:
 ALL = ["u2", "u4", "u5", "v3", "v6", "w1"]
 
 
-@pytest.mark.parametrize("budget, keep_days, removed", [
-    # budget (bytes of copies; 5 copies of 1000 bytes are held), age limit -> copies deleted
-    (5000, None, []),  # within the budget: nothing
-    (None, None, []),  # no budget, no age limit: nothing
-    (4000, None, ["u2"]),  # 1000 over: the oldest finished copy
-    (3500, None, ["u2", "v3"]),  # 1500 over: a copy is deleted whole, so two go
-    (0, None, ["u2", "u4", "v3"]),  # nothing allowed: every finished copy, the parked one too; u5, v6 stay
-    (None, 0, ["u2", "u4", "v3"]),  # every result is older than 0 days
-    (None, 1, []),  # every result is younger than a day
-])
+@pytest.mark.parametrize(
+    "budget, keep_days, removed",
+    [
+        # budget (bytes of copies; 5 copies of 1000 bytes are held), age limit -> copies deleted
+        (5000, None, []),  # within the budget: nothing
+        (None, None, []),  # no budget, no age limit: nothing
+        (4000, None, ["u2"]),  # 1000 over: the oldest finished copy
+        (3500, None, ["u2", "v3"]),  # 1500 over: a copy is deleted whole, so two go
+        (
+            0,
+            None,
+            ["u2", "u4", "v3"],
+        ),  # nothing allowed: every finished copy, the parked one too; u5, v6 stay
+        (None, 0, ["u2", "u4", "v3"]),  # every result is older than 0 days
+        (None, 1, []),  # every result is younger than a day
+    ],
+)
 def test_only_finished_copies_go_oldest_result_first(tmp_path, budget, keep_days, removed):
     s = State(tmp_path)
     files, nbytes = s.sweep(budget, keep_days)
     assert (files, nbytes) == (len(removed), 1000 * len(removed))
-    assert s.present() == sorted(set(ALL) - set(removed))  # the watched photo and unfinished inputs always stay
+    assert s.present() == sorted(
+        set(ALL) - set(removed)
+    )  # the watched photo and unfinished inputs always stay
     with PhotoQueue(s.db) as q:
-        assert q.copies() == {"held_files": 5 - len(removed), "held_bytes": 1000 * (5 - len(removed)),
-                              "removed_files": len(removed), "removed_bytes": 1000 * len(removed)}
+        assert q.copies() == {
+            "held_files": 5 - len(removed),
+            "held_bytes": 1000 * (5 - len(removed)),
+            "removed_files": len(removed),
+            "removed_bytes": 1000 * len(removed),
+        }
         marked = {r[0] for r in q.conn.execute("SELECT name FROM items WHERE removed_at IS NOT NULL")}
     assert marked == set(removed)
     assert s.sweep(budget, keep_days) == (0, 0)  # a second sweep finds nothing more to do
@@ -189,18 +202,34 @@ def test_a_state_folder_of_schema_2_gets_its_copies_measured_once(tmp_path):
     kept.write_bytes(b"a" * 1234)
     with sqlite3.connect(tmp_path / "queue.sqlite3") as c:  # written by the daemon before the retention
         c.executescript(V2_SCHEMA)
-        for n, (source, path) in enumerate([("upload", kept), ("video", tmp_path / "frames" / "gone.jpg"),
-                                            ("watch", tmp_path / "drop" / "w.jpg")], 1):
-            c.execute("INSERT INTO items (sha256, source, name, path, state, created_at) VALUES (?, ?, ?, ?, 'done', 0)",
-                      (sha(n), source, path.name, str(path)))
-            c.execute("INSERT INTO outcomes (item_id, ok, detections, processed_at) VALUES (?, 1, '[]', 0)", (n,))
+        for n, (source, path) in enumerate(
+            [
+                ("upload", kept),
+                ("video", tmp_path / "frames" / "gone.jpg"),
+                ("watch", tmp_path / "drop" / "w.jpg"),
+            ],
+            1,
+        ):
+            c.execute(
+                "INSERT INTO items (sha256, source, name, path, state, created_at) VALUES (?, ?, ?, ?, 'done', 0)",
+                (sha(n), source, path.name, str(path)),
+            )
+            c.execute(
+                "INSERT INTO outcomes (item_id, ok, detections, processed_at) VALUES (?, 1, '[]', 0)", (n,)
+            )
     with PhotoQueue(tmp_path / "queue.sqlite3") as q:
         sizes = dict(q.conn.execute("SELECT name, bytes FROM items").fetchall())
-        assert sizes == {"a.jpg": 1234, "gone.jpg": 0, "w.jpg": None}  # missing: not counted; watched: not ours
+        assert sizes == {
+            "a.jpg": 1234,
+            "gone.jpg": 0,
+            "w.jpg": None,
+        }  # missing: not counted; watched: not ours
         assert q.copies()["held_bytes"] == 1234
         assert q.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == "3"
         r = Retention((tmp_path / "uploads", tmp_path / "frames"), 0, None, DiskFloor(tmp_path, 0))
-        assert r.sweep(q, time.time()) == (1, 1234) and not kept.exists()  # the budget applies to them at once
+        assert (
+            r.sweep(q, time.time()) == (1, 1234) and not kept.exists()
+        )  # the budget applies to them at once
 
 
 def serve_parser():
@@ -220,28 +249,46 @@ def config_of(tmp_path, cli, yaml_text=None) -> ServeConfig:
     return ServeConfig.from_options(merge_options(a, a._serve_defaults))
 
 
-@pytest.mark.parametrize("cli, yaml_text, expected", [
-    # command line, config file -> (keep_inputs_bytes, keep_days, min_free_bytes)
-    ([], None, (2 * GIB, None, 500 << 20)),  # the defaults
-    (["--keep-inputs-gb", "0.5", "--keep-days", "7", "--min-free-mb", "0"], None, (GIB // 2, 7.0, 0)),
-    (["--keep-inputs-gb", "unlimited"], None, (None, None, 500 << 20)),
-    ([], "keep-inputs-gb: unlimited\nkeep_days: 0\nmin-free-mb: 1024\n", (None, 0.0, GIB)),
-    (["--keep-inputs-gb", "8"], "keep-inputs-gb: unlimited\n", (8 * GIB, None, 500 << 20)),  # the command line wins
-])
+@pytest.mark.parametrize(
+    "cli, yaml_text, expected",
+    [
+        # command line, config file -> (keep_inputs_bytes, keep_days, min_free_bytes)
+        ([], None, (2 * GIB, None, 500 << 20)),  # the defaults
+        (["--keep-inputs-gb", "0.5", "--keep-days", "7", "--min-free-mb", "0"], None, (GIB // 2, 7.0, 0)),
+        (["--keep-inputs-gb", "unlimited"], None, (None, None, 500 << 20)),
+        ([], "keep-inputs-gb: unlimited\nkeep_days: 0\nmin-free-mb: 1024\n", (None, 0.0, GIB)),
+        (
+            ["--keep-inputs-gb", "8"],
+            "keep-inputs-gb: unlimited\n",
+            (8 * GIB, None, 500 << 20),
+        ),  # the command line wins
+    ],
+)
 def test_disk_options_from_the_command_line_and_the_config_file(tmp_path, cli, yaml_text, expected):
     c = config_of(tmp_path, cli, yaml_text)
     assert (c.keep_inputs_bytes, c.keep_days, c.min_free_bytes) == expected
 
 
-@pytest.mark.parametrize("cli, yaml_text, words", [
-    # a bad value is refused naming the option, what was expected and what was found
-    (["--keep-inputs-gb", "-1"], None, "expected a number of GiB >= 0 or 'unlimited' for --keep-inputs-gb, found -1"),
-    (["--keep-inputs-gb", "lots"], None, "expected a number of GiB >= 0 or 'unlimited' for --keep-inputs-gb, found 'lots'"),
-    (["--keep-days", "-2"], None, "expected a number >= 0 for --keep-days, found -2"),
-    (["--min-free-mb", "nan"], None, "expected a number >= 0 for --min-free-mb, found nan"),
-    ([], "keep-inputs-gb: [1, 2]\n", "keep-inputs-gb: expected a single value"),
-    ([], "keep-days: forever\n", "keep-days: expected a number >= 0 for --keep-days, found 'forever'"),
-])
+@pytest.mark.parametrize(
+    "cli, yaml_text, words",
+    [
+        # a bad value is refused naming the option, what was expected and what was found
+        (
+            ["--keep-inputs-gb", "-1"],
+            None,
+            "expected a number of GiB >= 0 or 'unlimited' for --keep-inputs-gb, found -1",
+        ),
+        (
+            ["--keep-inputs-gb", "lots"],
+            None,
+            "expected a number of GiB >= 0 or 'unlimited' for --keep-inputs-gb, found 'lots'",
+        ),
+        (["--keep-days", "-2"], None, "expected a number >= 0 for --keep-days, found -2"),
+        (["--min-free-mb", "nan"], None, "expected a number >= 0 for --min-free-mb, found nan"),
+        ([], "keep-inputs-gb: [1, 2]\n", "keep-inputs-gb: expected a single value"),
+        ([], "keep-days: forever\n", "keep-days: expected a number >= 0 for --keep-days, found 'forever'"),
+    ],
+)
 def test_bad_disk_options_are_refused_in_one_line(tmp_path, capsys, cli, yaml_text, words):
     try:
         config_of(tmp_path, cli, yaml_text)
@@ -273,8 +320,10 @@ def upload_and_wait(d: ServeProcess, data: bytes) -> int:
     """Upload a photo, wait until it is done; returns its result id."""
     status, info = upload(d, data)
     assert status == 201, info
-    return d.wait_for(lambda: (s := d.json(f"/inputs/{info['sha256']}"))["state"] == "done" and s["id"],
-                      what=f"upload {info['sha256'][:8]} done")
+    return d.wait_for(
+        lambda: (s := d.json(f"/inputs/{info['sha256']}"))["state"] == "done" and s["id"],
+        what=f"upload {info['sha256'][:8]} done",
+    )
 
 
 def jpeg(seed: int) -> bytes:
@@ -287,12 +336,24 @@ def test_over_budget_copies_go_oldest_result_first_and_their_images_answer_410(t
     watched = {drop / f"w{i}.jpg": write_jpeg(drop / f"w{i}.jpg", person_photo(500 + i)) for i in range(3)}
     photos = [jpeg(600 + i) for i in range(9)]
     budget = 3.5 * max(len(p) for p in photos)  # three copies fit, a fourth does not
-    args = ["--model", model, *DETECT_OPTIONS, "--watch", drop, "--state", state, *FAST,
-            "--keep-inputs-gb", repr(budget / GIB)]
+    args = [
+        "--model",
+        model,
+        *DETECT_OPTIONS,
+        "--watch",
+        drop,
+        "--state",
+        state,
+        *FAST,
+        "--keep-inputs-gb",
+        repr(budget / GIB),
+    ]
     with ServeProcess(tmp_path, *args).start() as d:
         d.wait_for(lambda: len(d.all_pages("/detections")) == 3, what="the watched photos")
         ids = [upload_and_wait(d, p) for p in photos[:8]]
-        d.wait_for(lambda: metric_values(d)["edgetile_inputs_kept_files"] == 3, what="the copies trimmed to three")
+        d.wait_for(
+            lambda: metric_values(d)["edgetile_inputs_kept_files"] == 3, what="the copies trimmed to three"
+        )
         m = metric_values(d)
         assert m["edgetile_inputs_removed"] == 5
         assert m["edgetile_inputs_kept_bytes"] == sum(len(p) for p in photos[5:8]) <= budget
@@ -305,8 +366,9 @@ def test_over_budget_copies_go_oldest_result_first_and_their_images_answer_410(t
                 assert d.request(f"/images/{result}/annotated")[0] == 410
             else:  # ...the three newest are served as received
                 assert status == 200 and body == photos[i]
-        assert sorted(p.name for p in (state / "uploads").iterdir()) == \
-            sorted(f"{hashlib.sha256(p).hexdigest()}.jpg" for p in photos[5:8])
+        assert sorted(p.name for p in (state / "uploads").iterdir()) == sorted(
+            f"{hashlib.sha256(p).hexdigest()}.jpg" for p in photos[5:8]
+        )
         results = d.all_pages("/detections")
         assert len(results) == 11 and all(it["detections"] for it in results)  # every result stays
         for path, data in watched.items():  # the user's photos are never touched
@@ -345,12 +407,30 @@ def test_a_zero_budget_never_takes_the_copy_of_an_input_still_to_be_processed(tm
     video, state = tmp_path / "walk.avi", tmp_path / "state"
     write_video(video, 40)
     photos = [jpeg(700 + i) for i in range(16)]
-    with ServeProcess(tmp_path, "--model", model, *DETECT_OPTIONS, "--video", video, "--frame-stride", "1",
-                      "--state", state, *FAST, "--queue-batch", "4", "--keep-inputs-gb", "0").start() as d:
+    with ServeProcess(
+        tmp_path,
+        "--model",
+        model,
+        *DETECT_OPTIONS,
+        "--video",
+        video,
+        "--frame-stride",
+        "1",
+        "--state",
+        state,
+        *FAST,
+        "--queue-batch",
+        "4",
+        "--keep-inputs-gb",
+        "0",
+    ).start() as d:
         for p in photos:
             assert upload(d, p)[0] == 201
-        d.wait_for(lambda: (m := metric_values(d))["edgetile_processed"] + m["edgetile_failed"] == 56,
-                   what="56 outcomes", timeout=180)
+        d.wait_for(
+            lambda: (m := metric_values(d))["edgetile_processed"] + m["edgetile_failed"] == 56,
+            what="56 outcomes",
+            timeout=180,
+        )
         assert d.all_pages("/failed") == []
         results = d.all_pages("/detections")
         assert len(results) == 56 and all(it["detections"] for it in results)
@@ -374,7 +454,9 @@ def live_stream(tmp_path):
     server.server_close()
 
 
-def test_below_the_disk_floor_frames_are_skipped_uploads_refused_and_finished_copies_go(tmp_path, model, live_stream):
+def test_below_the_disk_floor_frames_are_skipped_uploads_refused_and_finished_copies_go(
+    tmp_path, model, live_stream
+):
     state = tmp_path / "state"
     base = ["--model", model, *DETECT_OPTIONS, "--state", state, *FAST, "--keep-inputs-gb", "unlimited"]
     with ServeProcess(tmp_path, *base).start() as d:  # first, with room: two uploads and their copies
@@ -383,12 +465,24 @@ def test_below_the_disk_floor_frames_are_skipped_uploads_refused_and_finished_co
     video = tmp_path / "flight.avi"
     write_video(video, 10)
     # A floor no disk can meet: the daemon behaves as on a full eMMC, and keeps working.
-    with ServeProcess(tmp_path, *base, "--min-free-mb", "1e12", "--video", live_stream, "--video", video,
-                      "--frame-stride", "2").start() as d:
+    with ServeProcess(
+        tmp_path,
+        *base,
+        "--min-free-mb",
+        "1e12",
+        "--video",
+        live_stream,
+        "--video",
+        video,
+        "--frame-stride",
+        "2",
+    ).start() as d:
         status, info = upload(d, jpeg(900))
         assert status == 507 and "below --min-free-mb 1e+12" in info["detail"], info
         d.wait_for(lambda: metric_values(d)["edgetile_frames_skipped"] >= 10, what="live frames skipped")
-        d.wait_for(lambda: all(d.request(f"/images/{i}")[0] == 410 for i in ids), what="finished copies removed")
+        d.wait_for(
+            lambda: all(d.request(f"/images/{i}")[0] == 410 for i in ids), what="finished copies removed"
+        )
         assert d.request("/health")[0] == 200
         assert len(d.all_pages("/detections")) == 2  # no frame of either video was kept
         assert list((state / "frames").iterdir()) == []
@@ -404,18 +498,33 @@ def small_disk(tmp_path):
     """A 24 MiB tmpfs of its own, so that the test can fill it and free it (needs root to mount)."""
     mnt = tmp_path / "small"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
     if r.returncode != 0:
-        pytest.skip(f"needs a small file system to fill: 'mount -t tmpfs' failed ({r.stderr.strip() or r.returncode}); "
-                    "run as root")
+        pytest.skip(
+            f"needs a small file system to fill: 'mount -t tmpfs' failed ({r.stderr.strip() or r.returncode}); "
+            "run as root"
+        )
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 def test_the_daemon_comes_back_when_the_disk_has_room_again(tmp_path, model, small_disk):
     state = small_disk / "state"
-    with ServeProcess(tmp_path, "--model", model, *DETECT_OPTIONS, "--state", state, *FAST,
-                      "--keep-inputs-gb", "unlimited", "--min-free-mb", "8").start() as d:
+    with ServeProcess(
+        tmp_path,
+        "--model",
+        model,
+        *DETECT_OPTIONS,
+        "--state",
+        state,
+        *FAST,
+        "--keep-inputs-gb",
+        "unlimited",
+        "--min-free-mb",
+        "8",
+    ).start() as d:
         first = upload_and_wait(d, jpeg(1000))
         filler = small_disk / f"filler-{uuid.uuid4().hex[:6]}"
         filler.write_bytes(b"\0" * (shutil.disk_usage(small_disk).free - (4 << 20)))  # 4 MiB left, floor 8

@@ -77,7 +77,9 @@ def test_failures_are_retried_then_parked_with_the_last_error(db):
         [item] = q.claim(1)
         assert q.finish([Outcome(item, error="truncated JPEG again")]) == 1
         failed, _ = q.failed(0, 10)
-        assert [(f["image"], f["attempts"], f["error"]) for f in failed] == [("bad.jpg", 2, "truncated JPEG again")]
+        assert [(f["image"], f["attempts"], f["error"]) for f in failed] == [
+            ("bad.jpg", 2, "truncated JPEG again")
+        ]
         assert q.retry_parked() == 1 and q.failed(0, 10)[0] == [] and len(q.claim(1)) == 1
 
 
@@ -89,7 +91,9 @@ def test_a_clock_that_jumped_back_does_not_hold_retries_forever(db):
         q.finish([Outcome(a, error="hiccup"), Outcome(b, error="hiccup")])
         assert q.claim(2) == []  # both wait 10 s
         # The clock was a year ahead when b failed (then GPS set it right): b is due now, a still waits.
-        q.conn.execute("UPDATE items SET not_before=? WHERE item_id=?", (time.time() + 365 * 86400, b.item_id))
+        q.conn.execute(
+            "UPDATE items SET not_before=? WHERE item_id=?", (time.time() + 365 * 86400, b.item_id)
+        )
         assert [it.item_id for it in q.claim(2)] == [b.item_id]
 
 
@@ -121,29 +125,35 @@ def write_tree(root, files):
 
 def test_sensors_read_from_a_jetson_like_sysfs(tmp_path):
     # The layout of an Orin on JetPack 5/6: thermal zones, and INA3221 rails under hwmon (mV, mA).
-    write_tree(tmp_path, {
-        "class/thermal/thermal_zone0/type": "cpu-thermal\n",
-        "class/thermal/thermal_zone0/temp": "47500\n",
-        "class/thermal/thermal_zone1/type": "gpu-thermal\n",
-        "class/thermal/thermal_zone1/temp": "46000\n",
-        "class/thermal/thermal_zone2/type": "PMIC-Die\n",
-        "class/thermal/thermal_zone2/temp": "",  # this zone gives no reading: left out
-        "class/hwmon/hwmon0/name": "acpitz\n",  # not a power monitor
-        "class/hwmon/hwmon0/in1_input": "999\n",
-        "class/hwmon/hwmon1/name": "ina3221\n",
-        "class/hwmon/hwmon1/in1_label": "VDD_IN\n",
-        "class/hwmon/hwmon1/in1_input": "5040\n",
-        "class/hwmon/hwmon1/curr1_input": "1250\n",
-        "class/hwmon/hwmon1/in2_label": "VDD_CPU_GPU_CV\n",
-        "class/hwmon/hwmon1/in2_input": "5000\n",
-        "class/hwmon/hwmon1/curr2_input": "400\n",
-        "class/hwmon/hwmon1/in3_label": "NC\n",  # not connected
-        "class/hwmon/hwmon1/in3_input": "0\n",
-        "class/hwmon/hwmon1/curr3_input": "0\n",
-    })
+    write_tree(
+        tmp_path,
+        {
+            "class/thermal/thermal_zone0/type": "cpu-thermal\n",
+            "class/thermal/thermal_zone0/temp": "47500\n",
+            "class/thermal/thermal_zone1/type": "gpu-thermal\n",
+            "class/thermal/thermal_zone1/temp": "46000\n",
+            "class/thermal/thermal_zone2/type": "PMIC-Die\n",
+            "class/thermal/thermal_zone2/temp": "",  # this zone gives no reading: left out
+            "class/hwmon/hwmon0/name": "acpitz\n",  # not a power monitor
+            "class/hwmon/hwmon0/in1_input": "999\n",
+            "class/hwmon/hwmon1/name": "ina3221\n",
+            "class/hwmon/hwmon1/in1_label": "VDD_IN\n",
+            "class/hwmon/hwmon1/in1_input": "5040\n",
+            "class/hwmon/hwmon1/curr1_input": "1250\n",
+            "class/hwmon/hwmon1/in2_label": "VDD_CPU_GPU_CV\n",
+            "class/hwmon/hwmon1/in2_input": "5000\n",
+            "class/hwmon/hwmon1/curr2_input": "400\n",
+            "class/hwmon/hwmon1/in3_label": "NC\n",  # not connected
+            "class/hwmon/hwmon1/in3_input": "0\n",
+            "class/hwmon/hwmon1/curr3_input": "0\n",
+        },
+    )
     s = read_sensors(tmp_path)
     assert s.temperatures == {"thermal_zone0": ("cpu-thermal", 47.5), "thermal_zone1": ("gpu-thermal", 46.0)}
-    assert [(r.name, r.volts, r.amperes) for r in s.rails] == [("VDD_IN", 5.04, 1.25), ("VDD_CPU_GPU_CV", 5.0, 0.4)]
+    assert [(r.name, r.volts, r.amperes) for r in s.rails] == [
+        ("VDD_IN", 5.04, 1.25),
+        ("VDD_CPU_GPU_CV", 5.0, 0.4),
+    ]
     assert s.rails[0].watts == pytest.approx(6.3)
     assert read_sensors(tmp_path / "nothing here") == Sensors({}, [])
 
@@ -153,37 +163,54 @@ def test_metrics_text_parses_with_the_prometheus_parser():
     for ms in (0.5, 3.0, 40.0, 40.0, 7000.0):
         h.observe_ms({"infer": ms})
     h.observe("commit", 0.002)
-    text = render_prometheus({"queued": 3, "running": 1, "done": 10, "parked": 2}, h,
-                             Sensors({"thermal_zone0": ('cpu "big"', 51.25)}, [Rail("VDD_IN", 5.0, 1.5)]),
-                             retries=4, started_at=time.time() - 5, version="1.2.3")
+    text = render_prometheus(
+        {"queued": 3, "running": 1, "done": 10, "parked": 2},
+        h,
+        Sensors({"thermal_zone0": ('cpu "big"', 51.25)}, [Rail("VDD_IN", 5.0, 1.5)]),
+        retries=4,
+        started_at=time.time() - 5,
+        version="1.2.3",
+    )
     fam = {f.name: f for f in text_string_to_metric_families(text)}
     assert fam["edgetile_queue_depth"].samples[0].value == 4
     assert fam["edgetile_processed"].samples[0].value == 10 and fam["edgetile_failed"].samples[0].value == 2
     assert fam["edgetile_retries"].samples[0].value == 4
-    buckets = {s.labels["le"]: s.value for s in fam["edgetile_stage_seconds"].samples
-               if s.name.endswith("_bucket") and s.labels["stage"] == "infer"}
-    assert (buckets["0.001"], buckets["0.005"], buckets["0.05"], buckets["5"], buckets["10"], buckets["+Inf"]) \
-        == (1, 2, 4, 4, 5, 5)
+    buckets = {
+        s.labels["le"]: s.value
+        for s in fam["edgetile_stage_seconds"].samples
+        if s.name.endswith("_bucket") and s.labels["stage"] == "infer"
+    }
+    assert (
+        buckets["0.001"],
+        buckets["0.005"],
+        buckets["0.05"],
+        buckets["5"],
+        buckets["10"],
+        buckets["+Inf"],
+    ) == (1, 2, 4, 4, 5, 5)
     temp = fam["edgetile_temperature_celsius"].samples[0]
     assert temp.labels == {"zone": "thermal_zone0", "type": 'cpu "big"'} and temp.value == 51.25
     assert fam["edgetile_rail_power_watts"].samples[0].value == 7.5
     assert fam["edgetile_build_info"].samples[0].labels == {"version": "1.2.3"}
 
 
-@pytest.mark.parametrize("raw, expected", [
-    # what a client sends -> the label kept (never a path)
-    ("IMG_0001.JPG", "IMG_0001.JPG"),
-    ("../../etc/passwd", "passwd"),
-    ("C:\\DCIM\\100MEDIA\\DJI 0001.jpg", "DJI_0001.jpg"),
-    ("..", "upload"),
-    ("", "upload"),
-    (None, "upload"),
-    (".hidden.jpg", "hidden.jpg"),
-    ("photo\x00.jpg", "photo_.jpg"),
-    ("фото 1.jpg", "1.jpg"),
-    ("a" * 300 + ".jpg", "a" * 120),
-    ("/", "upload"),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        # what a client sends -> the label kept (never a path)
+        ("IMG_0001.JPG", "IMG_0001.JPG"),
+        ("../../etc/passwd", "passwd"),
+        ("C:\\DCIM\\100MEDIA\\DJI 0001.jpg", "DJI_0001.jpg"),
+        ("..", "upload"),
+        ("", "upload"),
+        (None, "upload"),
+        (".hidden.jpg", "hidden.jpg"),
+        ("photo\x00.jpg", "photo_.jpg"),
+        ("фото 1.jpg", "1.jpg"),
+        ("a" * 300 + ".jpg", "a" * 120),
+        ("/", "upload"),
+    ],
+)
 def test_sanitize_name(raw, expected):
     assert sanitize_name(raw) == expected
 
@@ -225,8 +252,10 @@ def test_watcher_waits_for_a_removed_card_and_skips_known_photos_when_it_returns
             moved.rename(card)  # back, with one new photo
             (card / "b.jpg").write_bytes(b"photo b")
             assert w.scan(q, now=4.0) == 1
-        assert [r.getMessage().split(" (")[0] for r in caplog.records] == \
-            [f"watched folder {card} is not there", f"watched folder {card} is back"]  # said once each
+        assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+            f"watched folder {card} is not there",
+            f"watched folder {card} is back",
+        ]  # said once each
         assert q.counts()["queued"] == 2
 
 
@@ -236,15 +265,22 @@ def serve_parser():
     return p
 
 
-@pytest.mark.parametrize("yaml_text, cli, expected", [
-    # config file, command line -> merged values
-    ("watch: /x\n", [], {"watch": ["/x"]}),
-    ("watch: [/x, /y]\nconf: 0.1\n", ["--conf", "0.3"], {"watch": ["/x", "/y"], "conf": 0.3}),
-    ("frame_stride: 5\nframe-stride: 6\n", [], {"frame_stride": 6}),
-    ("access-log: true\nfull_frame: true\n", [], {"access_log": True, "full_frame": True}),
-    ("", ["--port", "0"], {"port": 0, "host": "127.0.0.1", "conf": 0.25}),
-    ("model: [a.onnx, b.onnx]\nmodel-weights: [1, 2]\n", [], {"model": ["a.onnx", "b.onnx"], "model_weights": [1.0, 2.0]}),
-])
+@pytest.mark.parametrize(
+    "yaml_text, cli, expected",
+    [
+        # config file, command line -> merged values
+        ("watch: /x\n", [], {"watch": ["/x"]}),
+        ("watch: [/x, /y]\nconf: 0.1\n", ["--conf", "0.3"], {"watch": ["/x", "/y"], "conf": 0.3}),
+        ("frame_stride: 5\nframe-stride: 6\n", [], {"frame_stride": 6}),
+        ("access-log: true\nfull_frame: true\n", [], {"access_log": True, "full_frame": True}),
+        ("", ["--port", "0"], {"port": 0, "host": "127.0.0.1", "conf": 0.25}),
+        (
+            "model: [a.onnx, b.onnx]\nmodel-weights: [1, 2]\n",
+            [],
+            {"model": ["a.onnx", "b.onnx"], "model_weights": [1.0, 2.0]},
+        ),
+    ],
+)
 def test_config_file_and_command_line_merge(tmp_path, yaml_text, cli, expected):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml_text)
@@ -253,15 +289,18 @@ def test_config_file_and_command_line_merge(tmp_path, yaml_text, cli, expected):
     assert {k: merged[k] for k in expected} == expected
 
 
-@pytest.mark.parametrize("cli, words", [
-    # options that parse but describe a daemon that cannot run -> one-line ConfigError
-    (["--config", "missing.yaml"], "cannot read"),
-    (["--port", "70000"], "--port: expected 0..65535, found 70000"),
-    (["--watch", "no_such_dir"], "--watch: expected an existing folder, found nothing at no_such_dir"),
-    (["--video", "no_such.avi"], "--video: expected a video file"),
-    (["--host", "0.0.0.0", "--token", "two words"], "--token: expected a non-empty token without spaces"),
-    (["--host", "::"], "listening beyond this machine needs --token"),
-])
+@pytest.mark.parametrize(
+    "cli, words",
+    [
+        # options that parse but describe a daemon that cannot run -> one-line ConfigError
+        (["--config", "missing.yaml"], "cannot read"),
+        (["--port", "70000"], "--port: expected 0..65535, found 70000"),
+        (["--watch", "no_such_dir"], "--watch: expected an existing folder, found nothing at no_such_dir"),
+        (["--video", "no_such.avi"], "--video: expected a video file"),
+        (["--host", "0.0.0.0", "--token", "two words"], "--token: expected a non-empty token without spaces"),
+        (["--host", "::"], "listening beyond this machine needs --token"),
+    ],
+)
 def test_config_problems_raise_config_error(tmp_path, monkeypatch, cli, words):
     monkeypatch.chdir(tmp_path)
     a = serve_parser().parse_args(["serve", *cli])
@@ -271,9 +310,11 @@ def test_config_problems_raise_config_error(tmp_path, monkeypatch, cli, words):
 
 
 def test_importing_the_runtime_and_building_the_cli_loads_no_web_framework():
-    code = ("import sys, edgetile.runtime, edgetile.runtime.serve, edgetile.runtime.cli as c; c.build_parser(); "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'fastapi', 'uvicorn', 'starlette', 'yaml', "
-            "'onnxruntime', 'torch', 'pydantic'}))")
+    code = (
+        "import sys, edgetile.runtime, edgetile.runtime.serve, edgetile.runtime.cli as c; c.build_parser(); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'fastapi', 'uvicorn', 'starlette', 'yaml', "
+        "'onnxruntime', 'torch', 'pydantic'}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -21,8 +21,11 @@ from onnx_models import red_blob_model
 
 EDGETILE = [sys.executable, "-m", "edgetile.runtime.cli"]
 # The same command in an interpreter where 'import yaml' fails, as on a device without the serve extra.
-EDGETILE_NO_YAML = [sys.executable, "-c",
-                    "import sys; sys.modules['yaml'] = None; from edgetile.runtime.cli import main; sys.exit(main())"]
+EDGETILE_NO_YAML = [
+    sys.executable,
+    "-c",
+    "import sys; sys.modules['yaml'] = None; from edgetile.runtime.cli import main; sys.exit(main())",
+]
 
 
 def run(*args, cmd=EDGETILE, cwd=None):
@@ -56,24 +59,54 @@ def scores(out_dir):
     return sorted(d["score"] for d in record["detections"])
 
 
-@pytest.mark.parametrize("cfg, weights", [
-    # the common sweep result: tiling and merging chosen, the rest at detect's defaults
-    (DetectConfig(tile=128, overlap=0.25, conf=0.15, merge="wbf", merge_thr=0.6), None),
-    # every key the file can hold: a flipped pass, the full frame, a fixed batch
-    (DetectConfig(tile=640, overlap=0.3, conf=0.05, iou=0.6, merge="nmm", merge_thr=0.3, tta=("flip",),
-                  full_frame=True, batch=4), None),
-    # an ensemble swept with weights: the scores hold only for them, so the file carries them
-    (DetectConfig(tile=1024, overlap=0.2, conf=0.4, merge="nms", merge_thr=0.7), [1.0, 2.0]),
-])
+@pytest.mark.parametrize(
+    "cfg, weights",
+    [
+        # the common sweep result: tiling and merging chosen, the rest at detect's defaults
+        (DetectConfig(tile=128, overlap=0.25, conf=0.15, merge="wbf", merge_thr=0.6), None),
+        # every key the file can hold: a flipped pass, the full frame, a fixed batch
+        (
+            DetectConfig(
+                tile=640,
+                overlap=0.3,
+                conf=0.05,
+                iou=0.6,
+                merge="nmm",
+                merge_thr=0.3,
+                tta=("flip",),
+                full_frame=True,
+                batch=4,
+            ),
+            None,
+        ),
+        # an ensemble swept with weights: the scores hold only for them, so the file carries them
+        (DetectConfig(tile=1024, overlap=0.2, conf=0.4, merge="nms", merge_thr=0.7), [1.0, 2.0]),
+    ],
+)
 def test_sweep_settings_file_gives_detect_and_serve_the_sweep_config(tmp_path, monkeypatch, cfg, weights):
-    row = {"merge": cfg.merge, "merge_thr": cfg.merge_thr, "conf": cfg.conf, "recall": 0.9, "precision": 0.8,
-           "f1": 0.847, "tp": 9, "fp": 2, "gt_boxes": 10, "map50": 0.8, "map75": 0.5, "map50_95": 0.45,
-           "lacmus_ap50": 0.81, "lacmus_f1": 0.84}
+    row = {
+        "merge": cfg.merge,
+        "merge_thr": cfg.merge_thr,
+        "conf": cfg.conf,
+        "recall": 0.9,
+        "precision": 0.8,
+        "f1": 0.847,
+        "tp": 9,
+        "fp": 2,
+        "gt_boxes": 10,
+        "map50": 0.8,
+        "map75": 0.5,
+        "map50_95": 0.45,
+        "lacmus_ap50": 0.81,
+        "lacmus_f1": 0.84,
+    }
     res = SweepResult([row], row, cfg, "f1", 0.9, model_runs=1)
     models = ["a.onnx", "b.onnx"] if weights else ["a.onnx"]
     paths = res.write(tmp_path / "ev", models, weights=weights, data="LADD/ (subset test), 412 photo(s)")
     text = paths["yaml"].read_text()
-    assert "# data: LADD/ (subset test), 412 photo(s)\n" in text and "# objective: f1, min recall: 0.9;" in text
+    assert (
+        "# data: LADD/ (subset test), 412 photo(s)\n" in text and "# objective: f1, min recall: 0.9;" in text
+    )
     assert "recall 0.9000" in text and "a.onnx" in text
 
     # detect reads the YAML and eval's JSON record alike.
@@ -93,23 +126,44 @@ def test_sweep_settings_file_gives_detect_and_serve_the_sweep_config(tmp_path, m
     ServeConfig.from_options(merged)
 
 
-@pytest.mark.parametrize("file_text, words, expected", [
-    # the file wins over the defaults; what it does not set keeps detect's default
-    ("conf: 0.9\ntile: 512\n", [], {"conf": 0.9, "tile": 512, "overlap": 0.2, "merge": "ios", "batch": None}),
-    # an option given on the command line wins, even when it equals the default
-    ("conf: 0.9\ntile: 512\n", ["--conf", "0.25"], {"conf": 0.25, "tile": 512}),
-    # a flag on the command line wins over 'false' in the file
-    ("full-frame: false\ntile: 512\n", ["--full-frame", "--tile", "256"], {"full_frame": True, "tile": 256}),
-    # underscore spellings and lists: models and weights from the file
-    ("model: [a.onnx, b.onnx]\nmodel_weights: [1, 2]\nbackend: onnxruntime\n", [],
-     {"model": ["a.onnx", "b.onnx"], "model_weights": [1.0, 2.0], "backend": "onnxruntime"}),
-    # models on the command line replace the file's, they do not add to them
-    ("model: [a.onnx, b.onnx]\nmodel-weights: [1, 2]\n", ["--model", "c.onnx", "--model-weights", "3"],
-     {"model": ["c.onnx"], "model_weights": [3.0]}),
-    # a JSON file, and an empty file (nothing set)
-    ('{"merge": "wbf", "merge-thr": 0.6, "tta": "flip"}', [], {"merge": "wbf", "merge_thr": 0.6, "tta": "flip"}),
-    ("", [], {"conf": 0.25, "tile": 1024, "full_frame": False, "model": None, "tta": "none"}),
-])
+@pytest.mark.parametrize(
+    "file_text, words, expected",
+    [
+        # the file wins over the defaults; what it does not set keeps detect's default
+        (
+            "conf: 0.9\ntile: 512\n",
+            [],
+            {"conf": 0.9, "tile": 512, "overlap": 0.2, "merge": "ios", "batch": None},
+        ),
+        # an option given on the command line wins, even when it equals the default
+        ("conf: 0.9\ntile: 512\n", ["--conf", "0.25"], {"conf": 0.25, "tile": 512}),
+        # a flag on the command line wins over 'false' in the file
+        (
+            "full-frame: false\ntile: 512\n",
+            ["--full-frame", "--tile", "256"],
+            {"full_frame": True, "tile": 256},
+        ),
+        # underscore spellings and lists: models and weights from the file
+        (
+            "model: [a.onnx, b.onnx]\nmodel_weights: [1, 2]\nbackend: onnxruntime\n",
+            [],
+            {"model": ["a.onnx", "b.onnx"], "model_weights": [1.0, 2.0], "backend": "onnxruntime"},
+        ),
+        # models on the command line replace the file's, they do not add to them
+        (
+            "model: [a.onnx, b.onnx]\nmodel-weights: [1, 2]\n",
+            ["--model", "c.onnx", "--model-weights", "3"],
+            {"model": ["c.onnx"], "model_weights": [3.0]},
+        ),
+        # a JSON file, and an empty file (nothing set)
+        (
+            '{"merge": "wbf", "merge-thr": 0.6, "tta": "flip"}',
+            [],
+            {"merge": "wbf", "merge_thr": 0.6, "tta": "flip"},
+        ),
+        ("", [], {"conf": 0.25, "tile": 1024, "full_frame": False, "model": None, "tta": "none"}),
+    ],
+)
 def test_command_line_wins_over_the_file_and_the_file_over_defaults(tmp_path, file_text, words, expected):
     path = tmp_path / "s.yaml"
     path.write_text(file_text)
@@ -130,70 +184,121 @@ def test_settings_decide_what_detect_finds(tmp_path, model, photo):
     assert r.returncode == 0, r.stderr
     only_bright = scores(tmp_path / "file")
     assert len(only_bright) == 1 and only_bright[0] > 0.8  # the file's conf
-    r = run("detect", photo, "--model", model, "--out", tmp_path / "cli", "--settings", settings, "--conf", 0.2)
+    r = run(
+        "detect", photo, "--model", model, "--out", tmp_path / "cli", "--settings", settings, "--conf", 0.2
+    )
     assert r.returncode == 0, r.stderr
     both = scores(tmp_path / "cli")
     assert len(both) == 2 and 0.2 < both[0] < 0.8  # the command line's conf finds the dull one too
-    r = run("detect", photo, "--model", model, "--out", tmp_path / "opts", "--tile", 256, "--overlap", 0,
-            "--conf", 0.2)
+    r = run(
+        "detect",
+        photo,
+        "--model",
+        model,
+        "--out",
+        tmp_path / "opts",
+        "--tile",
+        256,
+        "--overlap",
+        0,
+        "--conf",
+        0.2,
+    )
     assert r.returncode == 0, r.stderr
     assert scores(tmp_path / "opts") == both  # the file's tile and overlap are the options' own
 
 
 def test_json_settings_and_eval_records_need_no_pyyaml(tmp_path, model, photo):
-    record = {"detect_config": {"tile": 256}, "detect_settings": {"tile": 256, "overlap": 0, "conf": 0.8,
-                                                                  "full-frame": True}, "command": "edgetile detect ..."}
+    record = {
+        "detect_config": {"tile": 256},
+        "detect_settings": {"tile": 256, "overlap": 0, "conf": 0.8, "full-frame": True},
+        "command": "edgetile detect ...",
+    }
     files = {"plain.json": {"tile": 256, "overlap": 0, "conf": 0.8}, "best_detect.json": record}
     for name, doc in files.items():
         (tmp_path / name).write_text(json.dumps(doc))
-        r = run("detect", photo, "--model", model, "--out", tmp_path / name[:-5], "--settings", tmp_path / name,
-                cmd=EDGETILE_NO_YAML)
+        r = run(
+            "detect",
+            photo,
+            "--model",
+            model,
+            "--out",
+            tmp_path / name[:-5],
+            "--settings",
+            tmp_path / name,
+            cmd=EDGETILE_NO_YAML,
+        )
         assert r.returncode == 0, r.stderr
         assert len(scores(tmp_path / name[:-5])) == 1, name
     (tmp_path / "s.yaml").write_text("conf: 0.8\n")
-    r = run("detect", photo, "--model", model, "--out", tmp_path / "y", "--settings", tmp_path / "s.yaml",
-            cmd=EDGETILE_NO_YAML)
+    r = run(
+        "detect",
+        photo,
+        "--model",
+        model,
+        "--out",
+        tmp_path / "y",
+        "--settings",
+        tmp_path / "s.yaml",
+        cmd=EDGETILE_NO_YAML,
+    )
     assert r.returncode == 2
-    assert r.stderr.strip() == (f"edgetile detect: error: --settings {tmp_path / 's.yaml'}: reading YAML needs "
-                                "PyYAML, part of the serve extra (pip install 'edgetile[serve]'); a JSON settings "
-                                "file needs nothing more")
+    assert r.stderr.strip() == (
+        f"edgetile detect: error: --settings {tmp_path / 's.yaml'}: reading YAML needs "
+        "PyYAML, part of the serve extra (pip install 'edgetile[serve]'); a JSON settings "
+        "file needs nothing more"
+    )
 
 
 KNOWN = "backend, batch, conf, full-frame, iou, merge, merge-thr, model, model-weights, overlap, tile, tta"
 
 
-@pytest.mark.parametrize("content, words", [
-    # a value its option refuses, in the option's own words
-    ("conf: 2\n", "conf: expected a number in [0.0, 1.0] for --conf, found 2"),
-    ("tile: 16\n", "tile: expected an integer >= 32 for --tile, found 16"),
-    ("merge: union\n", "merge: expected one of ios, nms, nmm, wbf, found 'union'"),
-    ("model-weights: [1, -2]\n", "model-weights: expected a finite number > 0 for --model-weights, found -2"),
-    # a list where one value belongs, a number where true/false belongs
-    ("tta: [flip]\n", "tta: expected a single value, found ['flip']"),
-    ("full-frame: 1\n", "full-frame: expected true or false, found 1"),
-    # a key no option has: named, with the keys a file may hold
-    ("tiles: 512\n", f"unknown key 'tiles'; expected one of: {KNOWN}"),
-    # detect's other options stay on the command line
-    ("out: results\n", f"'out' is not a detection setting: give --out on the command line; a settings file holds: {KNOWN}"),
-    ("sources: [a.jpg]\n", "'sources' is not a detection setting: give SOURCE on the command line"),
-    ("read_ahead: 0\n", "'read_ahead' is not a detection setting: give --read-ahead on the command line"),
-    ("settings: other.yaml\n", "'settings' is not a detection setting"),
-    # one setting spelled both ways
-    ("merge-thr: 0.4\nmerge_thr: 0.5\n", "'merge-thr' given twice (as '-' and '_' spellings); expected it once"),
-    # not a mapping; not YAML; not JSON
-    ("- conf\n- 0.1\n", "expected a mapping of option names to values, found list"),
-    ("conf: [0.1\n", "not valid YAML"),
-    ('{"conf": 0.1,}', "not valid JSON: "),  # the json module's words for it vary by Python version
-    ("[1, 2]", "expected a mapping of option names to values, found list"),
-    # eval's record whose settings are not a mapping of detection options
-    ('{"detect_config": {}, "detect_settings": {"out": "x"}}', "'out' is not a detection setting"),
-    ('{"detect_config": {}, "detect_settings": ["--tile", "512"]}',
-     "detect_settings: expected a mapping of option names to values, found list"),
-    # unreadable: missing, a folder, binary
-    (None, "cannot read {path}: No such file or directory"),
-    ("DIR", "cannot read {path}: Is a directory"),
-    (b"\xff\xfe\x00c", "expected a UTF-8 text file of YAML or JSON, found binary data"),
-])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        # a value its option refuses, in the option's own words
+        ("conf: 2\n", "conf: expected a number in [0.0, 1.0] for --conf, found 2"),
+        ("tile: 16\n", "tile: expected an integer >= 32 for --tile, found 16"),
+        ("merge: union\n", "merge: expected one of ios, nms, nmm, wbf, found 'union'"),
+        (
+            "model-weights: [1, -2]\n",
+            "model-weights: expected a finite number > 0 for --model-weights, found -2",
+        ),
+        # a list where one value belongs, a number where true/false belongs
+        ("tta: [flip]\n", "tta: expected a single value, found ['flip']"),
+        ("full-frame: 1\n", "full-frame: expected true or false, found 1"),
+        # a key no option has: named, with the keys a file may hold
+        ("tiles: 512\n", f"unknown key 'tiles'; expected one of: {KNOWN}"),
+        # detect's other options stay on the command line
+        (
+            "out: results\n",
+            f"'out' is not a detection setting: give --out on the command line; a settings file holds: {KNOWN}",
+        ),
+        ("sources: [a.jpg]\n", "'sources' is not a detection setting: give SOURCE on the command line"),
+        ("read_ahead: 0\n", "'read_ahead' is not a detection setting: give --read-ahead on the command line"),
+        ("settings: other.yaml\n", "'settings' is not a detection setting"),
+        # one setting spelled both ways
+        (
+            "merge-thr: 0.4\nmerge_thr: 0.5\n",
+            "'merge-thr' given twice (as '-' and '_' spellings); expected it once",
+        ),
+        # not a mapping; not YAML; not JSON
+        ("- conf\n- 0.1\n", "expected a mapping of option names to values, found list"),
+        ("conf: [0.1\n", "not valid YAML"),
+        ('{"conf": 0.1,}', "not valid JSON: "),  # the json module's words for it vary by Python version
+        ("[1, 2]", "expected a mapping of option names to values, found list"),
+        # eval's record whose settings are not a mapping of detection options
+        ('{"detect_config": {}, "detect_settings": {"out": "x"}}', "'out' is not a detection setting"),
+        (
+            '{"detect_config": {}, "detect_settings": ["--tile", "512"]}',
+            "detect_settings: expected a mapping of option names to values, found list",
+        ),
+        # unreadable: missing, a folder, binary
+        (None, "cannot read {path}: No such file or directory"),
+        ("DIR", "cannot read {path}: Is a directory"),
+        (b"\xff\xfe\x00c", "expected a UTF-8 text file of YAML or JSON, found binary data"),
+    ],
+)
 def test_bad_settings_are_one_line_usage_errors(tmp_path, content, words):
     path = tmp_path / "s.yaml"
     if content == "DIR":

@@ -58,11 +58,14 @@ def test_runtime_api_per_version(version, implicit, memory_attr):
     assert api.label == ".".join(version.split(".")[:3])
 
 
-@pytest.mark.parametrize("version,message", [
-    ("8.4.3", "older than 8.5 .*JetPack 4.x is not supported"),  # no name-based tensor API
-    ("8.2.1", "older than 8.5"),  # JetPack 4.6
-    ("12.0.0", "newer than any version edgetile was written against"),
-])
+@pytest.mark.parametrize(
+    "version,message",
+    [
+        ("8.4.3", "older than 8.5 .*JetPack 4.x is not supported"),  # no name-based tensor API
+        ("8.2.1", "older than 8.5"),  # JetPack 4.6
+        ("12.0.0", "newer than any version edgetile was written against"),
+    ],
+)
 def test_runtime_api_refuses_unsupported_versions(version, message):
     with pytest.raises(BackendUnavailable, match=message):
         runtime_api(version)
@@ -85,7 +88,9 @@ def test_available_says_why_not_here():
 def test_auto_backend_for_an_engine_is_tensorrt_and_fails_with_the_reason(tmp_path):
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"plan")
-    with pytest.raises(BackendUnavailable, match="backend 'tensorrt' is not usable here: TensorRT is not installed"):
+    with pytest.raises(
+        BackendUnavailable, match="backend 'tensorrt' is not usable here: TensorRT is not installed"
+    ):
         create_backend("auto", engine)
 
 
@@ -93,9 +98,11 @@ def test_importing_the_backend_and_cuda_modules_loads_no_heavy_library():
     import subprocess
     import sys
 
-    code = ("import sys, edgetile.runtime.backends.tensorrt, edgetile.runtime.cuda.device, "
-            "edgetile.runtime.cuda.preprocess, edgetile.runtime.cuda.filter, edgetile.runtime.cuda.pipeline; "
-            "print(sorted(m for m in ('tensorrt', 'pycuda', 'torch', 'onnx', 'ultralytics') if m in sys.modules))")
+    code = (
+        "import sys, edgetile.runtime.backends.tensorrt, edgetile.runtime.cuda.device, "
+        "edgetile.runtime.cuda.preprocess, edgetile.runtime.cuda.filter, edgetile.runtime.cuda.pipeline; "
+        "print(sorted(m for m in ('tensorrt', 'pycuda', 'torch', 'onnx', 'ultralytics') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
@@ -107,10 +114,17 @@ def test_bench_gpu_exits_with_the_reason_where_it_cannot_run(tmp_path):
     from pathlib import Path
 
     bench = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_gpu.py"
-    out = subprocess.run([sys.executable, str(bench), "--engine", str(tmp_path / "m.engine")], capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(bench), "--engine", str(tmp_path / "m.engine")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 1
-    assert "bench_gpu: needs a CUDA GPU with TensorRT and pycuda; cannot run here: TensorRT is not installed" in out.stderr
+    assert (
+        "bench_gpu: needs a CUDA GPU with TensorRT and pycuda; cannot run here: TensorRT is not installed"
+        in out.stderr
+    )
 
 
 def test_bench_gpu_floor_counts_the_bytes_of_the_issues_case():
@@ -121,7 +135,8 @@ def test_bench_gpu_floor_counts_the_bytes_of_the_issues_case():
     from edgetile.runtime.tiling import plan_tiles
 
     spec = importlib.util.spec_from_file_location(
-        "bench_gpu", Path(__file__).resolve().parent.parent / "benchmarks" / "bench_gpu.py")
+        "bench_gpu", Path(__file__).resolve().parent.parent / "benchmarks" / "bench_gpu.py"
+    )
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     views = tile_views(plan_tiles(4000, 3000, 1024, 0.0), 1024, (1024, 1024), (4000, 3000))
@@ -147,20 +162,33 @@ def test_split_plan_reads_ultralytics_engines():
     assert plan == b"ftrt-the-plan" and found == meta
 
 
-@pytest.mark.parametrize("data", [
-    b"ftrt\x00\x01plain plan bytes",  # a plain plan
-    (20).to_bytes(4, "little") + b"not json at all......" + b"rest",  # a length, but no JSON after it
-    (10**9).to_bytes(4, "little") + b"{}",  # a length larger than the file
-    b"",
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"ftrt\x00\x01plain plan bytes",  # a plain plan
+        (20).to_bytes(4, "little") + b"not json at all......" + b"rest",  # a length, but no JSON after it
+        (10**9).to_bytes(4, "little") + b"{}",  # a length larger than the file
+        b"",
+    ],
+)
 def test_split_plan_leaves_plain_plans_alone(data):
     assert split_plan(data) == (data, None)
 
 
 def test_metadata_from_the_sidecar_is_what_model_info_reads():
-    meta = EngineMeta(tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7", precision="fp16",
-                      batch_min=1, batch_opt=8, batch_max=8, input_hw=(640, 512), names={0: "person", 1: "car"},
-                      source_sha256="ab" * 32, stride=32)
+    meta = EngineMeta(
+        tensorrt_version="10.3.0",
+        gpu_name="Orin",
+        compute_capability="8.7",
+        precision="fp16",
+        batch_min=1,
+        batch_opt=8,
+        batch_max=8,
+        input_hw=(640, 512),
+        names={0: "person", 1: "car"},
+        source_sha256="ab" * 32,
+        stride=32,
+    )
     backend = types.SimpleNamespace(metadata=metadata_from_sidecar(meta), input_shape=(None, 3, 640, 512))
     info = model_info(backend, "model.engine")
     assert info.names == {0: "person", 1: "car"} and info.input_hw == (640, 512) and info.stride == 32
@@ -168,7 +196,9 @@ def test_metadata_from_the_sidecar_is_what_model_info_reads():
 
 
 def test_metadata_from_ultralytics_json_is_what_model_info_reads():
-    md = metadata_from_ultralytics({"names": {"0": "person"}, "imgsz": [1024, 1024], "stride": 32, "task": "detect"})
+    md = metadata_from_ultralytics(
+        {"names": {"0": "person"}, "imgsz": [1024, 1024], "stride": 32, "task": "detect"}
+    )
     info = model_info(types.SimpleNamespace(metadata=md, input_shape=(4, 3, -1, -1)), "yolo.engine")
     assert info.names == {0: "person"} and info.input_hw == (1024, 1024) and info.batch == 4
 
@@ -197,8 +227,15 @@ class StandInTensorRT(types.SimpleNamespace):
         INPUT = 1
         OUTPUT = 2
 
-    def __init__(self, version: str, tensors: list[tuple], implicit_batch: bool = False, plan_ok: bool = True,
-                 refuse_shapes: bool = False, execute_ok: bool = True):
+    def __init__(
+        self,
+        version: str,
+        tensors: list[tuple],
+        implicit_batch: bool = False,
+        plan_ok: bool = True,
+        refuse_shapes: bool = False,
+        execute_ok: bool = True,
+    ):
         super().__init__(__version__=version)
         self.calls: list[tuple] = []
         major = int(version.split(".")[0])
@@ -271,9 +308,11 @@ class StandInTensorRT(types.SimpleNamespace):
         if major < 11:
             Engine.has_implicit_batch_dimension = implicit_batch if major < 10 else False
         if major < 10:
+
             def _binding_api(self, *a):
                 stand_in.calls.append(("binding API",))
                 return 0
+
             Engine.num_bindings = property(_binding_api)
             Engine.get_binding_index = _binding_api
 
@@ -298,8 +337,10 @@ class StandInTensorRT(types.SimpleNamespace):
 
 
 F, H = StandInTensorRT.DataType.FLOAT, StandInTensorRT.DataType.HALF
-DYNAMIC = [("images", "in", F, (-1, 3, 256, 256), ((1, 3, 256, 256), (8, 3, 256, 256), (8, 3, 256, 256))),
-           ("output0", "out", F, (-1, 5, 1024), None)]
+DYNAMIC = [
+    ("images", "in", F, (-1, 3, 256, 256), ((1, 3, 256, 256), (8, 3, 256, 256), (8, 3, 256, 256))),
+    ("output0", "out", F, (-1, 5, 1024), None),
+]
 FIXED_FP16 = [("images", "in", H, (4, 3, 320, 320), None), ("output0", "out", H, (4, 6, 1600), None)]
 VERSIONS = ["8.6.2", "10.3.0", "11.4.1"]
 
@@ -308,8 +349,13 @@ VERSIONS = ["8.6.2", "10.3.0", "11.4.1"]
 def test_engine_io_reads_tensors_by_name(version):
     trt = StandInTensorRT(version, DYNAMIC)
     io = engine_io(trt, trt.Engine(), runtime_api(version))
-    assert (io.input.name, io.input.dtype, io.input_hw, io.batch_min, io.batch_max) == ("images", np.float32,
-                                                                                           (256, 256), 1, 8)
+    assert (io.input.name, io.input.dtype, io.input_hw, io.batch_min, io.batch_max) == (
+        "images",
+        np.float32,
+        (256, 256),
+        1,
+        8,
+    )
     assert io.dynamic_batch and [o.name for o in io.outputs] == ["output0"]
     assert ("get_tensor_profile_shape", "images", 0) in trt.calls
     trt = StandInTensorRT(version, FIXED_FP16)
@@ -320,9 +366,18 @@ def test_engine_io_reads_tensors_by_name(version):
 
 ENGINE_ERRORS = [
     # (tensors, message)
-    ([DYNAMIC[0], ("mask", "in", F, (1, 1, 8, 8), None), DYNAMIC[1]], r"one image input, found 2: \['images', 'mask'\]"),
-    ([("images", "in", F, (1, 1, 256, 256), None), DYNAMIC[1]], r"expected shape \(B, 3, H, W\), found \(1, 1, 256, 256\)"),
-    ([DYNAMIC[0], ("ids", "out", StandInTensorRT.DataType.INT32, (-1, 100), None)], "tensor 'ids': expected float32 or float16"),
+    (
+        [DYNAMIC[0], ("mask", "in", F, (1, 1, 8, 8), None), DYNAMIC[1]],
+        r"one image input, found 2: \['images', 'mask'\]",
+    ),
+    (
+        [("images", "in", F, (1, 1, 256, 256), None), DYNAMIC[1]],
+        r"expected shape \(B, 3, H, W\), found \(1, 1, 256, 256\)",
+    ),
+    (
+        [DYNAMIC[0], ("ids", "out", StandInTensorRT.DataType.INT32, (-1, 100), None)],
+        "tensor 'ids': expected float32 or float16",
+    ),
     ([DYNAMIC[0]], "at least one output"),
 ]
 
@@ -350,8 +405,11 @@ def test_execution_binds_by_name_and_enqueues_v3(version):
     assert ex.nbytes("images") == 5 * 3 * 256 * 256 * 4 and ex.nbytes("output0") == 5 * 5 * 1024 * 4
     ex.enqueue(0x1000, {"output0": 0x2000}, 77)
     tail = trt.calls[-3:]
-    assert tail == [("set_tensor_address", "images", 0x1000), ("set_tensor_address", "output0", 0x2000),
-                    ("execute_async_v3", 77)]
+    assert tail == [
+        ("set_tensor_address", "images", 0x1000),
+        ("set_tensor_address", "output0", 0x2000),
+        ("execute_async_v3", 77),
+    ]
     assert ("set_input_shape", "images", (5, 3, 256, 256)) in trt.calls
     assert not any(c[0] in ("binding API", "execute_async_v2") for c in trt.calls)
 
@@ -368,7 +426,9 @@ def test_fixed_shape_engines_get_no_set_input_shape():
 def test_batch_outside_the_profile_is_refused_with_the_range():
     trt = StandInTensorRT("10.3.0", DYNAMIC)
     ex = EngineExecution(trt.Engine(), engine_io(trt, trt.Engine(), runtime_api("10.3.0")), "m.engine")
-    with pytest.raises(ValueError, match=r"engine m.engine accepts 1..8 views per call .* found 9; pass --batch 8"):
+    with pytest.raises(
+        ValueError, match=r"engine m.engine accepts 1..8 views per call .* found 9; pass --batch 8"
+    ):
         ex.set_batch(9)
 
 
@@ -383,7 +443,9 @@ def test_refused_shape_and_failed_execution_raise():
     log = ["ERROR: [executionContext.cpp::enqueueV3] Error Code 1: Cuda Runtime (out of memory)"]
     ex = EngineExecution(trt.Engine(), engine_io(trt, trt.Engine(), runtime_api("10.3.0")), "m.engine", log)
     ex.set_batch(2)
-    with pytest.raises(CudaError, match=r"m.engine: TensorRT execute_async_v3 failed: ERROR: .*out of memory"):
+    with pytest.raises(
+        CudaError, match=r"m.engine: TensorRT execute_async_v3 failed: ERROR: .*out of memory"
+    ):
         ex.enqueue(1, {"output0": 2}, 3)
     with pytest.raises(RuntimeError, match="set_batch must be called"):
         EngineExecution(trt.Engine(), ex.io).enqueue(1, {"output0": 2}, 3)
@@ -408,15 +470,24 @@ def test_deserialize_sets_the_dla_core_first_and_reports_tensorrts_reason():
     names = [c[0] for c in trt.calls]
     assert names.index("DLA_core") < names.index("deserialize_cuda_engine") and runtime.DLA_core == 1
     bad = StandInTensorRT("10.3.0", DYNAMIC, plan_ok=False)
-    with pytest.raises(ValueError, match="m.engine: TensorRT 10.3.0 could not deserialize this engine: ERROR: "
-                                         "Serialization assertion failed"):
+    with pytest.raises(
+        ValueError,
+        match="m.engine: TensorRT 10.3.0 could not deserialize this engine: ERROR: "
+        "Serialization assertion failed",
+    ):
         deserialize(bad, b"plan", make_logger(bad), None, "m.engine")
 
 
 # --- the real thing (GPU, TensorRT, pycuda) ----------------------------------------------------------
 
-PEOPLE = [(490, 100, 530, 180), (370, 300, 400, 360), (600, 470, 640, 530), (1270, 480, 1300, 560),
-          (100, 700, 160, 730), (1440, 940, 1500, 1000)]
+PEOPLE = [
+    (490, 100, 530, 180),
+    (370, 300, 400, 360),
+    (600, 470, 640, 530),
+    (1270, 480, 1300, 560),
+    (100, 700, 160, 730),
+    (1440, 940, 1500, 1000),
+]
 
 
 @pytest.fixture(scope="module")
@@ -431,8 +502,12 @@ def engines(tmp_path_factory):
     quiet = lambda *_: None  # noqa: E731
     out = {
         "onnx": dyn,
-        "fp32": build_engine(dyn, d / "fp32.engine", EngineRequest(precision="fp32", batch_max=8), log=quiet).path,
-        "fp16": build_engine(dyn, d / "fp16.engine", EngineRequest(precision="fp16", batch_max=8), log=quiet).path,
+        "fp32": build_engine(
+            dyn, d / "fp32.engine", EngineRequest(precision="fp32", batch_max=8), log=quiet
+        ).path,
+        "fp16": build_engine(
+            dyn, d / "fp16.engine", EngineRequest(precision="fp16", batch_max=8), log=quiet
+        ).path,
         "fixed": build_engine(fixed, d / "fixed.engine", EngineRequest(precision="fp32"), log=quiet).path,
     }
     return out
@@ -460,7 +535,9 @@ def test_detector_on_tensorrt_finds_what_the_cpu_path_finds(engines, kind, gpu_p
     from edgetile.runtime.detector import DetectConfig, Detector
 
     image = scene_with_people(1500, 1000, PEOPLE, seed=3)
-    cfg = DetectConfig(tile=512, overlap=0.25, batch=4 if kind == "fixed" else 5, tta=("flip",), full_frame=True)
+    cfg = DetectConfig(
+        tile=512, overlap=0.25, batch=4 if kind == "fixed" else 5, tta=("flip",), full_frame=True
+    )
     backend = TensorRTBackend(engines[kind], gpu_preprocess=gpu_preprocess)
     assert (backend.infer_views is not None) == gpu_preprocess
     with Detector(engines["onnx"], config=cfg) as cpu, Detector(backend, config=cfg) as gpu:
@@ -478,8 +555,11 @@ def test_detector_on_tensorrt_finds_what_the_cpu_path_finds(engines, kind, gpu_p
     for box in want.xyxy[want.scores > 0.6]:
         iw = np.clip(np.minimum(box[2], got.xyxy[:, 2]) - np.maximum(box[0], got.xyxy[:, 0]), 0, None)
         ih = np.clip(np.minimum(box[3], got.xyxy[:, 3]) - np.maximum(box[1], got.xyxy[:, 1]), 0, None)
-        union = (box[2] - box[0]) * (box[3] - box[1]) + (got.xyxy[:, 2] - got.xyxy[:, 0]) * (
-            got.xyxy[:, 3] - got.xyxy[:, 1]) - iw * ih
+        union = (
+            (box[2] - box[0]) * (box[3] - box[1])
+            + (got.xyxy[:, 2] - got.xyxy[:, 0]) * (got.xyxy[:, 3] - got.xyxy[:, 1])
+            - iw * ih
+        )
         assert (iw * ih / union).max() > 0.9, box
 
 

@@ -41,8 +41,9 @@ def test_edge_windows_shift_inward_to_the_border(w, h, tile, overlap):
 def test_same_windows_as_sahi(w, h, tile, overlap):
     slicing = pytest.importorskip("sahi.slicing", reason="SAHI is the oracle for the slice layout")
     ours = sorted(map(tuple, plan_tiles(w, h, tile, overlap).tolist()))
-    theirs = slicing.get_slice_bboxes(h, w, slice_height=tile, slice_width=tile,
-                                      overlap_height_ratio=overlap, overlap_width_ratio=overlap)
+    theirs = slicing.get_slice_bboxes(
+        h, w, slice_height=tile, slice_width=tile, overlap_height_ratio=overlap, overlap_width_ratio=overlap
+    )
     assert ours == sorted(map(tuple, theirs))
 
 

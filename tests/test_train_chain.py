@@ -18,23 +18,54 @@ from edgetile.train.synth import SceneConfig, write_dataset
 from edgetile.train.tiles import read_manifest
 
 EDGETILE = [sys.executable, "-c", "import sys; from edgetile.runtime.cli import main; sys.exit(main())"]
-SMALL = SceneConfig(width=512, height=384, people=(2, 4), person_px=(16, 48), rocks=(1, 3), logs=(1, 2), bushes=(1, 4))
-TINY_TRAIN = ["--model", "yolov8n.yaml", "--imgsz", 64, "--epochs", 1, "--batch", 4, "--workers", 0, "--device", "cpu",
-              "--set", "plots=false", "amp=false"]
+SMALL = SceneConfig(
+    width=512, height=384, people=(2, 4), person_px=(16, 48), rocks=(1, 3), logs=(1, 2), bushes=(1, 4)
+)
+TINY_TRAIN = [
+    "--model",
+    "yolov8n.yaml",
+    "--imgsz",
+    64,
+    "--epochs",
+    1,
+    "--batch",
+    4,
+    "--workers",
+    0,
+    "--device",
+    "cpu",
+    "--set",
+    "plots=false",
+    "amp=false",
+]
 
 
 def run(*args, cwd=None):
     env = {**os.environ, "YOLO_OFFLINE": "1"}  # no weights or fonts can be downloaded here
-    return subprocess.run([*EDGETILE, *map(str, args)], capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
+    return subprocess.run(
+        [*EDGETILE, *map(str, args)], capture_output=True, text=True, timeout=600, cwd=cwd, env=env
+    )
 
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     root = tmp_path_factory.mktemp("chain")
     photos = write_dataset(root / "photos", 8, seed=21, config=SMALL)
-    tiles = run("dataset", "tiles", photos, "--out", root / "tiles", "--tile", 256, "--folds", 3, "--negatives", 3)
-    train = run("train", "--data", root / "tiles" / "data.yaml", "--fold", 1, *TINY_TRAIN,
-                "--project", root / "runs", "--name", "t")
+    tiles = run(
+        "dataset", "tiles", photos, "--out", root / "tiles", "--tile", 256, "--folds", 3, "--negatives", 3
+    )
+    train = run(
+        "train",
+        "--data",
+        root / "tiles" / "data.yaml",
+        "--fold",
+        1,
+        *TINY_TRAIN,
+        "--project",
+        root / "runs",
+        "--name",
+        "t",
+    )
     return root, tiles, train
 
 
@@ -53,7 +84,10 @@ def test_one_epoch_training_exports_an_onnx_the_runtime_runs_within_budget(chain
     assert summary["data"].endswith(str(Path("folds") / "fold1.yaml")) and summary["fold"] == 1
     assert summary["within_budget"] and summary["budget_mb"] == 100
     mib = 1024 * 1024
-    assert summary["sizes_mb"] == {"best.pt": best.stat().st_size / mib, "best.onnx": onnx.stat().st_size / mib}
+    assert summary["sizes_mb"] == {
+        "best.pt": best.stat().st_size / mib,
+        "best.onnx": onnx.stat().st_size / mib,
+    }
     # The prediction made before training is close to the real files.
     assert summary["predicted_mb"]["checkpoint"] == pytest.approx(best.stat().st_size / mib, rel=0.02)
     assert summary["predicted_mb"]["onnx"] == pytest.approx(onnx.stat().st_size / mib, rel=0.05)
@@ -67,8 +101,21 @@ def test_hard_negatives_from_the_trained_checkpoint(chain):
     root, _, train = chain
     assert train.returncode == 0
     best = root / "runs" / "t" / "weights" / "best.pt"
-    r = run("dataset", "tiles", root / "photos", "--out", root / "hard", "--tile", 256, "--negatives", 2,
-            "--hard-negatives", best, "--hard-conf", 0.001)
+    r = run(
+        "dataset",
+        "tiles",
+        root / "photos",
+        "--out",
+        root / "hard",
+        "--tile",
+        256,
+        "--negatives",
+        2,
+        "--hard-negatives",
+        best,
+        "--hard-conf",
+        0.001,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     hard = [row for row in read_manifest(root / "hard" / "manifest.csv") if row["kind"] == "hard-negative"]
     assert len(hard) == 2
@@ -79,22 +126,56 @@ def test_full_photo_evaluation_of_the_trained_model(chain):
     root, _, train = chain
     assert train.returncode == 0
     out = root / "eval"
-    r = run("eval", "--model", root / "runs" / "t" / "weights" / "best.onnx", "--data", root / "photos",
-            "--tile", 256, "--out", out, "--sweep", "--sweep-conf", "0.01,0.05", "--sweep-merge", "ios",
-            "--sweep-merge-thr", "0.5")
+    r = run(
+        "eval",
+        "--model",
+        root / "runs" / "t" / "weights" / "best.onnx",
+        "--data",
+        root / "photos",
+        "--tile",
+        256,
+        "--out",
+        out,
+        "--sweep",
+        "--sweep-conf",
+        "0.01,0.05",
+        "--sweep-merge",
+        "ios",
+        "--sweep-merge-thr",
+        "0.5",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((out / "metrics.json").read_text())
     assert m["photos"] == 8 and m["gt_boxes"] > 8
     for k in ("map50", "map75", "map50_95", "lacmus_ap50", "lacmus_f1", "recall", "precision"):
-        assert m[k] is None or 0.0 <= m[k] <= 1.0  # an untrained model scores near 0; the chain is what is tested
+        assert (
+            m[k] is None or 0.0 <= m[k] <= 1.0
+        )  # an untrained model scores near 0; the chain is what is tested
     assert (out / "pr_curve.png").is_file() and (out / "best_detect.json").is_file()
 
 
 def test_budget_refusal_before_training_names_the_largest_model_that_fits(tmp_path, chain):
     root = chain[0]
     t0 = time.perf_counter()
-    r = run("train", "--data", root / "tiles" / "data.yaml", "--model", "yolov8x.yaml", "--export", "none",
-            "--budget-mb", 100, "--epochs", 1, "--imgsz", 64, "--device", "cpu", "--project", tmp_path / "runs")
+    r = run(
+        "train",
+        "--data",
+        root / "tiles" / "data.yaml",
+        "--model",
+        "yolov8x.yaml",
+        "--export",
+        "none",
+        "--budget-mb",
+        100,
+        "--epochs",
+        1,
+        "--imgsz",
+        64,
+        "--device",
+        "cpu",
+        "--project",
+        tmp_path / "runs",
+    )
     seconds = time.perf_counter() - t0
     assert r.returncode == 2, r.stderr[-2000:]
     line = [x for x in r.stderr.splitlines() if "refused" in x]

@@ -22,7 +22,9 @@ from onnx_models import red_blob_model
 # As the console script runs it (not `python -m edgetile.runtime.cli`, whose __main__ copy of the module
 # has its own UsageError class that the subcommands' errors do not match).
 EDGETILE = [sys.executable, "-c", "import sys; from edgetile.runtime.cli import main; sys.exit(main())"]
-SMALL = SceneConfig(width=512, height=384, people=(2, 4), person_px=(16, 48), rocks=(1, 3), logs=(1, 2), bushes=(1, 4))
+SMALL = SceneConfig(
+    width=512, height=384, people=(2, 4), person_px=(16, 48), rocks=(1, 3), logs=(1, 2), bushes=(1, 4)
+)
 
 
 def run(*args):
@@ -58,9 +60,13 @@ def photo_of(image, boxes, pid="p", split="train"):
 
 def test_tiles_follow_the_runtime_layout_and_negatives_never_touch_a_person(tmp_path):
     yy, xx = np.mgrid[0:300, 0:500]
-    image = np.stack([xx * 255 // 500, yy * 255 // 300, (xx + yy) * 255 // 800], -1).astype(np.uint8)  # smooth: JPEG-safe
+    image = np.stack([xx * 255 // 500, yy * 255 // 300, (xx + yy) * 255 // 800], -1).astype(
+        np.uint8
+    )  # smooth: JPEG-safe
     boxes = [(20, 20, 40, 60), (230, 100, 260, 150)]  # the second straddles windows
-    rows = cut_tiles([photo_of(image, boxes)], tmp_path, tile=128, overlap=0.25, min_visible=0.5, negatives=3, seed=1)
+    rows = cut_tiles(
+        [photo_of(image, boxes)], tmp_path, tile=128, overlap=0.25, min_visible=0.5, negatives=3, seed=1
+    )
     windows = plan_tiles(500, 300, 128, 0.25)
     pos = [r for r in rows if r["kind"] == "positive"]
     neg = [r for r in rows if r["kind"] == "negative"]
@@ -70,16 +76,23 @@ def test_tiles_follow_the_runtime_layout_and_negatives_never_touch_a_person(tmp_
         assert [r["x0"], r["y0"], r["x1"], r["y1"]] == win.tolist()  # the runtime's windows, exactly
         tile = cv2.imread(str(tmp_path / "images" / "train" / f"{r['tile']}.jpg"))
         assert tile.shape == (128, 128, 3)
-        assert np.abs(tile.astype(int) - image[win[1]:win[3], win[0]:win[2]].astype(int)).mean() < 3  # JPEG
+        assert (
+            np.abs(tile.astype(int) - image[win[1] : win[3], win[0] : win[2]].astype(int)).mean() < 3
+        )  # JPEG
         labels = (tmp_path / "labels" / "train" / f"{r['tile']}.txt").read_text().split("\n")
         kept, _ = window_boxes(np.array(boxes, np.float32), np.zeros(2), win, 0.5)
         assert len([x for x in labels if x]) == len(kept) == r["boxes"]
         if r["kind"] == "negative":
             b = np.array(boxes)
-            assert not np.any((b[:, 0] < win[2]) & (b[:, 2] > win[0]) & (b[:, 1] < win[3]) & (b[:, 3] > win[1]))
+            assert not np.any(
+                (b[:, 0] < win[2]) & (b[:, 2] > win[0]) & (b[:, 1] < win[3]) & (b[:, 3] > win[1])
+            )
     # Every window with a visible-enough box is a positive tile.
-    expected_pos = [i for i, w in enumerate(windows) if len(window_boxes(np.array(boxes, np.float32), np.zeros(2), w,
-                                                                          0.5)[0])]
+    expected_pos = [
+        i
+        for i, w in enumerate(windows)
+        if len(window_boxes(np.array(boxes, np.float32), np.zeros(2), w, 0.5)[0])
+    ]
     assert sorted(r["window"] for r in pos) == expected_pos
 
 
@@ -88,18 +101,31 @@ def test_hard_negatives_rank_empty_windows_by_the_models_confidence(tmp_path):
     image = np.full((256, 512, 3), (60, 110, 70), np.uint8)
     image[16:24, 16:24] = (0, 0, 255)  # the annotated person
     image[136:144, 400:408] = (0, 0, 255)  # a red rock: what a first model mistakes for a person
-    ds = Dataset([AnnotatedPhoto(_png(tmp_path / "a.png", image), 512, 256, np.array([[16, 16, 24, 24]]), np.zeros(1))],
-                 ["person"])
-    report = build_tile_dataset(ds, tmp_path / "hard", TileOptions(tile=128, overlap=0.0, negatives=1),
-                                val_fraction=0.0, hard_negatives=model, hard_conf=0.1)
+    ds = Dataset(
+        [
+            AnnotatedPhoto(
+                _png(tmp_path / "a.png", image), 512, 256, np.array([[16, 16, 24, 24]]), np.zeros(1)
+            )
+        ],
+        ["person"],
+    )
+    report = build_tile_dataset(
+        ds,
+        tmp_path / "hard",
+        TileOptions(tile=128, overlap=0.0, negatives=1),
+        val_fraction=0.0,
+        hard_negatives=model,
+        hard_conf=0.1,
+    )
     rows = read_manifest(tmp_path / "hard" / "manifest.csv")
     neg = [r for r in rows if r["kind"] == "hard-negative"]
     assert len(neg) == 1 and report.negatives == 1
     assert (int(neg[0]["x0"]), int(neg[0]["y0"])) == (384, 128)  # the window holding the red rock
     assert float(neg[0]["score"]) > 0.9
     # Random negatives would pick some other window most of the time; the rank is the model's.
-    rand = build_tile_dataset(ds, tmp_path / "rand", TileOptions(tile=128, overlap=0.0, negatives=1, seed=3),
-                              val_fraction=0.0)
+    rand = build_tile_dataset(
+        ds, tmp_path / "rand", TileOptions(tile=128, overlap=0.0, negatives=1, seed=3), val_fraction=0.0
+    )
     assert rand.negatives == 1
 
 

@@ -45,15 +45,23 @@ def voc(tmp_path_factory):
     root = tmp_path_factory.mktemp("voc")
     (root / "JPEGImages").mkdir()
     (root / "Annotations").mkdir()
-    layouts = [[(12, 12, 28, 28), (100, 60, 116, 76)], [(92, 100, 108, 116), (196, 28, 212, 44)], [],
-               [(36, 180, 52, 196), (228, 124, 244, 140), (276, 20, 292, 36)]]
+    layouts = [
+        [(12, 12, 28, 28), (100, 60, 116, 76)],
+        [(92, 100, 108, 116), (196, 28, 212, 44)],
+        [],
+        [(36, 180, 52, 196), (228, 124, 244, 140), (276, 20, 292, 36)],
+    ]
     for i, people in enumerate(layouts):
         scene(root / "JPEGImages" / f"p{i}.png", people)
-        objs = "".join(f"<object><name>person</name><bndbox><xmin>{a}</xmin><ymin>{b}</ymin><xmax>{c}</xmax>"
-                       f"<ymax>{d}</ymax></bndbox></object>" for a, b, c, d in people)
+        objs = "".join(
+            f"<object><name>person</name><bndbox><xmin>{a}</xmin><ymin>{b}</ymin><xmax>{c}</xmax>"
+            f"<ymax>{d}</ymax></bndbox></object>"
+            for a, b, c, d in people
+        )
         (root / "Annotations" / f"p{i}.xml").write_text(
             f"<annotation><filename>p{i}.png</filename><size><width>320</width><height>240</height></size>"
-            f"{objs}</annotation>")
+            f"{objs}</annotation>"
+        )
     return root
 
 
@@ -68,12 +76,19 @@ def test_sweep_runs_the_model_once_per_batch_and_scores_every_setting(model, voc
     assert 0 < res.model_runs <= 4 * 3  # identical batches (the empty photo's) may even share one run
     # Every row agrees with a real Detector run with that setting, scored from scratch.
     for row in (res.rows[0], res.rows[-1], res.best):
-        cfg = DetectConfig(tile=128, overlap=0.25, batch=4, conf=min(grid.confs), merge=row["merge"],
-                           merge_thr=row["merge_thr"])
+        cfg = DetectConfig(
+            tile=128,
+            overlap=0.25,
+            batch=4,
+            conf=min(grid.confs),
+            merge=row["merge"],
+            merge_thr=row["merge_thr"],
+        )
         with Detector(str(model), config=cfg) as det:
             direct = evaluate(det, ds, score_thr=row["conf"])
         assert (direct.recall, direct.precision, direct.map50) == pytest.approx(
-            (row["recall"], row["precision"], row["map50"]))
+            (row["recall"], row["precision"], row["map50"])
+        )
     assert res.best["f1"] == max(r["f1"] for r in res.rows)
     assert res.config.merge == res.best["merge"] and res.config.conf == res.best["conf"]
 
@@ -83,14 +98,34 @@ def test_min_recall_puts_recall_first(model, voc):
     grid = SweepGrid(confs=(0.05, 0.5, 0.99, 1.0), merges=("ios",), merge_thrs=(0.5,))
     res = sweep([model], ds, DetectConfig(tile=128, overlap=0.25), grid, min_recall=1.0)
     assert res.best["recall"] == 1.0
-    impossible = sweep([model], ds, DetectConfig(tile=128, overlap=0.25), grid, min_recall=1.0, objective="map50")
+    impossible = sweep(
+        [model], ds, DetectConfig(tile=128, overlap=0.25), grid, min_recall=1.0, objective="map50"
+    )
     assert impossible.best["recall"] == 1.0 and impossible.objective == "map50"
 
 
 def test_eval_cli_writes_metrics_curve_and_detect_settings_detect_accepts(tmp_path, model, voc):
     out = tmp_path / "ev"
-    r = run("eval", "--model", model, "--data", voc, "--tile", 128, "--overlap", 0.25, "--out", out, "--sweep",
-            "--sweep-conf", "0.05,0.5", "--sweep-merge", "ios,wbf", "--sweep-merge-thr", "0.4,0.6")
+    r = run(
+        "eval",
+        "--model",
+        model,
+        "--data",
+        voc,
+        "--tile",
+        128,
+        "--overlap",
+        0.25,
+        "--out",
+        out,
+        "--sweep",
+        "--sweep-conf",
+        "0.05,0.5",
+        "--sweep-merge",
+        "ios,wbf",
+        "--sweep-merge-thr",
+        "0.4,0.6",
+    )
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "metrics.json").read_text())
     assert m["recall"] == 1.0 and m["gt_boxes"] == 7 and m["photos"] == 4
@@ -113,7 +148,10 @@ def test_eval_cli_writes_metrics_curve_and_detect_settings_detect_accepts(tmp_pa
     header = yaml_path.read_text().split("\n# ")
     assert any(line.startswith(f"data: {voc}") and "4 photo(s)" in line for line in header)
     assert any(line.startswith("objective: f1, min recall: none; 8 settings tried") for line in header)
-    assert f"detect with: edgetile detect PHOTOS --model {model} --out results --settings {yaml_path}" in r.stderr
+    assert (
+        f"detect with: edgetile detect PHOTOS --model {model} --out results --settings {yaml_path}"
+        in r.stderr
+    )
     assert f"settings: {yaml_path}" in r.stderr
 
 
@@ -141,8 +179,22 @@ def test_pseudo_label_keeps_only_confident_photos(tmp_path, model):
     scene(photos / "empty.png", [])
     (photos / "broken.png").write_bytes(b"nope")
     out = tmp_path / "extra"
-    r = run("pseudo-label", photos, "--model", model, "--tile", 128, "--overlap", 0, "--out", out, "--conf", 0.8,
-            "--ambiguous", 0.2)
+    r = run(
+        "pseudo-label",
+        photos,
+        "--model",
+        model,
+        "--tile",
+        128,
+        "--overlap",
+        0,
+        "--out",
+        out,
+        "--conf",
+        0.8,
+        "--ambiguous",
+        0.2,
+    )
     assert r.returncode == 1, r.stderr  # the broken photo
     assert "broken.png" in r.stderr and "1 photo(s) kept with 2 box(es)" in r.stderr
     ds = load_dataset(out)
@@ -153,9 +205,24 @@ def test_pseudo_label_keeps_only_confident_photos(tmp_path, model):
     rows = (out / "pseudo_labels.csv").read_text().splitlines()
     assert rows[0].startswith("photo,source,class") and len(rows) == 3
     # --min-boxes 0 keeps the confidently empty photo as a negative; --ambiguous = --conf turns the grey zone off.
-    r = run("pseudo-label", photos, "--model", model, "--tile", 128, "--overlap", 0, "--out", tmp_path / "x2",
-            "--conf", 0.8,
-            "--ambiguous", 0.8, "--min-boxes", 0)
+    r = run(
+        "pseudo-label",
+        photos,
+        "--model",
+        model,
+        "--tile",
+        128,
+        "--overlap",
+        0,
+        "--out",
+        tmp_path / "x2",
+        "--conf",
+        0.8,
+        "--ambiguous",
+        0.8,
+        "--min-boxes",
+        0,
+    )
     kept = {p.photo_id for p in load_dataset(tmp_path / "x2").photos}
     assert kept == {"sure", "unsure", "empty"}
 

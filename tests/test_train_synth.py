@@ -7,7 +7,9 @@ import pytest
 
 from edgetile.train.synth import SceneConfig, make_scene
 
-CFG = SceneConfig(width=640, height=480, people=(3, 6), person_px=(20, 60), rocks=(5, 10), logs=(2, 4), bushes=(5, 10))
+CFG = SceneConfig(
+    width=640, height=480, people=(3, 6), person_px=(20, 60), rocks=(5, 10), logs=(2, 4), bushes=(5, 10)
+)
 
 
 def test_a_scene_is_a_pure_function_of_its_seed():
@@ -37,7 +39,11 @@ def test_people_are_inside_the_photo_and_of_the_asked_size():
 def test_negatives_and_bad_configs():
     empty = SceneConfig(width=320, height=240, empty_fraction=1.0, rocks=(1, 2), logs=(1, 2), bushes=(1, 2))
     assert len(make_scene(3, empty).boxes) == 0
-    for kw, words in [({"width": 10}, "at least 64"), ({"people": (3, 1)}, "0 <= lo <= hi"),
-                      ({"person_px": (4, 10)}, "at least 8 px"), ({"seasons": ("monsoon",)}, "expected some of")]:
+    for kw, words in [
+        ({"width": 10}, "at least 64"),
+        ({"people": (3, 1)}, "0 <= lo <= hi"),
+        ({"person_px": (4, 10)}, "at least 8 px"),
+        ({"seasons": ("monsoon",)}, "expected some of"),
+    ]:
         with pytest.raises(ValueError, match=words):
             SceneConfig(**kw)

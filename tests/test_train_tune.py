@@ -16,8 +16,23 @@ from edgetile.train.training import load_hyp
 from edgetile.train.tuning import KNOWN_BOUNDS, TuneOptions, parse_space, tune
 
 EDGETILE = [sys.executable, "-c", "import sys; from edgetile.runtime.cli import main; sys.exit(main())"]
-SMALL = SceneConfig(width=512, height=384, people=(2, 4), person_px=(16, 48), rocks=(1, 3), logs=(1, 2), bushes=(1, 4))
-TINY = ["--model", "yolov8n.yaml", "--imgsz", 64, "--epochs", 1, "--batch", 4, "--workers", 0, "--device", "cpu"]
+SMALL = SceneConfig(
+    width=512, height=384, people=(2, 4), person_px=(16, 48), rocks=(1, 3), logs=(1, 2), bushes=(1, 4)
+)
+TINY = [
+    "--model",
+    "yolov8n.yaml",
+    "--imgsz",
+    64,
+    "--epochs",
+    1,
+    "--batch",
+    4,
+    "--workers",
+    0,
+    "--device",
+    "cpu",
+]
 
 
 def run(*args):
@@ -64,13 +79,28 @@ def test_hyp_file_must_hold_training_arguments(tmp_path):
 def tiles(tmp_path_factory):
     root = tmp_path_factory.mktemp("tune")
     photos = write_dataset(root / "photos", 6, seed=41, config=SMALL)
-    return build_tile_dataset(photos, root / "tiles", TileOptions(tile=256, negatives=2), val_fraction=0.34).data_yaml
+    return build_tile_dataset(
+        photos, root / "tiles", TileOptions(tile=256, negatives=2), val_fraction=0.34
+    ).data_yaml
 
 
 def test_genetic_tune_writes_csv_and_best_yaml_that_train_hyp_accepts(tmp_path, tiles):
     out = tmp_path / "tune"
     space = ["lr0=0.001:0.01", "momentum", "cls=0.3:3"]
-    r = run("tune", "--data", tiles, *TINY, "--iterations", 2, "--space", *space, "--out", out, "--set", "amp=false")
+    r = run(
+        "tune",
+        "--data",
+        tiles,
+        *TINY,
+        "--iterations",
+        2,
+        "--space",
+        *space,
+        "--out",
+        out,
+        "--set",
+        "amp=false",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     with open(out / "tune_results.csv") as f:
         rows = list(csv.DictReader(f))
@@ -83,14 +113,33 @@ def test_genetic_tune_writes_csv_and_best_yaml_that_train_hyp_accepts(tmp_path, 
     assert "metrics/mAP50-95(B)" in rows[0]
     best = yaml.safe_load((out / "best_hyperparameters.yaml").read_text())
     top = max(rows, key=lambda x: float(x["fitness"]))
-    assert best == {"lr0": float(top["lr0"]), "momentum": float(top["momentum"]), "cls": float(top["cls"]),
-                    "optimizer": "AdamW"}
+    assert best == {
+        "lr0": float(top["lr0"]),
+        "momentum": float(top["momentum"]),
+        "cls": float(top["cls"]),
+        "optimizer": "AdamW",
+    }
     # A second search into the same folder is refused, not numbered elsewhere.
     with pytest.raises(ValueError, match="--resume"):
         tune(tiles, TuneOptions(out=str(out), iterations=1))
     # train --hyp takes the file, and Ultralytics trains with exactly those values.
-    t = run("train", "--data", tiles, *TINY, "--hyp", out / "best_hyperparameters.yaml", "--export", "none",
-            "--project", tmp_path / "runs", "--name", "hyp", "--set", "plots=false", "amp=false")
+    t = run(
+        "train",
+        "--data",
+        tiles,
+        *TINY,
+        "--hyp",
+        out / "best_hyperparameters.yaml",
+        "--export",
+        "none",
+        "--project",
+        tmp_path / "runs",
+        "--name",
+        "hyp",
+        "--set",
+        "plots=false",
+        "amp=false",
+    )
     assert t.returncode == 0, t.stderr[-3000:]
     args = yaml.safe_load((tmp_path / "runs" / "hyp" / "args.yaml").read_text())
     assert {k: args[k] for k in best} == best

@@ -63,8 +63,10 @@ def _architecture(model: str | Path) -> tuple[dict, str]:
         try:
             return yaml_model_load(m), Path(m).name
         except FileNotFoundError:
-            raise ValueError(f"--model: expected a model YAML such as yolov8s.yaml or a .pt file, found {m!r} "
-                             "(no such file, and Ultralytics has no model of that name)") from None
+            raise ValueError(
+                f"--model: expected a model YAML such as yolov8s.yaml or a .pt file, found {m!r} "
+                "(no such file, and Ultralytics has no model of that name)"
+            ) from None
     if m.endswith(".pt"):
         p = Path(m)
         if not p.is_file():
@@ -74,7 +76,9 @@ def _architecture(model: str | Path) -> tuple[dict, str]:
         net, _ = load_checkpoint(str(p), device="cpu")
         yaml = getattr(net, "yaml", None)
         if not isinstance(yaml, dict):
-            raise ValueError(f"--model: {m} holds no model architecture (no 'yaml' in the checkpoint's model)")
+            raise ValueError(
+                f"--model: {m} holds no model architecture (no 'yaml' in the checkpoint's model)"
+            )
         return copy.deepcopy(yaml), p.name
     raise ValueError(f"--model: expected a model YAML (e.g. yolov8s.yaml) or a .pt checkpoint, found {m!r}")
 
@@ -134,8 +138,9 @@ def estimate_sizes(model: str | Path, nc: int, imgsz: int = 640) -> tuple[SizeEs
     return own, family
 
 
-def check_budget_before_training(model: str | Path, nc: int, budget_mb: float, onnx: bool = False,
-                                 imgsz: int = 640) -> SizeEstimate:
+def check_budget_before_training(
+    model: str | Path, nc: int, budget_mb: float, onnx: bool = False, imgsz: int = 640
+) -> SizeEstimate:
     """Refuse a model whose trained files would exceed the budget, naming the largest one that fits.
 
     Args:
@@ -160,11 +165,15 @@ def check_budget_before_training(model: str | Path, nc: int, budget_mb: float, o
     fits = [e for e in family if e.largest_mb(onnx) <= budget_mb]
     sizes = ", ".join(f"{e.name} {e.largest_mb(onnx):.1f} MB" for e in family)
     if fits:
-        advice = f"the largest of its family that fits is {fits[-1].name} ({fits[-1].largest_mb(onnx):.1f} MB)"
+        advice = (
+            f"the largest of its family that fits is {fits[-1].name} ({fits[-1].largest_mb(onnx):.1f} MB)"
+        )
     elif family:
         advice = "no model of its family fits; raise --budget-mb knowingly"
     else:
-        advice = "its architecture has no smaller scales; choose a smaller model or raise --budget-mb knowingly"
+        advice = (
+            "its architecture has no smaller scales; choose a smaller model or raise --budget-mb knowingly"
+        )
     raise BudgetError(
         f"--model {own.name}: {what} would be {own.largest_mb(onnx):.1f} MB ({own.params / 1e6:.1f} M parameters), "
         f"over the weight budget of {budget_mb:g} MB; {advice}" + (f" [{sizes}]" if family else "")

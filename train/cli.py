@@ -52,60 +52,121 @@ def _key_values(items: list[str] | None, option: str) -> dict[str, object]:
 
 def register_dataset(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """`edgetile dataset tiles SRC --out DIR`."""
-    p = subparsers.add_parser("dataset", help="make training datasets from annotated photos (dataset tiles)",
-                              description="Make training datasets from annotated full-size photos.")
+    p = subparsers.add_parser(
+        "dataset",
+        help="make training datasets from annotated photos (dataset tiles)",
+        description="Make training datasets from annotated full-size photos.",
+    )
     sub = p.add_subparsers(dest="dataset_command", metavar="SUBCOMMAND")
     p.set_defaults(func=_dataset_needs_subcommand)
     t = sub.add_parser(
-        "tiles", help="cut annotated photos into an Ultralytics tile dataset (splits or folds, negatives)",
+        "tiles",
+        help="cut annotated photos into an Ultralytics tile dataset (splits or folds, negatives)",
         description="Cut annotated photos (Pascal VOC XML as in LADD, YOLO txt or COCO JSON) into windows laid out "
-                    "exactly as the runtime tiles at inference, and write an Ultralytics dataset: images/, labels/, "
-                    "data.yaml, manifest.csv (which photo and window each tile came from), splits.csv or folds.csv "
-                    "(each split's class, box-count and box-size distribution) and problems.txt (bad annotations, "
-                    "reported and skipped, never repaired).",
+        "exactly as the runtime tiles at inference, and write an Ultralytics dataset: images/, labels/, "
+        "data.yaml, manifest.csv (which photo and window each tile came from), splits.csv or folds.csv "
+        "(each split's class, box-count and box-size distribution) and problems.txt (bad annotations, "
+        "reported and skipped, never repaired).",
         epilog="Example (LADD, five folds, hard negatives from a first model):\n"
-               "  edgetile dataset tiles LADD/ --out tiles/ --folds 5 --negatives 1400 --hard-negatives first.onnx\n"
-               "Exit codes: 0 done, 1 done but some annotations or photos were bad (see problems.txt), 2 usage error.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("src", metavar="SRC", help="annotated photos: a VOC folder (Annotations/, JPEGImages/), a YOLO "
-                                              "folder or data.yaml, or a COCO .json")
+        "  edgetile dataset tiles LADD/ --out tiles/ --folds 5 --negatives 1400 --hard-negatives first.onnx\n"
+        "Exit codes: 0 done, 1 done but some annotations or photos were bad (see problems.txt), 2 usage error.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument(
+        "src",
+        metavar="SRC",
+        help="annotated photos: a VOC folder (Annotations/, JPEGImages/), a YOLO "
+        "folder or data.yaml, or a COCO .json",
+    )
     t.add_argument("--out", required=True, metavar="DIR", help="output folder for the tile dataset")
-    t.add_argument("--format", choices=FORMATS, default="auto", help="annotation format (default: auto, detected)")
-    t.add_argument("--classes", nargs="+", metavar="NAME",
-                   help="class names in id order; boxes of other classes are reported as unknown "
-                        "(default: as the annotations name them)")
-    t.add_argument("--subset", metavar="NAME",
-                   help="VOC: the ImageSets/Main list to read (e.g. trainval); YOLO: the data.yaml split "
-                        "(default: every photo)")
-    t.add_argument("--skip", choices=("photo", "box"), default="photo",
-                   help="what a bad annotation removes: the whole photo (default, so nobody stays in it "
-                        "unlabelled) or only that box")
+    t.add_argument(
+        "--format", choices=FORMATS, default="auto", help="annotation format (default: auto, detected)"
+    )
+    t.add_argument(
+        "--classes",
+        nargs="+",
+        metavar="NAME",
+        help="class names in id order; boxes of other classes are reported as unknown "
+        "(default: as the annotations name them)",
+    )
+    t.add_argument(
+        "--subset",
+        metavar="NAME",
+        help="VOC: the ImageSets/Main list to read (e.g. trainval); YOLO: the data.yaml split "
+        "(default: every photo)",
+    )
+    t.add_argument(
+        "--skip",
+        choices=("photo", "box"),
+        default="photo",
+        help="what a bad annotation removes: the whole photo (default, so nobody stays in it "
+        "unlabelled) or only that box",
+    )
     g = t.add_argument_group("windows")
-    g.add_argument("--tile", type=int_at_least("--tile", 32), default=1024,
-                   help="window side in photo pixels; use the --tile you will detect with (default: 1024)")
-    g.add_argument("--overlap", type=number_in("--overlap", 0.0, 0.9, hi_open=True), default=0.2,
-                   help="fraction shared by neighbouring windows, as detect's --overlap (default: 0.2)")
-    g.add_argument("--min-visible", type=number_in("--min-visible", 0.01, 1.0), default=0.5,
-                   help="keep a box cut by a window edge only when this fraction of it is visible, so slivers "
-                        "are not taught as people (default: 0.5)")
+    g.add_argument(
+        "--tile",
+        type=int_at_least("--tile", 32),
+        default=1024,
+        help="window side in photo pixels; use the --tile you will detect with (default: 1024)",
+    )
+    g.add_argument(
+        "--overlap",
+        type=number_in("--overlap", 0.0, 0.9, hi_open=True),
+        default=0.2,
+        help="fraction shared by neighbouring windows, as detect's --overlap (default: 0.2)",
+    )
+    g.add_argument(
+        "--min-visible",
+        type=number_in("--min-visible", 0.01, 1.0),
+        default=0.5,
+        help="keep a box cut by a window edge only when this fraction of it is visible, so slivers "
+        "are not taught as people (default: 0.5)",
+    )
     g = t.add_argument_group("negatives (windows without people)")
-    g.add_argument("--negatives", type=int_at_least("--negatives", 0), default=None, metavar="N",
-                   help="empty windows to keep in all (default: a quarter of the windows with people)")
-    g.add_argument("--hard-negatives", metavar="MODEL",
-                   help="a first model (.onnx, .engine or .pt) ranking empty windows by p = 1 - prod(1 - s) over its "
-                        "detections, highest first: the rocks, logs and bushes it mistakes for people "
-                        "(default: random windows)")
-    g.add_argument("--hard-conf", type=number_in("--hard-conf", 0.001, 0.999), default=0.1,
-                   help="that model's detections below this score are ignored (default: 0.1)")
+    g.add_argument(
+        "--negatives",
+        type=int_at_least("--negatives", 0),
+        default=None,
+        metavar="N",
+        help="empty windows to keep in all (default: a quarter of the windows with people)",
+    )
+    g.add_argument(
+        "--hard-negatives",
+        metavar="MODEL",
+        help="a first model (.onnx, .engine or .pt) ranking empty windows by p = 1 - prod(1 - s) over its "
+        "detections, highest first: the rocks, logs and bushes it mistakes for people "
+        "(default: random windows)",
+    )
+    g.add_argument(
+        "--hard-conf",
+        type=number_in("--hard-conf", 0.001, 0.999),
+        default=0.1,
+        help="that model's detections below this score are ignored (default: 0.1)",
+    )
     g = t.add_argument_group("splits (over photos, never tiles)")
-    g.add_argument("--folds", type=int_at_least("--folds", 2), default=None, metavar="K",
-                   help="K multilabel-stratified folds by class presence, box count and box size; one data.yaml "
-                        "per fold in DIR/folds/ (default: one stratified hold-out instead)")
-    g.add_argument("--val-fraction", type=number_in("--val-fraction", 0.0, 1.0, hi_open=True), default=0.2,
-                   help="without --folds: fraction of photos held out for validation (default: 0.2)")
-    g.add_argument("--seed", type=int, default=0, help="seeds the split and the random negatives (default: 0)")
-    t.add_argument("--jpeg-quality", type=int_at_least("--jpeg-quality", 1), default=95,
-                   help="JPEG quality of the tiles (default: 95)")
+    g.add_argument(
+        "--folds",
+        type=int_at_least("--folds", 2),
+        default=None,
+        metavar="K",
+        help="K multilabel-stratified folds by class presence, box count and box size; one data.yaml "
+        "per fold in DIR/folds/ (default: one stratified hold-out instead)",
+    )
+    g.add_argument(
+        "--val-fraction",
+        type=number_in("--val-fraction", 0.0, 1.0, hi_open=True),
+        default=0.2,
+        help="without --folds: fraction of photos held out for validation (default: 0.2)",
+    )
+    g.add_argument(
+        "--seed", type=int, default=0, help="seeds the split and the random negatives (default: 0)"
+    )
+    t.add_argument(
+        "--jpeg-quality",
+        type=int_at_least("--jpeg-quality", 1),
+        default=95,
+        help="JPEG quality of the tiles (default: 95)",
+    )
     t.add_argument("--quiet", action="store_true", help="no progress bar, problems or table")
     t.set_defaults(func=cmd_dataset_tiles)
     return p
@@ -125,10 +186,22 @@ def cmd_dataset_tiles(a: argparse.Namespace) -> int:
     try:
         ds = load_dataset(a.src, a.format, a.classes, skip=a.skip, subset=a.subset)
         report = build_tile_dataset(
-            ds, a.out, TileOptions(tile=a.tile, overlap=a.overlap, min_visible=a.min_visible, negatives=a.negatives,
-                                   seed=a.seed, jpeg_quality=a.jpeg_quality),
-            folds=a.folds or 0, val_fraction=a.val_fraction, hard_negatives=a.hard_negatives,
-            hard_conf=a.hard_conf, progress=_progress(a))
+            ds,
+            a.out,
+            TileOptions(
+                tile=a.tile,
+                overlap=a.overlap,
+                min_visible=a.min_visible,
+                negatives=a.negatives,
+                seed=a.seed,
+                jpeg_quality=a.jpeg_quality,
+            ),
+            folds=a.folds or 0,
+            val_fraction=a.val_fraction,
+            hard_negatives=a.hard_negatives,
+            hard_conf=a.hard_conf,
+            progress=_progress(a),
+        )
     except (ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc).splitlines()[0]) from exc
     if not a.quiet:
@@ -142,43 +215,88 @@ def cmd_dataset_tiles(a: argparse.Namespace) -> int:
 def register_train(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """`edgetile train --data data.yaml --model yolov8s.yaml`."""
     p = subparsers.add_parser(
-        "train", help="train an Ultralytics detector on a tile dataset within a weight budget",
+        "train",
+        help="train an Ultralytics detector on a tile dataset within a weight budget",
         description="Train with Ultralytics (no hand-written trainer). The weight budget is checked before training "
-                    "from the model's architecture - a model whose best.pt (and ONNX, with --export onnx) would "
-                    "exceed --budget-mb is refused within seconds, naming the largest model of its family that "
-                    "fits - and after training on the real files, with a size table in the run summary "
-                    "(RUN/edgetile_summary.txt and .json).",
+        "from the model's architecture - a model whose best.pt (and ONNX, with --export onnx) would "
+        "exceed --budget-mb is refused within seconds, naming the largest model of its family that "
+        "fits - and after training on the real files, with a size table in the run summary "
+        "(RUN/edgetile_summary.txt and .json).",
         epilog="Example: edgetile train --data tiles/data.yaml --fold 2 --model yolov8s.yaml --imgsz 1024 "
-               "--hyp runs/tune/best_hyperparameters.yaml\n"
-               "Exit codes: 0 trained within budget, 1 trained but a file is over budget or the export failed, "
-               "2 usage error or refused.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, metavar="YAML", help="Ultralytics data.yaml, e.g. from 'edgetile dataset "
-                                                                  "tiles'")
-    p.add_argument("--model", default="yolov8s.yaml", metavar="YAML|PT",
-                   help="architecture to train from random initialisation (yolov8n.yaml ... yolo11x.yaml) or a .pt "
-                        "to start from (default: yolov8s.yaml)")
-    p.add_argument("--fold", type=int_at_least("--fold", 0), default=None, metavar="K",
-                   help="train on fold K made by 'dataset tiles --folds' (folds/foldK.yaml beside --data)")
-    p.add_argument("--hyp", metavar="YAML", help="hyperparameters, e.g. best_hyperparameters.yaml from 'edgetile tune'")
-    p.add_argument("--imgsz", type=int_at_least("--imgsz", 32), default=640,
-                   help="training input size; a 1024 tile at 640 is seen at 0.625 scale (default: 640)")
+        "--hyp runs/tune/best_hyperparameters.yaml\n"
+        "Exit codes: 0 trained within budget, 1 trained but a file is over budget or the export failed, "
+        "2 usage error or refused.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="YAML",
+        help="Ultralytics data.yaml, e.g. from 'edgetile dataset tiles'",
+    )
+    p.add_argument(
+        "--model",
+        default="yolov8s.yaml",
+        metavar="YAML|PT",
+        help="architecture to train from random initialisation (yolov8n.yaml ... yolo11x.yaml) or a .pt "
+        "to start from (default: yolov8s.yaml)",
+    )
+    p.add_argument(
+        "--fold",
+        type=int_at_least("--fold", 0),
+        default=None,
+        metavar="K",
+        help="train on fold K made by 'dataset tiles --folds' (folds/foldK.yaml beside --data)",
+    )
+    p.add_argument(
+        "--hyp", metavar="YAML", help="hyperparameters, e.g. best_hyperparameters.yaml from 'edgetile tune'"
+    )
+    p.add_argument(
+        "--imgsz",
+        type=int_at_least("--imgsz", 32),
+        default=640,
+        help="training input size; a 1024 tile at 640 is seen at 0.625 scale (default: 640)",
+    )
     p.add_argument("--epochs", type=int_at_least("--epochs", 1), default=100, help="epochs (default: 100)")
     p.add_argument("--batch", type=int, default=16, help="batch size; -1 fills the GPU (default: 16)")
-    p.add_argument("--budget-mb", type=finite_number("--budget-mb", 0.0, inclusive=False), default=100.0,
-                   help="largest acceptable best.pt (and ONNX) in MB, e.g. a competition's weight limit (default: 100)")
-    p.add_argument("--export", choices=("onnx", "none"), default="onnx",
-                   help="export best.pt to ONNX for the runtime after training (default: onnx)")
-    p.add_argument("--device", default="", help="cpu, or a CUDA index such as 0 (default: Ultralytics' choice)")
-    p.add_argument("--workers", type=int_at_least("--workers", 0), default=2,
-                   help="data-loading processes (default: 2)")
+    p.add_argument(
+        "--budget-mb",
+        type=finite_number("--budget-mb", 0.0, inclusive=False),
+        default=100.0,
+        help="largest acceptable best.pt (and ONNX) in MB, e.g. a competition's weight limit (default: 100)",
+    )
+    p.add_argument(
+        "--export",
+        choices=("onnx", "none"),
+        default="onnx",
+        help="export best.pt to ONNX for the runtime after training (default: onnx)",
+    )
+    p.add_argument(
+        "--device", default="", help="cpu, or a CUDA index such as 0 (default: Ultralytics' choice)"
+    )
+    p.add_argument(
+        "--workers", type=int_at_least("--workers", 0), default=2, help="data-loading processes (default: 2)"
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--patience", type=int_at_least("--patience", 1), default=50,
-                   help="stop after this many epochs without improvement (default: 50)")
-    p.add_argument("--project", default="runs/train", help="folder holding the run folders (default: runs/train)")
-    p.add_argument("--name", default="exp", help="run folder name; an existing one is numbered on (default: exp)")
-    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", action="extend",
-                   help="any other Ultralytics training argument, e.g. --set cos_lr=true mosaic=0.5")
+    p.add_argument(
+        "--patience",
+        type=int_at_least("--patience", 1),
+        default=50,
+        help="stop after this many epochs without improvement (default: 50)",
+    )
+    p.add_argument(
+        "--project", default="runs/train", help="folder holding the run folders (default: runs/train)"
+    )
+    p.add_argument(
+        "--name", default="exp", help="run folder name; an existing one is numbered on (default: exp)"
+    )
+    p.add_argument(
+        "--set",
+        nargs="+",
+        metavar="KEY=VALUE",
+        action="extend",
+        help="any other Ultralytics training argument, e.g. --set cos_lr=true mosaic=0.5",
+    )
     p.set_defaults(func=cmd_train)
     return p
 
@@ -190,9 +308,19 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     try:
         overrides = {**(load_hyp(a.hyp) if a.hyp else {}), **_key_values(a.set, "--set")}
-        opt = TrainOptions(model=a.model, imgsz=a.imgsz, epochs=a.epochs, batch=a.batch, device=a.device,
-                           workers=a.workers, seed=a.seed, patience=a.patience, project=a.project, name=a.name,
-                           overrides=overrides)
+        opt = TrainOptions(
+            model=a.model,
+            imgsz=a.imgsz,
+            epochs=a.epochs,
+            batch=a.batch,
+            device=a.device,
+            workers=a.workers,
+            seed=a.seed,
+            patience=a.patience,
+            project=a.project,
+            name=a.name,
+            overrides=overrides,
+        )
         result = train(a.data, opt, fold=a.fold, budget_mb=a.budget_mb, export=a.export == "onnx")
     except BudgetError as exc:
         raise UsageError(f"refused: {exc}") from exc
@@ -208,41 +336,83 @@ def cmd_train(a: argparse.Namespace) -> int:
 def register_tune(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """`edgetile tune --data mini.yaml`."""
     p = subparsers.add_parser(
-        "tune", help="search hyperparameters by genetic evolution (or Ray Tune) on a mini dataset",
+        "tune",
+        help="search hyperparameters by genetic evolution (or Ray Tune) on a mini dataset",
         description="Search training hyperparameters with Ultralytics' genetic evolution: each iteration mutates the "
-                    "best candidates so far and trains a short run. Writes OUT/tune_results.csv (one row per "
-                    "candidate) and OUT/best_hyperparameters.yaml for 'edgetile train --hyp'. With --ray the same "
-                    "space is searched on Ray Tune, which several machines can share (one 'ray start --head', "
-                    "the others 'ray start --address').",
+        "best candidates so far and trains a short run. Writes OUT/tune_results.csv (one row per "
+        "candidate) and OUT/best_hyperparameters.yaml for 'edgetile train --hyp'. With --ray the same "
+        "space is searched on Ray Tune, which several machines can share (one 'ray start --head', "
+        "the others 'ray start --address').",
         epilog="Example: edgetile tune --data mini/data.yaml --model yolov8s.yaml --iterations 50 --epochs 10 "
-               "--space lr0 lrf momentum weight_decay=0:0.001",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, metavar="YAML", help="a small data.yaml: tuning trains many short runs")
-    p.add_argument("--model", default="yolov8n.yaml", metavar="YAML|PT", help="model to tune (default: yolov8n.yaml)")
-    p.add_argument("--fold", type=int_at_least("--fold", 0), default=None, metavar="K",
-                   help="use fold K made by 'dataset tiles --folds'")
-    p.add_argument("--space", nargs="+", default=["lr0", "lrf", "momentum"], metavar="NAME[=LO:HI]",
-                   help="hyperparameters to search; known ones have Ultralytics' bounds, any other training "
-                        "argument needs NAME=LO:HI (default: lr0 lrf momentum)")
-    p.add_argument("--iterations", type=int_at_least("--iterations", 1), default=30,
-                   help="candidates to train (default: 30)")
-    p.add_argument("--epochs", type=int_at_least("--epochs", 1), default=10,
-                   help="epochs per candidate: enough to rank, not to finish (default: 10)")
+        "--space lr0 lrf momentum weight_decay=0:0.001",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--data", required=True, metavar="YAML", help="a small data.yaml: tuning trains many short runs"
+    )
+    p.add_argument(
+        "--model", default="yolov8n.yaml", metavar="YAML|PT", help="model to tune (default: yolov8n.yaml)"
+    )
+    p.add_argument(
+        "--fold",
+        type=int_at_least("--fold", 0),
+        default=None,
+        metavar="K",
+        help="use fold K made by 'dataset tiles --folds'",
+    )
+    p.add_argument(
+        "--space",
+        nargs="+",
+        default=["lr0", "lrf", "momentum"],
+        metavar="NAME[=LO:HI]",
+        help="hyperparameters to search; known ones have Ultralytics' bounds, any other training "
+        "argument needs NAME=LO:HI (default: lr0 lrf momentum)",
+    )
+    p.add_argument(
+        "--iterations",
+        type=int_at_least("--iterations", 1),
+        default=30,
+        help="candidates to train (default: 30)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int_at_least("--epochs", 1),
+        default=10,
+        help="epochs per candidate: enough to rank, not to finish (default: 10)",
+    )
     p.add_argument("--imgsz", type=int_at_least("--imgsz", 32), default=640, help="input size (default: 640)")
     p.add_argument("--batch", type=int, default=16, help="batch size (default: 16)")
-    p.add_argument("--optimizer", default="AdamW",
-                   help="optimizer, fixed for the search and written to the result (default: AdamW)")
+    p.add_argument(
+        "--optimizer",
+        default="AdamW",
+        help="optimizer, fixed for the search and written to the result (default: AdamW)",
+    )
     p.add_argument("--device", default="", help="cpu or a CUDA index (default: Ultralytics' choice)")
-    p.add_argument("--workers", type=int_at_least("--workers", 0), default=2, help="data-loading processes (default: 2)")
+    p.add_argument(
+        "--workers", type=int_at_least("--workers", 0), default=2, help="data-loading processes (default: 2)"
+    )
     p.add_argument("--out", default="runs/tune", metavar="DIR", help="output folder (default: runs/tune)")
     p.add_argument("--resume", action="store_true", help="continue the search already in --out")
     p.add_argument("--ray", action="store_true", help="search on Ray Tune (pip install 'edgetile[ray]')")
-    p.add_argument("--ray-search", choices=("random", "optuna"), default="random",
-                   help="Ray's search algorithm; optuna needs 'pip install optuna' (default: random)")
-    p.add_argument("--grace-period", type=int_at_least("--grace-period", 1), default=1,
-                   help="Ray's ASHA scheduler: epochs before a poor trial may be stopped (default: 1)")
-    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", action="extend",
-                   help="other fixed Ultralytics training arguments, e.g. --set mosaic=0 amp=false")
+    p.add_argument(
+        "--ray-search",
+        choices=("random", "optuna"),
+        default="random",
+        help="Ray's search algorithm; optuna needs 'pip install optuna' (default: random)",
+    )
+    p.add_argument(
+        "--grace-period",
+        type=int_at_least("--grace-period", 1),
+        default=1,
+        help="Ray's ASHA scheduler: epochs before a poor trial may be stopped (default: 1)",
+    )
+    p.add_argument(
+        "--set",
+        nargs="+",
+        metavar="KEY=VALUE",
+        action="extend",
+        help="other fixed Ultralytics training arguments, e.g. --set mosaic=0 amp=false",
+    )
     p.set_defaults(func=cmd_tune)
     return p
 
@@ -252,16 +422,35 @@ def cmd_tune(a: argparse.Namespace) -> int:
     from .tuning import TuneOptions, parse_space, tune
 
     try:
-        opt = TuneOptions(model=a.model, space=parse_space(a.space), iterations=a.iterations, epochs=a.epochs,
-                          imgsz=a.imgsz, batch=a.batch, device=a.device, workers=a.workers, optimizer=a.optimizer,
-                          out=a.out, overrides=_key_values(a.set, "--set"))
-        result = tune(a.data, opt, fold=a.fold, ray=a.ray, ray_search=a.ray_search, grace_period=a.grace_period,
-                      resume=a.resume)
+        opt = TuneOptions(
+            model=a.model,
+            space=parse_space(a.space),
+            iterations=a.iterations,
+            epochs=a.epochs,
+            imgsz=a.imgsz,
+            batch=a.batch,
+            device=a.device,
+            workers=a.workers,
+            optimizer=a.optimizer,
+            out=a.out,
+            overrides=_key_values(a.set, "--set"),
+        )
+        result = tune(
+            a.data,
+            opt,
+            fold=a.fold,
+            ray=a.ray,
+            ray_search=a.ray_search,
+            grace_period=a.grace_period,
+            resume=a.resume,
+        )
     except (ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc).splitlines()[0]) from exc
-    print(f"{len(result.rows)} candidate(s); best fitness {result.best_fitness:.5f}: {result.best}\n"
-          f"results: {result.csv}\nbest: {result.best_yaml}  (edgetile train --hyp {result.best_yaml})",
-          file=sys.stderr)
+    print(
+        f"{len(result.rows)} candidate(s); best fitness {result.best_fitness:.5f}: {result.best}\n"
+        f"results: {result.csv}\nbest: {result.best_yaml}  (edgetile train --hyp {result.best_yaml})",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 
@@ -279,7 +468,9 @@ def _floats(name: str):
         try:
             vals = tuple(float(v) for v in s.split(",") if v.strip())
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated numbers for {name}, found {s!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated numbers for {name}, found {s!r}"
+            ) from None
         if not vals or any(not 0.0 <= v <= 1.0 for v in vals):
             raise argparse.ArgumentTypeError(f"expected numbers in [0, 1] for {name}, found {s!r}")
         return vals
@@ -292,44 +483,81 @@ def register_eval(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
     from edgetile.runtime.cli import add_detect_options
 
     p = subparsers.add_parser(
-        "eval", help="score a model on full-size annotated photos through the tiled runtime (COCO mAP, Lacmus)",
+        "eval",
+        help="score a model on full-size annotated photos through the tiled runtime (COCO mAP, Lacmus)",
         description="Run the runtime's tiled path on full-size annotated photos (not tiles) and score it: COCO "
-                    "mAP@0.5, mAP@0.75 and mAP@0.5:0.95 by pycocotools (maxDets raised so hundreds of boxes per "
-                    "photo count), the Lacmus competition metric (VOC all-point AP@0.5 and F1 over scores >= 0.05, "
-                    "matched in submission order), recall and precision at --score-thr. Writes OUT/metrics.json, "
-                    "OUT/pr_curve.png and OUT/detections.csv. --sweep tries conf, merge method and merge threshold "
-                    "and writes OUT/best_detect.yaml, the best settings as detect option names, which "
-                    "'edgetile detect --settings' and 'edgetile serve --config' read; OUT/best_detect.json (the "
-                    "same with the scores and the DetectConfig), OUT/best_detect.txt (a detect command line) and "
-                    "OUT/sweep.csv (every setting's scores).",
+        "mAP@0.5, mAP@0.75 and mAP@0.5:0.95 by pycocotools (maxDets raised so hundreds of boxes per "
+        "photo count), the Lacmus competition metric (VOC all-point AP@0.5 and F1 over scores >= 0.05, "
+        "matched in submission order), recall and precision at --score-thr. Writes OUT/metrics.json, "
+        "OUT/pr_curve.png and OUT/detections.csv. --sweep tries conf, merge method and merge threshold "
+        "and writes OUT/best_detect.yaml, the best settings as detect option names, which "
+        "'edgetile detect --settings' and 'edgetile serve --config' read; OUT/best_detect.json (the "
+        "same with the scores and the DetectConfig), OUT/best_detect.txt (a detect command line) and "
+        "OUT/sweep.csv (every setting's scores).",
         epilog="Example: edgetile eval --model person.onnx --data LADD/ --subset test --sweep --min-recall 0.9\n"
-               "then: edgetile detect PHOTOS --model person.onnx --out results --settings runs/eval/best_detect.yaml\n"
-               "Exit codes: 0 done, 1 done but some photos or annotations were bad, 2 usage error.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, metavar="DIR", help="annotated full-size photos (VOC, YOLO or COCO)")
+        "then: edgetile detect PHOTOS --model person.onnx --out results --settings runs/eval/best_detect.yaml\n"
+        "Exit codes: 0 done, 1 done but some photos or annotations were bad, 2 usage error.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--data", required=True, metavar="DIR", help="annotated full-size photos (VOC, YOLO or COCO)"
+    )
     p.add_argument("--format", choices=FORMATS, default="auto", help="annotation format (default: auto)")
-    p.add_argument("--subset", metavar="NAME", help="VOC ImageSets/Main list or YOLO split (default: every photo)")
-    p.add_argument("--classes", nargs="+", metavar="NAME", help="dataset class names in id order (default: as annotated)")
-    p.add_argument("--score-thr", type=number_in("--score-thr"), default=0.05,
-                   help="operating threshold for recall, precision and F1 (default: 0.05, the Lacmus rule)")
+    p.add_argument(
+        "--subset", metavar="NAME", help="VOC ImageSets/Main list or YOLO split (default: every photo)"
+    )
+    p.add_argument(
+        "--classes", nargs="+", metavar="NAME", help="dataset class names in id order (default: as annotated)"
+    )
+    p.add_argument(
+        "--score-thr",
+        type=number_in("--score-thr"),
+        default=0.05,
+        help="operating threshold for recall, precision and F1 (default: 0.05, the Lacmus rule)",
+    )
     p.add_argument("--out", default="runs/eval", metavar="DIR", help="output folder (default: runs/eval)")
     add_detect_options(p)
-    _adjust_conf(p, 0.001, "lowest score the model reports; keep it low, the mAPs need the whole curve "
-                           "(default: 0.001)")
+    _adjust_conf(
+        p,
+        0.001,
+        "lowest score the model reports; keep it low, the mAPs need the whole curve (default: 0.001)",
+    )
     g = p.add_argument_group("sweep")
-    g.add_argument("--sweep", action="store_true", help="tune conf, merge method and merge threshold on these photos")
-    g.add_argument("--sweep-conf", type=_floats("--sweep-conf"), default=(0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4,
-                                                                          0.5, 0.6),
-                   metavar="C1,C2,...", help="operating thresholds to try (default: 0.05,0.1,...,0.6)")
-    g.add_argument("--sweep-merge", default="ios,nms,nmm,wbf", metavar="M1,M2",
-                   help="merge methods to try (default: ios,nms,nmm,wbf)")
-    g.add_argument("--sweep-merge-thr", type=_floats("--sweep-merge-thr"), default=(0.3, 0.4, 0.5, 0.6, 0.7),
-                   metavar="T1,T2,...", help="merge thresholds to try (default: 0.3,0.4,0.5,0.6,0.7)")
-    g.add_argument("--objective", choices=("f1", "lacmus_ap50", "lacmus_f1", "map50", "map75", "map50_95"),
-                   default="f1", help="what the sweep maximises; conf-free metrics then take the conf of best F1 "
-                                      "(default: f1)")
-    g.add_argument("--min-recall", type=number_in("--min-recall"), default=None,
-                   help="only settings reaching this recall qualify: recall first when every miss counts")
+    g.add_argument(
+        "--sweep", action="store_true", help="tune conf, merge method and merge threshold on these photos"
+    )
+    g.add_argument(
+        "--sweep-conf",
+        type=_floats("--sweep-conf"),
+        default=(0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6),
+        metavar="C1,C2,...",
+        help="operating thresholds to try (default: 0.05,0.1,...,0.6)",
+    )
+    g.add_argument(
+        "--sweep-merge",
+        default="ios,nms,nmm,wbf",
+        metavar="M1,M2",
+        help="merge methods to try (default: ios,nms,nmm,wbf)",
+    )
+    g.add_argument(
+        "--sweep-merge-thr",
+        type=_floats("--sweep-merge-thr"),
+        default=(0.3, 0.4, 0.5, 0.6, 0.7),
+        metavar="T1,T2,...",
+        help="merge thresholds to try (default: 0.3,0.4,0.5,0.6,0.7)",
+    )
+    g.add_argument(
+        "--objective",
+        choices=("f1", "lacmus_ap50", "lacmus_f1", "map50", "map75", "map50_95"),
+        default="f1",
+        help="what the sweep maximises; conf-free metrics then take the conf of best F1 (default: f1)",
+    )
+    g.add_argument(
+        "--min-recall",
+        type=number_in("--min-recall"),
+        default=None,
+        help="only settings reaching this recall qualify: recall first when every miss counts",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_eval)
     return p
@@ -350,7 +578,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc).splitlines()[0]) from exc
     if not ds.photos:
-        raise UsageError(f"--data {a.data}: expected annotated photos, found none usable ({len(ds.problems)} problem(s))")
+        raise UsageError(
+            f"--data {a.data}: expected annotated photos, found none usable ({len(ds.problems)} problem(s))"
+        )
     out = Path(a.out)
     with open_detector(a) as det:
         try:
@@ -358,7 +588,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UsageError(str(exc).splitlines()[0]) from exc
     result.problems[:0] = ds.problems
-    files = write_eval(result, out, title=f"{Path(a.model[0]).name if a.model else 'demo model'} on {ds.root.name}")
+    files = write_eval(
+        result, out, title=f"{Path(a.model[0]).name if a.model else 'demo model'} on {ds.root.name}"
+    )
     if not a.quiet:
         for line in result.problems[:20]:
             print(f"problem: {line}", file=sys.stderr)
@@ -373,8 +605,17 @@ def cmd_eval(a: argparse.Namespace) -> int:
         try:
             grid = SweepGrid(confs=a.sweep_conf, merges=merges, merge_thrs=a.sweep_merge_thr)
             models = a.model or [str(DEMO_MODEL)]
-            res = sweep(models, ds, detect_config_from_args(a), grid, weights=a.model_weights, backend=a.backend,
-                        objective=a.objective, min_recall=a.min_recall, progress=_progress(a))
+            res = sweep(
+                models,
+                ds,
+                detect_config_from_args(a),
+                grid,
+                weights=a.model_weights,
+                backend=a.backend,
+                objective=a.objective,
+                min_recall=a.min_recall,
+                progress=_progress(a),
+            )
         except ValueError as exc:
             raise UsageError(str(exc).splitlines()[0]) from exc
         data = str(ds.root) + (f" (subset {a.subset})" if a.subset else "") + f", {len(ds.photos)} photo(s)"
@@ -383,14 +624,28 @@ def cmd_eval(a: argparse.Namespace) -> int:
             b = res.best
             for line in res.notes:
                 print(f"note: {line}", file=sys.stderr)
-            use = shlex.join(["edgetile", "detect", "PHOTOS", "--model", *models, "--out", "results",
-                              "--settings", str(paths["yaml"])])
-            print(f"sweep: {len(res.rows)} settings; best by {a.objective}: merge {b['merge']} {b['merge_thr']:g}, "
-                  f"conf {b['conf']:g}: recall {b['recall']:.4f} precision {b['precision']:.4f} F1 {b['f1']:.4f}\n"
-                  f"settings: {paths['yaml']} (for 'edgetile detect --settings' and 'edgetile serve --config')\n"
-                  f"detect with: {use}\n"
-                  f"  or: {json.loads(paths['json'].read_text())['command']}\n"
-                  f"results: {paths['csv']}  {paths['yaml']}  {paths['json']}", file=sys.stderr)
+            use = shlex.join(
+                [
+                    "edgetile",
+                    "detect",
+                    "PHOTOS",
+                    "--model",
+                    *models,
+                    "--out",
+                    "results",
+                    "--settings",
+                    str(paths["yaml"]),
+                ]
+            )
+            print(
+                f"sweep: {len(res.rows)} settings; best by {a.objective}: merge {b['merge']} {b['merge_thr']:g}, "
+                f"conf {b['conf']:g}: recall {b['recall']:.4f} precision {b['precision']:.4f} F1 {b['f1']:.4f}\n"
+                f"settings: {paths['yaml']} (for 'edgetile detect --settings' and 'edgetile serve --config')\n"
+                f"detect with: {use}\n"
+                f"  or: {json.loads(paths['json'].read_text())['command']}\n"
+                f"results: {paths['csv']}  {paths['yaml']}  {paths['json']}",
+                file=sys.stderr,
+            )
     return EXIT_SOME_FAILED if result.problems else EXIT_OK
 
 
@@ -402,26 +657,40 @@ def register_pseudo_label(subparsers: argparse._SubParsersAction) -> argparse.Ar
     from edgetile.runtime.cli import add_detect_options
 
     p = subparsers.add_parser(
-        "pseudo-label", help="turn a model's confident detections on unlabelled photos into an extra dataset",
+        "pseudo-label",
+        help="turn a model's confident detections on unlabelled photos into an extra dataset",
         description="Run a trained model (ONNX or engine) through the tiled runtime on unlabelled photos and write "
-                    "its confident boxes as a separate dataset (LADD layout: JPEGImages/, Annotations/; plus YOLO "
-                    "labels/, classes.txt and pseudo_labels.csv with every score), ready for 'edgetile dataset tiles'. "
-                    "A photo is kept only when all its boxes are confident (none in the --ambiguous grey zone) and "
-                    "their count is within --min-boxes..--max-boxes.",
+        "its confident boxes as a separate dataset (LADD layout: JPEGImages/, Annotations/; plus YOLO "
+        "labels/, classes.txt and pseudo_labels.csv with every score), ready for 'edgetile dataset tiles'. "
+        "A photo is kept only when all its boxes are confident (none in the --ambiguous grey zone) and "
+        "their count is within --min-boxes..--max-boxes.",
         epilog="Example: edgetile pseudo-label flights/2024-07/ --model person.onnx --out extra/ --conf 0.6\n"
-               "Exit codes: 0 done, 1 some photos unreadable (the rest written), 2 usage error.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "Exit codes: 0 done, 1 some photos unreadable (the rest written), 2 usage error.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="unlabelled photos, folders or glob patterns")
     p.add_argument("--out", required=True, metavar="DIR", help="folder of the new dataset")
     add_detect_options(p)
     _adjust_conf(p, 0.5, "a box becomes a label at or above this score (default: 0.5)")
-    p.add_argument("--ambiguous", type=number_in("--ambiguous", 0.001, 1.0), default=0.2,
-                   help="a photo with any box scoring between this and --conf is left out: an uncertain person "
-                        "would be learnt as background (default: 0.2; equal to --conf turns it off)")
-    p.add_argument("--min-boxes", type=int_at_least("--min-boxes", 0), default=1,
-                   help="fewest boxes for a photo to be kept; 0 also keeps confidently empty photos (default: 1)")
-    p.add_argument("--max-boxes", type=int_at_least("--max-boxes", 0), default=100,
-                   help="most boxes for a photo to be kept (default: 100)")
+    p.add_argument(
+        "--ambiguous",
+        type=number_in("--ambiguous", 0.001, 1.0),
+        default=0.2,
+        help="a photo with any box scoring between this and --conf is left out: an uncertain person "
+        "would be learnt as background (default: 0.2; equal to --conf turns it off)",
+    )
+    p.add_argument(
+        "--min-boxes",
+        type=int_at_least("--min-boxes", 0),
+        default=1,
+        help="fewest boxes for a photo to be kept; 0 also keeps confidently empty photos (default: 1)",
+    )
+    p.add_argument(
+        "--max-boxes",
+        type=int_at_least("--max-boxes", 0),
+        default=100,
+        help="most boxes for a photo to be kept (default: 100)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_pseudo_label)
     return p
@@ -437,10 +706,18 @@ def cmd_pseudo_label(a: argparse.Namespace) -> int:
         if not Path(m).is_file():
             raise UsageError(f"--model: file not found: {m}")
     try:
-        flt = PseudoLabelFilter(conf=a.conf, ambiguous=min(a.ambiguous, a.conf), min_boxes=a.min_boxes,
-                                max_boxes=a.max_boxes)
-        report = pseudo_label(models, a.sources, a.out, flt, detect_config_from_args(a), backend=a.backend,
-                              progress=_progress(a))
+        flt = PseudoLabelFilter(
+            conf=a.conf, ambiguous=min(a.ambiguous, a.conf), min_boxes=a.min_boxes, max_boxes=a.max_boxes
+        )
+        report = pseudo_label(
+            models,
+            a.sources,
+            a.out,
+            flt,
+            detect_config_from_args(a),
+            backend=a.backend,
+            progress=_progress(a),
+        )
     except ValueError as exc:
         raise UsageError(str(exc).splitlines()[0]) from exc
     if not a.quiet:

@@ -76,7 +76,11 @@ class TileDatasetReport:
         return (
             f"{self.tiles} tile(s) from {self.photos} photo(s): {self.positives} with boxes, {self.negatives} empty; "
             f"{len(self.problems)} problem(s)\n{format_table(self.table)}\ndata: {self.data_yaml}"
-            + (f" (+ {len(self.fold_yamls)} fold files in {self.fold_yamls[0].parent})" if self.fold_yamls else "")
+            + (
+                f" (+ {len(self.fold_yamls)} fold files in {self.fold_yamls[0].parent})"
+                if self.fold_yamls
+                else ""
+            )
         )
 
 
@@ -108,8 +112,9 @@ class HardNegativeScorer:
         imgsz: Model input for a .pt (default: the size it was trained at).
     """
 
-    def __init__(self, model: str | Path, tile: int, overlap: float, conf: float = 0.1,
-                 imgsz: int | None = None) -> None:
+    def __init__(
+        self, model: str | Path, tile: int, overlap: float, conf: float = 0.1, imgsz: int | None = None
+    ) -> None:
         self.model_path = Path(model)
         if not self.model_path.is_file():
             raise FileNotFoundError(f"--hard-negatives: model file not found: {model}")
@@ -125,8 +130,9 @@ class HardNegativeScorer:
         else:
             from edgetile.runtime.detector import DetectConfig, Detector
 
-            self._detector = Detector(str(self.model_path),
-                                      config=DetectConfig(tile=tile, overlap=overlap, conf=conf))
+            self._detector = Detector(
+                str(self.model_path), config=DetectConfig(tile=tile, overlap=overlap, conf=conf)
+            )
 
     def __call__(self, photo: Photo, windows: np.ndarray) -> np.ndarray:
         image = photo.load()
@@ -135,8 +141,12 @@ class HardNegativeScorer:
             dets = self._detector.detect(image)
             cx = (dets.xyxy[:, 0] + dets.xyxy[:, 2]) / 2
             cy = (dets.xyxy[:, 1] + dets.xyxy[:, 3]) / 2
-            inside = ((cx[None] >= w[:, :1]) & (cx[None] < w[:, 2:3]) & (cy[None] >= w[:, 1:2])
-                      & (cy[None] < w[:, 3:4]))
+            inside = (
+                (cx[None] >= w[:, :1])
+                & (cx[None] < w[:, 2:3])
+                & (cy[None] >= w[:, 1:2])
+                & (cy[None] < w[:, 3:4])
+            )
             miss = np.where(inside, 1.0 - dets.scores[None].astype(np.float64), 1.0)
             return 1.0 - miss.prod(axis=1)
         from .tiles import crop_tile
@@ -147,7 +157,7 @@ class HardNegativeScorer:
         imgsz = self.imgsz or (getattr(self._yolo, "ckpt", None) or {}).get("train_args", {}).get("imgsz")
         kw = {"imgsz": imgsz} if imgsz else {}
         for start in range(0, len(crops), 16):
-            for r in self._yolo.predict(crops[start:start + 16], conf=self.conf, verbose=False, **kw):
+            for r in self._yolo.predict(crops[start : start + 16], conf=self.conf, verbose=False, **kw):
                 s = r.boxes.conf.cpu().numpy().astype(np.float64) if r.boxes is not None else np.zeros(0)
                 scores.append(1.0 - np.prod(1.0 - s))
         return np.asarray(scores)
@@ -195,8 +205,11 @@ def build_tile_dataset(
     opt = options or TileOptions()
     ds = src if isinstance(src, Dataset) else load_dataset(src, format, class_names)
     if not ds.photos:
-        raise ValueError(f"src: expected annotated photos, found none usable ({len(ds.problems)} problem(s)"
-                         + (f"; first: {ds.problems[0]}" if ds.problems else "") + ")")
+        raise ValueError(
+            f"src: expected annotated photos, found none usable ({len(ds.problems)} problem(s)"
+            + (f"; first: {ds.problems[0]}" if ds.problems else "")
+            + ")"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     labels = photo_labels([p.boxes for p in ds.photos], [p.class_ids for p in ds.photos], ds.class_names)
@@ -211,9 +224,20 @@ def build_tile_dataset(
     problems = list(ds.problems)
     scorer = HardNegativeScorer(hard_negatives, opt.tile, opt.overlap, hard_conf) if hard_negatives else None
     try:
-        rows = cut_tiles(photos, out, opt.tile, opt.overlap, opt.min_visible, opt.negatives or 0, scorer, opt.seed,
-                         opt.jpeg_quality, progress, problems,
-                         negative_ratio=opt.negative_ratio if opt.negatives is None else None)
+        rows = cut_tiles(
+            photos,
+            out,
+            opt.tile,
+            opt.overlap,
+            opt.min_visible,
+            opt.negatives or 0,
+            scorer,
+            opt.seed,
+            opt.jpeg_quality,
+            progress,
+            problems,
+            negative_ratio=opt.negative_ratio if opt.negatives is None else None,
+        )
     finally:
         if scorer is not None:
             scorer.close()
@@ -224,10 +248,13 @@ def build_tile_dataset(
     tiles_per_photo = np.array([sum(1 for r in rows if r["photo"] == p.photo_id) for p in photos])
     boxes_per_photo = np.array([len(p.boxes) for p in photos])
     table = fold_table(labels, fold, boxes_per_photo, tiles_per_photo)
-    report = TileDatasetReport(out / "data.yaml", tiles=len(rows),
-                               positives=sum(1 for r in rows if r["kind"] == "positive"),
-                               photos=len(photos) - (len(problems) - len(ds.problems)),
-                               problems=problems)
+    report = TileDatasetReport(
+        out / "data.yaml",
+        tiles=len(rows),
+        positives=sum(1 for r in rows if r["kind"] == "positive"),
+        photos=len(photos) - (len(problems) - len(ds.problems)),
+        problems=problems,
+    )
     report.negatives = report.tiles - report.positives
     if folds:
         folder = out / "folds"
@@ -237,22 +264,39 @@ def build_tile_dataset(
             val_rows = [r for r in rows if r["fold"] == f]
             for name, part in (("train", train), ("val", val_rows)):
                 (folder / f"fold{f}_{name}.txt").write_text(
-                    "".join(f"./../images/all/{r['tile']}.jpg\n" for r in part))
-            report.fold_yamls.append(write_data_yaml(
-                folder / f"fold{f}.yaml", f"fold{f}_train.txt", f"fold{f}_val.txt", ds.class_names,
-                comment=f"fold {f} of {folds}: validation = the photos of fold {f}, training = all others"))
+                    "".join(f"./../images/all/{r['tile']}.jpg\n" for r in part)
+                )
+            report.fold_yamls.append(
+                write_data_yaml(
+                    folder / f"fold{f}.yaml",
+                    f"fold{f}_train.txt",
+                    f"fold{f}_val.txt",
+                    ds.class_names,
+                    comment=f"fold {f} of {folds}: validation = the photos of fold {f}, training = all others",
+                )
+            )
         for row in table:
             row["split"] = f"fold{row['fold']}"
         # Ultralytics resolves './' in a list relative to the list's own folder, so the same lists
         # serve both this data.yaml and folds/fold0.yaml.
-        write_data_yaml(out / "data.yaml", "folds/fold0_train.txt", "folds/fold0_val.txt", ds.class_names,
-                        comment=f"fold 0 of {folds}; train --fold K picks folds/foldK.yaml")
+        write_data_yaml(
+            out / "data.yaml",
+            "folds/fold0_train.txt",
+            "folds/fold0_val.txt",
+            ds.class_names,
+            comment=f"fold 0 of {folds}; train --fold K picks folds/foldK.yaml",
+        )
     else:
         for row in table:
             row["split"] = "val" if row["fold"] == 1 else "train"
         has_val = any(r["split"] == "val" for r in rows)
-        write_data_yaml(out / "data.yaml", "images/train", "images/val" if has_val else "images/train", ds.class_names,
-                        comment="" if has_val else "no photos held out: validation runs on the training tiles")
+        write_data_yaml(
+            out / "data.yaml",
+            "images/train",
+            "images/val" if has_val else "images/train",
+            ds.class_names,
+            comment="" if has_val else "no photos held out: validation runs on the training tiles",
+        )
     report.table = [{"split": r.pop("split"), **{k: v for k, v in r.items() if k != "fold"}} for r in table]
     _write_csv(out / ("folds.csv" if folds else "splits.csv"), report.table)
     (out / "problems.txt").write_text("".join(line + "\n" for line in problems))
@@ -278,4 +322,3 @@ def print_report(report: TileDatasetReport, max_problems: int = 20) -> None:
     if len(report.problems) > max_problems:
         print(f"... {len(report.problems) - max_problems} more in problems.txt", file=sys.stderr)
     print(report.summary(), file=sys.stderr)
-

@@ -32,13 +32,29 @@ def build_dataset(out: Path, train_scenes: int, val_scenes: int, seed: int, nega
 
     def photo(i: int, split: str) -> Photo:
         sc = make_scene(seed + i, DEMO_SCENES)
-        return Photo(f"scene_{seed + i:05d}", lambda sc=sc: sc.image, DEMO_SCENES.width, DEMO_SCENES.height,
-                     sc.boxes, sc.class_ids, split)
+        return Photo(
+            f"scene_{seed + i:05d}",
+            lambda sc=sc: sc.image,
+            DEMO_SCENES.width,
+            DEMO_SCENES.height,
+            sc.boxes,
+            sc.class_ids,
+            split,
+        )
 
     photos = [photo(i, "train") for i in range(train_scenes)]
     photos += [photo(train_scenes + i, "val") for i in range(val_scenes)]
-    return write_tile_dataset(photos, out / "tiles", CLASS_NAMES, tile=1024, overlap=0.2, min_visible=0.5,
-                              negatives=negatives, seed=seed, progress=True)
+    return write_tile_dataset(
+        photos,
+        out / "tiles",
+        CLASS_NAMES,
+        tile=1024,
+        overlap=0.2,
+        min_visible=0.5,
+        negatives=negatives,
+        seed=seed,
+        progress=True,
+    )
 
 
 HELDOUT_SEED = 900_000  # far from the training seeds: scenes the model has never seen
@@ -58,13 +74,23 @@ def evaluate_demo(onnx_path: Path, out: Path, count: int) -> dict:
 
     heldout = out / "heldout"
     if not (heldout / "annotations.json").exists():
-        write_dataset(heldout, count, seed=HELDOUT_SEED,
-                      config=SceneConfig(width=4000, height=3000, people=(3, 9), person_px=(24, 130)), progress=True)
+        write_dataset(
+            heldout,
+            count,
+            seed=HELDOUT_SEED,
+            config=SceneConfig(width=4000, height=3000, people=(3, 9), person_px=(24, 130)),
+            progress=True,
+        )
     data = load_dataset(heldout, format="voc")
     with Detector(onnx_path, config=DetectConfig(conf=0.001)) as det:
         result = evaluate(det, data, score_thr=0.25, progress=True)
-    metrics = {"model": str(onnx_path), "photos": len(data), "people": data.box_count,
-               "tiling": "1024 px tiles, overlap 0.2, IOS merge 0.5", **result.to_dict()}
+    metrics = {
+        "model": str(onnx_path),
+        "photos": len(data),
+        "people": data.box_count,
+        "tiling": "1024 px tiles, overlap 0.2, IOS merge 0.5",
+        **result.to_dict(),
+    }
     write_json_atomic(out / "heldout_metrics.json", metrics)
     print(result.summary())
     return metrics
@@ -76,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Train the demo model from scratch on synthetic scenes and export its ONNX.",
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="work folder (default: runs/demo)")
-    p.add_argument("--train-scenes", type=int, default=48, help="synthetic 2048x1536 training photos (default: 48)")
+    p.add_argument(
+        "--train-scenes", type=int, default=48, help="synthetic 2048x1536 training photos (default: 48)"
+    )
     p.add_argument("--val-scenes", type=int, default=8, help="synthetic validation photos (default: 8)")
     p.add_argument("--negatives", type=int, default=40, help="empty tiles kept in all (default: 40)")
     p.add_argument("--epochs", type=int, default=30, help="training epochs (default: 30)")
@@ -84,12 +112,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=16, help="training batch (default: 16)")
     p.add_argument("--seed", type=int, default=1000, help="scene seed (default: 1000)")
     p.add_argument("--device", default="cpu", help="training device: cpu or a CUDA index (default: cpu)")
-    p.add_argument("--install", action="store_true",
-                   help="copy the exported ONNX to runtime/data/demo.onnx of this checkout")
-    p.add_argument("--export-only", type=Path, default=None, metavar="PT",
-                   help="skip data and training; export this checkpoint (e.g. a last.pt) instead")
-    p.add_argument("--eval-scenes", type=int, default=12,
-                   help="held-out 4000x3000 scenes for the full-photo mAP report; 0 skips it (default: 12)")
+    p.add_argument(
+        "--install",
+        action="store_true",
+        help="copy the exported ONNX to runtime/data/demo.onnx of this checkout",
+    )
+    p.add_argument(
+        "--export-only",
+        type=Path,
+        default=None,
+        metavar="PT",
+        help="skip data and training; export this checkpoint (e.g. a last.pt) instead",
+    )
+    p.add_argument(
+        "--eval-scenes",
+        type=int,
+        default=12,
+        help="held-out 4000x3000 scenes for the full-photo mAP report; 0 skips it (default: 12)",
+    )
     a = p.parse_args(argv)
 
     from ultralytics import YOLO
@@ -100,15 +140,30 @@ def main(argv: list[str] | None = None) -> int:
             data = build_dataset(a.out, a.train_scenes, a.val_scenes, a.seed, a.negatives)
         model = YOLO("yolov8n.yaml")
         model.train(
-            data=str(data), epochs=a.epochs, imgsz=a.imgsz, batch=a.batch, device=a.device, workers=1,
-            project=str(a.out.resolve()), name="train", exist_ok=True, seed=0, deterministic=False,
-            amp=False, plots=False, save_period=1, patience=100, verbose=False, cache=True,
+            data=str(data),
+            epochs=a.epochs,
+            imgsz=a.imgsz,
+            batch=a.batch,
+            device=a.device,
+            workers=1,
+            project=str(a.out.resolve()),
+            name="train",
+            exist_ok=True,
+            seed=0,
+            deterministic=False,
+            amp=False,
+            plots=False,
+            save_period=1,
+            patience=100,
+            verbose=False,
+            cache=True,
         )
         best = a.out / "train" / "weights" / "best.pt"
     else:
         best = a.export_only
-    onnx_path = Path(YOLO(str(best)).export(format="onnx", imgsz=a.imgsz, dynamic=True, simplify=True,
-                                            opset=17, batch=8))
+    onnx_path = Path(
+        YOLO(str(best)).export(format="onnx", imgsz=a.imgsz, dynamic=True, simplify=True, opset=17, batch=8)
+    )
     print(f"exported {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB)")
     if a.eval_scenes:
         evaluate_demo(onnx_path, a.out, a.eval_scenes)

@@ -48,7 +48,11 @@ class CachingBackend(Backend):
         self.inner = inner
         self.name = f"cached-{inner.name}"
         self.input_name, self.input_shape = inner.input_name, inner.input_shape
-        self.input_dtype, self.output_names, self.metadata = inner.input_dtype, inner.output_names, inner.metadata
+        self.input_dtype, self.output_names, self.metadata = (
+            inner.input_dtype,
+            inner.output_names,
+            inner.metadata,
+        )
         self._cache: dict[tuple, list[np.ndarray]] = {}
         self.runs = 0
         self.hits = 0
@@ -58,7 +62,11 @@ class CachingBackend(Backend):
         return True, "wraps a loaded backend"
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
-        key = (batch.shape, str(batch.dtype), hashlib.blake2b(np.ascontiguousarray(batch).data, digest_size=16).digest())
+        key = (
+            batch.shape,
+            str(batch.dtype),
+            hashlib.blake2b(np.ascontiguousarray(batch).data, digest_size=16).digest(),
+        )
         hit = self._cache.get(key)
         if hit is not None:
             self.hits += 1
@@ -101,7 +109,9 @@ class SweepGrid:
                 raise ValueError(f"{name}: expected numbers in [0, 1], found {list(vals)}")
         bad = [m for m in self.merges if m not in MERGE_METHODS]
         if not self.merges or bad:
-            raise ValueError(f"merges: expected some of {', '.join(MERGE_METHODS)}, found {list(self.merges)}")
+            raise ValueError(
+                f"merges: expected some of {', '.join(MERGE_METHODS)}, found {list(self.merges)}"
+            )
 
 
 @dataclass
@@ -135,8 +145,13 @@ class SweepResult:
         """The best setting as detect option names -> values: what best_detect.yaml holds."""
         return detect_settings(self.config, weights)
 
-    def write(self, out_dir: str | Path, models: Sequence[str | Path], weights: Sequence[float] | None = None,
-              data: str | None = None) -> dict[str, Path]:
+    def write(
+        self,
+        out_dir: str | Path,
+        models: Sequence[str | Path],
+        weights: Sequence[float] | None = None,
+        data: str | None = None,
+    ) -> dict[str, Path]:
         """Write sweep.csv, best_detect.yaml, best_detect.json and best_detect.txt.
 
         best_detect.yaml holds the best setting as detect option names, under a comment saying where
@@ -181,18 +196,27 @@ class SweepResult:
             f"data: {data or 'not recorded'}",
             f"model(s): {' '.join(map(str, models))} (the file names no model: give --model when using it)",
             f"objective: {self.objective}, min recall: {floor}; {len(self.rows)} settings tried",
-            "scores at these settings: " + ", ".join(
-                f"{k} {v:.4f}" if isinstance(v, float) and math.isfinite(v) else f"{k} {v}" for k, v in scores.items()),
+            "scores at these settings: "
+            + ", ".join(
+                f"{k} {v:.4f}" if isinstance(v, float) and math.isfinite(v) else f"{k} {v}"
+                for k, v in scores.items()
+            ),
             "use: edgetile detect PHOTOS --model MODEL --out DIR --settings best_detect.yaml",
             "     edgetile serve --model MODEL --config best_detect.yaml ...",
             "options given on the command line win over this file.",
         ]
         body = yaml.safe_dump(settings, sort_keys=False, default_flow_style=None)
-        (out / "best_detect.yaml").write_text("".join(f"# {' '.join(line.splitlines())}\n" for line in header) + body)
+        (out / "best_detect.yaml").write_text(
+            "".join(f"# {' '.join(line.splitlines())}\n" for line in header) + body
+        )
         (out / "best_detect.json").write_text(json.dumps(doc, indent=1))
         (out / "best_detect.txt").write_text(shlex.join(cmd) + "\n")
-        return {"csv": out / "sweep.csv", "yaml": out / "best_detect.yaml", "json": out / "best_detect.json",
-                "txt": out / "best_detect.txt"}
+        return {
+            "csv": out / "sweep.csv",
+            "yaml": out / "best_detect.yaml",
+            "json": out / "best_detect.json",
+            "txt": out / "best_detect.txt",
+        }
 
 
 def detect_settings(cfg: DetectConfig, weights: Sequence[float] | None = None) -> dict[str, object]:
@@ -202,9 +226,16 @@ def detect_settings(cfg: DetectConfig, weights: Sequence[float] | None = None) -
         cfg: The settings.
         weights: Ensemble weights, or None: written as model-weights, since scores hold only for them.
     """
-    out: dict[str, object] = {"tile": cfg.tile, "overlap": cfg.overlap, "conf": cfg.conf, "iou": cfg.iou,
-                              "merge": cfg.merge, "merge-thr": cfg.merge_thr,
-                              "tta": cfg.tta[0] if cfg.tta else "none", "full-frame": cfg.full_frame}
+    out: dict[str, object] = {
+        "tile": cfg.tile,
+        "overlap": cfg.overlap,
+        "conf": cfg.conf,
+        "iou": cfg.iou,
+        "merge": cfg.merge,
+        "merge-thr": cfg.merge_thr,
+        "tta": cfg.tta[0] if cfg.tta else "none",
+        "full-frame": cfg.full_frame,
+    }
     if cfg.batch is not None:
         out["batch"] = cfg.batch
     if weights is not None:
@@ -214,6 +245,7 @@ def detect_settings(cfg: DetectConfig, weights: Sequence[float] | None = None) -
 
 def detect_args(cfg: DetectConfig, weights: Sequence[float] | None = None) -> list[str]:
     """:func:`detect_settings` as command-line words (a flag only when it is on)."""
+
     def word(v: object) -> str:
         return f"{v:g}" if isinstance(v, float) else str(v)
 
@@ -228,7 +260,9 @@ def detect_args(cfg: DetectConfig, weights: Sequence[float] | None = None) -> li
     return args
 
 
-def _collect(detector: Detector, dataset: Dataset, mapping: dict[int, int]) -> tuple[list[PhotoDetections], list[str]]:
+def _collect(
+    detector: Detector, dataset: Dataset, mapping: dict[int, int]
+) -> tuple[list[PhotoDetections], list[str]]:
     per_photo, problems = [], []
     for photo in dataset.photos:
         try:
@@ -281,7 +315,9 @@ def sweep(
     detectors: list[Detector] = []
     try:
         for m, t in settings:
-            detectors.append(Detector(shared, weights=weights, config=replace(base, conf=run_conf, merge=m, merge_thr=t)))
+            detectors.append(
+                Detector(shared, weights=weights, config=replace(base, conf=run_conf, merge=m, merge_thr=t))
+            )
         mapping, notes = class_mapping(detectors[0].names, dataset.class_names)
         per_setting: list[list[PhotoDetections]] = [[] for _ in settings]
         problems: list[str] = []
@@ -301,12 +337,31 @@ def sweep(
         whole = score_detections(per_photo, dataset.class_names, run_conf)
         for c in sorted(grid.confs):
             tp, fp, n_gt, rec, prec, f1 = operating_point(per_photo, c)
-            rows.append({"merge": m, "merge_thr": t, "conf": c, "recall": rec, "precision": prec, "f1": f1,
-                         "tp": tp, "fp": fp, "gt_boxes": n_gt, "map50": whole.map50, "map75": whole.map75,
-                         "map50_95": whole.map50_95, "lacmus_ap50": whole.lacmus_ap50, "lacmus_f1": whole.lacmus_f1})
-    notes = list(notes) + problems + [f"the model ran at conf {run_conf:g}; mAPs count detections from there up"]
+            rows.append(
+                {
+                    "merge": m,
+                    "merge_thr": t,
+                    "conf": c,
+                    "recall": rec,
+                    "precision": prec,
+                    "f1": f1,
+                    "tp": tp,
+                    "fp": fp,
+                    "gt_boxes": n_gt,
+                    "map50": whole.map50,
+                    "map75": whole.map75,
+                    "map50_95": whole.map50_95,
+                    "lacmus_ap50": whole.lacmus_ap50,
+                    "lacmus_f1": whole.lacmus_f1,
+                }
+            )
+    notes = (
+        list(notes) + problems + [f"the model ran at conf {run_conf:g}; mAPs count detections from there up"]
+    )
     best = _choose(rows, objective, min_recall, notes)
-    cfg = replace(base, conf=float(best["conf"]), merge=str(best["merge"]), merge_thr=float(best["merge_thr"]))
+    cfg = replace(
+        base, conf=float(best["conf"]), merge=str(best["merge"]), merge_thr=float(best["merge_thr"])
+    )
     return SweepResult(rows, best, cfg, objective, min_recall, notes, runs)
 
 
@@ -320,8 +375,10 @@ def _choose(rows: list[dict], objective: str, min_recall: float | None, notes: l
         pool = [r for r in rows if _num(r["recall"]) >= min_recall]
         if not pool:
             top = max(_num(r["recall"]) for r in rows)
-            notes.append(f"no setting reaches recall {min_recall:g} (best {top:.4f}): the highest-recall settings "
-                         "were chosen from")
+            notes.append(
+                f"no setting reaches recall {min_recall:g} (best {top:.4f}): the highest-recall settings "
+                "were chosen from"
+            )
             pool = [r for r in rows if _num(r["recall"]) == top]
     # Ties go to the lower conf: when two settings score alike, the one that misses fewer people wins.
     if objective == "f1":
@@ -351,5 +408,8 @@ def write_eval(result: EvalResult, out_dir: str | Path, title: str | None = None
     tmp = out / ".metrics.json.tmp"
     tmp.write_text(json.dumps(result.to_dict(), indent=1))
     tmp.replace(out / "metrics.json")
-    return {"metrics": out / "metrics.json", "pr_curve": result.write_pr_curve(out / "pr_curve.png", title),
-            "detections": write_detections_csv(result, out / "detections.csv")}
+    return {
+        "metrics": out / "metrics.json",
+        "pr_curve": result.write_pr_curve(out / "pr_curve.png", title),
+        "detections": write_detections_csv(result, out / "detections.csv"),
+    }

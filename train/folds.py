@@ -46,8 +46,11 @@ class PhotoLabels:
 
 
 def photo_labels(
-    boxes: Sequence[np.ndarray], class_ids: Sequence[np.ndarray], class_names: Sequence[str],
-    count_bins: Sequence[int] = COUNT_BINS, size_bins: Sequence[int] = SIZE_BINS,
+    boxes: Sequence[np.ndarray],
+    class_ids: Sequence[np.ndarray],
+    class_names: Sequence[str],
+    count_bins: Sequence[int] = COUNT_BINS,
+    size_bins: Sequence[int] = SIZE_BINS,
 ) -> PhotoLabels:
     """Class presence, box-count bin and box-size bins of each photo.
 
@@ -71,8 +74,11 @@ def photo_labels(
         if len(b):
             side = np.sqrt(np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None))
             m[i, nc + ncb + np.unique(np.searchsorted(size_bins, side, side="right") - 1)] = 1
-    names = ([f"class:{n}" for n in class_names] + [f"count:{n}" for n in _bin_names(count_bins)]
-             + [f"size:{n}" for n in _bin_names(size_bins, "px")])
+    names = (
+        [f"class:{n}" for n in class_names]
+        + [f"count:{n}" for n in _bin_names(count_bins)]
+        + [f"size:{n}" for n in _bin_names(size_bins, "px")]
+    )
     return PhotoLabels(m, names)
 
 
@@ -120,8 +126,12 @@ def stratified_holdout(labels: PhotoLabels, val_fraction: float, seed: int = 0) 
     return val
 
 
-def fold_table(labels: PhotoLabels, fold: np.ndarray, box_counts: np.ndarray | None = None,
-               tile_counts: np.ndarray | None = None) -> list[dict]:
+def fold_table(
+    labels: PhotoLabels,
+    fold: np.ndarray,
+    box_counts: np.ndarray | None = None,
+    tile_counts: np.ndarray | None = None,
+) -> list[dict]:
     """One row per fold: photos, boxes, tiles and how many photos carry each label.
 
     Args:

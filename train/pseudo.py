@@ -46,9 +46,13 @@ class PseudoLabelFilter:
         if not 0.0 < self.conf <= 1.0:
             raise ValueError(f"conf: expected a score in (0, 1], found {self.conf!r}")
         if not 0.0 < self.ambiguous <= self.conf:
-            raise ValueError(f"ambiguous: expected a score in (0, conf={self.conf:g}], found {self.ambiguous!r}")
+            raise ValueError(
+                f"ambiguous: expected a score in (0, conf={self.conf:g}], found {self.ambiguous!r}"
+            )
         if self.min_boxes < 0 or self.max_boxes < self.min_boxes:
-            raise ValueError(f"min_boxes, max_boxes: expected 0 <= min <= max, found {self.min_boxes}, {self.max_boxes}")
+            raise ValueError(
+                f"min_boxes, max_boxes: expected 0 <= min <= max, found {self.min_boxes}, {self.max_boxes}"
+            )
 
 
 @dataclass
@@ -74,9 +78,11 @@ class PseudoLabelReport:
         for why in self.left_out.values():
             key = why.split(":")[0]
             reasons[key] = reasons.get(key, 0) + 1
-        return (f"{len(self.kept)} photo(s) kept with {self.boxes} box(es); {len(self.left_out)} left out"
-                + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(reasons.items()))})" if reasons else "")
-                + f"; {len(self.problems)} unreadable; dataset: {self.out}")
+        return (
+            f"{len(self.kept)} photo(s) kept with {self.boxes} box(es); {len(self.left_out)} left out"
+            + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(reasons.items()))})" if reasons else "")
+            + f"; {len(self.problems)} unreadable; dataset: {self.out}"
+        )
 
 
 def _voc(name: str, w: int, h: int, boxes: np.ndarray, labels: Sequence[str]) -> str:
@@ -88,9 +94,11 @@ def _voc(name: str, w: int, h: int, boxes: np.ndarray, labels: Sequence[str]) ->
         f"      <ymax>{b[3]:.1f}</ymax>\n    </bndbox>\n  </object>\n"
         for b, n in zip(boxes, labels)
     )
-    return (f"<annotation>\n  <folder>JPEGImages</folder>\n  <filename>{escape(name)}</filename>\n"
-            f"  <size>\n    <width>{w}</width>\n    <height>{h}</height>\n    <depth>3</depth>\n  </size>\n"
-            f"{objs}</annotation>\n")
+    return (
+        f"<annotation>\n  <folder>JPEGImages</folder>\n  <filename>{escape(name)}</filename>\n"
+        f"  <size>\n    <width>{w}</width>\n    <height>{h}</height>\n    <depth>3</depth>\n  </size>\n"
+        f"{objs}</annotation>\n"
+    )
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -137,14 +145,20 @@ def pseudo_label(
     used: set[str] = set()
     from tqdm import tqdm
 
-    with Detector([str(m) for m in models], backend=backend, config=cfg) as det, \
-            open(root / "pseudo_labels.csv", "w", newline="") as f:
+    with Detector([str(m) for m in models], backend=backend, config=cfg) as det, open(
+        root / "pseudo_labels.csv", "w", newline=""
+    ) as f:
         names = [det.names[i] for i in sorted(det.names)]
         (root / "classes.txt").write_text("\n".join(names) + "\n")
         rows = csv.writer(f)
         rows.writerow(["photo", "source", "class", "xmin", "ymin", "xmax", "ymax", "score"])
-        bar = tqdm(inputs, desc="pseudo-label", unit="photo", file=sys.stderr,
-                   disable=not (progress and sys.stderr.isatty()))
+        bar = tqdm(
+            inputs,
+            desc="pseudo-label",
+            unit="photo",
+            file=sys.stderr,
+            disable=not (progress and sys.stderr.isatty()),
+        )
         for src in bar:
             try:
                 image = read_image(src)
@@ -159,7 +173,9 @@ def pseudo_label(
                 stem, k = f"{Path(src).stem}_{k}", k + 1
             grey = int((~sure).sum())
             if grey:
-                report.left_out[stem] = f"ambiguous: {grey} box(es) scoring in [{flt.ambiguous:g}, {flt.conf:g})"
+                report.left_out[stem] = (
+                    f"ambiguous: {grey} box(es) scoring in [{flt.ambiguous:g}, {flt.conf:g})"
+                )
                 continue
             n = int(sure.sum())
             if not flt.min_boxes <= n <= flt.max_boxes:
@@ -170,11 +186,17 @@ def pseudo_label(
             _link_or_copy(Path(src), root / "JPEGImages" / name)
             boxes, labels = d.xyxy[sure], [names[int(c)] for c in d.class_ids[sure]]
             (root / "Annotations" / f"{stem}.xml").write_text(_voc(name, w, h, boxes, labels))
-            (root / "labels" / f"{stem}.txt").write_text("".join(
-                f"{int(c)} {(b[0] + b[2]) / 2 / w:.6f} {(b[1] + b[3]) / 2 / h:.6f} {(b[2] - b[0]) / w:.6f} "
-                f"{(b[3] - b[1]) / h:.6f}\n" for b, c in zip(boxes, d.class_ids[sure])))
+            (root / "labels" / f"{stem}.txt").write_text(
+                "".join(
+                    f"{int(c)} {(b[0] + b[2]) / 2 / w:.6f} {(b[1] + b[3]) / 2 / h:.6f} {(b[2] - b[0]) / w:.6f} "
+                    f"{(b[3] - b[1]) / h:.6f}\n"
+                    for b, c in zip(boxes, d.class_ids[sure])
+                )
+            )
             for b, c, s in zip(boxes, d.class_ids[sure], d.scores[sure]):
-                rows.writerow([name, src, names[int(c)], *(round(float(v), 1) for v in b), round(float(s), 5)])
+                rows.writerow(
+                    [name, src, names[int(c)], *(round(float(v), 1) for v in b), round(float(s), 5)]
+                )
             report.kept.append(name)
             report.boxes += n
     return report

@@ -30,8 +30,18 @@ _SEASONS = {
     "winter": [(225, 225, 220), (200, 200, 195), (170, 175, 172), (235, 235, 235)],
 }
 _CLOTHING = [
-    (30, 30, 200), (20, 120, 240), (200, 80, 30), (40, 40, 40), (60, 110, 60), (230, 230, 230),
-    (30, 200, 230), (120, 120, 120), (20, 20, 20), (150, 60, 120), (90, 60, 40), (180, 150, 60),
+    (30, 30, 200),
+    (20, 120, 240),
+    (200, 80, 30),
+    (40, 40, 40),
+    (60, 110, 60),
+    (230, 230, 230),
+    (30, 200, 230),
+    (120, 120, 120),
+    (20, 20, 20),
+    (150, 60, 120),
+    (90, 60, 40),
+    (180, 150, 60),
 ]
 _SKIN_HAIR = [(80, 120, 170), (60, 90, 130), (40, 60, 90), (30, 40, 50), (20, 20, 25), (110, 160, 200)]
 _POSES = ("standing", "walking", "lying", "sitting", "arms_out")
@@ -407,7 +417,9 @@ def write_dataset(
         stems.append(stem)
         name = stem + ".jpg"
         h, w = sc.image.shape[:2]
-        if not cv2.imwrite(str(out / "JPEGImages" / name), sc.image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]):
+        if not cv2.imwrite(
+            str(out / "JPEGImages" / name), sc.image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
+        ):
             raise OSError(f"could not write {out / 'JPEGImages' / name}")
         (out / "Annotations" / f"{stem}.xml").write_text(_voc_xml(name, w, h, sc.boxes, sc.class_ids))
         lines = [

@@ -66,7 +66,12 @@ def window_boxes(
     b = np.asarray(boxes, np.float64).reshape(-1, 4)
     x0, y0, x1, y1 = (float(v) for v in window)
     cb = np.stack(
-        [np.clip(b[:, 0], x0, x1), np.clip(b[:, 1], y0, y1), np.clip(b[:, 2], x0, x1), np.clip(b[:, 3], y0, y1)],
+        [
+            np.clip(b[:, 0], x0, x1),
+            np.clip(b[:, 1], y0, y1),
+            np.clip(b[:, 2], x0, x1),
+            np.clip(b[:, 3], y0, y1),
+        ],
         axis=1,
     )
     area = np.maximum(b[:, 2] - b[:, 0], 0) * np.maximum(b[:, 3] - b[:, 1], 0)
@@ -156,7 +161,9 @@ def cut_tiles(
     plans = []
     from tqdm import tqdm
 
-    bar = tqdm(photos, desc="tiles", unit="photo", file=sys.stderr, disable=not (progress and sys.stderr.isatty()))
+    bar = tqdm(
+        photos, desc="tiles", unit="photo", file=sys.stderr, disable=not (progress and sys.stderr.isatty())
+    )
     for pi, photo in enumerate(bar):
         windows = plan_tiles(photo.width, photo.height, tile, overlap)
         plans.append(windows)
@@ -171,14 +178,18 @@ def cut_tiles(
                     continue
                 if image is None:
                     image = _load(photo)
-                rows.append(_write_tile(out, photo, wi, win, crop_tile(image, win, tile), tb, tc, tile, jpeg_quality))
+                rows.append(
+                    _write_tile(out, photo, wi, win, crop_tile(image, win, tile), tb, tc, tile, jpeg_quality)
+                )
             if empty_here and (negatives or negative_ratio):
                 if negative_scores is not None:
                     # The pixels already read are lent to the scorer rather than read again.
                     lent = photo if image is None else dataclasses.replace(photo, load=lambda im=image: im)
                     scores = np.asarray(negative_scores(lent, windows[empty_here]), np.float64).reshape(-1)
                     if scores.shape != (len(empty_here),):
-                        raise ValueError(f"negative_scores: expected {len(empty_here)} scores, found {scores.shape}")
+                        raise ValueError(
+                            f"negative_scores: expected {len(empty_here)} scores, found {scores.shape}"
+                        )
                 else:
                     scores = rng.random(len(empty_here))
                 empty.extend((float(sc), pi, wi) for sc, wi in zip(scores, empty_here))
@@ -212,7 +223,9 @@ def cut_tiles(
             no_boxes = np.zeros((0, 4), np.float32)
             for wi, score in sorted(chosen[pi]):
                 win = plans[pi][wi]
-                row = _write_tile(out, photo, wi, win, crop_tile(image, win, tile), no_boxes, [], tile, jpeg_quality)
+                row = _write_tile(
+                    out, photo, wi, win, crop_tile(image, win, tile), no_boxes, [], tile, jpeg_quality
+                )
                 row.update(kind=kind, score=round(score, 6))
                 rows.append(row)
     return rows
@@ -227,8 +240,21 @@ def _load(photo: Photo) -> np.ndarray:
     return image
 
 
-MANIFEST_FIELDS = ["tile", "split", "fold", "photo", "source", "window", "x0", "y0", "x1", "y1", "boxes", "kind",
-                   "score"]
+MANIFEST_FIELDS = [
+    "tile",
+    "split",
+    "fold",
+    "photo",
+    "source",
+    "window",
+    "x0",
+    "y0",
+    "x1",
+    "y1",
+    "boxes",
+    "kind",
+    "score",
+]
 
 
 def write_manifest(rows: Sequence[dict], path: str | Path) -> Path:
@@ -294,8 +320,19 @@ def write_tile_dataset(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = cut_tiles(list(photos), out, tile, overlap, min_visible, negatives, negative_scores, seed,
-                     jpeg_quality, progress, problems)
+    rows = cut_tiles(
+        list(photos),
+        out,
+        tile,
+        overlap,
+        min_visible,
+        negatives,
+        negative_scores,
+        seed,
+        jpeg_quality,
+        progress,
+        problems,
+    )
     write_manifest(rows, out / "manifest.csv")
     splits = {r["split"] for r in rows}
     train = "images/train" if "train" in splits or not splits else f"images/{sorted(splits)[0]}"
@@ -328,6 +365,17 @@ def _write_tile(
     (lbl_dir / f"{name}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
     x0, y0, x1, y1 = (int(v) for v in win)
     return {
-        "tile": name, "split": photo.split, "fold": "", "photo": photo.photo_id, "source": photo.source, "window": wi,
-        "x0": x0, "y0": y0, "x1": x1, "y1": y1, "boxes": len(boxes), "kind": "positive", "score": "",
+        "tile": name,
+        "split": photo.split,
+        "fold": "",
+        "photo": photo.photo_id,
+        "source": photo.source,
+        "window": wi,
+        "x0": x0,
+        "y0": y0,
+        "x1": x1,
+        "y1": y1,
+        "boxes": len(boxes),
+        "kind": "positive",
+        "score": "",
     }

@@ -82,8 +82,13 @@ class TrainResult:
         return (
             f"run: {self.run_dir}\n"
             + "\n".join(f"  {k} {v:.4f}" for k, v in self.metrics.items())
-            + "\n" + size_table(self.sizes_mb, self.budget_mb, self.estimate)
-            + ("" if self.within_budget else "\nOVER BUDGET: choose a smaller model or raise --budget-mb knowingly")
+            + "\n"
+            + size_table(self.sizes_mb, self.budget_mb, self.estimate)
+            + (
+                ""
+                if self.within_budget
+                else "\nOVER BUDGET: choose a smaller model or raise --budget-mb knowingly"
+            )
             + (f"\nEXPORT FAILED: {self.export_error}" if self.export_error else "")
         )
 
@@ -109,7 +114,9 @@ def load_hyp(path: str | Path) -> dict[str, object]:
     try:
         doc = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ValueError(f"--hyp {p}: expected YAML, found unparsable text ({str(exc).splitlines()[0]})") from None
+        raise ValueError(
+            f"--hyp {p}: expected YAML, found unparsable text ({str(exc).splitlines()[0]})"
+        ) from None
     if doc is None:
         return {}
     if not isinstance(doc, dict):
@@ -158,9 +165,15 @@ def fold_data(data_yaml: str | Path, fold: int | None) -> Path:
         return p
     f = p.parent / "folds" / f"fold{fold}.yaml"
     if not f.is_file():
-        have = sorted(x.stem for x in (p.parent / "folds").glob("fold*.yaml")) if (p.parent / "folds").is_dir() else []
-        raise ValueError(f"--fold {fold}: expected {f} (made by 'edgetile dataset tiles --folds K'), found "
-                         + (f"only {', '.join(have)}" if have else "no folds beside this data.yaml"))
+        have = (
+            sorted(x.stem for x in (p.parent / "folds").glob("fold*.yaml"))
+            if (p.parent / "folds").is_dir()
+            else []
+        )
+        raise ValueError(
+            f"--fold {fold}: expected {f} (made by 'edgetile dataset tiles --folds K'), found "
+            + (f"only {', '.join(have)}" if have else "no folds beside this data.yaml")
+        )
     return f
 
 
@@ -182,8 +195,13 @@ def export_onnx(best: Path, imgsz: int, budget_mb: float) -> Path:
         checked_export = None
     if checked_export is not None:
         # The budget is judged by train itself (a size table, exit 1), so the exporter is not asked to raise.
-        return Path(checked_export(best, best.with_suffix(".onnx"),
-                                   OnnxExportConfig(imgsz=imgsz, batch=None, budget_mb=float("inf"))))
+        return Path(
+            checked_export(
+                best,
+                best.with_suffix(".onnx"),
+                OnnxExportConfig(imgsz=imgsz, batch=None, budget_mb=float("inf")),
+            )
+        )
     from ultralytics import YOLO
 
     return Path(YOLO(str(best)).export(format="onnx", dynamic=True, simplify=True, imgsz=imgsz))
@@ -222,8 +240,15 @@ def train(
 
     model = YOLO(opt.model)
     args = dict(
-        data=str(data_path), imgsz=opt.imgsz, epochs=opt.epochs, batch=opt.batch, workers=opt.workers,
-        seed=opt.seed, patience=opt.patience, project=str(Path(opt.project).resolve()), name=opt.name,
+        data=str(data_path),
+        imgsz=opt.imgsz,
+        epochs=opt.epochs,
+        batch=opt.batch,
+        workers=opt.workers,
+        seed=opt.seed,
+        patience=opt.patience,
+        project=str(Path(opt.project).resolve()),
+        name=opt.name,
     )
     if opt.device:
         args["device"] = opt.device
@@ -232,8 +257,11 @@ def train(
     trainer = model.trainer
     run_dir = Path(trainer.save_dir)
     best = Path(trainer.best) if Path(trainer.best).is_file() else Path(trainer.last)
-    metrics = {k: float(v) for k, v in (getattr(trainer, "metrics", None) or {}).items()
-               if isinstance(v, (int, float))}
+    metrics = {
+        k: float(v)
+        for k, v in (getattr(trainer, "metrics", None) or {}).items()
+        if isinstance(v, (int, float))
+    }
     onnx, export_error = None, None
     if export:
         try:
@@ -242,14 +270,31 @@ def train(
             # The trained weights are kept and reported; the failed export is the run's problem line.
             export_error = f"ONNX export of {best} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
     sizes = file_sizes_mb({best.name: best, **({onnx.name: onnx} if onnx is not None else {})})
-    result = TrainResult(run_dir, best, onnx, sizes, estimate, budget_mb,
-                         all(v <= budget_mb for v in sizes.values()), metrics, export_error)
+    result = TrainResult(
+        run_dir,
+        best,
+        onnx,
+        sizes,
+        estimate,
+        budget_mb,
+        all(v <= budget_mb for v in sizes.values()),
+        metrics,
+        export_error,
+    )
     summary = {
-        "data": str(data_path), "fold": fold, "model": opt.model, "options": {**asdict(opt), "overrides": dict(opt.overrides)},
-        "best": str(best), "onnx": str(onnx) if onnx else None, "sizes_mb": sizes,
+        "data": str(data_path),
+        "fold": fold,
+        "model": opt.model,
+        "options": {**asdict(opt), "overrides": dict(opt.overrides)},
+        "best": str(best),
+        "onnx": str(onnx) if onnx else None,
+        "sizes_mb": sizes,
         "predicted_mb": {"checkpoint": estimate.checkpoint_mb, "onnx": estimate.onnx_mb},
-        "params": estimate.params, "budget_mb": budget_mb, "within_budget": result.within_budget,
-        "export_error": export_error, "metrics": metrics,
+        "params": estimate.params,
+        "budget_mb": budget_mb,
+        "within_budget": result.within_budget,
+        "export_error": export_error,
+        "metrics": metrics,
     }
     tmp = run_dir / ".edgetile_summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=1, default=str))

@@ -18,12 +18,31 @@ from pathlib import Path
 DEFAULT_SPACE = ("lr0", "lrf", "momentum")
 # Ultralytics' own bounds (engine/tuner.py): (min, max) or (min, max, mutation gain).
 KNOWN_BOUNDS: Mapping[str, tuple[float, ...]] = {
-    "lr0": (1e-5, 1e-2), "lrf": (0.01, 1.0), "momentum": (0.7, 0.98, 0.3), "weight_decay": (0.0, 0.001),
-    "warmup_epochs": (0.0, 5.0), "warmup_momentum": (0.0, 0.95), "box": (1.0, 20.0), "cls": (0.1, 4.0),
-    "dfl": (0.4, 12.0), "hsv_h": (0.0, 0.1), "hsv_s": (0.0, 0.9), "hsv_v": (0.0, 0.9), "degrees": (0.0, 45.0),
-    "translate": (0.0, 0.9), "scale": (0.0, 0.95), "shear": (0.0, 10.0), "perspective": (0.0, 0.001),
-    "flipud": (0.0, 1.0), "fliplr": (0.0, 1.0), "bgr": (0.0, 1.0), "mosaic": (0.0, 1.0), "mixup": (0.0, 1.0),
-    "cutmix": (0.0, 1.0), "copy_paste": (0.0, 1.0), "close_mosaic": (0.0, 10.0),
+    "lr0": (1e-5, 1e-2),
+    "lrf": (0.01, 1.0),
+    "momentum": (0.7, 0.98, 0.3),
+    "weight_decay": (0.0, 0.001),
+    "warmup_epochs": (0.0, 5.0),
+    "warmup_momentum": (0.0, 0.95),
+    "box": (1.0, 20.0),
+    "cls": (0.1, 4.0),
+    "dfl": (0.4, 12.0),
+    "hsv_h": (0.0, 0.1),
+    "hsv_s": (0.0, 0.9),
+    "hsv_v": (0.0, 0.9),
+    "degrees": (0.0, 45.0),
+    "translate": (0.0, 0.9),
+    "scale": (0.0, 0.95),
+    "shear": (0.0, 10.0),
+    "perspective": (0.0, 0.001),
+    "flipud": (0.0, 1.0),
+    "fliplr": (0.0, 1.0),
+    "bgr": (0.0, 1.0),
+    "mosaic": (0.0, 1.0),
+    "mixup": (0.0, 1.0),
+    "cutmix": (0.0, 1.0),
+    "copy_paste": (0.0, 1.0),
+    "close_mosaic": (0.0, 10.0),
 }
 
 
@@ -41,12 +60,16 @@ def parse_space(items: Sequence[str]) -> dict[str, tuple[float, ...]]:
         name, _, rng = item.partition("=")
         name = name.strip()
         if name not in known:
-            raise ValueError(f"--space {item!r}: expected an Ultralytics training argument, found unknown {name!r}")
+            raise ValueError(
+                f"--space {item!r}: expected an Ultralytics training argument, found unknown {name!r}"
+            )
         if rng:
             try:
                 lo, hi = (float(v) for v in rng.split(":"))
             except ValueError:
-                raise ValueError(f"--space {item!r}: expected NAME=LO:HI with two numbers, found {rng!r}") from None
+                raise ValueError(
+                    f"--space {item!r}: expected NAME=LO:HI with two numbers, found {rng!r}"
+                ) from None
             if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
                 raise ValueError(f"--space {item!r}: expected LO < HI, found {lo:g}:{hi:g}")
             space[name] = (lo, hi)
@@ -79,7 +102,9 @@ class TuneOptions:
     """
 
     model: str = "yolov8n.yaml"
-    space: Mapping[str, tuple[float, ...]] = field(default_factory=lambda: {k: KNOWN_BOUNDS[k] for k in DEFAULT_SPACE})
+    space: Mapping[str, tuple[float, ...]] = field(
+        default_factory=lambda: {k: KNOWN_BOUNDS[k] for k in DEFAULT_SPACE}
+    )
     iterations: int = 30
     epochs: int = 10
     imgsz: int = 640
@@ -111,16 +136,30 @@ class TuneResult:
 
 
 def _train_args(opt: TuneOptions, data: Path) -> dict:
-    args = dict(data=str(data), epochs=opt.epochs, imgsz=opt.imgsz, batch=opt.batch, workers=opt.workers,
-                optimizer=opt.optimizer, plots=False)
+    args = dict(
+        data=str(data),
+        epochs=opt.epochs,
+        imgsz=opt.imgsz,
+        batch=opt.batch,
+        workers=opt.workers,
+        optimizer=opt.optimizer,
+        plots=False,
+    )
     if opt.device:
         args["device"] = opt.device
     args.update(opt.overrides)
     return args
 
 
-def tune(data: str | Path, options: TuneOptions | None = None, fold: int | None = None, ray: bool = False,
-         ray_search: str = "random", grace_period: int = 1, resume: bool = False) -> TuneResult:
+def tune(
+    data: str | Path,
+    options: TuneOptions | None = None,
+    fold: int | None = None,
+    ray: bool = False,
+    ray_search: str = "random",
+    grace_period: int = 1,
+    resume: bool = False,
+) -> TuneResult:
     """Search hyperparameters with Ultralytics' genetic evolution (or Ray Tune with ray=True).
 
     Args:
@@ -154,8 +193,10 @@ def tune(data: str | Path, options: TuneOptions | None = None, fold: int | None 
     # search into the same --out is refused rather than written somewhere else.
     search_dir = out / ("ray" if ray else "evolve")
     if search_dir.exists() and not resume:
-        raise ValueError(f"--out {opt.out}: a search is already there ({search_dir.name}/); continue it with "
-                         "--resume or choose another --out")
+        raise ValueError(
+            f"--out {opt.out}: a search is already there ({search_dir.name}/); continue it with "
+            "--resume or choose another --out"
+        )
     out.mkdir(parents=True, exist_ok=True)
     if ray:
         rows = _tune_ray(data_path, opt, search_dir, ray_search, grace_period, resume)
@@ -176,8 +217,10 @@ def tune(data: str | Path, options: TuneOptions | None = None, fold: int | None 
         w.writeheader()
         w.writerows(rows)
     best_yaml = out / "best_hyperparameters.yaml"
-    lines = [f"# edgetile tune: best of {len(rows)} candidate(s), fitness {float(best_row['fitness']):.5f} "
-             f"(iteration {best_row.get('iteration')}); use with: edgetile train --hyp {best_yaml.name}"]
+    lines = [
+        f"# edgetile tune: best of {len(rows)} candidate(s), fitness {float(best_row['fitness']):.5f} "
+        f"(iteration {best_row.get('iteration')}); use with: edgetile train --hyp {best_yaml.name}"
+    ]
     for k, v in best.items():
         lines.append(f"{k}: {v!r}" if isinstance(v, (int, float)) else f"{k}: {v}")
     best_yaml.write_text("\n".join(lines) + "\n")
@@ -190,8 +233,14 @@ def _tune_genetic(data: Path, opt: TuneOptions, search_dir: Path, resume: bool) 
     model = YOLO(opt.model)
     # The search goes to out/evolve, each candidate's training to out/train, out/train2... (Ultralytics
     # deletes all but the best).
-    model.tune(iterations=opt.iterations, space=dict(opt.space), project=str(search_dir.parent),
-               name=search_dir.name, resume=resume, **_train_args(opt, data))
+    model.tune(
+        iterations=opt.iterations,
+        space=dict(opt.space),
+        project=str(search_dir.parent),
+        name=search_dir.name,
+        resume=resume,
+        **_train_args(opt, data),
+    )
     results = search_dir / "tune_results.ndjson"
     if not results.is_file():
         raise RuntimeError(f"tune: Ultralytics wrote no {results.name} in {search_dir}")
@@ -211,8 +260,9 @@ def _tune_genetic(data: Path, opt: TuneOptions, search_dir: Path, resume: bool) 
     return rows
 
 
-def _tune_ray(data: Path, opt: TuneOptions, search_dir: Path, search: str, grace_period: int,
-              resume: bool) -> list[dict]:
+def _tune_ray(
+    data: Path, opt: TuneOptions, search_dir: Path, search: str, grace_period: int, resume: bool
+) -> list[dict]:
     try:
         import ray  # noqa: F401
         from ray import tune as rtune
@@ -229,9 +279,17 @@ def _tune_ray(data: Path, opt: TuneOptions, search_dir: Path, search: str, grace
 
     model = YOLO(opt.model)
     space = {k: rtune.uniform(float(b[0]), float(b[1])) for k, b in opt.space.items()}
-    grid = model.tune(use_ray=True, space=space, iterations=opt.iterations, search_alg=search,
-                      grace_period=grace_period, project=str(search_dir.parent), name=search_dir.name,
-                      resume=resume, **_train_args(opt, data))
+    grid = model.tune(
+        use_ray=True,
+        space=space,
+        iterations=opt.iterations,
+        search_alg=search,
+        grace_period=grace_period,
+        project=str(search_dir.parent),
+        name=search_dir.name,
+        resume=resume,
+        **_train_args(opt, data),
+    )
     rows = []
     for i, res in enumerate(grid):
         metrics = res.metrics or {}
@@ -240,7 +298,9 @@ def _tune_ray(data: Path, opt: TuneOptions, search_dir: Path, search: str, grace
             fitness = metrics.get("metrics/mAP50-95(B)")
         row: dict = {"iteration": i + 1, "fitness": None if fitness is None else float(fitness)}
         row.update({k: (res.config or {}).get(k) for k in opt.space})
-        row.update({k: v for k, v in metrics.items() if k.startswith("metrics/") and isinstance(v, (int, float))})
+        row.update(
+            {k: v for k, v in metrics.items() if k.startswith("metrics/") and isinstance(v, (int, float))}
+        )
         if res.error is not None:
             row["error"] = str(res.error).splitlines()[0]
         rows.append(row)

@@ -43,12 +43,18 @@ class OnnxRuntimeBackend(Backend):
         opts.log_severity_level = 3  # errors only: graph-cleanup warnings are noise in a field log
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            self._session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(
+                str(path), opts, providers=providers or ["CPUExecutionProvider"]
+            )
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
-            raise ValueError(f"model: not a loadable ONNX model: {model_path}: {str(exc).splitlines()[0]}") from exc
+            raise ValueError(
+                f"model: not a loadable ONNX model: {model_path}: {str(exc).splitlines()[0]}"
+            ) from exc
         inputs = self._session.get_inputs()
         if len(inputs) != 1:
-            raise ValueError(f"model: expected one image input, found {len(inputs)}: {[i.name for i in inputs]}")
+            raise ValueError(
+                f"model: expected one image input, found {len(inputs)}: {[i.name for i in inputs]}"
+            )
         inp = inputs[0]
         if len(inp.shape) != 4:
             raise ValueError(f"model input {inp.name!r}: expected shape (B, 3, H, W), found {inp.shape}")

@@ -239,8 +239,10 @@ def engine_io(trt: Any, engine: Any, api: TrtRuntimeApi, where: str = "engine") 
         ValueError: Not one 4-D, 3-channel float input; non-float outputs; an implicit-batch plan (8.x).
     """
     if api.implicit_batch_engines and bool(getattr(engine, "has_implicit_batch_dimension", False)):
-        raise ValueError(f"{where}: expected an explicit-batch engine, found one built with an implicit batch "
-                         "dimension (TensorRT 7 style); rebuild it with 'edgetile export engine'")
+        raise ValueError(
+            f"{where}: expected an explicit-batch engine, found one built with an implicit batch "
+            "dimension (TensorRT 7 style); rebuild it with 'edgetile export engine'"
+        )
     types = _dtypes(trt)
     inputs: list[TensorSpec] = []
     outputs: list[TensorSpec] = []
@@ -258,7 +260,9 @@ def engine_io(trt: Any, engine: Any, api: TrtRuntimeApi, where: str = "engine") 
         else:
             outputs.append(TensorSpec(name, types[dt], shape))
     if len(inputs) != 1:
-        raise ValueError(f"{where}: expected one image input, found {len(inputs)}: {[t.name for t in inputs]}")
+        raise ValueError(
+            f"{where}: expected one image input, found {len(inputs)}: {[t.name for t in inputs]}"
+        )
     if not outputs:
         raise ValueError(f"{where}: expected at least one output, found none")
     inp = inputs[0]
@@ -272,8 +276,10 @@ def engine_io(trt: Any, engine: Any, api: TrtRuntimeApi, where: str = "engine") 
         bmin, bmax = (lo[0], hi[0]) if inp.shape[0] == -1 else (inp.shape[0], inp.shape[0])
         hw = (inp.shape[2] if inp.shape[2] > 0 else opt[2], inp.shape[3] if inp.shape[3] > 0 else opt[3])
     if bmin < 1 or bmax < bmin or min(hw) < 1:
-        raise ValueError(f"{where}: input {inp.name!r}: expected a batch range and size, found shape {inp.shape} "
-                         f"with profile {inp.profile}")
+        raise ValueError(
+            f"{where}: input {inp.name!r}: expected a batch range and size, found shape {inp.shape} "
+            f"with profile {inp.profile}"
+        )
     return EngineIO(inp, tuple(outputs), int(bmin), int(bmax), (int(hw[0]), int(hw[1])))
 
 
@@ -287,7 +293,9 @@ class EngineExecution:
         log: The lines of the TensorRT logger (make_logger), quoted when an enqueue fails.
     """
 
-    def __init__(self, engine: Any, io: EngineIO, where: str = "engine", log: list[str] | None = None) -> None:
+    def __init__(
+        self, engine: Any, io: EngineIO, where: str = "engine", log: list[str] | None = None
+    ) -> None:
         self.io = io
         self.where = where
         self._log = log if log is not None else []  # the TensorRT logger's lines, quoted in errors
@@ -302,8 +310,10 @@ class EngineExecution:
         work of this context in flight)."""
         io = self.io
         if isinstance(batch, bool) or not io.batch_min <= int(batch) <= io.batch_max:
-            raise ValueError(f"batch: engine {self.where} accepts {io.batch_min}..{io.batch_max} views per call "
-                             f"(its optimization profile), found {batch}; pass --batch {io.batch_max} or fewer")
+            raise ValueError(
+                f"batch: engine {self.where} accepts {io.batch_min}..{io.batch_max} views per call "
+                f"(its optimization profile), found {batch}; pass --batch {io.batch_max} or fewer"
+            )
         batch = int(batch)
         if batch == self.batch:
             return False
@@ -314,8 +324,10 @@ class EngineExecution:
         for o in io.outputs:
             s = tuple(int(d) for d in self.context.get_tensor_shape(o.name))
             if any(d < 0 for d in s):
-                raise ValueError(f"{self.where}: output {o.name!r} has no static shape for input {shape}: {s}; "
-                                 "data-dependent outputs are not supported")
+                raise ValueError(
+                    f"{self.where}: output {o.name!r} has no static shape for input {shape}: {s}; "
+                    "data-dependent outputs are not supported"
+                )
             shapes[o.name] = s
         self.output_shapes = shapes
         self.batch = batch
@@ -327,7 +339,9 @@ class EngineExecution:
 
         if self.batch is None:
             raise RuntimeError("set_batch must be called before enqueue")
-        bindings = [(self.io.input.name, int(input_ptr))] + [(o.name, int(output_ptrs[o.name])) for o in self.io.outputs]
+        bindings = [(self.io.input.name, int(input_ptr))] + [
+            (o.name, int(output_ptrs[o.name])) for o in self.io.outputs
+        ]
         for name, ptr in bindings:
             if not self.context.set_tensor_address(name, ptr):
                 raise CudaError(f"{self.where}: TensorRT set_tensor_address({name!r}) failed")
@@ -384,7 +398,9 @@ def deserialize(trt: Any, plan: bytes, logger: Any, dla_core: int | None, where:
 class _Slot:
     """One input buffer of the two-deep pipeline, with its outputs, candidates and events."""
 
-    def __init__(self, device: Any, io: EngineIO, out_nbytes: dict[str, int], candidates: tuple | None) -> None:
+    def __init__(
+        self, device: Any, io: EngineIO, out_nbytes: dict[str, int], candidates: tuple | None
+    ) -> None:
         from ..cuda.filter import CandidateBuffers
 
         inp = io.input
@@ -468,12 +484,22 @@ class TensorRTBackend(Backend):
             self.close()
             raise
 
-    def _load(self, trt: Any, api: TrtRuntimeApi, path: Path, plan: bytes, meta: EngineMeta | None,
-              ultralytics: dict | None, gpu_preprocess: bool) -> None:
+    def _load(
+        self,
+        trt: Any,
+        api: TrtRuntimeApi,
+        path: Path,
+        plan: bytes,
+        meta: EngineMeta | None,
+        ultralytics: dict | None,
+        gpu_preprocess: bool,
+    ) -> None:
         dev = self.device
         if meta is not None:
             # EngineIncompatible (a ValueError) when TensorRT version or compute capability differ.
-            self.warnings = check_engine_compatible(meta, str(trt.__version__), dev.name, dev.compute_capability)
+            self.warnings = check_engine_compatible(
+                meta, str(trt.__version__), dev.name, dev.compute_capability
+            )
             for w in self.warnings:
                 warnings.warn(f"{path}: {w}", RuntimeWarning, stacklevel=3)
             self.metadata = metadata_from_sidecar(meta)
@@ -481,15 +507,21 @@ class TensorRTBackend(Backend):
             self.metadata = metadata_from_ultralytics(ultralytics or {})
         with dev.active():
             self._logger = make_logger(trt)
-            self._runtime, self._engine = deserialize(trt, plan, self._logger, meta.dla_core if meta else None, str(path))
+            self._runtime, self._engine = deserialize(
+                trt, plan, self._logger, meta.dla_core if meta else None, str(path)
+            )
             io = engine_io(trt, self._engine, api, str(path))
             if meta is not None and tuple(meta.input_hw) != io.input_hw:
-                raise ValueError(f"engine {path}: its sidecar says input {meta.input_hw}, the engine has {io.input_hw}; "
-                                 "the sidecar belongs to another engine")
+                raise ValueError(
+                    f"engine {path}: its sidecar says input {meta.input_hw}, the engine has {io.input_hw}; "
+                    "the sidecar belongs to another engine"
+                )
             self._exec = EngineExecution(self._engine, io, str(path), self._logger.lines)
             self._exec.set_batch(io.batch_max)
             out_nbytes = {o.name: self._exec.nbytes(o.name) for o in io.outputs}
-            self._pre_stream, self._inf_stream, self._copy_stream = (self._part(dev.stream()) for _ in range(3))
+            self._pre_stream, self._inf_stream, self._copy_stream = (
+                self._part(dev.stream()) for _ in range(3)
+            )
             self.input_name = io.input.name
             self.input_dtype = io.input.dtype
             self.input_shape = (io.batch_min if io.batch_min == io.batch_max else None, 3, *io.input_hw)
@@ -499,8 +531,10 @@ class TensorRTBackend(Backend):
             if gpu_preprocess:
                 det = self._exec.output_shapes[io.outputs[0].name]
                 if len(det) != 3 or det[1] < 5:
-                    raise ValueError(f"engine {path}: output {io.outputs[0].name!r}: expected a detection output "
-                                     f"(B, 4 + nc, N) for the GPU path, found {det}; use gpu_preprocess=False")
+                    raise ValueError(
+                        f"engine {path}: output {io.outputs[0].name!r}: expected a detection output "
+                        f"(B, 4 + nc, N) for the GPU path, found {det}; use gpu_preprocess=False"
+                    )
                 self._rows, self._anchors = int(det[1]), int(det[2])
                 candidates = (io.batch_max * self._anchors, self._rows, io.outputs[0].dtype)
             for _ in range(2 if gpu_preprocess else 1):
@@ -550,10 +584,14 @@ class TensorRTBackend(Backend):
         io = self.io
         expect = (3, *io.input_hw)
         if not isinstance(batch, np.ndarray) or batch.ndim != 4 or tuple(batch.shape[1:]) != expect:
-            raise ValueError(f"batch: expected an array of shape (B, {expect[0]}, {expect[1]}, {expect[2]}), found "
-                             f"{getattr(batch, 'shape', type(batch).__name__)}")
+            raise ValueError(
+                f"batch: expected an array of shape (B, {expect[0]}, {expect[1]}, {expect[2]}), found "
+                f"{getattr(batch, 'shape', type(batch).__name__)}"
+            )
         if batch.dtype != io.input.dtype:
-            raise TypeError(f"batch: expected {io.input.dtype} (the engine's input type), found {batch.dtype}")
+            raise TypeError(
+                f"batch: expected {io.input.dtype} (the engine's input type), found {batch.dtype}"
+            )
         b = int(batch.shape[0])
         dev = self.device
         with dev.active():
@@ -562,7 +600,9 @@ class TensorRTBackend(Backend):
             if self._host_in is None:
                 self._host_in = self._part(dev.pinned((io.batch_max, *expect), io.input.dtype))
                 for o in io.outputs:
-                    self._host_out[o.name] = self._part(dev.pinned((self._exec.nbytes(o.name, io.batch_max),), np.uint8))
+                    self._host_out[o.name] = self._part(
+                        dev.pinned((self._exec.nbytes(o.name, io.batch_max),), np.uint8)
+                    )
             staging = self._host_in.array[:b]
             np.copyto(staging, batch)
             slot = self._slots[0]
@@ -595,7 +635,9 @@ class TensorRTBackend(Backend):
         self._check_gpu_path()
         io, dev = self.io, self.device
         if isinstance(batch, bool) or not 1 <= int(batch) <= io.batch_max:
-            raise ValueError(f"batch: expected 1..{io.batch_max} views per call for this engine, found {batch}")
+            raise ValueError(
+                f"batch: expected 1..{io.batch_max} views per call for this engine, found {batch}"
+            )
         if not io.dynamic_batch and int(batch) != io.batch_max:
             raise ValueError(f"batch: this engine has a fixed batch of {io.batch_max}, found {batch}")
         from ..cuda.reference import score_threshold
@@ -620,8 +662,15 @@ class TensorRTBackend(Backend):
                 self._set_batch(n if io.dynamic_batch else io.batch_max)
                 self._exec.enqueue(slot.input.ptr, slot.output_ptrs, self._inf_stream.handle)
                 slot.input_free.record(self._inf_stream)
-                self._filter.launch(slot.outputs[out_name].ptr, n, self._rows, self._anchors, threshold, slot.cands,
-                                    self._inf_stream)
+                self._filter.launch(
+                    slot.outputs[out_name].ptr,
+                    n,
+                    self._rows,
+                    self._anchors,
+                    threshold,
+                    slot.cands,
+                    self._inf_stream,
+                )
                 slot.cands.download_count(self._inf_stream)
                 slot.counted.record(self._inf_stream)
 
@@ -681,15 +730,21 @@ class TensorRTBackend(Backend):
                     ev[1].record(s)
                     self._exec.enqueue(slot.input.ptr, slot.output_ptrs, s.handle)
                     ev[2].record(s)
-                    self._filter.launch(slot.outputs[out_name].ptr, n, self._rows, self._anchors, threshold,
-                                        slot.cands, s)
+                    self._filter.launch(
+                        slot.outputs[out_name].ptr, n, self._rows, self._anchors, threshold, slot.cands, s
+                    )
                     ev[3].record(s)
                     slot.cands.download_count(s)
                     s.synchronize()
                     slot.cands.download(int(slot.cands.host_count.array[0]), s)
                     ev[4].record(s)
                     ev[4].synchronize()
-                    for name, a, b in (("preprocess", 0, 1), ("infer", 1, 2), ("filter", 2, 3), ("download", 3, 4)):
+                    for name, a, b in (
+                        ("preprocess", 0, 1),
+                        ("infer", 1, 2),
+                        ("filter", 2, 3),
+                        ("download", 3, 4),
+                    ):
                         times[name] += ev[b].elapsed_ms(ev[a])
                 self._frame.release(s)
             finally:

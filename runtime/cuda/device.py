@@ -42,7 +42,9 @@ def import_driver():
             f"pycuda is not installed ({exc}); install it where nvcc is on PATH: pip install 'edgetile[jetson]'"
         ) from exc
     except ImportError as exc:  # installed, but its library cannot load (no NVIDIA driver, CUDA mismatch)
-        raise CudaUnavailable(f"pycuda is installed but cannot be loaded (is the NVIDIA driver present?): {exc}") from exc
+        raise CudaUnavailable(
+            f"pycuda is installed but cannot be loaded (is the NVIDIA driver present?): {exc}"
+        ) from exc
     return drv
 
 
@@ -221,7 +223,9 @@ class HostBuffer(_Resource):
     staging area for asynchronous copies.
     """
 
-    def __init__(self, device: CudaDevice, shape: tuple[int, ...], dtype: np.dtype, mapped: bool = False) -> None:
+    def __init__(
+        self, device: CudaDevice, shape: tuple[int, ...], dtype: np.dtype, mapped: bool = False
+    ) -> None:
         drv = device.driver
         flags = drv.host_alloc_flags.DEVICEMAP if mapped else 0
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
@@ -255,7 +259,9 @@ class Kernel:
     function: object
     device: CudaDevice
 
-    def launch(self, grid: tuple[int, int, int], block: tuple[int, int, int], stream: Stream, *args: object) -> None:
+    def launch(
+        self, grid: tuple[int, int, int], block: tuple[int, int, int], stream: Stream, *args: object
+    ) -> None:
         if min(grid) < 1:
             return  # nothing to do; a zero-sized grid is a launch error in CUDA
         with checked(f"launch of {self.name} (grid {grid}, block {block})"):

@@ -53,8 +53,9 @@ class CandidateBuffers:
 
     def take(self, k: int, count: int, anchors: int) -> np.ndarray:
         """The first k downloaded candidates as a (count, rows, M) output of only candidates (a copy)."""
-        return dense_candidates(self.host_index.array[:k].astype(np.int64), self.host_values.array[:k].copy(),
-                                count, anchors)
+        return dense_candidates(
+            self.host_index.array[:k].astype(np.int64), self.host_values.array[:k].copy(), count, anchors
+        )
 
     def close(self) -> None:
         for buf in reversed(self._bufs):
@@ -82,8 +83,16 @@ class GpuFilter:
         """Drop the kernel (its module unloads with the device)."""
         self._kernel = None
 
-    def launch(self, out_ptr: int, count: int, rows: int, anchors: int, threshold: float,
-               cands: CandidateBuffers, stream: Stream) -> None:
+    def launch(
+        self,
+        out_ptr: int,
+        count: int,
+        rows: int,
+        anchors: int,
+        threshold: float,
+        cands: CandidateBuffers,
+        stream: Stream,
+    ) -> None:
         """Queue: zero the counter, keep the candidates of the first count views above threshold.
 
         Args:
@@ -96,13 +105,25 @@ class GpuFilter:
             stream: Stream of the inference that wrote the output.
         """
         if count * anchors > cands.capacity or rows != cands.rows:
-            raise ValueError(f"count, rows: expected at most {cands.capacity} anchors of {cands.rows} rows, "
-                             f"found {count} x {anchors} of {rows}")
+            raise ValueError(
+                f"count, rows: expected at most {cands.capacity} anchors of {cands.rows} rows, "
+                f"found {count} x {anchors} of {rows}"
+            )
         if self._kernel is None:
             raise RuntimeError("GpuFilter is closed")
         total = int(count) * int(anchors)
         with self.device.active():
             cands.count.zero_int32(1, stream)
-            self._kernel.launch(((total + BLOCK - 1) // BLOCK, 1, 1), (BLOCK, 1, 1), stream, int(out_ptr),
-                                int(count), int(rows), int(anchors), float(threshold), cands.count.ptr,
-                                cands.index.ptr, cands.values.ptr)
+            self._kernel.launch(
+                ((total + BLOCK - 1) // BLOCK, 1, 1),
+                (BLOCK, 1, 1),
+                stream,
+                int(out_ptr),
+                int(count),
+                int(rows),
+                int(anchors),
+                float(threshold),
+                cands.count.ptr,
+                cands.index.ptr,
+                cands.values.ptr,
+            )

@@ -33,9 +33,16 @@ class FrameUpload:
 
     def put(self, image: np.ndarray, stream: Stream) -> tuple[int, int]:
         """Place an (H, W, 3) uint8 frame; returns (device address, bytes per row) for the kernels."""
-        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"image: expected an (H, W, 3) uint8 BGR array, found shape "
-                             f"{getattr(image, 'shape', None)} of {getattr(image, 'dtype', type(image).__name__)}")
+        if (
+            not isinstance(image, np.ndarray)
+            or image.ndim != 3
+            or image.shape[2] != 3
+            or image.dtype != np.uint8
+        ):
+            raise ValueError(
+                f"image: expected an (H, W, 3) uint8 BGR array, found shape "
+                f"{getattr(image, 'shape', None)} of {getattr(image, 'dtype', type(image).__name__)}"
+            )
         h, w = image.shape[:2]
         nbytes = h * w * 3
         with self.device.active():
@@ -85,8 +92,9 @@ class GpuPreprocessor:
         self.dtype = np.dtype(dtype)
         lut = output_lut(self.dtype)
         half = self.dtype == np.float16
-        self._kernel = device.kernel("preprocess.cu", "preprocess_views_f16" if half else "preprocess_views_f32",
-                                     "PiPPPPPiii")
+        self._kernel = device.kernel(
+            "preprocess.cu", "preprocess_views_f16" if half else "preprocess_views_f32", "PiPPPPPiii"
+        )
         self._lut = device.to_device(lut.view(np.uint16) if half else lut)
         self._staging: HostBuffer | None = None
         self._tables: DeviceBuffer | None = None
@@ -116,19 +124,35 @@ class GpuPreprocessor:
         base = self._tables.ptr
         self._layout = (len(views), base, base + a * 4, base + b * 4)  # int4 tables: 16-byte aligned
 
-    def launch(self, frame_ptr: int, row_bytes: int, start: int, count: int, out_ptr: int, stream: Stream) -> None:
+    def launch(
+        self, frame_ptr: int, row_bytes: int, start: int, count: int, out_ptr: int, stream: Stream
+    ) -> None:
         """Write views start .. start + count of the current frame into out_ptr, (count, 3, H, W)."""
         if self._layout is None:
             raise RuntimeError("set_views must be called before launch")
         n, params, xtab, ytab = self._layout
         if start < 0 or count < 1 or start + count > n:
-            raise ValueError(f"start, count: expected a range inside the frame's {n} views, found {start}, {count}")
+            raise ValueError(
+                f"start, count: expected a range inside the frame's {n} views, found {start}, {count}"
+            )
         ih, iw = self.input_hw
         grid = ((iw + BLOCK[0] - 1) // BLOCK[0], (ih + BLOCK[1] - 1) // BLOCK[1], int(count))
         with self.device.active():
-            self._kernel.launch(grid, BLOCK, stream, int(frame_ptr), int(row_bytes),
-                                params + start * VIEW_PARAMS * 4, xtab, ytab, self._lut.ptr, int(out_ptr), ih, iw,
-                                int(count))
+            self._kernel.launch(
+                grid,
+                BLOCK,
+                stream,
+                int(frame_ptr),
+                int(row_bytes),
+                params + start * VIEW_PARAMS * 4,
+                xtab,
+                ytab,
+                self._lut.ptr,
+                int(out_ptr),
+                ih,
+                iw,
+                int(count),
+            )
 
     def close(self) -> None:
         for buf in (self._staging, self._tables, self._lut, self._uploaded):

@@ -98,16 +98,27 @@ def check_views(views: Views, image_wh: tuple[int, int], input_hw: tuple[int, in
     ih, iw = (int(v) for v in input_hw)
     w = np.asarray(views.windows, np.int64).reshape(-1, 4)
     c = np.asarray(views.content, np.int64).reshape(-1, 2)
-    bad = (w[:, 0] < 0) | (w[:, 1] < 0) | (w[:, 2] > W) | (w[:, 3] > H) | (w[:, 2] <= w[:, 0]) | (w[:, 3] <= w[:, 1])
+    bad = (
+        (w[:, 0] < 0)
+        | (w[:, 1] < 0)
+        | (w[:, 2] > W)
+        | (w[:, 3] > H)
+        | (w[:, 2] <= w[:, 0])
+        | (w[:, 3] <= w[:, 1])
+    )
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"views: expected windows inside the {W}x{H} image with x0 < x1 and y0 < y1, "
-                         f"found window {i} = {w[i].tolist()}")
+        raise ValueError(
+            f"views: expected windows inside the {W}x{H} image with x0 < x1 and y0 < y1, "
+            f"found window {i} = {w[i].tolist()}"
+        )
     bad = (c[:, 0] < 1) | (c[:, 1] < 1) | (c[:, 0] > iw) | (c[:, 1] > ih)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"views: expected content sizes between 1x1 and the {iw}x{ih} input, "
-                         f"found {c[i].tolist()} for view {i}")
+        raise ValueError(
+            f"views: expected content sizes between 1x1 and the {iw}x{ih} input, "
+            f"found {c[i].tolist()} for view {i}"
+        )
 
 
 def build_view_tables(views: Views, image_wh: tuple[int, int], input_hw: tuple[int, int]) -> ViewTables:
@@ -140,8 +151,9 @@ def build_view_tables(views: Views, image_wh: tuple[int, int], input_hw: tuple[i
             ylen += ch
         params[i] = (x0, y0, cw, ch, int(bool(views.flipped[i])), xoff[kx], yoff[ky], 0)
     empty = np.zeros((0, 4), np.int32)
-    return ViewTables(params, np.concatenate(xparts) if xparts else empty,
-                      np.concatenate(yparts) if yparts else empty)
+    return ViewTables(
+        params, np.concatenate(xparts) if xparts else empty, np.concatenate(yparts) if yparts else empty
+    )
 
 
 def output_lut(dtype: np.dtype) -> np.ndarray:
@@ -172,8 +184,9 @@ def resize_linear_u8(crop: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
     return vertical_round(rows[yt[:, 0]], rows[yt[:, 1]], yt[:, 2, None, None], yt[:, 3, None, None])
 
 
-def preprocess_reference(image: np.ndarray, views: Views, input_hw: tuple[int, int],
-                         dtype: np.dtype = np.float32) -> np.ndarray:
+def preprocess_reference(
+    image: np.ndarray, views: Views, input_hw: tuple[int, int], dtype: np.dtype = np.float32
+) -> np.ndarray:
     """What preprocess.cu writes for these views, computed in NumPy from the same tables.
 
     Args:
@@ -186,8 +199,10 @@ def preprocess_reference(image: np.ndarray, views: Views, input_hw: tuple[int, i
         (N, 3, H, W) RGB in [0, 1] of dtype, padded with 114/255 outside each view's content.
     """
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image: expected an (H, W, 3) uint8 BGR array, found shape "
-                         f"{getattr(image, 'shape', None)} of {getattr(image, 'dtype', type(image).__name__)}")
+        raise ValueError(
+            f"image: expected an (H, W, 3) uint8 BGR array, found shape "
+            f"{getattr(image, 'shape', None)} of {getattr(image, 'dtype', type(image).__name__)}"
+        )
     ih, iw = (int(v) for v in input_hw)
     tables = build_view_tables(views, (image.shape[1], image.shape[0]), input_hw)
     lut = output_lut(dtype)
@@ -200,7 +215,9 @@ def preprocess_reference(image: np.ndarray, views: Views, input_hw: tuple[int, i
         src = image[y0:, x0:].astype(np.int64)
         rows = src[:, xt[:, 0]] * xt[None, :, 2, None] + src[:, xt[:, 1]] * xt[None, :, 3, None]
         u8 = np.full((ih, iw, 3), PAD_VALUE, np.uint8)
-        u8[:ch, :cw] = vertical_round(rows[yt[:, 0]], rows[yt[:, 1]], yt[:, 2, None, None], yt[:, 3, None, None])
+        u8[:ch, :cw] = vertical_round(
+            rows[yt[:, 0]], rows[yt[:, 1]], yt[:, 2, None, None], yt[:, 3, None, None]
+        )
         out[i] = lut[u8[:, :, ::-1].transpose(2, 0, 1)]
     return out
 
@@ -259,9 +276,13 @@ def dense_candidates(idx: np.ndarray, vals: np.ndarray, count: int, anchors: int
     idx = np.asarray(idx, np.int64).reshape(-1)
     vals = np.asarray(vals)
     if vals.ndim != 2 or len(vals) != len(idx):
-        raise ValueError(f"vals: expected ({len(idx)}, 4 + nc) columns, one per index, found shape {vals.shape}")
+        raise ValueError(
+            f"vals: expected ({len(idx)}, 4 + nc) columns, one per index, found shape {vals.shape}"
+        )
     if len(idx) and (idx.min() < 0 or idx.max() >= count * anchors):
-        raise ValueError(f"idx: expected flat indices in [0, {count * anchors}), found {idx.min()}..{idx.max()}")
+        raise ValueError(
+            f"idx: expected flat indices in [0, {count * anchors}), found {idx.min()}..{idx.max()}"
+        )
     order = np.argsort(idx, kind="stable")
     idx, vals = idx[order], vals[order]
     view = idx // anchors

@@ -79,7 +79,8 @@ class GroundFix:
     def to_dict(self) -> dict:
         """JSON-ready fields for the outputs."""
         return {
-            "lat": round(self.lat, 8), "lon": round(self.lon, 8),
+            "lat": round(self.lat, 8),
+            "lon": round(self.lon, 8),
             "ground_alt_m": None if self.ground_alt_m is None else round(self.ground_alt_m, 2),
             "error_m": None if self.error_m is None else round(self.error_m, 2),
             "distance_m": round(self.range_m, 2),
@@ -111,8 +112,9 @@ def pixel_rays(pose: CameraPose, uv: np.ndarray, rotation: np.ndarray | None = N
         (N, 3) float64 ray directions (not normalised; the camera-frame forward component is 1).
     """
     uv = np.asarray(uv, np.float64).reshape(-1, 2)
-    cam = np.stack([np.ones(len(uv)), (uv[:, 0] - pose.cx) / pose.focal_px, (uv[:, 1] - pose.cy) / pose.focal_px],
-                   axis=1)
+    cam = np.stack(
+        [np.ones(len(uv)), (uv[:, 0] - pose.cx) / pose.focal_px, (uv[:, 1] - pose.cy) / pose.focal_px], axis=1
+    )
     r = pose.rotation if rotation is None else rotation
     return cam @ r.T
 
@@ -131,8 +133,14 @@ class _Solution:
     ok: np.ndarray  # (N,) bool
 
 
-def _solve(pose: CameraPose, uv: np.ndarray, elevation: ElevationFn | None, rotation: np.ndarray | None = None,
-           alt_shift: float = 0.0, max_iter: int = 30) -> _Solution:
+def _solve(
+    pose: CameraPose,
+    uv: np.ndarray,
+    elevation: ElevationFn | None,
+    rotation: np.ndarray | None = None,
+    alt_shift: float = 0.0,
+    max_iter: int = 30,
+) -> _Solution:
     """Intersect pixel rays with the ground surface.
 
     Flat ground is the surface of constant height (reference altitude - agl) on the WGS84 ellipsoid,
@@ -160,7 +168,9 @@ def _solve(pose: CameraPose, uv: np.ndarray, elevation: ElevationFn | None, rota
         if len(idx) == 0:
             break
         ne[idx] = rays[idx, :2] * (depth[idx] / rays[idx, 2])[:, None]
-        la, lo, h = pymap3d.ned2geodetic(ne[idx, 0], ne[idx, 1], depth[idx], pose.lat, pose.lon, h_cam, deg=True)
+        la, lo, h = pymap3d.ned2geodetic(
+            ne[idx, 0], ne[idx, 1], depth[idx], pose.lat, pose.lon, h_cam, deg=True
+        )
         la, lo, h = np.atleast_1d(la), np.atleast_1d(lo), np.atleast_1d(h)
         lat[idx], lon[idx] = la, lo
         if elevation is not None:
@@ -176,8 +186,9 @@ def _solve(pose: CameraPose, uv: np.ndarray, elevation: ElevationFn | None, rota
     return _Solution(ne, lat, lon, ground, ok)
 
 
-def locate_pixels(pose: CameraPose, uv: np.ndarray, errors: ErrorModel | None = None,
-                  elevation: ElevationFn | None = None) -> list[GroundFix | None]:
+def locate_pixels(
+    pose: CameraPose, uv: np.ndarray, errors: ErrorModel | None = None, elevation: ElevationFn | None = None
+) -> list[GroundFix | None]:
     """Ground positions of pixels, with error estimates.
 
     Args:
@@ -197,7 +208,9 @@ def locate_pixels(pose: CameraPose, uv: np.ndarray, errors: ErrorModel | None = 
     errors = errors or ErrorModel()
     uv = np.asarray(uv, np.float64).reshape(-1, 2)
     if elevation is not None and pose.abs_alt_m is None:
-        raise ValueError("elevation: an elevation model needs the camera's absolute altitude, and the pose has none")
+        raise ValueError(
+            "elevation: an elevation model needs the camera's absolute altitude, and the pose has none"
+        )
     if len(uv) == 0:
         return []
     base = _solve(pose, uv, elevation)
@@ -210,7 +223,11 @@ def locate_pixels(pose: CameraPose, uv: np.ndarray, errors: ErrorModel | None = 
         perturbed += [
             (rotation_ypr(d, 0, 0) @ r, rotation_ypr(-d, 0, 0) @ r, 0.0),  # heading, about the vertical
             (r @ rotation_ypr(0, d, 0), r @ rotation_ypr(0, -d, 0), 0.0),  # tilt of the optical axis up/down
-            (r @ rotation_ypr(d, 0, 0), r @ rotation_ypr(-d, 0, 0), 0.0),  # swing of the optical axis sideways
+            (
+                r @ rotation_ypr(d, 0, 0),
+                r @ rotation_ypr(-d, 0, 0),
+                0.0,
+            ),  # swing of the optical axis sideways
         ]
     if errors.alt_sigma_m > 0:
         perturbed.append((None, None, errors.alt_sigma_m))  # height above ground
@@ -224,7 +241,7 @@ def locate_pixels(pose: CameraPose, uv: np.ndarray, errors: ErrorModel | None = 
             minus, half = _solve(pose, uv, elevation, r_minus, -dh), 2.0
         unbounded |= base.ok & ~(plus.ok & minus.ok)
         spreads.append(np.linalg.norm(np.nan_to_num(plus.north_east - minus.north_east), axis=1) / half)
-    err = np.sqrt(np.sum(np.square(spreads), axis=0) + errors.gps_sigma_m ** 2)
+    err = np.sqrt(np.sum(np.square(spreads), axis=0) + errors.gps_sigma_m**2)
 
     h_cam = _reference_alt(pose)
     out: list[GroundFix | None] = []
@@ -233,17 +250,24 @@ def locate_pixels(pose: CameraPose, uv: np.ndarray, errors: ErrorModel | None = 
             out.append(None)
             continue
         north, east = (float(v) for v in base.north_east[i])
-        out.append(GroundFix(
-            lat=float(base.lat[i]), lon=float(base.lon[i]), north_m=north, east_m=east,
-            range_m=math.hypot(north, east), agl_m=float(h_cam - base.ground_alt[i]),
-            ground_alt_m=None if pose.abs_alt_m is None else float(base.ground_alt[i]),
-            error_m=None if unbounded[i] else float(err[i]),
-        ))
+        out.append(
+            GroundFix(
+                lat=float(base.lat[i]),
+                lon=float(base.lon[i]),
+                north_m=north,
+                east_m=east,
+                range_m=math.hypot(north, east),
+                agl_m=float(h_cam - base.ground_alt[i]),
+                ground_alt_m=None if pose.abs_alt_m is None else float(base.ground_alt[i]),
+                error_m=None if unbounded[i] else float(err[i]),
+            )
+        )
     return out
 
 
-def locate_boxes(pose: CameraPose, xyxy: np.ndarray, errors: ErrorModel | None = None,
-                 elevation: ElevationFn | None = None) -> list[GroundFix | None]:
+def locate_boxes(
+    pose: CameraPose, xyxy: np.ndarray, errors: ErrorModel | None = None, elevation: ElevationFn | None = None
+) -> list[GroundFix | None]:
     """Ground positions of detections: the ray through each box's bottom-centre (see locate_pixels).
 
     Args:
@@ -252,8 +276,12 @@ def locate_boxes(pose: CameraPose, xyxy: np.ndarray, errors: ErrorModel | None =
     return locate_pixels(pose, box_feet(xyxy), errors, elevation)
 
 
-def ground_to_pixel(pose: CameraPose, lat: Sequence[float] | float, lon: Sequence[float] | float,
-                    ground_alt_m: Sequence[float] | float | None = None) -> np.ndarray:
+def ground_to_pixel(
+    pose: CameraPose,
+    lat: Sequence[float] | float,
+    lon: Sequence[float] | float,
+    ground_alt_m: Sequence[float] | float | None = None,
+) -> np.ndarray:
     """Project ground points into the photo: the inverse of locate_pixels.
 
     Args:

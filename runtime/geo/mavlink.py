@@ -69,13 +69,30 @@ LACMUS_MSG_ID = 7000
 LACMUS_MSG_NAME = "LACMUS_OBJECT_DETECTED"
 # (type, name, array length or 0) in the definition's order
 LACMUS_FIELDS = (
-    ("uint32_t", "time_boot_ms", 0), ("uint64_t", "time_utc", 0), ("uint8_t", "camera_id", 0),
-    ("int32_t", "lat", 0), ("int32_t", "lon", 0), ("int32_t", "alt", 0), ("int32_t", "relative_alt", 0),
-    ("int32_t", "source_image_index", 0), ("uint16_t", "bbox", 4), ("char", "file_url", 205),
+    ("uint32_t", "time_boot_ms", 0),
+    ("uint64_t", "time_utc", 0),
+    ("uint8_t", "camera_id", 0),
+    ("int32_t", "lat", 0),
+    ("int32_t", "lon", 0),
+    ("int32_t", "alt", 0),
+    ("int32_t", "relative_alt", 0),
+    ("int32_t", "source_image_index", 0),
+    ("uint16_t", "bbox", 4),
+    ("char", "file_url", 205),
 )
-_STRUCT = {"uint64_t": ("Q", 8), "int64_t": ("q", 8), "double": ("d", 8), "uint32_t": ("I", 4), "int32_t": ("i", 4),
-           "float": ("f", 4), "uint16_t": ("H", 2), "int16_t": ("h", 2), "uint8_t": ("B", 1), "int8_t": ("b", 1),
-           "char": ("s", 1)}
+_STRUCT = {
+    "uint64_t": ("Q", 8),
+    "int64_t": ("q", 8),
+    "double": ("d", 8),
+    "uint32_t": ("I", 4),
+    "int32_t": ("i", 4),
+    "float": ("f", 4),
+    "uint16_t": ("H", 2),
+    "int16_t": ("h", 2),
+    "uint8_t": ("B", 1),
+    "int8_t": ("b", 1),
+    "char": ("s", 1),
+}
 
 
 def x25crc(data: bytes, crc: int = 0xFFFF) -> int:
@@ -103,17 +120,21 @@ def crc_extra(name: str, fields: tuple[tuple[str, str, int], ...]) -> int:
     return (crc & 0xFF) ^ (crc >> 8)
 
 
-def mavlink2_frame(msg_id: int, payload: bytes, seq: int, system_id: int, component_id: int, extra: int) -> bytes:
+def mavlink2_frame(
+    msg_id: int, payload: bytes, seq: int, system_id: int, component_id: int, extra: int
+) -> bytes:
     """A MAVLink 2 packet (unsigned), with the payload's trailing zero bytes trimmed as the protocol requires."""
     trimmed = payload.rstrip(b"\x00") or payload[:1]
-    header = struct.pack("<BBBBBBB", len(trimmed), 0, 0, seq & 0xFF, system_id, component_id, msg_id & 0xFF) + \
-        struct.pack("<H", msg_id >> 8)
+    header = struct.pack(
+        "<BBBBBBB", len(trimmed), 0, 0, seq & 0xFF, system_id, component_id, msg_id & 0xFF
+    ) + struct.pack("<H", msg_id >> 8)
     crc = x25crc(bytes([extra]), x25crc(header + trimmed))
     return b"\xfd" + header + trimmed + struct.pack("<H", crc)
 
 
-def encode_lacmus_object_detected(values: dict, seq: int = 0, system_id: int = 1,
-                                  component_id: int = MAV_COMP_ID_ONBOARD_COMPUTER) -> bytes:
+def encode_lacmus_object_detected(
+    values: dict, seq: int = 0, system_id: int = 1, component_id: int = MAV_COMP_ID_ONBOARD_COMPUTER
+) -> bytes:
     """A LACMUS_OBJECT_DETECTED packet.
 
     Args:
@@ -141,8 +162,14 @@ def encode_lacmus_object_detected(values: dict, seq: int = 0, system_id: int = 1
             parts.append(struct.pack(f"<{max(n, 1)}{code}", *(int(x) for x in seq_v)))
         except struct.error as exc:
             raise ValueError(f"{name}: {seq_v} does not fit {ftype}") from exc
-    return mavlink2_frame(LACMUS_MSG_ID, b"".join(parts), seq, system_id, component_id,
-                          crc_extra(LACMUS_MSG_NAME, LACMUS_FIELDS))
+    return mavlink2_frame(
+        LACMUS_MSG_ID,
+        b"".join(parts),
+        seq,
+        system_id,
+        component_id,
+        crc_extra(LACMUS_MSG_NAME, LACMUS_FIELDS),
+    )
 
 
 # ---- in: the vehicle's pose ----
@@ -208,10 +235,18 @@ class FrameTelemetry:
 
     def to_dict(self) -> dict:
         """JSON-ready values (the rotation as 3 rows of 3 floats)."""
-        return {"lat": self.lat, "lon": self.lon, "alt_msl_m": self.alt_msl_m, "relative_alt_m": self.relative_alt_m,
-                "rotation": np.asarray(self.rotation, np.float64).tolist(), "attitude_source": self.attitude_source,
-                "position_age_s": round(self.position_age_s, 4), "attitude_age_s": round(self.attitude_age_s, 4),
-                "grabbed_at": self.grabbed_at, "link": self.link}
+        return {
+            "lat": self.lat,
+            "lon": self.lon,
+            "alt_msl_m": self.alt_msl_m,
+            "relative_alt_m": self.relative_alt_m,
+            "rotation": np.asarray(self.rotation, np.float64).tolist(),
+            "attitude_source": self.attitude_source,
+            "position_age_s": round(self.position_age_s, 4),
+            "attitude_age_s": round(self.attitude_age_s, 4),
+            "grabbed_at": self.grabbed_at,
+            "link": self.link,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> FrameTelemetry:
@@ -224,14 +259,31 @@ class FrameTelemetry:
             rot = np.asarray(d["rotation"], np.float64)
             if rot.shape != (3, 3):
                 raise ValueError(f"rotation: expected 3 rows of 3 numbers, found shape {rot.shape}")
-            return cls(float(d["lat"]), float(d["lon"]), float(d["alt_msl_m"]), float(d["relative_alt_m"]), rot,
-                       str(d["attitude_source"]), float(d["position_age_s"]), float(d["attitude_age_s"]),
-                       float(d["grabbed_at"]), str(d.get("link", "")))
+            return cls(
+                float(d["lat"]),
+                float(d["lon"]),
+                float(d["alt_msl_m"]),
+                float(d["relative_alt_m"]),
+                rot,
+                str(d["attitude_source"]),
+                float(d["position_age_s"]),
+                float(d["attitude_age_s"]),
+                float(d["grabbed_at"]),
+                str(d.get("link", "")),
+            )
         except KeyError as exc:
-            raise ValueError(f"frame telemetry: expected the key {exc.args[0]!r}, found only {sorted(d)}") from None
+            raise ValueError(
+                f"frame telemetry: expected the key {exc.args[0]!r}, found only {sorted(d)}"
+            ) from None
 
-    def pose(self, width: int, height: int, overrides: PoseOverrides | None = None, cx: float | None = None,
-             cy: float | None = None) -> CameraPose:
+    def pose(
+        self,
+        width: int,
+        height: int,
+        overrides: PoseOverrides | None = None,
+        cx: float | None = None,
+        cy: float | None = None,
+    ) -> CameraPose:
         """The frame's camera pose: this telemetry, and intrinsics and height rules from the overrides.
 
         A video frame has no EXIF, so the focal length must be given (``focal_px``, else the
@@ -258,16 +310,33 @@ class FrameTelemetry:
             height_src = f"GLOBAL_POSITION_INT alt {self.alt_msl_m:.2f} m - --ground-alt {o.ground_alt:.2f} m"
         else:
             agl = self.relative_alt_m - o.ground_above_takeoff
-            height_src = (f"GLOBAL_POSITION_INT relative_alt {self.relative_alt_m:.2f} m - ground "
-                          f"{o.ground_above_takeoff:.2f} m above home"
-                          + (" (assumed: pass --ground-above-takeoff or --ground-alt)"
-                             if o.ground_above_takeoff == 0.0 else ""))
-        return CameraPose(self.lat, self.lon, agl, self.rotation, focal, width / 2.0 if cx is None else cx,
-                          height / 2.0 if cy is None else cy, width, height, self.alt_msl_m,
-                          {"position": f"MAVLink GLOBAL_POSITION_INT ({self.position_age_s:.2f} s old at grab)",
-                           "height": height_src,
-                           "attitude": f"{self.attitude_source} ({self.attitude_age_s:.2f} s old at grab)",
-                           "intrinsics": intrinsics})
+            height_src = (
+                f"GLOBAL_POSITION_INT relative_alt {self.relative_alt_m:.2f} m - ground "
+                f"{o.ground_above_takeoff:.2f} m above home"
+                + (
+                    " (assumed: pass --ground-above-takeoff or --ground-alt)"
+                    if o.ground_above_takeoff == 0.0
+                    else ""
+                )
+            )
+        return CameraPose(
+            self.lat,
+            self.lon,
+            agl,
+            self.rotation,
+            focal,
+            width / 2.0 if cx is None else cx,
+            height / 2.0 if cy is None else cy,
+            width,
+            height,
+            self.alt_msl_m,
+            {
+                "position": f"MAVLink GLOBAL_POSITION_INT ({self.position_age_s:.2f} s old at grab)",
+                "height": height_src,
+                "attitude": f"{self.attitude_source} ({self.attitude_age_s:.2f} s old at grab)",
+                "intrinsics": intrinsics,
+            },
+        )
 
 
 @dataclass
@@ -292,14 +361,20 @@ class MavlinkTelemetry:
         source_system: Our own system id on the link.
     """
 
-    def __init__(self, url: str = "udpin:0.0.0.0:14550", mount_ypr: tuple[float, float, float] = (0.0, -90.0, 0.0),
-                 max_captures: int = 10000, source_system: int = 1) -> None:
+    def __init__(
+        self,
+        url: str = "udpin:0.0.0.0:14550",
+        mount_ypr: tuple[float, float, float] = (0.0, -90.0, 0.0),
+        max_captures: int = 10000,
+        source_system: int = 1,
+    ) -> None:
         mavutil = _mavutil()
         self.url = url
         self.mount = rotation_ypr(*mount_ypr)
         self.max_captures = max_captures
-        self._conn = mavutil.mavlink_connection(url, dialect=DIALECT, source_system=source_system,
-                                                source_component=MAV_COMP_ID_ONBOARD_COMPUTER)
+        self._conn = mavutil.mavlink_connection(
+            url, dialect=DIALECT, source_system=source_system, source_component=MAV_COMP_ID_ONBOARD_COMPUTER
+        )
         self._state = _State()
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -326,8 +401,11 @@ class MavlinkTelemetry:
             self._state.counts[t] = self._state.counts.get(t, 0) + 1
             if t == "GLOBAL_POSITION_INT":
                 self._state.position = {
-                    "lat": msg.lat / 1e7, "lon": msg.lon / 1e7, "alt_msl_m": msg.alt / 1000.0,
-                    "relative_alt_m": msg.relative_alt / 1000.0, "time_boot_ms": msg.time_boot_ms,
+                    "lat": msg.lat / 1e7,
+                    "lon": msg.lon / 1e7,
+                    "alt_msl_m": msg.alt / 1000.0,
+                    "relative_alt_m": msg.relative_alt / 1000.0,
+                    "time_boot_ms": msg.time_boot_ms,
                     "received": time.monotonic(),
                 }
             elif t == "ATTITUDE":
@@ -338,20 +416,47 @@ class MavlinkTelemetry:
                 if all(math.isfinite(v) for v in q) and any(q):  # NaN or zeros: orientation unknown
                     flags = int(msg.flags)
                     earth = bool(flags & GIMBAL_DEVICE_FLAGS_YAW_IN_EARTH_FRAME) or (
-                        not flags & (GIMBAL_DEVICE_FLAGS_YAW_IN_EARTH_FRAME | GIMBAL_DEVICE_FLAGS_YAW_IN_VEHICLE_FRAME)
-                        and bool(flags & GIMBAL_DEVICE_FLAGS_YAW_LOCK))  # the protocol's rule for older gimbals
+                        not flags
+                        & (GIMBAL_DEVICE_FLAGS_YAW_IN_EARTH_FRAME | GIMBAL_DEVICE_FLAGS_YAW_IN_VEHICLE_FRAME)
+                        and bool(flags & GIMBAL_DEVICE_FLAGS_YAW_LOCK)
+                    )  # the protocol's rule for older gimbals
                     self._state.gimbal = (rotation_from_quaternion(*q), earth, time.monotonic())
             elif t == "CAMERA_FEEDBACK":
                 body = rotation_ypr(msg.yaw, msg.pitch, msg.roll)
-                self._add_capture(CameraCapture(msg.img_idx, msg.lat / 1e7, msg.lng / 1e7, msg.alt_msl, msg.alt_rel,
-                                                body @ self.mount, t, "", int(msg.time_usec)))
+                self._add_capture(
+                    CameraCapture(
+                        msg.img_idx,
+                        msg.lat / 1e7,
+                        msg.lng / 1e7,
+                        msg.alt_msl,
+                        msg.alt_rel,
+                        body @ self.mount,
+                        t,
+                        "",
+                        int(msg.time_usec),
+                    )
+                )
             elif t == "CAMERA_IMAGE_CAPTURED":
                 q = tuple(msg.q)
                 rot = None if not any(q) else rotation_from_quaternion(*q)
-                url = msg.file_url if isinstance(msg.file_url, str) else bytes(msg.file_url).decode("utf-8", "replace")
-                self._add_capture(CameraCapture(msg.image_index, msg.lat / 1e7, msg.lon / 1e7, msg.alt / 1000.0,
-                                                msg.relative_alt / 1000.0, rot, t, url.rstrip("\x00"),
-                                                int(msg.time_utc)))
+                url = (
+                    msg.file_url
+                    if isinstance(msg.file_url, str)
+                    else bytes(msg.file_url).decode("utf-8", "replace")
+                )
+                self._add_capture(
+                    CameraCapture(
+                        msg.image_index,
+                        msg.lat / 1e7,
+                        msg.lon / 1e7,
+                        msg.alt / 1000.0,
+                        msg.relative_alt / 1000.0,
+                        rot,
+                        t,
+                        url.rstrip("\x00"),
+                        int(msg.time_utc),
+                    )
+                )
             self._cond.notify_all()
 
     def _add_capture(self, c: CameraCapture) -> None:
@@ -409,18 +514,26 @@ class MavlinkTelemetry:
             raise PoseError(f"the MAVLink link {self.url} failed: {self.error}")
         now = time.monotonic()
         with self._lock:
-            pos, att, att_t, gimbal = (self._state.position, self._state.attitude, self._state.attitude_received,
-                                       self._state.gimbal)
+            pos, att, att_t, gimbal = (
+                self._state.position,
+                self._state.attitude,
+                self._state.attitude_received,
+                self._state.gimbal,
+            )
         missing = [name for name, v in (("GLOBAL_POSITION_INT", pos), ("ATTITUDE", att)) if v is None]
         if gimbal is not None and gimbal[1]:
             missing = [m for m in missing if m != "ATTITUDE"]  # an earth-frame gimbal needs no vehicle yaw
         if missing:
-            raise PoseError(f"no vehicle pose from MAVLink yet ({', '.join('no ' + m for m in missing)} received "
-                            f"on {self.url})")
+            raise PoseError(
+                f"no vehicle pose from MAVLink yet ({', '.join('no ' + m for m in missing)} received "
+                f"on {self.url})"
+            )
 
         def stale(what: str, received: float) -> None:
             if max_age_s is not None and now - received > max_age_s:
-                raise PoseError(f"the latest {what} on {self.url} is older than {max_age_s:g} s (--mavlink-max-age)")
+                raise PoseError(
+                    f"the latest {what} on {self.url} is older than {max_age_s:g} s (--mavlink-max-age)"
+                )
 
         stale("GLOBAL_POSITION_INT", pos["received"])
         ages = []
@@ -441,11 +554,29 @@ class MavlinkTelemetry:
             roll, pitch, yaw = (math.degrees(v) for v in att)
             rot = rotation_ypr(yaw, pitch, roll) @ self.mount
             source = "MAVLink ATTITUDE x camera mount"
-        return FrameTelemetry(pos["lat"], pos["lon"], pos["alt_msl_m"], pos["relative_alt_m"], rot, source,
-                              now - pos["received"], max(ages), time.time(), self.url)
+        return FrameTelemetry(
+            pos["lat"],
+            pos["lon"],
+            pos["alt_msl_m"],
+            pos["relative_alt_m"],
+            rot,
+            source,
+            now - pos["received"],
+            max(ages),
+            time.time(),
+            self.url,
+        )
 
-    def pose_now(self, width: int, height: int, focal_px: float, cx: float | None = None, cy: float | None = None,
-                 ground_above_takeoff: float = 0.0, max_age_s: float | None = None) -> CameraPose:
+    def pose_now(
+        self,
+        width: int,
+        height: int,
+        focal_px: float,
+        cx: float | None = None,
+        cy: float | None = None,
+        ground_above_takeoff: float = 0.0,
+        max_age_s: float | None = None,
+    ) -> CameraPose:
         """The camera's pose from the latest telemetry (see snapshot), for a live frame.
 
         Raises:
@@ -455,9 +586,16 @@ class MavlinkTelemetry:
         overrides = PoseOverrides(focal_px=focal_px, ground_above_takeoff=ground_above_takeoff)
         return self.snapshot(max_age_s).pose(width, height, overrides, cx, cy)
 
-    def pose_for_capture(self, capture: CameraCapture, width: int, height: int, focal_px: float,
-                         cx: float | None = None, cy: float | None = None,
-                         ground_above_takeoff: float = 0.0) -> CameraPose:
+    def pose_for_capture(
+        self,
+        capture: CameraCapture,
+        width: int,
+        height: int,
+        focal_px: float,
+        cx: float | None = None,
+        cy: float | None = None,
+        ground_above_takeoff: float = 0.0,
+    ) -> CameraPose:
         """The camera's pose for one reported photo; without an orientation in the message, the
         latest ATTITUDE with the camera mount stands in.
 
@@ -469,16 +607,30 @@ class MavlinkTelemetry:
             with self._lock:
                 att = self._state.attitude
             if att is None:
-                raise PoseError(f"capture {capture.index}: {capture.source} has no orientation and no ATTITUDE "
-                                f"was received")
+                raise PoseError(
+                    f"capture {capture.index}: {capture.source} has no orientation and no ATTITUDE "
+                    f"was received"
+                )
             roll, pitch, yaw = (math.degrees(v) for v in att)
             rot, att_src = rotation_ypr(yaw, pitch, roll) @ self.mount, "MAVLink ATTITUDE x camera mount"
-        return CameraPose(capture.lat, capture.lon, capture.relative_alt_m - ground_above_takeoff, rot, focal_px,
-                          width / 2.0 if cx is None else cx, height / 2.0 if cy is None else cy, width, height,
-                          capture.alt_msl_m, {"position": f"MAVLink {capture.source}",
-                                              "height": f"relative altitude - ground {ground_above_takeoff:.2f} m "
-                                                        "above home",
-                                              "attitude": att_src, "intrinsics": "given"})
+        return CameraPose(
+            capture.lat,
+            capture.lon,
+            capture.relative_alt_m - ground_above_takeoff,
+            rot,
+            focal_px,
+            width / 2.0 if cx is None else cx,
+            height / 2.0 if cy is None else cy,
+            width,
+            height,
+            capture.alt_msl_m,
+            {
+                "position": f"MAVLink {capture.source}",
+                "height": f"relative altitude - ground {ground_above_takeoff:.2f} m above home",
+                "attitude": att_src,
+                "intrinsics": "given",
+            },
+        )
 
     def close(self) -> None:
         """Stop listening and close the link. Safe to call twice."""
@@ -511,17 +663,25 @@ class MavlinkSender:
             the prototype's field text says "where image was taken"); "camera" the camera's.
     """
 
-    def __init__(self, url: str, system_id: int = 1, component_id: int = MAV_COMP_ID_ONBOARD_COMPUTER,
-                 heartbeat_s: float = 1.0, severity: int = MAV_SEVERITY_ALERT, lacmus: bool = False,
-                 lacmus_position: str = "target") -> None:
+    def __init__(
+        self,
+        url: str,
+        system_id: int = 1,
+        component_id: int = MAV_COMP_ID_ONBOARD_COMPUTER,
+        heartbeat_s: float = 1.0,
+        severity: int = MAV_SEVERITY_ALERT,
+        lacmus: bool = False,
+        lacmus_position: str = "target",
+    ) -> None:
         mavutil = _mavutil()
         if lacmus_position not in ("target", "camera"):
             raise ValueError(f"lacmus_position: expected 'target' or 'camera', found {lacmus_position!r}")
         if not 0 <= severity <= 7:
             raise ValueError(f"severity: expected a MAV_SEVERITY in 0..7, found {severity}")
         self.url = url
-        self._conn = mavutil.mavlink_connection(url, dialect=DIALECT, source_system=system_id,
-                                                source_component=component_id)
+        self._conn = mavutil.mavlink_connection(
+            url, dialect=DIALECT, source_system=system_id, source_component=component_id
+        )
         self.system_id, self.component_id = system_id, component_id
         self.severity = severity
         self.lacmus, self.lacmus_position = lacmus, lacmus_position
@@ -532,14 +692,17 @@ class MavlinkSender:
         self._hb = None
         if heartbeat_s > 0:
             self.heartbeat()
-            self._hb = threading.Thread(target=self._heartbeats, args=(heartbeat_s,), name="edgetile-mavlink-hb",
-                                        daemon=True)
+            self._hb = threading.Thread(
+                target=self._heartbeats, args=(heartbeat_s,), name="edgetile-mavlink-hb", daemon=True
+            )
             self._hb.start()
 
     def heartbeat(self) -> None:
         """Send one HEARTBEAT (an onboard controller, active)."""
         with self._lock:
-            self._conn.mav.heartbeat_send(MAV_TYPE_ONBOARD_CONTROLLER, MAV_AUTOPILOT_INVALID, 0, 0, MAV_STATE_ACTIVE)
+            self._conn.mav.heartbeat_send(
+                MAV_TYPE_ONBOARD_CONTROLLER, MAV_AUTOPILOT_INVALID, 0, 0, MAV_STATE_ACTIVE
+            )
 
     def _heartbeats(self, every_s: float) -> None:
         while not self._stop.wait(every_s):
@@ -556,8 +719,14 @@ class MavlinkSender:
             text = f"{head} {det['lat']:.6f},{det['lon']:.6f}" + (f" +-{err:.0f}m" if err is not None else "")
         return text.encode("ascii", "replace").decode()[:STATUSTEXT_MAX]
 
-    def send_detection(self, det: dict, image_index: int = 0, camera: CameraPose | None = None,
-                       file_url: str = "", time_utc_us: int | None = None) -> int:
+    def send_detection(
+        self,
+        det: dict,
+        image_index: int = 0,
+        camera: CameraPose | None = None,
+        file_url: str = "",
+        time_utc_us: int | None = None,
+    ) -> int:
         """Send one detection: STATUSTEXT, then (with a position) CAMERA_TRACKING_GEO_STATUS, then
         (when enabled) LACMUS_OBJECT_DETECTED.
 
@@ -583,9 +752,20 @@ class MavlinkSender:
                     dist = math.hypot(det["distance_m"], camera.agl_m)
                 alt = det.get("ground_alt_m")
                 self._conn.mav.camera_tracking_geo_status_send(
-                    CAMERA_TRACKING_STATUS_FLAGS_ACTIVE, int(round(det["lat"] * 1e7)), int(round(det["lon"] * 1e7)),
-                    nan if alt is None else float(alt), nan if det.get("error_m") is None else float(det["error_m"]),
-                    nan, nan, nan, nan, nan, dist, nan, nan)
+                    CAMERA_TRACKING_STATUS_FLAGS_ACTIVE,
+                    int(round(det["lat"] * 1e7)),
+                    int(round(det["lon"] * 1e7)),
+                    nan if alt is None else float(alt),
+                    nan if det.get("error_m") is None else float(det["error_m"]),
+                    nan,
+                    nan,
+                    nan,
+                    nan,
+                    nan,
+                    dist,
+                    nan,
+                    nan,
+                )
                 n += 1
             if self.lacmus:
                 self._conn.write(self._lacmus_packet(det, image_index, camera, file_url, time_utc_us))
@@ -593,8 +773,9 @@ class MavlinkSender:
         self.sent += n
         return n
 
-    def _lacmus_packet(self, det: dict, image_index: int, camera: CameraPose | None, file_url: str,
-                       time_utc_us: int | None) -> bytes:
+    def _lacmus_packet(
+        self, det: dict, image_index: int, camera: CameraPose | None, file_url: str, time_utc_us: int | None
+    ) -> bytes:
         if self.lacmus_position == "target" and det.get("lat") is not None:
             lat, lon = det["lat"], det["lon"]
             alt = det.get("ground_alt_m")
@@ -607,15 +788,23 @@ class MavlinkSender:
         mav = self._conn.mav
         seq = mav.seq
         mav.seq = (seq + 1) % 256  # one sequence across all our messages, as pymavlink keeps it
-        return encode_lacmus_object_detected({
-            "time_boot_ms": int((time.monotonic() - self._t0) * 1000) & 0xFFFFFFFF,
-            "time_utc": int(time.time() * 1e6) if time_utc_us is None else int(time_utc_us),
-            "camera_id": 1, "lat": int(round(lat * 1e7)), "lon": int(round(lon * 1e7)),
-            "alt": 0 if alt is None else int(round(alt * 1000)),
-            "relative_alt": 0 if camera is None else int(round(camera.agl_m * 1000)),
-            "source_image_index": int(image_index), "bbox": (x1, y1, x2, y2),
-            "file_url": file_url.encode()[:205],
-        }, seq, self.system_id, self.component_id)
+        return encode_lacmus_object_detected(
+            {
+                "time_boot_ms": int((time.monotonic() - self._t0) * 1000) & 0xFFFFFFFF,
+                "time_utc": int(time.time() * 1e6) if time_utc_us is None else int(time_utc_us),
+                "camera_id": 1,
+                "lat": int(round(lat * 1e7)),
+                "lon": int(round(lon * 1e7)),
+                "alt": 0 if alt is None else int(round(alt * 1000)),
+                "relative_alt": 0 if camera is None else int(round(camera.agl_m * 1000)),
+                "source_image_index": int(image_index),
+                "bbox": (x1, y1, x2, y2),
+                "file_url": file_url.encode()[:205],
+            },
+            seq,
+            self.system_id,
+            self.component_id,
+        )
 
     def close(self) -> None:
         """Stop the heartbeats and close the link. Safe to call twice."""

@@ -62,20 +62,34 @@ class MqttPublisher:
         password: Broker password.
     """
 
-    def __init__(self, host: str, port: int = 1883, topic_prefix: str = "edgetile", client_id: str | None = None,
-                 keepalive_s: int = 30, reconnect_min_s: float = 1.0, reconnect_max_s: float = 60.0,
-                 max_buffer: int = 10000, username: str | None = None, password: str | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int = 1883,
+        topic_prefix: str = "edgetile",
+        client_id: str | None = None,
+        keepalive_s: int = 30,
+        reconnect_min_s: float = 1.0,
+        reconnect_max_s: float = 60.0,
+        max_buffer: int = 10000,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         try:
             import paho.mqtt.client as mqtt
         except ImportError as exc:
             raise ImportError("MQTT publishing needs paho-mqtt >= 2.0: pip install 'edgetile[mqtt]'") from exc
         if not topic_prefix or any(c in topic_prefix for c in "#+") or topic_prefix.endswith("/"):
-            raise ValueError(f"topic_prefix: expected a topic without wildcards or trailing '/', found {topic_prefix!r}")
+            raise ValueError(
+                f"topic_prefix: expected a topic without wildcards or trailing '/', found {topic_prefix!r}"
+            )
         if max_buffer < 1:
             raise ValueError(f"max_buffer: expected at least 1 message, found {max_buffer}")
         if not 0 < reconnect_min_s <= reconnect_max_s:
-            raise ValueError(f"reconnect_min_s, reconnect_max_s: expected 0 < min <= max, found "
-                             f"{reconnect_min_s}, {reconnect_max_s}")
+            raise ValueError(
+                f"reconnect_min_s, reconnect_max_s: expected 0 < min <= max, found "
+                f"{reconnect_min_s}, {reconnect_max_s}"
+            )
         self.host, self.port = host, int(port)
         self.max_buffer = int(max_buffer)
         self.topic_prefix = topic_prefix
@@ -91,8 +105,12 @@ class MqttPublisher:
         self.connects = 0
         self._closed = False
 
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True,
-                        protocol=mqtt.MQTTv311)
+        c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=True,
+            protocol=mqtt.MQTTv311,
+        )
         if username is not None:
             c.username_pw_set(username, password)
         c.max_queued_messages_set(max_buffer)
@@ -107,8 +125,15 @@ class MqttPublisher:
         c.loop_start()  # a background thread that connects, reconnects with backoff, and sends
 
     def _status(self, state: str, **extra: object) -> str:
-        return json.dumps({"state": state, "client_id": self.client_id, "version": __version__,
-                           "time": round(time.time(), 3), **extra})
+        return json.dumps(
+            {
+                "state": state,
+                "client_id": self.client_id,
+                "version": __version__,
+                "time": round(time.time(), 3),
+                **extra,
+            }
+        )
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -121,8 +146,12 @@ class MqttPublisher:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
         if not self._closed:
-            log.warning("MQTT broker %s:%d lost (%s); reconnecting, keeping messages meanwhile", self.host, self.port,
-                        reason_code)
+            log.warning(
+                "MQTT broker %s:%d lost (%s); reconnecting, keeping messages meanwhile",
+                self.host,
+                self.port,
+                reason_code,
+            )
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         # Runs on paho's thread, possibly before publish() below has recorded the mid.
@@ -159,8 +188,13 @@ class MqttPublisher:
         if info is None:
             with self._lock:
                 self.dropped += 1
-            log.warning("MQTT buffer full (%d messages waiting for %s:%d): message to %s dropped", self.pending,
-                        self.host, self.port, topic)
+            log.warning(
+                "MQTT buffer full (%d messages waiting for %s:%d): message to %s dropped",
+                self.pending,
+                self.host,
+                self.port,
+                topic,
+            )
             return False
         return True
 
@@ -214,16 +248,24 @@ class MqttPublisher:
             return
         if self.connected:
             self.wait_for_publish(timeout_s)
-            info = self._client.publish(self.status_topic, self._status("offline", reason="closed"), qos=1,
-                                        retain=True)
+            info = self._client.publish(
+                self.status_topic, self._status("offline", reason="closed"), qos=1, retain=True
+            )
             self._closed = True
             try:
                 info.wait_for_publish(timeout_s)
-            except (RuntimeError, ValueError) as exc:  # the link dropped meanwhile: the last will says offline
-                log.warning("MQTT: the offline status was not delivered to %s:%d (%s)", self.host, self.port, exc)
+            except (
+                RuntimeError,
+                ValueError,
+            ) as exc:  # the link dropped meanwhile: the last will says offline
+                log.warning(
+                    "MQTT: the offline status was not delivered to %s:%d (%s)", self.host, self.port, exc
+                )
         self._closed = True
         if self.pending:
-            log.warning("MQTT: %d message(s) were never acknowledged by %s:%d", self.pending, self.host, self.port)
+            log.warning(
+                "MQTT: %d message(s) were never acknowledged by %s:%d", self.pending, self.host, self.port
+            )
         self._client.disconnect()
         self._client.loop_stop()
 

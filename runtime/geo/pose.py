@@ -64,11 +64,13 @@ def rotation_from_quaternion(w: float, x: float, y: float, z: float) -> np.ndarr
     if not n > 1e-9 or not math.isfinite(n):
         raise ValueError(f"q: expected a non-zero quaternion (w, x, y, z), found {(w, x, y, z)}")
     w, x, y, z = w / n, x / n, y / n, z / n
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 def ypr_from_rotation(r: np.ndarray) -> tuple[float, float, float]:
@@ -119,8 +121,10 @@ class CameraPose:
         if not (math.isfinite(self.lon) and -180.0 <= self.lon <= 180.0):
             raise PoseError(f"lon: expected degrees in [-180, 180], found {self.lon}")
         if not (math.isfinite(self.agl_m) and self.agl_m > 0):
-            raise PoseError(f"height above ground: expected a positive number of metres, found {self.agl_m:.2f}"
-                            f" ({self.sources.get('height', 'given')})")
+            raise PoseError(
+                f"height above ground: expected a positive number of metres, found {self.agl_m:.2f}"
+                f" ({self.sources.get('height', 'given')})"
+            )
         if not (math.isfinite(self.focal_px) and self.focal_px > 0):
             raise PoseError(f"focal length: expected a positive number of pixels, found {self.focal_px}")
         r = np.asarray(self.rotation, np.float64)
@@ -129,13 +133,36 @@ class CameraPose:
         object.__setattr__(self, "rotation", r)
 
     @classmethod
-    def from_angles(cls, lat: float, lon: float, agl_m: float, yaw: float, pitch: float, roll: float,
-                    focal_px: float, width: int, height: int, cx: float | None = None, cy: float | None = None,
-                    abs_alt_m: float | None = None, sources: Mapping[str, str] | None = None) -> CameraPose:
+    def from_angles(
+        cls,
+        lat: float,
+        lon: float,
+        agl_m: float,
+        yaw: float,
+        pitch: float,
+        roll: float,
+        focal_px: float,
+        width: int,
+        height: int,
+        cx: float | None = None,
+        cy: float | None = None,
+        abs_alt_m: float | None = None,
+        sources: Mapping[str, str] | None = None,
+    ) -> CameraPose:
         """A pose from NED yaw, pitch, roll in degrees; the principal point defaults to the image centre."""
-        return cls(lat, lon, agl_m, rotation_ypr(yaw, pitch, roll), focal_px,
-                   width / 2.0 if cx is None else cx, height / 2.0 if cy is None else cy, width, height,
-                   abs_alt_m, dict(sources or {}))
+        return cls(
+            lat,
+            lon,
+            agl_m,
+            rotation_ypr(yaw, pitch, roll),
+            focal_px,
+            width / 2.0 if cx is None else cx,
+            height / 2.0 if cy is None else cy,
+            width,
+            height,
+            abs_alt_m,
+            dict(sources or {}),
+        )
 
     @property
     def ypr(self) -> tuple[float, float, float]:
@@ -151,10 +178,15 @@ class CameraPose:
         """JSON-ready description of the pose, for the outputs."""
         yaw, pitch, roll = self.ypr
         return {
-            "lat": round(self.lat, 8), "lon": round(self.lon, 8),
+            "lat": round(self.lat, 8),
+            "lon": round(self.lon, 8),
             "abs_alt_m": None if self.abs_alt_m is None else round(self.abs_alt_m, 2),
-            "agl_m": round(self.agl_m, 2), "yaw": round(yaw, 2), "pitch": round(pitch, 2), "roll": round(roll, 2),
-            "focal_px": round(self.focal_px, 2), "sources": dict(self.sources),
+            "agl_m": round(self.agl_m, 2),
+            "yaw": round(yaw, 2),
+            "pitch": round(pitch, 2),
+            "roll": round(roll, 2),
+            "focal_px": round(self.focal_px, 2),
+            "sources": dict(self.sources),
         }
 
 
@@ -271,8 +303,11 @@ def _dms(value: object, ref: object, positive: str, name: str) -> float:
 
 
 def _xmp_segments(im: object) -> list[bytes]:
-    segs = [data[len(XMP_HEADER):] for marker, data in getattr(im, "applist", [])
-            if marker == "APP1" and data.startswith(XMP_HEADER)]
+    segs = [
+        data[len(XMP_HEADER) :]
+        for marker, data in getattr(im, "applist", [])
+        if marker == "APP1" and data.startswith(XMP_HEADER)
+    ]
     if not segs:
         info_xmp = getattr(im, "info", {}).get("xmp")
         if isinstance(info_xmp, (bytes, bytearray)):
@@ -302,8 +337,10 @@ def read_photo_metadata(path: str | os.PathLike) -> PhotoMetadata:
         gps_ifd = exif.get_ifd(EXIF_GPS_IFD)
         if 2 in gps_ifd and 4 in gps_ifd:
             try:
-                gps = (_dms(gps_ifd[2], gps_ifd.get(1), "N", "GPSLatitude"),
-                       _dms(gps_ifd[4], gps_ifd.get(3), "E", "GPSLongitude"))
+                gps = (
+                    _dms(gps_ifd[2], gps_ifd.get(1), "N", "GPSLatitude"),
+                    _dms(gps_ifd[4], gps_ifd.get(3), "E", "GPSLongitude"),
+                )
             except ValueError as exc:
                 problems.append(str(exc))
         if 6 in gps_ifd:
@@ -371,33 +408,52 @@ def pose_from_metadata(meta: PhotoMetadata, overrides: PoseOverrides | None = No
         la = _dji_number(meta, "GpsLatitude", "Latitude")
         lo = _dji_number(meta, "GpsLongitude", "GpsLongtitude", "Longitude")  # older firmware misspells it
         if la is None or lo is None:
-            raise PoseError(_with_problems(meta, "no GPS position: the photo has neither EXIF GPSLatitude/"
-                                                 "GPSLongitude nor drone-dji:GpsLatitude/GpsLongitude"))
+            raise PoseError(
+                _with_problems(
+                    meta,
+                    "no GPS position: the photo has neither EXIF GPSLatitude/"
+                    "GPSLongitude nor drone-dji:GpsLatitude/GpsLongitude",
+                )
+            )
         lat, lon = la[0], lo[0]
         sources["position"] = f"XMP drone-dji:{la[1]}/{lo[1]}"
     if lat == 0.0 and lon == 0.0:
         raise PoseError("GPS position is 0, 0: the aircraft had no satellite fix when the photo was taken")
 
     abs_alt = _dji_number(meta, "AbsoluteAltitude")
-    abs_alt_m, abs_src = (abs_alt[0], "drone-dji:AbsoluteAltitude") if abs_alt else (meta.gps_alt, "EXIF GPSAltitude")
+    abs_alt_m, abs_src = (
+        (abs_alt[0], "drone-dji:AbsoluteAltitude") if abs_alt else (meta.gps_alt, "EXIF GPSAltitude")
+    )
     if o.height_above_ground is not None:
         agl = o.height_above_ground
         sources["height"] = "--height-above-ground"
     elif o.ground_alt is not None:
         if abs_alt_m is None:
-            raise PoseError("--ground-alt needs the camera's absolute altitude, and the photo has neither "
-                            "drone-dji:AbsoluteAltitude nor EXIF GPSAltitude; pass --height-above-ground")
+            raise PoseError(
+                "--ground-alt needs the camera's absolute altitude, and the photo has neither "
+                "drone-dji:AbsoluteAltitude nor EXIF GPSAltitude; pass --height-above-ground"
+            )
         agl = abs_alt_m - o.ground_alt
         sources["height"] = f"{abs_src} {abs_alt_m:.2f} m - --ground-alt {o.ground_alt:.2f} m"
     else:
         rel = _dji_number(meta, "RelativeAltitude")
         if rel is None:
-            raise PoseError(_with_problems(meta, "no height above ground: the photo has no drone-dji:RelativeAltitude;"
-                                                 " pass --height-above-ground, or --ground-alt"))
+            raise PoseError(
+                _with_problems(
+                    meta,
+                    "no height above ground: the photo has no drone-dji:RelativeAltitude;"
+                    " pass --height-above-ground, or --ground-alt",
+                )
+            )
         agl = rel[0] - o.ground_above_takeoff
-        sources["height"] = (f"RelativeAltitude {rel[0]:.2f} m - ground {o.ground_above_takeoff:.2f} m above take-off"
-                             + (" (assumed: pass --ground-above-takeoff or --ground-alt)"
-                                if o.ground_above_takeoff == 0.0 else ""))
+        sources["height"] = (
+            f"RelativeAltitude {rel[0]:.2f} m - ground {o.ground_above_takeoff:.2f} m above take-off"
+            + (
+                " (assumed: pass --ground-above-takeoff or --ground-alt)"
+                if o.ground_above_takeoff == 0.0
+                else ""
+            )
+        )
 
     attitude = []
     if o.yaw is not None:
@@ -406,8 +462,13 @@ def pose_from_metadata(meta: PhotoMetadata, overrides: PoseOverrides | None = No
     else:
         y = _dji_number(meta, "GimbalYawDegree", "FlightYawDegree")
         if y is None:
-            raise PoseError(_with_problems(meta, "no camera heading: the photo has no drone-dji:GimbalYawDegree or "
-                                                 "FlightYawDegree; pass --yaw (degrees clockwise from north)"))
+            raise PoseError(
+                _with_problems(
+                    meta,
+                    "no camera heading: the photo has no drone-dji:GimbalYawDegree or "
+                    "FlightYawDegree; pass --yaw (degrees clockwise from north)",
+                )
+            )
         yaw = y[0]
         attitude.append(f"yaw {y[1]}")
     if o.pitch is not None:
@@ -416,8 +477,13 @@ def pose_from_metadata(meta: PhotoMetadata, overrides: PoseOverrides | None = No
     else:
         p = _dji_number(meta, "GimbalPitchDegree")
         if p is None:
-            raise PoseError(_with_problems(meta, "no camera pitch: the photo has no drone-dji:GimbalPitchDegree; "
-                                                 "pass --pitch (-90 = straight down)"))
+            raise PoseError(
+                _with_problems(
+                    meta,
+                    "no camera pitch: the photo has no drone-dji:GimbalPitchDegree; "
+                    "pass --pitch (-90 = straight down)",
+                )
+            )
         pitch = p[0]
         attitude.append(f"pitch {p[1]}")
     if o.roll is not None:
@@ -453,8 +519,10 @@ def pose_from_metadata(meta: PhotoMetadata, overrides: PoseOverrides | None = No
         focal = meta.focal_35mm / 43.2666 * math.hypot(w, h)
         sources["intrinsics"] = f"EXIF FocalLengthIn35mmFilm {meta.focal_35mm:g} mm"
     else:
-        raise PoseError(f"no focal length: the photo has no drone-dji:CalibratedFocalLength, no known EXIF Model "
-                        f"({meta.model or 'none'}) and no FocalLengthIn35mmFilm; pass --focal-px or --camera")
+        raise PoseError(
+            f"no focal length: the photo has no drone-dji:CalibratedFocalLength, no known EXIF Model "
+            f"({meta.model or 'none'}) and no FocalLengthIn35mmFilm; pass --focal-px or --camera"
+        )
 
     return CameraPose(lat, lon, agl, rotation_ypr(yaw, pitch, roll), focal, cx, cy, w, h, abs_alt_m, sources)
 

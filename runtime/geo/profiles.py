@@ -47,10 +47,18 @@ class CameraProfile:
 CAMERA_PROFILES: tuple[CameraProfile, ...] = (
     CameraProfile("mavic-pro", ("FC220",), "DJI Mavic Pro (FC220, 1/2.3in)", 26.0, 4000, 3000),
     CameraProfile("phantom-4", ("FC330",), "DJI Phantom 4 (FC330, 1/2.3in)", 20.0, 4000, 3000),
-    CameraProfile("phantom-4-pro", ("FC6310", "FC6310S", "FC6310R"),
-                  "DJI Phantom 4 Pro / Pro V2.0 / RTK (FC6310, 1in)", 24.0, 5472, 3648),
+    CameraProfile(
+        "phantom-4-pro",
+        ("FC6310", "FC6310S", "FC6310R"),
+        "DJI Phantom 4 Pro / Pro V2.0 / RTK (FC6310, 1in)",
+        24.0,
+        5472,
+        3648,
+    ),
     CameraProfile("mavic-2-pro", ("L1D-20c",), "DJI Mavic 2 Pro (Hasselblad L1D-20c, 1in)", 28.0, 5472, 3648),
-    CameraProfile("mavic-air-2", ("FC3170",), "DJI Mavic Air 2 (FC3170, 1/2in, 12 MP mode)", 24.0, 4000, 3000),
+    CameraProfile(
+        "mavic-air-2", ("FC3170",), "DJI Mavic Air 2 (FC3170, 1/2in, 12 MP mode)", 24.0, 4000, 3000
+    ),
     CameraProfile("mini-2", ("FC7303",), "DJI Mini 2 (FC7303, 1/2.3in)", 24.0, 4000, 3000),
     CameraProfile("mavic-3", ("L2D-20c",), "DJI Mavic 3 (Hasselblad L2D-20c, 4/3in)", 24.0, 5280, 3956),
 )

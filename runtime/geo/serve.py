@@ -45,53 +45,89 @@ def _mount(s: str) -> tuple[float, float, float]:
     try:
         yaw, pitch, roll = (float(v) for v in parts)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected YAW,PITCH,ROLL in degrees for --camera-mount, e.g. 0,-90,0, "
-                                         f"found {s!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected YAW,PITCH,ROLL in degrees for --camera-mount, e.g. 0,-90,0, found {s!r}"
+        ) from None
     for name, v, lim in (("yaw", yaw, 360.0), ("pitch", pitch, 90.0), ("roll", roll, 180.0)):
         if not (math.isfinite(v) and -lim <= v <= lim):
-            raise argparse.ArgumentTypeError(f"expected a {name} in [-{lim:g}, {lim:g}] for --camera-mount, found {v:g}")
+            raise argparse.ArgumentTypeError(
+                f"expected a {name} in [-{lim:g}, {lim:g}] for --camera-mount, found {v:g}"
+            )
     return yaw, pitch, roll
 
 
 def add_serve_geo_options(p: argparse.ArgumentParser) -> None:
     """The daemon's options for ground coordinates and MQTT (plus detect's pose overrides)."""
     g = p.add_argument_group("ground coordinates and MQTT")
-    g.add_argument("--geo", action="store_true",
-                   help="add ground coordinates (lat, lon, error_m) and a thumbnail to every detection from the "
-                        "photo's GPS and DJI XMP; also serves /detections.geojson, /detections.kml, "
-                        "/detections_geo.csv, /tracks.geojson and /thumbs/NAME")
-    g.add_argument("--mqtt", metavar="HOST[:PORT]",
-                   help="publish every detection as JSON to this MQTT broker (QoS 1; retained status on "
-                        "PREFIX/status; kept in the queue database until the broker acknowledges them, across "
-                        "outages and restarts) (default: no MQTT)")
-    g.add_argument("--mqtt-topic", metavar="PREFIX", default="edgetile",
-                   help="topic prefix: detections go to PREFIX/detections (default: edgetile)")
-    g.add_argument("--mqtt-buffer", metavar="N", type=_number("--mqtt-buffer", 1, 10_000_000), default=100_000,
-                   help="messages kept in the state folder's queue database, across restarts, until the broker "
-                        "acknowledges them; beyond it the oldest are dropped and counted "
-                        "(edgetile_mqtt_dropped_total); a waiting message takes a few dozen bytes of the "
-                        "database (default: 100000)")
-    g.add_argument("--mavlink-out", metavar="URL",
-                   help="send every detection to a ground station over MAVLink: a STATUSTEXT alert and, with "
-                        "--geo, a CAMERA_TRACKING_GEO_STATUS with its position; URL as pymavlink takes it, e.g. "
-                        "udpout:192.168.1.10:14550 or /dev/ttyUSB0,57600 (default: no MAVLink)")
-    g.add_argument("--mavlink-lacmus", action="store_true",
-                   help="with --mavlink-out, also send the Lacmus dialect's LACMUS_OBJECT_DETECTED (id 7000) "
-                        "with the person's position")
-    g.add_argument("--mavlink-in", metavar="URL",
-                   help="with --geo and --video, read the vehicle's telemetry (GLOBAL_POSITION_INT, ATTITUDE, "
-                        "GIMBAL_DEVICE_ATTITUDE_STATUS) and georeference each video frame from the pose when it was "
-                        "grabbed (needs --focal-px or --camera: frames have no EXIF); URL as pymavlink takes it, "
-                        "e.g. udpin:0.0.0.0:14550 or /dev/ttyTHS1,921600 (default: video frames get no coordinates)")
-    g.add_argument("--mavlink-max-age", metavar="SECONDS", type=_number("--mavlink-max-age", 0, 60, positive=True),
-                   default=1.0,
-                   help="a frame grabbed when the latest position or attitude is older than this gets no coordinates "
-                        "(pixels and a warning instead); keep it above the autopilot's slowest stream period "
-                        "(default: 1)")
-    g.add_argument("--camera-mount", metavar="YAW,PITCH,ROLL", type=_mount, default=(0.0, -90.0, 0.0),
-                   help="with --mavlink-in, the camera's fixed mounting on the vehicle in degrees, used when no gimbal "
-                        "reports GIMBAL_DEVICE_ATTITUDE_STATUS: 0,-90,0 looks straight down with the frame's top "
-                        "towards the nose; 0,-30,0 ahead and 30 degrees down (default: 0,-90,0)")
+    g.add_argument(
+        "--geo",
+        action="store_true",
+        help="add ground coordinates (lat, lon, error_m) and a thumbnail to every detection from the "
+        "photo's GPS and DJI XMP; also serves /detections.geojson, /detections.kml, "
+        "/detections_geo.csv, /tracks.geojson and /thumbs/NAME",
+    )
+    g.add_argument(
+        "--mqtt",
+        metavar="HOST[:PORT]",
+        help="publish every detection as JSON to this MQTT broker (QoS 1; retained status on "
+        "PREFIX/status; kept in the queue database until the broker acknowledges them, across "
+        "outages and restarts) (default: no MQTT)",
+    )
+    g.add_argument(
+        "--mqtt-topic",
+        metavar="PREFIX",
+        default="edgetile",
+        help="topic prefix: detections go to PREFIX/detections (default: edgetile)",
+    )
+    g.add_argument(
+        "--mqtt-buffer",
+        metavar="N",
+        type=_number("--mqtt-buffer", 1, 10_000_000),
+        default=100_000,
+        help="messages kept in the state folder's queue database, across restarts, until the broker "
+        "acknowledges them; beyond it the oldest are dropped and counted "
+        "(edgetile_mqtt_dropped_total); a waiting message takes a few dozen bytes of the "
+        "database (default: 100000)",
+    )
+    g.add_argument(
+        "--mavlink-out",
+        metavar="URL",
+        help="send every detection to a ground station over MAVLink: a STATUSTEXT alert and, with "
+        "--geo, a CAMERA_TRACKING_GEO_STATUS with its position; URL as pymavlink takes it, e.g. "
+        "udpout:192.168.1.10:14550 or /dev/ttyUSB0,57600 (default: no MAVLink)",
+    )
+    g.add_argument(
+        "--mavlink-lacmus",
+        action="store_true",
+        help="with --mavlink-out, also send the Lacmus dialect's LACMUS_OBJECT_DETECTED (id 7000) "
+        "with the person's position",
+    )
+    g.add_argument(
+        "--mavlink-in",
+        metavar="URL",
+        help="with --geo and --video, read the vehicle's telemetry (GLOBAL_POSITION_INT, ATTITUDE, "
+        "GIMBAL_DEVICE_ATTITUDE_STATUS) and georeference each video frame from the pose when it was "
+        "grabbed (needs --focal-px or --camera: frames have no EXIF); URL as pymavlink takes it, "
+        "e.g. udpin:0.0.0.0:14550 or /dev/ttyTHS1,921600 (default: video frames get no coordinates)",
+    )
+    g.add_argument(
+        "--mavlink-max-age",
+        metavar="SECONDS",
+        type=_number("--mavlink-max-age", 0, 60, positive=True),
+        default=1.0,
+        help="a frame grabbed when the latest position or attitude is older than this gets no coordinates "
+        "(pixels and a warning instead); keep it above the autopilot's slowest stream period "
+        "(default: 1)",
+    )
+    g.add_argument(
+        "--camera-mount",
+        metavar="YAW,PITCH,ROLL",
+        type=_mount,
+        default=(0.0, -90.0, 0.0),
+        help="with --mavlink-in, the camera's fixed mounting on the vehicle in degrees, used when no gimbal "
+        "reports GIMBAL_DEVICE_ATTITUDE_STATUS: 0,-90,0 looks straight down with the frame's top "
+        "towards the nose; 0,-30,0 ahead and 30 degrees down (default: 0,-90,0)",
+    )
     add_geo_options(p, with_format=False)
 
 
@@ -119,7 +155,9 @@ class DaemonGeo:
     _warned: dict[str, int] = field(default_factory=dict)
     _poses: dict[str, object] = field(default_factory=dict)  # sha256 -> pose, from annotate to publish
     _link_fresh: bool | None = None  # telemetry fresh at the last grab (None: no grab yet)
-    _link_lock: threading.Lock = field(default_factory=threading.Lock)  # video readers run in their own threads
+    _link_lock: threading.Lock = field(
+        default_factory=threading.Lock
+    )  # video readers run in their own threads
 
     @property
     def thumbs_dir(self) -> Path:
@@ -139,8 +177,9 @@ class DaemonGeo:
             self.thumbs_dir.mkdir(parents=True, exist_ok=True)
         for i, d in enumerate(records):
             name = f"{item.sha256[:16]}_{i:03d}.jpg"
-            if not cv2.imwrite(str(self.thumbs_dir / name), crop_thumbnail(image, d["bbox"]),
-                               [cv2.IMWRITE_JPEG_QUALITY, 90]):
+            if not cv2.imwrite(
+                str(self.thumbs_dir / name), crop_thumbnail(image, d["bbox"]), [cv2.IMWRITE_JPEG_QUALITY, 90]
+            ):
                 raise OSError(f"cannot write the thumbnail {self.thumbs_dir / name}")
             d["thumbnail"] = f"thumbs/{name}"
         try:
@@ -152,8 +191,12 @@ class DaemonGeo:
             reason = str(exc)
             seen = self._warned.get(reason, 0)
             self._warned[reason] = seen + 1
-            (log.debug if seen else log.warning)("%s: no ground coordinates: %s%s", item.name, reason,
-                                                 "" if seen else " (said once; later photos at debug level)")
+            (log.debug if seen else log.warning)(
+                "%s: no ground coordinates: %s%s",
+                item.name,
+                reason,
+                "" if seen else " (said once; later photos at debug level)",
+            )
             return
         georeference_detections(records, pose, self.config.errors)
         if self.mavlink is not None:
@@ -183,8 +226,12 @@ class DaemonGeo:
         with self._link_lock:
             was, self._link_fresh = self._link_fresh, True
         if not was:
-            log.info("MAVLink %s: position and attitude are fresh; video frames get ground coordinates "
-                     "(camera attitude: %s)", self.telemetry.url, snap.attitude_source)
+            log.info(
+                "MAVLink %s: position and attitude are fresh; video frames get ground coordinates "
+                "(camera attitude: %s)",
+                self.telemetry.url,
+                snap.attitude_source,
+            )
 
     def wait_for_telemetry(self, stop: threading.Event, timeout_s: float = TELEMETRY_GRACE_S) -> bool:
         """Before a video source is opened: wait until the telemetry is fresh, for at most timeout_s.
@@ -201,8 +248,12 @@ class DaemonGeo:
                 snap = self.telemetry.snapshot(self.max_age_s)
             except PoseError as exc:
                 if time.monotonic() >= deadline:
-                    log.warning("%s after waiting %.0f s; reading video anyway (frames get no ground coordinates "
-                                "until it is fresh)", exc, timeout_s)
+                    log.warning(
+                        "%s after waiting %.0f s; reading video anyway (frames get no ground coordinates "
+                        "until it is fresh)",
+                        exc,
+                        timeout_s,
+                    )
                     return False
                 stop.wait(0.05)
                 continue
@@ -220,8 +271,10 @@ class DaemonGeo:
 
         record = item.telemetry
         if record is None:
-            raise PoseError("a video frame has no EXIF pose and none was recorded when it was grabbed: pass "
-                            "--mavlink-in URL to record the vehicle's")
+            raise PoseError(
+                "a video frame has no EXIF pose and none was recorded when it was grabbed: pass "
+                "--mavlink-in URL to record the vehicle's"
+            )
         if "problem" in record:
             raise PoseError(str(record["problem"]))
         try:
@@ -242,8 +295,9 @@ class DaemonGeo:
                 continue
             for d in o.detections or []:
                 if self.mavlink is not None:
-                    self.mavlink.send_detection(d, image_index=o.item.item_id, camera=pose,
-                                                file_url=d.get("thumbnail", ""))
+                    self.mavlink.send_detection(
+                        d, image_index=o.item.item_id, camera=pose, file_url=d.get("thumbnail", "")
+                    )
 
     def documents(self, queue_factory) -> GeoDocuments:
         """GeoJSON/KML/CSV of every committed result, tracks built in commit order."""
@@ -278,14 +332,20 @@ def daemon_geo_from_args(a: argparse.Namespace, state_dir: Path) -> DaemonGeo | 
         raise ValueError("--mavlink-lacmus: expected --mavlink-out URL as well, found none")
     if a.mavlink_in:
         if not a.geo:
-            raise ValueError("--mavlink-in: expected --geo as well (the vehicle's pose is used to georeference video "
-                             "frames), found none")
+            raise ValueError(
+                "--mavlink-in: expected --geo as well (the vehicle's pose is used to georeference video "
+                "frames), found none"
+            )
         if not a.video:
-            raise ValueError("--mavlink-in: expected a --video source as well (photos use their own EXIF/XMP pose), "
-                             "found none")
+            raise ValueError(
+                "--mavlink-in: expected a --video source as well (photos use their own EXIF/XMP pose), "
+                "found none"
+            )
         if a.focal_px is None and a.camera is None:
-            raise ValueError("--mavlink-in: video frames have no EXIF focal length: expected --focal-px F or "
-                             "--camera NAME, found neither")
+            raise ValueError(
+                "--mavlink-in: video frames have no EXIF focal length: expected --focal-px F or "
+                "--camera NAME, found neither"
+            )
     if not a.geo and not a.mqtt and not a.mavlink_out:
         return None
     config = geo_config_from_args(a)
@@ -316,29 +376,45 @@ def daemon_geo_from_args(a: argparse.Namespace, state_dir: Path) -> DaemonGeo | 
 
         given = [f"--{n}" for n in ("yaw", "pitch", "roll") if getattr(a, n) is not None]
         if given:
-            log.warning("%s apply to photos; video frames take the camera's attitude from MAVLink (a gimbal's "
-                        "GIMBAL_DEVICE_ATTITUDE_STATUS, else ATTITUDE and --camera-mount)", ", ".join(given))
+            log.warning(
+                "%s apply to photos; video frames take the camera's attitude from MAVLink (a gimbal's "
+                "GIMBAL_DEVICE_ATTITUDE_STATUS, else ATTITUDE and --camera-mount)",
+                ", ".join(given),
+            )
         try:
             try:
                 telemetry = MavlinkTelemetry(a.mavlink_in, mount_ypr=tuple(a.camera_mount))
             except ImportError as exc:
-                if exc.name == "serial":  # pymavlink opens anything that is not a network URL as a serial port
-                    raise ValueError(f"--mavlink-in {a.mavlink_in}: a serial port needs pyserial (pip install "
-                                     "pyserial); for the network give e.g. udpin:0.0.0.0:14550") from None
+                if (
+                    exc.name == "serial"
+                ):  # pymavlink opens anything that is not a network URL as a serial port
+                    raise ValueError(
+                        f"--mavlink-in {a.mavlink_in}: a serial port needs pyserial (pip install "
+                        "pyserial); for the network give e.g. udpin:0.0.0.0:14550"
+                    ) from None
                 raise ValueError(str(exc)) from None
             except OSError as exc:
                 raise ValueError(f"--mavlink-in {a.mavlink_in}: cannot open the link: {exc}") from None
             except ValueError as exc:
-                raise ValueError(f"--mavlink-in: expected a pymavlink connection string such as "
-                                 f"udpin:0.0.0.0:14550, tcp:HOST:PORT or /dev/ttyTHS1,921600, found "
-                                 f"{a.mavlink_in!r} ({exc})") from None
+                raise ValueError(
+                    f"--mavlink-in: expected a pymavlink connection string such as "
+                    f"udpin:0.0.0.0:14550, tcp:HOST:PORT or /dev/ttyTHS1,921600, found "
+                    f"{a.mavlink_in!r} ({exc})"
+                ) from None
         except ValueError:
             for link in (publisher, mavlink):  # opened above; the daemon will not start
                 if link is not None:
                     link.close()
             raise
-    return DaemonGeo(config, Path(state_dir), georeference=bool(a.geo), publisher=publisher, mavlink=mavlink,
-                     telemetry=telemetry, max_age_s=float(a.mavlink_max_age))
+    return DaemonGeo(
+        config,
+        Path(state_dir),
+        georeference=bool(a.geo),
+        publisher=publisher,
+        mavlink=mavlink,
+        telemetry=telemetry,
+        max_age_s=float(a.mavlink_max_age),
+    )
 
 
 def geo_router(geo: DaemonGeo, queue_factory):
@@ -371,7 +447,9 @@ def geo_router(geo: DaemonGeo, queue_factory):
     @r.get("/thumbs/{name}")
     def thumbnail(name: str) -> FileResponse:
         if not THUMB_NAME.match(name):
-            raise HTTPException(422, f"expected a thumbnail name like 0123456789abcdef_000.jpg, found {name[:80]!r}")
+            raise HTTPException(
+                422, f"expected a thumbnail name like 0123456789abcdef_000.jpg, found {name[:80]!r}"
+            )
         path = geo.thumbs_dir / name
         if not path.is_file():
             raise HTTPException(404, f"no thumbnail {name}")

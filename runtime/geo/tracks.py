@@ -61,7 +61,9 @@ class Track:
     _wlat: float = field(default=0.0, repr=False)
     _wlon: float = field(default=0.0, repr=False)
 
-    def _add(self, image: str, index: int, lat: float, lon: float, score: float, error_m: float | None) -> None:
+    def _add(
+        self, image: str, index: int, lat: float, lon: float, score: float, error_m: float | None
+    ) -> None:
         w = 1.0 / max(error_m if error_m is not None else 1e3, MIN_ERROR_M) ** 2
         self._w += w
         self._wlat += w * lat
@@ -78,11 +80,16 @@ class Track:
     def to_dict(self) -> dict:
         """JSON-ready summary."""
         return {
-            "track_id": self.track_id, "class_name": self.class_name,
-            "lat": round(self.lat, 8), "lon": round(self.lon, 8),
+            "track_id": self.track_id,
+            "class_name": self.class_name,
+            "lat": round(self.lat, 8),
+            "lon": round(self.lon, 8),
             "error_m": None if self.error_m is None else round(self.error_m, 2),
-            "count": len(self.detections), "photos": list(self.photos), "best_score": round(self.best_score, 5),
-            "best_image": self.best[0], "best_index": self.best[1],
+            "count": len(self.detections),
+            "photos": list(self.photos),
+            "best_score": round(self.best_score, 5),
+            "best_image": self.best[0],
+            "best_index": self.best[1],
         }
 
 
@@ -113,7 +120,9 @@ class TrackBuilder:
             The track id of each detection, None for those without coordinates.
         """
         ids: list[int | None] = [None] * len(detections)
-        located = [i for i, d in enumerate(detections) if d.get("lat") is not None and d.get("lon") is not None]
+        located = [
+            i for i, d in enumerate(detections) if d.get("lat") is not None and d.get("lon") is not None
+        ]
         pairs = []
         for i in located:
             d = detections[i]
@@ -135,11 +144,15 @@ class TrackBuilder:
         for i in located:
             if i not in taken_det:
                 d = detections[i]
-                self.tracks.append(Track(len(self.tracks) + 1, str(d.get("class_name")), d["lat"], d["lon"], None))
+                self.tracks.append(
+                    Track(len(self.tracks) + 1, str(d.get("class_name")), d["lat"], d["lon"], None)
+                )
                 ids[i] = self.tracks[-1].track_id
         for i in located:
             d = detections[i]
-            self.tracks[ids[i] - 1]._add(image, i, d["lat"], d["lon"], float(d.get("score", 0.0)), d.get("error_m"))
+            self.tracks[ids[i] - 1]._add(
+                image, i, d["lat"], d["lon"], float(d.get("score", 0.0)), d.get("error_m")
+            )
         return ids
 
 

@@ -28,8 +28,23 @@ from .pose import CameraPose, PoseError, PoseOverrides, pose_from_photo
 from .tracks import Track, TrackBuilder
 
 GEO_FORMATS = ("geojson", "kml", "csv")
-GEO_CSV_HEADER = ["image", "index", "class_name", "score", "latitude", "longitude", "error_m", "ground_alt_m",
-                  "distance_m", "x1", "y1", "x2", "y2", "track_id", "thumbnail"]
+GEO_CSV_HEADER = [
+    "image",
+    "index",
+    "class_name",
+    "score",
+    "latitude",
+    "longitude",
+    "error_m",
+    "ground_alt_m",
+    "distance_m",
+    "x1",
+    "y1",
+    "x2",
+    "y2",
+    "track_id",
+    "thumbnail",
+]
 KML_NS = "http://www.opengis.net/kml/2.2"
 THUMB_MIN_SIDE = 96
 THUMB_MAX_SIDE = 512
@@ -44,11 +59,15 @@ def parse_formats(text: str) -> tuple[str, ...]:
         if not name:
             continue
         if name not in GEO_FORMATS:
-            raise ValueError(f"--format: expected a comma-separated list of {', '.join(GEO_FORMATS)}, found {part!r}")
+            raise ValueError(
+                f"--format: expected a comma-separated list of {', '.join(GEO_FORMATS)}, found {part!r}"
+            )
         if name not in out:
             out.append(name)
     if not out:
-        raise ValueError(f"--format: expected a comma-separated list of {', '.join(GEO_FORMATS)}, found {text!r}")
+        raise ValueError(
+            f"--format: expected a comma-separated list of {', '.join(GEO_FORMATS)}, found {text!r}"
+        )
     return tuple(out)
 
 
@@ -75,7 +94,9 @@ class GeoConfig:
             if f not in GEO_FORMATS:
                 raise ValueError(f"formats: expected names among {', '.join(GEO_FORMATS)}, found {f!r}")
         if not (math.isfinite(self.track_radius_m) and self.track_radius_m > 0):
-            raise ValueError(f"track_radius_m: expected a positive number of metres, found {self.track_radius_m}")
+            raise ValueError(
+                f"track_radius_m: expected a positive number of metres, found {self.track_radius_m}"
+            )
 
 
 def crop_thumbnail(image: np.ndarray, bbox: list[float] | np.ndarray) -> np.ndarray:
@@ -96,12 +117,20 @@ def crop_thumbnail(image: np.ndarray, bbox: list[float] | np.ndarray) -> np.ndar
     right, bottom = int(min(w, math.ceil(cx + side / 2))), int(min(h, math.ceil(cy + side / 2)))
     crop = image[top:bottom, left:right].copy()
     thick = max(1, int(round(side / 150)))
-    cv2.rectangle(crop, (int(round(x1)) - left - thick, int(round(y1)) - top - thick),
-                  (int(round(x2)) - left + thick, int(round(y2)) - top + thick), (0, 0, 255), thick)
+    cv2.rectangle(
+        crop,
+        (int(round(x1)) - left - thick, int(round(y1)) - top - thick),
+        (int(round(x2)) - left + thick, int(round(y2)) - top + thick),
+        (0, 0, 255),
+        thick,
+    )
     if max(crop.shape[:2]) > THUMB_MAX_SIDE:
         s = THUMB_MAX_SIDE / max(crop.shape[:2])
-        crop = cv2.resize(crop, (max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s))),
-                          interpolation=cv2.INTER_AREA)
+        crop = cv2.resize(
+            crop,
+            (max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s))),
+            interpolation=cv2.INTER_AREA,
+        )
     return crop
 
 
@@ -115,8 +144,12 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def georeference_detections(detections: list[dict], pose: CameraPose, errors: ErrorModel | None = None,
-                            elevation: ElevationFn | None = None) -> int:
+def georeference_detections(
+    detections: list[dict],
+    pose: CameraPose,
+    errors: ErrorModel | None = None,
+    elevation: ElevationFn | None = None,
+) -> int:
     """Add lat, lon, error_m, ground_alt_m, distance_m to detection records in place.
 
     Args:
@@ -144,8 +177,11 @@ def feature(det: dict, image: str) -> dict:
     """One GeoJSON Point feature (RFC 7946: [longitude, latitude]) for a georeferenced detection."""
     props = {"image": image}
     props.update({k: v for k, v in det.items() if k not in ("lat", "lon")})
-    return {"type": "Feature", "geometry": {"type": "Point", "coordinates": [det["lon"], det["lat"]]},
-            "properties": props}
+    return {
+        "type": "Feature",
+        "geometry": {"type": "Point", "coordinates": [det["lon"], det["lat"]]},
+        "properties": props,
+    }
 
 
 class GeoDocuments:
@@ -158,8 +194,12 @@ class GeoDocuments:
         track_radius_m: Radius for building tracks.
     """
 
-    def __init__(self, photos: list[tuple[str, list[dict]]], tracks: list[Track] | None = None,
-                 track_radius_m: float = 5.0) -> None:
+    def __init__(
+        self,
+        photos: list[tuple[str, list[dict]]],
+        tracks: list[Track] | None = None,
+        track_radius_m: float = 5.0,
+    ) -> None:
         self.photos = photos
         if tracks is None:
             builder = TrackBuilder(track_radius_m)
@@ -191,9 +231,13 @@ class GeoDocuments:
             props.pop("lat")
             props.pop("lon")
             props["thumbnail"] = self._thumb_of(t.best[0], t.best[1])
-            feats.append({"type": "Feature", "geometry": {"type": "Point", "coordinates": [round(t.lon, 8),
-                                                                                           round(t.lat, 8)]},
-                          "properties": props})
+            feats.append(
+                {
+                    "type": "Feature",
+                    "geometry": {"type": "Point", "coordinates": [round(t.lon, 8), round(t.lat, 8)]},
+                    "properties": props,
+                }
+            )
         return {"type": "FeatureCollection", "features": feats}
 
     def kml(self) -> str:
@@ -206,12 +250,16 @@ class GeoDocuments:
             icon = ET.SubElement(style, "IconStyle")
             ET.SubElement(icon, "color").text = colour
 
-        def placemark(parent: ET.Element, name: str, style: str, lat: float, lon: float, data: dict,
-                      thumb: str | None) -> None:
+        def placemark(
+            parent: ET.Element, name: str, style: str, lat: float, lon: float, data: dict, thumb: str | None
+        ) -> None:
             pm = ET.SubElement(parent, "Placemark")
             ET.SubElement(pm, "name").text = name
-            lines = [f"{k}: {json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in data.items()
-                     if v is not None and k != "thumbnail"]
+            lines = [
+                f"{k}: {json.dumps(v) if isinstance(v, (list, dict)) else v}"
+                for k, v in data.items()
+                if v is not None and k != "thumbnail"
+            ]
             html = "<br/>".join(lines) + (f'<br/><img src="{thumb}" width="256"/>' if thumb else "")
             ET.SubElement(pm, "description").text = html
             ET.SubElement(pm, "styleUrl").text = f"#{style}"
@@ -229,15 +277,29 @@ class GeoDocuments:
         for img, d in self._located():
             data = {"image": img}
             data.update({k: v for k, v in d.items() if k not in ("lat", "lon")})
-            placemark(folder, f"{d.get('class_name', '')} {float(d.get('score', 0)):.2f}", "detection",
-                      d["lat"], d["lon"], data, d.get("thumbnail"))
+            placemark(
+                folder,
+                f"{d.get('class_name', '')} {float(d.get('score', 0)):.2f}",
+                "detection",
+                d["lat"],
+                d["lon"],
+                data,
+                d.get("thumbnail"),
+            )
         folder = ET.SubElement(doc, "Folder")
         ET.SubElement(folder, "name").text = "Tracks"
         for t in self.tracks:
             data = t.to_dict()
             lat, lon = data.pop("lat"), data.pop("lon")
-            placemark(folder, f"track {t.track_id}: {t.class_name} in {len(t.photos)} photo(s)", "track", lat, lon,
-                      data, self._thumb_of(t.best[0], t.best[1]))
+            placemark(
+                folder,
+                f"track {t.track_id}: {t.class_name} in {len(t.photos)} photo(s)",
+                "track",
+                lat,
+                lon,
+                data,
+                self._thumb_of(t.best[0], t.best[1]),
+            )
         return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
     def csv_text(self) -> str:
@@ -250,12 +312,26 @@ class GeoDocuments:
                 if d.get("lat") is None:
                     continue
                 x1, y1, x2, y2 = d["bbox"]
-                w.writerow([img, i, d.get("class_name", ""), d.get("score", ""), d["lat"], d["lon"],
-                            "" if d.get("error_m") is None else d["error_m"],
-                            "" if d.get("ground_alt_m") is None else d["ground_alt_m"], d.get("distance_m", ""),
-                            x1, y1, x2, y2, d.get("track_id", ""), d.get("thumbnail", "")])
+                w.writerow(
+                    [
+                        img,
+                        i,
+                        d.get("class_name", ""),
+                        d.get("score", ""),
+                        d["lat"],
+                        d["lon"],
+                        "" if d.get("error_m") is None else d["error_m"],
+                        "" if d.get("ground_alt_m") is None else d["ground_alt_m"],
+                        d.get("distance_m", ""),
+                        x1,
+                        y1,
+                        x2,
+                        y2,
+                        d.get("track_id", ""),
+                        d.get("thumbnail", ""),
+                    ]
+                )
         return buf.getvalue()
-
 
 
 class GeoWriter:
@@ -269,8 +345,13 @@ class GeoWriter:
         flush_every_s: Longest time between rewrites of the files.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, config: GeoConfig, elevation: ElevationFn | None = None,
-                 flush_every_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        config: GeoConfig,
+        elevation: ElevationFn | None = None,
+        flush_every_s: float = 2.0,
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.config = config
@@ -292,14 +373,20 @@ class GeoWriter:
     @property
     def paths(self) -> list[Path]:
         """The files this writer keeps, in the order of its formats."""
-        by_format = {"geojson": [self.geojson_path, self.tracks_path], "kml": [self.kml_path], "csv": [self.csv_path]}
+        by_format = {
+            "geojson": [self.geojson_path, self.tracks_path],
+            "kml": [self.kml_path],
+            "csv": [self.csv_path],
+        }
         return [p for f in self.config.formats for p in by_format[f]]
 
     def pose_for(self, image_path: str) -> CameraPose:
         """The pose of a photo file with the configured overrides (PoseError when unusable)."""
         return pose_from_photo(image_path, self.config.overrides)
 
-    def add(self, record: dict, image: np.ndarray | None = None, pose: CameraPose | None = None) -> str | None:
+    def add(
+        self, record: dict, image: np.ndarray | None = None, pose: CameraPose | None = None
+    ) -> str | None:
         """Georeference one photo's record in place and write its thumbnails.
 
         Args:

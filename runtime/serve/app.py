@@ -50,7 +50,9 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 def create_app(daemon: Daemon) -> FastAPI:
     """The API over one daemon's queue, configuration and measurements."""
     cfg = daemon.config
-    app = FastAPI(title="edgetile serve", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="edgetile serve", version=__version__, docs_url=None, redoc_url=None, openapi_url=None
+    )
 
     # Checking an upload decodes it (a 12 MP photo is 36 MB of pixels): two at a time bounds memory
     # however many clients upload at once.
@@ -74,16 +76,23 @@ def create_app(daemon: Daemon) -> FastAPI:
             return
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), cfg.token.encode()):
-            raise HTTPException(401, "expected the header 'Authorization: Bearer TOKEN' with the daemon's token",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401,
+                "expected the header 'Authorization: Bearer TOKEN' with the daemon's token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     @app.get("/health")
     def health() -> JSONResponse:
         with queue() as q:
             depth = q.depth()
         alive = daemon.worker_alive()
-        body = {"status": "ok" if alive else "worker stopped", "version": __version__, "queue_depth": depth,
-                "stopping": daemon.stop.is_set()}
+        body = {
+            "status": "ok" if alive else "worker stopped",
+            "version": __version__,
+            "queue_depth": depth,
+            "stopping": daemon.stop.is_set(),
+        }
         return JSONResponse(body, status_code=200 if alive else 503)
 
     api = APIRouter(dependencies=[Depends(check_token)])
@@ -92,18 +101,35 @@ def create_app(daemon: Daemon) -> FastAPI:
     def metrics() -> PlainTextResponse:
         with queue() as q:
             counts = q.counts()
-            storage = {**q.copies(), "free_bytes": daemon.floor.free_bytes(), "frames_skipped": daemon.floor.skipped}
+            storage = {
+                **q.copies(),
+                "free_bytes": daemon.floor.free_bytes(),
+                "frames_skipped": daemon.floor.skipped,
+            }
             mqtt = None
             if daemon.outbox is not None:
-                mqtt = {**q.outbox_counts(), "published": daemon.outbox.published,
-                        "connected": int(daemon.outbox.publisher.connected)}
-        text = render_prometheus(counts, daemon.histograms, read_sensors(cfg.sysfs), daemon.retries,
-                                 daemon.started_at, __version__, storage, mqtt)
+                mqtt = {
+                    **q.outbox_counts(),
+                    "published": daemon.outbox.published,
+                    "connected": int(daemon.outbox.publisher.connected),
+                }
+        text = render_prometheus(
+            counts,
+            daemon.histograms,
+            read_sensors(cfg.sysfs),
+            daemon.retries,
+            daemon.started_at,
+            __version__,
+            storage,
+            mqtt,
+        )
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @api.get("/detections")
-    def detections(since: int = Query(0, ge=0, description="return results after this id (the previous 'next')"),
-                   limit: int = Query(100, ge=1, le=PAGE_MAX)) -> dict:
+    def detections(
+        since: int = Query(0, ge=0, description="return results after this id (the previous 'next')"),
+        limit: int = Query(100, ge=1, le=PAGE_MAX),
+    ) -> dict:
         with queue() as q:
             items, nxt = q.detections(since, limit)
         return {"items": items, "next": nxt}
@@ -130,9 +156,12 @@ def create_app(daemon: Daemon) -> FastAPI:
         if row is None:
             raise HTTPException(404, f"no result with id {outcome_id}")
         if row["removed_at"] is not None:
-            raise HTTPException(410, f"the image of result {outcome_id} was removed by the retention budget "
-                                     f"(--keep-inputs-gb, --keep-days or --min-free-mb) at "
-                                     f"{iso_utc(row['removed_at'])}; its detections stay in /detections")
+            raise HTTPException(
+                410,
+                f"the image of result {outcome_id} was removed by the retention budget "
+                f"(--keep-inputs-gb, --keep-days or --min-free-mb) at "
+                f"{iso_utc(row['removed_at'])}; its detections stay in /detections",
+            )
         if not Path(row["path"]).is_file():
             raise HTTPException(404, f"the image of result {outcome_id} is no longer at {row['path']}")
         return row
@@ -165,7 +194,9 @@ def create_app(daemon: Daemon) -> FastAPI:
     def annotated(outcome_id: int) -> Response:
         row = outcome_or_404(outcome_id)
         if not row["ok"]:
-            raise HTTPException(409, f"result {outcome_id} is a failed input ({row['error']}); nothing to draw")
+            raise HTTPException(
+                409, f"result {outcome_id} is a failed input ({row['error']}); nothing to draw"
+            )
         try:
             img = read_image(row["path"])
         except ImageReadError as exc:
@@ -193,20 +224,26 @@ def create_app(daemon: Daemon) -> FastAPI:
         if not length.isdigit():
             raise HTTPException(400, f"expected a numeric Content-Length, found {length[:40]!r}")
         if int(length) > limit + MULTIPART_OVERHEAD:
-            raise HTTPException(413, f"upload too large: expected at most {limit} bytes (--max-upload-mb), "
-                                     f"found {length}")
+            raise HTTPException(
+                413, f"upload too large: expected at most {limit} bytes (--max-upload-mb), found {length}"
+            )
         free = daemon.floor.short()
         if free is not None:
-            raise HTTPException(507, f"the state folder has {human_bytes(free)} free, below --min-free-mb "
-                                     f"{daemon.floor.min_free_bytes / MIB:g}: expected room for the upload; try "
-                                     "again when finished copies have been removed")
+            raise HTTPException(
+                507,
+                f"the state folder has {human_bytes(free)} free, below --min-free-mb "
+                f"{daemon.floor.min_free_bytes / MIB:g}: expected room for the upload; try "
+                "again when finished copies have been removed",
+            )
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("multipart/form-data"):
             form = await request.form(max_files=1, max_fields=8)
             try:
                 part = form.get("file")
                 if not isinstance(part, UploadFile):
-                    raise HTTPException(422, "expected the photo in a multipart file field named 'file', found none")
+                    raise HTTPException(
+                        422, "expected the photo in a multipart file field named 'file', found none"
+                    )
                 stored = await run_in_threadpool(store, part.file, part.filename)
             finally:
                 await form.close()
@@ -246,4 +283,6 @@ def _store(src, client_name, cfg):
     except ImageReadError as exc:
         raise HTTPException(415, f"expected a readable image: {exc}") from None
     except OSError as exc:
-        raise HTTPException(507, f"cannot store the upload: {exc.strerror or exc} (is {os.fspath(cfg.state)} full?)") from None
+        raise HTTPException(
+            507, f"cannot store the upload: {exc.strerror or exc} (is {os.fspath(cfg.state)} full?)"
+        ) from None

@@ -81,7 +81,9 @@ def load_yaml(path: str | Path, option: str = "--config") -> dict:
     try:
         import yaml
     except ImportError as exc:
-        raise ConfigError(f"{option} needs PyYAML, part of the serve extra (pip install 'edgetile[serve]'): {exc}") from None
+        raise ConfigError(
+            f"{option} needs PyYAML, part of the serve extra (pip install 'edgetile[serve]'): {exc}"
+        ) from None
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8-sig")
@@ -97,7 +99,9 @@ def load_yaml(path: str | Path, option: str = "--config") -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{option} {path}: expected a mapping of option names to values, found {type(data).__name__}")
+        raise ConfigError(
+            f"{option} {path}: expected a mapping of option names to values, found {type(data).__name__}"
+        )
     return data
 
 
@@ -189,43 +193,66 @@ class ServeConfig:
             try:
                 lines = Path(a.token_file).read_text(encoding="utf-8").splitlines()
             except OSError as exc:
-                raise ConfigError(f"--token-file: cannot read {a.token_file}: {exc.strerror or exc}") from None
+                raise ConfigError(
+                    f"--token-file: cannot read {a.token_file}: {exc.strerror or exc}"
+                ) from None
             token = lines[0].strip() if lines else ""
             if not token:
-                raise ConfigError(f"--token-file: expected a token on the first line of {a.token_file}, found none")
+                raise ConfigError(
+                    f"--token-file: expected a token on the first line of {a.token_file}, found none"
+                )
         if token is not None and (not token or any(c.isspace() for c in token)):
             raise ConfigError("--token: expected a non-empty token without spaces")
         if not is_loopback(a.host) and not token:
-            raise ConfigError(f"--host {a.host}: listening beyond this machine needs --token or --token-file "
-                              "(requests then need 'Authorization: Bearer TOKEN')")
+            raise ConfigError(
+                f"--host {a.host}: listening beyond this machine needs --token or --token-file "
+                "(requests then need 'Authorization: Bearer TOKEN')"
+            )
         if a.port > 65535:
             raise ConfigError(f"--port: expected 0..65535, found {a.port}")
         watch = []
         for w in a.watch:
             p = Path(w)
             if not p.is_dir():
-                raise ConfigError(f"--watch: expected an existing folder, found {'a file' if p.exists() else 'nothing'} at {w}")
+                raise ConfigError(
+                    f"--watch: expected an existing folder, found {'a file' if p.exists() else 'nothing'} at {w}"
+                )
             watch.append(p.resolve())
         state = Path(a.state)
         if state.exists() and not state.is_dir():
             raise ConfigError(f"--state: expected a folder, found a file at {a.state}")
         for v in a.video:
             if video_kind(v) == "file" and not Path(v).is_file():
-                raise ConfigError(f"--video: expected a video file, stream URL, /dev/video device or camera index, "
-                                  f"found no file at {v}")
+                raise ConfigError(
+                    f"--video: expected a video file, stream URL, /dev/video device or camera index, "
+                    f"found no file at {v}"
+                )
         return cls(
-            state=state.resolve(), watch=tuple(watch), video=tuple(a.video), frame_stride=a.frame_stride,
-            settle=a.settle, poll=a.poll, host=a.host, port=a.port, token=token,
-            max_upload_bytes=int(a.max_upload_mb * 1024 * 1024), access_log=a.access_log,
-            max_attempts=a.max_attempts, retry_after=a.retry_after, queue_batch=a.queue_batch,
-            retry_failed=a.retry_failed, read_ahead_mb=a.read_ahead, log_level=a.log_level,
+            state=state.resolve(),
+            watch=tuple(watch),
+            video=tuple(a.video),
+            frame_stride=a.frame_stride,
+            settle=a.settle,
+            poll=a.poll,
+            host=a.host,
+            port=a.port,
+            token=token,
+            max_upload_bytes=int(a.max_upload_mb * 1024 * 1024),
+            access_log=a.access_log,
+            max_attempts=a.max_attempts,
+            retry_after=a.retry_after,
+            queue_batch=a.queue_batch,
+            retry_failed=a.retry_failed,
+            read_ahead_mb=a.read_ahead,
+            log_level=a.log_level,
             keep_inputs_bytes=None if a.keep_inputs_gb is None else int(a.keep_inputs_gb * (1 << 30)),
-            keep_days=a.keep_days, min_free_bytes=int(a.min_free_mb * (1 << 20)),
+            keep_days=a.keep_days,
+            min_free_bytes=int(a.min_free_mb * (1 << 20)),
         )
 
 
 def video_kind(source: str) -> str:
-    """"stream" (a URL), "camera" (an index or /dev/video*), or "file"."""
+    """ "stream" (a URL), "camera" (an index or /dev/video*), or "file"."""
     if "://" in source:
         return "stream"
     if source.isdigit() or source.startswith("/dev/video"):

@@ -49,8 +49,9 @@ def sd_notify(message: str) -> None:
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket, bound now so that a taken port is reported before anything starts."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
     except socket.gaierror as exc:
         raise ConfigError(f"--host: cannot resolve {host!r}: {exc.strerror}") from None
     sock = socket.socket(family, kind, proto)
@@ -60,7 +61,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.listen(128)
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"--host {host} --port {port}: cannot listen there: {exc.strerror or exc}") from None
+        raise ConfigError(
+            f"--host {host} --port {port}: cannot listen there: {exc.strerror or exc}"
+        ) from None
     return sock
 
 
@@ -92,8 +95,9 @@ class Daemon:
             self.outbox = MqttOutbox(geo.publisher)
         self._outbox_stop = threading.Event()  # set once the worker has committed its last batch
         self.floor = DiskFloor(config.state, config.min_free_bytes)
-        self.retention = Retention((config.uploads_dir, config.frames_dir), config.keep_inputs_bytes,
-                                   config.keep_days, self.floor)
+        self.retention = Retention(
+            (config.uploads_dir, config.frames_dir), config.keep_inputs_bytes, config.keep_days, self.floor
+        )
 
     @property
     def retries(self) -> int:
@@ -131,15 +135,25 @@ class Daemon:
             dets = self.detector.detect(image, timings)
             log.debug("%s: %d detection(s)", item.name, len(dets))
             records = dets.to_records(self.detector.names)
-            if self.geo is not None:  # geo (issue 8): coordinates and thumbnails go into the committed records
+            if (
+                self.geo is not None
+            ):  # geo (issue 8): coordinates and thumbnails go into the committed records
                 self.geo.annotate(item, image, records)
-            timings["total"] = (time.perf_counter() - t0) * 1000  # this thread's time: a read ahead is not in it
-            return Outcome(item, width=int(image.shape[1]), height=int(image.shape[0]),
-                           detections=records,
-                           timings_ms={k: round(v, 2) for k, v in timings.items()})
+            timings["total"] = (
+                time.perf_counter() - t0
+            ) * 1000  # this thread's time: a read ahead is not in it
+            return Outcome(
+                item,
+                width=int(image.shape[1]),
+                height=int(image.shape[0]),
+                detections=records,
+                timings_ms={k: round(v, 2) for k, v in timings.items()},
+            )
         except (ImageReadError, OSError, ValueError, MemoryError) as exc:
             error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            log.warning("%s: attempt %d of %d failed: %s", item.name, item.attempts, self.config.max_attempts, error)
+            log.warning(
+                "%s: attempt %d of %d failed: %s", item.name, item.attempts, self.config.max_attempts, error
+            )
         except Exception as exc:  # noqa: BLE001 - a backend failure on one input is recorded with it, and logged whole
             error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
             log.exception("%s: attempt %d of %d failed", item.name, item.attempts, self.config.max_attempts)
@@ -164,7 +178,9 @@ class Daemon:
                         outcomes.append(self.process(item, ahead, read_error))
                         ahead = None  # let go before the next photo is read
                     t0 = time.perf_counter()
-                    parked = q.finish(outcomes, outbox_limit=None if self.outbox is None else self.outbox.limit)
+                    parked = q.finish(
+                        outcomes, outbox_limit=None if self.outbox is None else self.outbox.limit
+                    )
                     log.debug("committed %d outcome(s)", len(outcomes))
                     if self.outbox is not None:  # MQTT hears what was committed, from the outbox
                         self.outbox.wake.set()
@@ -176,7 +192,9 @@ class Daemon:
                         if o.ok:
                             self.histograms.observe_ms(o.timings_ms or {})
                         elif o.item.attempts >= cfg.max_attempts:
-                            log.warning("%s: parked after %d attempt(s): %s", o.item.name, o.item.attempts, o.error)
+                            log.warning(
+                                "%s: parked after %d attempt(s): %s", o.item.name, o.item.attempts, o.error
+                            )
                     with self._lock:
                         self._retries += sum(1 for o in outcomes if not o.ok) - parked
         except BaseException as exc:  # noqa: BLE001 - kept and logged whole; the main thread then exits 1
@@ -211,7 +229,9 @@ class Daemon:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             f.close()
-            raise ConfigError(f"--state {self.config.state}: another edgetile serve is using this folder") from None
+            raise ConfigError(
+                f"--state {self.config.state}: another edgetile serve is using this folder"
+            ) from None
         return f
 
     def run(self) -> int:
@@ -231,40 +251,82 @@ class Daemon:
                 counts = q.counts()
                 copies = q.copies()
             if requeued or parked:
-                log.warning("the last run stopped without finishing %d input(s): %d queued again (each tried "
-                            "alone), %d parked (interrupted on their last allowed attempt)",
-                            requeued + parked, requeued, parked)
+                log.warning(
+                    "the last run stopped without finishing %d input(s): %d queued again (each tried "
+                    "alone), %d parked (interrupted on their last allowed attempt)",
+                    requeued + parked,
+                    requeued,
+                    parked,
+                )
             if retried or not_retried:
-                log.info("--retry-failed: %d parked input(s) queued again%s", retried,
-                         f"; {not_retried} not, their copies were removed by the retention" if not_retried else "")
+                log.info(
+                    "--retry-failed: %d parked input(s) queued again%s",
+                    retried,
+                    f"; {not_retried} not, their copies were removed by the retention" if not_retried else "",
+                )
             sock = bind_socket(cfg.host, cfg.port)
-            server = uvicorn.Server(uvicorn.Config(create_app(self), log_config=None, log_level="warning",
-                                                   access_log=cfg.access_log, lifespan="off"))
+            server = uvicorn.Server(
+                uvicorn.Config(
+                    create_app(self),
+                    log_config=None,
+                    log_level="warning",
+                    access_log=cfg.access_log,
+                    lifespan="off",
+                )
+            )
             if cfg.access_log:
                 logging.getLogger("uvicorn.access").setLevel(logging.INFO)
             threads: list[threading.Thread] = []
             if cfg.watch:
                 watcher = FolderWatcher(cfg.watch, cfg.settle, exclude=cfg.state, on_new=self.wake.set)
-                threads.append(threading.Thread(target=watcher.run, name="watch", daemon=True,
-                                                args=(cfg.db_path, self.stop, cfg.poll, time.time)))
+                threads.append(
+                    threading.Thread(
+                        target=watcher.run,
+                        name="watch",
+                        daemon=True,
+                        args=(cfg.db_path, self.stop, cfg.poll, time.time),
+                    )
+                )
             # geo (issue 8): with --mavlink-in each kept frame is recorded with the vehicle's pose at its grab
             frame_telemetry = None
             if self.geo is not None and self.geo.telemetry is not None:
                 frame_telemetry = self.geo.frame_telemetry
             for src in cfg.video:
-                reader = VideoReader(src, cfg.frame_stride, cfg.frames_dir, cfg.tmp_dir,
-                                     max_pending=max(32, 4 * cfg.queue_batch), on_new=self.wake.set,
-                                     telemetry=frame_telemetry, floor=self.floor)
+                reader = VideoReader(
+                    src,
+                    cfg.frame_stride,
+                    cfg.frames_dir,
+                    cfg.tmp_dir,
+                    max_pending=max(32, 4 * cfg.queue_batch),
+                    on_new=self.wake.set,
+                    telemetry=frame_telemetry,
+                    floor=self.floor,
+                )
                 if frame_telemetry is not None and reader.kind == "file":
-                    log.info("video %s: a file's frames get the vehicle's pose when they are read, not when they "
-                             "were recorded: right only for a file replayed in step with its telemetry", src)
-                threads.append(threading.Thread(target=self._read_video, name=f"video {src}", daemon=True,
-                                                args=(reader,)))
-            threads.append(threading.Thread(target=self.retention.run, name="retention", daemon=True,
-                                            args=(cfg.db_path, self.stop)))
+                    log.info(
+                        "video %s: a file's frames get the vehicle's pose when they are read, not when they "
+                        "were recorded: right only for a file replayed in step with its telemetry",
+                        src,
+                    )
+                threads.append(
+                    threading.Thread(
+                        target=self._read_video, name=f"video {src}", daemon=True, args=(reader,)
+                    )
+                )
+            threads.append(
+                threading.Thread(
+                    target=self.retention.run, name="retention", daemon=True, args=(cfg.db_path, self.stop)
+                )
+            )
             if self.outbox is not None:  # stopped after the worker, so that its last batch is sent too
-                threads.append(threading.Thread(target=self.outbox.run, name="mqtt outbox", daemon=True,
-                                                args=(cfg.db_path, self._outbox_stop)))
+                threads.append(
+                    threading.Thread(
+                        target=self.outbox.run,
+                        name="mqtt outbox",
+                        daemon=True,
+                        args=(cfg.db_path, self._outbox_stop),
+                    )
+                )
             self._worker = threading.Thread(target=self.work, name="worker")
             http = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="http", daemon=True)
             previous = {}
@@ -278,14 +340,26 @@ class Daemon:
                 http.start()
                 host, port = sock.getsockname()[:2]
                 url_host = f"[{host}]" if ":" in host else host
-                log.info("listening on http://%s:%d  state %s  queue: %d waiting, %d done, %d parked%s",
-                         url_host, port, cfg.state, counts["queued"], counts["done"], counts["parked"],
-                         "  (token required)" if cfg.token else "")
-                log.info("disk: the copies of inputs take %s in %d file(s) (--keep-inputs-gb %s%s); %s free "
-                         "(--min-free-mb %g)", human_bytes(copies["held_bytes"]), copies["held_files"],
-                         "unlimited" if cfg.keep_inputs_bytes is None else f"{cfg.keep_inputs_bytes / GIB:g}",
-                         "" if cfg.keep_days is None else f", --keep-days {cfg.keep_days:g}",
-                         human_bytes(self.floor.free_bytes()), cfg.min_free_bytes / MIB)
+                log.info(
+                    "listening on http://%s:%d  state %s  queue: %d waiting, %d done, %d parked%s",
+                    url_host,
+                    port,
+                    cfg.state,
+                    counts["queued"],
+                    counts["done"],
+                    counts["parked"],
+                    "  (token required)" if cfg.token else "",
+                )
+                log.info(
+                    "disk: the copies of inputs take %s in %d file(s) (--keep-inputs-gb %s%s); %s free "
+                    "(--min-free-mb %g)",
+                    human_bytes(copies["held_bytes"]),
+                    copies["held_files"],
+                    "unlimited" if cfg.keep_inputs_bytes is None else f"{cfg.keep_inputs_bytes / GIB:g}",
+                    "" if cfg.keep_days is None else f", --keep-days {cfg.keep_days:g}",
+                    human_bytes(self.floor.free_bytes()),
+                    cfg.min_free_bytes / MIB,
+                )
                 sd_notify("READY=1")
                 code = EXIT_OK
                 while not self.stop.wait(0.5):
@@ -349,7 +423,10 @@ def serve_command(a: argparse.Namespace) -> int:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as exc:
-        print(f"edgetile serve: error: needs the serve extra (pip install 'edgetile[serve]'): {exc}", file=sys.stderr)
+        print(
+            f"edgetile serve: error: needs the serve extra (pip install 'edgetile[serve]'): {exc}",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     installed = _setup_logging(config.log_level)
     try:
@@ -379,4 +456,3 @@ def serve_command(a: argparse.Namespace) -> int:
     finally:
         for logger, handler in installed:
             logger.removeHandler(handler)
-

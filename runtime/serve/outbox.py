@@ -65,8 +65,12 @@ class MqttOutbox:
             counts = q.outbox_counts()
             self._dropped_seen, next_drop_check = counts["dropped"], time.monotonic() + DROP_CHECK_S
             if counts["waiting"]:
-                log.info("MQTT outbox: %d message(s) from before wait for %s:%d", counts["waiting"], pub.host,
-                         pub.port)
+                log.info(
+                    "MQTT outbox: %d message(s) from before wait for %s:%d",
+                    counts["waiting"],
+                    pub.host,
+                    pub.port,
+                )
             while True:
                 if stop.is_set() and deadline is None:
                     deadline = time.monotonic() + FLUSH_S
@@ -80,13 +84,18 @@ class MqttOutbox:
                     log.exception("MQTT outbox: sending failed; trying again in 1 s")
                     if deadline is None:
                         stop.wait(1.0)
-                if deadline is not None and (not self._in_flight or not connected or time.monotonic() >= deadline):
+                if deadline is not None and (
+                    not self._in_flight or not connected or time.monotonic() >= deadline
+                ):
                     break
                 self.wake.wait(0.05 if (self._in_flight and connected) or deadline is not None else 0.5)
                 self.wake.clear()
         if self._in_flight:
-            log.info("MQTT outbox: %d message(s) in flight were not acknowledged before the stop; they are sent "
-                     "again at the next start", len(self._in_flight))
+            log.info(
+                "MQTT outbox: %d message(s) in flight were not acknowledged before the stop; they are sent "
+                "again at the next start",
+                len(self._in_flight),
+            )
 
     def _step(self, q: PhotoQueue, connected: bool) -> None:
         """Hand over what fits in the window (only while connected), forget what was acknowledged."""
@@ -109,6 +118,12 @@ class MqttOutbox:
     def _check_dropped(self, q: PhotoQueue) -> None:
         dropped = q.outbox_counts()["dropped"]
         if dropped > self._dropped_seen:
-            log.warning("MQTT outbox full (--mqtt-buffer %d) while %s:%d is away: the oldest %d message(s) were "
-                        "dropped", self.limit, self.publisher.host, self.publisher.port, dropped - self._dropped_seen)
+            log.warning(
+                "MQTT outbox full (--mqtt-buffer %d) while %s:%d is away: the oldest %d message(s) were "
+                "dropped",
+                self.limit,
+                self.publisher.host,
+                self.publisher.port,
+                dropped - self._dropped_seen,
+            )
         self._dropped_seen = dropped

@@ -83,12 +83,22 @@ class DiskFloor:
             changed, self._low = low != self._low, low
             skipped = self._skipped
         if changed and low:
-            log.warning("%s has %s free, below --min-free-mb %g: live video frames are skipped, video files wait "
-                        "and uploads are refused (507) until there is room; finished inputs' copies are removed, "
-                        "oldest first, to make it", self.path, human_bytes(free), self.min_free_bytes / MIB)
+            log.warning(
+                "%s has %s free, below --min-free-mb %g: live video frames are skipped, video files wait "
+                "and uploads are refused (507) until there is room; finished inputs' copies are removed, "
+                "oldest first, to make it",
+                self.path,
+                human_bytes(free),
+                self.min_free_bytes / MIB,
+            )
         elif changed:
-            log.info("%s has %s free again: video frames are kept and uploads accepted (%d live frame(s) "
-                     "skipped so far this run)", self.path, human_bytes(free), skipped)
+            log.info(
+                "%s has %s free again: video frames are kept and uploads accepted (%d live frame(s) "
+                "skipped so far this run)",
+                self.path,
+                human_bytes(free),
+                skipped,
+            )
         return free if low else None
 
     def skip(self) -> None:
@@ -113,8 +123,9 @@ class Retention:
         floor: The disk floor; while below it, finished copies are deleted to climb back above it.
     """
 
-    def __init__(self, folders: tuple[Path, ...], budget_bytes: int | None, keep_days: float | None,
-                 floor: DiskFloor) -> None:
+    def __init__(
+        self, folders: tuple[Path, ...], budget_bytes: int | None, keep_days: float | None, floor: DiskFloor
+    ) -> None:
         if budget_bytes is not None and int(budget_bytes) < 0:
             raise ValueError(f"budget_bytes: expected 0 or more bytes or None, found {budget_bytes!r}")
         if keep_days is not None and not keep_days >= 0:
@@ -149,9 +160,14 @@ class Retention:
         if files:
             if before is not None:
                 reasons.append(f"--keep-days {self.keep_days:g}")
-            log.info("retention: removed the copies of %d finished input(s), %s (%s); copies kept: %d file(s), %s",
-                     files, human_bytes(freed), ", ".join(reasons), held_files - files,
-                     human_bytes(held_bytes - freed))
+            log.info(
+                "retention: removed the copies of %d finished input(s), %s (%s); copies kept: %d file(s), %s",
+                files,
+                human_bytes(freed),
+                ", ".join(reasons),
+                held_files - files,
+                human_bytes(held_bytes - freed),
+            )
         return files, freed
 
     def _remove(self, paths: list[Path]) -> list[bool]:
@@ -173,8 +189,12 @@ class Retention:
                 gone.append(False)
         if outside and not self._warned_outside:
             self._warned_outside = True
-            log.warning("retention: %d recorded copy(ies) are not in %s (was the state folder moved?); they are "
-                        "not deleted and stay counted (said once)", outside, " or ".join(map(str, self.folders)))
+            log.warning(
+                "retention: %d recorded copy(ies) are not in %s (was the state folder moved?); they are "
+                "not deleted and stay counted (said once)",
+                outside,
+                " or ".join(map(str, self.folders)),
+            )
         for d in touched:  # the deletions are on disk before the queue says so
             fsync_dir(d)
         return gone

@@ -106,8 +106,13 @@ class FolderWatcher:
         on_new: Called after new inputs were recorded (wakes the worker).
     """
 
-    def __init__(self, folders: Sequence[Path], settle: float, exclude: Path | None = None,
-                 on_new: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        folders: Sequence[Path],
+        settle: float,
+        exclude: Path | None = None,
+        on_new: Callable[[], None] | None = None,
+    ) -> None:
         self.folders = [Path(f) for f in folders]
         self.settle = float(settle)
         self.exclude = exclude
@@ -131,8 +136,12 @@ class FolderWatcher:
             new = 0
             for (_sha, _src, _name, path, _stat), (_item_id, created) in zip(batch, queue.add_many(batch)):
                 new += created
-                log.debug("queued %s" if created else "%s: same content as an input already queued; not queued "
-                          "again", path)
+                log.debug(
+                    "queued %s"
+                    if created
+                    else "%s: same content as an input already queued; not queued again",
+                    path,
+                )
             batch.clear()
             if new:
                 self.on_new()
@@ -141,7 +150,9 @@ class FolderWatcher:
         for folder in self.folders:
             if not folder.is_dir():  # an SD card pulled out: say so once, and wait for it
                 if folder not in self._missing:
-                    log.warning("watched folder %s is not there (card removed or unmounted?); waiting for it", folder)
+                    log.warning(
+                        "watched folder %s is not there (card removed or unmounted?); waiting for it", folder
+                    )
                     self._missing.add(folder)
                 continue
             if folder in self._missing:
@@ -158,7 +169,11 @@ class FolderWatcher:
                 size, mtime, since = self._pending.get(path, (-1, -1, now))
                 if (size, mtime) != key:
                     since = now
-                if st.st_size > 0 and now - since >= self.settle and (self.settle == 0 or path in self._pending):
+                if (
+                    st.st_size > 0
+                    and now - since >= self.settle
+                    and (self.settle == 0 or path in self._pending)
+                ):
                     try:
                         digest = sha256_file(path)
                     except OSError as exc:
@@ -184,8 +199,11 @@ class FolderWatcher:
                 try:
                     self.scan(queue, clock())
                 except Exception:  # noqa: BLE001 - e.g. a full disk: logged whole, and the next scan tries again
-                    log.exception("scanning %s failed; trying again in %.0f s", ", ".join(map(str, self.folders)),
-                                  max(poll, 10.0))
+                    log.exception(
+                        "scanning %s failed; trying again in %.0f s",
+                        ", ".join(map(str, self.folders)),
+                        max(poll, 10.0),
+                    )
                     stop.wait(max(poll, 10.0))
                 stop.wait(poll)
 
@@ -220,9 +238,17 @@ class VideoReader:
         floor: The disk floor (a retention.DiskFloor), or None.
     """
 
-    def __init__(self, source: str, stride: int, frames_dir: Path, tmp_dir: Path, max_pending: int = 32,
-                 on_new: Callable[[], None] | None = None, telemetry: Callable[[], dict] | None = None,
-                 floor: DiskFloor | None = None) -> None:
+    def __init__(
+        self,
+        source: str,
+        stride: int,
+        frames_dir: Path,
+        tmp_dir: Path,
+        max_pending: int = 32,
+        on_new: Callable[[], None] | None = None,
+        telemetry: Callable[[], dict] | None = None,
+        floor: DiskFloor | None = None,
+    ) -> None:
         if int(stride) < 1:
             raise ValueError(f"stride: expected an integer >= 1, found {stride!r}")
         self.source = source
@@ -251,15 +277,20 @@ class VideoReader:
                 cap = self._open()
                 try:
                     if not cap.isOpened():
-                        log.warning("video %s: cannot be opened%s", self.source,
-                                    "" if self.kind == "file" else f"; trying again in {backoff:.0f} s")
+                        log.warning(
+                            "video %s: cannot be opened%s",
+                            self.source,
+                            "" if self.kind == "file" else f"; trying again in {backoff:.0f} s",
+                        )
                         if self.kind == "file":
                             return
                     else:
                         try:
                             frames = self._read(cap, queue, stop)
                         except Exception:  # noqa: BLE001 - e.g. a full disk: logged whole, then read again
-                            log.exception("video %s: reading failed; trying again in %.0f s", self.source, backoff)
+                            log.exception(
+                                "video %s: reading failed; trying again in %.0f s", self.source, backoff
+                            )
                             stop.wait(backoff)
                             backoff = min(backoff * 2, 30.0)
                             continue
@@ -268,7 +299,9 @@ class VideoReader:
                             return
                         if frames:
                             backoff = 1.0
-                        log.warning("video %s: stream ended or dropped; reconnecting in %.0f s", self.source, backoff)
+                        log.warning(
+                            "video %s: stream ended or dropped; reconnecting in %.0f s", self.source, backoff
+                        )
                 finally:
                     cap.release()
                 stop.wait(backoff)
@@ -288,7 +321,9 @@ class VideoReader:
             if self.kind == "file":
                 while queue.depth() >= self.max_pending and not stop.is_set():
                     stop.wait(0.2)
-                while keep and self.floor is not None and self.floor.short() is not None and not stop.is_set():
+                while (
+                    keep and self.floor is not None and self.floor.short() is not None and not stop.is_set()
+                ):
                     stop.wait(1.0)  # a file can wait for room; the floor logs the wait once
                 if stop.is_set():
                     break
@@ -299,7 +334,9 @@ class VideoReader:
                 self.floor.skip()  # a live source cannot wait: this frame is not kept
                 keep = False
             if keep:
-                grabbed = self.telemetry() if self.telemetry is not None else None  # before decoding: grab time
+                grabbed = (
+                    self.telemetry() if self.telemetry is not None else None
+                )  # before decoding: grab time
                 ok, frame = cap.retrieve()
                 if ok and frame is not None:
                     ok, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
@@ -321,7 +358,11 @@ class VideoReader:
         path = self.frames_dir / f"{digest}.jpg"
         if not path.exists():
             write_atomic(data, path, self.tmp_dir)
-        name = f"{self.source}#frame={index}" if self.kind == "file" else f"{self.source}#t={iso_utc(time.time())}"
+        name = (
+            f"{self.source}#frame={index}"
+            if self.kind == "file"
+            else f"{self.source}#t={iso_utc(time.time())}"
+        )
         _item_id, created = queue.add(digest, "video", name, path, telemetry=grabbed, size=len(data))
         if created:
             self.on_new()

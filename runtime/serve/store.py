@@ -104,15 +104,19 @@ CREATE TABLE IF NOT EXISTS mqtt_outbox (
 
 # version -> statements that bring a database of the version before it up to it
 _MIGRATIONS = {
-    2: ["CREATE TABLE IF NOT EXISTS frame_telemetry (item_id INTEGER PRIMARY KEY REFERENCES items (item_id), "
-        "telemetry TEXT NOT NULL)"],
+    2: [
+        "CREATE TABLE IF NOT EXISTS frame_telemetry (item_id INTEGER PRIMARY KEY REFERENCES items (item_id), "
+        "telemetry TEXT NOT NULL)"
+    ],
     # the retention budget: the size of the daemon's own copy of each input, and when it was deleted;
     # the MQTT outbox: one row per detection not yet acknowledged by the broker
-    3: ["ALTER TABLE items ADD COLUMN bytes INTEGER",
+    3: [
+        "ALTER TABLE items ADD COLUMN bytes INTEGER",
         "ALTER TABLE items ADD COLUMN removed_at REAL",
         "CREATE INDEX IF NOT EXISTS items_held ON items (item_id, bytes) WHERE bytes > 0 AND removed_at IS NULL",
         "CREATE TABLE IF NOT EXISTS mqtt_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-        "outcome_id INTEGER NOT NULL REFERENCES outcomes (id), detection INTEGER NOT NULL)"],
+        "outcome_id INTEGER NOT NULL REFERENCES outcomes (id), detection INTEGER NOT NULL)",
+    ],
 }
 # Sources whose files are the daemon's own copies (under STATE/uploads and STATE/frames); a watched
 # photo is the user's file.
@@ -198,7 +202,9 @@ class PhotoQueue:
                 with self._write():
                     for statement in _statements():  # executescript() would commit the transaction first
                         self.conn.execute(statement)
-                    self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                    self.conn.execute(
+                        "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+                    )
                 version = self._schema_version()
             if version is not None and version < SCHEMA_VERSION:
                 self._migrate()
@@ -239,7 +245,8 @@ class PhotoQueue:
         (it was not removed by the retention).
         """
         rows = self.conn.execute(
-            f"SELECT item_id, path FROM items WHERE bytes IS NULL AND source IN ({_marks(OWN_COPIES)})", OWN_COPIES,
+            f"SELECT item_id, path FROM items WHERE bytes IS NULL AND source IN ({_marks(OWN_COPIES)})",
+            OWN_COPIES,
         ).fetchall()
         sizes = []
         for r in rows:
@@ -262,9 +269,16 @@ class PhotoQueue:
 
     # ---- producers --------------------------------------------------------------------------
 
-    def add(self, sha256: str, source: str, name: str, path: str | Path,
-            file_stat: tuple[int, int] | None = None, telemetry: dict | None = None,
-            size: int | None = None) -> tuple[int, bool]:
+    def add(
+        self,
+        sha256: str,
+        source: str,
+        name: str,
+        path: str | Path,
+        file_stat: tuple[int, int] | None = None,
+        telemetry: dict | None = None,
+        size: int | None = None,
+    ) -> tuple[int, bool]:
         """Record an input unless its content is already known.
 
         Args:
@@ -283,12 +297,16 @@ class PhotoQueue:
         Returns:
             (item_id, created): created is False when the same content was recorded before.
         """
-        return self.add_many([(sha256, source, name, path, file_stat)], [telemetry],
-                             None if size is None else [size])[0]
+        return self.add_many(
+            [(sha256, source, name, path, file_stat)], [telemetry], None if size is None else [size]
+        )[0]
 
-    def add_many(self, inputs: Sequence[tuple[str, str, str, str | Path, tuple[int, int] | None]],
-                 telemetry: Sequence[dict | None] | None = None,
-                 sizes: Sequence[int | None] | None = None) -> list[tuple[int, bool]]:
+    def add_many(
+        self,
+        inputs: Sequence[tuple[str, str, str, str | Path, tuple[int, int] | None]],
+        telemetry: Sequence[dict | None] | None = None,
+        sizes: Sequence[int | None] | None = None,
+    ) -> list[tuple[int, bool]]:
         """Record several inputs in one transaction (one disk sync); each as :meth:`add` takes it.
 
         Args:
@@ -307,8 +325,10 @@ class PhotoQueue:
             for i, (sha256, source, name, path, file_stat) in enumerate(inputs):
                 size = None if sizes is None else sizes[i]
                 if size is not None and (source not in OWN_COPIES or int(size) < 0):
-                    raise ValueError(f"sizes: expected a size >= 0 only for an own copy ({', '.join(OWN_COPIES)}), "
-                                     f"found {size!r} for a {source!r} input")
+                    raise ValueError(
+                        f"sizes: expected a size >= 0 only for an own copy ({', '.join(OWN_COPIES)}), "
+                        f"found {size!r} for a {source!r} input"
+                    )
                 cur = c.execute(
                     "INSERT OR IGNORE INTO items (sha256, source, name, path, created_at, bytes) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
@@ -317,11 +337,15 @@ class PhotoQueue:
                 created = cur.rowcount == 1
                 item_id = c.execute("SELECT item_id FROM items WHERE sha256=?", (sha256,)).fetchone()[0]
                 if created and telemetry is not None and telemetry[i] is not None:
-                    c.execute("INSERT INTO frame_telemetry (item_id, telemetry) VALUES (?, ?)",
-                              (item_id, json.dumps(telemetry[i], separators=(",", ":"))))
+                    c.execute(
+                        "INSERT INTO frame_telemetry (item_id, telemetry) VALUES (?, ?)",
+                        (item_id, json.dumps(telemetry[i], separators=(",", ":"))),
+                    )
                 if file_stat is not None:
-                    c.execute("INSERT OR REPLACE INTO files (path, size, mtime_ns, item_id) VALUES (?, ?, ?, ?)",
-                              (str(path), int(file_stat[0]), int(file_stat[1]), item_id))
+                    c.execute(
+                        "INSERT OR REPLACE INTO files (path, size, mtime_ns, item_id) VALUES (?, ?, ?, ?)",
+                        (str(path), int(file_stat[0]), int(file_stat[1]), item_id),
+                    )
                 out.append((int(item_id), created))
         return out
 
@@ -346,7 +370,9 @@ class PhotoQueue:
 
     def set_video_frames_read(self, source: str, frames: int) -> None:
         with self._write() as c:
-            c.execute("INSERT OR REPLACE INTO video_progress (source, frames) VALUES (?, ?)", (source, int(frames)))
+            c.execute(
+                "INSERT OR REPLACE INTO video_progress (source, frames) VALUES (?, ?)", (source, int(frames))
+            )
 
     # ---- the worker -------------------------------------------------------------------------
 
@@ -360,17 +386,27 @@ class PhotoQueue:
         """
         now = time.time()
         with self._write() as c:
-            doomed = c.execute("SELECT item_id, attempts, last_error FROM items WHERE state='running' AND attempts>=?",
-                               (self.max_attempts,)).fetchall()
+            doomed = c.execute(
+                "SELECT item_id, attempts, last_error FROM items WHERE state='running' AND attempts>=?",
+                (self.max_attempts,),
+            ).fetchall()
             for r in doomed:
-                error = (f"the daemon stopped {r['attempts']} time(s) while processing this input "
-                         "(crash, kill or power loss)")
+                error = (
+                    f"the daemon stopped {r['attempts']} time(s) while processing this input "
+                    "(crash, kill or power loss)"
+                )
                 if r["last_error"]:
                     error += f"; last error: {r['last_error']}"
-                c.execute("INSERT INTO outcomes (item_id, ok, error, processed_at) VALUES (?, 0, ?, ?)",
-                          (r["item_id"], error, now))
-                c.execute("UPDATE items SET state='parked', last_error=? WHERE item_id=?", (error, r["item_id"]))
-            requeued = c.execute("UPDATE items SET state='queued', suspect=1, not_before=0 WHERE state='running'").rowcount
+                c.execute(
+                    "INSERT INTO outcomes (item_id, ok, error, processed_at) VALUES (?, 0, ?, ?)",
+                    (r["item_id"], error, now),
+                )
+                c.execute(
+                    "UPDATE items SET state='parked', last_error=? WHERE item_id=?", (error, r["item_id"])
+                )
+            requeued = c.execute(
+                "UPDATE items SET state='queued', suspect=1, not_before=0 WHERE state='running'"
+            ).rowcount
         return requeued, len(doomed)
 
     def claim(self, limit: int) -> list[Item]:
@@ -391,10 +427,22 @@ class PhotoQueue:
             ).fetchall()
             if rows and rows[0]["suspect"]:
                 rows = rows[:1]
-            c.executemany("UPDATE items SET state='running', attempts=attempts+1 WHERE item_id=?",
-                          [(r["item_id"],) for r in rows])
-        return [Item(r["item_id"], r["sha256"], r["source"], r["name"], r["path"], r["attempts"] + 1,
-                     None if r["telemetry"] is None else json.loads(r["telemetry"])) for r in rows]
+            c.executemany(
+                "UPDATE items SET state='running', attempts=attempts+1 WHERE item_id=?",
+                [(r["item_id"],) for r in rows],
+            )
+        return [
+            Item(
+                r["item_id"],
+                r["sha256"],
+                r["source"],
+                r["name"],
+                r["path"],
+                r["attempts"] + 1,
+                None if r["telemetry"] is None else json.loads(r["telemetry"]),
+            )
+            for r in rows
+        ]
 
     def finish(self, outcomes: Sequence[Outcome], outbox_limit: int | None = None) -> int:
         """Commit a batch: results with their done marks, errors retried later or parked, in one transaction.
@@ -418,30 +466,53 @@ class PhotoQueue:
                     cur = c.execute(
                         "INSERT INTO outcomes (item_id, ok, width, height, detections, timings, processed_at) "
                         "VALUES (?, 1, ?, ?, ?, ?, ?)",
-                        (o.item.item_id, o.width, o.height, json.dumps(o.detections, separators=(",", ":")),
-                         json.dumps(o.timings_ms or {}, separators=(",", ":")), now),
+                        (
+                            o.item.item_id,
+                            o.width,
+                            o.height,
+                            json.dumps(o.detections, separators=(",", ":")),
+                            json.dumps(o.timings_ms or {}, separators=(",", ":")),
+                            now,
+                        ),
                     )
                     if outbox_limit is not None:
-                        c.executemany("INSERT INTO mqtt_outbox (outcome_id, detection) VALUES (?, ?)",
-                                      [(cur.lastrowid, k) for k in range(len(o.detections or []))])
-                    c.execute("UPDATE items SET state='done', suspect=0, last_error=NULL WHERE item_id=?",
-                              (o.item.item_id,))
+                        c.executemany(
+                            "INSERT INTO mqtt_outbox (outcome_id, detection) VALUES (?, ?)",
+                            [(cur.lastrowid, k) for k in range(len(o.detections or []))],
+                        )
+                    c.execute(
+                        "UPDATE items SET state='done', suspect=0, last_error=NULL WHERE item_id=?",
+                        (o.item.item_id,),
+                    )
                 elif o.item.attempts >= self.max_attempts:
-                    c.execute("INSERT INTO outcomes (item_id, ok, error, processed_at) VALUES (?, 0, ?, ?)",
-                              (o.item.item_id, o.error, now))
-                    c.execute("UPDATE items SET state='parked', suspect=0, last_error=? WHERE item_id=?",
-                              (o.error, o.item.item_id))
+                    c.execute(
+                        "INSERT INTO outcomes (item_id, ok, error, processed_at) VALUES (?, 0, ?, ?)",
+                        (o.item.item_id, o.error, now),
+                    )
+                    c.execute(
+                        "UPDATE items SET state='parked', suspect=0, last_error=? WHERE item_id=?",
+                        (o.error, o.item.item_id),
+                    )
                     parked += 1
                 else:
-                    c.execute("UPDATE items SET state='queued', suspect=0, last_error=?, not_before=? "
-                              "WHERE item_id=?", (o.error, now + self.retry_after, o.item.item_id))
+                    c.execute(
+                        "UPDATE items SET state='queued', suspect=0, last_error=?, not_before=? "
+                        "WHERE item_id=?",
+                        (o.error, now + self.retry_after, o.item.item_id),
+                    )
             if outbox_limit is not None:
                 over = c.execute("SELECT COUNT(*) FROM mqtt_outbox").fetchone()[0] - int(outbox_limit)
                 if over > 0:  # the broker has been away for long: the oldest messages make room
-                    c.execute("DELETE FROM mqtt_outbox WHERE id IN (SELECT id FROM mqtt_outbox ORDER BY id LIMIT ?)",
-                              (over,))
-                    c.execute("INSERT OR IGNORE INTO meta VALUES ('mqtt_dropped', '0')")  # no UPSERT before 3.24
-                    c.execute("UPDATE meta SET value=CAST(value AS INTEGER) + ? WHERE key='mqtt_dropped'", (over,))
+                    c.execute(
+                        "DELETE FROM mqtt_outbox WHERE id IN (SELECT id FROM mqtt_outbox ORDER BY id LIMIT ?)",
+                        (over,),
+                    )
+                    c.execute(
+                        "INSERT OR IGNORE INTO meta VALUES ('mqtt_dropped', '0')"
+                    )  # no UPSERT before 3.24
+                    c.execute(
+                        "UPDATE meta SET value=CAST(value AS INTEGER) + ? WHERE key='mqtt_dropped'", (over,)
+                    )
         return parked
 
     def retry_parked(self) -> int:
@@ -450,16 +521,26 @@ class PhotoQueue:
         A parked input whose copy the retention removed stays parked: there is nothing left to read.
         """
         with self._write() as c:
-            ids = [r[0] for r in c.execute("SELECT item_id FROM items WHERE state='parked' AND removed_at IS NULL")]
+            ids = [
+                r[0]
+                for r in c.execute("SELECT item_id FROM items WHERE state='parked' AND removed_at IS NULL")
+            ]
             c.executemany("DELETE FROM outcomes WHERE item_id=?", [(i,) for i in ids])
-            c.executemany("UPDATE items SET state='queued', attempts=0, suspect=0, not_before=0 WHERE item_id=?",
-                          [(i,) for i in ids])
+            c.executemany(
+                "UPDATE items SET state='queued', attempts=0, suspect=0, not_before=0 WHERE item_id=?",
+                [(i,) for i in ids],
+            )
         return len(ids)
 
     # ---- the retention ------------------------------------------------------------------------
 
-    def remove_copies(self, excess_bytes: int, processed_before: float | None,
-                      remove: Callable[[list[Path]], list[bool]], limit: int = 256) -> tuple[int, int]:
+    def remove_copies(
+        self,
+        excess_bytes: int,
+        processed_before: float | None,
+        remove: Callable[[list[Path]], list[bool]],
+        limit: int = 256,
+    ) -> tuple[int, int]:
         """Delete the own copies of finished inputs, oldest result first, in one transaction.
 
         Copies are chosen while ``excess_bytes`` is not yet freed, and while a result was committed
@@ -498,7 +579,9 @@ class PhotoQueue:
                 return 0, 0
             gone = [r for r, ok in zip(chosen, remove([Path(r["path"]) for r in chosen])) if ok]
             now = time.time()
-            c.executemany("UPDATE items SET removed_at=? WHERE item_id=?", [(now, r["item_id"]) for r in gone])
+            c.executemany(
+                "UPDATE items SET removed_at=? WHERE item_id=?", [(now, r["item_id"]) for r in gone]
+            )
         return len(gone), sum(r["bytes"] for r in gone)
 
     def outbox_after(self, after_id: int, limit: int) -> list[tuple[int, dict]]:
@@ -511,7 +594,8 @@ class PhotoQueue:
         rows = self.conn.execute(
             "SELECT b.id, b.outcome_id, b.detection, o.detections, i.name, i.sha256 FROM mqtt_outbox b "
             "JOIN outcomes o ON o.id = b.outcome_id JOIN items i ON i.item_id = o.item_id "
-            "WHERE b.id > ? ORDER BY b.id LIMIT ?", (int(after_id), int(limit)),
+            "WHERE b.id > ? ORDER BY b.id LIMIT ?",
+            (int(after_id), int(limit)),
         ).fetchall()
         parsed: dict[int, list[dict]] = {}
         out = []
@@ -546,13 +630,20 @@ class PhotoQueue:
         removed = self.conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM items WHERE removed_at IS NOT NULL"
         ).fetchone()
-        return {"held_files": files, "held_bytes": nbytes,
-                "removed_files": int(removed[0]), "removed_bytes": int(removed[1])}
+        return {
+            "held_files": files,
+            "held_bytes": nbytes,
+            "removed_files": int(removed[0]),
+            "removed_bytes": int(removed[1]),
+        }
 
     def parked_without_copy(self) -> int:
         """Parked inputs whose copy the retention removed (--retry-failed cannot try them again)."""
-        return int(self.conn.execute(
-            "SELECT COUNT(*) FROM items WHERE state='parked' AND removed_at IS NOT NULL").fetchone()[0])
+        return int(
+            self.conn.execute(
+                "SELECT COUNT(*) FROM items WHERE state='parked' AND removed_at IS NOT NULL"
+            ).fetchone()[0]
+        )
 
     # ---- readers ----------------------------------------------------------------------------
 
@@ -565,7 +656,9 @@ class PhotoQueue:
 
     def depth(self) -> int:
         """Inputs waiting or under processing."""
-        return int(self.conn.execute("SELECT COUNT(*) FROM items WHERE state IN ('queued', 'running')").fetchone()[0])
+        return int(
+            self.conn.execute("SELECT COUNT(*) FROM items WHERE state IN ('queued', 'running')").fetchone()[0]
+        )
 
     def detections(self, since: int, limit: int) -> tuple[list[dict], int]:
         """Results committed after outcome id ``since``, oldest first.
@@ -581,8 +674,15 @@ class PhotoQueue:
             (int(since), int(limit)),
         ).fetchall()
         items = [
-            {"id": r["id"], "image": r["name"], "sha256": r["sha256"], "width": r["width"], "height": r["height"],
-             "detections": json.loads(r["detections"]), "processed_at": iso_utc(r["processed_at"])}
+            {
+                "id": r["id"],
+                "image": r["name"],
+                "sha256": r["sha256"],
+                "width": r["width"],
+                "height": r["height"],
+                "detections": json.loads(r["detections"]),
+                "processed_at": iso_utc(r["processed_at"]),
+            }
             for r in rows
         ]
         return items, (rows[-1]["id"] if rows else int(since))
@@ -595,8 +695,15 @@ class PhotoQueue:
             (int(since), int(limit)),
         ).fetchall()
         items = [
-            {"id": r["id"], "image": r["name"], "sha256": r["sha256"], "source": r["source"],
-             "attempts": r["attempts"], "error": r["error"], "failed_at": iso_utc(r["processed_at"])}
+            {
+                "id": r["id"],
+                "image": r["name"],
+                "sha256": r["sha256"],
+                "source": r["source"],
+                "attempts": r["attempts"],
+                "error": r["error"],
+                "failed_at": iso_utc(r["processed_at"]),
+            }
             for r in rows
         ]
         return items, (rows[-1]["id"] if rows else int(since))
@@ -605,19 +712,27 @@ class PhotoQueue:
         """The outcome row joined with its item (path, name, ok, detections, removed_at), or None."""
         return self.conn.execute(
             "SELECT o.id, o.ok, o.detections, o.error, i.name, i.path, i.sha256, i.removed_at "
-            "FROM outcomes o JOIN items i USING (item_id) WHERE o.id=?", (int(outcome_id),),
+            "FROM outcomes o JOIN items i USING (item_id) WHERE o.id=?",
+            (int(outcome_id),),
         ).fetchone()
 
     def lookup(self, sha256: str) -> dict | None:
         """Where an input stands, by its content hash: {"sha256", "image", "state", "attempts", "id", "error"}."""
         r = self.conn.execute(
             "SELECT i.sha256, i.name, i.state, i.attempts, i.last_error, o.id FROM items i "
-            "LEFT JOIN outcomes o USING (item_id) WHERE i.sha256=?", (sha256,),
+            "LEFT JOIN outcomes o USING (item_id) WHERE i.sha256=?",
+            (sha256,),
         ).fetchone()
         if r is None:
             return None
-        return {"sha256": r["sha256"], "image": r["name"], "state": r["state"], "attempts": r["attempts"],
-                "id": r["id"], "error": r["last_error"]}
+        return {
+            "sha256": r["sha256"],
+            "image": r["name"],
+            "state": r["state"],
+            "attempts": r["attempts"],
+            "id": r["id"],
+            "error": r["last_error"],
+        }
 
     def close(self) -> None:
         self.conn.close()

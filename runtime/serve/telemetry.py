@@ -109,7 +109,7 @@ def read_sensors(sysfs: str | Path = "/sys") -> Sensors:
         if _read_text(mon / "name") != "ina3221":
             continue
         for volt_file in sorted(mon.glob("in*_input")):
-            n = volt_file.name[2:-len("_input")]
+            n = volt_file.name[2 : -len("_input")]
             if not n.isdigit():
                 continue
             label = _read_text(mon / f"in{n}_label") or f"{mon.name}_in{n}"
@@ -166,47 +166,110 @@ def render_prometheus(
         for labels, value in samples:
             lines.append(f"{name}{labels} {_fmt(value)}")
 
-    metric("edgetile_build_info", "gauge", "edgetile version of the running daemon.",
-           [(f'{{version="{_escape(version)}"}}', 1)])
-    metric("edgetile_uptime_seconds", "gauge", "Seconds since the daemon started.",
-           [("", round(time.time() - started_at, 3))])
-    metric("edgetile_queue_depth", "gauge", "Inputs waiting or being processed.",
-           [("", counts.get("queued", 0) + counts.get("running", 0))])
-    metric("edgetile_queue_items", "gauge", "Inputs in the queue database by state.",
-           [(f'{{state="{s}"}}', n) for s, n in sorted(counts.items())])
-    metric("edgetile_processed_total", "counter", "Inputs processed with results (all runs, from the queue).",
-           [("", counts.get("done", 0))])
-    metric("edgetile_failed_total", "counter", "Inputs parked after failing every attempt (all runs).",
-           [("", counts.get("parked", 0))])
-    metric("edgetile_retries_total", "counter", "Failed attempts queued again for a later try (this run).",
-           [("", retries)])
+    metric(
+        "edgetile_build_info",
+        "gauge",
+        "edgetile version of the running daemon.",
+        [(f'{{version="{_escape(version)}"}}', 1)],
+    )
+    metric(
+        "edgetile_uptime_seconds",
+        "gauge",
+        "Seconds since the daemon started.",
+        [("", round(time.time() - started_at, 3))],
+    )
+    metric(
+        "edgetile_queue_depth",
+        "gauge",
+        "Inputs waiting or being processed.",
+        [("", counts.get("queued", 0) + counts.get("running", 0))],
+    )
+    metric(
+        "edgetile_queue_items",
+        "gauge",
+        "Inputs in the queue database by state.",
+        [(f'{{state="{s}"}}', n) for s, n in sorted(counts.items())],
+    )
+    metric(
+        "edgetile_processed_total",
+        "counter",
+        "Inputs processed with results (all runs, from the queue).",
+        [("", counts.get("done", 0))],
+    )
+    metric(
+        "edgetile_failed_total",
+        "counter",
+        "Inputs parked after failing every attempt (all runs).",
+        [("", counts.get("parked", 0))],
+    )
+    metric(
+        "edgetile_retries_total",
+        "counter",
+        "Failed attempts queued again for a later try (this run).",
+        [("", retries)],
+    )
     if storage is not None:
-        metric("edgetile_inputs_kept_bytes", "gauge",
-               "Bytes of the daemon's own copies of inputs (STATE/uploads, STATE/frames) on disk.",
-               [("", storage["held_bytes"])])
-        metric("edgetile_inputs_kept_files", "gauge", "Files of the daemon's own copies of inputs on disk.",
-               [("", storage["held_files"])])
-        metric("edgetile_inputs_removed_total", "counter",
-               "Copies of finished inputs removed by the retention (all runs; their detections stay).",
-               [("", storage["removed_files"])])
-        metric("edgetile_inputs_removed_bytes_total", "counter", "Bytes of the copies removed by the retention "
-               "(all runs).", [("", storage["removed_bytes"])])
-        metric("edgetile_state_free_bytes", "gauge", "Free bytes on the state folder's file system.",
-               [("", storage["free_bytes"])])
-        metric("edgetile_frames_skipped_total", "counter",
-               "Live video frames not kept because the disk was below --min-free-mb (this run).",
-               [("", storage["frames_skipped"])])
+        metric(
+            "edgetile_inputs_kept_bytes",
+            "gauge",
+            "Bytes of the daemon's own copies of inputs (STATE/uploads, STATE/frames) on disk.",
+            [("", storage["held_bytes"])],
+        )
+        metric(
+            "edgetile_inputs_kept_files",
+            "gauge",
+            "Files of the daemon's own copies of inputs on disk.",
+            [("", storage["held_files"])],
+        )
+        metric(
+            "edgetile_inputs_removed_total",
+            "counter",
+            "Copies of finished inputs removed by the retention (all runs; their detections stay).",
+            [("", storage["removed_files"])],
+        )
+        metric(
+            "edgetile_inputs_removed_bytes_total",
+            "counter",
+            "Bytes of the copies removed by the retention (all runs).",
+            [("", storage["removed_bytes"])],
+        )
+        metric(
+            "edgetile_state_free_bytes",
+            "gauge",
+            "Free bytes on the state folder's file system.",
+            [("", storage["free_bytes"])],
+        )
+        metric(
+            "edgetile_frames_skipped_total",
+            "counter",
+            "Live video frames not kept because the disk was below --min-free-mb (this run).",
+            [("", storage["frames_skipped"])],
+        )
     if mqtt is not None:
-        metric("edgetile_mqtt_connected", "gauge", "1 while the MQTT broker connection is up.",
-               [("", mqtt["connected"])])
-        metric("edgetile_mqtt_outbox_messages", "gauge",
-               "MQTT messages committed but not yet acknowledged by the broker (kept across restarts).",
-               [("", mqtt["waiting"])])
-        metric("edgetile_mqtt_published_total", "counter", "MQTT messages acknowledged by the broker (this run).",
-               [("", mqtt["published"])])
-        metric("edgetile_mqtt_dropped_total", "counter",
-               "MQTT messages dropped, oldest first, past --mqtt-buffer while the broker was away (all runs).",
-               [("", mqtt["dropped"])])
+        metric(
+            "edgetile_mqtt_connected",
+            "gauge",
+            "1 while the MQTT broker connection is up.",
+            [("", mqtt["connected"])],
+        )
+        metric(
+            "edgetile_mqtt_outbox_messages",
+            "gauge",
+            "MQTT messages committed but not yet acknowledged by the broker (kept across restarts).",
+            [("", mqtt["waiting"])],
+        )
+        metric(
+            "edgetile_mqtt_published_total",
+            "counter",
+            "MQTT messages acknowledged by the broker (this run).",
+            [("", mqtt["published"])],
+        )
+        metric(
+            "edgetile_mqtt_dropped_total",
+            "counter",
+            "MQTT messages dropped, oldest first, past --mqtt-buffer while the broker was away (all runs).",
+            [("", mqtt["dropped"])],
+        )
     snap = histograms.snapshot()
     lines.append("# HELP edgetile_stage_seconds Latency of each processing stage per photo (this run).")
     lines.append("# TYPE edgetile_stage_seconds histogram")
@@ -220,13 +283,25 @@ def render_prometheus(
         lines.append(f'edgetile_stage_seconds_sum{{stage="{st}"}} {_fmt(round(total, 6))}')
         lines.append(f'edgetile_stage_seconds_count{{stage="{st}"}} {cum}')
     if sensors.temperatures:
-        metric("edgetile_temperature_celsius", "gauge", "Thermal zone temperatures from sysfs.",
-               [(f'{{zone="{_escape(z)}",type="{_escape(t)}"}}', c)
-                for z, (t, c) in sorted(sensors.temperatures.items())])
+        metric(
+            "edgetile_temperature_celsius",
+            "gauge",
+            "Thermal zone temperatures from sysfs.",
+            [
+                (f'{{zone="{_escape(z)}",type="{_escape(t)}"}}', c)
+                for z, (t, c) in sorted(sensors.temperatures.items())
+            ],
+        )
     if sensors.rails:
-        for name, attr, help_ in (("edgetile_rail_power_watts", "watts", "Power of each INA3221 rail."),
-                                  ("edgetile_rail_voltage_volts", "volts", "Voltage of each INA3221 rail."),
-                                  ("edgetile_rail_current_amperes", "amperes", "Current of each INA3221 rail.")):
-            metric(name, "gauge", help_,
-                   [(f'{{rail="{_escape(r.name)}"}}', round(getattr(r, attr), 4)) for r in sensors.rails])
+        for name, attr, help_ in (
+            ("edgetile_rail_power_watts", "watts", "Power of each INA3221 rail."),
+            ("edgetile_rail_voltage_volts", "volts", "Voltage of each INA3221 rail."),
+            ("edgetile_rail_current_amperes", "amperes", "Current of each INA3221 rail."),
+        ):
+            metric(
+                name,
+                "gauge",
+                help_,
+                [(f'{{rail="{_escape(r.name)}"}}', round(getattr(r, attr), 4)) for r in sensors.rails],
+            )
     return "\n".join(lines) + "\n"

@@ -73,8 +73,9 @@ class StoredUpload:
     new_file: bool = False
 
 
-def store_upload(src: BinaryIO, client_name: str | None, uploads_dir: Path, tmp_dir: Path,
-                 max_bytes: int) -> StoredUpload:
+def store_upload(
+    src: BinaryIO, client_name: str | None, uploads_dir: Path, tmp_dir: Path, max_bytes: int
+) -> StoredUpload:
     """Copy an upload to ``uploads_dir`` if it is a readable image of at most ``max_bytes``.
 
     Args:
