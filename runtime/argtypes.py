@@ -64,6 +64,25 @@ def finite_number(name: str, minimum: float = 0.0, inclusive: bool = True) -> Ca
     return parse
 
 
+def positive_number(name: str, maximum: float = math.inf) -> Callable[[str], float]:
+    """A finite number > 0 (and <= maximum, when one is given)."""
+
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive number for {name}, found {s!r}") from None
+        if not (math.isfinite(v) and v > 0):
+            raise argparse.ArgumentTypeError(f"expected a positive number for {name}, found {s}")
+        if v > maximum:
+            raise argparse.ArgumentTypeError(
+                f"expected a positive number <= {maximum:g} for {name}, found {s}"
+            )
+        return v
+
+    return parse
+
+
 def add_read_ahead_option(group) -> None:
     """``--read-ahead MB``, shared by detect and serve: the next photo decoded while this one is detected."""
     from .readahead import READ_AHEAD_MB

@@ -177,16 +177,15 @@ def run_detect(sources: Sequence[str], a: argparse.Namespace, out_dir: Path, sav
     if not inputs:
         raise UsageError("SOURCE: expected image files, folders or glob patterns, found no inputs")
     detector = open_detector(a)
-    # --- geo (issue 8): ground coordinates, GeoJSON/KML/CSV, thumbnails; None without --format ---
+    # ground coordinates, GeoJSON/KML/CSV, thumbnails; None without --format
     geo = None
     if getattr(a, "format", None):
-        from .geo.options import open_geo_writer
+        from .options.geo import geo_config_from_args, open_geo_writer
 
         try:
-            geo = open_geo_writer(a, out_dir)
+            geo = open_geo_writer(geo_config_from_args(a, a.format), out_dir)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
-    # --- end geo ---
     failed = found = 0
     show_bar = not a.quiet and len(inputs) > 1 and sys.stderr.isatty()
     from tqdm import tqdm
@@ -221,7 +220,7 @@ def run_detect(sources: Sequence[str], a: argparse.Namespace, out_dir: Path, sav
                 record["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 failed += 1
                 tqdm.write(f"edgetile: skipped {path}: {record['error']}", file=sys.stderr)
-            if geo is not None:  # geo (issue 8): coordinates go into the record before it is written
+            if geo is not None:  # coordinates go into the record before it is written
                 warning = geo.add(record, image)
                 if warning:
                     tqdm.write(f"edgetile: no ground coordinates for {path}: {warning}", file=sys.stderr)
@@ -239,7 +238,7 @@ def run_detect(sources: Sequence[str], a: argparse.Namespace, out_dir: Path, sav
             f"results: {writer.json_path}  {writer.csv_path}" + (f"  {writer.vis_dir}/" if save_vis else ""),
             file=sys.stderr,
         )
-        if geo is not None:  # geo (issue 8)
+        if geo is not None:
             print(
                 f"{geo.located} detection(s) georeferenced, {len(geo.tracks.tracks)} track(s): "
                 + "  ".join(str(p) for p in geo.paths)
@@ -320,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         "'{') needs nothing more, YAML needs PyYAML (pip install 'edgetile[serve]')",
     )
     settings = add_detect_options(d)
-    from .geo.options import add_geo_options  # geo (issue 8): --format geojson,kml,csv and pose overrides
+    from .options.geo import add_geo_options  # --format geojson,kml,csv and pose overrides
 
     add_geo_options(d)
     add_read_ahead_option(d)

@@ -18,7 +18,7 @@ from pymavlink import mavutil  # noqa: E402
 from pymavlink.dialects.v20 import ardupilotmega as apm  # noqa: E402
 
 from edgetile.runtime.geo import CameraPose, PoseError, locate_pixels, rotation_ypr  # noqa: E402
-from edgetile.runtime.geo.mavlink import (  # noqa: E402
+from edgetile.runtime.links.mavlink import (  # noqa: E402
     LACMUS_FIELDS,
     MavlinkSender,
     MavlinkTelemetry,

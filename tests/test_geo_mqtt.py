@@ -9,7 +9,7 @@ import time
 import pytest
 from mqtt_broker import Broker, Subscriber, free_port, needs_mosquitto, retained
 
-from edgetile.runtime.geo.mqtt import MqttPublisher, parse_host_port
+from edgetile.runtime.links.mqtt import MqttPublisher, parse_host_port
 
 DET = {
     "bbox": [10.0, 20.0, 30.0, 60.0],
@@ -104,7 +104,7 @@ def test_publisher_started_before_the_broker_sends_once_it_appears(tmp_path):
 
 PUBLISHER_THAT_DIES = """
 import sys, time
-from edgetile.runtime.geo.mqtt import MqttPublisher
+from edgetile.runtime.links.mqtt import MqttPublisher
 pub = MqttPublisher("127.0.0.1", int(sys.argv[1]), topic_prefix="drone7", keepalive_s=5)
 assert pub.wait_connected(10)
 print("connected", flush=True)

@@ -28,11 +28,12 @@ os.environ.setdefault("MAVLINK20", "1")
 from pymavlink import mavutil  # noqa: E402
 
 from edgetile.runtime.geo import CameraPose, PoseError, PoseOverrides, locate_boxes, rotation_ypr  # noqa: E402
-from edgetile.runtime.geo.mavlink import FrameTelemetry, MavlinkTelemetry  # noqa: E402
 from edgetile.runtime.geo.profiles import profile_by_name  # noqa: E402
-from edgetile.runtime.geo.serve import daemon_geo_from_args  # noqa: E402
+from edgetile.runtime.links.mavlink import FrameTelemetry, MavlinkTelemetry  # noqa: E402
+from edgetile.runtime.options.geo import serve_geo_config_from_args  # noqa: E402
 from edgetile.runtime.serve import register  # noqa: E402
 from edgetile.runtime.serve.config import merge_options  # noqa: E402
+from edgetile.runtime.serve.geo_hooks import open_result_hooks  # noqa: E402
 from edgetile.runtime.serve.store import SCHEMA_VERSION, Outcome, PhotoQueue  # noqa: E402
 from onnx_models import red_blob_model  # noqa: E402
 
@@ -460,6 +461,11 @@ def test_snapshot_refuses_stale_telemetry_and_follows_the_gimbals_frame():
             ap.close()
 
 
+def hooks_from_options(a, state_dir):
+    """The daemon's hooks from its options, as ``edgetile serve`` opens them."""
+    return open_result_hooks(serve_geo_config_from_args(a), state_dir)
+
+
 def serve_options(*cli: str):
     import argparse
 
@@ -489,7 +495,7 @@ def serve_options(*cli: str):
 )
 def test_mavlink_in_without_what_it_needs_is_refused(tmp_path, cli, words):
     with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
-        daemon_geo_from_args(serve_options(*cli), tmp_path)
+        hooks_from_options(serve_options(*cli), tmp_path)
 
 
 def test_a_mavlink_in_link_that_cannot_be_opened_is_refused_in_one_line(tmp_path):
@@ -498,13 +504,13 @@ def test_a_mavlink_in_link_that_cannot_be_opened_is_refused_in_one_line(tmp_path
         taken.bind(("127.0.0.1", 0))
         busy = f"udpin:127.0.0.1:{taken.getsockname()[1]}"
         with pytest.raises(ValueError, match=f"--mavlink-in {busy}: cannot open the link: .*in use"):
-            daemon_geo_from_args(serve_options(*ok, "--mavlink-in", busy), tmp_path)
+            hooks_from_options(serve_options(*ok, "--mavlink-in", busy), tmp_path)
     with pytest.raises(
         ValueError,
         match="--mavlink-in: expected a pymavlink connection string such as "
         "udpin:0.0.0.0:14550, .*found 'udpin:127.0.0.1:notaport'",
     ):
-        daemon_geo_from_args(serve_options(*ok, "--mavlink-in", "udpin:127.0.0.1:notaport"), tmp_path)
+        hooks_from_options(serve_options(*ok, "--mavlink-in", "udpin:127.0.0.1:notaport"), tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -1,14 +1,15 @@
-"""edgetile.runtime.geo: where a detected person is, and how to tell the ground station.
+"""edgetile.runtime.geo: where a detected person is on the ground, and the files that say so.
 
 - pose: the camera of a photo from EXIF GPS, DJI XMP, bundled camera profiles and flags.
 - ground: pixel -> ray -> flat ground (or an elevation model) -> WGS84, with an error estimate.
 - tracks: one person seen in several photos becomes one track.
 - writers: detections.geojson, detections.kml, detections_geo.csv, tracks.geojson, thumbnails.
-- mqtt: publish detections to a broker (paho-mqtt, extra ``mqtt``).
-- mavlink: read the vehicle's pose and send detections to a ground station (pymavlink, extra ``mavlink``).
+- profiles: bundled camera profiles (focal lengths).
 
-Importing this package costs NumPy and OpenCV only: pymap3d, Pillow, paho-mqtt and pymavlink are
-imported by the functions that need them (extras ``geo``, ``mqtt``, ``mavlink``).
+Pure geometry and file formats: the network links (MQTT, MAVLink) live in
+:mod:`edgetile.runtime.links`, the daemon's use of both in :mod:`edgetile.runtime.serve`.
+Importing this package costs NumPy and OpenCV only: pymap3d and Pillow are imported by the
+functions that need them (extra ``geo``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ from .pose import (
 )
 from .profiles import CAMERA_PROFILES, CameraProfile
 from .tracks import Track, TrackBuilder, build_tracks, ground_distance_m
-from .writers import GEO_FORMATS, GeoConfig, GeoWriter, georeference_detections, parse_formats
+from .writers import (
+    GEO_FORMATS,
+    GeoConfig,
+    GeoWriter,
+    georeference_detections,
+    missing_geo_packages,
+    parse_formats,
+)
 
 __all__ = [
     "CAMERA_PROFILES",
@@ -49,6 +57,7 @@ __all__ = [
     "ground_to_pixel",
     "locate_boxes",
     "locate_pixels",
+    "missing_geo_packages",
     "parse_formats",
     "pose_from_metadata",
     "pose_from_photo",

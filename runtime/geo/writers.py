@@ -11,6 +11,7 @@ detections appear in the geographic files, so that mapping tools never import a 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import math
@@ -69,6 +70,15 @@ def parse_formats(text: str) -> tuple[str, ...]:
             f"--format: expected a comma-separated list of {', '.join(GEO_FORMATS)}, found {text!r}"
         )
     return tuple(out)
+
+
+def missing_geo_packages() -> list[str]:
+    """Packages of the ``geo`` extra that are not installed (pymap3d, Pillow)."""
+    return [
+        pkg
+        for mod, pkg in (("pymap3d", "pymap3d"), ("PIL", "pillow"))
+        if importlib.util.find_spec(mod) is None
+    ]
 
 
 @dataclass(frozen=True)

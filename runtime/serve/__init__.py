@@ -232,7 +232,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     add_detect_options(s)
     add_serve_options(s)
-    from ..geo.serve import add_serve_geo_options  # geo (issue 8): --geo, pose overrides, --mqtt
+    from ..options.geo import add_serve_geo_options  # --geo, pose overrides, --mqtt, --mavlink-*
 
     add_serve_geo_options(s)
     defaults, actions = {}, {}

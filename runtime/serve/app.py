@@ -267,10 +267,7 @@ def create_app(daemon: Daemon) -> FastAPI:
         body = {**status, "width": stored.width, "height": stored.height, "duplicate": not created}
         return JSONResponse(body, status_code=201 if created else 200)
 
-    if getattr(daemon, "geo", None) is not None and daemon.geo.georeference:  # geo (issue 8)
-        from ..geo.serve import geo_router
-
-        api.include_router(geo_router(daemon.geo, queue))  # GeoJSON/KML/CSV, tracks, thumbnails
+    api.include_router(daemon.hooks.routes(queue))  # e.g. GeoJSON/KML/CSV, tracks, thumbnails
     app.include_router(api)
     return app
 

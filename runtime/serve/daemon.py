@@ -21,6 +21,7 @@ import time
 from ..images import ImageReadError
 from ..readahead import prefetch, read_ahead_bytes, read_in_turn, read_within
 from .config import ConfigError, ServeConfig, merge_options
+from .hooks import ResultHooks
 from .retention import GIB, MIB, DiskFloor, Retention, human_bytes
 from .sources import FolderWatcher, VideoReader
 from .store import Item, Outcome, PhotoQueue
@@ -74,9 +75,11 @@ class Daemon:
         config: What to watch, where to keep state, how to serve.
         detector: An open Detector (or anything with ``detect(image, timings)`` and ``names``); used by
             the worker thread only.
+        hooks: What is done with results beyond the pixels (ground coordinates, MQTT, MAVLink; see
+            :mod:`.hooks`); by default nothing.
     """
 
-    def __init__(self, config: ServeConfig, detector, geo=None) -> None:
+    def __init__(self, config: ServeConfig, detector, hooks: ResultHooks | None = None) -> None:
         self.config = config
         self.detector = detector
         self.stop = threading.Event()
@@ -87,12 +90,12 @@ class Daemon:
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
         self.worker_error: BaseException | None = None
-        self.geo = geo  # geo (issue 8): a geo.serve.DaemonGeo (coordinates, thumbnails, MQTT), or None
+        self.hooks = ResultHooks() if hooks is None else hooks
         self.outbox = None  # with MQTT: results go to the broker through the queue database
-        if geo is not None and geo.publisher is not None:
+        if self.hooks.publisher is not None:
             from .outbox import MqttOutbox
 
-            self.outbox = MqttOutbox(geo.publisher)
+            self.outbox = MqttOutbox(self.hooks.publisher)
         self._outbox_stop = threading.Event()  # set once the worker has committed its last batch
         self.floor = DiskFloor(config.state, config.min_free_bytes)
         self.retention = Retention(
@@ -135,10 +138,7 @@ class Daemon:
             dets = self.detector.detect(image, timings)
             log.debug("%s: %d detection(s)", item.name, len(dets))
             records = dets.to_records(self.detector.names)
-            if (
-                self.geo is not None
-            ):  # geo (issue 8): coordinates and thumbnails go into the committed records
-                self.geo.annotate(item, image, records)
+            self.hooks.annotate(item, image, records)  # e.g. coordinates and thumbnails, committed with them
             timings["total"] = (
                 time.perf_counter() - t0
             ) * 1000  # this thread's time: a read ahead is not in it
@@ -184,8 +184,7 @@ class Daemon:
                     log.debug("committed %d outcome(s)", len(outcomes))
                     if self.outbox is not None:  # MQTT hears what was committed, from the outbox
                         self.outbox.wake.set()
-                    if self.geo is not None:  # geo (issue 8): MAVLink hears what was committed
-                        self.geo.publish(outcomes)
+                    self.hooks.publish(outcomes)  # e.g. MAVLink hears what was committed
                     self.histograms.observe("commit", time.perf_counter() - t0)
                     self.retention.wake.set()  # finished inputs' copies may now go
                     for o in outcomes:
@@ -202,9 +201,8 @@ class Daemon:
             log.exception("the worker stopped; what it had not committed runs again at the next start")
 
     def _read_video(self, reader: VideoReader) -> None:
-        """A video source's thread: with telemetry, first wait (briefly) for the vehicle's pose."""
-        if reader.telemetry is not None:
-            self.geo.wait_for_telemetry(self.stop)
+        """A video source's thread: first wait (briefly) for what the hooks record with each frame."""
+        self.hooks.wait_for_telemetry(self.stop)
         reader.run(self.config.db_path, self.stop)
 
     # ---- lifecycle --------------------------------------------------------------------------
@@ -287,10 +285,8 @@ class Daemon:
                         args=(cfg.db_path, self.stop, cfg.poll, time.time),
                     )
                 )
-            # geo (issue 8): with --mavlink-in each kept frame is recorded with the vehicle's pose at its grab
-            frame_telemetry = None
-            if self.geo is not None and self.geo.telemetry is not None:
-                frame_telemetry = self.geo.frame_telemetry
+            # e.g. with --mavlink-in each kept frame is recorded with the vehicle's pose at its grab
+            frame_telemetry = self.hooks.frame_telemetry
             for src in cfg.video:
                 reader = VideoReader(
                     src,
@@ -436,23 +432,21 @@ def serve_command(a: argparse.Namespace) -> int:
             print(f"edgetile serve: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
         with detector:
-            # --- geo (issue 8): coordinates, thumbnails and MQTT; None without --geo and --mqtt ---
-            from ..geo.serve import daemon_geo_from_args
+            from ..options.geo import serve_geo_config_from_args
+            from .geo_hooks import open_result_hooks
 
             try:
-                geo = daemon_geo_from_args(options, config.state)
+                hooks = open_result_hooks(serve_geo_config_from_args(options), config.state)
             except ValueError as exc:
                 print(f"edgetile serve: error: {exc}", file=sys.stderr)
                 return EXIT_USAGE
-            # --- end geo ---
             try:
-                return Daemon(config, detector, geo=geo).run()
+                return Daemon(config, detector, hooks).run()
             except ConfigError as exc:
                 print(f"edgetile serve: error: {exc}", file=sys.stderr)
                 return EXIT_USAGE
             finally:
-                if geo is not None:  # geo (issue 8): the MQTT goodbye (retained status 'offline')
-                    geo.close()
+                hooks.close()  # e.g. the MQTT goodbye (retained status 'offline')
     finally:
         for logger, handler in installed:
             logger.removeHandler(handler)

@@ -34,7 +34,7 @@ class MqttOutbox:
     """Sends the outbox's messages through an MqttPublisher and forgets each once it is acknowledged.
 
     Args:
-        publisher: A connected-or-connecting geo.mqtt.MqttPublisher.
+        publisher: A connected-or-connecting links.mqtt.MqttPublisher (the hooks' ``publisher``).
         window: Most messages in flight (handed to the client, not yet acknowledged).
     """
 

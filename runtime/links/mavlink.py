@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .pose import CameraPose, PoseError, PoseOverrides, rotation_from_quaternion, rotation_ypr
-from .profiles import profile_by_name
+from ..geo.pose import CameraPose, PoseError, PoseOverrides, rotation_from_quaternion, rotation_ypr
+from ..geo.profiles import profile_by_name
 
 DIALECT = "ardupilotmega"  # common + ArduPilot's CAMERA_FEEDBACK
 MAV_COMP_ID_ONBOARD_COMPUTER = 191

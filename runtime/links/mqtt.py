@@ -11,7 +11,7 @@ published meanwhile (up to max_buffer, in order) to send when the broker is back
 pending until the broker acknowledges them (PUBACK). A buffer that is full refuses new messages and
 counts them as dropped: the caller sees publish() return False, and the status says how many.
 This buffer is in memory; the daemon keeps its messages in its queue database instead (see
-``serve.outbox``) and hands them over with :meth:`MqttPublisher.send` only while connected.
+``edgetile.runtime.serve.outbox``) and hands them over with :meth:`MqttPublisher.send` only while connected.
 
 Needs paho-mqtt >= 2.0 (extra ``mqtt``), imported when a publisher is made.
 """
@@ -27,7 +27,7 @@ import time
 
 from .._version import __version__
 
-log = logging.getLogger("edgetile.geo.mqtt")
+log = logging.getLogger("edgetile.links.mqtt")
 
 
 def parse_host_port(text: str, default_port: int = 1883) -> tuple[str, int]:

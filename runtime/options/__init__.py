@@ -1,0 +1,1 @@
+"""edgetile.runtime.options: the command line's options, turned into the library's config objects."""

@@ -1,0 +1,65 @@
+"""The daemon's one seam to what it does with results beyond the pixels.
+
+The worker, the video readers and the HTTP API call a ResultHooks at fixed points: each photo's
+records before the commit (``annotate``), the committed outcomes after it (``publish``), each video
+frame at its grab (``frame_telemetry``), extra routes for the API (``routes``), and ``close`` at the
+end. ResultHooks itself does nothing at any of them: the daemon of plain pixel results.
+:class:`.geo_hooks.GeoHooks` adds ground coordinates, thumbnails, MQTT and MAVLink through it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    from fastapi import APIRouter
+
+    from .store import Item, Outcome, PhotoQueue
+
+
+class ResultHooks:
+    """What the daemon does with results beyond the pixels; this base does nothing.
+
+    Attributes:
+        publisher: The MQTT publisher (``edgetile.runtime.links.mqtt.MqttPublisher``) that the
+            daemon's outbox sends committed detections through, or None for no MQTT.
+    """
+
+    publisher: Any = None
+
+    def annotate(self, item: Item, image: np.ndarray, records: list[dict]) -> None:
+        """Add to one photo's detection records, in place, before they are committed (worker thread).
+
+        Args:
+            item: The queue's input.
+            image: The decoded photo, (H, W, 3) uint8 BGR.
+            records: Its detection records (``Detections.to_records``).
+        """
+
+    def publish(self, outcomes: Sequence[Outcome]) -> None:
+        """Tell the outside world about outcomes just committed (worker thread)."""
+
+    @property
+    def frame_telemetry(self) -> Callable[[], dict] | None:
+        """Called at each kept video frame's grab; what it returns is recorded with the frame. None: nothing."""
+        return None
+
+    def wait_for_telemetry(self, stop: threading.Event) -> bool:
+        """Before a video source is opened: wait (briefly) for what frame_telemetry needs.
+
+        Returns:
+            True when it is ready (or nothing is needed); False when it did not come or on a stop.
+        """
+        return True
+
+    def routes(self, queue: Callable[[], PhotoQueue]) -> APIRouter:
+        """Extra routes for the HTTP API, behind its token; ``queue`` opens the daemon's queue."""
+        from fastapi import APIRouter
+
+        return APIRouter()
+
+    def close(self) -> None:
+        """Close what the hooks opened (links to brokers and vehicles), at the daemon's end."""
