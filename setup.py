@@ -130,6 +130,7 @@ setup(
         "edgetile.runtime",
         "edgetile.runtime.backends",
         "edgetile.runtime.cuda",
+        "edgetile.runtime.options",
         "edgetile.runtime.serve",
         "edgetile.export",
         "edgetile.train",
@@ -140,6 +141,7 @@ setup(
         "edgetile.runtime.backends": "runtime/backends",
         "edgetile.runtime.cuda": "runtime/cuda",
         "edgetile.runtime.geo": "runtime/geo",
+        "edgetile.runtime.options": "runtime/options",
         "edgetile.runtime.serve": "runtime/serve",
         "edgetile.export": "export",
         "edgetile.train": "train",
@@ -175,8 +177,10 @@ setup(
     },
     entry_points={
         "console_scripts": ["edgetile = edgetile.runtime.cli:main"],
-        # Subcommands contributed by the heavier parts, loaded only when invoked (train -> export -> runtime).
+        # Subcommands beside the runtime's own detect, demo and env; each registers cheaply and loads
+        # its heavy parts only when invoked (train -> export -> runtime; serve -> runtime).
         "edgetile.commands": [
+            "serve = edgetile.runtime.serve.command:register",
             "export = edgetile.export.cli:register",
             "dataset = edgetile.train.cli:register_dataset",
             "train = edgetile.train.cli:register_train",
