@@ -140,15 +140,25 @@ def detect_config_from_args(a: argparse.Namespace) -> DetectConfig:
     )
 
 
+def model_paths(a: argparse.Namespace) -> list[str]:
+    """The --model files (the bundled demo model when none is given), each checked to exist.
+
+    Raises:
+        UsageError: a model file is missing.
+    """
+    models = a.model or [str(DEMO_MODEL)]
+    for m in models:
+        if not Path(m).is_file():
+            raise UsageError(f"--model: file not found: {m}")
+    return models
+
+
 def open_detector(a: argparse.Namespace) -> Detector:
     """Build the Detector the options describe; every problem becomes a UsageError."""
     from ..backends import BackendUnavailable
     from ..detector import Detector
 
-    models = a.model or [str(DEMO_MODEL)]
-    for m in models:
-        if not Path(m).is_file():
-            raise UsageError(f"--model: file not found: {m}")
+    models = model_paths(a)
     if a.model_weights is not None and len(a.model_weights) != len(models):
         raise UsageError(
             f"--model-weights: expected {len(models)} weight(s), one per model, found {len(a.model_weights)}"

@@ -1,11 +1,11 @@
-"""Options files: the command line over a file over the defaults, for ``detect --settings`` and ``serve --config``.
+"""Options files: the command line over a file over the defaults (``detect --settings``, ``serve --config``).
 
 A file maps options to values, keyed by the long option name without its dashes (``merge-thr`` or
 ``merge_thr``); each value goes through the option's own parser and choices, so ``conf: 2`` is refused
 exactly like ``--conf 2``. An option that takes several values takes a list (a single value is a list
-of one). The keys a command's file may hold are the ones it names when it calls
-:func:`defer_defaults`; its other options stay on the command line, and a file that sets them is
-refused rather than half obeyed.
+of one). Paths in a file are read relative to the current folder, as on the command line. The keys a
+command's file may hold are the ones it names when it calls :func:`defer_defaults`; its other options
+stay on the command line, and a file that sets them is refused rather than half obeyed.
 
 Formats: YAML, read with PyYAML (the serve extra). A command that accepts JSON too reads a file whose
 first non-blank character is ``{`` with the json module, so a lean install without PyYAML reads it;

@@ -5,6 +5,7 @@ HTTP uploads; each is recorded in a durable SQLite queue under ``--state`` befor
 its detections (the same records ``edgetile detect`` writes) are committed together with its done
 mark. An HTTP API serves results, failures, images and Prometheus metrics.
 
-Importing this package is cheap (argparse only): the ``serve`` subcommand is registered with every
-``edgetile`` invocation, while FastAPI, uvicorn and the detector load only when the daemon runs.
+Importing this package costs nothing. The ``serve`` subcommand (:mod:`.command`) is registered with
+every ``edgetile`` invocation through the ``edgetile.commands`` entry points, while FastAPI, uvicorn
+and the detector load only when the daemon runs.
 """
