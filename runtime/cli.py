@@ -24,6 +24,7 @@ from ._version import __version__
 from .argtypes import add_read_ahead_option
 from .options import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, UsageError
 from .options.detect import DATA_DIR, DEMO_MODEL, add_detect_options, open_detector
+from .options.files import defer_defaults, resolve_options
 
 DEMO_SAMPLE = DATA_DIR / "sample.jpg"
 DEMO_CONF = 0.1
@@ -112,8 +113,6 @@ def run_detect(sources: Sequence[str], a: argparse.Namespace, out_dir: Path, sav
 
 
 def cmd_detect(a: argparse.Namespace) -> int:
-    from .options.files import resolve_options
-
     try:
         a = resolve_options(a)  # the command line over the --settings file over the defaults
     except ValueError as exc:
@@ -188,8 +187,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_read_ahead_option(d)
     d.add_argument("--save-vis", action="store_true", help="also write annotated JPEGs to DIR/vis/")
     d.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    from .options.files import defer_defaults
-
     # The settings' defaults become SUPPRESS so that cmd_detect can tell what the command line gave;
     # a parse of detect's words holds only those until resolve_options() fills in the rest.
     defer_defaults(d, settings, option="--settings", noun="detection setting", json=True)
