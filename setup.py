@@ -130,12 +130,12 @@ setup(
         "edgetile.runtime",
         "edgetile.runtime.backends",
         "edgetile.runtime.cuda",
+        "edgetile.runtime.options",
         "edgetile.runtime.serve",
         "edgetile.export",
         "edgetile.train",
         "edgetile.runtime.geo",
         "edgetile.runtime.links",
-        "edgetile.runtime.options",
     ],
     package_dir={
         "edgetile.runtime": "runtime",
@@ -179,8 +179,10 @@ setup(
     },
     entry_points={
         "console_scripts": ["edgetile = edgetile.runtime.cli:main"],
-        # Subcommands contributed by the heavier parts, loaded only when invoked (train -> export -> runtime).
+        # Subcommands beside the runtime's own detect, demo and env; each registers cheaply and loads
+        # its heavy parts only when invoked (train -> export -> runtime; serve -> runtime).
         "edgetile.commands": [
+            "serve = edgetile.runtime.serve.command:register",
             "export = edgetile.export.cli:register",
             "dataset = edgetile.train.cli:register_dataset",
             "train = edgetile.train.cli:register_train",

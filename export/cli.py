@@ -17,7 +17,7 @@ import logging
 import sys
 
 from edgetile.runtime.argtypes import finite_number, int_at_least, number_in
-from edgetile.runtime.cli import EXIT_OK, EXIT_SOME_FAILED, UsageError
+from edgetile.runtime.options import EXIT_OK, EXIT_SOME_FAILED, UsageError
 
 EPILOG = (
     "Exit codes: 0 written and checked; 1 written but a check failed (verification, accuracy drop, "

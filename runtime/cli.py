@@ -3,9 +3,11 @@
 Exit codes: 0 every input processed; 1 some inputs failed (the others are still processed and
 written); 2 usage errors (missing model, bad option values), with a one-line message.
 
-The runtime's own subcommands are detect, demo and env. The export and training parts add theirs
-through the ``edgetile.commands`` entry-point group, loaded only to build the parser, so that
-dependencies still point one way (train -> export -> runtime).
+The runtime's own subcommands are detect, demo and env. The daemon (serve), the export and the
+training parts add theirs through the ``edgetile.commands`` entry-point group, loaded only to build
+the parser, so that dependencies still point one way (train -> export -> runtime, serve -> runtime).
+What the commands share (UsageError, the exit codes, the detection options, open_detector, the
+options-file merging) lives in :mod:`edgetile.runtime.options`.
 """
 
 from __future__ import annotations
@@ -17,158 +19,34 @@ import time
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._version import __version__
-from .argtypes import add_read_ahead_option, finite_number, int_at_least, number_in
+from .argtypes import add_read_ahead_option
+from .options import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, UsageError
+from .options.detect import DATA_DIR, DEMO_MODEL, add_detect_options, open_detector
+from .options.files import defer_defaults, resolve_options
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
-DATA_DIR = Path(__file__).resolve().parent / "data"
-DEMO_MODEL = DATA_DIR / "demo.onnx"
+if TYPE_CHECKING:
+    from .geo.writers import GeoConfig
+
 DEMO_SAMPLE = DATA_DIR / "sample.jpg"
 DEMO_CONF = 0.1
 
 
-class UsageError(Exception):
-    """A problem with what the user asked for: reported in one line, exit code 2."""
-
-
-def add_detect_options(
-    p: argparse.ArgumentParser, conf_default: float = 0.25, conf_why: str = ""
-) -> dict[str, argparse.Action]:
-    """Options shared by detect, demo and the daemon: model, tiling, thresholds, merging.
+def run_detect(
+    sources: Sequence[str],
+    a: argparse.Namespace,
+    out_dir: Path,
+    save_vis: bool,
+    geo_config: GeoConfig | None = None,
+) -> int:
+    """Process every input, writing results as they come; return the exit code.
 
     Args:
-        p: The subcommand's parser.
-        conf_default: Default confidence threshold.
-        conf_why: Why this command's default differs from detect's, for the help line.
-
-    Returns:
-        dest -> action of each option added: the detection settings a --settings file may set.
+        geo_config: With output formats (``--format``): ground coordinates, GeoJSON/KML/CSV and
+            thumbnails are written too.
     """
-    from .detector import MERGE_METHODS
-
-    first = len(p._actions)  # argparse has no public way to list a parser's options
-    g = p.add_argument_group("model")
-    g.add_argument(
-        "--model",
-        nargs="+",
-        action="extend",
-        metavar="PATH",
-        help="ONNX model or TensorRT engine; several for an ensemble fused by WBF "
-        "(default: the bundled demo model)",
-    )
-    g.add_argument(
-        "--model-weights",
-        nargs="+",
-        type=finite_number("--model-weights", 0.0, inclusive=False),
-        metavar="W",
-        help="one weight per --model for the ensemble fusion, e.g. 1 2 (default: all 1)",
-    )
-    g.add_argument(
-        "--backend",
-        choices=["auto", "onnxruntime", "tensorrt"],
-        default="auto",
-        help="inference backend; auto picks TensorRT for .engine/.plan and ONNX Runtime for .onnx",
-    )
-    g = p.add_argument_group("tiling")
-    g.add_argument(
-        "--tile",
-        type=int_at_least("--tile", 32),
-        default=1024,
-        help="tile side in image pixels; tiles are resized to the model input (default: 1024)",
-    )
-    g.add_argument(
-        "--overlap",
-        type=number_in("--overlap", 0.0, 0.9, hi_open=True),
-        default=0.2,
-        help="fraction of a tile shared with its neighbour; keep it wider than the largest "
-        "object over the tile size (default: 0.2)",
-    )
-    g.add_argument(
-        "--full-frame",
-        action="store_true",
-        help="add one downscaled pass of the whole image, for objects larger than a tile",
-    )
-    g.add_argument(
-        "--batch",
-        type=int_at_least("--batch"),
-        default=None,
-        help="tiles per inference call (default: the model's fixed batch, or 8)",
-    )
-    g = p.add_argument_group("thresholds and merging")
-    g.add_argument(
-        "--conf",
-        type=number_in("--conf"),
-        default=conf_default,
-        help=f"confidence threshold; lower it for recall when every miss matters (default: {conf_default}"
-        + (f", because {conf_why})" if conf_why else ")"),
-    )
-    g.add_argument(
-        "--iou",
-        type=number_in("--iou"),
-        default=0.7,
-        help="IoU threshold of the NMS inside each tile (default: 0.7)",
-    )
-    g.add_argument(
-        "--merge",
-        choices=MERGE_METHODS,
-        default="ios",
-        help="how boxes of overlapping tiles are joined: ios suppresses a box whose intersection "
-        "over the smaller box exceeds --merge-thr; nms uses IoU; nmm merges into the union "
-        "box; wbf averages (default: ios)",
-    )
-    g.add_argument(
-        "--merge-thr",
-        type=number_in("--merge-thr"),
-        default=0.5,
-        help="threshold of the cross-tile merge (default: 0.5)",
-    )
-    g.add_argument(
-        "--tta",
-        choices=["none", "flip"],
-        default="none",
-        help="flip adds a mirrored pass fused by WBF: slower, usually better recall (default: none)",
-    )
-    return {action.dest: action for action in p._actions[first:]}
-
-
-def detect_config_from_args(a: argparse.Namespace):
-    from .detector import DetectConfig
-
-    return DetectConfig(
-        tile=a.tile,
-        overlap=a.overlap,
-        full_frame=a.full_frame,
-        batch=a.batch,
-        conf=a.conf,
-        iou=a.iou,
-        merge=a.merge,
-        merge_thr=a.merge_thr,
-        tta=() if a.tta == "none" else (a.tta,),
-    )
-
-
-def open_detector(a: argparse.Namespace):
-    """Build the Detector the options describe; every problem becomes a UsageError."""
-    from .backends import BackendUnavailable
-    from .detector import Detector
-
-    models = a.model or [str(DEMO_MODEL)]
-    for m in models:
-        if not Path(m).is_file():
-            raise UsageError(f"--model: file not found: {m}")
-    if a.model_weights is not None and len(a.model_weights) != len(models):
-        raise UsageError(
-            f"--model-weights: expected {len(models)} weight(s), one per model, found {len(a.model_weights)}"
-        )
-    try:
-        return Detector(models, weights=a.model_weights, backend=a.backend, config=detect_config_from_args(a))
-    except (ValueError, BackendUnavailable, FileNotFoundError) as exc:
-        raise UsageError(str(exc).splitlines()[0]) from exc
-
-
-def run_detect(sources: Sequence[str], a: argparse.Namespace, out_dir: Path, save_vis: bool) -> int:
-    """Process every input, writing results as they come; return the exit code."""
     from .images import ImageReadError, expand_sources
     from .outputs import ResultWriter
     from .readahead import prefetch, read_ahead_bytes, read_in_turn, read_within
@@ -177,13 +55,12 @@ def run_detect(sources: Sequence[str], a: argparse.Namespace, out_dir: Path, sav
     if not inputs:
         raise UsageError("SOURCE: expected image files, folders or glob patterns, found no inputs")
     detector = open_detector(a)
-    # ground coordinates, GeoJSON/KML/CSV, thumbnails; None without --format
     geo = None
-    if getattr(a, "format", None):
-        from .options.geo import geo_config_from_args, open_geo_writer
+    if geo_config is not None and geo_config.formats:
+        from .options.geo import open_geo_writer
 
         try:
-            geo = open_geo_writer(geo_config_from_args(a, a.format), out_dir)
+            geo = open_geo_writer(geo_config, out_dir)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
     failed = found = 0
@@ -249,13 +126,13 @@ def run_detect(sources: Sequence[str], a: argparse.Namespace, out_dir: Path, sav
 
 
 def cmd_detect(a: argparse.Namespace) -> int:
-    from .settings import resolve
-
     try:
-        a = resolve(a)  # the command line over the --settings file over the defaults
+        a = resolve_options(a)  # the command line over the --settings file over the defaults
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    return run_detect(a.sources, a, Path(a.out), a.save_vis)
+    from .options.geo import geo_config_from_args
+
+    return run_detect(a.sources, a, Path(a.out), a.save_vis, geo_config_from_args(a, a.format))
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
@@ -325,11 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_read_ahead_option(d)
     d.add_argument("--save-vis", action="store_true", help="also write annotated JPEGs to DIR/vis/")
     d.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    from .settings import defer_defaults
-
     # The settings' defaults become SUPPRESS so that cmd_detect can tell what the command line gave;
-    # a parse of detect's words holds only those until settings.resolve() fills in the rest.
-    d.set_defaults(func=cmd_detect, _settings=defer_defaults(settings, d._actions))
+    # a parse of detect's words holds only those until resolve_options() fills in the rest.
+    defer_defaults(d, settings, option="--settings", noun="detection setting", json=True)
+    d.set_defaults(func=cmd_detect)
 
     demo = sub.add_parser(
         "demo",
@@ -354,11 +230,6 @@ def build_parser() -> argparse.ArgumentParser:
         "versions where present, the merge implementation, and usable backends.",
     )
     env.set_defaults(func=cmd_env)
-
-    # The on-device daemon (edgetile.runtime.serve); fastapi and uvicorn load only when it runs.
-    from .serve import register as register_serve
-
-    register_serve(sub)
 
     unavailable = []
     seen: set[str] = set()
@@ -396,8 +267,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the package's module, not this __main__ copy: plugins raise edgetile.runtime.cli.UsageError,
-    # which this copy's own UsageError class would not catch.
-    from edgetile.runtime.cli import main as package_main
-
-    sys.exit(package_main())
+    sys.exit(main())

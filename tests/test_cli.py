@@ -293,6 +293,20 @@ def test_plugin_usage_errors_exit_2_under_python_m(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+def test_serve_registers_through_entry_points_and_the_daemon_never_imports_the_command_line():
+    from importlib import metadata
+
+    commands = {e.name: e.value for e in metadata.entry_points(group="edgetile.commands")}
+    assert commands["serve"] == "edgetile.runtime.serve.command:register"
+    assert commands["export"] == "edgetile.export.cli:register"
+    code = (
+        "import sys, edgetile.runtime.serve.command, edgetile.runtime.serve.daemon, "
+        "edgetile.runtime.serve.config; print('edgetile.runtime.cli' in sys.modules)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stdout + r.stderr
+
+
 def test_ensemble_with_weights_and_flip_runs_from_the_cli(tmp_path, model):
     second = red_blob_model(tmp_path / "second.onnx", batch=2)  # a fixed-batch member next to a dynamic one
     red_photo(tmp_path / "a.jpg", 900, 700, [(100, 100, 140, 180), (600, 400, 640, 480)])

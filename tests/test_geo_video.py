@@ -30,9 +30,9 @@ from pymavlink import mavutil  # noqa: E402
 from edgetile.runtime.geo import CameraPose, PoseError, PoseOverrides, locate_boxes, rotation_ypr  # noqa: E402
 from edgetile.runtime.geo.profiles import profile_by_name  # noqa: E402
 from edgetile.runtime.links.mavlink import FrameTelemetry, MavlinkTelemetry  # noqa: E402
+from edgetile.runtime.options.files import resolve_options  # noqa: E402
 from edgetile.runtime.options.geo import serve_geo_config_from_args  # noqa: E402
-from edgetile.runtime.serve import register  # noqa: E402
-from edgetile.runtime.serve.config import merge_options  # noqa: E402
+from edgetile.runtime.serve.command import register  # noqa: E402
 from edgetile.runtime.serve.geo_hooks import open_result_hooks  # noqa: E402
 from edgetile.runtime.serve.store import SCHEMA_VERSION, Outcome, PhotoQueue  # noqa: E402
 from onnx_models import red_blob_model  # noqa: E402
@@ -472,7 +472,7 @@ def serve_options(*cli: str):
     p = argparse.ArgumentParser(prog="edgetile")
     register(p.add_subparsers())
     a = p.parse_args(["serve", *cli])
-    return merge_options(a, a._serve_defaults)
+    return resolve_options(a)
 
 
 @pytest.mark.parametrize(

@@ -25,8 +25,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from serve_process import ServeProcess, multipart, person_photo, write_jpeg
 
-from edgetile.runtime.serve import register
-from edgetile.runtime.serve.config import ConfigError, ServeConfig, merge_options
+from edgetile.runtime.options.files import resolve_options
+from edgetile.runtime.serve.command import register
+from edgetile.runtime.serve.config import ConfigError, ServeConfig
 from edgetile.runtime.serve.retention import DiskFloor, Retention
 from edgetile.runtime.serve.store import Outcome, PhotoQueue
 from onnx_models import red_blob_model
@@ -246,7 +247,7 @@ def config_of(tmp_path, cli, yaml_text=None) -> ServeConfig:
         (tmp_path / "c.yaml").write_text(yaml_text)
         args += ["--config", str(tmp_path / "c.yaml")]
     a = serve_parser().parse_args(args)
-    return ServeConfig.from_options(merge_options(a, a._serve_defaults))
+    return ServeConfig.from_options(resolve_options(a))
 
 
 @pytest.mark.parametrize(
@@ -283,10 +284,14 @@ def test_disk_options_from_the_command_line_and_the_config_file(tmp_path, cli, y
             None,
             "expected a number of GiB >= 0 or 'unlimited' for --keep-inputs-gb, found 'lots'",
         ),
-        (["--keep-days", "-2"], None, "expected a number >= 0 for --keep-days, found -2"),
-        (["--min-free-mb", "nan"], None, "expected a number >= 0 for --min-free-mb, found nan"),
+        (["--keep-days", "-2"], None, "expected a finite number >= 0 for --keep-days, found -2"),
+        (["--min-free-mb", "nan"], None, "expected a finite number >= 0 for --min-free-mb, found nan"),
         ([], "keep-inputs-gb: [1, 2]\n", "keep-inputs-gb: expected a single value"),
-        ([], "keep-days: forever\n", "keep-days: expected a number >= 0 for --keep-days, found 'forever'"),
+        (
+            [],
+            "keep-days: forever\n",
+            "keep-days: expected a finite number >= 0 for --keep-days, found 'forever'",
+        ),
     ],
 )
 def test_bad_disk_options_are_refused_in_one_line(tmp_path, capsys, cli, yaml_text, words):

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from edgetile.runtime.serve import register
-from edgetile.runtime.serve.config import ConfigError, ServeConfig, merge_options
+from edgetile.runtime.options.files import resolve_options
+from edgetile.runtime.serve.command import register
+from edgetile.runtime.serve.config import ConfigError, ServeConfig
 from edgetile.runtime.serve.sources import FolderWatcher
 from edgetile.runtime.serve.store import Outcome, PhotoQueue
 from edgetile.runtime.serve.telemetry import Rail, Sensors, StageHistograms, read_sensors, render_prometheus
@@ -285,7 +286,7 @@ def test_config_file_and_command_line_merge(tmp_path, yaml_text, cli, expected):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml_text)
     a = serve_parser().parse_args(["serve", "--config", str(cfg), *cli])
-    merged = vars(merge_options(a, a._serve_defaults))
+    merged = vars(resolve_options(a))
     assert {k: merged[k] for k in expected} == expected
 
 
@@ -305,7 +306,7 @@ def test_config_problems_raise_config_error(tmp_path, monkeypatch, cli, words):
     monkeypatch.chdir(tmp_path)
     a = serve_parser().parse_args(["serve", *cli])
     with pytest.raises(ConfigError) as info:
-        ServeConfig.from_options(merge_options(a, a._serve_defaults))
+        ServeConfig.from_options(resolve_options(a))
     assert words in str(info.value)
 
 
@@ -322,6 +323,6 @@ def test_importing_the_runtime_and_building_the_cli_loads_no_web_framework():
 def test_the_shipped_example_config_is_valid():
     example = Path(__file__).resolve().parents[1] / "deploy" / "serve.yaml"
     a = serve_parser().parse_args(["serve", "--config", str(example)])
-    merged = merge_options(a, a._serve_defaults)
+    merged = resolve_options(a)
     assert merged.watch == ["/media/sdcard/DCIM", "/srv/ftp/incoming"] and merged.frame_stride == 15
     assert merged.host == "127.0.0.1" and merged.port == 8765 and merged.conf == 0.2

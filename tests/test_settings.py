@@ -11,11 +11,12 @@ import cv2
 import numpy as np
 import pytest
 
-from edgetile.runtime.cli import build_parser, detect_config_from_args
+from edgetile.runtime.cli import build_parser
 from edgetile.runtime.detector import DetectConfig
-from edgetile.runtime.serve import register
-from edgetile.runtime.serve.config import ServeConfig, merge_options
-from edgetile.runtime.settings import resolve
+from edgetile.runtime.options.detect import detect_config_from_args
+from edgetile.runtime.options.files import resolve_options
+from edgetile.runtime.serve.command import register
+from edgetile.runtime.serve.config import ServeConfig
 from edgetile.train.evaluation import SweepResult
 from onnx_models import red_blob_model
 
@@ -34,7 +35,9 @@ def run(*args, cmd=EDGETILE, cwd=None):
 
 def detect_namespace(*words):
     """What cmd_detect hands to run_detect: detect's parse, then the settings file and the defaults."""
-    return resolve(build_parser().parse_args(["detect", "PHOTOS", "--out", "results", *map(str, words)]))
+    return resolve_options(
+        build_parser().parse_args(["detect", "PHOTOS", "--out", "results", *map(str, words)])
+    )
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +123,7 @@ def test_sweep_settings_file_gives_detect_and_serve_the_sweep_config(tmp_path, m
     p = argparse.ArgumentParser()
     register(p.add_subparsers(dest="command"))
     a = p.parse_args(["serve", "--config", str(paths["yaml"])])
-    merged = merge_options(a, a._serve_defaults)
+    merged = resolve_options(a)
     assert detect_config_from_args(merged) == cfg
     assert merged.model_weights == weights
     ServeConfig.from_options(merged)

@@ -19,8 +19,7 @@ from edgetile.train.synth import SceneConfig, write_dataset
 from edgetile.train.tiles import Photo, cut_tiles, read_manifest, window_boxes
 from onnx_models import red_blob_model
 
-# As the console script runs it (not `python -m edgetile.runtime.cli`, whose __main__ copy of the module
-# has its own UsageError class that the subcommands' errors do not match).
+# As the console script runs it: main() imported from the package, not run as `python -m`.
 EDGETILE = [sys.executable, "-c", "import sys; from edgetile.runtime.cli import main; sys.exit(main())"]
 SMALL = SceneConfig(
     width=512, height=384, people=(2, 4), person_px=(16, 48), rocks=(1, 3), logs=(1, 2), bushes=(1, 4)

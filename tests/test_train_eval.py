@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from edgetile.runtime.annotations import AnnotatedPhoto, Dataset, load_dataset
-from edgetile.runtime.cli import build_parser, detect_config_from_args
+from edgetile.runtime.cli import build_parser
 from edgetile.runtime.detector import DetectConfig, Detector
 from edgetile.runtime.metrics import evaluate
-from edgetile.runtime.settings import resolve
+from edgetile.runtime.options.detect import detect_config_from_args
+from edgetile.runtime.options.files import resolve_options
 from edgetile.train.evaluation import SweepGrid, sweep
 from onnx_models import red_blob_model
 
@@ -135,7 +136,7 @@ def test_eval_cli_writes_metrics_curve_and_detect_settings_detect_accepts(tmp_pa
     best = json.loads((out / "best_detect.json").read_text())
     # The written command line, parsed by detect's own parser, gives the written DetectConfig.
     words = best["command"].split()[1:]
-    a = resolve(build_parser().parse_args(words))
+    a = resolve_options(build_parser().parse_args(words))
     assert a.command == "detect" and a.sources == ["PHOTOS"]
     cfg = best["detect_config"]
     written = DetectConfig(**{**cfg, "tta": tuple(cfg["tta"])})
@@ -143,7 +144,9 @@ def test_eval_cli_writes_metrics_curve_and_detect_settings_detect_accepts(tmp_pa
     assert (out / "best_detect.txt").read_text().strip() == best["command"]
     # best_detect.yaml, read by detect --settings, gives the same DetectConfig; its header says where it came from.
     yaml_path = out / "best_detect.yaml"
-    a = resolve(build_parser().parse_args(["detect", "PHOTOS", "--out", "r", "--settings", str(yaml_path)]))
+    a = resolve_options(
+        build_parser().parse_args(["detect", "PHOTOS", "--out", "r", "--settings", str(yaml_path)])
+    )
     assert detect_config_from_args(a) == written
     header = yaml_path.read_text().split("\n# ")
     assert any(line.startswith(f"data: {voc}") and "4 photo(s)" in line for line in header)

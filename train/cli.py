@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from edgetile.runtime.argtypes import finite_number, int_at_least, number_in
-from edgetile.runtime.cli import EXIT_OK, EXIT_SOME_FAILED, UsageError
+from edgetile.runtime.options import EXIT_OK, EXIT_SOME_FAILED, UsageError
 
 FORMATS = ("auto", "voc", "yolo", "coco")
 
@@ -480,7 +480,7 @@ def _floats(name: str):
 
 def register_eval(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """`edgetile eval --model M --data DIR [--sweep]`."""
-    from edgetile.runtime.cli import add_detect_options
+    from edgetile.runtime.options.detect import add_detect_options
 
     p = subparsers.add_parser(
         "eval",
@@ -568,8 +568,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     import shlex
 
     from edgetile.runtime.annotations import load_dataset
-    from edgetile.runtime.cli import detect_config_from_args, open_detector
     from edgetile.runtime.metrics import evaluate
+    from edgetile.runtime.options.detect import detect_config_from_args, model_paths, open_detector
 
     from .evaluation import SweepGrid, sweep, write_eval
 
@@ -599,12 +599,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
         print(result.summary(), file=sys.stderr)
         print(f"results: {files['metrics']}  {files['pr_curve']}  {files['detections']}", file=sys.stderr)
     if a.sweep:
-        from edgetile.runtime.cli import DEMO_MODEL
-
         merges = tuple(m.strip() for m in a.sweep_merge.split(",") if m.strip())
         try:
             grid = SweepGrid(confs=a.sweep_conf, merges=merges, merge_thrs=a.sweep_merge_thr)
-            models = a.model or [str(DEMO_MODEL)]
+            models = model_paths(a)
             res = sweep(
                 models,
                 ds,
@@ -654,7 +652,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 def register_pseudo_label(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """`edgetile pseudo-label PHOTOS --model M --out DIR`."""
-    from edgetile.runtime.cli import add_detect_options
+    from edgetile.runtime.options.detect import add_detect_options
 
     p = subparsers.add_parser(
         "pseudo-label",
@@ -697,14 +695,11 @@ def register_pseudo_label(subparsers: argparse._SubParsersAction) -> argparse.Ar
 
 
 def cmd_pseudo_label(a: argparse.Namespace) -> int:
-    from edgetile.runtime.cli import DEMO_MODEL, detect_config_from_args
+    from edgetile.runtime.options.detect import detect_config_from_args, model_paths
 
     from .pseudo import PseudoLabelFilter, pseudo_label
 
-    models = a.model or [str(DEMO_MODEL)]
-    for m in models:
-        if not Path(m).is_file():
-            raise UsageError(f"--model: file not found: {m}")
+    models = model_paths(a)
     try:
         flt = PseudoLabelFilter(
             conf=a.conf, ambiguous=min(a.ambiguous, a.conf), min_boxes=a.min_boxes, max_boxes=a.max_boxes

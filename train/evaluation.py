@@ -32,6 +32,7 @@ from edgetile.runtime.metrics import (
     operating_point,
     score_detections,
 )
+from edgetile.runtime.options.detect import detect_args, detect_settings
 
 OBJECTIVES = ("f1", "lacmus_ap50", "lacmus_f1", "map50", "map75", "map50_95")
 
@@ -217,47 +218,6 @@ class SweepResult:
             "json": out / "best_detect.json",
             "txt": out / "best_detect.txt",
         }
-
-
-def detect_settings(cfg: DetectConfig, weights: Sequence[float] | None = None) -> dict[str, object]:
-    """DetectConfig as `edgetile detect` option names -> values (only the options detect has).
-
-    Args:
-        cfg: The settings.
-        weights: Ensemble weights, or None: written as model-weights, since scores hold only for them.
-    """
-    out: dict[str, object] = {
-        "tile": cfg.tile,
-        "overlap": cfg.overlap,
-        "conf": cfg.conf,
-        "iou": cfg.iou,
-        "merge": cfg.merge,
-        "merge-thr": cfg.merge_thr,
-        "tta": cfg.tta[0] if cfg.tta else "none",
-        "full-frame": cfg.full_frame,
-    }
-    if cfg.batch is not None:
-        out["batch"] = cfg.batch
-    if weights is not None:
-        out["model-weights"] = [float(w) for w in weights]
-    return out
-
-
-def detect_args(cfg: DetectConfig, weights: Sequence[float] | None = None) -> list[str]:
-    """:func:`detect_settings` as command-line words (a flag only when it is on)."""
-
-    def word(v: object) -> str:
-        return f"{v:g}" if isinstance(v, float) else str(v)
-
-    args: list[str] = []
-    for key, value in detect_settings(cfg, weights).items():
-        if isinstance(value, bool):
-            args += [f"--{key}"] if value else []
-        elif isinstance(value, list):
-            args += [f"--{key}", *map(word, value)]
-        else:
-            args += [f"--{key}", word(value)]
-    return args
 
 
 def _collect(

@@ -1,8 +1,8 @@
-"""The daemon's configuration: command-line options over a YAML file over defaults, checked before start.
+"""The daemon's configuration, checked before start.
 
-A YAML key is a long option name without its dashes (``frame-stride`` or ``frame_stride``); its value
-goes through the same parser as the option, so ``conf: 2`` is refused exactly like ``--conf 2``. An
-option that takes several values takes a YAML list (a single value is a list of one).
+The options come merged (command line over the --config file over the defaults) by
+:func:`edgetile.runtime.options.files.resolve_options`; :meth:`ServeConfig.from_options` checks what
+they describe and builds the configuration.
 """
 
 from __future__ import annotations
@@ -10,99 +10,11 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import socket
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..images import IMAGE_EXTENSIONS
-
-
-class ConfigError(ValueError):
-    """A configuration problem, reported in one line before the daemon starts (exit code 2)."""
-
-
-def _convert(action: argparse.Action, key: str, value: object, source: str):
-    where = f"{source}: {key}"
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, found {value!r}")
-        return value if isinstance(action, argparse._StoreTrueAction) else not value
-
-    def one(v: object):
-        if isinstance(v, (dict, list)) or v is None:
-            raise ConfigError(f"{where}: expected a single value, found {v!r}")
-        text = str(v).lower() if isinstance(v, bool) else str(v)
-        try:
-            out = action.type(text) if action.type else text
-        except (argparse.ArgumentTypeError, ValueError) as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-        if action.choices is not None and out not in action.choices:
-            raise ConfigError(f"{where}: expected one of {', '.join(map(str, action.choices))}, found {v!r}")
-        return out
-
-    if action.nargs in ("+", "*"):
-        values = value if isinstance(value, list) else [value]
-        if not values:
-            raise ConfigError(f"{where}: expected at least one value, found an empty list")
-        return [one(v) for v in values]
-    return one(value)
-
-
-def merge_options(given: argparse.Namespace, defaults: Mapping[str, object]) -> argparse.Namespace:
-    """Options from the command line, then the --config file, then the defaults.
-
-    Args:
-        given: What argparse parsed: only the options given on the command line (the serve
-            parser's defaults are SUPPRESS), plus ``_serve_actions`` (dest -> argparse action, used
-            to check the file's values exactly as the command line's).
-        defaults: dest -> default of every serve option.
-
-    Raises:
-        ConfigError: unreadable file, unknown key, or a value its option would refuse.
-    """
-    actions: dict[str, argparse.Action] = getattr(given, "_serve_actions", {})
-    merged = dict(defaults)
-    config = getattr(given, "config", None)
-    if config:
-        for dest, value in load_yaml(config).items():
-            key = dest.replace("-", "_")
-            if key not in actions or key in ("config",):
-                known = ", ".join(sorted(k for k in actions if k != "config"))
-                raise ConfigError(f"{config}: unknown key {dest!r}; expected one of: {known}")
-            merged[key] = _convert(actions[key], dest, value, config)
-    for k, v in vars(given).items():
-        if k in defaults:
-            merged[k] = v
-    return argparse.Namespace(**merged)
-
-
-def load_yaml(path: str | Path, option: str = "--config") -> dict:
-    """A YAML mapping from a file; anything else is a ConfigError naming the option and what was found."""
-    try:
-        import yaml
-    except ImportError as exc:
-        raise ConfigError(
-            f"{option} needs PyYAML, part of the serve extra (pip install 'edgetile[serve]'): {exc}"
-        ) from None
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise ConfigError(f"{option}: cannot read {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{option} {path}: expected a UTF-8 text file of YAML, found binary data") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"{option} {path}: not valid YAML: {first}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{option} {path}: expected a mapping of option names to values, found {type(data).__name__}"
-        )
-    return data
+from ..options.files import ConfigError
 
 
 def is_loopback(host: str) -> bool:

@@ -9,18 +9,17 @@ start (see :mod:`.store`).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 
 from ..images import ImageReadError
+from ..options import EXIT_OK, EXIT_WORKER_FAILED
 from ..readahead import prefetch, read_ahead_bytes, read_in_turn, read_within
-from .config import ConfigError, ServeConfig, merge_options
+from .config import ConfigError, ServeConfig
 from .hooks import ResultHooks
 from .retention import GIB, MIB, DiskFloor, Retention, human_bytes
 from .sources import FolderWatcher, VideoReader
@@ -28,8 +27,6 @@ from .store import Item, Outcome, PhotoQueue
 from .telemetry import StageHistograms
 
 log = logging.getLogger("edgetile.serve")
-
-EXIT_OK, EXIT_WORKER_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def sd_notify(message: str) -> None:
@@ -390,63 +387,3 @@ class Daemon:
         finally:
             if lock is not None:
                 lock.close()
-
-
-def _setup_logging(level: str) -> list[tuple[logging.Logger, logging.Handler]]:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s edgetile serve %(levelname)s: %(message)s"))
-    installed = []
-    for name in ("edgetile.serve", "uvicorn"):
-        logger = logging.getLogger(name)
-        logger.addHandler(handler)
-        logger.propagate = False
-        installed.append((logger, handler))
-    logging.getLogger("edgetile.serve").setLevel(level.upper())
-    return installed
-
-
-def serve_command(a: argparse.Namespace) -> int:
-    """``edgetile serve``: merge options and config file, open the detector, run the daemon."""
-    from ..cli import UsageError, open_detector
-
-    try:
-        options = merge_options(a, a._serve_defaults)
-        config = ServeConfig.from_options(options)
-    except ConfigError as exc:
-        print(f"edgetile serve: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as exc:
-        print(
-            f"edgetile serve: error: needs the serve extra (pip install 'edgetile[serve]'): {exc}",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
-    installed = _setup_logging(config.log_level)
-    try:
-        try:
-            detector = open_detector(options)
-        except UsageError as exc:
-            print(f"edgetile serve: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        with detector:
-            from ..options.geo import serve_geo_config_from_args
-            from .geo_hooks import open_result_hooks
-
-            try:
-                hooks = open_result_hooks(serve_geo_config_from_args(options), config.state)
-            except ValueError as exc:
-                print(f"edgetile serve: error: {exc}", file=sys.stderr)
-                return EXIT_USAGE
-            try:
-                return Daemon(config, detector, hooks).run()
-            except ConfigError as exc:
-                print(f"edgetile serve: error: {exc}", file=sys.stderr)
-                return EXIT_USAGE
-            finally:
-                hooks.close()  # e.g. the MQTT goodbye (retained status 'offline')
-    finally:
-        for logger, handler in installed:
-            logger.removeHandler(handler)
