@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, ClassVar
@@ -80,7 +80,9 @@ class Backend(ABC):
         """
         return type(self).infer_views is not Backend.infer_views
 
-    def infer_views(self, image: np.ndarray, views: Views, batch: int, conf: float) -> Iterator[np.ndarray]:
+    def infer_views(
+        self, image: np.ndarray, views: Views, batch: int, conf: float
+    ) -> Generator[np.ndarray, None, None]:
         """Preprocess, infer and filter every view of an image, a batch at a time (the GPU path).
 
         decode_yolo gives on each yielded array exactly what it gives on the full output of

@@ -31,7 +31,7 @@ import json
 import re
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -620,7 +620,9 @@ class TensorRTBackend(Backend):
         return [h.view(dt).reshape(shape).copy() for h, dt, shape in views]
 
     # -- the GPU path ------------------------------------------------------------------------------
-    def infer_views(self, image: np.ndarray, views: Views, batch: int, conf: float) -> Iterator[np.ndarray]:
+    def infer_views(
+        self, image: np.ndarray, views: Views, batch: int, conf: float
+    ) -> Generator[np.ndarray, None, None]:
         """Preprocess, infer and filter every view of an image on the GPU, a batch at a time.
 
         Args:
