@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import merge
 from .backends import Backend, create_backend
 from .decode import check_yolo_output, decode_yolo, to_image
-from .merge import MERGE_METHODS, merge_boxes, suppress_cut_boxes
+from .merge import MERGE_METHODS, merge_boxes, suppress_cut_boxes, wbf
 from .model import ModelInfo, model_info
 from .preprocess import BatchBuffer, Views, full_frame_view, tile_views
 from .results import Detections
@@ -309,7 +308,7 @@ class Detector:
         if len(merged) == 1:
             return merged[0].sorted()
         t0 = time.perf_counter()
-        boxes, scores, labels = merge.wbf(
+        boxes, scores, labels = wbf(
             [p.xyxy for p in merged],
             [p.scores for p in merged],
             [p.class_ids for p in merged],
