@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 
 #: The keys every record of :meth:`Detections.to_records` has; a data key may not take one of them.
 RECORD_FIELDS = ("bbox", "score", "class_id", "class_name")
 
-DataValue = np.ndarray | list
+DataValue = Union[np.ndarray, list]  # Union: the package still supports Python 3.8
 
 
 @dataclass
@@ -147,9 +147,13 @@ class Detections:
                         )
             elif names is not None and r.get("class_name") in by_name:
                 cid = by_name[r["class_name"]]
+            elif names is not None:
+                raise ValueError(
+                    f"records[{i}]: expected a class_id, or a class_name of {sorted(by_name)}, found "
+                    f"class_name {r.get('class_name')!r}"
+                )
             else:
-                known = f"one of {sorted(by_name)}" if names is not None else "a class_id (no names given)"
-                raise ValueError(f"records[{i}]: expected class_id or a class_name {known}, found neither")
+                raise ValueError(f"records[{i}].class_id: expected an integer (no names given), found none")
             boxes.append([float(v) for v in bbox])
             scores.append(float(r["score"]))
             class_ids.append(cid)

@@ -151,7 +151,7 @@ BAD_RECORDS = [
     ),
     (
         [{"bbox": [0, 0, 1, 1], "score": 0.5, "class_name": "car"}],
-        r"records\[0\]: expected class_id or a class_name",
+        r"records\[0\]: expected a class_id, or a class_name of \['person'\], found class_name 'car'",
     ),
     (["not a record"], r"records\[0\]: expected a mapping, found str"),
 ]
@@ -175,6 +175,8 @@ def test_from_records_takes_the_class_from_its_name_and_keys_some_records_lack()
     assert "lat" not in d.to_records({})[1] and d.to_records({})[2]["lat"] == 59.0
     without_names = Detections.from_records(records[1:])  # class_name is then not checked
     assert without_names.class_ids.tolist() == [0, 1]
+    with pytest.raises(ValueError, match=r"records\[0\]\.class_id: expected an integer \(no names given\)"):
+        Detections.from_records(records[:1])
 
 
 def test_result_writer_writes_the_same_csv_from_detections_or_from_records(tmp_path):
