@@ -1,5 +1,9 @@
 """Tiled detection of small objects in large images: plan -> preprocess -> backend -> decode -> merge.
 
+detect() is two steps that may also be called apart: candidates() runs the models (plan to decode) and
+merge() joins their boxes (cross-tile merge, then fusion of passes and models), so one image's
+candidates can be merged by several settings without running the models again.
+
 One Detector holds its models, backends and one reusable input batch per model; it keeps no other
 state between images, so one instance can serve a daemon for days.
 """
@@ -13,17 +17,21 @@ from pathlib import Path
 
 import numpy as np
 
-from . import merge
 from .backends import Backend, create_backend
 from .decode import check_yolo_output, decode_yolo, to_image
+from .merge import MERGE_METHODS, merge_boxes, suppress_cut_boxes, wbf
 from .model import ModelInfo, model_info
 from .preprocess import BatchBuffer, Views, full_frame_view, tile_views
 from .results import Detections
 from .tiling import plan_tiles, validate_tiling
 
-MERGE_METHODS = ("ios", "nms", "nmm", "wbf")
 TTA_MODES = ("flip",)
 DEFAULT_DYNAMIC_BATCH = 8
+#: DetectConfig fields that decide which boxes the models yield (tiling, thresholds, passes): candidates
+#: found with one value of them cannot be merged as if found with another. batch is in neither group:
+#: it changes how views are grouped into inference calls, not what is found. The merge reads the rest
+#: (merge, merge_thr, fusion_iou).
+CANDIDATE_FIELDS = ("tile", "overlap", "full_frame", "conf", "iou", "max_det", "tta")
 
 
 @dataclass(frozen=True)
@@ -83,56 +91,44 @@ class _Model:
     info: ModelInfo
     buffer: BatchBuffer
     weight: float
+    gpu_path: bool
 
 
-def suppress_cut_boxes(dets: Detections, cut: np.ndarray, thr: float) -> Detections:
-    """Drop boxes cut by an interior tile side when a complete box of the same class covers them.
+@dataclass(frozen=True)
+class PassCandidates:
+    """The boxes of one pass (one model, plain or mirrored) over an image, before the cross-tile merge.
 
-    A person cut by a tile edge is seen whole in the neighbouring tile (the overlap is wider than a
-    person); keeping only the complete box makes the merge return a box around the whole person,
-    whichever of the two scored higher.
-
-    Args:
-        dets: Boxes of all tiles in image pixels.
+    Attributes:
+        detections: Every view's boxes in image pixels, view after view, each view's by descending score.
         cut: (N,) bool, the box touches an interior side of its tile.
-        thr: A cut box goes when more than this fraction of its area lies inside a complete box.
+        weight: The model's ensemble weight.
     """
-    cut = np.asarray(cut, bool)
-    if not cut.any() or cut.all():
-        return dets
-    ci, wi = np.flatnonzero(cut), np.flatnonzero(~cut)
-    whole = dets.xyxy[wi].astype(np.float64)
-    drop = np.zeros(len(dets), bool)
-    for start in range(0, len(ci), 256):  # bounded memory: 256 x N at a time
-        idx = ci[start : start + 256]
-        b = dets.xyxy[idx].astype(np.float64)
-        iw = np.minimum(b[:, None, 2], whole[None, :, 2]) - np.maximum(b[:, None, 0], whole[None, :, 0])
-        ih = np.minimum(b[:, None, 3], whole[None, :, 3]) - np.maximum(b[:, None, 1], whole[None, :, 1])
-        inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
-        area = np.maximum((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]), 1e-9)
-        same = dets.class_ids[idx][:, None] == dets.class_ids[wi][None, :]
-        drop[idx] = ((inter / area[:, None] > thr) & same).any(axis=1)
-    return dets[~drop]
+
+    detections: Detections
+    cut: np.ndarray
+    weight: float
+
+    def __post_init__(self) -> None:
+        cut = np.asarray(self.cut)
+        if cut.shape != (len(self.detections),) or cut.dtype != bool:
+            raise ValueError(
+                f"cut: expected ({len(self.detections)},) bool, one per box, found {cut.shape} {cut.dtype}"
+            )
 
 
-def merge_boxes(dets: Detections, method: str, thr: float) -> Detections:
-    """Join duplicate boxes of overlapping tiles by the named method (class-aware)."""
-    if len(dets) < 2:
-        return dets
-    if method in ("ios", "nms"):
-        keep = merge.nms(
-            dets.xyxy, dets.scores, dets.class_ids, iou_thr=thr, metric="iou" if method == "nms" else "ios"
-        )
-        return dets[keep]
-    if method == "nmm":
-        boxes, scores, labels, _groups = merge.greedy_nmm(
-            dets.xyxy, dets.scores, dets.class_ids, match_thr=thr, metric="ios"
-        )
-        return Detections(boxes, scores, labels)
-    if method == "wbf":
-        boxes, scores, labels = merge.wbf([dets.xyxy], [dets.scores], [dets.class_ids], iou_thr=thr)
-        return Detections(boxes, scores, labels)
-    raise ValueError(f"merge: expected one of {', '.join(MERGE_METHODS)}, found {method!r}")
+@dataclass(frozen=True)
+class Candidates:
+    """What the models found in one image before the cross-tile merge: the input of Detector.merge.
+
+    Attributes:
+        passes: One per model and TTA pass, in the order the fusion weighs them.
+        config: The settings they were found with; a merge must keep its CANDIDATE_FIELDS.
+        batches: Inference calls (batches of views) the models ran for them.
+    """
+
+    passes: tuple[PassCandidates, ...]
+    config: DetectConfig
+    batches: int
 
 
 class Detector:
@@ -205,12 +201,13 @@ class Detector:
             elif batch is None:
                 batch = DEFAULT_DYNAMIC_BATCH
             buffer = BatchBuffer(batch, info.input_hw, be.input_dtype)
-            if getattr(be, "infer_views", None) is None:  # the GPU path never touches the host batch
+            gpu_path = be.has_gpu_path
+            if not gpu_path:  # the GPU path never touches the host batch
                 buffer.array[:] = 0  # padding slots of a fixed-batch model hold zeros, never garbage
         except BaseException:
             be.close()
             raise
-        return _Model(path, be, info, buffer, weight)
+        return _Model(path, be, info, buffer, weight, gpu_path)
 
     @property
     def infers_on_cpu(self) -> bool:
@@ -223,7 +220,7 @@ class Detector:
         return self._models[0].info.input_hw
 
     def detect(self, image: np.ndarray, timings: dict[str, float] | None = None) -> Detections:
-        """Detect objects in one image.
+        """Detect objects in one image: :meth:`candidates`, then :meth:`merge` with this config.
 
         Args:
             image: (H, W, 3) uint8 BGR image of any size.
@@ -232,6 +229,25 @@ class Detector:
 
         Returns:
             Detections in image pixels, by descending score.
+        """
+        t = timings if timings is not None else {}
+        for k in ("slice", "preprocess", "infer", "decode", "merge", "fuse"):
+            t.setdefault(k, 0.0)
+        return self.merge(self.candidates(image, t), timings=t)
+
+    def candidates(self, image: np.ndarray, timings: dict[str, float] | None = None) -> Candidates:
+        """Every model's boxes in one image, before the cross-tile merge (the models' part of detect).
+
+        The models run here and only here: :meth:`merge` can then join the same candidates by several
+        merge settings, as the sweep of ``edgetile eval`` does.
+
+        Args:
+            image: (H, W, 3) uint8 BGR image of any size.
+            timings: When given, milliseconds per stage are added to it (slice, preprocess, infer,
+                decode).
+
+        Returns:
+            One PassCandidates per model and TTA pass, found with this detector's config.
         """
         if (
             not isinstance(image, np.ndarray)
@@ -243,24 +259,61 @@ class Detector:
             dtype = getattr(image, "dtype", type(image).__name__)
             raise ValueError(f"image: expected an (H, W, 3) uint8 BGR array, found shape {shape} of {dtype}")
         t = timings if timings is not None else {}
-        for k in ("slice", "preprocess", "infer", "decode", "merge", "fuse"):
+        for k in ("slice", "preprocess", "infer", "decode"):
             t.setdefault(k, 0.0)
-        passes: list[Detections] = []
-        weights: list[float] = []
+        passes: list[PassCandidates] = []
+        batches = 0
         flips = (False, True) if "flip" in self.config.tta else (False,)
         for m in self._models:
             for flip in flips:
-                passes.append(self._run_pass(image, m, flip, t))
-                weights.append(m.weight)
-        if len(passes) == 1:
-            return passes[0].sorted()
+                found, ran = self._run_pass(image, m, flip, t)
+                passes.append(found)
+                batches += ran
+        return Candidates(tuple(passes), self.config, batches)
+
+    def merge(
+        self,
+        candidates: Candidates,
+        config: DetectConfig | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> Detections:
+        """Join candidates across tiles, then passes and models (the rest of detect).
+
+        Args:
+            candidates: What :meth:`candidates` of this detector found in one image.
+            config: Merge settings (merge, merge_thr, fusion_iou); default this detector's. Its other
+                fields must be those the candidates were found with (CANDIDATE_FIELDS).
+            timings: When given, milliseconds are added to it (merge, fuse).
+
+        Returns:
+            Detections in image pixels, by descending score: what detect returns with config.
+        """
+        cfg = self.config if config is None else config
+        for name in CANDIDATE_FIELDS:
+            want, found = getattr(candidates.config, name), getattr(cfg, name)
+            if want != found:
+                raise ValueError(
+                    f"config.{name}: expected {want!r}, the value the candidates were found with (find "
+                    f"candidates again for another), found {found!r}"
+                )
+        t = timings if timings is not None else {}
+        for k in ("merge", "fuse"):
+            t.setdefault(k, 0.0)
+        merged: list[Detections] = []
+        for p in candidates.passes:
+            t0 = time.perf_counter()
+            dets = suppress_cut_boxes(p.detections, p.cut, cfg.merge_thr)
+            merged.append(merge_boxes(dets, cfg.merge, cfg.merge_thr))
+            t["merge"] += (time.perf_counter() - t0) * 1000
+        if len(merged) == 1:
+            return merged[0].sorted()
         t0 = time.perf_counter()
-        boxes, scores, labels = merge.wbf(
-            [p.xyxy for p in passes],
-            [p.scores for p in passes],
-            [p.class_ids for p in passes],
-            weights=weights,
-            iou_thr=self.config.fusion_iou,
+        boxes, scores, labels = wbf(
+            [p.xyxy for p in merged],
+            [p.scores for p in merged],
+            [p.class_ids for p in merged],
+            weights=[p.weight for p in candidates.passes],
+            iou_thr=cfg.fusion_iou,
             skip_box_thr=0.0,
             conf_type="avg",
         )
@@ -268,7 +321,9 @@ class Detector:
         t["fuse"] += (time.perf_counter() - t0) * 1000
         return fused.sorted()
 
-    def _run_pass(self, image: np.ndarray, m: _Model, flip: bool, t: dict[str, float]) -> Detections:
+    def _run_pass(
+        self, image: np.ndarray, m: _Model, flip: bool, t: dict[str, float]
+    ) -> tuple[PassCandidates, int]:
         cfg = self.config
         H, W = image.shape[:2]
         t0 = time.perf_counter()
@@ -281,11 +336,11 @@ class Detector:
         cuts: list[np.ndarray] = []
         cap = m.buffer.capacity
         nc = len(m.info.names) or None
-        # A backend with a GPU path (infer_views) preprocesses, infers and filters on the device, batches
-        # pipelined; it yields per batch the output restricted to candidates above conf, (n, 4 + nc, M),
-        # which decodes exactly like the full output. Its preprocessing counts as infer time.
-        infer_views = getattr(m.backend, "infer_views", None)
-        device_batches = infer_views(image, views, cap, cfg.conf) if infer_views is not None else None
+        # On the GPU path the backend preprocesses, infers and filters on the device, batches pipelined;
+        # it yields per batch the output restricted to candidates above conf, (n, 4 + nc, M), which
+        # decodes exactly like the full output. Its preprocessing counts as infer time.
+        device_batches = m.backend.infer_views(image, views, cap, cfg.conf) if m.gpu_path else None
+        batches = 0
         try:
             for start in range(0, len(views), cap):
                 v = views.subset(slice(start, start + cap))
@@ -301,6 +356,7 @@ class Detector:
                 else:
                     rows, t1 = n, t0
                     out = next(device_batches)
+                batches += 1
                 t2 = time.perf_counter()
                 check_yolo_output(out, rows, nc)
                 for i, (b, s, lab) in enumerate(decode_yolo(out, n, cfg.conf, cfg.iou, cfg.max_det)):
@@ -315,12 +371,11 @@ class Detector:
             if device_batches is not None:
                 device_batches.close()  # the backend finishes its queued GPU work before the next image
         t0 = time.perf_counter()
-        dets = Detections.concat(parts)
-        cut = np.concatenate(cuts) if cuts else np.zeros(0, bool)
-        dets = suppress_cut_boxes(dets, cut, cfg.merge_thr)
-        dets = merge_boxes(dets, cfg.merge, cfg.merge_thr)
-        t["merge"] += (time.perf_counter() - t0) * 1000
-        return dets
+        found = PassCandidates(
+            Detections.concat(parts), np.concatenate(cuts) if cuts else np.zeros(0, bool), m.weight
+        )
+        t["decode"] += (time.perf_counter() - t0) * 1000
+        return found, batches
 
     def close(self) -> None:
         """Release every backend. Safe to call twice."""

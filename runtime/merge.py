@@ -18,6 +18,10 @@ one explicitly (the tests run the whole suite against both). There is no global 
 Dtypes: boxes and scores may be float32, float64 or integer arrays, contiguous or not. Output boxes
 (and scores) are float32 when the corresponding input is float32, float64 otherwise; indices and
 labels are int64. Coordinates may be normalized or in pixels; nothing is clipped unless asked.
+
+The Detector's two cross-tile steps work on :class:`~edgetile.runtime.results.Detections` with them:
+:func:`suppress_cut_boxes` (a box cut by a tile side goes when a complete box covers it), then
+:func:`merge_boxes` (the method a DetectConfig names, one of :data:`MERGE_METHODS`).
 """
 
 from __future__ import annotations
@@ -29,8 +33,19 @@ from types import ModuleType
 import numpy as np
 
 from . import _merge_ref
+from .results import Detections
 
-__all__ = ["AVAILABLE_BACKENDS", "BACKEND", "C_UNAVAILABLE_REASON", "greedy_nmm", "nms", "wbf"]
+__all__ = [
+    "AVAILABLE_BACKENDS",
+    "BACKEND",
+    "C_UNAVAILABLE_REASON",
+    "MERGE_METHODS",
+    "greedy_nmm",
+    "merge_boxes",
+    "nms",
+    "suppress_cut_boxes",
+    "wbf",
+]
 
 _C_KERNELS: ModuleType | None
 if os.environ.get("EDGETILE_PUREPYTHON", "") not in ("", "0"):
@@ -53,6 +68,9 @@ AVAILABLE_BACKENDS: tuple[str, ...] = ("c", "numpy") if _C_KERNELS is not None e
 _DEFAULT_KERNELS: ModuleType = _C_KERNELS if _C_KERNELS is not None else _merge_ref
 
 _FLOAT32 = np.dtype(np.float32)
+
+#: The cross-tile merges a DetectConfig may name (see :func:`merge_boxes`).
+MERGE_METHODS = ("ios", "nms", "nmm", "wbf")
 
 
 def _kernels(backend: str | None) -> ModuleType:
@@ -381,3 +399,58 @@ def wbf(
         out_scores[:f].astype(score_dtype),
         out_labels[:f].copy(),
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# The Detector's merge steps, on Detections
+# --------------------------------------------------------------------------------------------------
+
+
+def suppress_cut_boxes(dets: Detections, cut: np.ndarray, thr: float) -> Detections:
+    """Drop boxes cut by an interior tile side when a complete box of the same class covers them.
+
+    A person cut by a tile edge is seen whole in the neighbouring tile (the overlap is wider than a
+    person); keeping only the complete box makes the merge return a box around the whole person,
+    whichever of the two scored higher.
+
+    Args:
+        dets: Boxes of all tiles in image pixels.
+        cut: (N,) bool, the box touches an interior side of its tile.
+        thr: A cut box goes when more than this fraction of its area lies inside a complete box.
+    """
+    cut = np.asarray(cut, bool)
+    if not cut.any() or cut.all():
+        return dets
+    ci, wi = np.flatnonzero(cut), np.flatnonzero(~cut)
+    whole = dets.xyxy[wi].astype(np.float64)
+    drop = np.zeros(len(dets), bool)
+    for start in range(0, len(ci), 256):  # bounded memory: 256 x N at a time
+        idx = ci[start : start + 256]
+        b = dets.xyxy[idx].astype(np.float64)
+        iw = np.minimum(b[:, None, 2], whole[None, :, 2]) - np.maximum(b[:, None, 0], whole[None, :, 0])
+        ih = np.minimum(b[:, None, 3], whole[None, :, 3]) - np.maximum(b[:, None, 1], whole[None, :, 1])
+        inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+        area = np.maximum((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]), 1e-9)
+        same = dets.class_ids[idx][:, None] == dets.class_ids[wi][None, :]
+        drop[idx] = ((inter / area[:, None] > thr) & same).any(axis=1)
+    return dets[~drop]
+
+
+def merge_boxes(dets: Detections, method: str, thr: float) -> Detections:
+    """Join duplicate boxes of overlapping tiles by the named method (class-aware)."""
+    if len(dets) < 2:
+        return dets
+    if method in ("ios", "nms"):
+        keep = nms(
+            dets.xyxy, dets.scores, dets.class_ids, iou_thr=thr, metric="iou" if method == "nms" else "ios"
+        )
+        return dets[keep]
+    if method == "nmm":
+        boxes, scores, labels, _groups = greedy_nmm(
+            dets.xyxy, dets.scores, dets.class_ids, match_thr=thr, metric="ios"
+        )
+        return Detections(boxes, scores, labels)
+    if method == "wbf":
+        boxes, scores, labels = wbf([dets.xyxy], [dets.scores], [dets.class_ids], iou_thr=thr)
+        return Detections(boxes, scores, labels)
+    raise ValueError(f"merge: expected one of {', '.join(MERGE_METHODS)}, found {method!r}")

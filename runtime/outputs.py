@@ -54,6 +54,14 @@ def draw_detections(image: np.ndarray, dets: Detections, names: Mapping[int, str
     return out
 
 
+def csv_rows(image_id: str, dets: Detections) -> list[list]:
+    """Rows of detections.csv (CSV_HEADER) for one image, rounded as detections.json rounds them."""
+    return [
+        [image_id, *(round(float(v), 2) for v in b), round(float(s), 5)]
+        for b, s in zip(dets.xyxy, dets.scores)
+    ]
+
+
 class ResultWriter:
     """Collects one record per input and keeps DIR/detections.json and DIR/detections.csv current.
 
@@ -89,12 +97,19 @@ class ResultWriter:
         write_json_atomic(self.json_path, [])
 
     def add(self, record: dict, image: np.ndarray | None = None, dets: Detections | None = None) -> None:
-        """Record one input's result; write its CSV rows and, when asked, its annotated image."""
+        """Record one input's result; write its CSV rows and, when asked, its annotated image.
+
+        Args:
+            record: The input's entry of detections.json: "image", and "detections" as
+                Detections.to_records wrote them (plus what georeferencing added), or "error".
+            image: The photo, for the annotated copy.
+            dets: The input's Detections, from which the CSV rows and the annotated copy are made;
+                None reads the boxes back from the record's detections (none for a failed input).
+        """
         self.records.append(record)
         image_id = os.path.basename(str(record["image"]))
-        for d in record.get("detections", []):
-            x1, y1, x2, y2 = d["bbox"]
-            self._csv.writerow([image_id, x1, y1, x2, y2, d["score"]])
+        boxes = dets if dets is not None else Detections.from_records(record.get("detections", []))
+        self._csv.writerows(csv_rows(image_id, boxes))
         self._csv_file.flush()
         if self.save_vis and image is not None and dets is not None:
             self.vis_dir.mkdir(exist_ok=True)

@@ -123,3 +123,23 @@ def test_gpu_path_generator_is_closed_when_decoding_fails(tmp_path):
             det.detect(image)
     assert backend.generators_closed == 1
     assert backend.batches == [4]  # it stopped at the first batch
+
+
+def test_candidates_on_the_gpu_path_serve_every_merge_setting(tmp_path):
+    from dataclasses import replace
+
+    model = red_blob_model(tmp_path / "blob.onnx", input_hw=(256, 256))
+    image = scene_with_people(1500, 1000, PEOPLE, seed=3)
+    cfg = DetectConfig(tile=512, overlap=0.25, batch=5)
+    backend = ReferenceViewsBackend(model)
+    assert backend.has_gpu_path
+    with Detector(backend, config=cfg) as gpu, Detector(model, config=cfg) as cpu:
+        candidates = gpu.candidates(image)
+        assert backend.generators_closed == 1
+        for method in ("ios", "nmm", "wbf"):
+            setting = replace(cfg, merge=method)
+            want = cpu.merge(cpu.candidates(image), setting)
+            got = gpu.merge(candidates, setting)
+            np.testing.assert_array_equal(got.xyxy, want.xyxy)
+            np.testing.assert_allclose(got.scores, want.scores, atol=1e-6)
+    assert backend.generators_closed == 1  # the models ran once for all three settings

@@ -156,3 +156,83 @@ def test_timings_cover_every_stage_and_close_releases_backends():
 def test_config_refuses_bad_values(kwargs, name):
     with pytest.raises(ValueError, match=name):
         DetectConfig(**kwargs)
+
+
+# --- detect in two steps: candidates, then merge ---------------------------------------------------
+
+TWO_STEP_CASES = [
+    # (models, weights, config the candidates are found with, comment)
+    (1, None, DetectConfig(tile=512, overlap=0.25), "one model, one pass"),
+    (1, None, DetectConfig(tile=512, overlap=0.25, tta=("flip",), full_frame=True), "flip TTA + full frame"),
+    (2, [1, 2], DetectConfig(tile=400, overlap=0.2, batch=3), "ensemble of two, fused by weight"),
+]
+
+
+@pytest.mark.parametrize("n_models,weights,cfg,comment", TWO_STEP_CASES, ids=[c[3] for c in TWO_STEP_CASES])
+def test_candidates_then_merge_equals_detect_for_every_merge_setting(n_models, weights, cfg, comment):
+    from dataclasses import replace
+
+    image = scene_with_people(1500, 1000, PEOPLE)
+    scores = [(0.9, 0.6), (0.5, 0.8)][:n_models]
+    backends = [BlobBackend(input_hw=(256, 256), edge_score=e, whole_score=w) for e, w in scores]
+    with Detector(backends, weights=weights, config=cfg) as det:
+        candidates = det.candidates(image)
+        calls = sum(len(b.calls) for b in backends)
+        assert candidates.batches == calls > 0
+        assert len(candidates.passes) == n_models * (2 if cfg.tta else 1)
+        for method in ("ios", "nms", "nmm", "wbf"):
+            for thr in (0.3, 0.6):
+                setting = replace(cfg, merge=method, merge_thr=thr, fusion_iou=0.5)
+                got = det.merge(candidates, setting)
+                with Detector(
+                    [BlobBackend(input_hw=(256, 256), edge_score=e, whole_score=w) for e, w in scores],
+                    weights=weights,
+                    config=setting,
+                ) as one_step:
+                    want = one_step.detect(image)
+                np.testing.assert_array_equal(got.xyxy, want.xyxy, err_msg=f"{method} {thr}")
+                np.testing.assert_array_equal(got.scores, want.scores)
+                np.testing.assert_array_equal(got.class_ids, want.class_ids)
+        assert sum(len(b.calls) for b in backends) == calls  # merging ran no model
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"tile": 640},
+        {"overlap": 0.3},
+        {"full_frame": True},
+        {"conf": 0.5},
+        {"iou": 0.5},
+        {"max_det": 10},
+        {"tta": ("flip",)},
+    ],
+)
+def test_merge_refuses_a_config_the_candidates_were_not_found_with(change):
+    from dataclasses import replace
+
+    cfg = DetectConfig(tile=512, overlap=0.25)
+    with Detector(BlobBackend(input_hw=(256, 256)), config=cfg) as det:
+        candidates = det.candidates(scene_with_people(800, 600, PEOPLE[:1]))
+        (name,) = change
+        with pytest.raises(ValueError, match=rf"config\.{name}: expected .* found"):
+            det.merge(candidates, replace(cfg, **change))
+        det.merge(candidates, replace(cfg, batch=2, merge="wbf"))  # batch and merge fields may differ
+
+
+def test_backend_without_a_gpu_path_says_so_and_the_detector_feeds_it_host_batches():
+    backend = BlobBackend(input_hw=(256, 256))
+    assert backend.has_gpu_path is False
+    with pytest.raises(NotImplementedError, match="BlobBackend has no GPU path"):
+        next(backend.infer_views(np.zeros((8, 8, 3), np.uint8), None, 1, 0.25))
+    with Detector(backend, config=DetectConfig(tile=512)) as det:
+        det.detect(scene_with_people(800, 600, PEOPLE[:1]))
+    assert backend.calls  # infer ran
+
+
+def test_a_backend_that_implements_infer_views_has_a_gpu_path():
+    class WithViews(BlobBackend):
+        def infer_views(self, image, views, batch, conf):
+            yield from ()
+
+    assert WithViews().has_gpu_path is True

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from edgetile.runtime import merge
+from edgetile.runtime.results import Detections
 
 C_SKIP = pytest.mark.skipif(
     "c" not in merge.AVAILABLE_BACKENDS, reason=f"C merge kernels not available: {merge.C_UNAVAILABLE_REASON}"
@@ -456,3 +457,41 @@ def test_wbf_cluster_of_zero_scores_keeps_its_first_box(backend):
     out, scores, _ = merge.wbf(boxes, [[0.0], [0.0]], None, iou_thr=0.5, backend=backend)
     np.testing.assert_array_equal(out, [[10.0, 10.0, 20.0, 20.0]])  # ensemble-boxes: NaN (0 / 0)
     assert scores.tolist() == [0.0]
+
+
+# --- the Detector's merge steps on Detections ------------------------------------------------------
+
+WHOLE, CUT_PART, OTHER_CLASS_PART, ELSEWHERE = (
+    [0, 0, 40, 80],
+    [20, 0, 40, 80],
+    [20, 0, 40, 80],
+    [200, 0, 220, 40],
+)
+SUPPRESS_CASES = [
+    # (boxes, classes, cut flags, kept indices, comment)
+    ([WHOLE, CUT_PART], [0, 0], [False, True], [0], "a cut part inside a whole box goes"),
+    ([WHOLE, OTHER_CLASS_PART], [0, 1], [False, True], [0, 1], "only a whole box of its class covers it"),
+    ([WHOLE, ELSEWHERE], [0, 0], [False, True], [0, 1], "a cut box nothing covers stays"),
+    ([WHOLE, CUT_PART], [0, 0], [True, True], [0, 1], "all cut: nothing complete to prefer"),
+    ([WHOLE, CUT_PART], [0, 0], [False, False], [0, 1], "none cut: left to the merge"),
+]
+
+
+@pytest.mark.parametrize("boxes,classes,cut,kept,comment", SUPPRESS_CASES, ids=[c[4] for c in SUPPRESS_CASES])
+def test_suppress_cut_boxes(boxes, classes, cut, kept, comment):
+    dets = Detections(boxes, [0.6, 0.9][: len(boxes)], classes)
+    out = merge.suppress_cut_boxes(dets, np.array(cut), thr=0.5)
+    np.testing.assert_array_equal(out.xyxy, np.asarray(boxes, np.float32)[kept])
+
+
+@pytest.mark.parametrize("method", merge.MERGE_METHODS)
+def test_merge_boxes_joins_a_duplicate_by_every_method(method):
+    dets = Detections([[0, 0, 40, 80], [1, 0, 41, 80], [200, 0, 220, 40]], [0.9, 0.8, 0.7], [0, 0, 0])
+    out = merge.merge_boxes(dets, method, 0.5)
+    assert len(out) == 2 and out.scores.max() >= 0.8
+
+
+def test_merge_boxes_refuses_an_unknown_method():
+    dets = Detections([[0, 0, 1, 1], [0, 0, 1, 1]], [0.5, 0.4], [0, 0])
+    with pytest.raises(ValueError, match=r"merge: expected one of ios, nms, nmm, wbf, found 'soft'"):
+        merge.merge_boxes(dets, "soft", 0.5)

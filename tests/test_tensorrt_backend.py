@@ -539,7 +539,7 @@ def test_detector_on_tensorrt_finds_what_the_cpu_path_finds(engines, kind, gpu_p
         tile=512, overlap=0.25, batch=4 if kind == "fixed" else 5, tta=("flip",), full_frame=True
     )
     backend = TensorRTBackend(engines[kind], gpu_preprocess=gpu_preprocess)
-    assert (backend.infer_views is not None) == gpu_preprocess
+    assert backend.has_gpu_path == gpu_preprocess
     with Detector(engines["onnx"], config=cfg) as cpu, Detector(backend, config=cfg) as gpu:
         want = cpu.detect(image)
         for _ in range(2):  # the second image reuses every buffer

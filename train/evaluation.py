@@ -1,15 +1,14 @@
 """Full-photo evaluation and the threshold/merge sweep behind ``edgetile eval``.
 
 The sweep tunes the operating threshold (conf), the cross-tile merge method and its threshold on a
-validation set. The model runs once per photo: its raw outputs are cached by the bytes of each input
-batch, so every merge setting after the first costs only the merge, and every conf is scored again
-from the kept detections.
+validation set. The models run once per photo (Detector.candidates, on the GPU path where the backend
+has one); every merge setting then costs only the merge (Detector.merge), and every conf is scored
+again from the kept detections.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import shlex
@@ -17,10 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
-
 from edgetile.runtime.annotations import Dataset
-from edgetile.runtime.backends import Backend, create_backend
 from edgetile.runtime.detector import MERGE_METHODS, DetectConfig, Detector
 from edgetile.runtime.images import ImageReadError
 from edgetile.runtime.metrics import (
@@ -35,58 +31,6 @@ from edgetile.runtime.metrics import (
 from edgetile.runtime.options.detect import detect_args, detect_settings
 
 OBJECTIVES = ("f1", "lacmus_ap50", "lacmus_f1", "map50", "map75", "map50_95")
-
-
-class CachingBackend(Backend):
-    """A backend that remembers its outputs per input batch (by content hash) until clear().
-
-    Several Detectors with different merge settings can share it: each detect() of the same image
-    feeds identical batches, so only the first runs the model. close() leaves the shared backend
-    open; close_shared() closes it.
-    """
-
-    def __init__(self, inner: Backend) -> None:
-        self.inner = inner
-        self.name = f"cached-{inner.name}"
-        self.input_name, self.input_shape = inner.input_name, inner.input_shape
-        self.input_dtype, self.output_names, self.metadata = (
-            inner.input_dtype,
-            inner.output_names,
-            inner.metadata,
-        )
-        self._cache: dict[tuple, list[np.ndarray]] = {}
-        self.runs = 0
-        self.hits = 0
-
-    @classmethod
-    def available(cls) -> tuple[bool, str]:
-        return True, "wraps a loaded backend"
-
-    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
-        key = (
-            batch.shape,
-            str(batch.dtype),
-            hashlib.blake2b(np.ascontiguousarray(batch).data, digest_size=16).digest(),
-        )
-        hit = self._cache.get(key)
-        if hit is not None:
-            self.hits += 1
-            return [a.copy() for a in hit]
-        out = self.inner.infer(batch)
-        self.runs += 1
-        self._cache[key] = [np.array(a, copy=True) for a in out]
-        return out
-
-    def clear(self) -> None:
-        """Forget every cached output (call between photos: memory stays one photo's worth)."""
-        self._cache.clear()
-
-    def close(self) -> None:
-        """Detectors close their backends; the shared model stays loaded until close_shared()."""
-
-    def close_shared(self) -> None:
-        self._cache.clear()
-        self.inner.close()
 
 
 @dataclass(frozen=True)
@@ -127,7 +71,7 @@ class SweepResult:
         objective: What was maximised.
         min_recall: The recall floor, or None.
         notes: How the choice was made.
-        model_runs: Batches the model actually ran (the rest came from the cache).
+        model_runs: Batches the models ran: each photo's once, whatever the number of merge settings.
     """
 
     rows: list[dict]
@@ -271,27 +215,21 @@ def sweep(
     grid = grid or SweepGrid()
     settings = [(m, t) for m in grid.merges for t in grid.merge_thrs]
     run_conf = min(grid.confs)
-    shared = [CachingBackend(create_backend(backend, str(m))) for m in models]
-    detectors: list[Detector] = []
-    try:
-        for m, t in settings:
-            detectors.append(
-                Detector(shared, weights=weights, config=replace(base, conf=run_conf, merge=m, merge_thr=t))
-            )
-        mapping, notes = class_mapping(detectors[0].names, dataset.class_names)
+    # Only merge settings vary, so one photo's candidates serve them all; every conf is scored from the
+    # boxes found at the lowest.
+    found_with = replace(base, conf=run_conf)
+    merges = [replace(found_with, merge=m, merge_thr=t) for m, t in settings]
+    runs = 0
+    with Detector([str(m) for m in models], weights=weights, backend=backend, config=found_with) as detector:
+        mapping, notes = class_mapping(detector.names, dataset.class_names)
         per_setting: list[list[PhotoDetections]] = [[] for _ in settings]
         problems: list[str] = []
         for photo, image in loaded_photos(dataset, problems, progress, desc="sweep"):
-            for k, det in enumerate(detectors):
-                per_setting[k].append(PhotoDetections(photo, map_classes(det.detect(image), mapping)))
-            for s in shared:
-                s.clear()
-        runs = sum(s.runs for s in shared)
-    finally:
-        for d in detectors:
-            d.close()
-        for s in shared:
-            s.close_shared()
+            candidates = detector.candidates(image)
+            runs += candidates.batches
+            for k, cfg in enumerate(merges):
+                found = detector.merge(candidates, cfg)
+                per_setting[k].append(PhotoDetections(photo, map_classes(found, mapping)))
     rows = []
     for (m, t), per_photo in zip(settings, per_setting):
         whole = score_detections(per_photo, dataset.class_names, run_conf)

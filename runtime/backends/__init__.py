@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Generator
 from pathlib import Path
 from types import MappingProxyType
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..preprocess import Views
 
 # name -> "module:Class"; read-only, so no caller can change another caller's choice.
 BACKENDS = MappingProxyType(
@@ -29,7 +33,15 @@ class BackendUnavailable(RuntimeError):
 
 
 class Backend(ABC):
-    """Runs a model on batches of preprocessed tiles.
+    """Runs a model on batches of preprocessed tiles, and optionally on an image's views (the GPU path).
+
+    Two ways in, and the Detector chooses by :attr:`has_gpu_path`:
+
+    * :meth:`infer` (every backend): the Detector preprocesses views into a host batch and gets the
+      full model output back.
+    * :meth:`infer_views` (the GPU path, only where :attr:`has_gpu_path` is True): the backend is given
+      the image and its views, preprocesses, infers and drops candidates at or below the confidence
+      threshold itself (on the device, for TensorRT), and yields per batch only what is left.
 
     Attributes:
         input_name: Name of the image input tensor.
@@ -57,6 +69,44 @@ class Backend(ABC):
     @abstractmethod
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
         """Run one batch of (B, 3, H, W) input; return the outputs in output_names order."""
+
+    @property
+    def has_gpu_path(self) -> bool:
+        """True when :meth:`infer_views` may be used for this instance.
+
+        By default True exactly when the class implements infer_views; a backend whose GPU path can be
+        switched off per instance (TensorRT's ``gpu_preprocess=False``) or goes away on close says so
+        here. The Detector reads it once, when it loads the model.
+        """
+        return type(self).infer_views is not Backend.infer_views
+
+    def infer_views(
+        self, image: np.ndarray, views: Views, batch: int, conf: float
+    ) -> Generator[np.ndarray, None, None]:
+        """Preprocess, infer and filter every view of an image, a batch at a time (the GPU path).
+
+        decode_yolo gives on each yielded array exactly what it gives on the full output of
+        :meth:`infer` for the same views, so the Detector only chooses where the batch comes from. It
+        closes the iterator when the image is done or decoding failed; a backend finishes its queued
+        work then.
+
+        Args:
+            image: (H, W, 3) uint8 BGR image.
+            views: Its views (tiles, full frame; flipped or not).
+            batch: Views per inference (the last batch may hold fewer).
+            conf: Confidence threshold; only candidates above it are yielded.
+
+        Yields:
+            Per batch of n views, (n, 4 + nc, M) in the output's dtype: each view's candidates in anchor
+            order, zero-padded to the most any view has.
+
+        Raises:
+            NotImplementedError: The backend has no GPU path (the default; has_gpu_path is False).
+        """
+        raise NotImplementedError(
+            f"infer_views: {type(self).__name__} has no GPU path (has_gpu_path is False); "
+            "expected host batches through infer()"
+        )
 
     def close(self) -> None:  # noqa: B027 - optional: backends holding nothing need not override it
         """Release the model and any device memory. Safe to call twice."""

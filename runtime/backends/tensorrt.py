@@ -16,10 +16,10 @@ Two ways to run:
 
 * :meth:`TensorRTBackend.infer` - the Backend contract: a host batch in, host outputs out (pinned
   staging, asynchronous copies, one synchronization).
-* :meth:`TensorRTBackend.infer_views` - the GPU path the Detector uses when it is present: the frame is
-  placed once (zero-copy in mapped memory on Jetson), ``preprocess.cu`` writes each batch of views
-  straight into the engine's input, ``filter.cu`` keeps the candidates above the confidence threshold,
-  and only those cross to the host. Batches run two deep on two input buffers (preprocessing of batch
+* :meth:`TensorRTBackend.infer_views` - the GPU path, which the Detector takes while ``has_gpu_path``
+  is True: the frame is placed once (zero-copy in mapped memory on Jetson), ``preprocess.cu`` writes
+  each batch of views straight into the engine's input, ``filter.cu`` keeps the candidates above the
+  confidence threshold, and only those cross to the host. Batches run two deep on two input buffers (preprocessing of batch
   k + 1 overlaps inference of batch k; decoding on the host overlaps the GPU).
 
 Heavy imports (tensorrt, pycuda) happen inside functions; importing this module costs nothing.
@@ -31,7 +31,7 @@ import json
 import re
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -424,8 +424,8 @@ class TensorRTBackend(Backend):
         device: CUDA device ordinal.
 
     Attributes:
-        infer_views: The GPU path (see :meth:`run_views`), or None when gpu_preprocess is False. The
-            Detector uses it when it is not None.
+        has_gpu_path: True while :meth:`infer_views` can run: gpu_preprocess was True and the backend
+            is open. The Detector uses the GPU path when it is True.
         device: The CUDA device (edgetile.runtime.cuda.device.CudaDevice).
         warnings: Compatibility warnings from the sidecar check (also issued as RuntimeWarning).
         tensorrt_log: The last TensorRT warnings and errors.
@@ -457,7 +457,6 @@ class TensorRTBackend(Backend):
         self._parts: list[Any] = []
         self._host_in = None
         self._host_out: dict[str, Any] = {}
-        self.infer_views = None
         self._pre = self._frame = self._filter = None
         self.warnings: list[str] = []
         trt, api = import_tensorrt()
@@ -548,7 +547,6 @@ class TensorRTBackend(Backend):
                 self._frame = self._part(FrameUpload(dev))
                 self._pre = self._part(GpuPreprocessor(dev, io.input_hw, io.input.dtype))
                 self._filter = self._part(GpuFilter(dev, io.outputs[0].dtype))
-                self.infer_views = self.run_views
             self._inf_stream.synchronize()
 
     def _part(self, obj: Any) -> Any:
@@ -558,6 +556,10 @@ class TensorRTBackend(Backend):
     @property
     def tensorrt_log(self) -> list[str]:
         return list(self._logger.lines) if getattr(self, "_logger", None) is not None else []
+
+    @property
+    def has_gpu_path(self) -> bool:
+        return self._exec is not None and self._pre is not None
 
     def _check_open(self) -> None:
         if self._exec is None:
@@ -618,7 +620,9 @@ class TensorRTBackend(Backend):
         return [h.view(dt).reshape(shape).copy() for h, dt, shape in views]
 
     # -- the GPU path ------------------------------------------------------------------------------
-    def run_views(self, image: np.ndarray, views: Views, batch: int, conf: float) -> Iterator[np.ndarray]:
+    def infer_views(
+        self, image: np.ndarray, views: Views, batch: int, conf: float
+    ) -> Generator[np.ndarray, None, None]:
         """Preprocess, infer and filter every view of an image on the GPU, a batch at a time.
 
         Args:
@@ -777,7 +781,6 @@ class TensorRTBackend(Backend):
                 self._exec = None
                 self._engine = None
                 self._runtime = None
-                self.infer_views = None
                 for slot in self._slots:
                     if slot.cands is not None:
                         slot.cands.close()
