@@ -93,7 +93,7 @@ timeout 240 compute-sanitizer --tool memcheck --show-backtrace device --print-li
 echo "sanitizer exit: $?" | tee -a "$OUT/sanitizer.log"
 step "compute-sanitizer on the out-of-memory test alone (a failed cuMemAlloc is expected and reported)" \
     | tee -a "$OUT/sanitizer.log"
-timeout 60 compute-sanitizer --tool memcheck --show-backtrace none $PY -m pytest -p no:cacheprovider -q \
+timeout 60 compute-sanitizer --tool memcheck --print-limit 2 $PY -m pytest -p no:cacheprovider -q \
     tests/test_cuda_kernels.py -k "errors_name_the_call" 2>&1 | tee -a "$OUT/sanitizer.log"
 echo "sanitizer (oom test) exit: $?" | tee -a "$OUT/sanitizer.log"
 step "done"
