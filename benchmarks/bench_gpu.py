@@ -16,7 +16,14 @@ prefetch thread.
 
     python benchmarks/bench_gpu.py --engine model_fp16.engine --images 4 --repeat 3
 
-Needs a CUDA GPU, TensorRT and pycuda; elsewhere it says what is missing and exits with 1.
+With --kernels-only, no TensorRT and no engine are needed (pycuda and a GPU are): the preprocessing kernel
+against the bandwidth floor (FP16 and FP32, 1024^2 and 640^2 inputs), the filter kernel on a batch of
+model outputs, and the frame upload, each timed with CUDA events:
+
+    python benchmarks/bench_gpu.py --kernels-only --repeat 20
+
+Needs a CUDA GPU, TensorRT and pycuda (--kernels-only: a GPU and pycuda); elsewhere it says what is
+missing and exits with 1.
 """
 
 from __future__ import annotations
@@ -52,9 +59,179 @@ def preprocess_floor_bytes(views, image_wh, input_hw, itemsize: int) -> tuple[in
     return read, written
 
 
+def kernels_only(a) -> int:
+    """Time the two kernels and the frame upload on their own (no TensorRT): CUDA events, medians."""
+    from edgetile.runtime.cuda.device import CudaDevice, cuda_status
+
+    ok, why = cuda_status()
+    if not ok:
+        print(
+            f"bench_gpu: --kernels-only needs a CUDA GPU and pycuda; cannot run here: {why}", file=sys.stderr
+        )
+        return 1
+    from edgetile.runtime.cuda.filter import CandidateBuffers, GpuFilter
+    from edgetile.runtime.cuda.preprocess import FrameUpload, GpuPreprocessor
+    from edgetile.runtime.cuda.reference import score_threshold
+    from edgetile.runtime.preprocess import tile_views
+    from edgetile.runtime.tiling import plan_tiles
+
+    med = statistics.median
+    W, H = 4000, 3000
+    repeat = max(3, a.repeat)
+    rng = np.random.default_rng(7)
+    image = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    dev = CudaDevice(0)
+    bw = a.bandwidth_gbs or dev.peak_bandwidth_gbs()
+    results: dict = {
+        "machine": f"{platform.machine()} {platform.node()}",
+        "gpu": f"{dev.name} (sm {dev.compute_capability})",
+        "bandwidth_gbs": bw,
+        "repeat": repeat,
+        "preprocess": [],
+        "filter": [],
+    }
+    print(
+        f"GPU {results['gpu']}, peak DRAM bandwidth {bw or float('nan'):.1f} GB/s (driver); "
+        f"frame {W}x{H}; medians of {repeat} timed runs after one warm-up"
+    )
+    stream = dev.stream()
+    e0, e1 = dev.event(), dev.event()
+    frame = FrameUpload(dev)
+    try:
+        # -- the frame upload (host copy into pinned memory + async copy to the device) --------------
+        up = []
+        for _ in range(repeat + 1):
+            t0 = time.perf_counter()
+            frame_ptr, row_bytes = frame.put(image, stream)
+            stream.synchronize()
+            up.append((time.perf_counter() - t0) * 1000)
+            frame.release(stream)
+        results["upload_ms"] = med(up[1:])
+        print(
+            f"\nframe upload ({image.nbytes / 1e6:.1f} MB, host time incl. DMA): {results['upload_ms']:.3f} ms"
+        )
+
+        # -- preprocessing kernel vs the bandwidth floor ---------------------------------------------
+        print("\npreprocess kernel (all views of the frame, `batch` views per launch), GPU time:")
+        tilings = [
+            ("the issue's 12 tiles of 1024 (overlap 0)", 1024, 0.0),
+            (f"tiles of {a.tile} (overlap {a.overlap})", a.tile, a.overlap),
+        ]
+        for input_hw in ((1024, 1024), (640, 640)):
+            for label, tile, overlap in tilings:
+                views = tile_views(plan_tiles(W, H, tile, overlap), tile, input_hw, (W, H))
+                n = len(views)
+                batch = a.batch or 8
+                for dtype in (np.dtype(np.float16), np.dtype(np.float32)):
+                    pre = GpuPreprocessor(dev, input_hw, dtype)
+                    out = dev.alloc(n * 3 * input_hw[0] * input_hw[1] * dtype.itemsize)
+                    try:
+                        pre.set_views(views, (W, H), stream)
+                        per = n * 3 * input_hw[0] * input_hw[1] * dtype.itemsize
+                        times = []
+                        for _ in range(repeat + 1):
+                            with dev.active():
+                                e0.record(stream)
+                                for start in range(0, n, batch):
+                                    k = min(batch, n - start)
+                                    pre.launch(
+                                        frame_ptr, row_bytes, start, k, out.ptr + start * (per // n), stream
+                                    )
+                                e1.record(stream)
+                                e1.synchronize()
+                            times.append(e1.elapsed_ms(e0))
+                    finally:
+                        out.close()
+                        pre.close()
+                    kernel_ms = med(times[1:])
+                    read, written = preprocess_floor_bytes(views, (W, H), input_hw, dtype.itemsize)
+                    floor_ms = (read + written) / (bw * 1e9) * 1000 if bw else float("nan")
+                    print(
+                        f"  {n:2d} views, {label}, into {input_hw[1]}x{input_hw[0]} {dtype}: {kernel_ms:.3f} ms; "
+                        f"floor {floor_ms:.3f} ms ({read / 1e6:.1f} MB read + {written / 1e6:.1f} MB written): "
+                        f"{kernel_ms / floor_ms:.2f}x the floor; {(read + written) / kernel_ms / 1e6:.0f} GB/s "
+                        f"effective (min {min(times[1:]):.3f} ms)"
+                    )
+                    results["preprocess"].append(
+                        {
+                            "case": label,
+                            "views": n,
+                            "input_hw": list(input_hw),
+                            "dtype": str(dtype),
+                            "batch": batch,
+                            "kernel_ms": kernel_ms,
+                            "kernel_ms_min": min(times[1:]),
+                            "floor_ms": floor_ms,
+                            "ratio": kernel_ms / floor_ms,
+                            "bytes_read": read,
+                            "bytes_written": written,
+                        }
+                    )
+        frame.release(stream)
+
+        # -- filter kernel on a batch of model outputs -------------------------------------------------
+        print(f"\nfilter kernel (conf {a.conf}), GPU time for counter reset + filter:")
+        for b, nc, anchors, label in (
+            (8, 1, 21504, "1 class, 1024^2 input"),
+            (8, 80, 8400, "80 classes, 640^2 input"),
+        ):
+            for dtype in (np.dtype(np.float16), np.dtype(np.float32)):
+                out_host = rng.random((b, 4 + nc, anchors)).astype(np.float32)
+                out_host[:, 4:] **= 4  # few anchors pass, as in a real output
+                out_host = out_host.astype(dtype)
+                dev_out = dev.to_device(out_host)
+                cands = CandidateBuffers(dev, b * anchors, 4 + nc, dtype)
+                flt = GpuFilter(dev, dtype)
+                try:
+                    thr = score_threshold(a.conf, dtype)
+                    times = []
+                    for _ in range(repeat + 1):
+                        with dev.active():
+                            e0.record(stream)
+                            flt.launch(dev_out.ptr, b, 4 + nc, anchors, thr, cands, stream)
+                            e1.record(stream)
+                            cands.download_count(stream)
+                            stream.synchronize()
+                        times.append(e1.elapsed_ms(e0))
+                    kept = int(cands.host_count.array[0])
+                finally:
+                    flt.close()
+                    cands.close()
+                    dev_out.close()
+                ms = med(times[1:])
+                scanned = b * nc * anchors * dtype.itemsize
+                print(
+                    f"  batch {b}, {label}, {dtype}: {ms:.3f} ms, {kept} of {b * anchors} anchors kept; "
+                    f"{scanned / 1e6:.1f} MB of scores scanned ({scanned / ms / 1e6:.0f} GB/s)"
+                )
+                results["filter"].append(
+                    {
+                        "case": label,
+                        "batch": b,
+                        "dtype": str(dtype),
+                        "ms": ms,
+                        "kept": kept,
+                        "anchors": b * anchors,
+                    }
+                )
+    finally:
+        for obj in (frame, e1, e0, stream):
+            obj.close()
+        dev.close()
+    if a.json is not None:
+        a.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        print(f"\nwrote {a.json}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--engine", type=Path, required=True, help="TensorRT engine with its edgetile sidecar")
+    p.add_argument("--engine", type=Path, default=None, help="TensorRT engine with its edgetile sidecar")
+    p.add_argument(
+        "--kernels-only",
+        action="store_true",
+        help="time the preprocessing and filter kernels and the frame upload alone: no TensorRT, no engine",
+    )
     p.add_argument(
         "--onnx",
         type=Path,
@@ -94,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json", type=Path, default=None, help="write every number to this JSON file")
     a = p.parse_args(argv)
+    if a.kernels_only:
+        return kernels_only(a)
+    if a.engine is None:
+        p.error("--engine is required (or --kernels-only)")
 
     from edgetile.runtime.backends.tensorrt import TensorRTBackend
 

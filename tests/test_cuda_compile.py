@@ -142,7 +142,10 @@ def test_the_entry_points_pycuda_looks_up_are_exported(tmp_path):
 
 def _nvrtc11() -> tuple[Path, Path] | None:
     """(libnvrtc of CUDA 11, the CUDA 11 runtime headers), from the nvidia-*-cu11 wheels, or None."""
-    nvrtc, runtime = (importlib.util.find_spec(m) for m in ("nvidia.cuda_nvrtc", "nvidia.cuda_runtime"))
+    try:  # find_spec of a submodule imports its parent: no `nvidia` package at all raises
+        nvrtc, runtime = (importlib.util.find_spec(m) for m in ("nvidia.cuda_nvrtc", "nvidia.cuda_runtime"))
+    except ModuleNotFoundError:
+        return None
     if nvrtc is None or runtime is None:
         return None
     libs = sorted(Path(list(nvrtc.submodule_search_locations)[0], "lib").glob("libnvrtc.so.11*"))

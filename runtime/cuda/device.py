@@ -124,11 +124,11 @@ class Stream(_Resource):
 
     def wait(self, event: Event) -> None:
         """Make later work on this stream wait for the event (no host wait)."""
-        with checked("cuStreamWaitEvent"):
+        with self.device.active(), checked("cuStreamWaitEvent"):
             self._stream.wait_for_event(event.pycuda)
 
     def synchronize(self) -> None:
-        with checked("cuStreamSynchronize"):
+        with self.device.active(), checked("cuStreamSynchronize"):
             self._stream.synchronize()
 
     def _release(self) -> None:
@@ -151,19 +151,19 @@ class Event(_Resource):
         return self._event
 
     def record(self, stream: Stream) -> None:
-        with checked("cuEventRecord"):
+        with self.device.active(), checked("cuEventRecord"):
             self._event.record(stream.pycuda)
         self.recorded = True
 
     def synchronize(self) -> None:
         """Wait on the host until the work before the record is done (no-op if never recorded)."""
         if self.recorded:
-            with checked("cuEventSynchronize"):
+            with self.device.active(), checked("cuEventSynchronize"):
                 self._event.synchronize()
 
     def elapsed_ms(self, start: Event) -> float:
         """GPU milliseconds from start's record to this one's (both must have completed)."""
-        with checked("cuEventElapsedTime"):
+        with self.device.active(), checked("cuEventElapsedTime"):
             return float(self._event.time_since(start.pycuda))
 
     def _release(self) -> None:
@@ -188,25 +188,25 @@ class DeviceBuffer(_Resource):
     def upload(self, host: np.ndarray, stream: Stream, offset: int = 0) -> None:
         """Copy a contiguous host array to this buffer at a byte offset (asynchronous if host is pinned)."""
         _check_fits(host, self.nbytes - offset, "host")
-        with checked("cuMemcpyHtoDAsync"):
+        with self.device.active(), checked("cuMemcpyHtoDAsync"):
             self.device.driver.memcpy_htod_async(self.ptr + offset, host, stream.pycuda)
 
     def download(self, host: np.ndarray, stream: Stream, offset: int = 0) -> None:
         """Copy from this buffer at a byte offset into a contiguous host array (asynchronous if pinned)."""
         _check_fits(host, self.nbytes - offset, "host")
-        with checked("cuMemcpyDtoHAsync"):
+        with self.device.active(), checked("cuMemcpyDtoHAsync"):
             self.device.driver.memcpy_dtoh_async(host, self.ptr + offset, stream.pycuda)
 
     def zero_int32(self, count: int, stream: Stream) -> None:
         """Set the first count int32 words to 0 on the stream."""
         if count * 4 > self.nbytes:
             raise ValueError(f"count: expected at most {self.nbytes // 4} words, found {count}")
-        with checked("cuMemsetD32Async"):
+        with self.device.active(), checked("cuMemsetD32Async"):
             self.device.driver.memset_d32_async(self.ptr, 0, int(count), stream.pycuda)
 
     def zero(self, stream: Stream) -> None:
         """Set every byte to 0 on the stream."""
-        with checked("cuMemsetD8Async"):
+        with self.device.active(), checked("cuMemsetD8Async"):
             self.device.driver.memset_d8_async(self.ptr, 0, self.nbytes, stream.pycuda)
 
     def _release(self) -> None:
@@ -264,7 +264,7 @@ class Kernel:
     ) -> None:
         if min(grid) < 1:
             return  # nothing to do; a zero-sized grid is a launch error in CUDA
-        with checked(f"launch of {self.name} (grid {grid}, block {block})"):
+        with self.device.active(), checked(f"launch of {self.name} (grid {grid}, block {block})"):
             self.function.prepared_async_call(grid, block, stream.pycuda, *args)
 
 
