@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edgetile.runtime.annotations import AnnotatedPhoto, Dataset, load_dataset
 from edgetile.runtime.cli import build_parser, detect_config_from_args
 from edgetile.runtime.detector import DetectConfig, Detector
-from edgetile.runtime.metrics import evaluate
+from edgetile.runtime.evaluation.annotations import AnnotatedPhoto, Dataset, load_dataset
+from edgetile.runtime.evaluation.metrics import evaluate
 from edgetile.runtime.settings import resolve
 from edgetile.train.evaluation import SweepGrid, sweep
 from onnx_models import red_blob_model

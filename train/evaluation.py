@@ -19,11 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetile.runtime.annotations import Dataset
 from edgetile.runtime.backends import Backend, create_backend
 from edgetile.runtime.detector import MERGE_METHODS, DetectConfig, Detector
-from edgetile.runtime.images import ImageReadError
-from edgetile.runtime.metrics import (
+from edgetile.runtime.evaluation.annotations import Dataset
+from edgetile.runtime.evaluation.metrics import (
     EvalResult,
     PhotoDetections,
     class_mapping,
@@ -32,6 +31,7 @@ from edgetile.runtime.metrics import (
     operating_point,
     score_detections,
 )
+from edgetile.runtime.images import ImageReadError
 
 OBJECTIVES = ("f1", "lacmus_ap50", "lacmus_f1", "map50", "map75", "map50_95")
 

@@ -30,9 +30,9 @@ from typing import Protocol
 
 import numpy as np
 
+from ..images import ImageReadError
+from ..results import Detections
 from .annotations import AnnotatedPhoto, Dataset
-from .images import ImageReadError
-from .results import Detections
 
 LACMUS_SCORE_THR = 0.05
 LACMUS_IOU = 0.5
@@ -552,7 +552,7 @@ def evaluate(
 
     Args:
         detector: A runtime Detector (anything with .detect(image) -> Detections and .names).
-        dataset: Annotated photos (edgetile.runtime.annotations.load_dataset).
+        dataset: Annotated photos (edgetile.runtime.evaluation.annotations.load_dataset).
         score_thr: Operating threshold for recall, precision and F1.
         progress: Show a progress bar on stderr (only on a terminal).
 
