@@ -18,7 +18,6 @@ The TensorRT facts used here were checked against the Python bindings of TensorR
 
 from __future__ import annotations
 
-import re
 import tempfile
 import time
 from collections.abc import Sequence
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetile.runtime._version import __version__
-from edgetile.runtime.engine_meta import EngineMeta, write_engine_sidecar
+from edgetile.runtime.engine_meta import EngineMeta, parse_trt_version, write_engine_sidecar
 
 from .artifacts import DEFAULT_BUDGET_MB, ExportError, check_budget, default_out, sha256_file
 
@@ -81,21 +80,13 @@ class TrtApi:
         return ".".join(str(v) for v in self.version)
 
 
-def parse_version(version: str) -> tuple[int, int, int]:
-    """'10.3.0.26' -> (10, 3, 0)."""
-    m = re.match(r"^\s*(\d+)\.(\d+)(?:\.(\d+))?", str(version))
-    if not m:
-        raise ValueError(f"TensorRT version: expected something like 10.3.0, found {version!r}")
-    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
-
-
 def trt_api(version: str) -> TrtApi:
     """What the TensorRT of this version offers to the builder.
 
     Raises:
         BuildRefused: Older than 8.5 (JetPack 4.x is out of scope) or a major version newer than 11.
     """
-    v = parse_version(version)
+    v = parse_trt_version(version)
     if v[:2] < OLDEST:
         raise BuildRefused(
             f"TensorRT {version} is older than 8.5 (JetPack 5.1): the name-based tensor API that edgetile's "
