@@ -28,8 +28,9 @@ import numpy as np
 
 from edgetile.runtime._version import __version__
 from edgetile.runtime.engine_meta import EngineMeta, parse_trt_version, write_engine_sidecar
+from edgetile.runtime.files import sha256_file
 
-from .artifacts import DEFAULT_BUDGET_MB, ExportError, check_budget, default_out, sha256_file
+from .artifacts import DEFAULT_BUDGET_MB, ExportError, check_budget, default_out
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIB_METHODS = ("entropy", "minmax")
