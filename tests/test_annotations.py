@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from edgetile.runtime.evaluation.annotations import load_dataset
+from edgetile.runtime.evaluation.annotations import voc_xml as write_voc_xml
 from edgetile.train.synth import SceneConfig, write_dataset
 
 SMALL = SceneConfig(
@@ -101,6 +102,21 @@ def test_voc_classes_are_numbered_in_order_of_appearance_when_not_given(tmp_path
     )
     ds = load_dataset(root)
     assert ds.class_names == ["Pedestrian", "dog"] and ds.photos[0].class_ids.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("decimals", [0, 1, 3])
+def test_the_voc_writer_is_read_back_by_the_voc_reader(tmp_path, decimals):
+    boxes = np.array([[10.25, 10, 30, 50.5], [0, 0, 200, 100]], np.float32)
+    (tmp_path / "Annotations").mkdir()
+    (tmp_path / "JPEGImages").mkdir()
+    cv2.imwrite(str(tmp_path / "JPEGImages" / "a&b.png"), np.zeros((100, 200, 3), np.uint8))
+    xml = write_voc_xml("a&b.png", 200, 100, boxes, ["person", "car<1>"], decimals=decimals)
+    (tmp_path / "Annotations" / "a&b.xml").write_text(xml)
+    ds = load_dataset(tmp_path)
+    assert ds.problems == [] and ds.class_names == ["person", "car<1>"]
+    np.testing.assert_allclose(ds.photos[0].boxes, boxes.round(decimals))
+    with pytest.raises(ValueError, match="names: expected one per box"):
+        write_voc_xml("a.png", 200, 100, boxes, ["person"])
 
 
 def make_yolo(root: Path, labels: dict[str, str], images=None) -> Path:

@@ -23,6 +23,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 import numpy as np
 
@@ -239,6 +240,39 @@ def _find_image(folder: Path, stem: str, filename: str | None) -> Path | None:
         if p.is_file():
             return p
     return None
+
+
+def voc_xml(
+    filename: str, width: int, height: int, boxes: np.ndarray, names: Sequence[str], decimals: int = 1
+) -> str:
+    """One photo's boxes as Pascal VOC XML, in the LADD layout that :func:`load_dataset` reads.
+
+    Args:
+        filename: The image's file name in JPEGImages/.
+        width: Image width in pixels.
+        height: Image height in pixels.
+        boxes: (N, 4) x1, y1, x2, y2 in pixels.
+        names: (N,) class name of each box.
+        decimals: Digits after the point of the coordinates (0 for whole pixels).
+
+    Returns:
+        The XML document, one element a line.
+    """
+    if len(names) != len(boxes):
+        raise ValueError(f"names: expected one per box ({len(boxes)}), found {len(names)}")
+    objs = "".join(
+        f"  <object>\n    <name>{escape(str(n))}</name>\n    <pose>Unspecified</pose>\n"
+        f"    <truncated>0</truncated>\n    <difficult>0</difficult>\n    <bndbox>\n"
+        f"      <xmin>{b[0]:.{decimals}f}</xmin>\n      <ymin>{b[1]:.{decimals}f}</ymin>\n"
+        f"      <xmax>{b[2]:.{decimals}f}</xmax>\n      <ymax>{b[3]:.{decimals}f}</ymax>\n"
+        f"    </bndbox>\n  </object>\n"
+        for b, n in zip(np.asarray(boxes, np.float64).reshape(-1, 4), names)
+    )
+    return (
+        f"<annotation>\n  <folder>JPEGImages</folder>\n  <filename>{escape(filename)}</filename>\n"
+        f"  <size>\n    <width>{int(width)}</width>\n    <height>{int(height)}</height>\n    <depth>3</depth>\n"
+        f"  </size>\n  <segmented>0</segmented>\n{objs}</annotation>\n"
+    )
 
 
 def _load_voc(
