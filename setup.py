@@ -75,6 +75,8 @@ EXPORT = (
         "onnx>=1.14",
         "onnxslim>=0.1.82",
         "pycocotools>=2.0.7",
+        # Calibration and accuracy datasets: a YOLO data.yaml is read with PyYAML.
+        "pyyaml>=6.0",
         # Ultralytics patches PIL.Image.open process-wide and pip-installs pi-heif on the first image
         # Pillow cannot identify; declared here so that never happens.
         "pi-heif>=0.18",
@@ -131,6 +133,7 @@ setup(
         "edgetile.runtime.backends",
         "edgetile.runtime.cuda",
         "edgetile.runtime.options",
+        "edgetile.runtime.evaluation",
         "edgetile.runtime.serve",
         "edgetile.export",
         "edgetile.train",
@@ -141,6 +144,7 @@ setup(
         "edgetile.runtime": "runtime",
         "edgetile.runtime.backends": "runtime/backends",
         "edgetile.runtime.cuda": "runtime/cuda",
+        "edgetile.runtime.evaluation": "runtime/evaluation",
         "edgetile.runtime.geo": "runtime/geo",
         "edgetile.runtime.links": "runtime/links",
         "edgetile.runtime.options": "runtime/options",

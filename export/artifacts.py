@@ -1,8 +1,7 @@
-"""What every exported file goes through: a default place beside its input, the weight budget, a hash."""
+"""What every exported file goes through: a default place beside its input and the weight budget."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 DEFAULT_BUDGET_MB = 100.0
@@ -41,12 +40,3 @@ def check_budget(path: str | Path, budget_mb: float) -> float:
             "is kept for inspection, but choose a smaller model or input size, or raise the budget knowingly"
         )
     return size_mb
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB pieces."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(MB), b""):
-            h.update(chunk)
-    return h.hexdigest()

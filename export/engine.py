@@ -10,7 +10,9 @@ Two halves:
 * :func:`build_engine`, the only code that touches TensorRT: builder -> network -> ONNX parser (every
   error gathered into one message) -> config (workspace, one optimization profile for the batch range,
   timing cache, precision, DLA with GPU fallback, calibrator) -> ``build_serialized_network`` -> a
-  plain plan file plus its JSON sidecar (:mod:`edgetile.runtime.engine_meta`).
+  plain plan file plus its JSON sidecar (:mod:`edgetile.runtime.engine_meta`). The GPU, its context
+  and the calibrator's memory come from the runtime's CUDA module (:mod:`edgetile.runtime.cuda.device`);
+  the FP16 graph conversion that TensorRT 11 needs is in :mod:`edgetile.export.onnx_fp16`.
 
 The TensorRT facts used here were checked against the Python bindings of TensorRT 8.6.1, 10.3.0 and
 11.4.0 (see docs/export.md); 8.5 shares 8.6's API for everything used here.
@@ -18,19 +20,19 @@ The TensorRT facts used here were checked against the Python bindings of TensorR
 
 from __future__ import annotations
 
-import re
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from edgetile.runtime._version import __version__
-from edgetile.runtime.engine_meta import EngineMeta, write_engine_sidecar
+from edgetile.runtime.engine_meta import EngineMeta, parse_trt_version, write_engine_sidecar
+from edgetile.runtime.files import sha256_file
 
-from .artifacts import DEFAULT_BUDGET_MB, ExportError, check_budget, default_out, sha256_file
+from .artifacts import DEFAULT_BUDGET_MB, ExportError, check_budget, default_out
+from .onnx_fp16 import convert_to_fp16
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIB_METHODS = ("entropy", "minmax")
@@ -81,21 +83,13 @@ class TrtApi:
         return ".".join(str(v) for v in self.version)
 
 
-def parse_version(version: str) -> tuple[int, int, int]:
-    """'10.3.0.26' -> (10, 3, 0)."""
-    m = re.match(r"^\s*(\d+)\.(\d+)(?:\.(\d+))?", str(version))
-    if not m:
-        raise ValueError(f"TensorRT version: expected something like 10.3.0, found {version!r}")
-    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
-
-
 def trt_api(version: str) -> TrtApi:
     """What the TensorRT of this version offers to the builder.
 
     Raises:
         BuildRefused: Older than 8.5 (JetPack 4.x is out of scope) or a major version newer than 11.
     """
-    v = parse_version(version)
+    v = parse_trt_version(version)
     if v[:2] < OLDEST:
         raise BuildRefused(
             f"TensorRT {version} is older than 8.5 (JetPack 5.1): the name-based tensor API that edgetile's "
@@ -410,154 +404,6 @@ def plan_build(trt_version: str, req: EngineRequest, facts: OnnxFacts) -> BuildP
 
 
 # ---------------------------------------------------------------------------------------------------
-# FP16 conversion (TensorRT 11 builds FP16 only from FP16 types in the graph).
-
-
-# Inputs that ONNX requires in float32 whatever the type of the data (Resize's scales).
-_FLOAT32_INPUTS = {("Resize", 2), ("Upsample", 1)}
-
-
-def convert_to_fp16(onnx_path: str | Path, out: str | Path, keep_float: Sequence[str] | None = None) -> Path:
-    """Convert an FP32 ONNX to FP16 compute, with FP32 inputs and outputs and an FP32 head tail.
-
-    TensorRT 11 takes precision from the graph's types, so an FP16 engine needs FP16 in the graph.
-    Every node outside ``keep_float`` computes in FP16: its float weights become FP16, the input is
-    cast to FP16 once, and every tensor that crosses into the FP32 part is cast back. The detection
-    head's box-decoding tail stays FP32 by default: box coordinates of up to 1024 px have only 0.5 px
-    resolution in FP16 above 512.
-
-    (ONNX Runtime's and onnxconverter-common's converters were tried first: with a block list they
-    write graphs that break ONNX's single-assignment rule for Ultralytics heads.)
-
-    Args:
-        onnx_path: The FP32 ONNX.
-        out: Where to write the FP16 ONNX.
-        keep_float: Node names to keep in FP32 (default: the head's tail, see int8.head_tail_nodes).
-    """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    from .int8 import _named, head_tail_nodes
-
-    model = onnx.load(str(onnx_path))
-    _named(model)
-    graph = model.graph
-    keep = set(keep_float) if keep_float is not None else set(head_tail_nodes(model))
-    half = [n for n in graph.node if n.name not in keep]
-    inits = {i.name: i for i in graph.initializer}
-    float_inputs = {i.name for i in graph.input if i.type.tensor_type.elem_type == TensorProto.FLOAT}
-    produced_half = {o for n in half for o in n.output}
-    new_inits, casts_in, casts_out = [], [], []
-    renamed: dict[str, str] = {}
-
-    def half_init(name: str) -> str:
-        if name not in renamed:
-            arr = numpy_helper.to_array(inits[name])
-            fp16 = np.clip(arr, -65504, 65504).astype(np.float16)
-            renamed[name] = f"{name}__fp16"
-            new_inits.append(numpy_helper.from_array(fp16, renamed[name]))
-        return renamed[name]
-
-    input_casts: dict[str, str] = {}
-    for node in half:
-        for k, name in enumerate(node.input):
-            if (node.op_type, k) in _FLOAT32_INPUTS or not name:
-                continue
-            if name in inits and inits[name].data_type == TensorProto.FLOAT:
-                node.input[k] = half_init(name)
-            elif name in float_inputs:
-                if name not in input_casts:
-                    input_casts[name] = f"{name}__fp16"
-                    casts_in.append(
-                        helper.make_node(
-                            "Cast",
-                            [name],
-                            [input_casts[name]],
-                            name=f"{name}__to_fp16",
-                            to=TensorProto.FLOAT16,
-                        )
-                    )
-                node.input[k] = input_casts[name]
-        if node.op_type == "Cast":
-            for a in node.attribute:
-                if a.name == "to" and a.i == TensorProto.FLOAT:
-                    a.i = TensorProto.FLOAT16
-        if node.op_type == "Constant":
-            for a in node.attribute:
-                if a.name == "value" and a.t.data_type == TensorProto.FLOAT:
-                    a.t.CopyFrom(
-                        numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float16), a.t.name)
-                    )
-    # Every FP16 tensor read by an FP32 node or returned as an output is cast back to FP32.
-    back: dict[str, str] = {}
-
-    def to_float(name: str) -> str:
-        if name not in back:
-            back[name] = f"{name}__fp32"
-            casts_out.append(
-                helper.make_node("Cast", [name], [back[name]], name=f"{name}__to_fp32", to=TensorProto.FLOAT)
-            )
-        return back[name]
-
-    for node in graph.node:
-        if node.name in keep:
-            for k, name in enumerate(node.input):
-                if name in produced_half:
-                    node.input[k] = to_float(name)
-    for o in graph.output:
-        if o.name in produced_half:
-            # keep the output's name: the FP16 producer writes to a new name, a cast restores the old one
-            src = f"{o.name}__fp16"
-            for node in half:
-                for k, name in enumerate(node.output):
-                    if name == o.name:
-                        node.output[k] = src
-            for node in half:
-                for k, name in enumerate(node.input):
-                    if name == o.name:
-                        node.input[k] = src
-            casts_out.append(
-                helper.make_node("Cast", [src], [o.name], name=f"{o.name}__to_fp32", to=TensorProto.FLOAT)
-            )
-    graph.initializer.extend(new_inits)
-    used = {i for n in graph.node for i in n.input} | {i for n in casts_out for i in n.input}
-    for name in list(renamed):
-        if name not in used:
-            graph.initializer.remove(inits[name])
-    nodes = casts_in + list(graph.node) + casts_out
-    del graph.node[:]
-    graph.node.extend(nodes)
-    del graph.value_info[:]  # types changed; let the consumers infer them again
-    _topological_sort(graph)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(out))
-    return Path(out)
-
-
-def _topological_sort(graph) -> None:
-    """Reorder graph.node so that every node comes after the producers of its inputs (stable)."""
-    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending = list(graph.node)
-    ordered = []
-    while pending:
-        rest = []
-        for node in pending:
-            if all(i in available for i in node.input):
-                ordered.append(node)
-                available.update(node.output)
-            else:
-                rest.append(node)
-        if len(rest) == len(pending):
-            raise ExportError(f"FP16 conversion left a dangling input at node {rest[0].name!r}")
-        pending = rest
-    copies = [type(n)() for n in ordered]
-    for c, n in zip(copies, ordered):
-        c.CopyFrom(n)
-    del graph.node[:]
-    graph.node.extend(copies)
-
-
-# ---------------------------------------------------------------------------------------------------
 # The build, the only part that touches TensorRT.
 
 
@@ -593,27 +439,21 @@ def _import_tensorrt():
     return tensorrt
 
 
-def _import_cuda():
+def open_cuda_device():
+    """GPU 0 through the runtime's CUDA module (its primary context, buffers and streams).
+
+    Raises:
+        BuildRefused: pycuda is missing, or no CUDA driver or GPU can be reached.
+    """
+    from edgetile.runtime.cuda.device import CudaDevice, CudaError, CudaUnavailable
+
     try:
-        import pycuda.driver as cuda
-    except ImportError as exc:
+        return CudaDevice(0)
+    except (CudaUnavailable, CudaError) as exc:
         raise BuildRefused(
-            f"pycuda is not installed here ({exc}); it reads the GPU's name and compute capability for the "
-            "engine's sidecar and feeds the INT8 calibrator: pip install 'edgetile[jetson]'"
+            f"no usable CUDA GPU here ({exc}); TensorRT engines are built on the device that runs them, "
+            "and pycuda reads its name and compute capability for the sidecar and feeds the INT8 calibrator"
         ) from exc
-    return cuda
-
-
-def gpu_identity(cuda) -> tuple[str, str]:
-    """(name, "major.minor") of GPU 0 through pycuda's driver API."""
-    cuda.init()
-    if cuda.Device.count() < 1:
-        raise BuildRefused(
-            "no CUDA GPU is visible here; TensorRT engines are built on the device that runs them"
-        )
-    dev = cuda.Device(0)
-    major, minor = dev.compute_capability()
-    return str(dev.name()), f"{major}.{minor}"
 
 
 def parser_errors(parser) -> list[str]:
@@ -634,13 +474,16 @@ def parser_errors(parser) -> list[str]:
 
 
 def make_calibrator(
-    trt, cuda, method: str, tiles, batch: int, input_shape: tuple[int, int, int, int], cache: Path | None
+    trt, device, method: str, tiles, batch: int, input_shape: tuple[int, int, int, int], cache: Path | None
 ):
     """An implicit-INT8 calibrator (TensorRT <= 10) feeding runtime tiles in batches of `batch`.
 
+    Its host, device and stream memory come from ``device``; ``close()`` releases them.
+
     Args:
         trt: The tensorrt module.
-        cuda: pycuda.driver (an active context is expected).
+        device: A runtime CudaDevice (edgetile.runtime.cuda.device) whose context is active while
+            TensorRT calls the calibrator.
         method: "entropy" or "minmax".
         tiles: Iterable of (3, H, W) float32 tiles (a TilePlan).
         batch: Tiles per calibration batch (the profile's optimal batch).
@@ -652,8 +495,17 @@ def make_calibrator(
     class Calibrator(base):
         def __init__(self) -> None:
             base.__init__(self)
-            self.host = np.zeros(input_shape, np.float32)
-            self.device = cuda.mem_alloc(self.host.nbytes)
+            self.resources = []
+            try:
+                self.host = device.pinned(input_shape, np.float32)
+                self.resources.append(self.host)
+                self.buffer = device.alloc(self.host.array.nbytes)
+                self.resources.append(self.buffer)
+                self.stream = device.stream()
+                self.resources.append(self.stream)
+            except BaseException:
+                self.close()
+                raise
             self.iter = iter(tiles)
             self.batches = 0
 
@@ -665,10 +517,11 @@ def make_calibrator(
                 t = next(self.iter, None)
                 if t is None:
                     return None  # an incomplete last batch is dropped rather than padded with fake pixels
-                self.host[i] = t
-            cuda.memcpy_htod(self.device, self.host)
+                self.host.array[i] = t
+            self.buffer.upload(self.host.array, self.stream)
+            self.stream.synchronize()  # TensorRT reads the batch as soon as this returns
             self.batches += 1
-            return [int(self.device)]
+            return [self.buffer.ptr]
 
         def read_calibration_cache(self):
             if cache is not None and Path(cache).is_file():
@@ -680,9 +533,8 @@ def make_calibrator(
                 Path(cache).write_bytes(bytes(data))
 
         def close(self) -> None:
-            if self.device is not None:
-                self.device.free()
-                self.device = None
+            while self.resources:
+                self.resources.pop().close()
 
     return Calibrator()
 
@@ -693,7 +545,7 @@ def build_engine(
     req: EngineRequest | None = None,
     *,
     trt=None,
-    cuda=None,
+    device=None,
     log=print,
 ) -> EngineResult:
     """Build a TensorRT engine and its sidecar.
@@ -703,7 +555,7 @@ def build_engine(
         out: Plan file to write (default: beside the ONNX, ``NAME_{precision}.engine``).
         req: Precision, batch range, workspace, DLA, timing cache, calibration, budget.
         trt: The tensorrt module (default: imported here).
-        cuda: pycuda.driver (default: imported here).
+        device: The GPU, a runtime CudaDevice (default: GPU 0, opened here and closed after).
         log: Where progress lines go.
 
     Raises:
@@ -719,16 +571,24 @@ def build_engine(
     facts = onnx_facts(onnx_path)
     trt = trt if trt is not None else _import_tensorrt()
     plan = plan_build(trt.__version__, req, facts)  # refuse before touching the GPU
-    cuda = cuda if cuda is not None else _import_cuda()
-    gpu_name, cc = gpu_identity(cuda)
+    own_device = device is None
+    device = device if device is not None else open_cuda_device()
+    try:
+        return _build(onnx_path, out, req, facts, plan, trt, device, log)
+    finally:
+        if own_device:
+            device.close()
+
+
+def _build(onnx_path: Path, out: Path, req: EngineRequest, facts, plan, trt, device, log) -> EngineResult:
+    """build_engine's work, with the GPU open: TensorRT runs in its primary context."""
+    gpu_name, cc = device.name, device.compute_capability
     for note in plan.notes:
         log(f"note: {note}")
     t0 = time.perf_counter()
-    ctx = cuda.Device(0).retain_primary_context()
-    ctx.push()
     calibrator = None
     try:
-        with tempfile.TemporaryDirectory(prefix="edgetile-engine-") as tmp:
+        with device.active(), tempfile.TemporaryDirectory(prefix="edgetile-engine-") as tmp:
             source = onnx_path
             if plan.convert_fp16:
                 source = convert_to_fp16(onnx_path, Path(tmp) / "fp16.onnx")
@@ -783,7 +643,9 @@ def build_engine(
                 opt = plan.shapes[1]
                 calib_profile.set_shape(facts.input_name, opt, opt, opt)
                 config.set_calibration_profile(calib_profile)
-                calibrator = make_calibrator(trt, cuda, req.calib_method, tiles, opt[0], opt, req.calib_cache)
+                calibrator = make_calibrator(
+                    trt, device, req.calib_method, tiles, opt[0], opt, req.calib_cache
+                )
                 config.int8_calibrator = calibrator
                 log(
                     f"calibration: up to {tiles.count} tile(s) of {len(tiles.photos)} photo(s), {req.calib_method}"
@@ -807,7 +669,6 @@ def build_engine(
     finally:
         if calibrator is not None:
             calibrator.close()
-        ctx.pop()
     meta = EngineMeta(
         tensorrt_version=str(trt.__version__),
         gpu_name=gpu_name,

@@ -501,7 +501,7 @@ def accuracy_report(
     Args:
         fp32_path: The FP32 ONNX.
         int8_path: The Q/DQ ONNX.
-        val: An annotated dataset (VOC, YOLO or COCO; see edgetile.runtime.annotations.load_dataset).
+        val: An annotated dataset (VOC, YOLO or COCO; see edgetile.runtime.evaluation.annotations.load_dataset).
         calibration: The calibration line to print beside the numbers.
         max_drop: Largest acceptable loss of mAP@0.5.
         tile: Tile side, as the runtime will run.
@@ -513,9 +513,9 @@ def accuracy_report(
     Raises:
         ExportError: The validation set holds no usable photo.
     """
-    from edgetile.runtime.annotations import load_dataset
     from edgetile.runtime.detector import DetectConfig, Detector
-    from edgetile.runtime.metrics import evaluate
+    from edgetile.runtime.evaluation.annotations import load_dataset
+    from edgetile.runtime.evaluation.metrics import evaluate
 
     dataset = load_dataset(val, format=val_format)
     for line in dataset.problems:

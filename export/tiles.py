@@ -16,8 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgetile.runtime.annotations import image_size
-from edgetile.runtime.images import ImageReadError, expand_sources, read_image
+from edgetile.runtime.images import ImageReadError, expand_sources, image_size, read_image
 from edgetile.runtime.preprocess import BatchBuffer, tile_views
 from edgetile.runtime.tiling import plan_tiles
 

@@ -485,7 +485,7 @@ static double pairwise_sum(const double *a, idx_t n)
 }
 
 /* ============================================================================================ */
-/* Overlap: the expressions of _merge_ref._overlap                                              */
+/* Overlap: the expressions of boxes.pairwise_overlap, which the NumPy reference uses           */
 /* ============================================================================================ */
 
 static inline double box_area(const double *b) { return (b[2] - b[0]) * (b[3] - b[1]); }

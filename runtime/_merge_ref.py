@@ -6,7 +6,8 @@ C twin: validated, C-contiguous ``float64``/``int64`` arrays in, preallocated ou
 the number of output rows returned. The public, validating API is :mod:`edgetile.runtime.merge`.
 
 Both implementations compute every overlap with the same floating-point expression in the same
-order, so they agree bit for bit, not just to a tolerance:
+order (here through :func:`edgetile.runtime.boxes.pairwise_overlap`), so they agree bit for bit, not
+just to a tolerance:
 
 * ``inter = max(min(ax2, bx2) - max(ax1, bx1), 0) * max(min(ay2, by2) - max(ay1, by1), 0)``
 * IoU is ``inter / ((area_a + area_b) - inter)``, IoS is ``inter / min(area_a, area_b)``, and either
@@ -21,6 +22,8 @@ thousands of boxes but slow for 100,000.
 from __future__ import annotations
 
 import numpy as np
+
+from .boxes import box_areas, pairwise_overlap
 
 #: Largest coordinate magnitude accepted: beyond 2**53 float64 no longer resolves whole pixels, and
 #: products of such coordinates (areas, score-weighted sums in float32) could overflow.
@@ -161,36 +164,8 @@ def _check_common(
 
 
 # --------------------------------------------------------------------------------------------------
-# Overlap of one box against many, and the x-sorted neighbour window.
+# The x-sorted neighbour window (overlaps come from edgetile.runtime.boxes).
 # --------------------------------------------------------------------------------------------------
-
-
-def _areas(boxes: np.ndarray) -> np.ndarray:
-    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-
-
-def _overlap(
-    box: np.ndarray, area: float, others: np.ndarray, other_areas: np.ndarray, ios: bool
-) -> np.ndarray:
-    """IoU or IoS of ``box`` against each row of ``others``, 0 where the denominator is not positive.
-
-    Args:
-        box: ``(4,)`` the box already decided on (kept box, fused box).
-        area: Its area.
-        others: ``(K, 4)`` candidate boxes.
-        other_areas: ``(K,)`` their areas.
-        ios: Intersection over the smaller area instead of over the union.
-
-    Returns:
-        ``(K,)`` float64 overlaps in ``[0, 1]``.
-    """
-    w = np.maximum(np.minimum(others[:, 2], box[2]) - np.maximum(others[:, 0], box[0]), 0.0)
-    h = np.maximum(np.minimum(others[:, 3], box[3]) - np.maximum(others[:, 1], box[1]), 0.0)
-    inter = w * h
-    den = np.minimum(other_areas, area) if ios else (area + other_areas) - inter
-    out = np.zeros_like(inter)
-    np.divide(inter, den, out=out, where=den > 0.0)
-    return out
 
 
 class _XWindow:
@@ -238,14 +213,14 @@ def nms(
     Returns:
         ``k``, the number of kept boxes.
     """
-    n, thr, ios = _check_common(boxes, scores, labels, "iou_thr", iou_thr, metric)
+    n, thr, _ios = _check_common(boxes, scores, labels, "iou_thr", iou_thr, metric)
     _check_array("keep", keep, np.int64, (n,), writable=True)
     if n == 0:
         return 0
     order = np.argsort(-scores, kind="stable")
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
-    areas = _areas(boxes)
+    areas = box_areas(boxes)
     xw = _XWindow(boxes)
     suppressed = np.zeros(n, dtype=bool)
     k = 0
@@ -257,7 +232,10 @@ def nms(
         cand = xw.window(i)
         cand = cand[(rank[cand] > rank[i]) & (labels[cand] == labels[i]) & ~suppressed[cand]]
         if cand.size:
-            hit = _overlap(boxes[i], areas[i], boxes[cand], areas[cand], ios) > thr
+            hit = (
+                pairwise_overlap(boxes[i : i + 1], boxes[cand], metric, areas[i : i + 1], areas[cand])[0]
+                > thr
+            )
             suppressed[cand[hit]] = True
     return k
 
@@ -304,7 +282,7 @@ def greedy_nmm(
     Returns:
         ``g``, the number of groups.
     """
-    n, thr, ios = _check_common(boxes, scores, labels, "match_thr", match_thr, metric)
+    n, thr, _ios = _check_common(boxes, scores, labels, "match_thr", match_thr, metric)
     _check_array("keep", keep, np.int64, (n,), writable=True)
     _check_array("members", members, np.int64, (n,), writable=True)
     _check_array("offsets", offsets, np.int64, (n + 1,), writable=True)
@@ -322,7 +300,7 @@ def greedy_nmm(
         for i in order.tolist():
             owner[i] = first.setdefault(int(labels[i]), i)
     else:
-        areas = _areas(boxes)
+        areas = box_areas(boxes)
         xw = _XWindow(boxes)
         for i in order.tolist():
             if owner[i] >= 0:
@@ -331,7 +309,10 @@ def greedy_nmm(
             cand = xw.window(i)
             cand = cand[(rank[cand] > rank[i]) & (labels[cand] == labels[i]) & (owner[cand] < 0)]
             if cand.size:
-                hit = _overlap(boxes[i], areas[i], boxes[cand], areas[cand], ios) >= thr
+                hit = (
+                    pairwise_overlap(boxes[i : i + 1], boxes[cand], metric, areas[i : i + 1], areas[cand])[0]
+                    >= thr
+                )
                 owner[cand[hit]] = i
     kept = order[owner[order] == order]
     g = kept.size
@@ -436,9 +417,9 @@ def wbf(
             box = boxes[j]
             c = -1
             if state:
-                iou = _overlap(
-                    box, float(_areas(box[None])[0]), fused[: len(state)], fused_area[: len(state)], False
-                )
+                iou = pairwise_overlap(
+                    box[None], fused[: len(state)], "iou", areas_b=fused_area[: len(state)]
+                )[0]
                 best = int(np.argmax(iou))
                 if iou[best] > thr:
                     c = best
@@ -446,7 +427,7 @@ def wbf(
             wt = float(weights[models[j]])
             if c < 0:
                 fused[len(state)] = box
-                fused_area[len(state)] = _areas(box[None])[0]
+                fused_area[len(state)] = box_areas(box[None])[0]
                 state.append(
                     {
                         "acc": [_f32(ws * float(v)) for v in box],
@@ -468,7 +449,7 @@ def wbf(
             if s["conf"] > 0.0:
                 fused[c] = [_f32(a / s["conf"]) for a in s["acc"]]
             # else: every member so far scored 0; ensemble-boxes divides 0 by 0, we keep the box.
-            fused_area[c] = _areas(fused[c][None])[0]
+            fused_area[c] = box_areas(fused[c][None])[0]
             count = len(s["members"])
             s["score"] = _f32(s["max"]) if conf_type == "max" else _f32(s["conf"] / count)
             s["weight"] = _f32(s["wsum"])

@@ -33,11 +33,22 @@ def sidecar_path(engine_path: str | Path) -> Path:
     return p.with_name(p.name + ".json")
 
 
-def _version_tuple(version: str, what: str) -> tuple[int, ...]:
+def parse_trt_version(version: str, what: str = "TensorRT version") -> tuple[int, int, int]:
+    """(major, minor, patch) of a TensorRT version string: '10.3.0.26' -> (10, 3, 0), '8.6' -> (8, 6, 0).
+
+    The one parser for the sidecar check, the runtime backend and the engine builder.
+
+    Args:
+        version: What ``tensorrt.__version__`` or a sidecar says.
+        what: Where the version came from, for the error message.
+
+    Raises:
+        ValueError: When it does not start with major.minor.
+    """
     m = re.match(r"^\s*(\d+)\.(\d+)(?:\.(\d+))?", str(version))
     if not m:
-        raise ValueError(f"{what}: expected a TensorRT version like 10.3.0, found {version!r}")
-    return tuple(int(g) for g in m.groups(default="0"))
+        raise ValueError(f"{what}: expected something like 10.3.0, found {version!r}")
+    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
 
 
 @dataclass(frozen=True)
@@ -82,7 +93,7 @@ class EngineMeta:
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _version_tuple(self.tensorrt_version, "tensorrt_version")
+        parse_trt_version(self.tensorrt_version, "tensorrt_version")
         if not re.fullmatch(r"\d+\.\d+", str(self.compute_capability)):
             raise ValueError(
                 f"compute_capability: expected 'major.minor' like 8.7, found {self.compute_capability!r}"
@@ -208,8 +219,8 @@ def check_engine_compatible(
     Raises:
         EngineIncompatible: The TensorRT version or the compute capability differs.
     """
-    built = _version_tuple(meta.tensorrt_version, "sidecar tensorrt_version")[:3]
-    here = _version_tuple(trt_version, "trt_version")[:3]
+    built = parse_trt_version(meta.tensorrt_version, "sidecar tensorrt_version")
+    here = parse_trt_version(trt_version, "trt_version")
     if built != here or str(meta.compute_capability) != str(compute_capability):
         raise EngineIncompatible(
             f"engine built for TensorRT {meta.tensorrt_version} on GPU {meta.gpu_name} (compute capability "

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import glob
 import os
+import struct
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -43,6 +45,102 @@ def expand_sources(sources: Iterable[str]) -> list[str]:
             matches = sorted(m for m in glob.glob(src, recursive=True) if os.path.isfile(m))
             out.extend(matches if matches else [src])
     return out
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file's header tells without decoding it.
+
+    Attributes:
+        format: "jpeg" or "png".
+        width: Width in pixels.
+        height: Height in pixels.
+        bit_depth: Bits per sample (JPEG: 8 or 12; PNG: 1, 2, 4, 8 or 16).
+    """
+
+    format: str
+    width: int
+    height: int
+    bit_depth: int
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (not DHT, JPG, DAC)
+_JPEG_STANDALONE = frozenset([0x01, *range(0xD0, 0xD9)])  # TEM, RSTn, SOI: no length field
+
+
+def read_header(path: str | os.PathLike) -> ImageHeader | None:
+    """The size of a JPEG or PNG photo from its header: a few hundred bytes read, nothing decoded.
+
+    Hand-written rather than Pillow's ``Image.open`` (which also reads only the header) because the
+    runtime installs with NumPy, OpenCV and simplejpeg alone: Pillow is not among its requirements,
+    and a detector on a drone should not need it to budget its read-ahead.
+
+    Returns:
+        The header, or None when the file is neither JPEG nor PNG or its header is cut short or
+        malformed: unknown, to be learnt by decoding.
+
+    Raises:
+        OSError: When the file cannot be opened (missing, a folder, no permission).
+    """
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if head[:3] == b"\xff\xd8\xff":
+            f.seek(2)
+            return _jpeg_header(f)
+        if head == _PNG_SIGNATURE:
+            ihdr = f.read(18)  # chunk length, "IHDR", width, height, bit depth, colour type
+            if len(ihdr) < 18 or ihdr[4:8] != b"IHDR":
+                return None
+            w, h, depth = struct.unpack(">IIB", ihdr[8:17])
+            return ImageHeader("png", w, h, depth) if w and h else None
+    return None
+
+
+def _jpeg_header(f) -> ImageHeader | None:
+    """The first start-of-frame segment's size; ``f`` is positioned after SOI."""
+    while True:
+        if f.read(1) != b"\xff":
+            return None
+        marker = f.read(1)
+        while marker == b"\xff":  # fill bytes before a marker
+            marker = f.read(1)
+        if not marker:
+            return None
+        m = marker[0]
+        if m in _JPEG_STANDALONE:
+            continue
+        if m in (0xD9, 0xDA):  # end of image, or a scan before any frame header
+            return None
+        length = f.read(2)
+        if len(length) < 2:
+            return None
+        (n,) = struct.unpack(">H", length)
+        if m in _JPEG_SOF:
+            head = f.read(5)
+            if len(head) < 5:
+                return None
+            depth, h, w = struct.unpack(">BHH", head)
+            return ImageHeader("jpeg", w, h, depth) if w and h else None
+        if n < 2:
+            return None
+        f.seek(n - 2, os.SEEK_CUR)
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of a photo, from its header (JPEG, PNG), else by decoding it.
+
+    Raises:
+        ImageReadError: When the file is missing or not an image.
+    """
+    try:
+        header = read_header(path)
+    except OSError:
+        header = None  # read_image names the reason in its own words
+    if header is not None:
+        return header.width, header.height
+    image = read_image(path)
+    return int(image.shape[1]), int(image.shape[0])
 
 
 def _jpeg_is_truncated(data: np.ndarray) -> bool:

@@ -7,7 +7,6 @@ at the end; detections.csv (the Lacmus competition layout) is appended and flush
 from __future__ import annotations
 
 import csv
-import json
 import os
 import time
 from collections.abc import Mapping
@@ -16,19 +15,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .files import write_json_atomic
 from .results import Detections
 
 CSV_HEADER = ["id", "xmin", "ymin", "xmax", "ymax", "score"]
-
-
-def write_json_atomic(path: Path, obj: object) -> None:
-    """Write JSON so that readers see either the old or the new file, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def draw_detections(image: np.ndarray, dets: Detections, names: Mapping[int, str]) -> np.ndarray:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import queue
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -22,46 +21,12 @@ from typing import TypeVar
 
 import numpy as np
 
-from .images import read_image
+from .images import read_header, read_image
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 READ_AHEAD_MB = 256  # covers 4000x3000 photos (36 MB) and 8K frames (100 MB), not gigapixel mosaics
-
-_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (not DHT, JPG, DAC)
-_JPEG_STANDALONE = frozenset([0x01, *range(0xD0, 0xD9)])  # TEM, RSTn, SOI: no length field
-
-
-def _jpeg_size(f) -> tuple[int, int] | None:
-    """(width, height) from the first start-of-frame segment; ``f`` is positioned after SOI."""
-    while True:
-        byte = f.read(1)
-        if byte != b"\xff":
-            return None
-        marker = f.read(1)
-        while marker == b"\xff":  # fill bytes before a marker
-            marker = f.read(1)
-        if not marker:
-            return None
-        m = marker[0]
-        if m in _JPEG_STANDALONE:
-            continue
-        if m in (0xD9, 0xDA):  # end of image, or a scan before any frame header
-            return None
-        length = f.read(2)
-        if len(length) < 2:
-            return None
-        (n,) = struct.unpack(">H", length)
-        if m in _JPEG_SOF:
-            head = f.read(5)
-            if len(head) < 5:
-                return None
-            _, h, w = struct.unpack(">BHH", head)
-            return (w, h) if w and h else None
-        if n < 2:
-            return None
-        f.seek(n - 2, os.SEEK_CUR)
 
 
 def decoded_bytes(path: str | os.PathLike) -> int | None:
@@ -71,22 +36,15 @@ def decoded_bytes(path: str | os.PathLike) -> int | None:
     give None: unknown, so never read ahead.
     """
     try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if head[:3] == b"\xff\xd8\xff":
-                f.seek(2)
-                size = _jpeg_size(f)
-                return None if size is None else size[0] * size[1] * 3
-            if head == b"\x89PNG\r\n\x1a\n":
-                ihdr = f.read(18)
-                if len(ihdr) < 18 or ihdr[4:8] != b"IHDR":
-                    return None
-                w, h, depth = struct.unpack(">IIB", ihdr[8:17])
-                # cv2 decodes up to 4 channels of 8 or 16 bits, then converts to 8-bit BGR
-                return w * h * (4 * (2 if depth == 16 else 1) + 3)
+        header = read_header(path)
     except OSError:
         return None
-    return None
+    if header is None:
+        return None
+    if header.format == "png":
+        # cv2 decodes up to 4 channels of 8 or 16 bits, then converts to 8-bit BGR
+        return header.width * header.height * (4 * (2 if header.bit_depth == 16 else 1) + 3)
+    return header.width * header.height * 3
 
 
 def read_ahead_bytes(mb: int | None, infers_on_cpu: bool) -> int:

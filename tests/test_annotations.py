@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edgetile.runtime.annotations import image_size, load_dataset
+from edgetile.runtime.evaluation.annotations import load_dataset
+from edgetile.runtime.evaluation.annotations import voc_xml as write_voc_xml
 from edgetile.train.synth import SceneConfig, write_dataset
 
 SMALL = SceneConfig(
@@ -38,12 +39,6 @@ def test_voc_yolo_and_coco_give_the_same_photos(synth):
         np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)  # YOLO's 6 decimals
         np.testing.assert_array_equal(a.boxes, c.boxes)
         assert a.load().shape == (240, 320, 3)
-
-
-def test_image_size_reads_headers_like_the_decoder(tmp_path):
-    for name in ("a.jpg", "b.png", "c.bmp"):
-        cv2.imwrite(str(tmp_path / name), np.zeros((37, 53, 3), np.uint8))
-        assert image_size(tmp_path / name) == (53, 37)
 
 
 def voc_xml(name, w, h, objects):
@@ -109,6 +104,21 @@ def test_voc_classes_are_numbered_in_order_of_appearance_when_not_given(tmp_path
     assert ds.class_names == ["Pedestrian", "dog"] and ds.photos[0].class_ids.tolist() == [0, 1]
 
 
+@pytest.mark.parametrize("decimals", [0, 1, 3])
+def test_the_voc_writer_is_read_back_by_the_voc_reader(tmp_path, decimals):
+    boxes = np.array([[10.25, 10, 30, 50.5], [0, 0, 200, 100]], np.float32)
+    (tmp_path / "Annotations").mkdir()
+    (tmp_path / "JPEGImages").mkdir()
+    cv2.imwrite(str(tmp_path / "JPEGImages" / "a&b.png"), np.zeros((100, 200, 3), np.uint8))
+    xml = write_voc_xml("a&b.png", 200, 100, boxes, ["person", "car<1>"], decimals=decimals)
+    (tmp_path / "Annotations" / "a&b.xml").write_text(xml)
+    ds = load_dataset(tmp_path)
+    assert ds.problems == [] and ds.class_names == ["person", "car<1>"]
+    np.testing.assert_allclose(ds.photos[0].boxes, boxes.round(decimals))
+    with pytest.raises(ValueError, match="names: expected one per box"):
+        write_voc_xml("a.png", 200, 100, boxes, ["person"])
+
+
 def make_yolo(root: Path, labels: dict[str, str], images=None) -> Path:
     (root / "images").mkdir(parents=True)
     (root / "labels").mkdir()
@@ -159,6 +169,50 @@ def test_yolo_data_yaml_with_splits_and_names(tmp_path):
     assert ds.class_names == ["car", "person"] and [p.photo_id for p in ds.photos] == ["train1", "val1"]
     assert load_dataset(root / "data.yaml", subset="val").photos[0].photo_id == "val1"
     assert ds.photos[0].class_ids.tolist() == [1]
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        # case: a YAML list
+        "names: [car, person]\n",
+        # case: a flow mapping, keys out of order
+        "names: {1: person, 0: car}\n",
+        # case: a block list with quotes
+        "names:\n  - 'car'\n  - \"person\"\n",
+    ],
+)
+def test_yolo_data_yaml_names_in_every_yaml_spelling(tmp_path, names):
+    root = tmp_path / "d"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    cv2.imwrite(str(root / "images" / "a.jpg"), np.zeros((100, 200, 3), np.uint8))
+    (root / "labels" / "a.txt").write_text("1 0.5 0.5 0.1 0.1\n")
+    (root / "data.yaml").write_text("train: images\n" + names)
+    ds = load_dataset(root / "data.yaml")
+    assert ds.class_names == ["car", "person"] and ds.photos[0].class_ids.tolist() == [1]
+
+
+@pytest.mark.parametrize(
+    "text,words",
+    [
+        # case: not YAML at all
+        ("train: [images\nnames: {0: a", "unparsable YAML"),
+        # case: YAML, but a list instead of a mapping
+        ("- images\n- labels\n", "expected a YAML mapping"),
+        # case: names of the wrong kind
+        ("train: images\nnames: person\n", "expected 'names:' as a list or a mapping"),
+        # case: no names at all
+        ("train: images\n", "expected class names under 'names:'"),
+        # case: no split
+        ("names: [person]\n", "expected a 'train' or 'val' or 'test' entry"),
+    ],
+)
+def test_a_bad_data_yaml_is_one_clear_error(tmp_path, text, words):
+    (tmp_path / "data.yaml").write_text(text)
+    with pytest.raises(ValueError, match=words) as info:
+        load_dataset(tmp_path / "data.yaml")
+    assert "\n" not in str(info.value)
 
 
 COCO_BAD = [
@@ -220,11 +274,20 @@ def test_not_a_dataset_is_one_clear_error(tmp_path, make, kw, words):
         load_dataset(make(tmp_path / "nothing"), **kw)
 
 
-def test_annotations_and_metrics_keep_the_runtime_lean():
+def test_annotations_and_metrics_import_no_heavy_library():
     code = (
-        "import sys, edgetile.runtime.annotations, edgetile.runtime.metrics; "
+        "import sys, edgetile.runtime.evaluation.annotations, edgetile.runtime.evaluation.metrics; "
         "print(sorted(m for m in ('torch', 'ultralytics', 'onnx', 'pycocotools', 'matplotlib', 'yaml') "
         "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_device_path_never_imports_the_evaluation():
+    code = (
+        "import sys, edgetile.runtime.detector, edgetile.runtime.readahead; "
+        "print(sorted(m for m in sys.modules if m == 'yaml' or m.startswith('edgetile.runtime.evaluation')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

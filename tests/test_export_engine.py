@@ -15,7 +15,9 @@ install time), so:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -34,13 +36,13 @@ from edgetile.export.engine import (
     EngineRequest,
     OnnxFacts,
     build_engine,
-    convert_to_fp16,
     onnx_facts,
     plan_build,
     resolve_batch,
     trt_api,
 )
 from edgetile.export.int8 import Int8Config, quantize_int8
+from edgetile.export.onnx_fp16 import convert_to_fp16
 from edgetile.runtime.cli import main
 from edgetile.runtime.engine_meta import (
     EngineIncompatible,
@@ -473,62 +475,84 @@ class FakeTrt:
         return [c for c in self.calls if c[0] == name]
 
 
-class FakeCuda:
-    """Stand-in for pycuda.driver: one Orin GPU (sm 8.7); host-to-device copies are recorded."""
+class FakeCudaDevice:
+    """Stand-in for the runtime's CudaDevice: one Orin GPU (sm 8.7); copies to the GPU, freed device
+    buffers and context pushes are counted. It has only names the real classes have (checked below)."""
+
+    name = "Orin"
+    compute_capability = "8.7"
 
     def __init__(self):
         self.copies = 0
         self.freed = 0
         self.pushed = 0
-        cuda = self
+        device = self
 
-        class Buffer:
-            def __int__(self):
-                return 0xDEAD
+        class DeviceBuffer:
+            ptr = 0xDEAD
 
-            def free(self):
-                cuda.freed += 1
+            def upload(self, host, stream, offset=0):
+                device.copies += 1
 
-        class Ctx:
-            def push(self):
-                cuda.pushed += 1
+            def close(self):
+                device.freed += 1
 
-            def pop(self):
-                cuda.pushed -= 1
-
-        class Device:
-            @staticmethod
-            def count():
-                return 1
-
-            def __init__(self, i):
+        class Stream:
+            def synchronize(self):
                 pass
 
-            def name(self):
-                return "Orin"
+            def close(self):
+                pass
 
-            def compute_capability(self):
-                return (8, 7)
+        class HostBuffer:
+            def __init__(self, shape, dtype):
+                self.array = np.zeros(shape, dtype)
 
-            def retain_primary_context(self):
-                return Ctx()
+            def close(self):
+                self.array = None
 
-        self.Device, self._buffer = Device, Buffer
+        self._classes = DeviceBuffer, Stream, HostBuffer
 
-    def init(self):
-        pass
+    @contextlib.contextmanager
+    def active(self):
+        self.pushed += 1
+        try:
+            yield self
+        finally:
+            self.pushed -= 1
 
-    def mem_alloc(self, nbytes):
-        return self._buffer()
+    def alloc(self, nbytes):
+        return self._classes[0]()
 
-    def memcpy_htod(self, dst, src):
-        self.copies += 1
+    def stream(self):
+        return self._classes[1]()
+
+    def pinned(self, shape, dtype, mapped=False):
+        return self._classes[2](shape, dtype)
+
+
+def test_the_cuda_stand_in_uses_only_names_of_the_real_device():
+    from edgetile.runtime.cuda import device as real
+
+    fake = FakeCudaDevice()
+    pairs = [(FakeCudaDevice, real.CudaDevice)] + list(
+        zip(fake._classes, (real.DeviceBuffer, real.Stream, real.HostBuffer))
+    )
+    for stand_in, cls in pairs:
+        names = {n for n in vars(stand_in) if not n.startswith("_")} - {
+            "name",
+            "compute_capability",
+            "ptr",
+            "array",
+        }
+        assert names <= {n for n in dir(cls)}, (cls.__name__, names - set(dir(cls)))
+    assert isinstance(real.DeviceBuffer.ptr, property)
 
 
 def _build(models, version, req, out, **fake_kwargs):
-    trt, cuda = FakeTrt(version, **fake_kwargs), FakeCuda()
+    trt, cuda = FakeTrt(version, **fake_kwargs), FakeCudaDevice()
     src = models.qdq if req.precision == "int8" and req.calib is None else models.fp32
-    result = build_engine(src, out, req, trt=trt, cuda=cuda, log=lambda m: None)
+    result = build_engine(src, out, req, trt=trt, device=cuda, log=lambda m: None)
     assert cuda.pushed == 0  # the context was popped again
     return trt, cuda, result, src
 
@@ -649,9 +673,18 @@ def test_refusal_happens_before_tensorrt_is_touched(models, tmp_path):
             tmp_path / "x.engine",
             EngineRequest("int8", calib=models.calib),
             trt=trt,
-            cuda=FakeCuda(),
+            device=FakeCudaDevice(),
         )
     assert trt.calls == []
+
+
+def test_a_build_without_pycuda_is_refused_with_the_reason(models, tmp_path):
+    if importlib.util.find_spec("pycuda") is not None:
+        pytest.skip("pycuda is installed here: the GPU would be opened")
+    trt = FakeTrt("10.3.0")
+    with pytest.raises(BuildRefused, match="no usable CUDA GPU here .*pycuda is not installed"):
+        build_engine(models.fp32, tmp_path / "x.engine", EngineRequest("fp16"), trt=trt, log=lambda m: None)
+    assert not (tmp_path / "x.engine").exists()
 
 
 def test_budget(models, tmp_path):

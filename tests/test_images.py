@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edgetile.runtime.images import ImageReadError, expand_sources, read_image
+from edgetile.runtime.images import ImageReadError, expand_sources, image_size, read_header, read_image
 
 
 @pytest.fixture
@@ -92,3 +92,39 @@ def test_expand_sources_folders_globs_and_missing(tmp_path, photo):
     # Missing files and globs that match nothing are kept, to be reported as failed inputs.
     assert expand_sources([str(tmp_path / "nope.jpg")]) == [str(tmp_path / "nope.jpg")]
     assert expand_sources([str(tmp_path / "*.tif")]) == [str(tmp_path / "*.tif")]
+
+
+def test_image_size_reads_headers_like_the_decoder(tmp_path):
+    for name in ("a.jpg", "b.png", "c.bmp"):
+        cv2.imwrite(str(tmp_path / name), np.zeros((37, 53, 3), np.uint8))
+        assert image_size(tmp_path / name) == (53, 37)
+
+
+@pytest.mark.parametrize(
+    "name,pixels,expected",
+    [
+        # case: baseline JPEG, 8-bit
+        ("a.jpg", np.zeros((37, 53, 3), np.uint8), ("jpeg", 53, 37, 8)),
+        # case: 8-bit PNG
+        ("b.png", np.zeros((37, 53, 3), np.uint8), ("png", 53, 37, 8)),
+        # case: 16-bit grey PNG
+        ("c.png", np.zeros((37, 53), np.uint16), ("png", 53, 37, 16)),
+        # case: BMP: the header reader does not know it, decoding does
+        ("d.bmp", np.zeros((37, 53, 3), np.uint8), None),
+    ],
+)
+def test_read_header_tells_format_size_and_depth(tmp_path, name, pixels, expected):
+    cv2.imwrite(str(tmp_path / name), pixels)
+    header = read_header(tmp_path / name)
+    got = None if header is None else (header.format, header.width, header.height, header.bit_depth)
+    assert got == expected
+
+
+def test_image_size_of_a_bad_file_is_a_one_line_error(tmp_path):
+    with pytest.raises(ImageReadError, match="file not found"):
+        image_size(tmp_path / "missing.jpg")
+    with pytest.raises(ImageReadError, match="found a folder"):
+        image_size(tmp_path)
+    (tmp_path / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0\x00")
+    with pytest.raises(ImageReadError, match="truncated JPEG"):
+        image_size(tmp_path / "cut.jpg")

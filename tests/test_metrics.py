@@ -10,9 +10,9 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from edgetile.runtime.annotations import AnnotatedPhoto, Dataset
 from edgetile.runtime.detector import DetectConfig, Detector
-from edgetile.runtime.metrics import (
+from edgetile.runtime.evaluation.annotations import AnnotatedPhoto, Dataset
+from edgetile.runtime.evaluation.metrics import (
     PhotoDetections,
     evaluate,
     lacmus_metrics,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sklearn.model_selection import KFold
 
-from edgetile.runtime.annotations import AnnotatedPhoto, Dataset, load_dataset
+from edgetile.runtime.evaluation.annotations import AnnotatedPhoto, Dataset, load_dataset
 from edgetile.runtime.tiling import plan_tiles
 from edgetile.train.datasets import TileOptions, build_tile_dataset
 from edgetile.train.folds import photo_labels, stratified_folds, stratified_holdout

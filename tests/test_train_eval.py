@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edgetile.runtime.annotations import AnnotatedPhoto, Dataset, load_dataset
 from edgetile.runtime.cli import build_parser
 from edgetile.runtime.detector import DetectConfig, Detector
-from edgetile.runtime.metrics import evaluate
+from edgetile.runtime.evaluation.annotations import AnnotatedPhoto, Dataset, load_dataset
+from edgetile.runtime.evaluation.metrics import evaluate
 from edgetile.runtime.options.detect import detect_config_from_args
 from edgetile.runtime.options.files import resolve_options
 from edgetile.train.evaluation import SweepGrid, sweep

@@ -177,7 +177,7 @@ def _dataset_needs_subcommand(a: argparse.Namespace) -> int:
 
 
 def cmd_dataset_tiles(a: argparse.Namespace) -> int:
-    from edgetile.runtime.annotations import load_dataset
+    from edgetile.runtime.evaluation.annotations import load_dataset
 
     from .datasets import TileOptions, build_tile_dataset, print_report
 
@@ -567,8 +567,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     import json
     import shlex
 
-    from edgetile.runtime.annotations import load_dataset
-    from edgetile.runtime.metrics import evaluate
+    from edgetile.runtime.evaluation.annotations import load_dataset
+    from edgetile.runtime.evaluation.metrics import evaluate
     from edgetile.runtime.options.detect import detect_config_from_args, model_paths, open_detector
 
     from .evaluation import SweepGrid, sweep, write_eval

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetile.runtime.annotations import AnnotatedPhoto, Dataset, load_dataset
+from edgetile.runtime.evaluation.annotations import AnnotatedPhoto, Dataset, load_dataset
 
 from .folds import fold_table, format_table, photo_labels, stratified_folds, stratified_holdout
 from .tiles import Photo, cut_tiles, write_data_yaml, write_manifest

@@ -65,10 +65,10 @@ def evaluate_demo(onnx_path: Path, out: Path, count: int) -> dict:
 
     Returns the metrics dict (also written to out/heldout_metrics.json).
     """
-    from edgetile.runtime.annotations import load_dataset
     from edgetile.runtime.detector import DetectConfig, Detector
-    from edgetile.runtime.metrics import evaluate
-    from edgetile.runtime.outputs import write_json_atomic
+    from edgetile.runtime.evaluation.annotations import load_dataset
+    from edgetile.runtime.evaluation.metrics import evaluate
+    from edgetile.runtime.files import write_json_atomic
 
     from .synth import write_dataset
 

@@ -16,10 +16,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from edgetile.runtime.annotations import Dataset
 from edgetile.runtime.detector import MERGE_METHODS, DetectConfig, Detector
-from edgetile.runtime.images import ImageReadError
-from edgetile.runtime.metrics import (
+from edgetile.runtime.evaluation.annotations import Dataset
+from edgetile.runtime.evaluation.metrics import (
     EvalResult,
     PhotoDetections,
     class_mapping,
@@ -28,6 +27,7 @@ from edgetile.runtime.metrics import (
     operating_point,
     score_detections,
 )
+from edgetile.runtime.images import ImageReadError
 from edgetile.runtime.options.detect import detect_args, detect_settings
 
 OBJECTIVES = ("f1", "lacmus_ap50", "lacmus_f1", "map50", "map75", "map50_95")

@@ -18,9 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
-
 from edgetile.runtime.detector import DetectConfig, Detector
+from edgetile.runtime.evaluation.annotations import voc_xml
 from edgetile.runtime.images import ImageReadError, expand_sources, read_image
 
 
@@ -83,22 +82,6 @@ class PseudoLabelReport:
             + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(reasons.items()))})" if reasons else "")
             + f"; {len(self.problems)} unreadable; dataset: {self.out}"
         )
-
-
-def _voc(name: str, w: int, h: int, boxes: np.ndarray, labels: Sequence[str]) -> str:
-    from xml.sax.saxutils import escape
-
-    objs = "".join(
-        f"  <object>\n    <name>{escape(n)}</name>\n    <difficult>0</difficult>\n    <bndbox>\n"
-        f"      <xmin>{b[0]:.1f}</xmin>\n      <ymin>{b[1]:.1f}</ymin>\n      <xmax>{b[2]:.1f}</xmax>\n"
-        f"      <ymax>{b[3]:.1f}</ymax>\n    </bndbox>\n  </object>\n"
-        for b, n in zip(boxes, labels)
-    )
-    return (
-        f"<annotation>\n  <folder>JPEGImages</folder>\n  <filename>{escape(name)}</filename>\n"
-        f"  <size>\n    <width>{w}</width>\n    <height>{h}</height>\n    <depth>3</depth>\n  </size>\n"
-        f"{objs}</annotation>\n"
-    )
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -185,7 +168,7 @@ def pseudo_label(
             name = stem + Path(src).suffix.lower()
             _link_or_copy(Path(src), root / "JPEGImages" / name)
             boxes, labels = d.xyxy[sure], [names[int(c)] for c in d.class_ids[sure]]
-            (root / "Annotations" / f"{stem}.xml").write_text(_voc(name, w, h, boxes, labels))
+            (root / "Annotations" / f"{stem}.xml").write_text(voc_xml(name, w, h, boxes, labels))
             (root / "labels" / f"{stem}.txt").write_text(
                 "".join(
                     f"{int(c)} {(b[0] + b[2]) / 2 / w:.6f} {(b[1] + b[3]) / 2 / h:.6f} {(b[2] - b[0]) / w:.6f} "

@@ -15,10 +15,11 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from xml.sax.saxutils import escape
 
 import cv2
 import numpy as np
+
+from edgetile.runtime.evaluation.annotations import voc_xml
 
 CLASS_NAMES = ("person",)
 
@@ -347,22 +348,6 @@ def make_scene(seed: int, config: SceneConfig | None = None) -> Scene:
     return Scene(out, b, np.zeros(len(b), np.int64), poses, seed)
 
 
-def _voc_xml(name: str, w: int, h: int, boxes: np.ndarray, class_ids: np.ndarray) -> str:
-    objs = "".join(
-        f"  <object>\n    <name>{escape(CLASS_NAMES[int(c)])}</name>\n    <pose>Unspecified</pose>\n"
-        f"    <truncated>0</truncated>\n    <difficult>0</difficult>\n    <bndbox>\n"
-        f"      <xmin>{int(round(b[0]))}</xmin>\n      <ymin>{int(round(b[1]))}</ymin>\n"
-        f"      <xmax>{int(round(b[2]))}</xmax>\n      <ymax>{int(round(b[3]))}</ymax>\n"
-        f"    </bndbox>\n  </object>\n"
-        for b, c in zip(boxes, class_ids)
-    )
-    return (
-        f"<annotation>\n  <folder>JPEGImages</folder>\n  <filename>{escape(name)}</filename>\n"
-        f"  <size>\n    <width>{w}</width>\n    <height>{h}</height>\n    <depth>3</depth>\n  </size>\n"
-        f"  <segmented>0</segmented>\n{objs}</annotation>\n"
-    )
-
-
 def write_dataset(
     out_dir: str | Path,
     count: int,
@@ -421,7 +406,8 @@ def write_dataset(
             str(out / "JPEGImages" / name), sc.image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
         ):
             raise OSError(f"could not write {out / 'JPEGImages' / name}")
-        (out / "Annotations" / f"{stem}.xml").write_text(_voc_xml(name, w, h, sc.boxes, sc.class_ids))
+        names = [CLASS_NAMES[int(c)] for c in sc.class_ids]
+        (out / "Annotations" / f"{stem}.xml").write_text(voc_xml(name, w, h, sc.boxes, names, decimals=0))
         lines = [
             f"{int(c)} {(b[0] + b[2]) / 2 / w:.6f} {(b[1] + b[3]) / 2 / h:.6f} "
             f"{(b[2] - b[0]) / w:.6f} {(b[3] - b[1]) / h:.6f}"

@@ -28,7 +28,6 @@ Heavy imports (tensorrt, pycuda) happen inside functions; importing this module 
 from __future__ import annotations
 
 import json
-import re
 import time
 import warnings
 from collections.abc import Generator
@@ -38,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine_meta import EngineMeta, check_engine_compatible, read_engine_sidecar
+from ..engine_meta import EngineMeta, check_engine_compatible, parse_trt_version, read_engine_sidecar
 from ..preprocess import Views
 from . import Backend, BackendUnavailable
 
@@ -74,14 +73,6 @@ class TrtRuntimeApi:
     @property
     def label(self) -> str:
         return ".".join(str(v) for v in self.version)
-
-
-def parse_trt_version(version: str) -> tuple[int, int, int]:
-    """'10.3.0.26' -> (10, 3, 0)."""
-    m = re.match(r"^\s*(\d+)\.(\d+)(?:\.(\d+))?", str(version))
-    if not m:
-        raise ValueError(f"TensorRT version: expected something like 10.3.0, found {version!r}")
-    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
 
 
 def runtime_api(version: str, module: str = "tensorrt") -> TrtRuntimeApi:

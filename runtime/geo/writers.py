@@ -144,16 +144,6 @@ def crop_thumbnail(image: np.ndarray, bbox: list[float] | np.ndarray) -> np.ndar
     return crop
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write text so that readers see either the old or the new file, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def georeference_detections(
     detections: list[dict],
     pose: CameraPose,
@@ -451,7 +441,7 @@ class GeoWriter:
 
     def flush(self) -> None:
         """Rewrite every chosen file now."""
-        from ..outputs import write_json_atomic
+        from ..files import write_json_atomic, write_text_atomic
 
         docs = self.documents()
         if "geojson" in self.config.formats:

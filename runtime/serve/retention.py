@@ -29,7 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-from .sources import fsync_dir
+from ..files import fsync_dir
 from .store import PhotoQueue
 
 log = logging.getLogger("edgetile.serve")

@@ -10,61 +10,22 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from ..files import sha256_file, write_atomic
 from ..images import IMAGE_EXTENSIONS
 from .config import video_kind
+from .retention import DiskFloor
 from .store import PhotoQueue, iso_utc
-
-if TYPE_CHECKING:
-    from .retention import DiskFloor  # retention imports this module
 
 log = logging.getLogger("edgetile.serve")
 
 # Names that file copiers, browsers and FTP servers give to files still being written.
 PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".filepart", ".download", ".!sync")
-HASH_CHUNK = 1 << 20
 RECORD_BATCH = 64
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB pieces (bounded memory for any photo size)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(HASH_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def write_atomic(data: bytes, path: Path, tmp_dir: Path) -> None:
-    """Write bytes so that the file appears complete or not at all, and is on disk when this returns."""
-    fd, tmp = tempfile.mkstemp(dir=tmp_dir, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename into this folder durable (POSIX); a no-op where folders cannot be opened."""
-    if os.name != "posix":
-        return
-    fd = os.open(str(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _walk_images(folder: Path, exclude: Path | None) -> Iterator[tuple[str, os.stat_result]]:
@@ -357,7 +318,7 @@ class VideoReader:
     def _record(self, queue: PhotoQueue, data: bytes, digest: str, index: int, grabbed: dict | None) -> None:
         path = self.frames_dir / f"{digest}.jpg"
         if not path.exists():
-            write_atomic(data, path, self.tmp_dir)
+            write_atomic(path, data, self.tmp_dir, mode=0o600)  # the daemon's own copy, as uploads are
         name = (
             f"{self.source}#frame={index}"
             if self.kind == "file"

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from ..files import HASH_CHUNK, fsync_dir
 from ..images import IMAGE_EXTENSIONS, ImageReadError, read_image
-from .sources import HASH_CHUNK, fsync_dir
 
 MAX_NAME = 120
 _MAGIC = (

@@ -10,22 +10,24 @@ Leaving out the whole photo is the default because a person whose box is dropped
 in the picture unlabelled, teaching a model that people are background and counting a correct
 detection as a false positive.
 
-Stdlib, NumPy and OpenCV only: this module is part of the lean runtime.
+Offline evaluation, not part of the device path: the export side (INT8 calibration) and the training
+side read datasets through it. NumPy and OpenCV at import; PyYAML (the export and train extras) only
+when a YOLO data.yaml is read.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import struct
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 import numpy as np
 
-from .images import IMAGE_EXTENSIONS, ImageReadError, read_image
+from ..images import IMAGE_EXTENSIONS, ImageReadError, image_size, read_image
 
 FORMATS = ("auto", "voc", "yolo", "coco")
 SKIP_MODES = ("photo", "box")
@@ -121,67 +123,6 @@ class Dataset:
             f"{len(self.problems)} problem(s)"
             + (f" ({self.format} at {self.root})" if self.root is not None else "")
         )
-
-
-# ---------------------------------------------------------------------------------------------------
-# Image sizes from file headers: a 4000x3000 JPEG need not be decoded to know its size.
-
-
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) of an image, read from its header (JPEG, PNG), else by decoding it.
-
-    Raises:
-        ImageReadError: When the file is missing or not an image.
-    """
-    p = Path(path)
-    try:
-        with open(p, "rb") as f:
-            head = f.read(32)
-            if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
-                w, h = struct.unpack(">II", head[16:24])
-                return int(w), int(h)
-            if head[:2] == b"\xff\xd8":
-                f.seek(2)
-                size = _jpeg_size(f)
-                if size is not None:
-                    return size
-    except FileNotFoundError:
-        raise ImageReadError(f"file not found: {path}") from None
-    except IsADirectoryError:
-        raise ImageReadError(f"expected an image file, found a folder: {path}") from None
-    image = read_image(p)
-    return int(image.shape[1]), int(image.shape[0])
-
-
-def _jpeg_size(f) -> tuple[int, int] | None:
-    """Walk JPEG markers to the first frame header (SOFn) and return its (width, height)."""
-    while True:
-        byte = f.read(1)
-        if not byte:
-            return None
-        if byte != b"\xff":
-            continue
-        marker = f.read(1)
-        while marker == b"\xff":  # fill bytes
-            marker = f.read(1)
-        if not marker:
-            return None
-        m = marker[0]
-        if m in (0x01, 0xD8) or 0xD0 <= m <= 0xD7:  # markers without a length
-            continue
-        if m == 0xD9:
-            return None
-        raw = f.read(2)
-        if len(raw) < 2:
-            return None
-        length = struct.unpack(">H", raw)[0]
-        if 0xC0 <= m <= 0xCF and m not in (0xC4, 0xC8, 0xCC):
-            data = f.read(5)
-            if len(data) < 5:
-                return None
-            h, w = struct.unpack(">HH", data[1:5])
-            return (int(w), int(h)) if w and h else None
-        f.seek(length - 2, 1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -301,6 +242,39 @@ def _find_image(folder: Path, stem: str, filename: str | None) -> Path | None:
     return None
 
 
+def voc_xml(
+    filename: str, width: int, height: int, boxes: np.ndarray, names: Sequence[str], decimals: int = 1
+) -> str:
+    """One photo's boxes as Pascal VOC XML, in the LADD layout that :func:`load_dataset` reads.
+
+    Args:
+        filename: The image's file name in JPEGImages/.
+        width: Image width in pixels.
+        height: Image height in pixels.
+        boxes: (N, 4) x1, y1, x2, y2 in pixels.
+        names: (N,) class name of each box.
+        decimals: Digits after the point of the coordinates (0 for whole pixels).
+
+    Returns:
+        The XML document, one element a line.
+    """
+    if len(names) != len(boxes):
+        raise ValueError(f"names: expected one per box ({len(boxes)}), found {len(names)}")
+    objs = "".join(
+        f"  <object>\n    <name>{escape(str(n))}</name>\n    <pose>Unspecified</pose>\n"
+        f"    <truncated>0</truncated>\n    <difficult>0</difficult>\n    <bndbox>\n"
+        f"      <xmin>{b[0]:.{decimals}f}</xmin>\n      <ymin>{b[1]:.{decimals}f}</ymin>\n"
+        f"      <xmax>{b[2]:.{decimals}f}</xmax>\n      <ymax>{b[3]:.{decimals}f}</ymax>\n"
+        f"    </bndbox>\n  </object>\n"
+        for b, n in zip(np.asarray(boxes, np.float64).reshape(-1, 4), names)
+    )
+    return (
+        f"<annotation>\n  <folder>JPEGImages</folder>\n  <filename>{escape(filename)}</filename>\n"
+        f"  <size>\n    <width>{int(width)}</width>\n    <height>{int(height)}</height>\n    <depth>3</depth>\n"
+        f"  </size>\n  <segmented>0</segmented>\n{objs}</annotation>\n"
+    )
+
+
 def _load_voc(
     root: Path, classes: _Classes, skip: str, subset: str | None, problems: list[str]
 ) -> list[AnnotatedPhoto]:
@@ -373,46 +347,60 @@ def _load_voc(
 # YOLO
 
 
-def _read_names_yaml(path: Path) -> list[str] | None:
-    """The `names:` of an Ultralytics data.yaml (list or mapping), read without a YAML library."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for i, line in enumerate(lines):
-        if not line.startswith("names:"):
-            continue
-        rest = line[len("names:") :].strip()
-        if rest.startswith("["):
-            import ast
+def _read_data_yaml(path: Path) -> dict:
+    """An Ultralytics data.yaml (path, train, val, test, names) as a mapping.
 
-            return [str(n) for n in ast.literal_eval(rest)]
-        if rest.startswith("{"):
-            import ast
-
-            d = ast.literal_eval(rest)
-            return [str(d[k]) for k in sorted(d)]
-        names: dict[int, str] = {}
-        seq: list[str] = []
-        for sub in lines[i + 1 :]:
-            if not sub.startswith((" ", "\t")) or not sub.strip():
-                if sub.strip():
-                    break
-                continue
-            s = sub.strip()
-            if s.startswith("- "):
-                seq.append(s[2:].strip().strip("'\""))
-            elif ":" in s:
-                k, v = s.split(":", 1)
-                names[int(k.strip())] = v.strip().strip("'\"")
-        if names:
-            return [names[k] for k in sorted(names)]
-        return seq
-    return None
+    Raises:
+        ValueError: When the file is not YAML or not a mapping.
+    """
+    try:
+        import yaml
+    except ImportError:
+        raise ImportError(
+            f"{path}: reading a YOLO data.yaml needs PyYAML, found it missing; "
+            "install edgetile[export] or pyyaml"
+        ) from None
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        # PyYAML's own message spans several lines; keep the problem and where it is.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"{path}: expected a YOLO data.yaml, found unparsable YAML{where}: {what}") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ValueError(
+            f"{path}: expected a YAML mapping (path, train, val, names), found a {type(doc).__name__}"
+        )
+    return doc
 
 
-def _yaml_value(path: Path, key: str) -> str | None:
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith(f"{key}:"):
-            return line.split(":", 1)[1].strip().strip("'\"") or None
-    return None
+def _names(doc: dict, path: Path) -> list[str] | None:
+    """The class names of a data.yaml's ``names:`` (a list, or a mapping of class index to name)."""
+    names = doc.get("names")
+    if names is None:
+        return None
+    if isinstance(names, list):
+        return [str(n) for n in names]
+    if isinstance(names, dict):
+        return [str(names[k]) for k in sorted(names)]
+    raise ValueError(
+        f"{path}: expected 'names:' as a list or a mapping of class index to name, found {names!r}"
+    )
+
+
+def _paths(doc: dict, key: str, path: Path) -> list[str]:
+    """The image folders a data.yaml names under a split ``key`` (one, or a list); none when absent."""
+    value = doc.get(key)
+    if value is None or value == "":
+        return []
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    if isinstance(value, (str, int, float)):
+        return [str(value)]
+    raise ValueError(f"{path}: expected '{key}:' as a folder or a list of folders, found {value!r}")
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -436,17 +424,20 @@ def _load_yolo(
     src: Path, classes: _Classes, skip: str, subset: str | None, problems: list[str]
 ) -> list[AnnotatedPhoto]:
     if src.is_file():  # data.yaml
+        doc = _read_data_yaml(src)
         root = src.parent
-        base = _yaml_value(src, "path")
-        if base:
-            root = (src.parent / base) if not Path(base).is_absolute() else Path(base)
-        names = _read_names_yaml(src)
+        base = doc.get("path")
+        if base not in (None, ""):
+            if not isinstance(base, str):
+                raise ValueError(f"{src}: expected 'path:' as a folder, found {base!r}")
+            root = src.parent / base  # an absolute path replaces src.parent
+        names = _names(doc, src)
         if not classes.fixed:
             if names is None:
                 raise ValueError(f"{src}: expected class names under 'names:', found none")
             classes.fix(names)
         keys = [subset] if subset is not None else ["train", "val", "test"]
-        splits = list(dict.fromkeys(v for v in (_yaml_value(src, k) for k in keys) if v))
+        splits = list(dict.fromkeys(v for k in keys for v in _paths(doc, k, src)))
         if not splits:
             raise ValueError(f"{src}: expected a {' or '.join(repr(k) for k in keys)} entry, found none")
         image_roots = [root / s for s in splits]
@@ -461,7 +452,7 @@ def _load_yolo(
                     break
             else:
                 for cand in (src / "data.yaml", src / "dataset.yaml"):
-                    names = _read_names_yaml(cand) if cand.is_file() else None
+                    names = _names(_read_data_yaml(cand), cand) if cand.is_file() else None
                     if names is not None:
                         classes.fix(names)
                         break

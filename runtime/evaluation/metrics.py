@@ -30,9 +30,10 @@ from typing import Protocol
 
 import numpy as np
 
+from ..boxes import pairwise_overlap
+from ..images import ImageReadError
+from ..results import Detections
 from .annotations import AnnotatedPhoto, Dataset
-from .images import ImageReadError
-from .results import Detections
 
 LACMUS_SCORE_THR = 0.05
 LACMUS_IOU = 0.5
@@ -199,27 +200,6 @@ def _json_num(v: float | int) -> float | int | None:
 # Matching and VOC AP
 
 
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of a with every box of b.
-
-    Args:
-        a: (N, 4) xyxy boxes.
-        b: (M, 4) xyxy boxes.
-
-    Returns:
-        (N, M) float64 IoU, continuous coordinates.
-    """
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
-    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
-    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
 def match_in_order(det_boxes: np.ndarray, gt_boxes: np.ndarray, iou_thr: float = LACMUS_IOU) -> np.ndarray:
     """True positives of one photo and one class, matching detections in the order given.
 
@@ -240,7 +220,9 @@ def match_in_order(det_boxes: np.ndarray, gt_boxes: np.ndarray, iou_thr: float =
     tp = np.zeros(n, bool)
     if n == 0 or len(gt_boxes) == 0:
         return tp
-    ious = iou_matrix(det_boxes, gt_boxes)
+    ious = pairwise_overlap(
+        np.asarray(det_boxes, np.float64).reshape(-1, 4), np.asarray(gt_boxes, np.float64).reshape(-1, 4)
+    )
     taken = np.zeros(len(gt_boxes), bool)
     best = ious.argmax(axis=1)
     for i in range(n):
@@ -552,7 +534,7 @@ def evaluate(
 
     Args:
         detector: A runtime Detector (anything with .detect(image) -> Detections and .names).
-        dataset: Annotated photos (edgetile.runtime.annotations.load_dataset).
+        dataset: Annotated photos (edgetile.runtime.evaluation.annotations.load_dataset).
         score_thr: Operating threshold for recall, precision and F1.
         progress: Show a progress bar on stderr (only on a terminal).
 

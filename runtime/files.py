@@ -1,0 +1,77 @@
+"""File utilities shared by the runtime, the daemon and the exporter: a content hash and atomic writes.
+
+An atomic write leaves either the old file or the new one, whole, never half of one, and is on disk
+when it returns: the data is fsynced before the rename, and the folder after it, because on ext4 and
+most other POSIX file systems a rename is durable only once its folder is (a power cut on a drone
+otherwise can leave an empty ``detections.json`` or a missing frame).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+
+HASH_CHUNK = 1 << 20  # 1 MiB: bounded memory for any photo or engine size
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(HASH_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename into this folder durable (POSIX); a no-op where folders cannot be opened."""
+    if os.name != "posix":
+        return
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(
+    path: str | os.PathLike, data: bytes, tmp_dir: str | os.PathLike | None = None, mode: int = 0o666
+) -> None:
+    """Write bytes so that the file appears complete or not at all, and is on disk when this returns.
+
+    Args:
+        path: The file to write (replaced if it exists).
+        data: Its new content.
+        tmp_dir: Where the temporary file is written: a folder on the same file system as ``path``
+            (default: beside it, under a hidden name that folder watchers skip).
+        mode: Permissions of the new file, before the umask (0o600 keeps it to its owner).
+    """
+    target = Path(path)
+    folder = Path(tmp_dir) if tmp_dir is not None else target.parent
+    # A unique name: two threads writing the same file (two cameras' identical frames) must not
+    # write into one temporary file.
+    tmp = folder / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
+    fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(target.parent)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 text atomically (see :func:`write_atomic`); line endings are written as given."""
+    write_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | os.PathLike, obj: object) -> None:
+    """Write JSON (indented by one space) atomically (see :func:`write_atomic`)."""
+    write_text_atomic(path, json.dumps(obj, indent=1))
