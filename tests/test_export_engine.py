@@ -789,6 +789,7 @@ def test_real_build_loads_back(models, tmp_path, precision):
     assert "images" in names and "output0" in names
 
 
+@pytest.mark.slow
 def test_fp16_conversion_of_an_ultralytics_export(tmp_path):
     from export_models import make_tiny_pt
 
