@@ -63,11 +63,12 @@ class Surface:
         return object.__getattribute__(self, name)
 
 
-def _surface(version: str, what: str, trt_class: str | None = None) -> type[Surface]:
+def _surface(version: str, trt_class: str) -> type[Surface]:
+    """A base class for the stand-in of ``trt_class`` (the real class's name) in ``version``."""
     return type(
-        f"StandIn{what}",
+        f"StandIn{trt_class}",
         (Surface,),
-        {"_names": api_names(version, trt_class), "_what": what, "_version": version},
+        {"_names": api_names(version, trt_class), "_what": trt_class, "_version": version},
     )
 
 
@@ -144,13 +145,15 @@ class StandInTensorRT(Surface):
                     f"TensorRT {version}: expected {shared.__name__} members, {missing} not recorded"
                 )
         self.DataType, self.TensorIOMode = DataType, TensorIOMode
-        self.NetworkDefinitionCreationFlag = _members(version, {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 4})
+        self.NetworkDefinitionCreationFlag = _members(
+            version, "NetworkDefinitionCreationFlag", {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 4}
+        )
         builder_flags = {"GPU_FALLBACK": 3}
         if major <= 10:
             builder_flags.update(FP16=0, INT8=1)
-        self.BuilderFlag = _members(version, builder_flags)
-        self.MemoryPoolType = _members(version, {"WORKSPACE": 0})
-        self.DeviceType = _members(version, {"GPU": 0, "DLA": 1})
+        self.BuilderFlag = _members(version, "BuilderFlag", builder_flags)
+        self.MemoryPoolType = _members(version, "MemoryPoolType", {"WORKSPACE": 0})
+        self.DeviceType = _members(version, "DeviceType", {"GPU": 0, "DLA": 1})
 
         # --- loggers (subclassed by edgetile, so no Surface) -----------------------------------------
         class ILogger:
@@ -302,7 +305,7 @@ class StandInTensorRT(Surface):
                 rec.append(("execute_async_v2",))
                 return True
 
-        class Engine(_surface(version, "ICudaEngine", "ICudaEngine")):
+        class Engine(_surface(version, "ICudaEngine")):
             num_io_tensors = len(tensors)
             has_implicit_batch_dimension = implicit_batch if major < 10 else False
 
@@ -367,9 +370,9 @@ class StandInTensorRT(Surface):
         return [c for c in self.calls if c[0] == name]
 
 
-def _members(version: str, members: dict[str, int]) -> Surface:
+def _members(version: str, enum_name: str, members: dict[str, int]) -> Surface:
     """Enum members as ints (BuilderFlag.FP16), holding only those the version's record has."""
-    cls = _surface(version, "enum")
+    cls = _surface(version, enum_name)
     obj = cls()
     for k, v in members.items():
         if k in cls._names:
