@@ -3,13 +3,28 @@ PYTHON ?= python3
 VENV ?= .venv
 DEMO_VENV ?= .venv-demo
 PYTEST_ARGS ?=
+SOURCES = runtime export train tests benchmarks setup.py
+# The runtime's tests run a second time on the pure-NumPy merge (EDGETILE_PUREPYTHON=1), as a machine
+# without a C compiler runs it. Left out: the merge suites, which run both paths by themselves, the
+# training and export sides, and the architecture test, which only reads sources.
+PURE_TESTS = $(filter-out tests/test_merge% tests/test_train_% tests/test_export_% tests/test_architecture.py,$(wildcard tests/test_*.py))
 
-.PHONY: test demo lint bench clean
+.PHONY: test test-fast check demo lint bench clean
 
 # Installs the runtime with every extra the tests need (ONNX Runtime, Ultralytics, torch, the oracles).
-test: $(VENV)/.installed-dev
-	$(VENV)/bin/ruff check runtime export train tests benchmarks
+test: check $(VENV)/.installed-dev
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	EDGETILE_PUREPYTHON=1 $(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS) $(PURE_TESTS)
+
+# The quick loop while working: the same checks, without the training, export and daemon tests.
+test-fast: check $(VENV)/.installed-dev
+	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Lint, formatting and the architecture contracts (.importlinter): the checks pre-commit runs too.
+check: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check $(SOURCES)
+	$(VENV)/bin/ruff format --check $(SOURCES)
+	$(VENV)/bin/lint-imports
 
 # The MQTT tests (tests/test_geo_mqtt.py) start a real Mosquitto broker: installed from the system's
 # packages when missing; if that fails, make stops here and says so.
@@ -38,8 +53,7 @@ $(DEMO_VENV)/.installed: setup.py pyproject.toml runtime/_merge.c
 	$(DEMO_VENV)/bin/python -m pip install -e ".[onnx]"
 	touch $@
 
-lint: $(VENV)/.installed-dev
-	$(VENV)/bin/ruff check runtime export train tests benchmarks
+lint: check
 
 clean:
 	rm -rf $(VENV) $(DEMO_VENV) build *.egg-info runtime/*.so demo_out

@@ -111,6 +111,9 @@ DEV = sorted(
             "ensemble-boxes>=1.0.9",
             "sahi>=0.11.18",
             "ruff>=0.5",
+            # lint-imports checks .importlinter; 2.6 brought its acyclic_siblings contract.
+            "import-linter>=2.6",
+            "pre-commit>=3.5",
             "scipy>=1.7",
             # CUDA 11.8 NVRTC and headers: tests compile the kernels for sm_72 (Xavier), which CUDA 13's nvcc dropped.
             "nvidia-cuda-nvrtc-cu11>=11.8; platform_system == 'Linux'",
@@ -127,6 +130,9 @@ setup(
     if (HERE / "README.md").exists()
     else "",
     long_description_content_type="text/markdown",
+    # An SPDX expression (the full text is LICENSE); setuptools deprecates the License :: classifiers
+    # in its favour and refuses the two together once it reads the field as an expression (PEP 639).
+    license="AGPL-3.0-only",
     python_requires=">=3.8",
     packages=[
         "edgetile.runtime",

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from edgetile.runtime import merge
 from edgetile.runtime.backends import Backend
 
 
@@ -32,6 +33,12 @@ def _trt_reason() -> str | None:
     if importlib.util.find_spec("tensorrt") is None:
         return "needs TensorRT (from JetPack or NVIDIA's wheels) and a GPU; tensorrt is not installed here"
     return _cuda_reason()
+
+
+def pytest_report_header(config):
+    # `make test` runs the runtime's tests twice; the header tells the two runs apart in a CI log.
+    reason = f" ({merge.C_UNAVAILABLE_REASON})" if merge.C_UNAVAILABLE_REASON else ""
+    return f"edgetile merge: {merge.BACKEND}{reason}"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -5,11 +5,12 @@ install time), so:
 
 * The dispatch (``trt_api``, ``plan_build``) is tested as the pure functions it is, over a table of
   versions from JetPack 5.1 to 7.
-* The builder's call sequence is tested against ``FakeTrt``: a STAND-IN FOR TENSORRT'S API SHAPE,
-  not TensorRT. It exposes, per version, exactly the names that the real Python bindings of that
-  version have (tests/data/tensorrt_api_names.json, read from the tensorrt.so of the 8.6.1, 10.3.0
-  and 11.4.0 wheels), so code reaching for a name that a version lacks fails as it would there, and
-  it records every call so the test can assert what was asked of TensorRT. It builds nothing.
+* The builder's call sequence is tested against ``StandInTensorRT`` (tests/trt_stand_in.py, shared
+  with the backend's tests): a STAND-IN FOR TENSORRT'S API SHAPE, not TensorRT. It offers, per
+  version, only the names that the real Python bindings of that version have
+  (tests/data/tensorrt_api_names.json, read from the tensorrt.so of the 8.6.1, 10.3.0 and 11.4.0
+  wheels), so code reaching for a name that a version lacks fails as it would there, and it records
+  every call so the test can assert what was asked of TensorRT. It builds nothing.
 * A real build, marked ``needs_trt``, runs where TensorRT and a GPU are present and is skipped here.
 """
 
@@ -29,6 +30,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from export_models import conv_blob_model, write_photos
+from trt_stand_in import API_NAMES, StandInTensorRT
 
 from edgetile.export.engine import (
     BuildError,
@@ -52,8 +54,6 @@ from edgetile.runtime.engine_meta import (
     sidecar_path,
     write_engine_sidecar,
 )
-
-API_NAMES = json.loads((Path(__file__).parent / "data" / "tensorrt_api_names.json").read_text())["versions"]
 
 # ---------------------------------------------------------------------------------------------------
 # trt_api: what each TensorRT version offers.
@@ -318,163 +318,6 @@ def test_fp16_conversion_keeps_io_and_tail_float_and_matches_fp32(models, tmp_pa
 # The builder's call sequence against a stand-in for TensorRT's API shape.
 
 
-class _Enum:
-    """Enum members as ints, holding only the names that a TensorRT version has."""
-
-    def __init__(self, members: dict[str, int]):
-        self.__dict__.update(members)
-
-
-class FakeTrt:
-    """STAND-IN FOR THE SHAPE OF TENSORRT'S PYTHON API of one version (8.6, 10.3 or 11.4); builds nothing.
-
-    Names absent from that version's real bindings are absent here too; every call is recorded in
-    ``calls``. The serialized "plan" is a few marker bytes.
-    """
-
-    def __init__(self, version: str, parser_errors=(), dla_cores=2, timing_cache_ok=True):
-        self.__version__ = version
-        self.calls: list[tuple] = []
-        names = API_NAMES[".".join(version.split(".")[:3])]["present"]
-        major = int(version.split(".")[0])
-        flags = {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 4}
-        self.NetworkDefinitionCreationFlag = _Enum({k: v for k, v in flags.items() if k in names})
-        builder_flags = {"GPU_FALLBACK": 3}
-        if major <= 10:  # BuilderFlag.FP16 / INT8 removed in 11 (TENSORRT.md; the bindings' strings agree)
-            builder_flags.update(FP16=0, INT8=1)
-        self.BuilderFlag = _Enum(builder_flags)
-        self.MemoryPoolType = _Enum({"WORKSPACE": 0})
-        self.DeviceType = _Enum({"GPU": 0, "DLA": 1})
-        rec = self.calls
-        fake = self
-
-        class Logger:
-            WARNING = 2
-
-            def __init__(self, level):
-                rec.append(("Logger", level))
-
-        class Network:
-            pass
-
-        class Profile:
-            def set_shape(self, name, mn, opt, mx):
-                rec.append(("profile.set_shape", name, mn, opt, mx))
-
-        class TimingCache:
-            def serialize(self):
-                return b"timing-cache"
-
-        class Config:
-            def set_memory_pool_limit(self, pool, size):
-                rec.append(("set_memory_pool_limit", pool, size))
-
-            def set_flag(self, flag):
-                rec.append(("set_flag", flag))
-
-            def add_optimization_profile(self, p):
-                rec.append(("add_optimization_profile",))
-
-            def create_timing_cache(self, blob):
-                rec.append(("create_timing_cache", bytes(blob)))
-                return TimingCache()
-
-            def set_timing_cache(self, cache, ignore_mismatch):
-                rec.append(("set_timing_cache", ignore_mismatch))
-                return timing_cache_ok
-
-            def get_timing_cache(self):
-                return TimingCache()
-
-            def __setattr__(self, name, value):
-                allowed = {"default_device_type", "DLA_core"}
-                if "int8_calibrator" in names:
-                    allowed.add("int8_calibrator")
-                if name not in allowed:
-                    raise AttributeError(f"TensorRT {version} IBuilderConfig has no attribute {name!r}")
-                rec.append(("config." + name, value))
-                object.__setattr__(self, name, value)
-
-        if "set_calibration_profile" in names:
-
-            def set_calibration_profile(self, p):
-                rec.append(("set_calibration_profile",))
-
-            Config.set_calibration_profile = set_calibration_profile
-
-        class Builder:
-            num_DLA_cores = dla_cores
-
-            def __init__(self, logger):
-                rec.append(("Builder",))
-
-            def create_network(self, flags):
-                rec.append(("create_network", flags))
-                return Network()
-
-            def create_builder_config(self):
-                return Config()
-
-            def create_optimization_profile(self):
-                return Profile()
-
-            def build_serialized_network(self, network, config):
-                rec.append(("build_serialized_network",))
-                cal = getattr(config, "int8_calibrator", None)
-                if cal is not None:  # TensorRT drives the calibrator during the build
-                    cached = cal.read_calibration_cache()
-                    if cached is None:
-                        while cal.get_batch(["images"]) is not None:
-                            fake.calib_batches += 1
-                        cal.write_calibration_cache(b"calibration-table")
-                return b"PLAN" + fake.__version__.encode()
-
-        if major <= 10:
-            Builder.platform_has_fast_fp16 = True
-
-        class ParserError:
-            def __init__(self, desc, node):
-                self._desc, self._node = desc, node
-
-            def desc(self):
-                return self._desc
-
-            def node(self):
-                return self._node
-
-        class OnnxParser:
-            def __init__(self, network, logger):
-                self.errors = [ParserError(d, n) for d, n in parser_errors]
-
-            def parse_from_file(self, path):
-                rec.append(("parse_from_file", path, onnx_facts(path).float16))
-                return not self.errors
-
-            @property
-            def num_errors(self):
-                return len(self.errors)
-
-            def get_error(self, i):
-                return self.errors[i]
-
-        self.Logger, self.Builder, self.OnnxParser = Logger, Builder, OnnxParser
-        self.calib_batches = 0
-        if "IInt8EntropyCalibrator2" in names:
-
-            class _Calibrator:
-                def __init__(self):
-                    pass
-
-            self.IInt8EntropyCalibrator2 = type("IInt8EntropyCalibrator2", (_Calibrator,), {})
-            self.IInt8MinMaxCalibrator = type("IInt8MinMaxCalibrator", (_Calibrator,), {})
-
-    def __getattr__(self, name):
-        raise AttributeError(f"TensorRT {self.__version__} has no attribute {name!r}")
-
-    def called(self, name):
-        return [c for c in self.calls if c[0] == name]
-
-
 class FakeCudaDevice:
     """Stand-in for the runtime's CudaDevice: one Orin GPU (sm 8.7); copies to the GPU, freed device
     buffers and context pushes are counted. It has only names the real classes have (checked below)."""
@@ -550,7 +393,7 @@ def test_the_cuda_stand_in_uses_only_names_of_the_real_device():
 
 
 def _build(models, version, req, out, **fake_kwargs):
-    trt, cuda = FakeTrt(version, **fake_kwargs), FakeCudaDevice()
+    trt, cuda = StandInTensorRT(version, **fake_kwargs), FakeCudaDevice()
     src = models.qdq if req.precision == "int8" and req.calib is None else models.fp32
     result = build_engine(src, out, req, trt=trt, device=cuda, log=lambda m: None)
     assert cuda.pushed == 0  # the context was popped again
@@ -666,7 +509,7 @@ def test_timing_cache_loaded_and_saved(models, tmp_path):
 
 
 def test_refusal_happens_before_tensorrt_is_touched(models, tmp_path):
-    trt = FakeTrt("11.4.0")
+    trt = StandInTensorRT("11.4.0")
     with pytest.raises(BuildRefused, match="INT8 only from a Q/DQ ONNX"):
         build_engine(
             models.fp32,
@@ -681,7 +524,7 @@ def test_refusal_happens_before_tensorrt_is_touched(models, tmp_path):
 def test_a_build_without_pycuda_is_refused_with_the_reason(models, tmp_path):
     if importlib.util.find_spec("pycuda") is not None:
         pytest.skip("pycuda is installed here: the GPU would be opened")
-    trt = FakeTrt("10.3.0")
+    trt = StandInTensorRT("10.3.0")
     with pytest.raises(BuildRefused, match="no usable CUDA GPU here .*pycuda is not installed"):
         build_engine(models.fp32, tmp_path / "x.engine", EngineRequest("fp16"), trt=trt, log=lambda m: None)
     assert not (tmp_path / "x.engine").exists()
@@ -822,6 +665,7 @@ def test_real_build_loads_back(models, tmp_path, precision):
     assert "images" in names and "output0" in names
 
 
+@pytest.mark.slow
 def test_fp16_conversion_of_an_ultralytics_export(tmp_path):
     from export_models import make_tiny_pt
 

@@ -51,6 +51,7 @@ def _consumers(model):
     return out
 
 
+@pytest.mark.slow
 def test_head_tail_of_an_ultralytics_export(yolo_onnx):
     model = onnx.load(str(yolo_onnx))
     tail = set(head_tail_nodes(model))
@@ -70,6 +71,7 @@ def test_head_tail_of_an_ultralytics_export(yolo_onnx):
                 assert src.name in tail or src.op_type == "Conv", (t, src.name)
 
 
+@pytest.mark.slow
 def test_qdq_graph_is_what_tensorrt_accepts(yolo_onnx, data, tmp_path):
     r = quantize_int8(yolo_onnx, data / "calib", tmp_path / "q.onnx", Int8Config(calib_count=12, tile=128))
     q = onnx.load(str(r.path))
@@ -109,6 +111,7 @@ def test_qdq_graph_is_what_tensorrt_accepts(yolo_onnx, data, tmp_path):
         assert be.infer(np.zeros((2, 3, 64, 64), np.float32))[0].shape[:2] == (2, 5)
 
 
+@pytest.mark.slow
 def test_quantize_head_puts_qdq_on_the_dfl(yolo_onnx, data, tmp_path):
     r = quantize_int8(
         yolo_onnx,
@@ -144,12 +147,14 @@ def test_calibration_tiles_spread_over_every_photo(data):
     np.testing.assert_array_equal(plan.picks[3], windows[[1, 8]])
 
 
+@pytest.mark.slow
 def test_no_calibration_photos_is_one_clear_error(tmp_path, yolo_onnx):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ExportError, match="expected photos"):
         quantize_int8(yolo_onnx, tmp_path / "empty", tmp_path / "x.onnx", Int8Config(calib_count=4))
 
 
+@pytest.mark.slow
 def test_budget_is_checked(yolo_onnx, data, tmp_path):
     with pytest.raises(BudgetExceeded, match="over the weight budget"):
         quantize_int8(

@@ -37,6 +37,7 @@ def _input_dims(path):
     return [d.dim_param or d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
 
 
+@pytest.mark.slow
 def test_dynamic_batch_fixed_size_and_metadata_the_runtime_reads(tiny_onnx):
     assert _input_dims(tiny_onnx) == ["batch", 3, IMGSZ, IMGSZ]
     m = onnx.load(str(tiny_onnx))
@@ -57,6 +58,7 @@ def test_dynamic_batch_fixed_size_and_metadata_the_runtime_reads(tiny_onnx):
     assert out.shape == (3, 5, (IMGSZ // 8) ** 2 + (IMGSZ // 16) ** 2 + (IMGSZ // 32) ** 2)
 
 
+@pytest.mark.slow
 def test_verification_passes_on_tiles_of_user_photos(tiny_pt, tiny_onnx, tmp_path):
     write_photos(tmp_path / "photos", 2, seed=5, size=(300, 200))
     tiles, source = verification_tiles(IMGSZ, tmp_path / "photos", count=5, tile=128)
@@ -80,6 +82,7 @@ def test_verification_tiles_are_the_runtime_preprocessing_of_plan_tiles(tmp_path
         np.testing.assert_allclose(tile, ref, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_verification_catches_a_wrong_export(tiny_pt, tiny_onnx, tmp_path):
     broken = onnx.load(str(tiny_onnx))
     # The DFL's fixed projection 0..15, off by one bin: every box distance grows by one stride, the kind of
@@ -96,6 +99,7 @@ def test_verification_catches_a_wrong_export(tiny_pt, tiny_onnx, tmp_path):
     assert "FAIL" in v.summary()
 
 
+@pytest.mark.slow
 def test_fixed_batch_export_runs_padded(tiny_pt, tmp_path):
     out = export_onnx(tiny_pt, tmp_path / "b2.onnx", OnnxExportConfig(imgsz=IMGSZ, batch=2))
     assert _input_dims(out) == [2, 3, IMGSZ, IMGSZ]
@@ -103,6 +107,7 @@ def test_fixed_batch_export_runs_padded(tiny_pt, tmp_path):
     assert verify_onnx(tiny_pt, out, tiles, source).passed
 
 
+@pytest.mark.slow
 def test_budget_failure_keeps_the_file(tiny_pt, tmp_path):
     with pytest.raises(BudgetExceeded, match=r"over the weight budget of 1 MB"):
         export_onnx(tiny_pt, tmp_path / "big.onnx", OnnxExportConfig(imgsz=IMGSZ, budget_mb=1))
@@ -122,6 +127,7 @@ def test_config_refuses_bad_values(kwargs, message):
         OnnxExportConfig(**kwargs)
 
 
+@pytest.mark.slow
 def test_cli_default_out_beside_input_prints_path_and_never_touches_a_neighbour(tiny_pt, tmp_path, capsys):
     work = tmp_path / "w"
     work.mkdir()
@@ -153,6 +159,7 @@ def test_cli_default_out_beside_input_prints_path_and_never_touches_a_neighbour(
     assert (tmp_path / "o" / "x.onnx").is_file()
 
 
+@pytest.mark.slow
 def test_cli_exit_codes(tiny_pt, tmp_path, capsys):
     assert main(["export", "onnx", str(tmp_path / "missing.pt")]) == 2
     assert "file not found" in capsys.readouterr().err

@@ -37,6 +37,7 @@ def wait_until(cond, timeout=20.0):
     return True
 
 
+@pytest.mark.slow
 def test_detections_arrive_as_json_with_qos1_and_status_is_retained(broker):
     sub = Subscriber(broker.port)
     try:
@@ -55,6 +56,7 @@ def test_detections_arrive_as_json_with_qos1_and_status_is_retained(broker):
         sub.close()
 
 
+@pytest.mark.slow
 def test_buffers_while_the_broker_is_down_and_delivers_after_reconnecting(broker):
     sub = Subscriber(broker.port)  # a persistent session: the broker keeps its messages while it is away
     pub = MqttPublisher("127.0.0.1", broker.port, reconnect_min_s=0.2, reconnect_max_s=1.0)
@@ -86,6 +88,7 @@ def test_buffers_while_the_broker_is_down_and_delivers_after_reconnecting(broker
         sub.close()
 
 
+@pytest.mark.slow
 def test_publisher_started_before_the_broker_sends_once_it_appears(tmp_path):
     needs_mosquitto()
     b = Broker(tmp_path / "b")
@@ -112,6 +115,7 @@ time.sleep(60)
 """
 
 
+@pytest.mark.slow
 def test_last_will_marks_the_status_offline_when_the_process_dies(broker):
     proc = subprocess.Popen(
         [sys.executable, "-c", PUBLISHER_THAT_DIES, str(broker.port)], stdout=subprocess.PIPE, text=True

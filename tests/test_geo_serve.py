@@ -48,6 +48,7 @@ def blob_photo(path, cell_xy, **kw):
     return write_photo(path, img, **kw)
 
 
+@pytest.mark.slow
 def test_daemon_serves_coordinates_geo_files_thumbnails_and_publishes_to_mqtt(tmp_path, model):
     broker = Broker(tmp_path / "broker").start()
     sub = Subscriber(broker.port, "drone1/#")
@@ -157,6 +158,7 @@ def test_daemon_serves_coordinates_geo_files_thumbnails_and_publishes_to_mqtt(tm
         broker.stop()
 
 
+@pytest.mark.slow
 def test_daemon_without_geo_serves_pixels_only_and_bad_mqtt_is_a_usage_error(tmp_path, model):
     d = ServeProcess(tmp_path, "--model", model, "--state", tmp_path / "s").start()
     try:

@@ -165,6 +165,7 @@ def count(db: Path, sql: str) -> int:
         return int(c.execute(sql).fetchone()[0])
 
 
+@pytest.mark.slow
 def test_frames_get_coordinates_from_the_gimbal_pose_when_grabbed(tmp_path, model):
     port = free_udp_port()
     # The vehicle heads 30 deg, tilted 3 deg nose up and 2 deg right; its gimbal holds the camera 60 deg down
@@ -221,6 +222,7 @@ def test_frames_get_coordinates_from_the_gimbal_pose_when_grabbed(tmp_path, mode
         ap.close()
 
 
+@pytest.mark.slow
 def test_stale_telemetry_gives_pixels_and_one_warning_and_fresh_telemetry_coordinates_again(tmp_path, model):
     port = free_udp_port()
     ap = Autopilot(port, yaw=30.0)  # level, heading 30; no gimbal: the default mount looks straight down
@@ -289,6 +291,7 @@ def test_stale_telemetry_gives_pixels_and_one_warning_and_fresh_telemetry_coordi
         ap.close()
 
 
+@pytest.mark.slow
 def test_the_pose_recorded_at_grab_survives_kill_9_and_a_restart_without_telemetry(tmp_path, model):
     port = free_udp_port()
     ap = Autopilot(port, yaw=30.0)
@@ -535,6 +538,7 @@ def test_bad_mavlink_values_in_the_config_file_are_refused_like_flags(tmp_path, 
     assert words in log and "Traceback" not in log and len(log.strip().splitlines()) == 1, log
 
 
+@pytest.mark.slow
 def test_run_to_exit_kills_and_reaps_a_daemon_that_does_not_stop(tmp_path, model):
     d = ServeProcess(tmp_path, "--model", model, "--state", tmp_path / "state")  # a daemon that starts fine
     with pytest.raises(subprocess.TimeoutExpired):

@@ -64,6 +64,7 @@ def api(tmp_path_factory, model):
     assert d.terminate() == 0, d.log()
 
 
+@pytest.mark.slow
 def test_health_answers_ok_with_the_queue_depth(api):
     status, headers, body = api.request("/health")
     assert status == 200 and headers["content-type"] == "application/json"
@@ -75,6 +76,7 @@ def test_health_answers_ok_with_the_queue_depth(api):
     }
 
 
+@pytest.mark.slow
 def test_detections_are_the_records_detect_writes(api, model, tmp_path):
     served = {Path(it["image"]).name: it for it in api.all_pages("/detections")}
     assert set(served) == set(api.good)
@@ -110,6 +112,7 @@ def test_detections_are_the_records_detect_writes(api, model, tmp_path):
         assert set(item) == {"id", "image", "sha256", "width", "height", "detections", "processed_at"}
 
 
+@pytest.mark.slow
 def test_detections_pages_with_since_and_limit(api):
     everything = api.json("/detections?limit=1000")
     ids = [it["id"] for it in everything["items"]]
@@ -139,6 +142,7 @@ def test_detections_pages_with_since_and_limit(api):
         assert status == 422 and words in json.loads(body)["detail"], (query, body)
 
 
+@pytest.mark.slow
 def test_failed_lists_each_broken_input_once_with_its_error(api):
     failed = {Path(it["image"]).name: it for it in api.json("/failed")["items"]}
     assert set(failed) == {"cut.jpg", "notes.png"}
@@ -154,6 +158,7 @@ def test_failed_lists_each_broken_input_once_with_its_error(api):
     assert status == 200 and body == b"not an image"
 
 
+@pytest.mark.slow
 def test_images_serve_the_photo_and_an_annotated_copy(api):
     item = next(it for it in api.json("/detections")["items"] if it["image"].endswith("photo_3.jpg"))
     status, headers, raw = api.request(f"/images/{item['id']}")
@@ -174,6 +179,7 @@ def test_images_serve_the_photo_and_an_annotated_copy(api):
         assert status == 404 and b"no result with id 999999" in body
 
 
+@pytest.mark.slow
 def test_metrics_are_prometheus_text_with_queue_counts_and_stage_histograms(api):
     status, headers, body = api.request("/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -216,6 +222,7 @@ def test_metrics_are_prometheus_text_with_queue_counts_and_stage_histograms(api)
         assert "edgetile_temperature_celsius" not in families
 
 
+@pytest.mark.slow
 def test_upload_is_checked_stored_by_hash_and_processed(api, tmp_path):
     data = cv2.imencode(".jpg", person_photo(100))[1].tobytes()
     body, headers = multipart("file", "../../../etc/evil name;rm -rf.jpg", data)
@@ -243,6 +250,7 @@ def test_upload_is_checked_stored_by_hash_and_processed(api, tmp_path):
     assert status == 201 and json.loads(answer)["image"] == "c.png"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case, body, headers, status, words",
     [
@@ -292,6 +300,7 @@ def test_upload_refusals_name_the_reason_and_leave_nothing_behind(api, case, bod
     assert list((api.state / "tmp").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_upload_declared_over_the_limit_is_refused_before_reading(api):
     # Only the headers are sent: the daemon answers 413 from Content-Length without waiting for the body.
     where = urllib.parse.urlsplit(api.url)
@@ -303,6 +312,7 @@ def test_upload_declared_over_the_limit_is_refused_before_reading(api):
     assert answer.startswith(b"HTTP/1.1 413"), answer
 
 
+@pytest.mark.slow
 def test_a_second_daemon_on_the_same_state_or_port_is_refused(api, model, tmp_path):
     in_flight = api.state / "tmp" / "upload-being-received.part"
     in_flight.write_bytes(b"half a photo")
@@ -328,6 +338,7 @@ def test_non_loopback_without_token_is_refused_at_start(tmp_path, model):
     assert both.run_to_exit() == 2 and "expected one of them, found both" in both.log()
 
 
+@pytest.mark.slow
 def test_with_a_token_every_route_but_health_needs_the_bearer_header(tmp_path, model):
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")
@@ -369,6 +380,7 @@ def test_with_a_token_every_route_but_health_needs_the_bearer_header(tmp_path, m
         assert d.terminate() == 0
 
 
+@pytest.mark.slow
 def test_yaml_config_is_used_and_the_command_line_wins(tmp_path, model):
     drop = tmp_path / "drop"
     drop.mkdir()
@@ -408,6 +420,7 @@ def test_bad_config_files_are_refused_with_one_line(tmp_path, yaml_text, words):
     assert words in log and "Traceback" not in log and len(log.strip().splitlines()) == 1, log
 
 
+@pytest.mark.slow
 def test_video_file_frames_by_stride(tmp_path, model):
     video = tmp_path / "flight.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
@@ -439,6 +452,7 @@ def test_video_file_frames_by_stride(tmp_path, model):
         assert db.execute("SELECT COUNT(*) FROM items").fetchone()[0] == 5
 
 
+@pytest.mark.slow
 def test_video_stream_url_reconnects_and_queues_each_distinct_frame_once(tmp_path, model):
     video = tmp_path / "cam.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
@@ -480,6 +494,7 @@ def test_video_stream_url_reconnects_and_queues_each_distinct_frame_once(tmp_pat
         server.server_close()
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_batch_commits_and_exits_0_and_systemd_is_told(tmp_path, model):
     drop = tmp_path / "drop"
     drop.mkdir()

@@ -57,6 +57,7 @@ def drop_photos(
     return good, bad
 
 
+@pytest.mark.slow
 def test_sigkill_midway_then_restart_gives_every_photo_exactly_one_outcome(tmp_path, model):
     drop, state = tmp_path / "drop", tmp_path / "state"
     drop.mkdir()

@@ -109,6 +109,7 @@ def wait_subscribed(sub: Subscriber, topic: str, timeout: float = 20.0) -> None:
                 raise AssertionError(f"the subscriber did not hear {topic} within {timeout} s") from None
 
 
+@pytest.mark.slow
 def test_results_committed_while_the_broker_is_down_arrive_after_a_restart_in_order(tmp_path, model):
     broker = Broker(tmp_path / "broker").start()
     sub = Subscriber(broker.port, "drone9/#", client_id="ground-station")  # a persistent session
@@ -178,6 +179,7 @@ def test_results_committed_while_the_broker_is_down_arrive_after_a_restart_in_or
         broker.stop()
 
 
+@pytest.mark.slow
 def test_a_full_outbox_drops_the_oldest_messages_and_says_so(tmp_path, model):
     port = free_port()  # no broker ever listens here
     drop = tmp_path / "drop"

@@ -335,6 +335,7 @@ def jpeg(seed: int) -> bytes:
     return cv2.imencode(".jpg", person_photo(seed), [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
 
 
+@pytest.mark.slow
 def test_over_budget_copies_go_oldest_result_first_and_their_images_answer_410(tmp_path, model):
     drop, state = tmp_path / "drop", tmp_path / "state"
     drop.mkdir()
@@ -405,6 +406,7 @@ def write_video(path: Path, frames: int) -> None:
     writer.release()
 
 
+@pytest.mark.slow
 def test_a_zero_budget_never_takes_the_copy_of_an_input_still_to_be_processed(tmp_path, model):
     # With nothing allowed, every sweep (one after each commit) deletes all it may while uploads and
     # frames keep arriving. Had it deleted a queued input's copy, that input would fail to be read
@@ -459,6 +461,7 @@ def live_stream(tmp_path):
     server.server_close()
 
 
+@pytest.mark.slow
 def test_below_the_disk_floor_frames_are_skipped_uploads_refused_and_finished_copies_go(
     tmp_path, model, live_stream
 ):
@@ -515,6 +518,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
+@pytest.mark.slow
 def test_the_daemon_comes_back_when_the_disk_has_room_again(tmp_path, model, small_disk):
     state = small_disk / "state"
     with ServeProcess(

@@ -1,12 +1,15 @@
 """The TensorRT backend: version dispatch, engine files, and its calls into TensorRT's name-based API.
 
-TensorRT cannot be installed where this project is developed (see /work/shared/TENSORRT.md). So:
+TensorRT cannot be installed where this project's tests run (its wheels fetch libnvinfer from NVIDIA
+at install time, and there is no GPU). So:
 
 * Pure logic (version table, Ultralytics engine header, metadata) is tested against real inputs.
-* Which TensorRT calls the backend makes is tested against ``StandInTensorRT`` below: NOT TensorRT, a
-  stand-in with the API surface (names, argument order, return conventions) of TensorRT 8.6, 10 and 11's
-  Python bindings, recording the calls. It computes nothing; it only shows that the backend uses the
-  name-based tensor API and never the binding-index API removed in 10.
+* Which TensorRT calls the backend makes is tested against ``StandInTensorRT`` (tests/trt_stand_in.py,
+  shared with the builder's tests): NOT TensorRT, a stand-in with the API surface (names, argument
+  order, return conventions) of TensorRT 8.6, 10 and 11's Python bindings, offering only the names
+  tests/data/tensorrt_api_names.json records for each version and recording the calls. It computes
+  nothing; it shows that the backend uses the name-based tensor API, never the binding-index API
+  removed in 10, and no name a version lacks.
 * The real thing runs in the ``needs_trt`` tests at the end: engines built from a tiny ONNX model by
   edgetile's own builder, compared with ONNX Runtime and with the CPU path. They are skipped here and
   run wherever TensorRT, pycuda and a GPU are present.
@@ -14,12 +17,12 @@ TensorRT cannot be installed where this project is developed (see /work/shared/T
 
 from __future__ import annotations
 
-import enum
 import json
 import types
 
 import numpy as np
 import pytest
+from trt_stand_in import API_NAMES, DataType, StandInTensorRT, api_names
 
 from conftest import scene_with_people
 from edgetile.runtime.backends import BackendUnavailable, create_backend
@@ -127,7 +130,7 @@ def test_bench_gpu_exits_with_the_reason_where_it_cannot_run(tmp_path):
     )
 
 
-def test_bench_gpu_floor_counts_the_bytes_of_the_issues_case():
+def test_bench_gpu_floor_counts_the_bytes_of_twelve_1024_tiles():
     import importlib.util
     from pathlib import Path
 
@@ -140,7 +143,7 @@ def test_bench_gpu_floor_counts_the_bytes_of_the_issues_case():
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     views = tile_views(plan_tiles(4000, 3000, 1024, 0.0), 1024, (1024, 1024), (4000, 3000))
-    assert len(views) == 12  # the issue's 4000x3000 frame into 12 tiles of 1024^2
+    assert len(views) == 12  # a 4000x3000 photo into 12 tiles of 1024^2
     read, written = bench.preprocess_floor_bytes(views, (4000, 3000), (1024, 1024), 2)
     assert (read, written) == (12 * 1024 * 1024 * 3, 12 * 3 * 1024 * 1024 * 2)  # no resize: each pixel once
     views = tile_views(plan_tiles(4000, 3000, 1024, 0.0), 1024, (512, 512), (4000, 3000))
@@ -206,137 +209,40 @@ def test_metadata_from_ultralytics_json_is_what_model_info_reads():
 # --- the name-based API, against a stand-in ----------------------------------------------------------
 
 
-class StandInTensorRT(types.SimpleNamespace):
-    """NOT TensorRT: the API surface of its Python bindings for one version, recording every call.
-
-    Names and conventions follow the real bindings: ``get_tensor_profile_shape(name, profile_index)``
-    returns [min, opt, max]; ``set_input_shape``, ``set_tensor_address`` and ``execute_async_v3`` return
-    a bool; ``deserialize_cuda_engine`` returns None on failure after logging through the ILogger;
-    ``has_implicit_batch_dimension`` exists in 8.x, is deprecated and always False in 10, gone in 11; the
-    binding-index API (``num_bindings``, ``get_binding_index``, ``execute_async_v2``) exists only in 8.x.
-    """
-
-    class DataType(enum.Enum):
-        FLOAT = 0
-        HALF = 1
-        INT8 = 2
-        INT32 = 3
-
-    class TensorIOMode(enum.Enum):
-        NONE = 0
-        INPUT = 1
-        OUTPUT = 2
-
-    def __init__(
-        self,
-        version: str,
-        tensors: list[tuple],
-        implicit_batch: bool = False,
-        plan_ok: bool = True,
-        refuse_shapes: bool = False,
-        execute_ok: bool = True,
-    ):
-        super().__init__(__version__=version)
-        self.calls: list[tuple] = []
-        major = int(version.split(".")[0])
-        stand_in = self
-
-        class ILogger:
-            class Severity(enum.IntEnum):
-                INTERNAL_ERROR = 0
-                ERROR = 1
-                WARNING = 2
-                INFO = 3
-                VERBOSE = 4
-
-            def __init__(self):
-                stand_in.calls.append(("ILogger.__init__",))
-
-        class Context:
-            def __init__(self):
-                self.shapes = {name: shape for name, mode, _, shape, _ in tensors if mode == "in"}
-
-            def set_input_shape(self, name, shape):
-                stand_in.calls.append(("set_input_shape", name, tuple(shape)))
-                if refuse_shapes:
-                    return False
-                self.shapes[name] = tuple(shape)
-                return True
-
-            def get_tensor_shape(self, name):
-                stand_in.calls.append(("get_tensor_shape", name))
-                b = next(iter(self.shapes.values()))[0]
-                shape = next(s for n, _, _, s, _ in tensors if n == name)
-                return (b, *shape[1:]) if name not in self.shapes else self.shapes[name]
-
-            def set_tensor_address(self, name, ptr):
-                stand_in.calls.append(("set_tensor_address", name, ptr))
-                return True
-
-            def execute_async_v3(self, stream_handle):
-                stand_in.calls.append(("execute_async_v3", stream_handle))
-                return execute_ok
-
-            def execute_async_v2(self, bindings, stream_handle):  # 8.x only in reality; must not be used
-                stand_in.calls.append(("execute_async_v2",))
-                return True
-
-        class Engine:
-            num_io_tensors = len(tensors)
-
-            def get_tensor_name(self, i):
-                return tensors[i][0]
-
-            def get_tensor_mode(self, name):
-                mode = next(m for n, m, _, _, _ in tensors if n == name)
-                return stand_in.TensorIOMode.INPUT if mode == "in" else stand_in.TensorIOMode.OUTPUT
-
-            def get_tensor_dtype(self, name):
-                return next(d for n, _, d, _, _ in tensors if n == name)
-
-            def get_tensor_shape(self, name):
-                return next(s for n, _, _, s, _ in tensors if n == name)
-
-            def get_tensor_profile_shape(self, name, profile_index):
-                stand_in.calls.append(("get_tensor_profile_shape", name, profile_index))
-                return list(next(p for n, _, _, _, p in tensors if n == name))
-
-            def create_execution_context(self):
-                stand_in.calls.append(("create_execution_context",))
-                return Context()
-
-        if major < 11:
-            Engine.has_implicit_batch_dimension = implicit_batch if major < 10 else False
-        if major < 10:
-
-            def _binding_api(self, *a):
-                stand_in.calls.append(("binding API",))
-                return 0
-
-            Engine.num_bindings = property(_binding_api)
-            Engine.get_binding_index = _binding_api
-
-        class Runtime:
-            def __init__(self, logger):
-                self.logger = logger
-                stand_in.calls.append(("Runtime",))
-
-            def __setattr__(self, key, value):
-                if key == "DLA_core":
-                    stand_in.calls.append(("DLA_core", value))
-                object.__setattr__(self, key, value)
-
-            def deserialize_cuda_engine(self, plan):
-                stand_in.calls.append(("deserialize_cuda_engine", bytes(plan)))
-                if not plan_ok:
-                    self.logger.log(ILogger.Severity.ERROR, "Serialization assertion failed: version tag")
-                    return None
-                return Engine()
-
-        self.ILogger, self.Runtime, self.Engine = ILogger, Runtime, Engine
+@pytest.mark.parametrize("version", sorted(API_NAMES))
+def test_the_runtime_api_table_agrees_with_the_real_bindings(version):
+    """runtime_api's claims against the names recorded from NVIDIA's bindings of 8.6.1, 10.3.0 and 11.4.0."""
+    api, engine = runtime_api(version), api_names(version, "ICudaEngine")
+    assert api.device_memory_attr in engine
+    assert ("device_memory_size_v2" in engine) == (api.version[:2] >= (10, 1))
+    assert ("device_memory_size" in engine) == (api.version[0] < 11)
+    assert ("has_implicit_batch_dimension" in engine) == (api.version[0] < 11)
+    binding_api = {"num_bindings", "get_binding_index", "binding_is_input", "execute_async_v2"}
+    assert (binding_api <= api_names(version)) == api.implicit_batch_engines
+    assert not binding_api & api_names(version) or api.version[0] < 10
 
 
-F, H = StandInTensorRT.DataType.FLOAT, StandInTensorRT.DataType.HALF
+@pytest.mark.parametrize(
+    "version, reach",
+    [
+        # the binding-index API is gone from 10
+        ("10.3.0", lambda trt: trt.make_engine().num_bindings),
+        ("11.4.1", lambda trt: trt.make_engine().get_binding_index),
+        ("10.3.0", lambda trt: trt.make_engine().create_execution_context().execute_async_v2),
+        # ICudaEngine lost these in 11 (the name lives on in other classes' strings)
+        ("11.4.1", lambda trt: trt.make_engine().has_implicit_batch_dimension),
+        # never recorded for any version: not a TensorRT name
+        ("10.3.0", lambda trt: trt.make_engine().get_binding_shape_v9),
+        # implicit INT8 calibration is gone from 11
+        ("11.4.1", lambda trt: trt.IInt8EntropyCalibrator2),
+    ],
+)
+def test_the_stand_in_refuses_what_a_version_lacks(version, reach):
+    with pytest.raises(AttributeError, match=f"TensorRT {version} .*has no attribute"):
+        reach(StandInTensorRT(version, DYNAMIC))
+
+
+F, H = DataType.FLOAT, DataType.HALF
 DYNAMIC = [
     ("images", "in", F, (-1, 3, 256, 256), ((1, 3, 256, 256), (8, 3, 256, 256), (8, 3, 256, 256))),
     ("output0", "out", F, (-1, 5, 1024), None),
@@ -348,7 +254,7 @@ VERSIONS = ["8.6.2", "10.3.0", "11.4.1"]
 @pytest.mark.parametrize("version", VERSIONS)
 def test_engine_io_reads_tensors_by_name(version):
     trt = StandInTensorRT(version, DYNAMIC)
-    io = engine_io(trt, trt.Engine(), runtime_api(version))
+    io = engine_io(trt, trt.make_engine(), runtime_api(version))
     assert (io.input.name, io.input.dtype, io.input_hw, io.batch_min, io.batch_max) == (
         "images",
         np.float32,
@@ -359,7 +265,7 @@ def test_engine_io_reads_tensors_by_name(version):
     assert io.dynamic_batch and [o.name for o in io.outputs] == ["output0"]
     assert ("get_tensor_profile_shape", "images", 0) in trt.calls
     trt = StandInTensorRT(version, FIXED_FP16)
-    io = engine_io(trt, trt.Engine(), runtime_api(version))
+    io = engine_io(trt, trt.make_engine(), runtime_api(version))
     assert (io.input.dtype, io.outputs[0].dtype, io.batch_min, io.batch_max) == (np.float16, np.float16, 4, 4)
     assert not io.dynamic_batch and not any(c[0] == "get_tensor_profile_shape" for c in trt.calls)
 
@@ -375,7 +281,7 @@ ENGINE_ERRORS = [
         r"expected shape \(B, 3, H, W\), found \(1, 1, 256, 256\)",
     ),
     (
-        [DYNAMIC[0], ("ids", "out", StandInTensorRT.DataType.INT32, (-1, 100), None)],
+        [DYNAMIC[0], ("ids", "out", DataType.INT32, (-1, 100), None)],
         "tensor 'ids': expected float32 or float16",
     ),
     ([DYNAMIC[0]], "at least one output"),
@@ -386,20 +292,20 @@ ENGINE_ERRORS = [
 def test_engine_io_refuses_what_is_not_an_image_detector(tensors, message):
     trt = StandInTensorRT("10.3.0", tensors)
     with pytest.raises(ValueError, match=message):
-        engine_io(trt, trt.Engine(), runtime_api("10.3.0"), "m.engine")
+        engine_io(trt, trt.make_engine(), runtime_api("10.3.0"), "m.engine")
 
 
 def test_implicit_batch_engines_are_refused_on_8x():
     trt = StandInTensorRT("8.6.2", DYNAMIC, implicit_batch=True)
     with pytest.raises(ValueError, match="implicit batch dimension .* rebuild it"):
-        engine_io(trt, trt.Engine(), runtime_api("8.6.2"))
+        engine_io(trt, trt.make_engine(), runtime_api("8.6.2"))
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_execution_binds_by_name_and_enqueues_v3(version):
     trt = StandInTensorRT(version, DYNAMIC)
-    io = engine_io(trt, trt.Engine(), runtime_api(version))
-    ex = EngineExecution(trt.Engine(), io, "m.engine")
+    io = engine_io(trt, trt.make_engine(), runtime_api(version))
+    ex = EngineExecution(trt.make_engine(), io, "m.engine")
     assert ex.set_batch(5) is True and ex.set_batch(5) is False  # a shape is set once, not per call
     assert ex.output_shapes == {"output0": (5, 5, 1024)}
     assert ex.nbytes("images") == 5 * 3 * 256 * 256 * 4 and ex.nbytes("output0") == 5 * 5 * 1024 * 4
@@ -416,7 +322,7 @@ def test_execution_binds_by_name_and_enqueues_v3(version):
 
 def test_fixed_shape_engines_get_no_set_input_shape():
     trt = StandInTensorRT("10.3.0", FIXED_FP16)
-    ex = EngineExecution(trt.Engine(), engine_io(trt, trt.Engine(), runtime_api("10.3.0")))
+    ex = EngineExecution(trt.make_engine(), engine_io(trt, trt.make_engine(), runtime_api("10.3.0")))
     ex.set_batch(4)
     assert not any(c[0] == "set_input_shape" for c in trt.calls)
     with pytest.raises(ValueError, match=r"accepts 4..4 views per call .* found 3"):
@@ -425,7 +331,9 @@ def test_fixed_shape_engines_get_no_set_input_shape():
 
 def test_batch_outside_the_profile_is_refused_with_the_range():
     trt = StandInTensorRT("10.3.0", DYNAMIC)
-    ex = EngineExecution(trt.Engine(), engine_io(trt, trt.Engine(), runtime_api("10.3.0")), "m.engine")
+    ex = EngineExecution(
+        trt.make_engine(), engine_io(trt, trt.make_engine(), runtime_api("10.3.0")), "m.engine"
+    )
     with pytest.raises(
         ValueError, match=r"engine m.engine accepts 1..8 views per call .* found 9; pass --batch 8"
     ):
@@ -436,19 +344,23 @@ def test_refused_shape_and_failed_execution_raise():
     from edgetile.runtime.cuda.device import CudaError
 
     trt = StandInTensorRT("10.3.0", DYNAMIC, refuse_shapes=True)
-    ex = EngineExecution(trt.Engine(), engine_io(trt, trt.Engine(), runtime_api("10.3.0")), "m.engine")
+    ex = EngineExecution(
+        trt.make_engine(), engine_io(trt, trt.make_engine(), runtime_api("10.3.0")), "m.engine"
+    )
     with pytest.raises(ValueError, match=r"TensorRT refused input shape \(2, 3, 256, 256\)"):
         ex.set_batch(2)
     trt = StandInTensorRT("10.3.0", DYNAMIC, execute_ok=False)
     log = ["ERROR: [executionContext.cpp::enqueueV3] Error Code 1: Cuda Runtime (out of memory)"]
-    ex = EngineExecution(trt.Engine(), engine_io(trt, trt.Engine(), runtime_api("10.3.0")), "m.engine", log)
+    ex = EngineExecution(
+        trt.make_engine(), engine_io(trt, trt.make_engine(), runtime_api("10.3.0")), "m.engine", log
+    )
     ex.set_batch(2)
     with pytest.raises(
         CudaError, match=r"m.engine: TensorRT execute_async_v3 failed: ERROR: .*out of memory"
     ):
         ex.enqueue(1, {"output0": 2}, 3)
     with pytest.raises(RuntimeError, match="set_batch must be called"):
-        EngineExecution(trt.Engine(), ex.io).enqueue(1, {"output0": 2}, 3)
+        EngineExecution(trt.make_engine(), ex.io).enqueue(1, {"output0": 2}, 3)
 
 
 def test_logger_keeps_warnings_and_errors_only():

@@ -69,12 +69,14 @@ def chain(tmp_path_factory):
     return root, tiles, train
 
 
+@pytest.mark.slow
 def test_tiles_and_folds(chain):
     root, tiles, _ = chain
     assert tiles.returncode == 0, tiles.stderr
     assert all((root / "tiles" / "folds" / f"fold{k}.yaml").is_file() for k in range(3))
 
 
+@pytest.mark.slow
 def test_one_epoch_training_exports_an_onnx_the_runtime_runs_within_budget(chain):
     root, _, train = chain
     assert train.returncode == 0, train.stderr[-3000:]
@@ -97,6 +99,7 @@ def test_one_epoch_training_exports_an_onnx_the_runtime_runs_within_budget(chain
         assert det.names == {0: "person"} and det.input_hw == (64, 64)
 
 
+@pytest.mark.slow
 def test_hard_negatives_from_the_trained_checkpoint(chain):
     root, _, train = chain
     assert train.returncode == 0
@@ -122,6 +125,7 @@ def test_hard_negatives_from_the_trained_checkpoint(chain):
     assert float(hard[0]["score"]) >= float(hard[1]["score"]) >= 0  # ranked, highest first
 
 
+@pytest.mark.slow
 def test_full_photo_evaluation_of_the_trained_model(chain):
     root, _, train = chain
     assert train.returncode == 0
@@ -154,6 +158,7 @@ def test_full_photo_evaluation_of_the_trained_model(chain):
     assert (out / "pr_curve.png").is_file() and (out / "best_detect.json").is_file()
 
 
+@pytest.mark.slow
 def test_budget_refusal_before_training_names_the_largest_model_that_fits(tmp_path, chain):
     root = chain[0]
     t0 = time.perf_counter()

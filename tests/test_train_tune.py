@@ -84,6 +84,7 @@ def tiles(tmp_path_factory):
     ).data_yaml
 
 
+@pytest.mark.slow
 def test_genetic_tune_writes_csv_and_best_yaml_that_train_hyp_accepts(tmp_path, tiles):
     out = tmp_path / "tune"
     space = ["lr0=0.001:0.01", "momentum", "cls=0.3:3"]

@@ -22,6 +22,7 @@ SMALL = SceneConfig(
 )
 
 
+@pytest.mark.slow
 def test_ray_tune_searches_the_same_space_and_writes_the_same_files(tmp_path):
     photos = write_dataset(tmp_path / "photos", 4, seed=43, config=SMALL)
     data = build_tile_dataset(
