@@ -41,12 +41,14 @@ TAG_MAKER_NOTE = 0x927C
 
 # Where a photo may carry XMP, in the order of precedence when two places disagree: the APP1
 # segment is where the XMP specification (part 3) puts XMP in a JPEG and what editing tools
-# rewrite; its extended part continues it; tag 700 is the TIFF place, read when APP1 lacks a value.
+# rewrite; its extended part continues it; other formats keep one packet of their own; tag 700 is
+# the TIFF place (also found in JPEG EXIF, e.g. DJI's XT2), read for the values the others lack.
 XMP_APP1 = "APP1 XMP"
 XMP_APP1_EXTENDED = "APP1 extended XMP"
 XMP_IFD0 = "EXIF IFD0 XMLPacket (tag 700)"
 XMP_EXIF_IFD = "EXIF Exif-IFD XMLPacket (tag 700)"
-XMP_PLACES = (XMP_APP1, XMP_APP1_EXTENDED, XMP_IFD0, XMP_EXIF_IFD)
+XMP_FILE = "XMP packet of the file"  # formats other than JPEG and TIFF (PNG iTXt, WebP XMP chunk)
+XMP_PLACES = (XMP_APP1, XMP_APP1_EXTENDED, XMP_FILE, XMP_IFD0, XMP_EXIF_IFD)
 
 # DJI maker notes (older firmware, e.g. Phantom 3 / Inspire 1): an IFD without a TIFF header, tags as
 # in exiftool's Image::ExifTool::DJI::Main table; every value read here is one inline float32.
@@ -276,6 +278,7 @@ class PhotoMetadata:
         focal_mm: EXIF FocalLength in millimetres, or None.
         focal_plane_px_per_mm: EXIF FocalPlaneXResolution in pixels per millimetre, or None.
         dji_places: Where each drone-dji value was read (one of XMP_PLACES), by name.
+        xmp_places: The places whose XMP carries drone-dji values, in the order of XMP_PLACES.
         xmp_conflicts: One line per drone-dji value that two places give differently, naming the
             one used.
         maker_note: DJI maker-note values (degrees, m/s) by exiftool's tag name, e.g. "Yaw".
@@ -294,6 +297,7 @@ class PhotoMetadata:
     focal_plane_px_per_mm: float | None = None
     dji_places: Mapping[str, str] = field(default_factory=dict)
     xmp_conflicts: tuple[str, ...] = ()
+    xmp_places: tuple[str, ...] = ()
     maker_note: Mapping[str, float] = field(default_factory=dict)
 
 
@@ -413,11 +417,11 @@ def _xmp_packets(
     """Every XMP packet of the photo as (place, packet), in the order of XMP_PLACES."""
     applist = [data for marker, data in getattr(im, "applist", []) if marker == "APP1"]
     standard = [data[len(XMP_HEADER) :] for data in applist if data.startswith(XMP_HEADER)]
-    if not standard:
-        info_xmp = getattr(im, "info", {}).get("xmp")
-        if isinstance(info_xmp, (bytes, bytearray)):
-            standard = [bytes(info_xmp)]
     out = [(XMP_APP1, seg) for seg in standard]
+    info_xmp = getattr(im, "info", {}).get("xmp")
+    # PNG and WebP keep their packet in info; a TIFF's is its IFD0 tag 700, read below
+    if not applist and getattr(im, "format", None) != "TIFF" and isinstance(info_xmp, (bytes, bytearray)):
+        out.append((XMP_FILE, bytes(info_xmp)))
     guid = next((g for g in map(_has_extended_guid, standard) if g is not None), None)
     ext = _extended_xmp([d for d in applist if d.startswith(XMP_EXT_HEADER)], guid, problems)
     if ext is not None:
@@ -441,17 +445,20 @@ def _same_value(a: str, b: str) -> bool:
 
 def _merge_dji(
     packets: list[tuple[str, bytes]], problems: list[str]
-) -> tuple[dict[str, str], dict[str, str], list[str]]:
+) -> tuple[dict[str, str], dict[str, str], list[str], set[str]]:
     """drone-dji values of all packets, the first place in XMP_PLACES order winning each name."""
     dji: dict[str, str] = {}
     places: dict[str, str] = {}
     conflicts: list[str] = []
+    carrying: set[str] = set()
     for place, packet in packets:
         try:
             values = parse_dji_xmp(packet)
         except ValueError as exc:
             problems.append(f"{place}: {exc}")
             continue
+        if values:
+            carrying.add(place)
         for name, value in values.items():
             if name not in dji:
                 dji[name], places[name] = value, place
@@ -459,7 +466,7 @@ def _merge_dji(
                 conflicts.append(
                     f"drone-dji:{name} {dji[name]!r} from {places[name]} used over {value!r} from {place}"
                 )
-    return dji, places, conflicts
+    return dji, places, conflicts, carrying
 
 
 def parse_dji_maker_note(data: bytes, byte_order: str = "<") -> dict[str, float]:
@@ -551,7 +558,7 @@ def read_photo_metadata(path: str | os.PathLike) -> PhotoMetadata:
                 px_per_mm = res / FOCAL_PLANE_UNIT_MM[unit]
             else:
                 problems.append(f"EXIF FocalPlaneResolutionUnit: expected 2, 3, 4 or 5, found {unit!r}")
-        dji, places, conflicts = _merge_dji(_xmp_packets(im, exif, exif_ifd, problems), problems)
+        dji, places, conflicts, xmp_places = _merge_dji(_xmp_packets(im, exif, exif_ifd, problems), problems)
         maker_note: dict[str, float] = {}
         note = _as_bytes(exif_ifd.get(TAG_MAKER_NOTE))
         # exiftool's condition for DJI's IFD-style notes; "[ae_dbg_info:" and "DJI..." notes are other formats
@@ -581,6 +588,7 @@ def read_photo_metadata(path: str | os.PathLike) -> PhotoMetadata:
         px_per_mm,
         places,
         tuple(conflicts),
+        tuple(pl for pl in XMP_PLACES if pl in xmp_places),
         maker_note,
     )
 
@@ -807,11 +815,10 @@ def pose_from_metadata(meta: PhotoMetadata, overrides: PoseOverrides | None = No
             f"FocalLengthIn35mmFilm; pass --focal-px or --camera"
         )
 
-    if meta.dji_places:
-        places = [pl for pl in XMP_PLACES if pl in set(meta.dji_places.values())]
+    if meta.xmp_places:
         sources["xmp"] = (
             "drone-dji from "
-            + ", ".join(places)
+            + ", ".join(meta.xmp_places)
             + ("; " + "; ".join(meta.xmp_conflicts) if meta.xmp_conflicts else "")
         )
     return CameraPose(lat, lon, agl, rotation_ypr(yaw, pitch, roll), focal, cx, cy, w, h, abs_alt_m, sources)
