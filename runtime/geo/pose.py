@@ -1,8 +1,8 @@
 """Where the camera was and where it looked: the pose of one photo.
 
-The pose comes from the photo itself (EXIF GPS and DJI's ``drone-dji:`` XMP, read with Pillow), from
-a bundled camera profile for the intrinsics a photo lacks, and from flags, which override
-everything. Angles follow DJI and MAVLink: north-east-down (NED), yaw-pitch-roll applied as
+The pose comes from the photo itself (EXIF GPS and focal lengths, DJI's ``drone-dji:`` XMP wherever
+the photo keeps it, and the DJI maker notes of older firmware, read with Pillow), from a bundled
+camera profile for the intrinsics a photo lacks, and from flags, which override everything. Angles follow DJI and MAVLink: north-east-down (NED), yaw-pitch-roll applied as
 Rz(yaw) * Ry(pitch) * Rx(roll) to the camera frame (forward, right, down), where "forward" is the
 optical axis, "right" the image's +x and "down" the image's +y. Pitch -90 looks straight down with
 the photo's top towards the heading.
