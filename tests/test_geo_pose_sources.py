@@ -4,6 +4,7 @@ focal lengths from the best source a photo has, and the maker notes of older DJI
 from __future__ import annotations
 
 import math
+import struct
 
 import numpy as np
 import pytest
@@ -60,7 +61,7 @@ def test_incomplete_extended_xmp_is_a_problem_not_a_missing_tag(tmp_path):
     ext = dji_xmp(VALUES)
     segs = extended_xmp_segments(ext, GUID, chunk=len(ext) // 3 + 1)
     path = xt2(tmp_path, raw_xmp=dji_xmp({"RtkFlag": "0"}, extended_guid=GUID), extended_xmp=segs[:2])
-    with pytest.raises(PoseError, match="readable XMP has no drone-dji:RelativeAltitude") as info:
+    with pytest.raises(PoseError, match="readable metadata has no drone-dji:RelativeAltitude") as info:
         pose_from_photo(path, XT2_FOCAL)
     assert f"extended XMP {GUID}: expected {len(ext)} bytes" in str(info.value)
 
@@ -88,14 +89,14 @@ def test_a_present_but_unusable_tag_is_never_called_missing(tmp_path):
     ) as info:
         pose_from_photo(xt2(tmp_path, exif_ifd_xmp=bad), XT2_FOCAL)
     assert "has no" not in str(info.value)
-    # a broken packet may hold the tag: the reason says only the readable XMP lacks it, and why
+    # a broken packet may hold the tag: the reason says only the readable metadata lacks it, and why
     with pytest.raises(PoseError) as info:
         pose_from_photo(
             xt2(tmp_path, raw_xmp=b"<x:xmpmeta><broken", exif_ifd_xmp=dji_xmp({"GimbalPitchDegree": "-90"})),
             XT2_FOCAL,
         )
     message = str(info.value)
-    assert "the photo's readable XMP has no drone-dji:RelativeAltitude" in message
+    assert "the photo's readable metadata has no drone-dji:RelativeAltitude" in message
     assert "APP1 XMP: XMP packet is not well-formed XML" in message
 
 
@@ -237,3 +238,15 @@ def test_xmp_angles_win_over_maker_notes_and_other_makes_are_not_read(tmp_path):
     assert p.agl_m == 60.0 and p.abs_alt_m == 52.3  # with XMP, GPSAltitude is taken as the firmware writes it
     meta = read_photo_metadata(fc300x(tmp_path, name="other.jpg", make="Acme"))
     assert meta.maker_note == {}
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [struct.pack("<HHIHH", 7, 3, 1, 123, 0), struct.pack("<HHIf", 7, 11, 1, math.nan)],
+    ids=["yaw-as-short", "yaw-nan"],
+)
+def test_a_maker_note_tag_present_but_unusable_is_never_called_missing(tmp_path, entry):
+    note = struct.pack("<H", 2) + struct.pack("<HHIf", 9, 11, 1, -90.0) + entry + struct.pack("<I", 0)
+    with pytest.raises(PoseError, match="DJI MakerNote Yaw: expected one finite float32") as info:
+        pose_from_photo(fc300x(tmp_path, maker_note=note), PoseOverrides(height_above_ground=50.0))
+    assert "has no" not in str(info.value)

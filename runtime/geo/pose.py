@@ -2,10 +2,11 @@
 
 The pose comes from the photo itself (EXIF GPS and focal lengths, DJI's ``drone-dji:`` XMP wherever
 the photo keeps it, and the DJI maker notes of older firmware, read with Pillow), from a bundled
-camera profile for the intrinsics a photo lacks, and from flags, which override everything. Angles follow DJI and MAVLink: north-east-down (NED), yaw-pitch-roll applied as
-Rz(yaw) * Ry(pitch) * Rx(roll) to the camera frame (forward, right, down), where "forward" is the
-optical axis, "right" the image's +x and "down" the image's +y. Pitch -90 looks straight down with
-the photo's top towards the heading.
+camera profile for the intrinsics a photo lacks, and from flags, which override everything. Angles
+follow DJI and MAVLink: north-east-down (NED), yaw-pitch-roll applied as Rz(yaw) * Ry(pitch) *
+Rx(roll) to the camera frame (forward, right, down), where "forward" is the optical axis, "right" the
+image's +x and "down" the image's +y. Pitch -90 looks straight down with the photo's top towards the
+heading.
 
 Height above ground: DJI's RelativeAltitude is the height above the take-off point, not above the
 ground under the camera. Unless told otherwise the ground is taken to be at the take-off height;
@@ -473,7 +474,8 @@ def parse_dji_maker_note(data: bytes, byte_order: str = "<") -> dict[str, float]
     """The attitude and speed values of a DJI maker note: a TIFF IFD without header.
 
     The byte order is the EXIF's own when the entry count is plausible that way, else the other
-    (exiftool guesses it the same way). Only inline float32 values are read: every angle and speed is one.
+    (exiftool guesses it the same way). Every angle and speed is one inline float32; a known tag
+    stored otherwise, or not finite, is NaN, so that it is reported as unusable rather than missing.
 
     Raises:
         ValueError: The bytes are not an IFD in either byte order.
@@ -490,10 +492,9 @@ def parse_dji_maker_note(data: bytes, byte_order: str = "<") -> dict[str, float]
         out: dict[str, float] = {}
         for tag, typ, count, raw in entries:
             name = DJI_MAKER_NOTE_TAGS.get(tag)
-            if name is not None and typ == 11 and count == 1:  # FLOAT
-                (v,) = struct.unpack(order + "f", raw)
-                if math.isfinite(v):
-                    out[name] = float(v)
+            if name is not None:
+                is_float = typ == 11 and count == 1  # FLOAT
+                out[name] = float(struct.unpack(order + "f", raw)[0]) if is_float else math.nan
         return out
     raise ValueError(
         f"DJI MakerNote: expected an IFD (entry count, 12-byte entries), found {data[:16].hex()}"
@@ -612,10 +613,11 @@ def _with_problems(meta: PhotoMetadata, message: str) -> str:
     return message + (f" ({'; '.join(meta.problems)})" if meta.problems else "")
 
 
-def _missing_xmp(meta: PhotoMetadata, what: str) -> str:
-    """`what` (e.g. "drone-dji:RelativeAltitude") is in none of the photo's readable XMP packets."""
+def _missing(meta: PhotoMetadata, what: str) -> str:
+    """`what` (e.g. "drone-dji:RelativeAltitude") is in none of the photo's readable metadata; with
+    unreadable parts (meta.problems, added to the message) the photo may still hold it there."""
     if meta.problems:
-        return f"the photo's readable XMP has no {what}"
+        return f"the photo's readable metadata has no {what}"
     return f"the photo has no {what}"
 
 
@@ -626,7 +628,17 @@ def _gps_alt_ambiguous(meta: PhotoMetadata) -> bool:
 
 
 def _maker_note(meta: PhotoMetadata, name: str) -> tuple[float, str] | None:
-    return (meta.maker_note[name], f"DJI MakerNote {name}") if name in meta.maker_note else None
+    """A DJI maker-note value as (value, source), None when the note lacks it.
+
+    Raises:
+        PoseError: The note has the tag, but not as one finite float32 (parse_dji_maker_note gives NaN).
+    """
+    if name not in meta.maker_note:
+        return None
+    v = meta.maker_note[name]
+    if not math.isfinite(v):
+        raise PoseError(f"DJI MakerNote {name}: expected one finite float32, found an unusable value")
+    return v, f"DJI MakerNote {name}"
 
 
 def focal_px_from_35mm(focal_35mm: float, width: int, height: int) -> tuple[float, str]:
@@ -677,7 +689,7 @@ def pose_from_metadata(meta: PhotoMetadata, overrides: PoseOverrides | None = No
                 _with_problems(
                     meta,
                     "no GPS position: the photo has neither EXIF GPSLatitude/GPSLongitude nor drone-dji:"
-                    "GpsLatitude/GpsLongitude" + (" in its readable XMP" if meta.problems else ""),
+                    "GpsLatitude/GpsLongitude" + (" in its readable metadata" if meta.problems else ""),
                 )
             )
         lat, lon = la[0], lo[0]
@@ -722,7 +734,7 @@ def pose_from_metadata(meta: PhotoMetadata, overrides: PoseOverrides | None = No
                 _with_problems(
                     meta,
                     "no height above ground: "
-                    + _missing_xmp(meta, "drone-dji:RelativeAltitude")
+                    + _missing(meta, "drone-dji:RelativeAltitude")
                     + "; pass --height-above-ground, or --ground-alt",
                 )
             )
@@ -749,8 +761,8 @@ def pose_from_metadata(meta: PhotoMetadata, overrides: PoseOverrides | None = No
                 _with_problems(
                     meta,
                     "no camera heading: "
-                    + _missing_xmp(meta, "drone-dji:GimbalYawDegree or FlightYawDegree")
-                    + " nor DJI MakerNote Yaw; pass --yaw (degrees clockwise from north)",
+                    + _missing(meta, "drone-dji:GimbalYawDegree, FlightYawDegree or DJI MakerNote Yaw")
+                    + "; pass --yaw (degrees clockwise from north)",
                 )
             )
         yaw = y[0]
@@ -765,8 +777,8 @@ def pose_from_metadata(meta: PhotoMetadata, overrides: PoseOverrides | None = No
                 _with_problems(
                     meta,
                     "no camera pitch: "
-                    + _missing_xmp(meta, "drone-dji:GimbalPitchDegree")
-                    + " nor DJI MakerNote CameraPitch; pass --pitch (-90 = straight down)",
+                    + _missing(meta, "drone-dji:GimbalPitchDegree or DJI MakerNote CameraPitch")
+                    + "; pass --pitch (-90 = straight down)",
                 )
             )
         pitch = p[0]
