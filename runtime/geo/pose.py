@@ -1,11 +1,12 @@
 """Where the camera was and where it looked: the pose of one photo.
 
-The pose comes from the photo itself (EXIF GPS and DJI's ``drone-dji:`` XMP, read with Pillow), from
-a bundled camera profile for the intrinsics a photo lacks, and from flags, which override
-everything. Angles follow DJI and MAVLink: north-east-down (NED), yaw-pitch-roll applied as
-Rz(yaw) * Ry(pitch) * Rx(roll) to the camera frame (forward, right, down), where "forward" is the
-optical axis, "right" the image's +x and "down" the image's +y. Pitch -90 looks straight down with
-the photo's top towards the heading.
+The pose comes from the photo itself (EXIF GPS and focal lengths, DJI's ``drone-dji:`` XMP wherever
+the photo keeps it, and the DJI maker notes of older firmware, read with Pillow), from a bundled
+camera profile for the intrinsics a photo lacks, and from flags, which override everything. Angles
+follow DJI and MAVLink: north-east-down (NED), yaw-pitch-roll applied as Rz(yaw) * Ry(pitch) *
+Rx(roll) to the camera frame (forward, right, down), where "forward" is the optical axis, "right" the
+image's +x and "down" the image's +y. Pitch -90 looks straight down with the photo's top towards the
+heading.
 
 Height above ground: DJI's RelativeAltitude is the height above the take-off point, not above the
 ground under the camera. Unless told otherwise the ground is taken to be at the take-off height;
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import struct
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,13 +27,45 @@ from pathlib import Path
 
 import numpy as np
 
-from .profiles import profile_by_name, profile_for_model
+from .profiles import FULL_FRAME_DIAGONAL_MM, profile_by_name, profile_for_model
 
 XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"
+XMP_EXT_HEADER = b"http://ns.adobe.com/xmp/extension/\x00"
 EXIF_GPS_IFD = 0x8825
 EXIF_IFD = 0x8769
 TAG_MAKE, TAG_MODEL = 0x010F, 0x0110
+TAG_XMP = 0x02BC  # XMLPacket, in IFD0 (TIFF) or the Exif sub-IFD
 TAG_FOCAL_35MM = 0xA405
+TAG_FOCAL_LENGTH = 0x920A
+TAG_FOCAL_PLANE_X_RES, TAG_FOCAL_PLANE_UNIT = 0xA20E, 0xA210
+TAG_MAKER_NOTE = 0x927C
+
+# Where a photo may carry XMP, in the order of precedence when two places disagree: the APP1
+# segment is where the XMP specification (part 3) puts XMP in a JPEG and what editing tools
+# rewrite; its extended part continues it; other formats keep one packet of their own; tag 700 is
+# the TIFF place (also found in JPEG EXIF, e.g. DJI's XT2), read for the values the others lack.
+XMP_APP1 = "APP1 XMP"
+XMP_APP1_EXTENDED = "APP1 extended XMP"
+XMP_IFD0 = "EXIF IFD0 XMLPacket (tag 700)"
+XMP_EXIF_IFD = "EXIF Exif-IFD XMLPacket (tag 700)"
+XMP_FILE = "XMP packet of the file"  # formats other than JPEG and TIFF (PNG iTXt, WebP XMP chunk)
+XMP_PLACES = (XMP_APP1, XMP_APP1_EXTENDED, XMP_FILE, XMP_IFD0, XMP_EXIF_IFD)
+
+# DJI maker notes (older firmware, e.g. Phantom 3 / Inspire 1): an IFD without a TIFF header, tags as
+# in exiftool's Image::ExifTool::DJI::Main table; every value read here is one inline float32.
+DJI_MAKER_NOTE_TAGS = {
+    0x03: "SpeedX",
+    0x04: "SpeedY",
+    0x05: "SpeedZ",
+    0x06: "Pitch",
+    0x07: "Yaw",
+    0x08: "Roll",
+    0x09: "CameraPitch",
+    0x0A: "CameraYaw",
+    0x0B: "CameraRoll",
+}
+# FocalPlaneResolutionUnit: 2 inch (the EXIF default), 3 cm; 4 mm and 5 um are DNG's additions.
+FOCAL_PLANE_UNIT_MM = {2: 25.4, 3: 10.0, 4: 1.0, 5: 0.001}
 
 
 class PoseError(ValueError):
@@ -241,6 +276,13 @@ class PhotoMetadata:
         focal_35mm: EXIF FocalLengthIn35mmFilm, or None.
         dji: drone-dji XMP values as text, by name (e.g. "RelativeAltitude": "+50.20").
         problems: One line per metadata part that was present but unreadable.
+        focal_mm: EXIF FocalLength in millimetres, or None.
+        focal_plane_px_per_mm: EXIF FocalPlaneXResolution in pixels per millimetre, or None.
+        dji_places: Where each drone-dji value was read (one of XMP_PLACES), by name.
+        xmp_places: The places whose XMP carries drone-dji values, in the order of XMP_PLACES.
+        xmp_conflicts: One line per drone-dji value that two places give differently, naming the
+            one used.
+        maker_note: DJI maker-note values (degrees, m/s) by exiftool's tag name, e.g. "Yaw".
     """
 
     width: int
@@ -252,6 +294,12 @@ class PhotoMetadata:
     focal_35mm: float | None = None
     dji: Mapping[str, str] = field(default_factory=dict)
     problems: tuple[str, ...] = ()
+    focal_mm: float | None = None
+    focal_plane_px_per_mm: float | None = None
+    dji_places: Mapping[str, str] = field(default_factory=dict)
+    xmp_conflicts: tuple[str, ...] = ()
+    xmp_places: tuple[str, ...] = ()
+    maker_note: Mapping[str, float] = field(default_factory=dict)
 
 
 def _split_tag(tag: str) -> tuple[str, str]:
@@ -302,21 +350,170 @@ def _dms(value: object, ref: object, positive: str, name: str) -> float:
     return -deg if ref_s != positive else deg
 
 
-def _xmp_segments(im: object) -> list[bytes]:
-    segs = [
-        data[len(XMP_HEADER) :]
-        for marker, data in getattr(im, "applist", [])
-        if marker == "APP1" and data.startswith(XMP_HEADER)
-    ]
-    if not segs:
-        info_xmp = getattr(im, "info", {}).get("xmp")
-        if isinstance(info_xmp, (bytes, bytearray)):
-            segs = [bytes(info_xmp)]
-    return segs
+def _as_bytes(value: object) -> bytes | None:
+    """A tag value Pillow returns for an XMLPacket or MakerNote: bytes, text or a tuple of byte values."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, tuple) and all(isinstance(v, int) and 0 <= v < 256 for v in value):
+        return bytes(value)
+    return None
+
+
+def _extended_xmp(segments: list[bytes], wanted_guid: str | None, problems: list[str]) -> bytes | None:
+    """Reassemble extended XMP: each APP1 chunk is GUID (32) + full length (4) + offset (4) + data.
+
+    The standard packet names its extension's GUID (xmpNote:HasExtendedXMP); chunks of another GUID
+    are left out. Without that name, a single complete extension is used.
+    """
+    chunks: dict[str, list[tuple[int, int, bytes]]] = {}
+    for seg in segments:
+        body = seg[len(XMP_EXT_HEADER) :]
+        if len(body) < 40:
+            problems.append(f"extended XMP: expected a 40-byte chunk header, found {len(body)} bytes")
+            continue
+        guid = body[:32].decode("ascii", "replace")
+        total, offset = struct.unpack(">II", body[32:40])
+        chunks.setdefault(guid, []).append((offset, total, body[40:]))
+    if not chunks:
+        return None
+    if wanted_guid is not None:
+        if wanted_guid not in chunks:
+            problems.append(f"extended XMP: expected chunks of GUID {wanted_guid}, found {', '.join(chunks)}")
+            return None
+        guid = wanted_guid
+    elif len(chunks) == 1:
+        guid = next(iter(chunks))
+    else:
+        problems.append(f"extended XMP: expected one GUID, found {len(chunks)} and no xmpNote:HasExtendedXMP")
+        return None
+    parts = sorted(chunks[guid])
+    total = parts[0][1]
+    data = bytearray()
+    for offset, t, chunk in parts:
+        if t != total or offset != len(data):
+            problems.append(
+                f"extended XMP {guid}: expected a chunk at offset {len(data)} of {total} bytes, "
+                f"found one at {offset} of {t}"
+            )
+            return None
+        data += chunk
+    if len(data) != total:
+        problems.append(f"extended XMP {guid}: expected {total} bytes, found {len(data)}")
+        return None
+    return bytes(data)
+
+
+def _has_extended_guid(packet: bytes) -> str | None:
+    m = re.search(
+        rb'HasExtendedXMP\s*=\s*["\']([0-9A-Fa-f]{32})["\']|HasExtendedXMP>\s*([0-9A-Fa-f]{32})', packet
+    )
+    return None if m is None else (m.group(1) or m.group(2)).decode("ascii")
+
+
+def _xmp_packets(
+    im: object, exif: Mapping, exif_ifd: Mapping, problems: list[str]
+) -> list[tuple[str, bytes]]:
+    """Every XMP packet of the photo as (place, packet), in the order of XMP_PLACES."""
+    applist = [data for marker, data in getattr(im, "applist", []) if marker == "APP1"]
+    standard = [data[len(XMP_HEADER) :] for data in applist if data.startswith(XMP_HEADER)]
+    out = [(XMP_APP1, seg) for seg in standard]
+    info_xmp = getattr(im, "info", {}).get("xmp")
+    # PNG and WebP keep their packet in info; a TIFF's is its IFD0 tag 700, read below
+    if not applist and getattr(im, "format", None) != "TIFF" and isinstance(info_xmp, (bytes, bytearray)):
+        out.append((XMP_FILE, bytes(info_xmp)))
+    guid = next((g for g in map(_has_extended_guid, standard) if g is not None), None)
+    ext = _extended_xmp([d for d in applist if d.startswith(XMP_EXT_HEADER)], guid, problems)
+    if ext is not None:
+        out.append((XMP_APP1_EXTENDED, ext))
+    for place, ifd in ((XMP_IFD0, exif), (XMP_EXIF_IFD, exif_ifd)):
+        if TAG_XMP in ifd:
+            packet = _as_bytes(ifd[TAG_XMP])
+            if packet is None:
+                problems.append(f"{place}: expected bytes, found {type(ifd[TAG_XMP]).__name__}")
+            else:
+                out.append((place, packet))
+    return out
+
+
+def _same_value(a: str, b: str) -> bool:
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return a == b
+
+
+def _merge_dji(
+    packets: list[tuple[str, bytes]], problems: list[str]
+) -> tuple[dict[str, str], dict[str, str], list[str], set[str]]:
+    """drone-dji values of all packets, the first place in XMP_PLACES order winning each name."""
+    dji: dict[str, str] = {}
+    places: dict[str, str] = {}
+    conflicts: list[str] = []
+    carrying: set[str] = set()
+    for place, packet in packets:
+        try:
+            values = parse_dji_xmp(packet)
+        except ValueError as exc:
+            problems.append(f"{place}: {exc}")
+            continue
+        if values:
+            carrying.add(place)
+        for name, value in values.items():
+            if name not in dji:
+                dji[name], places[name] = value, place
+            elif not _same_value(dji[name], value):
+                conflicts.append(
+                    f"drone-dji:{name} {dji[name]!r} from {places[name]} used over {value!r} from {place}"
+                )
+    return dji, places, conflicts, carrying
+
+
+def parse_dji_maker_note(data: bytes, byte_order: str = "<") -> dict[str, float]:
+    """The attitude and speed values of a DJI maker note: a TIFF IFD without header.
+
+    The byte order is the EXIF's own when the entry count is plausible that way, else the other
+    (exiftool guesses it the same way). Every angle and speed is one inline float32; a known tag
+    stored otherwise, or not finite, is NaN, so that it is reported as unusable rather than missing.
+
+    Raises:
+        ValueError: The bytes are not an IFD in either byte order.
+    """
+    for order in (byte_order, ">" if byte_order == "<" else "<"):
+        if len(data) < 2:
+            break
+        (n,) = struct.unpack(order + "H", data[:2])
+        if not 0 < n <= 256 or len(data) < 2 + 12 * n:
+            continue
+        entries = [struct.unpack(order + "HHI4s", data[2 + 12 * i : 14 + 12 * i]) for i in range(n)]
+        if not all(1 <= typ <= 13 for _, typ, _, _ in entries):
+            continue
+        out: dict[str, float] = {}
+        for tag, typ, count, raw in entries:
+            name = DJI_MAKER_NOTE_TAGS.get(tag)
+            if name is not None:
+                is_float = typ == 11 and count == 1  # FLOAT
+                out[name] = float(struct.unpack(order + "f", raw)[0]) if is_float else math.nan
+        return out
+    raise ValueError(
+        f"DJI MakerNote: expected an IFD (entry count, 12-byte entries), found {data[:16].hex()}"
+    )
+
+
+def _exif_number(ifd: Mapping, tag: int, name: str, problems: list[str]) -> float | None:
+    if tag not in ifd:
+        return None
+    try:
+        v = _rational(ifd[tag])
+    except (TypeError, ValueError, ZeroDivisionError):
+        problems.append(f"EXIF {name}: expected a number, found {ifd[tag]!r}")
+        return None
+    return v
 
 
 def read_photo_metadata(path: str | os.PathLike) -> PhotoMetadata:
-    """Read a photo's EXIF GPS, camera model and DJI XMP with Pillow, without decoding its pixels.
+    """Read a photo's EXIF, DJI XMP (every place it may be) and DJI maker notes with Pillow, without decoding its pixels.
 
     Raises:
         PoseError: The file cannot be opened as an image by Pillow.
@@ -331,9 +528,10 @@ def read_photo_metadata(path: str | os.PathLike) -> PhotoMetadata:
     with im:
         width, height = im.size
         exif = im.getexif()
+        exif_ifd = exif.get_ifd(EXIF_IFD)
         make = str(exif.get(TAG_MAKE) or "").strip("\x00 ") or None
         model = str(exif.get(TAG_MODEL) or "").strip("\x00 ") or None
-        gps = gps_alt = focal_35mm = None
+        gps = gps_alt = None
         gps_ifd = exif.get_ifd(EXIF_GPS_IFD)
         if 2 in gps_ifd and 4 in gps_ifd:
             try:
@@ -351,19 +549,49 @@ def read_photo_metadata(path: str | os.PathLike) -> PhotoMetadata:
                 gps_alt = -gps_alt if below else gps_alt
             except (TypeError, ValueError, ZeroDivisionError):
                 problems.append(f"EXIF GPSAltitude: expected a number, found {gps_ifd[6]!r}")
-        f35 = exif.get_ifd(EXIF_IFD).get(TAG_FOCAL_35MM)
-        if f35:
+        focal_35mm = _exif_number(exif_ifd, TAG_FOCAL_35MM, "FocalLengthIn35mmFilm", problems)
+        focal_mm = _exif_number(exif_ifd, TAG_FOCAL_LENGTH, "FocalLength", problems)
+        px_per_mm = None
+        res = _exif_number(exif_ifd, TAG_FOCAL_PLANE_X_RES, "FocalPlaneXResolution", problems)
+        if res is not None and res > 0:
+            unit = exif_ifd.get(TAG_FOCAL_PLANE_UNIT, 2)
+            if unit in FOCAL_PLANE_UNIT_MM:
+                px_per_mm = res / FOCAL_PLANE_UNIT_MM[unit]
+            else:
+                problems.append(f"EXIF FocalPlaneResolutionUnit: expected 2, 3, 4 or 5, found {unit!r}")
+        dji, places, conflicts, xmp_places = _merge_dji(_xmp_packets(im, exif, exif_ifd, problems), problems)
+        maker_note: dict[str, float] = {}
+        note = _as_bytes(exif_ifd.get(TAG_MAKER_NOTE))
+        # exiftool's condition for DJI's IFD-style notes; "[ae_dbg_info:" and "DJI..." notes are other formats
+        if (
+            make == "DJI"
+            and note
+            and not note.startswith((b"[ae_dbg_info:", b"DJI"))
+            and note[3:8] != b"@AMBA"
+        ):
+            exif_raw = getattr(im, "info", {}).get("exif", b"")
+            order = ">" if exif_raw[:8] == b"Exif\x00\x00MM" or exif_raw[:2] == b"MM" else "<"
             try:
-                focal_35mm = _rational(f35)
-            except (TypeError, ValueError, ZeroDivisionError):
-                problems.append(f"EXIF FocalLengthIn35mmFilm: expected a number, found {f35!r}")
-        dji: dict[str, str] = {}
-        for seg in _xmp_segments(im):
-            try:
-                dji.update(parse_dji_xmp(seg))
+                maker_note = parse_dji_maker_note(note, order)
             except ValueError as exc:
                 problems.append(str(exc))
-    return PhotoMetadata(width, height, make, model, gps, gps_alt, focal_35mm or None, dji, tuple(problems))
+    return PhotoMetadata(
+        width,
+        height,
+        make,
+        model,
+        gps,
+        gps_alt,
+        focal_35mm or None,
+        dji,
+        tuple(problems),
+        focal_mm or None,
+        px_per_mm,
+        places,
+        tuple(conflicts),
+        tuple(pl for pl in XMP_PLACES if pl in xmp_places),
+        maker_note,
+    )
 
 
 def _dji_number(meta: PhotoMetadata, *names: str) -> tuple[float, str] | None:
@@ -385,15 +613,64 @@ def _with_problems(meta: PhotoMetadata, message: str) -> str:
     return message + (f" ({'; '.join(meta.problems)})" if meta.problems else "")
 
 
+def _missing(meta: PhotoMetadata, what: str) -> str:
+    """`what` (e.g. "drone-dji:RelativeAltitude") is in none of the photo's readable metadata; with
+    unreadable parts (meta.problems, added to the message) the photo may still hold it there."""
+    if meta.problems:
+        return f"the photo's readable metadata has no {what}"
+    return f"the photo has no {what}"
+
+
+def _gps_alt_ambiguous(meta: PhotoMetadata) -> bool:
+    """DJI firmware without drone-dji XMP (Phantom 3 / Inspire 1 era) writes the height above take-off
+    into GPSAltitude, newer firmware the altitude above sea level: without XMP it cannot be told which."""
+    return meta.make == "DJI" and not meta.dji and meta.gps_alt is not None
+
+
+def _maker_note(meta: PhotoMetadata, name: str) -> tuple[float, str] | None:
+    """A DJI maker-note value as (value, source), None when the note lacks it.
+
+    Raises:
+        PoseError: The note has the tag, but not as one finite float32 (parse_dji_maker_note gives NaN).
+    """
+    if name not in meta.maker_note:
+        return None
+    v = meta.maker_note[name]
+    if not math.isfinite(v):
+        raise PoseError(f"DJI MakerNote {name}: expected one finite float32, found an unusable value")
+    return v, f"DJI MakerNote {name}"
+
+
+def focal_px_from_35mm(focal_35mm: float, width: int, height: int) -> tuple[float, str]:
+    """Focal length in pixels from a 35 mm-equivalent focal length, and the frame it was taken over.
+
+    The equivalent scales the sensor's diagonal to the 43.27 mm of a 36 x 24 mm frame. DJI writes
+    the equivalent of the whole 4:3 sensor in 16:9 photos too, which are that sensor cropped at the
+    same width: a photo wider than 3:2 is taken as the 4:3 frame of its width. A 4:3 or 3:2 photo
+    is its sensor's whole frame, so its own diagonal is used.
+    """
+    long_side, short_side = max(width, height), min(width, height)
+    if long_side > 1.51 * short_side:
+        diag = math.hypot(long_side, long_side * 0.75)
+        frame = f"the 4:3 sensor frame of the photo's width ({long_side}x{round(long_side * 0.75)})"
+    else:
+        diag = math.hypot(width, height)
+        frame = "the photo's diagonal"
+    return focal_35mm / FULL_FRAME_DIAGONAL_MM * diag, frame
+
+
 def pose_from_metadata(meta: PhotoMetadata, overrides: PoseOverrides | None = None) -> CameraPose:
     """Combine what the photo says with the flags into one pose.
 
     Order, first found wins: position EXIF GPS, then drone-dji:GpsLatitude/GpsLongitude; height
     above ground --height-above-ground, then absolute altitude (drone-dji:AbsoluteAltitude, then
     EXIF GPSAltitude) minus --ground-alt, then RelativeAltitude minus --ground-above-takeoff;
-    attitude --yaw/--pitch/--roll, then the gimbal's angles (yaw falls back to FlightYawDegree, roll
-    to 0 when a pitch is known); focal length --focal-px, then --camera, then the photo's
-    CalibratedFocalLength, then the profile of its EXIF Model, then EXIF FocalLengthIn35mmFilm.
+    attitude --yaw/--pitch/--roll, then the gimbal's angles (yaw falls back to FlightYawDegree),
+    then DJI maker notes (the aircraft's Yaw, CameraPitch, CameraRoll), roll to 0 when a pitch is
+    known; focal length --focal-px, then --camera, then the photo's CalibratedFocalLength, then EXIF
+    FocalLength x FocalPlaneXResolution, then the profile of its EXIF Model, then EXIF
+    FocalLengthIn35mmFilm (see focal_px_from_35mm). drone-dji values come from the first place in
+    XMP_PLACES that has them; sources["xmp"] names the places and any value they disagree on.
 
     Raises:
         PoseError: Something needed is missing or unreadable; the message names the flag to pass.
@@ -411,8 +688,8 @@ def pose_from_metadata(meta: PhotoMetadata, overrides: PoseOverrides | None = No
             raise PoseError(
                 _with_problems(
                     meta,
-                    "no GPS position: the photo has neither EXIF GPSLatitude/"
-                    "GPSLongitude nor drone-dji:GpsLatitude/GpsLongitude",
+                    "no GPS position: the photo has neither EXIF GPSLatitude/GPSLongitude nor drone-dji:"
+                    "GpsLatitude/GpsLongitude" + (" in its readable metadata" if meta.problems else ""),
                 )
             )
         lat, lon = la[0], lo[0]
@@ -420,6 +697,7 @@ def pose_from_metadata(meta: PhotoMetadata, overrides: PoseOverrides | None = No
     if lat == 0.0 and lon == 0.0:
         raise PoseError("GPS position is 0, 0: the aircraft had no satellite fix when the photo was taken")
 
+    ambiguous = _gps_alt_ambiguous(meta)
     abs_alt = _dji_number(meta, "AbsoluteAltitude")
     abs_alt_m, abs_src = (
         (abs_alt[0], "drone-dji:AbsoluteAltitude") if abs_alt else (meta.gps_alt, "EXIF GPSAltitude")
@@ -427,6 +705,8 @@ def pose_from_metadata(meta: PhotoMetadata, overrides: PoseOverrides | None = No
     if o.height_above_ground is not None:
         agl = o.height_above_ground
         sources["height"] = "--height-above-ground"
+        if ambiguous:
+            abs_alt_m = None  # above take-off or above sea level: not reported as an altitude
     elif o.ground_alt is not None:
         if abs_alt_m is None:
             raise PoseError(
@@ -434,15 +714,28 @@ def pose_from_metadata(meta: PhotoMetadata, overrides: PoseOverrides | None = No
                 "drone-dji:AbsoluteAltitude nor EXIF GPSAltitude; pass --height-above-ground"
             )
         agl = abs_alt_m - o.ground_alt
-        sources["height"] = f"{abs_src} {abs_alt_m:.2f} m - --ground-alt {o.ground_alt:.2f} m"
+        sources["height"] = f"{abs_src} {abs_alt_m:.2f} m - --ground-alt {o.ground_alt:.2f} m" + (
+            " (GPSAltitude taken as above sea level, as --ground-alt says)" if ambiguous else ""
+        )
     else:
         rel = _dji_number(meta, "RelativeAltitude")
         if rel is None:
+            if ambiguous:
+                raise PoseError(
+                    _with_problems(
+                        meta,
+                        "no height above ground: the photo has no drone-dji XMP and its EXIF GPSAltitude "
+                        f"({meta.gps_alt:.2f} m) is ambiguous: DJI firmware without XMP writes the height "
+                        "above the take-off point there, newer firmware the altitude above sea level; "
+                        "pass --height-above-ground, or --ground-alt if GPSAltitude is above sea level",
+                    )
+                )
             raise PoseError(
                 _with_problems(
                     meta,
-                    "no height above ground: the photo has no drone-dji:RelativeAltitude;"
-                    " pass --height-above-ground, or --ground-alt",
+                    "no height above ground: "
+                    + _missing(meta, "drone-dji:RelativeAltitude")
+                    + "; pass --height-above-ground, or --ground-alt",
                 )
             )
         agl = rel[0] - o.ground_above_takeoff
@@ -460,13 +753,16 @@ def pose_from_metadata(meta: PhotoMetadata, overrides: PoseOverrides | None = No
         yaw = o.yaw
         attitude.append("yaw --yaw")
     else:
-        y = _dji_number(meta, "GimbalYawDegree", "FlightYawDegree")
+        # the aircraft's heading, not CameraYaw: on the firmwares that write maker notes the photo's
+        # top followed the aircraft's Yaw
+        y = _dji_number(meta, "GimbalYawDegree", "FlightYawDegree") or _maker_note(meta, "Yaw")
         if y is None:
             raise PoseError(
                 _with_problems(
                     meta,
-                    "no camera heading: the photo has no drone-dji:GimbalYawDegree or "
-                    "FlightYawDegree; pass --yaw (degrees clockwise from north)",
+                    "no camera heading: "
+                    + _missing(meta, "drone-dji:GimbalYawDegree, FlightYawDegree or DJI MakerNote Yaw")
+                    + "; pass --yaw (degrees clockwise from north)",
                 )
             )
         yaw = y[0]
@@ -475,13 +771,14 @@ def pose_from_metadata(meta: PhotoMetadata, overrides: PoseOverrides | None = No
         pitch = o.pitch
         attitude.append("pitch --pitch")
     else:
-        p = _dji_number(meta, "GimbalPitchDegree")
+        p = _dji_number(meta, "GimbalPitchDegree") or _maker_note(meta, "CameraPitch")
         if p is None:
             raise PoseError(
                 _with_problems(
                     meta,
-                    "no camera pitch: the photo has no drone-dji:GimbalPitchDegree; "
-                    "pass --pitch (-90 = straight down)",
+                    "no camera pitch: "
+                    + _missing(meta, "drone-dji:GimbalPitchDegree or DJI MakerNote CameraPitch")
+                    + "; pass --pitch (-90 = straight down)",
                 )
             )
         pitch = p[0]
@@ -490,7 +787,7 @@ def pose_from_metadata(meta: PhotoMetadata, overrides: PoseOverrides | None = No
         roll = o.roll
         attitude.append("roll --roll")
     else:
-        r = _dji_number(meta, "GimbalRollDegree")
+        r = _dji_number(meta, "GimbalRollDegree") or _maker_note(meta, "CameraRoll")
         roll = r[0] if r else 0.0
         attitude.append(f"roll {r[1]}" if r else "roll assumed 0 (stabilised gimbal)")
     sources["attitude"] = ", ".join(attitude)
@@ -511,19 +808,31 @@ def pose_from_metadata(meta: PhotoMetadata, overrides: PoseOverrides | None = No
         if ox is not None and oy is not None:
             cx, cy = ox[0], oy[0]
         sources["intrinsics"] = "XMP drone-dji:CalibratedFocalLength"
+    elif meta.focal_mm is not None and meta.focal_plane_px_per_mm is not None:
+        focal = meta.focal_mm * meta.focal_plane_px_per_mm
+        sources["intrinsics"] = (
+            f"EXIF FocalLength {meta.focal_mm:g} mm x FocalPlaneXResolution {meta.focal_plane_px_per_mm:.2f} px/mm"
+        )
     elif profile_for_model(meta.model) is not None:
         prof = profile_for_model(meta.model)
         focal = prof.focal_px(w)
         sources["intrinsics"] = f"camera profile {prof.name} for EXIF Model {meta.model} (nominal)"
     elif meta.focal_35mm:
-        focal = meta.focal_35mm / 43.2666 * math.hypot(w, h)
-        sources["intrinsics"] = f"EXIF FocalLengthIn35mmFilm {meta.focal_35mm:g} mm"
+        focal, frame = focal_px_from_35mm(meta.focal_35mm, w, h)
+        sources["intrinsics"] = f"EXIF FocalLengthIn35mmFilm {meta.focal_35mm:g} mm over {frame}"
     else:
         raise PoseError(
-            f"no focal length: the photo has no drone-dji:CalibratedFocalLength, no known EXIF Model "
-            f"({meta.model or 'none'}) and no FocalLengthIn35mmFilm; pass --focal-px or --camera"
+            f"no focal length: the photo has no drone-dji:CalibratedFocalLength, no EXIF FocalLength with "
+            f"FocalPlaneXResolution, no known EXIF Model ({meta.model or 'none'}) and no "
+            f"FocalLengthIn35mmFilm; pass --focal-px or --camera"
         )
 
+    if meta.xmp_places:
+        sources["xmp"] = (
+            "drone-dji from "
+            + ", ".join(meta.xmp_places)
+            + ("; " + "; ".join(meta.xmp_conflicts) if meta.xmp_conflicts else "")
+        )
     return CameraPose(lat, lon, agl, rotation_ypr(yaw, pitch, roll), focal, cx, cy, w, h, abs_alt_m, sources)
 
 

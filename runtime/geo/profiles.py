@@ -1,9 +1,11 @@
 """Nominal intrinsics of common DJI cameras, for photos that carry no CalibratedFocalLength.
 
 A profile gives the 35 mm-equivalent focal length DJI publishes and the native photo size; the
-focal length in pixels follows from the diagonal (f_px = f35 / 43.27 mm * diagonal_px), the same
-rule exiftool uses. These are nominal values: the calibrated focal length a photo carries in its
-XMP is better, and a flag (--focal-px) is best.
+focal length in pixels follows from the native frame's diagonal (f_px = f35 / 43.27 mm *
+diagonal_px). DJI publishes the equivalent of the whole sensor, also for the 16:9 photos cropped
+from it, so the native (4:3 or 3:2) frame decides, never a 16:9 photo's own diagonal. These are
+nominal values: the calibrated focal length a photo carries in its XMP is better, and a flag
+(--focal-px) is best.
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ class CameraProfile:
 
 CAMERA_PROFILES: tuple[CameraProfile, ...] = (
     CameraProfile("mavic-pro", ("FC220",), "DJI Mavic Pro (FC220, 1/2.3in)", 26.0, 4000, 3000),
+    CameraProfile(
+        "phantom-3", ("FC300S", "FC300X", "FC300C"), "DJI Phantom 3 (FC300S/X/C, 1/2.3in)", 20.0, 4000, 3000
+    ),
+    CameraProfile("inspire-1", ("FC350",), "DJI Inspire 1 (Zenmuse X3, FC350, 1/2.3in)", 20.0, 4000, 3000),
     CameraProfile("phantom-4", ("FC330",), "DJI Phantom 4 (FC330, 1/2.3in)", 20.0, 4000, 3000),
     CameraProfile(
         "phantom-4-pro",
