@@ -111,6 +111,11 @@ DEV = sorted(
             "ensemble-boxes>=1.0.9",
             "sahi>=0.11.18",
             "ruff>=0.5",
+            "mypy>=1.10",
+            # stubs for mypy; the other untyped imports are listed in pyproject.toml's [tool.mypy]
+            "types-PyYAML",
+            "types-tqdm",
+            "types-pycocotools",
             "scipy>=1.7",
             # CUDA 11.8 NVRTC and headers: tests compile the kernels for sm_72 (Xavier), which CUDA 13's nvcc dropped.
             "nvidia-cuda-nvrtc-cu11>=11.8; platform_system == 'Linux'",
@@ -155,6 +160,7 @@ setup(
     package_data={
         "edgetile.runtime": [
             "py.typed",
+            "_merge.pyi",
             "data/*.onnx",
             "data/*.jpg",
             "data/*.json",
