@@ -171,7 +171,8 @@ class _Collector:
         if why is not None:
             self.problem(f"{where}: {why}")
             return
-        self.boxes.append(tuple(float(v) for v in box))
+        x1, y1, x2, y2 = (float(v) for v in box)
+        self.boxes.append((x1, y1, x2, y2))
         self.class_ids.append(int(class_id))
 
     def photo(self, path: Path) -> AnnotatedPhoto | None:
@@ -536,8 +537,9 @@ def _load_coco(
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         raise ValueError(f"{src}: expected a COCO object with 'images' and 'annotations', found none")
     cats = sorted(doc.get("categories", []), key=lambda c: c["id"])
-    cat_index: dict[int, int | None] = {}
-    cat_names: dict[int, str] = {}
+    # keyed by whatever the file gives as category id; an annotation's category_id may be anything too
+    cat_index: dict[object, int | None] = {}
+    cat_names: dict[object, str] = {}
     for cat in cats:
         cat_names[cat["id"]] = str(cat["name"])
         cat_index[cat["id"]] = classes.get(str(cat["name"]))

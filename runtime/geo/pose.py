@@ -21,6 +21,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -284,16 +285,16 @@ def parse_dji_xmp(xmp: bytes) -> dict[str, str]:
     return out
 
 
-def _rational(v: object) -> float:
+def _rational(v: Any) -> float:
     f = float(v)  # IFDRational, int or float
     if not math.isfinite(f):
         raise ValueError(f"expected a finite number, found {v!r}")
     return f
 
 
-def _dms(value: object, ref: object, positive: str, name: str) -> float:
+def _dms(value: Any, ref: object, positive: str, name: str) -> float:
     try:
-        d, m, s = (_rational(x) for x in value)  # type: ignore[union-attr]
+        d, m, s = (_rational(x) for x in value)
     except (TypeError, ValueError, ZeroDivisionError) as exc:
         raise ValueError(f"EXIF {name}: expected (degrees, minutes, seconds), found {value!r}") from exc
     deg = d + m / 60.0 + s / 3600.0
@@ -511,10 +512,9 @@ def pose_from_metadata(meta: PhotoMetadata, overrides: PoseOverrides | None = No
         if ox is not None and oy is not None:
             cx, cy = ox[0], oy[0]
         sources["intrinsics"] = "XMP drone-dji:CalibratedFocalLength"
-    elif profile_for_model(meta.model) is not None:
-        prof = profile_for_model(meta.model)
-        focal = prof.focal_px(w)
-        sources["intrinsics"] = f"camera profile {prof.name} for EXIF Model {meta.model} (nominal)"
+    elif (model_prof := profile_for_model(meta.model)) is not None:
+        focal = model_prof.focal_px(w)
+        sources["intrinsics"] = f"camera profile {model_prof.name} for EXIF Model {meta.model} (nominal)"
     elif meta.focal_35mm:
         focal = meta.focal_35mm / 43.2666 * math.hypot(w, h)
         sources["intrinsics"] = f"EXIF FocalLengthIn35mmFilm {meta.focal_35mm:g} mm"
