@@ -386,7 +386,7 @@ def _with_problems(meta: PhotoMetadata, message: str) -> str:
     return message + (f" ({'; '.join(meta.problems)})" if meta.problems else "")
 
 
-def pose_from_metadata(meta: PhotoMetadata, overrides: PoseOverrides | None = None) -> CameraPose:
+def pose_from_metadata(meta: PhotoMetadata, overrides: PoseOverrides | None = None) -> CameraPose:  # noqa: C901 - each pose quantity is taken from the first of its sources that has it, with that source named
     """Combine what the photo says with the flags into one pose.
 
     Order, first found wins: position EXIF GPS, then drone-dji:GpsLatitude/GpsLongitude; height
