@@ -20,11 +20,13 @@ test: check $(VENV)/.installed-dev
 test-fast: check $(VENV)/.installed-dev
 	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-# Lint, formatting and the architecture contracts (.importlinter): the checks pre-commit runs too.
+# Lint, formatting, the architecture contracts (.importlinter) and the runtime's types (mypy, settings
+# in pyproject.toml): the checks pre-commit runs too.
 check: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check $(SOURCES)
 	$(VENV)/bin/ruff format --check $(SOURCES)
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/python -m mypy
 
 # The MQTT tests (tests/test_geo_mqtt.py) start a real Mosquitto broker: installed from the system's
 # packages when missing; if that fails, make stops here and says so.

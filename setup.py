@@ -114,6 +114,11 @@ DEV = sorted(
             # lint-imports checks .importlinter; 2.6 brought its acyclic_siblings contract.
             "import-linter>=2.6",
             "pre-commit>=3.5",
+            "mypy>=1.10",
+            # stubs for mypy; the other untyped imports are listed in pyproject.toml's [tool.mypy]
+            "types-PyYAML",
+            "types-tqdm",
+            "types-pycocotools",
             "scipy>=1.7",
             # CUDA 11.8 NVRTC and headers: tests compile the kernels for sm_72 (Xavier), which CUDA 13's nvcc dropped.
             "nvidia-cuda-nvrtc-cu11>=11.8; platform_system == 'Linux'",
@@ -161,6 +166,7 @@ setup(
     package_data={
         "edgetile.runtime": [
             "py.typed",
+            "_merge.pyi",
             "data/*.onnx",
             "data/*.jpg",
             "data/*.json",

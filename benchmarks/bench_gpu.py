@@ -224,7 +224,7 @@ def kernels_only(a) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: C901 - a benchmark script: its options, then each stage timed in turn, read top to bottom
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--engine", type=Path, default=None, help="TensorRT engine with its edgetile sidecar")
     p.add_argument(

@@ -288,7 +288,7 @@ def resolve_batch(req: EngineRequest, facts: OnnxFacts) -> tuple[int, int, int]:
     return (req.batch_min or 1, opt, req.batch_max or max(8, opt))
 
 
-def plan_build(trt_version: str, req: EngineRequest, facts: OnnxFacts) -> BuildPlan:
+def plan_build(trt_version: str, req: EngineRequest, facts: OnnxFacts) -> BuildPlan:  # noqa: C901 - one decision table of what each TensorRT version can build, each refusal beside its rule
     """Decide how to build, or refuse with the reason, before TensorRT does any work.
 
     Raises:

@@ -19,7 +19,7 @@ from .artifacts import ExportError
 _FLOAT32_INPUTS = {("Resize", 2), ("Upsample", 1)}
 
 
-def convert_to_fp16(onnx_path: str | Path, out: str | Path, keep_float: Sequence[str] | None = None) -> Path:
+def convert_to_fp16(onnx_path: str | Path, out: str | Path, keep_float: Sequence[str] | None = None) -> Path:  # noqa: C901 - one graph rewrite whose passes share the maps of renamed and cast tensors
     """Convert an FP32 ONNX to FP16 compute, with FP32 inputs and outputs and an FP32 head tail.
 
     TensorRT 11 takes precision from the graph's types, so an FP16 engine needs FP16 in the graph.

@@ -296,7 +296,7 @@ def greedy_nmm(
     owner = np.full(n, -1, dtype=np.int64)
     if thr <= 0.0:
         # Every pair matches (SAHI's matches_all_pairs): the best box of each label takes the rest.
-        first = {}
+        first: dict[int, int] = {}
         for i in order.tolist():
             owner[i] = first.setdefault(int(labels[i]), i)
     else:

@@ -81,6 +81,7 @@ def run_detect(
             try:
                 if read_error is not None:
                     raise read_error
+                assert ahead is not None  # prefetch gives a load result whenever it gives no error
                 image, read_ms = read_in_turn(path, ahead)
                 ahead = None
                 timings = {"read": read_ms}

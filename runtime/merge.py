@@ -53,11 +53,12 @@ if os.environ.get("EDGETILE_PUREPYTHON", "") not in ("", "0"):
     C_UNAVAILABLE_REASON: str | None = "EDGETILE_PUREPYTHON is set"
 else:
     try:
-        from . import _merge as _C_KERNELS
+        from . import _merge
     except ImportError as exc:  # not built (no compiler at install): the NumPy reference serves
         _C_KERNELS = None
         C_UNAVAILABLE_REASON = f"the C extension edgetile.runtime._merge could not be imported: {exc}"
     else:
+        _C_KERNELS = _merge
         C_UNAVAILABLE_REASON = None
 
 #: Which implementation the functions use when ``backend`` is not given: ``"c"`` or ``"numpy"``.

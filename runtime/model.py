@@ -61,5 +61,12 @@ def model_info(backend: Backend, path: str) -> ModelInfo:
             h, w = (int(v) for v in imgsz)
         else:
             raise ValueError(f"model {path}: metadata 'imgsz': expected N or [H, W], found {imgsz!r}")
-    stride = int(_literal(meta, "stride", path)) if "stride" in meta else 32
+    stride = 32
+    if "stride" in meta:
+        raw_stride = _literal(meta, "stride", path)
+        if isinstance(raw_stride, bool) or not (
+            isinstance(raw_stride, int) or (isinstance(raw_stride, float) and raw_stride.is_integer())
+        ):
+            raise ValueError(f"model {path}: metadata 'stride': expected an integer, found {raw_stride!r}")
+        stride = int(raw_stride)
     return ModelInfo(names, (int(h), int(w)), backend.input_shape[0], stride)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 from .tiling import interior_edges
 
@@ -110,7 +111,7 @@ class BatchBuffer:
         dtype: float32 or float16, as the model wants.
     """
 
-    def __init__(self, batch: int, input_hw: tuple[int, int], dtype: np.dtype = np.float32) -> None:
+    def __init__(self, batch: int, input_hw: tuple[int, int], dtype: npt.DTypeLike = np.float32) -> None:
         if batch < 1:
             raise ValueError(f"batch: expected at least 1, found {batch}")
         self.array = np.empty((batch, 3, int(input_hw[0]), int(input_hw[1])), dtype)

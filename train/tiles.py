@@ -99,7 +99,7 @@ def touches_any_box(boxes: np.ndarray, window: Sequence[int]) -> bool:
     return bool(np.any((b[:, 0] < x1) & (b[:, 2] > x0) & (b[:, 1] < y1) & (b[:, 3] > y0)))
 
 
-def cut_tiles(
+def cut_tiles(  # noqa: C901 - one pass over photos and windows, negatives chosen over the whole dataset afterwards
     photos: Sequence[Photo],
     out_dir: str | Path,
     tile: int = 1024,

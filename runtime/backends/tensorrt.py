@@ -33,13 +33,18 @@ import warnings
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..engine_meta import EngineMeta, check_engine_compatible, parse_trt_version, read_engine_sidecar
 from ..preprocess import Views
 from . import Backend, BackendUnavailable
+
+if TYPE_CHECKING:
+    from ..cuda.device import CudaDevice, HostBuffer
+    from ..cuda.filter import CandidateBuffers, GpuFilter
+    from ..cuda.preprocess import FrameUpload, GpuPreprocessor
 
 OLDEST = (8, 5)  # JetPack 5.1: the name-based tensor API starts here
 NEWEST_MAJOR = 11
@@ -246,7 +251,8 @@ def engine_io(trt: Any, engine: Any, api: TrtRuntimeApi, where: str = "engine") 
         if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
             profile = None
             if -1 in shape:
-                profile = tuple(tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(name, 0))
+                lo, opt, hi = (tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(name, 0))
+                profile = (lo, opt, hi)
             inputs.append(TensorSpec(name, types[dt], shape, profile))
         else:
             outputs.append(TensorSpec(name, types[dt], shape))
@@ -344,6 +350,8 @@ class EngineExecution:
         """Bytes of a tensor at the current batch (or at batch for the input)."""
         if name == self.io.input.name:
             b = self.batch if batch is None else batch
+            if b is None:
+                raise RuntimeError("set_batch must be called before nbytes, or a batch given")
             return int(b) * 3 * self.io.input_hw[0] * self.io.input_hw[1] * self.io.input.dtype.itemsize
         spec = next(o for o in self.io.outputs if o.name == name)
         return int(np.prod(self.output_shapes[name])) * spec.dtype.itemsize
@@ -390,7 +398,7 @@ class _Slot:
     """One input buffer of the two-deep pipeline, with its outputs, candidates and events."""
 
     def __init__(
-        self, device: Any, io: EngineIO, out_nbytes: dict[str, int], candidates: tuple | None
+        self, device: CudaDevice, io: EngineIO, out_nbytes: dict[str, int], candidates: tuple | None
     ) -> None:
         from ..cuda.filter import CandidateBuffers
 
@@ -399,6 +407,11 @@ class _Slot:
         self.outputs = {name: device.alloc(n) for name, n in out_nbytes.items()}
         self.cands = CandidateBuffers(device, *candidates) if candidates is not None else None
         self.ready, self.input_free, self.counted, self.fetched = (device.event() for _ in range(4))
+
+    def candidates(self) -> CandidateBuffers:
+        if self.cands is None:
+            raise RuntimeError("this slot has no candidate buffers (gpu_preprocess=False)")
+        return self.cands
 
     @property
     def output_ptrs(self) -> dict[str, int]:
@@ -441,14 +454,16 @@ class TensorRTBackend(Backend):
         return True, f"TensorRT {api.label} ({api.module}) on {gpu}"
 
     def __init__(self, model_path: str | Path, gpu_preprocess: bool = True, device: int = 0) -> None:
-        self.device = None
+        self.device: CudaDevice | None = None
         self._exec: EngineExecution | None = None
         self._engine = self._runtime = None
         self._slots: list[_Slot] = []
         self._parts: list[Any] = []
-        self._host_in = None
+        self._host_in: HostBuffer | None = None
         self._host_out: dict[str, Any] = {}
-        self._pre = self._frame = self._filter = None
+        self._pre: GpuPreprocessor | None = None
+        self._frame: FrameUpload | None = None
+        self._filter: GpuFilter | None = None
         self.warnings: list[str] = []
         trt, api = import_tensorrt()
         self.api = api
@@ -465,17 +480,18 @@ class TensorRTBackend(Backend):
         from ..cuda.device import CudaDevice, CudaUnavailable
 
         try:
-            self.device = CudaDevice(device)
+            self.device = dev = CudaDevice(device)
         except CudaUnavailable as exc:
             raise BackendUnavailable(str(exc)) from exc
         try:
-            self._load(trt, api, path, plan, meta, ultralytics, gpu_preprocess)
+            self._load(dev, trt, api, path, plan, meta, ultralytics, gpu_preprocess)
         except BaseException:
             self.close()
             raise
 
     def _load(
         self,
+        dev: CudaDevice,
         trt: Any,
         api: TrtRuntimeApi,
         path: Path,
@@ -484,7 +500,6 @@ class TensorRTBackend(Backend):
         ultralytics: dict | None,
         gpu_preprocess: bool,
     ) -> None:
-        dev = self.device
         if meta is not None:
             # EngineIncompatible (a ValueError) when TensorRT version or compute capability differ.
             self.warnings = check_engine_compatible(
@@ -552,28 +567,33 @@ class TensorRTBackend(Backend):
     def has_gpu_path(self) -> bool:
         return self._exec is not None and self._pre is not None
 
-    def _check_open(self) -> None:
-        if self._exec is None:
+    def _open(self) -> tuple[CudaDevice, EngineExecution]:
+        """The device and the execution context; RuntimeError once the backend is closed."""
+        if self._exec is None or self.device is None:
             raise RuntimeError("backend is closed")
+        return self.device, self._exec
 
-    def _check_gpu_path(self) -> None:
-        self._check_open()
-        if getattr(self, "_pre", None) is None:
+    def _gpu_path(self) -> tuple[FrameUpload, GpuPreprocessor, GpuFilter]:
+        """The GPU path's parts; RuntimeError when the backend is closed or was made without them."""
+        self._open()
+        if self._frame is None or self._pre is None or self._filter is None:
             raise RuntimeError("the GPU path is off for this backend (gpu_preprocess=False)")
+        return self._frame, self._pre, self._filter
 
     def _drain(self) -> None:
         for s in (self._pre_stream, self._inf_stream, self._copy_stream):
             s.synchronize()
 
     def _set_batch(self, b: int) -> None:
-        if self._exec.batch != b:
+        _, execution = self._open()
+        if execution.batch != b:
             self._inf_stream.synchronize()  # no inference of the old shape may still be running
-            self._exec.set_batch(b)
+            execution.set_batch(b)
 
     # -- host batches ------------------------------------------------------------------------------
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
         """Run one host batch (B, 3, H, W) of the input's dtype; return host outputs (copies)."""
-        self._check_open()
+        dev, execution = self._open()
         io = self.io
         expect = (3, *io.input_hw)
         if not isinstance(batch, np.ndarray) or batch.ndim != 4 or tuple(batch.shape[1:]) != expect:
@@ -586,27 +606,27 @@ class TensorRTBackend(Backend):
                 f"batch: expected {io.input.dtype} (the engine's input type), found {batch.dtype}"
             )
         b = int(batch.shape[0])
-        dev = self.device
         with dev.active():
             self._drain()
             self._set_batch(b)
-            if self._host_in is None:
-                self._host_in = self._part(dev.pinned((io.batch_max, *expect), io.input.dtype))
+            host_in = self._host_in
+            if host_in is None:
+                host_in = self._host_in = self._part(dev.pinned((io.batch_max, *expect), io.input.dtype))
                 for o in io.outputs:
                     self._host_out[o.name] = self._part(
-                        dev.pinned((self._exec.nbytes(o.name, io.batch_max),), np.uint8)
+                        dev.pinned((execution.nbytes(o.name, io.batch_max),), np.uint8)
                     )
-            staging = self._host_in.array[:b]
+            staging = host_in.array[:b]
             np.copyto(staging, batch)
             slot = self._slots[0]
             slot.input.upload(staging, self._inf_stream)
-            self._exec.enqueue(slot.input.ptr, slot.output_ptrs, self._inf_stream.handle)
+            execution.enqueue(slot.input.ptr, slot.output_ptrs, self._inf_stream.handle)
             views = []
             for o in io.outputs:
-                n = self._exec.nbytes(o.name)
+                n = execution.nbytes(o.name)
                 host = self._host_out[o.name].array[:n]
                 slot.outputs[o.name].download(host, self._inf_stream)
-                views.append((host, o.dtype, self._exec.output_shapes[o.name]))
+                views.append((host, o.dtype, execution.output_shapes[o.name]))
             self._inf_stream.synchronize()
         return [h.view(dt).reshape(shape).copy() for h, dt, shape in views]
 
@@ -627,8 +647,9 @@ class TensorRTBackend(Backend):
             order, zero-padded to the most any view has. decode_yolo gives on it exactly what it gives
             on the full output.
         """
-        self._check_gpu_path()
-        io, dev = self.io, self.device
+        frame, pre, gpu_filter = self._gpu_path()
+        dev, execution = self._open()
+        io = self.io
         if isinstance(batch, bool) or not 1 <= int(batch) <= io.batch_max:
             raise ValueError(
                 f"batch: expected 1..{io.batch_max} views per call for this engine, found {batch}"
@@ -642,45 +663,47 @@ class TensorRTBackend(Backend):
         out_name = io.outputs[0].name
         with dev.active():
             self._drain()
-            frame_ptr, row_bytes = self._frame.put(image, self._pre_stream)
-            self._pre.set_views(views, (image.shape[1], image.shape[0]), self._pre_stream)
+            frame_ptr, row_bytes = frame.put(image, self._pre_stream)
+            pre.set_views(views, (image.shape[1], image.shape[0]), self._pre_stream)
 
         def enqueue(k: int) -> None:
             start = k * batch
             n = min(batch, total - start)
             slot = self._slots[k % 2]
+            cands = slot.candidates()
             with dev.active():
                 self._pre_stream.wait(slot.input_free)  # inference k - 2 has read this input
-                self._pre.launch(frame_ptr, row_bytes, start, n, slot.input.ptr, self._pre_stream)
+                pre.launch(frame_ptr, row_bytes, start, n, slot.input.ptr, self._pre_stream)
                 slot.ready.record(self._pre_stream)
                 self._inf_stream.wait(slot.ready)
                 self._set_batch(n if io.dynamic_batch else io.batch_max)
-                self._exec.enqueue(slot.input.ptr, slot.output_ptrs, self._inf_stream.handle)
+                execution.enqueue(slot.input.ptr, slot.output_ptrs, self._inf_stream.handle)
                 slot.input_free.record(self._inf_stream)
-                self._filter.launch(
+                gpu_filter.launch(
                     slot.outputs[out_name].ptr,
                     n,
                     self._rows,
                     self._anchors,
                     threshold,
-                    slot.cands,
+                    cands,
                     self._inf_stream,
                 )
-                slot.cands.download_count(self._inf_stream)
+                cands.download_count(self._inf_stream)
                 slot.counted.record(self._inf_stream)
 
         def collect(k: int) -> np.ndarray:
             n = min(batch, total - k * batch)
             slot = self._slots[k % 2]
+            cands = slot.candidates()
             with dev.active():
                 slot.counted.synchronize()
-                found = int(slot.cands.host_count.array[0])
+                found = int(cands.host_count.array[0])
                 # A side stream, so the copy does not queue behind inference k + 1.
                 self._copy_stream.wait(slot.counted)
-                slot.cands.download(found, self._copy_stream)
+                cands.download(found, self._copy_stream)
                 slot.fetched.record(self._copy_stream)
                 slot.fetched.synchronize()
-                return slot.cands.take(found, n, self._anchors)
+                return cands.take(found, n, self._anchors)
 
         from ..cuda.pipeline import pipelined
 
@@ -689,7 +712,7 @@ class TensorRTBackend(Backend):
         finally:
             if self._exec is not None:  # a generator left open may be finalized after close()
                 with dev.active():
-                    self._frame.release(self._pre_stream)
+                    frame.release(self._pre_stream)
                     self._drain()
 
     def profile_stages(self, image: np.ndarray, views: Views, batch: int, conf: float) -> dict[str, float]:
@@ -699,10 +722,11 @@ class TensorRTBackend(Backend):
         the others are GPU time between CUDA events, summed over the batches: preprocess, infer, filter,
         download (counter and candidates to the host).
         """
-        self._check_gpu_path()
+        frame, pre, gpu_filter = self._gpu_path()
+        dev, execution = self._open()
         from ..cuda.reference import score_threshold
 
-        io, dev = self.io, self.device
+        io = self.io
         out_name = io.outputs[0].name
         threshold = score_threshold(conf, io.outputs[0].dtype)
         times = dict.fromkeys(("upload", "preprocess", "infer", "filter", "download"), 0.0)
@@ -712,26 +736,27 @@ class TensorRTBackend(Backend):
             ev = [dev.event() for _ in range(5)]
             try:
                 t0 = time.perf_counter()
-                frame_ptr, row_bytes = self._frame.put(image, s)
+                frame_ptr, row_bytes = frame.put(image, s)
                 s.synchronize()
                 times["upload"] = (time.perf_counter() - t0) * 1000
-                self._pre.set_views(views, (image.shape[1], image.shape[0]), s)
+                pre.set_views(views, (image.shape[1], image.shape[0]), s)
                 slot = self._slots[0]
+                cands = slot.candidates()
                 for start in range(0, len(views), batch):
                     n = min(batch, len(views) - start)
                     self._set_batch(n if io.dynamic_batch else io.batch_max)
                     ev[0].record(s)
-                    self._pre.launch(frame_ptr, row_bytes, start, n, slot.input.ptr, s)
+                    pre.launch(frame_ptr, row_bytes, start, n, slot.input.ptr, s)
                     ev[1].record(s)
-                    self._exec.enqueue(slot.input.ptr, slot.output_ptrs, s.handle)
+                    execution.enqueue(slot.input.ptr, slot.output_ptrs, s.handle)
                     ev[2].record(s)
-                    self._filter.launch(
-                        slot.outputs[out_name].ptr, n, self._rows, self._anchors, threshold, slot.cands, s
+                    gpu_filter.launch(
+                        slot.outputs[out_name].ptr, n, self._rows, self._anchors, threshold, cands, s
                     )
                     ev[3].record(s)
-                    slot.cands.download_count(s)
+                    cands.download_count(s)
                     s.synchronize()
-                    slot.cands.download(int(slot.cands.host_count.array[0]), s)
+                    cands.download(int(cands.host_count.array[0]), s)
                     ev[4].record(s)
                     ev[4].synchronize()
                     for name, a, b in (
@@ -741,7 +766,7 @@ class TensorRTBackend(Backend):
                         ("download", 3, 4),
                     ):
                         times[name] += ev[b].elapsed_ms(ev[a])
-                self._frame.release(s)
+                frame.release(s)
             finally:
                 for e in ev:
                     e.close()

@@ -19,8 +19,10 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from . import kernel_source
 
@@ -224,7 +226,7 @@ class HostBuffer(_Resource):
     """
 
     def __init__(
-        self, device: CudaDevice, shape: tuple[int, ...], dtype: np.dtype, mapped: bool = False
+        self, device: CudaDevice, shape: tuple[int, ...], dtype: npt.DTypeLike, mapped: bool = False
     ) -> None:
         drv = device.driver
         flags = drv.host_alloc_flags.DEVICEMAP if mapped else 0
@@ -256,7 +258,7 @@ class Kernel:
     """A compiled kernel prepared for launches with a fixed argument signature."""
 
     name: str
-    function: object
+    function: Any  # pycuda's Function (pycuda ships no types)
     device: CudaDevice
 
     def launch(
@@ -300,7 +302,7 @@ class CudaDevice:
             self._ctx = self._dev.retain_primary_context()
         self._resources: list[_Resource] = []
         self._kernels: dict[tuple[str, str], Kernel] = {}
-        self._modules: dict[str, object] = {}
+        self._modules: dict[str, Any] = {}  # pycuda SourceModules by source
         self._lock = threading.RLock()
         self._closed = False
 
@@ -352,7 +354,7 @@ class CudaDevice:
         with self.active():
             return DeviceBuffer(self, nbytes)
 
-    def pinned(self, shape: tuple[int, ...], dtype: np.dtype, mapped: bool = False) -> HostBuffer:
+    def pinned(self, shape: tuple[int, ...], dtype: npt.DTypeLike, mapped: bool = False) -> HostBuffer:
         if mapped and not self.can_map_host_memory:
             raise CudaUnavailable(f"GPU {self.name} cannot map host memory; use mapped=False")
         with self.active():
@@ -393,7 +395,7 @@ class CudaDevice:
             self._kernels[key] = k
             return k
 
-    def _compile(self, source: str) -> object:
+    def _compile(self, source: str) -> Any:
         """pycuda's SourceModule for this GPU (nvcc, cached on disk by pycuda).
 
         no_extern_c: the sources declare their own extern "C" entry points and include C++ headers

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .device import CudaDevice, DeviceBuffer, HostBuffer, Stream
+from .device import CudaDevice, DeviceBuffer, HostBuffer, Kernel, Stream
 from .reference import OUTPUT_DTYPES, dense_candidates
 
 BLOCK = 256
@@ -77,7 +77,7 @@ class GpuFilter:
         if self.dtype not in OUTPUT_DTYPES:
             raise ValueError(f"dtype: expected a float32 or float16 model output, found {self.dtype}")
         name = "filter_candidates_f16" if self.dtype == np.float16 else "filter_candidates_f32"
-        self._kernel = device.kernel("filter.cu", name, "PiiifPPP")
+        self._kernel: Kernel | None = device.kernel("filter.cu", name, "PiiifPPP")
 
     def close(self) -> None:
         """Drop the kernel (its module unloads with the device)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..preprocess import Views
-from .device import CudaDevice, DeviceBuffer, HostBuffer, Stream
+from .device import CudaDevice, DeviceBuffer, HostBuffer, Kernel, Stream
 from .reference import VIEW_PARAMS, build_view_tables, output_lut
 
 BLOCK = (32, 8, 1)  # 32 consecutive columns per warp: coalesced writes into each plane
@@ -47,21 +47,24 @@ class FrameUpload:
         nbytes = h * w * 3
         with self.device.active():
             self._done.synchronize()  # the previous frame's kernels have finished reading the buffer
-            if self._host is None or self._host.array.nbytes < nbytes:
-                self._grow(nbytes, stream)
-            host = self._host.array[:nbytes]
+            host_buf, dev = self._host, self._dev
+            if host_buf is None or host_buf.array.nbytes < nbytes:
+                host_buf, dev = self._grow(nbytes, stream)
+            host = host_buf.array[:nbytes]
             np.copyto(host.reshape(h, w, 3), image)
-            if self._dev is None:  # mapped: the kernel reads the frame where the CPU wrote it
-                return int(self._host.device_ptr), w * 3
-            self._dev.upload(host, stream)
-            return self._dev.ptr, w * 3
+            if dev is not None:
+                dev.upload(host, stream)
+                return dev.ptr, w * 3
+            # no device copy: the buffer is mapped, and the kernel reads the frame where the CPU wrote it
+            assert host_buf.device_ptr is not None
+            return host_buf.device_ptr, w * 3
 
     def release(self, stream: Stream) -> None:
         """Mark the frame free once the work queued on stream so far has run."""
         with self.device.active():
             self._done.record(stream)
 
-    def _grow(self, nbytes: int, stream: Stream) -> None:
+    def _grow(self, nbytes: int, stream: Stream) -> tuple[HostBuffer, DeviceBuffer | None]:
         stream.synchronize()
         for buf in (self._host, self._dev):
             if buf is not None:
@@ -69,6 +72,7 @@ class FrameUpload:
         integrated = self.device.integrated and self.device.can_map_host_memory
         self._host = self.device.pinned((nbytes,), np.uint8, mapped=integrated)
         self._dev = None if integrated else self.device.alloc(nbytes)
+        return self._host, self._dev
 
     def close(self) -> None:
         for buf in (self._host, self._dev, self._done):
@@ -92,7 +96,7 @@ class GpuPreprocessor:
         self.dtype = np.dtype(dtype)
         lut = output_lut(self.dtype)
         half = self.dtype == np.float16
-        self._kernel = device.kernel(
+        self._kernel: Kernel | None = device.kernel(
             "preprocess.cu", "preprocess_views_f16" if half else "preprocess_views_f32", "PiPPPPPiii"
         )
         self._lut = device.to_device(lut.view(np.uint16) if half else lut)
@@ -107,27 +111,30 @@ class GpuPreprocessor:
         words = t.params.size + t.xtab.size + t.ytab.size
         with self.device.active():
             self._uploaded.synchronize()  # the previous upload has left the staging buffer
-            if self._staging is None or self._staging.array.size < words:
+            staging, tables = self._staging, self._tables  # made and closed together
+            if staging is None or tables is None or staging.array.size < words:
                 stream.synchronize()  # no kernel still reads the old tables
-                for buf in (self._staging, self._tables):
+                for buf in (staging, tables):
                     if buf is not None:
                         buf.close()
-                self._staging = self.device.pinned((words,), np.int32)
-                self._tables = self.device.alloc(words * 4)
-            host = self._staging.array
+                staging = self._staging = self.device.pinned((words,), np.int32)
+                tables = self._tables = self.device.alloc(words * 4)
+            host = staging.array
             a, b = t.params.size, t.params.size + t.xtab.size
             host[:a] = t.params.reshape(-1)
             host[a:b] = t.xtab.reshape(-1)
             host[b:words] = t.ytab.reshape(-1)
-            self._tables.upload(host[:words], stream)
+            tables.upload(host[:words], stream)
             self._uploaded.record(stream)
-        base = self._tables.ptr
+        base = tables.ptr
         self._layout = (len(views), base, base + a * 4, base + b * 4)  # int4 tables: 16-byte aligned
 
     def launch(
         self, frame_ptr: int, row_bytes: int, start: int, count: int, out_ptr: int, stream: Stream
     ) -> None:
         """Write views start .. start + count of the current frame into out_ptr, (count, 3, H, W)."""
+        if self._kernel is None:
+            raise RuntimeError("GpuPreprocessor is closed")
         if self._layout is None:
             raise RuntimeError("set_views must be called before launch")
         n, params, xtab, ytab = self._layout

@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from ..preprocess import PAD_VALUE, Views
 
@@ -156,7 +157,7 @@ def build_view_tables(views: Views, image_wh: tuple[int, int], input_hw: tuple[i
     )
 
 
-def output_lut(dtype: np.dtype) -> np.ndarray:
+def output_lut(dtype: npt.DTypeLike) -> np.ndarray:
     """(256,) value of each uint8 level in the model's input type, computed as the CPU path computes it."""
     dtype = np.dtype(dtype)
     if dtype not in OUTPUT_DTYPES:
@@ -185,7 +186,7 @@ def resize_linear_u8(crop: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
 
 
 def preprocess_reference(
-    image: np.ndarray, views: Views, input_hw: tuple[int, int], dtype: np.dtype = np.float32
+    image: np.ndarray, views: Views, input_hw: tuple[int, int], dtype: npt.DTypeLike = np.float32
 ) -> np.ndarray:
     """What preprocess.cu writes for these views, computed in NumPy from the same tables.
 
@@ -222,7 +223,7 @@ def preprocess_reference(
     return out
 
 
-def score_threshold(conf: float, dtype: np.dtype) -> float:
+def score_threshold(conf: float, dtype: npt.DTypeLike) -> float:
     """The float32 threshold t for which the filter kernel's ``score > t`` keeps exactly what the CPU keeps.
 
     The CPU decoder compares an array of the model's output type with a Python float (``scores > conf``),

@@ -171,7 +171,8 @@ class _Collector:
         if why is not None:
             self.problem(f"{where}: {why}")
             return
-        self.boxes.append(tuple(float(v) for v in box))
+        x1, y1, x2, y2 = (float(v) for v in box)
+        self.boxes.append((x1, y1, x2, y2))
         self.class_ids.append(int(class_id))
 
     def photo(self, path: Path) -> AnnotatedPhoto | None:
@@ -420,48 +421,55 @@ def _label_path(image: Path, root: Path) -> Path:
     return root / "labels" / (image.stem + ".txt")
 
 
+def _yolo_yaml_roots(src: Path, classes: _Classes, subset: str | None) -> tuple[Path, list[Path]]:
+    """The dataset root and image folders of a data.yaml; fixes the classes from its names."""
+    doc = _read_data_yaml(src)
+    root = src.parent
+    base = doc.get("path")
+    if base not in (None, ""):
+        if not isinstance(base, str):
+            raise ValueError(f"{src}: expected 'path:' as a folder, found {base!r}")
+        root = src.parent / base  # an absolute path replaces src.parent
+    names = _names(doc, src)
+    if not classes.fixed:
+        if names is None:
+            raise ValueError(f"{src}: expected class names under 'names:', found none")
+        classes.fix(names)
+    keys = [subset] if subset is not None else ["train", "val", "test"]
+    splits = list(dict.fromkeys(v for k in keys for v in _paths(doc, k, src)))
+    if not splits:
+        raise ValueError(f"{src}: expected a {' or '.join(repr(k) for k in keys)} entry, found none")
+    return root, [root / s for s in splits]
+
+
+def _yolo_folder_roots(src: Path, classes: _Classes, subset: str | None) -> tuple[Path, list[Path]]:
+    """The dataset root and image folder of a YOLO folder; fixes the classes from classes.txt or data.yaml."""
+    if not classes.fixed:
+        for cand in (src / "classes.txt", src.parent / "classes.txt"):
+            if cand.is_file():
+                classes.fix([s.strip() for s in cand.read_text(encoding="utf-8").splitlines() if s.strip()])
+                break
+        else:
+            for cand in (src / "data.yaml", src / "dataset.yaml"):
+                names = _names(_read_data_yaml(cand), cand) if cand.is_file() else None
+                if names is not None:
+                    classes.fix(names)
+                    break
+    if not classes.fixed:
+        raise ValueError(
+            f"{src}: expected class names in classes.txt or data.yaml (or passed as class_names), found none"
+        )
+    image_root = next((src / d for d in ("images", "JPEGImages") if (src / d).is_dir()), src)
+    return src, [image_root / subset if subset is not None else image_root]
+
+
 def _load_yolo(
     src: Path, classes: _Classes, skip: str, subset: str | None, problems: list[str]
 ) -> list[AnnotatedPhoto]:
     if src.is_file():  # data.yaml
-        doc = _read_data_yaml(src)
-        root = src.parent
-        base = doc.get("path")
-        if base not in (None, ""):
-            if not isinstance(base, str):
-                raise ValueError(f"{src}: expected 'path:' as a folder, found {base!r}")
-            root = src.parent / base  # an absolute path replaces src.parent
-        names = _names(doc, src)
-        if not classes.fixed:
-            if names is None:
-                raise ValueError(f"{src}: expected class names under 'names:', found none")
-            classes.fix(names)
-        keys = [subset] if subset is not None else ["train", "val", "test"]
-        splits = list(dict.fromkeys(v for k in keys for v in _paths(doc, k, src)))
-        if not splits:
-            raise ValueError(f"{src}: expected a {' or '.join(repr(k) for k in keys)} entry, found none")
-        image_roots = [root / s for s in splits]
+        root, image_roots = _yolo_yaml_roots(src, classes, subset)
     else:
-        root = src
-        if not classes.fixed:
-            for cand in (src / "classes.txt", src.parent / "classes.txt"):
-                if cand.is_file():
-                    classes.fix(
-                        [s.strip() for s in cand.read_text(encoding="utf-8").splitlines() if s.strip()]
-                    )
-                    break
-            else:
-                for cand in (src / "data.yaml", src / "dataset.yaml"):
-                    names = _names(_read_data_yaml(cand), cand) if cand.is_file() else None
-                    if names is not None:
-                        classes.fix(names)
-                        break
-        if not classes.fixed:
-            raise ValueError(
-                f"{src}: expected class names in classes.txt or data.yaml (or passed as class_names), found none"
-            )
-        image_root = next((src / d for d in ("images", "JPEGImages") if (src / d).is_dir()), src)
-        image_roots = [image_root / subset if subset is not None else image_root]
+        root, image_roots = _yolo_folder_roots(src, classes, subset)
     images: list[Path] = []
     for image_root in image_roots:
         if not image_root.is_dir():
@@ -507,7 +515,14 @@ def _load_yolo(
         photo = c.photo(image)
         if photo is not None:
             photos.append(photo)
-    # Label files without an image are annotations of a missing image.
+    _report_labels_without_images(images, image_roots, root, problems)
+    return photos
+
+
+def _report_labels_without_images(
+    images: list[Path], image_roots: list[Path], root: Path, problems: list[str]
+) -> None:
+    """Label files without an image are annotations of a missing image: one problem each."""
     used = {_label_path(p, root) for p in images}
     for image_root in image_roots:
         label_root = _label_path(image_root / "x.jpg", root).parent
@@ -519,7 +534,6 @@ def _load_yolo(
                 problems.append(
                     f"{rel}: missing image: expected an image named {lab.stem}.* for these labels, found none"
                 )
-    return photos
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -536,8 +550,9 @@ def _load_coco(
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         raise ValueError(f"{src}: expected a COCO object with 'images' and 'annotations', found none")
     cats = sorted(doc.get("categories", []), key=lambda c: c["id"])
-    cat_index: dict[int, int | None] = {}
-    cat_names: dict[int, str] = {}
+    # keyed by whatever the file gives as category id; an annotation's category_id may be anything too
+    cat_index: dict[object, int | None] = {}
+    cat_names: dict[object, str] = {}
     for cat in cats:
         cat_names[cat["id"]] = str(cat["name"])
         cat_index[cat["id"]] = classes.get(str(cat["name"]))

@@ -369,7 +369,9 @@ def coco_map(
         return [0.0] * 12, md
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
-        gt.dataset = gt_doc
+        # the stubs' dataset type demands every COCO field (segmentation, supercategory...); bbox
+        # evaluation reads only those coco_ground_truth writes
+        gt.dataset = gt_doc  # type: ignore[assignment]
         gt.createIndex()
         dt = gt.loadRes(dets)
         ev = COCOeval(gt, dt, "bbox")
@@ -384,7 +386,8 @@ def coco_ground_truth(
     per_photo: Sequence[PhotoDetections | AnnotatedPhoto], class_names: Sequence[str]
 ) -> dict:
     """The ground truth as a COCO dataset dict: image id = position + 1, category id = class + 1."""
-    images, anns = [], []
+    images: list[dict] = []
+    anns: list[dict] = []
     for i, p in enumerate(per_photo):
         photo = p.photo if isinstance(p, PhotoDetections) else p
         images.append(

@@ -24,6 +24,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -332,16 +333,16 @@ def parse_dji_xmp(xmp: bytes) -> dict[str, str]:
     return out
 
 
-def _rational(v: object) -> float:
+def _rational(v: Any) -> float:
     f = float(v)  # IFDRational, int or float
     if not math.isfinite(f):
         raise ValueError(f"expected a finite number, found {v!r}")
     return f
 
 
-def _dms(value: object, ref: object, positive: str, name: str) -> float:
+def _dms(value: Any, ref: object, positive: str, name: str) -> float:
     try:
-        d, m, s = (_rational(x) for x in value)  # type: ignore[union-attr]
+        d, m, s = (_rational(x) for x in value)
     except (TypeError, ValueError, ZeroDivisionError) as exc:
         raise ValueError(f"EXIF {name}: expected (degrees, minutes, seconds), found {value!r}") from exc
     deg = d + m / 60.0 + s / 3600.0
@@ -659,7 +660,7 @@ def focal_px_from_35mm(focal_35mm: float, width: int, height: int) -> tuple[floa
     return focal_35mm / FULL_FRAME_DIAGONAL_MM * diag, frame
 
 
-def pose_from_metadata(meta: PhotoMetadata, overrides: PoseOverrides | None = None) -> CameraPose:
+def pose_from_metadata(meta: PhotoMetadata, overrides: PoseOverrides | None = None) -> CameraPose:  # noqa: C901 - each pose quantity is taken from the first of its sources that has it, with that source named
     """Combine what the photo says with the flags into one pose.
 
     Order, first found wins: position EXIF GPS, then drone-dji:GpsLatitude/GpsLongitude; height
@@ -813,10 +814,9 @@ def pose_from_metadata(meta: PhotoMetadata, overrides: PoseOverrides | None = No
         sources["intrinsics"] = (
             f"EXIF FocalLength {meta.focal_mm:g} mm x FocalPlaneXResolution {meta.focal_plane_px_per_mm:.2f} px/mm"
         )
-    elif profile_for_model(meta.model) is not None:
-        prof = profile_for_model(meta.model)
-        focal = prof.focal_px(w)
-        sources["intrinsics"] = f"camera profile {prof.name} for EXIF Model {meta.model} (nominal)"
+    elif (model_prof := profile_for_model(meta.model)) is not None:
+        focal = model_prof.focal_px(w)
+        sources["intrinsics"] = f"camera profile {model_prof.name} for EXIF Model {meta.model} (nominal)"
     elif meta.focal_35mm:
         focal, frame = focal_px_from_35mm(meta.focal_35mm, w, h)
         sources["intrinsics"] = f"EXIF FocalLengthIn35mmFilm {meta.focal_35mm:g} mm over {frame}"

@@ -150,7 +150,9 @@ class TrackBuilder:
                 ids[i] = self.tracks[-1].track_id
         for i in located:
             d = detections[i]
-            self.tracks[ids[i] - 1]._add(
+            track_id = ids[i]
+            assert track_id is not None  # every located detection was given a track above
+            self.tracks[track_id - 1]._add(
                 image, i, d["lat"], d["lon"], float(d.get("score", 0.0)), d.get("error_m")
             )
         return ids

@@ -275,7 +275,7 @@ class GeoDocuments:
         folder = ET.SubElement(doc, "Folder")
         ET.SubElement(folder, "name").text = "Detections"
         for img, d in self._located():
-            data = {"image": img}
+            data: dict = {"image": img}
             data.update({k: v for k, v in d.items() if k not in ("lat", "lon")})
             placemark(
                 folder,

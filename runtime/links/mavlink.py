@@ -528,6 +528,7 @@ class MavlinkTelemetry:
                 f"no vehicle pose from MAVLink yet ({', '.join('no ' + m for m in missing)} received "
                 f"on {self.url})"
             )
+        assert pos is not None  # else GLOBAL_POSITION_INT was missing above
 
         def stale(what: str, received: float) -> None:
             if max_age_s is not None and now - received > max_age_s:
@@ -544,11 +545,13 @@ class MavlinkTelemetry:
             if earth:
                 source = "MAVLink GIMBAL_DEVICE_ATTITUDE_STATUS (yaw from north)"
             else:
+                assert att is not None  # else ATTITUDE was missing above
                 stale("ATTITUDE", att_t)
                 ages.append(now - att_t)
                 rot = rotation_ypr(math.degrees(att[2]), 0.0, 0.0) @ rot
                 source = "MAVLink GIMBAL_DEVICE_ATTITUDE_STATUS (yaw from the heading in ATTITUDE)"
         else:
+            assert att is not None  # else ATTITUDE was missing above
             stale("ATTITUDE", att_t)
             ages.append(now - att_t)
             roll, pitch, yaw = (math.degrees(v) for v in att)

@@ -115,7 +115,8 @@ class MqttPublisher:
             c.username_pw_set(username, password)
         c.max_queued_messages_set(max_buffer)
         c.max_inflight_messages_set(100)
-        c.reconnect_delay_set(min_delay=reconnect_min_s, max_delay=reconnect_max_s)
+        # paho annotates the delays as int, but only stores, doubles and sleeps them: fractions work
+        c.reconnect_delay_set(min_delay=reconnect_min_s, max_delay=reconnect_max_s)  # type: ignore[arg-type]
         c.will_set(self.status_topic, self._status("offline", reason="connection lost"), qos=1, retain=True)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect

@@ -187,7 +187,7 @@ def convert(action: argparse.Action, key: str, value: object, source: str) -> ob
             raise ConfigError(f"{where}: expected a single value, found {v!r}")
         text = str(v).lower() if isinstance(v, bool) else str(v)
         try:
-            out = action.type(text) if action.type else text  # type: ignore[operator]
+            out = action.type(text) if callable(action.type) else text
         except (argparse.ArgumentTypeError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from None
         if action.choices is not None and out not in action.choices:

@@ -230,7 +230,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def _setup_logging(level: str) -> list[tuple[logging.Logger, logging.Handler]]:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s edgetile serve %(levelname)s: %(message)s"))
-    installed = []
+    installed: list[tuple[logging.Logger, logging.Handler]] = []
     for name in ("edgetile.serve", "uvicorn"):
         logger = logging.getLogger(name)
         logger.addHandler(handler)

@@ -229,7 +229,7 @@ class Daemon:
             ) from None
         return f
 
-    def run(self) -> int:
+    def run(self) -> int:  # noqa: C901 - start-up, wait and ordered shutdown share the threads and signal handlers they install
         """Start everything, wait for SIGTERM/SIGINT, shut down in order; returns the exit code."""
         import uvicorn
 

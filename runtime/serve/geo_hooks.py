@@ -275,7 +275,7 @@ def open_result_hooks(config: ServeGeoConfig, state_dir: Path) -> ResultHooks:
     telemetry = None
     if config.mavlink_in is not None:
         try:
-            telemetry = _open_telemetry(config)
+            telemetry = _open_telemetry(config, config.mavlink_in)
         except ValueError:
             for link in (publisher, mavlink):  # opened above; the daemon will not start
                 if link is not None:
@@ -292,11 +292,10 @@ def open_result_hooks(config: ServeGeoConfig, state_dir: Path) -> ResultHooks:
     )
 
 
-def _open_telemetry(config: ServeGeoConfig):
-    """The MavlinkTelemetry of --mavlink-in; ValueError in one line when it cannot be opened."""
+def _open_telemetry(config: ServeGeoConfig, url: str):
+    """The MavlinkTelemetry of --mavlink-in (url); ValueError in one line when it cannot be opened."""
     from ..links.mavlink import MavlinkTelemetry
 
-    url = config.mavlink_in
     overrides = config.geo.overrides
     given = [
         f"--{n}"
@@ -310,7 +309,7 @@ def _open_telemetry(config: ServeGeoConfig):
             ", ".join(given),
         )
     try:
-        return MavlinkTelemetry(url, mount_ypr=tuple(config.camera_mount))
+        return MavlinkTelemetry(url, mount_ypr=config.camera_mount)
     except ImportError as exc:
         if exc.name == "serial":  # pymavlink opens anything that is not a network URL as a serial port
             raise ValueError(

@@ -82,7 +82,7 @@ class FolderWatcher:
         self._recorded: dict[str, tuple[int, int]] = {}
         self._missing: set[Path] = set()
 
-    def scan(self, queue: PhotoQueue, now: float) -> int:
+    def scan(self, queue: PhotoQueue, now: float) -> int:  # noqa: C901 - one pass: a folder's state, then each file's settle and record steps, in order
         """One pass over the folders; returns how many new inputs were recorded.
 
         Complete files are recorded RECORD_BATCH at a time, one transaction each: a card full of
@@ -268,7 +268,7 @@ class VideoReader:
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
 
-    def _read(self, cap, queue: PhotoQueue, stop: threading.Event) -> int:
+    def _read(self, cap, queue: PhotoQueue, stop: threading.Event) -> int:  # noqa: C901 - the frame loop: a file waits for room, a live source skips; both in one loop so they stay alike
         import cv2
 
         index = 0

@@ -116,9 +116,11 @@ def read_sensors(sysfs: str | Path = "/sys") -> Sensors:
             if label.upper() == "NC" or _read_text(mon / f"in{n}_enable") == "0":
                 continue  # channel not connected or switched off
             mv, ma = _read_text(volt_file), _read_text(mon / f"curr{n}_input")
+            if mv is None or ma is None:
+                continue  # this channel could not be read this time
             try:
                 rails.append(Rail(label, int(mv) / 1000.0, int(ma) / 1000.0))
-            except (TypeError, ValueError):
+            except ValueError:
                 continue  # this channel gave no number this time
     return Sensors(temps, rails)
 
