@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from edgetile.runtime.files import read_yaml_mapping
+
 from .budget import DEFAULT_BUDGET_MB, SizeEstimate, check_budget_before_training, file_sizes_mb, size_table
 
 
@@ -106,21 +108,10 @@ def load_hyp(path: str | Path) -> dict[str, object]:
     Raises:
         ValueError: When the file is not a flat mapping of Ultralytics training arguments.
     """
-    import yaml
-
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"--hyp: file not found: {p}")
-    try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ValueError(
-            f"--hyp {p}: expected YAML, found unparsable text ({str(exc).splitlines()[0]})"
-        ) from None
-    if doc is None:
-        return {}
-    if not isinstance(doc, dict):
-        raise ValueError(f"--hyp {p}: expected a mapping of name: value, found {type(doc).__name__}")
+    doc = read_yaml_mapping(p, f"--hyp {p}", "name: value")
     check_train_args(doc, f"--hyp {p}")
     return dict(doc)
 
@@ -142,12 +133,10 @@ def check_train_args(args: Mapping[str, object], where: str) -> None:
 
 def data_classes(data_yaml: str | Path) -> list[str]:
     """Class names of an Ultralytics data.yaml."""
-    import yaml
-
     p = Path(data_yaml)
     if not p.is_file():
         raise ValueError(f"--data: file not found: {p}")
-    doc = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    doc = read_yaml_mapping(p, f"--data {p}", "path, train, val, names")
     names = doc.get("names")
     if isinstance(names, dict):
         return [str(names[k]) for k in sorted(names)]
