@@ -8,12 +8,11 @@ writes a run summary with a size table.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edgetile.runtime.files import read_yaml_mapping
+from edgetile.runtime.files import read_yaml_mapping, write_text_atomic
 
 from .budget import DEFAULT_BUDGET_MB, SizeEstimate, check_budget_before_training, file_sizes_mb, size_table
 
@@ -285,8 +284,6 @@ def train(
         "export_error": export_error,
         "metrics": metrics,
     }
-    tmp = run_dir / ".edgetile_summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1, default=str))
-    os.replace(tmp, run_dir / "edgetile_summary.json")
+    write_text_atomic(run_dir / "edgetile_summary.json", json.dumps(summary, indent=1, default=str))
     (run_dir / "edgetile_summary.txt").write_text(result.summary() + "\n")
     return result
