@@ -113,19 +113,45 @@ def parse_yaml_mapping(
     return doc
 
 
+def read_text_file(path: str | os.PathLike, kind: str, option: str | None = None) -> str:
+    """The UTF-8 text of a file (a byte-order mark dropped), for files a user names.
+
+    Args:
+        path: The file.
+        kind: What it should hold, for the message about binary data (e.g. "YAML or JSON").
+        option: The option that named it, to begin the messages (e.g. "--settings").
+
+    Raises:
+        ValueError: "OPTION: cannot read PATH: reason", or "OPTION PATH: expected a UTF-8 text file
+            of KIND, found binary data".
+    """
+    lead = f"{option}: " if option else ""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise ValueError(f"{lead}cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        where = f"{option} {path}" if option else str(path)
+        raise ValueError(f"{where}: expected a UTF-8 text file of {kind}, found binary data") from None
+
+
 def read_yaml_mapping(
-    path: str | os.PathLike, where: str, holds: str, install: str = "install it: pip install pyyaml"
+    path: str | os.PathLike,
+    holds: str,
+    option: str | None = None,
+    install: str = "install it: pip install pyyaml",
 ) -> dict[str, Any]:
     """The mapping a UTF-8 YAML file holds (see :func:`parse_yaml_mapping`).
+
+    Args:
+        path: The file.
+        holds: What the mapping holds, for the message when the file holds something else.
+        option: The option that named the file, to begin the messages (e.g. "--hyp").
+        install: As for parse_yaml_mapping.
 
     Raises:
         ImportError: PyYAML is missing.
         ValueError: The file cannot be read, is not text, is not valid YAML or not a mapping.
     """
-    try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise ValueError(f"{where}: cannot read the file: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{where}: expected a UTF-8 YAML file, found binary data") from None
-    return parse_yaml_mapping(text, where, holds, install)
+    text = read_text_file(path, "YAML", option)
+    return parse_yaml_mapping(text, f"{option} {path}" if option else str(path), holds, install)

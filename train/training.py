@@ -110,7 +110,7 @@ def load_hyp(path: str | Path) -> dict[str, object]:
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"--hyp: file not found: {p}")
-    doc = read_yaml_mapping(p, f"--hyp {p}", "name: value")
+    doc = read_yaml_mapping(p, "name: value", "--hyp")
     check_train_args(doc, f"--hyp {p}")
     return dict(doc)
 
@@ -135,7 +135,7 @@ def data_classes(data_yaml: str | Path) -> list[str]:
     p = Path(data_yaml)
     if not p.is_file():
         raise ValueError(f"--data: file not found: {p}")
-    doc = read_yaml_mapping(p, f"--data {p}", "path, train, val, names")
+    doc = read_yaml_mapping(p, "path, train, val, names", "--data")
     names = doc.get("names")
     if isinstance(names, dict):
         return [str(names[k]) for k in sorted(names)]

@@ -356,7 +356,7 @@ def _read_data_yaml(path: Path) -> dict:
         ValueError: When the file is not YAML or not a mapping.
     """
     return read_yaml_mapping(
-        path, str(path), "path, train, val, names", "found it missing; install edgetile[export] or pyyaml"
+        path, "path, train, val, names", install="found it missing; install edgetile[export] or pyyaml"
     )
 
 

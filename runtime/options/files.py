@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..files import parse_yaml_mapping
+from ..files import parse_yaml_mapping, read_text_file
 
 # Where a parser keeps its OptionsFile (set_defaults), for resolve_options to find in the parse.
 SPEC_DEST = "_options_file"
@@ -213,11 +213,9 @@ def load_mapping(path: str | Path, spec: OptionsFile) -> dict:
     where = f"{spec.option} {path}"
     formats = "YAML or JSON" if spec.json else "YAML"
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise ConfigError(f"{spec.option}: cannot read {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{where}: expected a UTF-8 text file of {formats}, found binary data") from None
+        text = read_text_file(path, formats, spec.option)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if spec.json and text.lstrip().startswith("{"):
         try:
             data = json.loads(text)
