@@ -3,7 +3,7 @@
 Skipped where pycuda or a GPU is missing (tests/conftest.py says which). They have NOT been run on the
 machines this project is developed on (no GPU there); docs/gpu.md says how to run them on one.
 
-Contract (issue 6): the preprocessing kernel's output equals runtime/cuda/reference.py exactly, and the
+Contract: the preprocessing kernel's output equals runtime/cuda/reference.py exactly, and the
 CPU path (BatchBuffer) within 1/255 in FP32 and within that plus FP16 rounding in FP16, over random
 sizes, tiles at image edges and images smaller than a tile. The filter kernel keeps exactly the
 reference's candidates.
@@ -104,7 +104,7 @@ def test_preprocess_kernel_equals_reference_and_cpu_over_random_sizes(device, dt
 
 EDGE_CASES = [
     # (width, height, tile, input_hw, flip, comment)
-    (4000, 3000, 1024, (1024, 1024), False, "the issue's frame: 12 tiles of 1024, no resize"),
+    (4000, 3000, 1024, (1024, 1024), False, "a 4000x3000 photo: 12 tiles of 1024, no resize"),
     (4000, 3000, 1024, (640, 640), True, "12 tiles resized, mirrored"),
     (1025, 1030, 1024, (512, 512), False, "edge tiles shifted inward by 1 and 6 px"),
     (300, 200, 1024, (640, 640), False, "image smaller than a tile: padded"),

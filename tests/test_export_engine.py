@@ -340,7 +340,7 @@ class FakeTrt:
         flags = {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 4}
         self.NetworkDefinitionCreationFlag = _Enum({k: v for k, v in flags.items() if k in names})
         builder_flags = {"GPU_FALLBACK": 3}
-        if major <= 10:  # BuilderFlag.FP16 / INT8 removed in 11 (TENSORRT.md; the bindings' strings agree)
+        if major <= 10:  # BuilderFlag.FP16 / INT8 are gone in 11 (strongly typed networks only)
             builder_flags.update(FP16=0, INT8=1)
         self.BuilderFlag = _Enum(builder_flags)
         self.MemoryPoolType = _Enum({"WORKSPACE": 0})

@@ -1,6 +1,6 @@
 """The TensorRT backend: version dispatch, engine files, and its calls into TensorRT's name-based API.
 
-TensorRT cannot be installed where this project is developed (see /work/shared/TENSORRT.md). So:
+TensorRT is not installed on the machines this project is developed on (docs/gpu.md). So:
 
 * Pure logic (version table, Ultralytics engine header, metadata) is tested against real inputs.
 * Which TensorRT calls the backend makes is tested against ``StandInTensorRT`` below: NOT TensorRT, a
@@ -140,7 +140,7 @@ def test_bench_gpu_floor_counts_the_bytes_of_the_issues_case():
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     views = tile_views(plan_tiles(4000, 3000, 1024, 0.0), 1024, (1024, 1024), (4000, 3000))
-    assert len(views) == 12  # the issue's 4000x3000 frame into 12 tiles of 1024^2
+    assert len(views) == 12  # a 4000x3000 photo into 12 tiles of 1024^2
     read, written = bench.preprocess_floor_bytes(views, (4000, 3000), (1024, 1024), 2)
     assert (read, written) == (12 * 1024 * 1024 * 3, 12 * 3 * 1024 * 1024 * 2)  # no resize: each pixel once
     views = tile_views(plan_tiles(4000, 3000, 1024, 0.0), 1024, (512, 512), (4000, 3000))
