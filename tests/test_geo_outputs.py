@@ -23,12 +23,13 @@ from edgetile.runtime.geo import (
     GeoWriter,
     PoseOverrides,
     TrackBuilder,
+    georeference,
     ground_distance_m,
     ground_to_pixel,
     locate_boxes,
     pose_from_photo,
 )
-from edgetile.runtime.results import Detections
+from edgetile.runtime.results import NULL, Detections
 from onnx_models import red_blob_model
 
 NAMES = {0: "person"}
@@ -380,3 +381,32 @@ def test_geo_config_refuses_bad_values():
         GeoConfig(track_radius_m=-1.0)
     with pytest.raises(ValueError, match="camera: expected one of"):
         PoseOverrides(camera="nikon")
+
+
+def test_georeference_puts_ground_fields_or_a_warning_into_the_data():
+    level = CameraPose.from_angles(
+        LAT0, LON0, AGL, 0.0, -10.0, 0.0, F, W, H
+    )  # looking 10 deg below the horizon
+    dets = Detections(
+        [[300.0, 0.0, 316.0, 10.0], [300.0, 400.0, 316.0, 440.0]],
+        [0.9, 0.8],
+        [0, 0],
+        data={"thumbnail": ["a", "b"]},
+    )  # the first box's feet are above the horizon, the second's on the ground
+    placed = georeference(dets, level)
+    sky, ground = placed.to_records(NAMES)
+    assert list(sky) == ["bbox", "score", "class_id", "class_name", "thumbnail", "geo_warning"]
+    assert list(ground) == [
+        "bbox",
+        "score",
+        "class_id",
+        "class_name",
+        "thumbnail",
+        "lat",
+        "lon",
+        "ground_alt_m",
+        "error_m",
+        "distance_m",
+    ]  # the order detections.json has always had
+    assert ground["ground_alt_m"] is None  # no absolute altitude: the key with null, as before
+    assert placed.data["ground_alt_m"] == [None, NULL] and dets.data == {"thumbnail": ["a", "b"]}
