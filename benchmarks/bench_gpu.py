@@ -10,7 +10,7 @@ Both paths run the same TensorRT engine, so only what surrounds the model differ
 Reported: the Detector's own per-stage timings for both paths and the whole detect() per image; the GPU
 path's stages measured one after another with CUDA events (upload, preprocess, inference, filtering,
 download); inference per batch size; the merge; the preprocessing kernel against the memory-bandwidth
-floor (bytes it must read and write / the GPU's peak bandwidth; the issue's target is within 3x for a
+floor (bytes it must read and write / the GPU's peak bandwidth; the target is within 3x for a
 4000x3000 frame into 12 tiles of 1024^2); and, with --files, a folder of JPEGs read with and without the
 prefetch thread.
 
@@ -114,7 +114,7 @@ def kernels_only(a) -> int:
         # -- preprocessing kernel vs the bandwidth floor ---------------------------------------------
         print("\npreprocess kernel (all views of the frame, `batch` views per launch), GPU time:")
         tilings = [
-            ("the issue's 12 tiles of 1024 (overlap 0)", 1024, 0.0),
+            ("the design case: 12 tiles of 1024 (overlap 0)", 1024, 0.0),
             (f"tiles of {a.tile} (overlap {a.overlap})", a.tile, a.overlap),
         ]
         for input_hw in ((1024, 1024), (640, 640)):
@@ -380,10 +380,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - a benchmark scri
     # -- the preprocessing kernel against the memory-bandwidth floor -----------------------------------
     bw = a.bandwidth_gbs or dev.peak_bandwidth_gbs()
     cases = [(f"{len(views)} tiles of {a.tile} (overlap {a.overlap})", views)]
-    issue = tile_views(
+    design = tile_views(
         plan_tiles(W, H, 1024, 0.0), 1024, io.input_hw, (W, H)
-    )  # the issue's 12 tiles of 1024^2
-    cases.append((f"{len(issue)} tiles of 1024 (overlap 0, the issue's case)", issue))
+    )  # the design case: a 4000x3000 photo as 12 tiles of 1024^2
+    cases.append((f"{len(design)} tiles of 1024 (overlap 0, the design case)", design))
     results["preprocess_floor"] = []
     if not bw:
         print("\npreprocess kernel vs floor: the driver reports no memory clock; pass --bandwidth-gbs")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetile.runtime.boxes import pairwise_overlap
 from edgetile.runtime.detector import DetectConfig, Detector
 from edgetile.runtime.tiling import plan_tiles
 from edgetile.train.synth import SceneConfig, make_scene
@@ -32,12 +33,7 @@ def match_fraction(a: np.ndarray, b: np.ndarray, thr: float = 0.5) -> tuple[int,
     """Greedy one-to-one matching of boxes a to boxes b at IoU >= thr; returns (matched, len(a), len(b))."""
     if len(a) == 0 or len(b) == 0:
         return 0, len(a), len(b)
-    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = iw * ih
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    iou = inter / (area_a[:, None] + area_b[None, :] - inter)
+    iou = pairwise_overlap(a, b, "iou")
     matched = 0
     used = np.zeros(len(b), bool)
     for i in range(len(a)):

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetile.runtime._version import __version__
-from edgetile.runtime.engine_meta import EngineMeta, parse_trt_version, write_engine_sidecar
+from edgetile.runtime.engine_meta import EngineMeta, supported_trt_version, write_engine_sidecar
 from edgetile.runtime.files import sha256_file
 
 from .artifacts import DEFAULT_BUDGET_MB, ExportError, check_budget, default_out
@@ -36,8 +36,6 @@ from .onnx_fp16 import convert_to_fp16
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIB_METHODS = ("entropy", "minmax")
-OLDEST = (8, 5)  # JetPack 5.1; the name-based tensor API the runtime uses starts here
-NEWEST_MAJOR = 11
 DEFAULT_WORKSPACE_MB = 1024
 
 
@@ -89,17 +87,12 @@ def trt_api(version: str) -> TrtApi:
     Raises:
         BuildRefused: Older than 8.5 (JetPack 4.x is out of scope) or a major version newer than 11.
     """
-    v = parse_trt_version(version)
-    if v[:2] < OLDEST:
-        raise BuildRefused(
-            f"TensorRT {version} is older than 8.5 (JetPack 5.1): the name-based tensor API that edgetile's "
-            "runtime uses is missing; flash JetPack 5.1 or later (JetPack 4.x is not supported)"
-        )
-    if v[0] > NEWEST_MAJOR:
-        raise BuildRefused(
-            f"TensorRT {version} is newer than any version edgetile was written against (8.5 to {NEWEST_MAJOR}.x); "
-            "its builder API may differ: build with trtexec from the Q/DQ or FP16 ONNX instead"
-        )
+    v = supported_trt_version(
+        version,
+        "that edgetile's runtime uses",
+        "its builder API may differ: build with trtexec from the Q/DQ or FP16 ONNX instead",
+        BuildRefused,
+    )
     major = v[0]
     return TrtApi(
         version=v,

@@ -46,19 +46,32 @@ def int_at_least(name: str, minimum: int = 1) -> Callable[[str], int]:
 
 def finite_number(name: str, minimum: float = 0.0, inclusive: bool = True) -> Callable[[str], float]:
     """A finite number >= minimum (> minimum when not inclusive)."""
-    rel = ">=" if inclusive else ">"
+    return _finite(name, minimum, inclusive, f"a finite number {'>=' if inclusive else '>'} {minimum:g}")
 
+
+def number_or_word(name: str, word: str, what: str, minimum: float = 0.0) -> Callable[[str], float | None]:
+    """A finite number >= minimum, or a word (any case) that stands for none of it, parsed as None.
+
+    Args:
+        word: E.g. "unlimited".
+        what: The number in the field's words, for the message (e.g. "a number of GiB").
+    """
+    number = _finite(name, minimum, True, f"{what} >= {minimum:g} or {word!r}")
+
+    def parse(s: str) -> float | None:
+        return None if s.strip().lower() == word else number(s)
+
+    return parse
+
+
+def _finite(name: str, minimum: float, inclusive: bool, expected: str) -> Callable[[str], float]:
     def parse(s: str) -> float:
         try:
             v = float(s)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected a finite number {rel} {minimum:g} for {name}, found {s!r}"
-            ) from None
+            raise argparse.ArgumentTypeError(f"expected {expected} for {name}, found {s!r}") from None
         if not math.isfinite(v) or not (v >= minimum if inclusive else v > minimum):
-            raise argparse.ArgumentTypeError(
-                f"expected a finite number {rel} {minimum:g} for {name}, found {s}"
-            )
+            raise argparse.ArgumentTypeError(f"expected {expected} for {name}, found {s}")
         return v
 
     return parse

@@ -60,7 +60,7 @@ def run_detect(
         from .options.geo import open_geo_writer
 
         try:
-            geo = open_geo_writer(geo_config, out_dir)
+            geo = open_geo_writer(geo_config, out_dir, detector.names)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
     failed = found = 0
@@ -78,30 +78,37 @@ def run_detect(
         for path, ahead, read_error in prefetch(inputs, load):
             record: dict = {"image": path}
             image = dets = None
+            timings: dict[str, float] = {}
             try:
                 if read_error is not None:
                     raise read_error
                 assert ahead is not None  # prefetch gives a load result whenever it gives no error
                 image, read_ms = read_in_turn(path, ahead)
                 ahead = None
-                timings = {"read": read_ms}
+                timings["read"] = read_ms
                 dets = detector.detect(image, timings)
-                record.update(
-                    width=int(image.shape[1]),
-                    height=int(image.shape[0]),
-                    detections=dets.to_records(detector.names),
-                    timings_ms={k: round(v, 2) for k, v in timings.items()},
-                )
                 found += len(dets)
             except (ImageReadError, MemoryError, OSError, ValueError) as exc:
                 # One bad input must not stop the run: record why, go on, exit 1 at the end.
                 record["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 failed += 1
                 tqdm.write(f"edgetile: skipped {path}: {record['error']}", file=sys.stderr)
-            if geo is not None:  # coordinates go into the record before it is written
-                warning = geo.add(record, image)
-                if warning:
-                    tqdm.write(f"edgetile: no ground coordinates for {path}: {warning}", file=sys.stderr)
+            if image is not None and dets is not None:
+                placed = None
+                if geo is not None:  # coordinates go into the detections before their records are made
+                    placed = geo.add(path, dets, image)
+                    dets = placed.detections
+                    if placed.warning:
+                        tqdm.write(
+                            f"edgetile: no ground coordinates for {path}: {placed.warning}", file=sys.stderr
+                        )
+                record.update(
+                    width=int(image.shape[1]),
+                    height=int(image.shape[0]),
+                    detections=dets.to_records(detector.names),
+                    timings_ms={k: round(v, 2) for k, v in timings.items()},
+                    **(placed.record_fields() if placed is not None else {}),
+                )
             writer.add(record, image, dets)
             image = dets = ahead = read_error = None  # let go before the next photo is read
             bar.update(1)

@@ -33,6 +33,10 @@ def sidecar_path(engine_path: str | Path) -> Path:
     return p.with_name(p.name + ".json")
 
 
+TRT_OLDEST = (8, 5)  # JetPack 5.1: the name-based tensor API starts here
+TRT_NEWEST_MAJOR = 11
+
+
 def parse_trt_version(version: str, what: str = "TensorRT version") -> tuple[int, int, int]:
     """(major, minor, patch) of a TensorRT version string: '10.3.0.26' -> (10, 3, 0), '8.6' -> (8, 6, 0).
 
@@ -49,6 +53,39 @@ def parse_trt_version(version: str, what: str = "TensorRT version") -> tuple[int
     if not m:
         raise ValueError(f"{what}: expected something like 10.3.0, found {version!r}")
     return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+
+
+def supported_trt_version(
+    version: str, user: str, newer_remedy: str, error: type[Exception]
+) -> tuple[int, int, int]:
+    """(major, minor, patch) of a TensorRT version that edgetile was written against (8.5 to 11.x).
+
+    The one range for the runtime backend and the engine builder, which say in their own words what
+    to do about a version outside it.
+
+    Args:
+        version: ``tensorrt.__version__``.
+        user: What uses the name-based tensor API, for the message of an older version.
+        newer_remedy: What to do about a newer major version.
+        error: The exception raised for a version outside the range.
+
+    Raises:
+        error: Older than 8.5 (JetPack 4.x is out of scope) or a major version newer than
+            TRT_NEWEST_MAJOR (not written against).
+        ValueError: The version does not start with major.minor.
+    """
+    v = parse_trt_version(version)
+    if v[:2] < TRT_OLDEST:
+        raise error(
+            f"TensorRT {version} is older than 8.5 (JetPack 5.1): the name-based tensor API {user} is "
+            "missing; flash JetPack 5.1 or later (JetPack 4.x is not supported)"
+        )
+    if v[0] > TRT_NEWEST_MAJOR:
+        raise error(
+            f"TensorRT {version} is newer than any version edgetile was written against (8.5 to "
+            f"{TRT_NEWEST_MAJOR}.x); {newer_remedy}"
+        )
+    return v
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""File utilities shared by the runtime, the daemon and the exporter: a content hash and atomic writes.
+"""File utilities shared by the runtime, the daemon, the exporter and training: a content hash,
+atomic writes, and the one YAML mapping reader.
 
 An atomic write leaves either the old file or the new one, whole, never half of one, and is on disk
 when it returns: the data is fsynced before the rename, and the folder after it, because on ext4 and
@@ -13,6 +14,7 @@ import json
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 HASH_CHUNK = 1 << 20  # 1 MiB: bounded memory for any photo or engine size
 
@@ -75,3 +77,81 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def write_json_atomic(path: str | os.PathLike, obj: object) -> None:
     """Write JSON (indented by one space) atomically (see :func:`write_atomic`)."""
     write_text_atomic(path, json.dumps(obj, indent=1))
+
+
+def parse_yaml_mapping(
+    text: str, where: str, holds: str, install: str = "install it: pip install pyyaml"
+) -> dict[str, Any]:
+    """The mapping a YAML text holds ({} for an empty text), by PyYAML's safe loader.
+
+    Args:
+        text: The YAML.
+        where: How messages name it, e.g. "--hyp runs/best.yaml".
+        holds: What the mapping holds, for the message when the text is something else.
+        install: The end of the message when PyYAML is missing: how to get it.
+
+    Raises:
+        ImportError: PyYAML is missing.
+        ValueError: Not valid YAML (PyYAML's problem in one line, with its line), or not a mapping.
+    """
+    try:
+        import yaml
+    except ImportError:
+        raise ImportError(f"{where}: reading YAML needs PyYAML, {install}") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        # PyYAML's own message spans several lines; keep the problem and where it is.
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"{where}: not valid YAML{at}: {problem}") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ValueError(f"{where}: expected a mapping of {holds}, found {type(doc).__name__}")
+    return doc
+
+
+def read_text_file(path: str | os.PathLike, kind: str, option: str | None = None) -> str:
+    """The UTF-8 text of a file (a byte-order mark dropped), for files a user names.
+
+    Args:
+        path: The file.
+        kind: What it should hold, for the message about binary data (e.g. "YAML or JSON").
+        option: The option that named it, to begin the messages (e.g. "--settings").
+
+    Raises:
+        ValueError: "OPTION: cannot read PATH: reason", or "OPTION PATH: expected a UTF-8 text file
+            of KIND, found binary data".
+    """
+    lead = f"{option}: " if option else ""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise ValueError(f"{lead}cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        where = f"{option} {path}" if option else str(path)
+        raise ValueError(f"{where}: expected a UTF-8 text file of {kind}, found binary data") from None
+
+
+def read_yaml_mapping(
+    path: str | os.PathLike,
+    holds: str,
+    option: str | None = None,
+    install: str = "install it: pip install pyyaml",
+) -> dict[str, Any]:
+    """The mapping a UTF-8 YAML file holds (see :func:`parse_yaml_mapping`).
+
+    Args:
+        path: The file.
+        holds: What the mapping holds, for the message when the file holds something else.
+        option: The option that named the file, to begin the messages (e.g. "--hyp").
+        install: As for parse_yaml_mapping.
+
+    Raises:
+        ImportError: PyYAML is missing.
+        ValueError: The file cannot be read, is not text, is not valid YAML or not a mapping.
+    """
+    text = read_text_file(path, "YAML", option)
+    return parse_yaml_mapping(text, f"{option} {path}" if option else str(path), holds, install)

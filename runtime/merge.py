@@ -33,6 +33,7 @@ from types import ModuleType
 import numpy as np
 
 from . import _merge_ref
+from .boxes import pairwise_overlap
 from .results import Detections
 
 __all__ = [
@@ -423,17 +424,13 @@ def suppress_cut_boxes(dets: Detections, cut: np.ndarray, thr: float) -> Detecti
     if not cut.any() or cut.all():
         return dets
     ci, wi = np.flatnonzero(cut), np.flatnonzero(~cut)
-    whole = dets.xyxy[wi].astype(np.float64)
+    whole = dets.xyxy[wi]
     drop = np.zeros(len(dets), bool)
     for start in range(0, len(ci), 256):  # bounded memory: 256 x N at a time
         idx = ci[start : start + 256]
-        b = dets.xyxy[idx].astype(np.float64)
-        iw = np.minimum(b[:, None, 2], whole[None, :, 2]) - np.maximum(b[:, None, 0], whole[None, :, 0])
-        ih = np.minimum(b[:, None, 3], whole[None, :, 3]) - np.maximum(b[:, None, 1], whole[None, :, 1])
-        inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
-        area = np.maximum((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]), 1e-9)
+        covered = pairwise_overlap(dets.xyxy[idx], whole, "ioa")
         same = dets.class_ids[idx][:, None] == dets.class_ids[wi][None, :]
-        drop[idx] = ((inter / area[:, None] > thr) & same).any(axis=1)
+        drop[idx] = ((covered > thr) & same).any(axis=1)
     return dets[~drop]
 
 

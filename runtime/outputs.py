@@ -91,7 +91,7 @@ class ResultWriter:
 
         Args:
             record: The input's entry of detections.json: "image", and "detections" as
-                Detections.to_records wrote them (plus what georeferencing added), or "error".
+                Detections.to_records wrote them (with what georeferencing put in their data), or "error".
             image: The photo, for the annotated copy.
             dets: The input's Detections, from which the CSV rows and the annotated copy are made;
                 None reads the boxes back from the record's detections (none for a failed input).

@@ -14,6 +14,28 @@ RECORD_FIELDS = ("bbox", "score", "class_id", "class_name")
 DataValue = Union[np.ndarray, list]  # Union: the package still supports Python 3.8
 
 
+class _Null:
+    """The type of :data:`NULL`."""
+
+    _instance: _Null | None = None
+
+    def __new__(cls) -> _Null:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "NULL"
+
+    def __reduce__(self) -> str:
+        return "NULL"
+
+
+#: A data list item whose key the record has, with the value null (e.g. a ground altitude that is not
+#: known), where None leaves the key out. from_records reads a record's null as NULL.
+NULL = _Null()
+
+
 @dataclass
 class Detections:
     """Boxes found in one image, in its pixel coordinates.
@@ -24,7 +46,8 @@ class Detections:
         scores: (N,) float32 confidences.
         class_ids: (N,) int64 class indices.
         data: Per-box values by name, each an array with N rows or a list of N items (None in a list
-            means "this box has none", and to_records leaves the key out of its record). Subsets,
+            means "this box has none", and to_records leaves the key out of its record; NULL writes
+            the key with the value null). Subsets,
             sorting and concat keep them in step with the boxes; merges that build new boxes (nmm,
             wbf, the fusion of passes) start with none.
 
@@ -107,7 +130,8 @@ class Detections:
         """Detections from JSON records, the inverse of :meth:`to_records`.
 
         Each record needs bbox [x1, y1, x2, y2] and score; class_id, or a class_name that names gives
-        an index for. Every other key becomes a data list, None where a record lacks it.
+        an index for. Every other key becomes a data list, None where a record lacks it and NULL
+        where its value is null.
 
         Args:
             records: What to_records wrote (detections.json's "detections", the daemon's rows).
@@ -159,7 +183,7 @@ class Detections:
             class_ids.append(cid)
             for k, v in r.items():
                 if k not in RECORD_FIELDS:
-                    extra.setdefault(k, [None] * i).append(v)
+                    extra.setdefault(k, [None] * i).append(NULL if v is None else v)
             for values in extra.values():
                 if len(values) == i:  # this record lacks a key an earlier one had
                     values.append(None)
@@ -169,6 +193,10 @@ class Detections:
             np.asarray(class_ids, np.int64),
             dict(extra),
         )
+
+    def with_data(self, values: Mapping[str, DataValue]) -> Detections:
+        """The same boxes with these data keys added (after the present ones) or replaced."""
+        return Detections(self.xyxy, self.scores, self.class_ids, {**self.data, **values})
 
     def __len__(self) -> int:
         return int(self.xyxy.shape[0])
@@ -205,7 +233,7 @@ class Detections:
         """JSON-ready records: bbox [x1, y1, x2, y2] in pixels, score, class_id, class_name, then data.
 
         A data value is written as JSON can hold it (NumPy values as Python numbers or lists); a None
-        in a data list leaves the key out of that box's record.
+        in a data list leaves the key out of that box's record, a NULL writes it as null.
         """
         records = [
             {
@@ -218,7 +246,9 @@ class Detections:
         ]
         for k, values in self.data.items():
             for rec, v in zip(records, values):
-                if v is not None:
+                if v is NULL:
+                    rec[k] = None
+                elif v is not None:
                     rec[k] = v.tolist() if isinstance(v, (np.ndarray, np.generic)) else v
         return records
 

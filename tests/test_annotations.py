@@ -197,9 +197,9 @@ def test_yolo_data_yaml_names_in_every_yaml_spelling(tmp_path, names):
     "text,words",
     [
         # case: not YAML at all
-        ("train: [images\nnames: {0: a", "unparsable YAML"),
+        ("train: [images\nnames: {0: a", "not valid YAML at line 2"),
         # case: YAML, but a list instead of a mapping
-        ("- images\n- labels\n", "expected a YAML mapping"),
+        ("- images\n- labels\n", r"expected a mapping of path, train, val, names, found list"),
         # case: names of the wrong kind
         ("train: images\nnames: person\n", "expected 'names:' as a list or a mapping"),
         # case: no names at all

@@ -104,7 +104,7 @@ def test_preprocess_kernel_equals_reference_and_cpu_over_random_sizes(device, dt
 
 EDGE_CASES = [
     # (width, height, tile, input_hw, flip, comment)
-    (4000, 3000, 1024, (1024, 1024), False, "a 4000x3000 drone photo: 12 tiles of 1024, no resize"),
+    (4000, 3000, 1024, (1024, 1024), False, "a 4000x3000 photo: 12 tiles of 1024, no resize"),
     (4000, 3000, 1024, (640, 640), True, "12 tiles resized, mirrored"),
     (1025, 1030, 1024, (512, 512), False, "edge tiles shifted inward by 1 and 6 px"),
     (300, 200, 1024, (640, 640), False, "image smaller than a tile: padded"),

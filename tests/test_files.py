@@ -1,4 +1,5 @@
-"""File utilities: the content hash, and atomic writes that leave the old or the new file and sync both."""
+"""File utilities: the content hash, atomic writes that leave the old or the new file and sync both, and
+the YAML mapping reader."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ import stat
 import pytest
 
 from edgetile.runtime import files
-from edgetile.runtime.files import sha256_file, write_atomic, write_json_atomic, write_text_atomic
+from edgetile.runtime.files import (
+    parse_yaml_mapping,
+    read_text_file,
+    read_yaml_mapping,
+    sha256_file,
+    write_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 
 @pytest.mark.parametrize("size", [0, 1, files.HASH_CHUNK - 1, files.HASH_CHUNK, 3 * files.HASH_CHUNK + 7])
@@ -70,3 +79,37 @@ def test_a_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):
     with pytest.raises(TypeError):
         write_json_atomic(target, {"not json": object()})
     assert target.read_text() == "[]" and sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+YAML_CASES = [
+    # (text, expected mapping or the message's words)
+    ("conf: 0.1\nnames: [a, b]\n", {"conf": 0.1, "names": ["a", "b"]}),  # a mapping
+    ("", {}),  # an empty file: no keys
+    ("# only a comment\n", {}),
+    ("- a\n- b\n", "x.yaml: expected a mapping of things, found list"),
+    ("'just text'", "x.yaml: expected a mapping of things, found str"),
+    ("a: [1\nb: 2\n", r"x.yaml: not valid YAML at line 2: "),  # one line, with where PyYAML stopped
+]
+
+
+@pytest.mark.parametrize("text,expected", YAML_CASES)
+def test_yaml_mapping_or_one_line_saying_what_was_found(text, expected):
+    if isinstance(expected, dict):
+        assert parse_yaml_mapping(text, "x.yaml", "things") == expected
+    else:
+        with pytest.raises(ValueError, match=expected) as info:
+            parse_yaml_mapping(text, "x.yaml", "things")
+        assert "\n" not in str(info.value)
+
+
+def test_reading_a_named_file_says_which_option_named_it(tmp_path):
+    (tmp_path / "h.yaml").write_text("\ufefflr0: 0.01\n", encoding="utf-8")  # a byte-order mark is dropped
+    assert read_yaml_mapping(tmp_path / "h.yaml", "name: value", "--hyp") == {"lr0": 0.01}
+    with pytest.raises(ValueError, match=rf"^--hyp: cannot read {tmp_path / 'no.yaml'}: No such file"):
+        read_yaml_mapping(tmp_path / "no.yaml", "name: value", "--hyp")
+    (tmp_path / "b.yaml").write_bytes(b"\xff\xfe\x00c")
+    with pytest.raises(ValueError, match=r"b\.yaml: expected a UTF-8 text file of YAML, found binary data"):
+        read_text_file(tmp_path / "b.yaml", "YAML")
+    (tmp_path / "l.yaml").write_text("- 1\n")
+    with pytest.raises(ValueError, match=rf"^--hyp {tmp_path / 'l.yaml'}: expected a mapping of name: value"):
+        read_yaml_mapping(tmp_path / "l.yaml", "name: value", "--hyp")

@@ -17,6 +17,7 @@ from edgetile.runtime.options.geo import (
     geo_config_from_args,
     serve_geo_config_from_args,
 )
+from edgetile.runtime.results import Detections
 from edgetile.runtime.serve.geo_hooks import GeoHooks, open_result_hooks
 from edgetile.runtime.serve.hooks import ResultHooks
 
@@ -99,9 +100,8 @@ def test_serve_options_that_do_not_fit_are_refused(cli, words):
 def test_without_geo_mqtt_or_mavlink_the_daemon_gets_hooks_that_do_nothing(tmp_path):
     hooks = open_result_hooks(ServeGeoConfig(), tmp_path)
     assert type(hooks) is ResultHooks and hooks.publisher is None and hooks.frame_telemetry is None
-    records = [{"bbox": [1.0, 2.0, 3.0, 4.0], "score": 0.5}]
-    hooks.annotate(None, np.zeros((8, 8, 3), np.uint8), records)
-    assert records == [{"bbox": [1.0, 2.0, 3.0, 4.0], "score": 0.5}]  # untouched
+    dets = Detections([[1.0, 2.0, 3.0, 4.0]], [0.5], [0])
+    assert hooks.annotate(None, np.zeros((8, 8, 3), np.uint8), dets) is dets  # untouched
     hooks.publish([])
     assert hooks.wait_for_telemetry(threading.Event())  # nothing to wait for
     pytest.importorskip("fastapi")

@@ -23,13 +23,16 @@ from edgetile.runtime.geo import (
     GeoWriter,
     PoseOverrides,
     TrackBuilder,
+    georeference,
     ground_distance_m,
     ground_to_pixel,
     locate_boxes,
     pose_from_photo,
 )
+from edgetile.runtime.results import NULL, Detections
 from onnx_models import red_blob_model
 
+NAMES = {0: "person"}
 LAT0, LON0 = 55.75, 37.62
 W, H, F, AGL = 640, 480, 500.0, 60.0
 ALL = ("geojson", "kml", "csv")
@@ -67,11 +70,10 @@ def sightings(pose, people):
 
 def run_flight(tmp_path, people, poses, formats=ALL, radius=5.0):
     image = np.full((H, W, 3), 90, np.uint8)
-    with GeoWriter(tmp_path, GeoConfig(formats=formats, track_radius_m=radius)) as w:
+    with GeoWriter(tmp_path, GeoConfig(formats=formats, track_radius_m=radius), names=NAMES) as w:
         for k, pose in enumerate(poses):
-            w.add(
-                {"image": f"flight/DJI_{k:04d}.JPG", "detections": sightings(pose, people)}, image, pose=pose
-            )
+            dets = Detections.from_records(sightings(pose, people), NAMES)
+            w.add(f"flight/DJI_{k:04d}.JPG", dets, image, pose=pose)
     return w
 
 
@@ -179,9 +181,11 @@ def test_thumbnails_show_the_box_with_context(tmp_path):
             {"bbox": [0.0, 0.0, 10.0, 10.0], "score": 0.5, "class_id": 0, "class_name": "person"},
         ],
     }
-    with GeoWriter(tmp_path, GeoConfig(formats=("geojson",))) as w:
-        w.add(rec, image, pose=flight(1)[0])
-    thumbs = [cv2.imread(str(tmp_path / d["thumbnail"])) for d in rec["detections"]]
+    with GeoWriter(tmp_path, GeoConfig(formats=("geojson",)), names=NAMES) as w:
+        placed = w.add(
+            rec["image"], Detections.from_records(rec["detections"], NAMES), image, pose=flight(1)[0]
+        )
+    thumbs = [cv2.imread(str(tmp_path / t)) for t in placed.detections.data["thumbnail"]]
     assert thumbs[0].shape[:2] == (100, 100)  # 2.5 x the 40 px box side
     assert thumbs[1].shape[:2] == (53, 53)  # at the corner: centre 5 + half of the 96 px minimum
     assert (thumbs[0][45:55, 45:55, 2] > 200).all()  # the person is in the middle
@@ -195,11 +199,16 @@ def test_photo_without_pose_keeps_pixels_and_gets_a_warning(tmp_path):
         "image": str(path),
         "detections": [{"bbox": [1.0, 2.0, 3.0, 4.0], "score": 0.9, "class_id": 0, "class_name": "person"}],
     }
-    with GeoWriter(tmp_path / "out", GeoConfig(formats=ALL)) as w:
-        warning = w.add(rec, np.zeros((H, W, 3), np.uint8))
+    with GeoWriter(tmp_path / "out", GeoConfig(formats=ALL), names=NAMES) as w:
+        placed = w.add(
+            rec["image"], Detections.from_records(rec["detections"], NAMES), np.zeros((H, W, 3), np.uint8)
+        )
+    warning = placed.warning
     assert warning.startswith("no GPS position") and "\n" not in warning
-    assert rec["geo_warning"] == warning and "lat" not in rec["detections"][0]
-    assert rec["detections"][0]["bbox"] == [1.0, 2.0, 3.0, 4.0] and "thumbnail" in rec["detections"][0]
+    assert placed.camera is None and placed.record_fields() == {"geo_warning": warning}
+    records = placed.detections.to_records(NAMES)
+    assert "lat" not in records[0]
+    assert records[0]["bbox"] == [1.0, 2.0, 3.0, 4.0] and "thumbnail" in records[0]
     assert json.loads(w.geojson_path.read_text())["features"] == []
     assert len(list(csv.DictReader(w.csv_path.open()))) == 0
 
@@ -372,3 +381,32 @@ def test_geo_config_refuses_bad_values():
         GeoConfig(track_radius_m=-1.0)
     with pytest.raises(ValueError, match="camera: expected one of"):
         PoseOverrides(camera="nikon")
+
+
+def test_georeference_puts_ground_fields_or_a_warning_into_the_data():
+    level = CameraPose.from_angles(
+        LAT0, LON0, AGL, 0.0, -10.0, 0.0, F, W, H
+    )  # looking 10 deg below the horizon
+    dets = Detections(
+        [[300.0, 0.0, 316.0, 10.0], [300.0, 400.0, 316.0, 440.0]],
+        [0.9, 0.8],
+        [0, 0],
+        data={"thumbnail": ["a", "b"]},
+    )  # the first box's feet are above the horizon, the second's on the ground
+    placed = georeference(dets, level)
+    sky, ground = placed.to_records(NAMES)
+    assert list(sky) == ["bbox", "score", "class_id", "class_name", "thumbnail", "geo_warning"]
+    assert list(ground) == [
+        "bbox",
+        "score",
+        "class_id",
+        "class_name",
+        "thumbnail",
+        "lat",
+        "lon",
+        "ground_alt_m",
+        "error_m",
+        "distance_m",
+    ]  # the order detections.json has always had
+    assert ground["ground_alt_m"] is None  # no absolute altitude: the key with null, as before
+    assert placed.data["ground_alt_m"] == [None, NULL] and dets.data == {"thumbnail": ["a", "b"]}

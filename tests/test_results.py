@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from edgetile.runtime.results import Detections
+from edgetile.runtime.results import NULL, Detections
 
 BAD = [
     # (xyxy, scores, class_ids, argument named in the error)
@@ -196,3 +196,18 @@ def test_result_writer_writes_the_same_csv_from_detections_or_from_records(tmp_p
         "a.jpg,100.25,50.5,140.75,90.0,0.2",
         "a.jpg,0.0,0.0,10.0,10.0,0.1",
     ]
+
+
+def test_null_values_round_trip_and_with_data_adds_keys_after_the_present_ones():
+    records = [
+        {"bbox": [0.0, 0.0, 1.0, 1.0], "score": 0.5, "class_id": 0, "class_name": "person", "alt": None},
+        {"bbox": [0.0, 0.0, 2.0, 2.0], "score": 0.6, "class_id": 0, "class_name": "person"},
+    ]  # null: the key is there, its value unknown; a missing key: the box has none
+    d = Detections.from_records(records, {0: "person"})
+    assert d.data == {"alt": [NULL, None]}
+    assert json.dumps(d.to_records({0: "person"})) == json.dumps(records)
+    more = d.with_data({"track_id": [3, None], "alt": [1.5, None]})
+    assert list(more.data) == ["alt", "track_id"] and d.data == {"alt": [NULL, None]}  # d unchanged
+    assert more.to_records({0: "person"})[0] == {**records[0], "alt": 1.5, "track_id": 3}
+    with pytest.raises(ValueError, match=r"data\['track_id'\]: expected 2 values \(one per box\), found 1"):
+        d.with_data({"track_id": [3]})

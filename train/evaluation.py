@@ -29,6 +29,7 @@ from edgetile.runtime.evaluation.metrics import (
 )
 from edgetile.runtime.images import ImageReadError
 from edgetile.runtime.options.detect import detect_args, detect_settings
+from edgetile.runtime.outputs import CSV_HEADER, csv_rows
 
 OBJECTIVES = ("f1", "lacmus_ap50", "lacmus_f1", "map50", "map75", "map50_95")
 
@@ -290,12 +291,10 @@ def write_detections_csv(result: EvalResult, path: str | Path) -> Path:
     """Detections at or above the result's operating threshold in the Lacmus layout: id,xmin,ymin,xmax,ymax,score."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["id", "xmin", "ymin", "xmax", "ymax", "score"])
+        w.writerow(CSV_HEADER)
         for pd in result.per_photo:
             d = pd.detections
-            for b, s in zip(d.xyxy, d.scores):
-                if s >= result.score_thr:
-                    w.writerow([pd.photo.path.name, *(round(float(v), 2) for v in b), round(float(s), 5)])
+            w.writerows(csv_rows(pd.photo.path.name, d[d.scores >= result.score_thr]))
     return Path(path)
 
 

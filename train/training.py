@@ -8,10 +8,11 @@ writes a run summary with a size table.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from edgetile.runtime.files import read_yaml_mapping, write_text_atomic
 
 from .budget import DEFAULT_BUDGET_MB, SizeEstimate, check_budget_before_training, file_sizes_mb, size_table
 
@@ -106,21 +107,10 @@ def load_hyp(path: str | Path) -> dict[str, object]:
     Raises:
         ValueError: When the file is not a flat mapping of Ultralytics training arguments.
     """
-    import yaml
-
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"--hyp: file not found: {p}")
-    try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ValueError(
-            f"--hyp {p}: expected YAML, found unparsable text ({str(exc).splitlines()[0]})"
-        ) from None
-    if doc is None:
-        return {}
-    if not isinstance(doc, dict):
-        raise ValueError(f"--hyp {p}: expected a mapping of name: value, found {type(doc).__name__}")
+    doc = read_yaml_mapping(p, "name: value", "--hyp")
     check_train_args(doc, f"--hyp {p}")
     return dict(doc)
 
@@ -142,12 +132,10 @@ def check_train_args(args: Mapping[str, object], where: str) -> None:
 
 def data_classes(data_yaml: str | Path) -> list[str]:
     """Class names of an Ultralytics data.yaml."""
-    import yaml
-
     p = Path(data_yaml)
     if not p.is_file():
         raise ValueError(f"--data: file not found: {p}")
-    doc = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    doc = read_yaml_mapping(p, "path, train, val, names", "--data")
     names = doc.get("names")
     if isinstance(names, dict):
         return [str(names[k]) for k in sorted(names)]
@@ -296,8 +284,6 @@ def train(
         "export_error": export_error,
         "metrics": metrics,
     }
-    tmp = run_dir / ".edgetile_summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1, default=str))
-    os.replace(tmp, run_dir / "edgetile_summary.json")
+    write_text_atomic(run_dir / "edgetile_summary.json", json.dumps(summary, indent=1, default=str))
     (run_dir / "edgetile_summary.txt").write_text(result.summary() + "\n")
     return result

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..engine_meta import EngineMeta, check_engine_compatible, parse_trt_version, read_engine_sidecar
+from ..engine_meta import EngineMeta, check_engine_compatible, read_engine_sidecar, supported_trt_version
 from ..preprocess import Views
 from . import Backend, BackendUnavailable
 
@@ -46,8 +46,6 @@ if TYPE_CHECKING:
     from ..cuda.filter import CandidateBuffers, GpuFilter
     from ..cuda.preprocess import FrameUpload, GpuPreprocessor
 
-OLDEST = (8, 5)  # JetPack 5.1: the name-based tensor API starts here
-NEWEST_MAJOR = 11
 MODULES = ("tensorrt", "tensorrt_lean")  # the full runtime, or the lean runtime wheel
 MAX_LOG_LINES = 50
 
@@ -87,17 +85,12 @@ def runtime_api(version: str, module: str = "tensorrt") -> TrtRuntimeApi:
         BackendUnavailable: Older than 8.5 (no name-based tensor API; JetPack 4.x is out of scope) or a
             major version newer than 11 (not written against).
     """
-    v = parse_trt_version(version)
-    if v[:2] < OLDEST:
-        raise BackendUnavailable(
-            f"TensorRT {version} is older than 8.5 (JetPack 5.1): the name-based tensor API this backend uses "
-            "is missing; flash JetPack 5.1 or later (JetPack 4.x is not supported)"
-        )
-    if v[0] > NEWEST_MAJOR:
-        raise BackendUnavailable(
-            f"TensorRT {version} is newer than any version edgetile was written against (8.5 to {NEWEST_MAJOR}.x); "
-            "run the ONNX model with --backend onnxruntime, or use a supported TensorRT"
-        )
+    v = supported_trt_version(
+        version,
+        "this backend uses",
+        "run the ONNX model with --backend onnxruntime, or use a supported TensorRT",
+        BackendUnavailable,
+    )
     return TrtRuntimeApi(
         version=v,
         module=module,

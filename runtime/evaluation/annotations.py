@@ -27,6 +27,7 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
+from ..files import read_yaml_mapping
 from ..images import IMAGE_EXTENSIONS, ImageReadError, image_size, read_image
 
 FORMATS = ("auto", "voc", "yolo", "coco")
@@ -352,30 +353,12 @@ def _read_data_yaml(path: Path) -> dict:
     """An Ultralytics data.yaml (path, train, val, test, names) as a mapping.
 
     Raises:
+        ImportError: PyYAML is missing.
         ValueError: When the file is not YAML or not a mapping.
     """
-    try:
-        import yaml
-    except ImportError:
-        raise ImportError(
-            f"{path}: reading a YOLO data.yaml needs PyYAML, found it missing; "
-            "install edgetile[export] or pyyaml"
-        ) from None
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        # PyYAML's own message spans several lines; keep the problem and where it is.
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ValueError(f"{path}: expected a YOLO data.yaml, found unparsable YAML{where}: {what}") from None
-    if doc is None:
-        return {}
-    if not isinstance(doc, dict):
-        raise ValueError(
-            f"{path}: expected a YAML mapping (path, train, val, names), found a {type(doc).__name__}"
-        )
-    return doc
+    return read_yaml_mapping(
+        path, "path, train, val, names", install="found it missing; install edgetile[export] or pyyaml"
+    )
 
 
 def _names(doc: dict, path: Path) -> list[str] | None:

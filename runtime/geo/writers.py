@@ -1,8 +1,8 @@
 """Georeferenced outputs: detections.geojson, detections.kml, detections_geo.csv, tracks and thumbnails.
 
-GeoWriter sits beside the pixel ResultWriter: for each photo it finds the camera pose, adds ground
-coordinates to each detection record in place (so detections.json carries them too), writes a crop
-thumbnail per detection, groups detections into tracks, and keeps the chosen files current
+GeoWriter sits beside the pixel ResultWriter: for each photo it finds the camera pose, returns its
+Detections with ground coordinates, a crop thumbnail and a track per box in their data (so that
+detections.json carries them too), and keeps the chosen files current
 (rewritten atomically at most every few seconds and at the end). A photo without a usable pose
 keeps its pixel results and gets a one-line warning instead of coordinates; only georeferenced
 detections appear in the geographic files, so that mapping tools never import a made-up point.
@@ -18,12 +18,15 @@ import math
 import os
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
+from ..results import NULL, Detections
 from .ground import ElevationFn, ErrorModel, locate_boxes
 from .pose import CameraPose, PoseError, PoseOverrides, pose_from_photo
 from .tracks import Track, TrackBuilder
@@ -49,6 +52,9 @@ GEO_CSV_HEADER = [
 KML_NS = "http://www.opengis.net/kml/2.2"
 THUMB_MIN_SIDE = 96
 THUMB_MAX_SIDE = 512
+#: What georeferencing adds to each box that reaches the ground, in the order records list them.
+GROUND_FIELDS = ("lat", "lon", "ground_alt_m", "error_m", "distance_m")
+NO_GROUND = "the ray through the box's bottom-centre does not reach the ground"
 THUMB_CONTEXT = 2.5  # thumbnail side / box side: enough ground around a person to judge a false positive
 
 
@@ -144,33 +150,56 @@ def crop_thumbnail(image: np.ndarray, bbox: list[float] | np.ndarray) -> np.ndar
     return crop
 
 
-def georeference_detections(
-    detections: list[dict],
+def record_boxes(xyxy: np.ndarray) -> np.ndarray:
+    """(N, 4) float64 boxes rounded as detections.json writes them (0.01 px).
+
+    Coordinates and thumbnails are made from these, so that a result read back from its record
+    places the same point and crops the same thumbnail.
+    """
+    return np.array([[round(float(v), 2) for v in b] for b in xyxy], np.float64).reshape(-1, 4)
+
+
+def ground_data(
+    xyxy: np.ndarray,
     pose: CameraPose,
     errors: ErrorModel | None = None,
     elevation: ElevationFn | None = None,
-) -> int:
-    """Add lat, lon, error_m, ground_alt_m, distance_m to detection records in place.
+) -> dict[str, list]:
+    """Ground coordinates of boxes as per-box data (:attr:`Detections.data`).
 
     Args:
-        detections: Records with bbox [x1, y1, x2, y2] in pixels (Detections.to_records()).
+        xyxy: (N, 4) boxes x1, y1, x2, y2 in pixels.
         pose: The camera of their photo.
 
     Returns:
-        How many records got coordinates; the others (rays at or above the horizon) get a
-        geo_warning instead.
+        GROUND_FIELDS and geo_warning, each a list of N values: a box whose ray reaches the ground has
+        the ground fields (NULL for a ground_alt_m or error_m that is not known) and no geo_warning; the
+        others (rays at or above the horizon) only the geo_warning.
     """
-    if not detections:
-        return 0
-    fixes = locate_boxes(pose, np.array([d["bbox"] for d in detections], np.float64), errors, elevation)
-    n = 0
-    for d, fix in zip(detections, fixes):
-        if fix is None:
-            d["geo_warning"] = "the ray through the box's bottom-centre does not reach the ground"
-        else:
-            d.update(fix.to_dict())
-            n += 1
-    return n
+    boxes = record_boxes(xyxy)
+    fixes = locate_boxes(pose, boxes, errors, elevation) if len(boxes) else []
+    data: dict[str, list] = {k: [] for k in (*GROUND_FIELDS, "geo_warning")}
+    for fix in fixes:
+        values = dict.fromkeys(GROUND_FIELDS) if fix is None else fix.to_dict()
+        for k in GROUND_FIELDS:
+            data[k].append(NULL if fix is not None and values[k] is None else values[k])
+        data["geo_warning"].append(NO_GROUND if fix is None else None)
+    return data
+
+
+def georeference(
+    dets: Detections,
+    pose: CameraPose,
+    errors: ErrorModel | None = None,
+    elevation: ElevationFn | None = None,
+) -> Detections:
+    """The detections with lat, lon, ground_alt_m, error_m, distance_m (or a geo_warning) in their data."""
+    return dets.with_data(ground_data(dets.xyxy, pose, errors, elevation))
+
+
+def located_count(dets: Detections) -> int:
+    """How many of the detections have ground coordinates."""
+    return sum(v is not None for v in dets.data.get("lat", []))
 
 
 def feature(det: dict, image: str) -> dict:
@@ -190,7 +219,8 @@ class GeoDocuments:
     Args:
         photos: (image, detection records) per photo, in order; records with lat/lon are placed.
         tracks: The tracks of those records (see TrackBuilder), or None to build them here with
-            track_radius_m (track_id is then written into the records).
+            track_radius_m (the documents then give each record its track_id; the records passed in
+            stay as they are).
         track_radius_m: Radius for building tracks.
     """
 
@@ -200,14 +230,14 @@ class GeoDocuments:
         tracks: list[Track] | None = None,
         track_radius_m: float = 5.0,
     ) -> None:
-        self.photos = photos
         if tracks is None:
             builder = TrackBuilder(track_radius_m)
+            tracked = []
             for image, dets in photos:
-                for d, tid in zip(dets, builder.add_photo(image, dets)):
-                    if tid is not None:
-                        d["track_id"] = tid
-            tracks = builder.tracks
+                ids = builder.add_photo(image, dets)
+                tracked.append((image, [d if t is None else {**d, "track_id": t} for d, t in zip(dets, ids)]))
+            photos, tracks = tracked, builder.tracks
+        self.photos = photos
         self.tracks = tracks
 
     def _located(self) -> list[tuple[str, dict]]:
@@ -334,8 +364,27 @@ class GeoDocuments:
         return buf.getvalue()
 
 
+@dataclass(frozen=True)
+class PlacedPhoto:
+    """What GeoWriter.add made of one photo.
+
+    Attributes:
+        detections: Its detections with thumbnail, ground coordinates and track_id in their data.
+        camera: The pose's summary (CameraPose.summary()), None when the photo has no usable pose.
+        warning: Why the photo has no usable pose (one line), or None.
+    """
+
+    detections: Detections
+    camera: dict | None = None
+    warning: str | None = None
+
+    def record_fields(self) -> dict[str, Any]:
+        """What the photo's detections.json record adds: camera, or geo_warning."""
+        return {"camera": self.camera} if self.camera is not None else {"geo_warning": self.warning}
+
+
 class GeoWriter:
-    """Georeferences each photo's detection records and keeps the geographic files current.
+    """Georeferences each photo's detections and keeps the geographic files current.
 
     Args:
         out_dir: Output folder (created); files are DIR/detections.geojson, DIR/tracks.geojson,
@@ -343,6 +392,7 @@ class GeoWriter:
         config: Formats, pose overrides, error model, track radius.
         elevation: Optional ground elevation model (a DEM), in the datum of the absolute altitude.
         flush_every_s: Longest time between rewrites of the files.
+        names: Class index -> name, for the records of the files and the tracks.
     """
 
     def __init__(
@@ -351,13 +401,15 @@ class GeoWriter:
         config: GeoConfig,
         elevation: ElevationFn | None = None,
         flush_every_s: float = 2.0,
+        names: Mapping[int, str] | None = None,
     ) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.config = config
         self.elevation = elevation
+        self.names = dict(names or {})
         self.tracks = TrackBuilder(config.track_radius_m)
-        self.photos: list[tuple[str, list[dict]]] = []
+        self.photos: list[tuple[str, Detections]] = []
         self.thumb_dir = self.out_dir / "thumbs"
         self.geojson_path = self.out_dir / "detections.geojson"
         self.tracks_path = self.out_dir / "tracks.geojson"
@@ -385,47 +437,46 @@ class GeoWriter:
         return pose_from_photo(image_path, self.config.overrides)
 
     def add(
-        self, record: dict, image: np.ndarray | None = None, pose: CameraPose | None = None
-    ) -> str | None:
-        """Georeference one photo's record in place and write its thumbnails.
+        self,
+        image_name: str,
+        dets: Detections,
+        image: np.ndarray | None = None,
+        pose: CameraPose | None = None,
+    ) -> PlacedPhoto:
+        """Georeference one photo's detections and write their thumbnails.
 
         Args:
-            record: A detect record: image (path), detections (records with bbox, score, class_name);
-                records with an error are ignored.
+            image_name: The photo's path (its pose is read from it, and the files name it).
+            dets: Its detections.
             image: The decoded photo, for thumbnails (None: no thumbnails).
             pose: The camera, when known from elsewhere (MAVLink); None reads the photo's metadata.
 
         Returns:
-            None, or a one-line warning when the photo has no usable pose (its pixel results stay).
+            The detections with their new data, and the camera, or a one-line warning when the photo
+            has no usable pose (its pixel results stay).
         """
-        if "error" in record or "detections" not in record:
-            return None
-        name = str(record["image"])
-        dets: list[dict] = record["detections"]
+        name = str(image_name)
         warning = None
         if image is not None and self.config.thumbnails:
-            for i, d in enumerate(dets):
-                d["thumbnail"] = self._write_thumbnail(image, d["bbox"], name, i)
+            boxes = record_boxes(dets.xyxy)
+            thumbs = [self._write_thumbnail(image, b, name, i) for i, b in enumerate(boxes)]
+            dets = dets.with_data({"thumbnail": thumbs})
         if pose is None:
             try:
                 pose = self.pose_for(name)
             except PoseError as exc:
                 warning = str(exc)
         if pose is not None:
-            record["camera"] = pose.summary()
-            self.located += georeference_detections(dets, pose, self.config.errors, self.elevation)
-            for d, tid in zip(dets, self.tracks.add_photo(name, dets)):
-                if tid is not None:
-                    d["track_id"] = tid
-        else:
-            record["geo_warning"] = warning
+            dets = georeference(dets, pose, self.config.errors, self.elevation)
+            self.located += located_count(dets)
+            dets = dets.with_data({"track_id": self.tracks.add_photo(name, dets.to_records(self.names))})
         self.photos.append((name, dets))
         now = time.monotonic()
         if now - self._last_flush >= self._flush_every:
             self.flush()
-        return warning
+        return PlacedPhoto(dets, None if pose is None else pose.summary(), warning)
 
-    def _write_thumbnail(self, image: np.ndarray, bbox: list[float], image_name: str, index: int) -> str:
+    def _write_thumbnail(self, image: np.ndarray, bbox: np.ndarray, image_name: str, index: int) -> str:
         self.thumb_dir.mkdir(exist_ok=True)
         stem = Path(image_name).stem
         name, k = f"{stem}_{index:03d}.jpg", 1
@@ -437,7 +488,8 @@ class GeoWriter:
 
     def documents(self) -> GeoDocuments:
         """The files' contents now."""
-        return GeoDocuments(self.photos, self.tracks.tracks)
+        photos = [(name, dets.to_records(self.names)) for name, dets in self.photos]
+        return GeoDocuments(photos, self.tracks.tracks)
 
     def flush(self) -> None:
         """Rewrite every chosen file now."""

@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import parse_yaml_mapping, read_text_file
+
 # Where a parser keeps its OptionsFile (set_defaults), for resolve_options to find in the parse.
 SPEC_DEST = "_options_file"
 
@@ -211,33 +213,20 @@ def load_mapping(path: str | Path, spec: OptionsFile) -> dict:
     where = f"{spec.option} {path}"
     formats = "YAML or JSON" if spec.json else "YAML"
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise ConfigError(f"{spec.option}: cannot read {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{where}: expected a UTF-8 text file of {formats}, found binary data") from None
+        text = read_text_file(path, formats, spec.option)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if spec.json and text.lstrip().startswith("{"):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{where}: not valid JSON: {exc}") from None
-    else:
-        try:
-            import yaml
-        except ImportError:
-            raise ConfigError(
-                f"{where}: reading YAML needs PyYAML, part of the serve extra (pip install "
-                "'edgetile[serve]')" + ("; a JSON settings file needs nothing more" if spec.json else "")
-            ) from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ConfigError(f"{where}: not valid YAML: {first}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{where}: expected a mapping of option names to values, found {type(data).__name__}"
-        )
+        return data  # text starting with "{" that parses is a JSON object
+    install = "part of the serve extra (pip install 'edgetile[serve]')" + (
+        "; a JSON settings file needs nothing more" if spec.json else ""
+    )
+    try:
+        data = parse_yaml_mapping(text, where, "option names to values", install)
+    except (ImportError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
     return data

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -247,7 +248,9 @@ def geo_config_from_args(a: argparse.Namespace, formats: tuple[str, ...] = ()) -
     )
 
 
-def open_geo_writer(config: GeoConfig, out_dir: str | Path) -> GeoWriter | None:
+def open_geo_writer(
+    config: GeoConfig, out_dir: str | Path, names: Mapping[int, str] | None = None
+) -> GeoWriter | None:
     """The GeoWriter for ``edgetile detect --format``, or None when no format is asked for.
 
     Raises:
@@ -260,7 +263,7 @@ def open_geo_writer(config: GeoConfig, out_dir: str | Path) -> GeoWriter | None:
         raise ValueError(
             f"--format {','.join(config.formats)} needs {', '.join(missing)}: pip install 'edgetile[geo]'"
         )
-    return GeoWriter(out_dir, config)
+    return GeoWriter(out_dir, config, names=names)
 
 
 @dataclass(frozen=True)

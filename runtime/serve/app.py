@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import cv2
-import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -204,11 +203,7 @@ def create_app(daemon: Daemon) -> FastAPI:  # noqa: C901 - the routes are closur
                 raise gone_meanwhile(outcome_id, row) from None
             raise HTTPException(409, f"result {outcome_id}: {exc}") from None
         records = json.loads(row["detections"])
-        dets = Detections(
-            np.asarray([r["bbox"] for r in records], np.float32).reshape(-1, 4),
-            np.asarray([r["score"] for r in records], np.float32),
-            np.asarray([r["class_id"] for r in records], np.int64),
-        )
+        dets = Detections.from_records(records)
         names = {r["class_id"]: r["class_name"] for r in records}
         ok, jpeg = cv2.imencode(".jpg", draw_detections(img, dets, names), [cv2.IMWRITE_JPEG_QUALITY, 90])
         if not ok:

@@ -12,30 +12,13 @@ import argparse
 import logging
 import sys
 
-from ..argtypes import add_read_ahead_option, finite_number, int_at_least
+from ..argtypes import add_read_ahead_option, finite_number, int_at_least, number_or_word
 from ..options import EXIT_USAGE, UsageError
 from ..options.detect import add_detect_options, open_detector
 from ..options.files import ConfigError, defer_defaults, resolve_options
 
 DEFAULT_PORT = 8765
 DEFAULT_STATE = "edgetile-state"
-
-
-def _budget_gb(s: str) -> float | None:
-    """--keep-inputs-gb: GiB >= 0, or 'unlimited' (None)."""
-    if s.strip().lower() == "unlimited":
-        return None
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a number of GiB >= 0 or 'unlimited' for --keep-inputs-gb, found {s!r}"
-        ) from None
-    if not 0 <= v < float("inf"):
-        raise argparse.ArgumentTypeError(
-            f"expected a number of GiB >= 0 or 'unlimited' for --keep-inputs-gb, found {s}"
-        )
-    return v
 
 
 def add_serve_options(p: argparse.ArgumentParser) -> None:
@@ -167,7 +150,7 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--keep-inputs-gb",
         metavar="GIB",
-        type=_budget_gb,
+        type=number_or_word("--keep-inputs-gb", "unlimited", "a number of GiB"),
         default=2.0,
         help="disk budget for the daemon's own copies of inputs (STATE/uploads and STATE/frames); "
         "past it the copies of finished inputs are deleted, oldest result first (detections "

@@ -134,8 +134,10 @@ class Daemon:
             timings = {"read": read_ms}
             dets = self.detector.detect(image, timings)
             log.debug("%s: %d detection(s)", item.name, len(dets))
+            dets = self.hooks.annotate(
+                item, image, dets
+            )  # e.g. coordinates and thumbnails, committed with them
             records = dets.to_records(self.detector.names)
-            self.hooks.annotate(item, image, records)  # e.g. coordinates and thumbnails, committed with them
             timings["total"] = (
                 time.perf_counter() - t0
             ) * 1000  # this thread's time: a read ahead is not in it

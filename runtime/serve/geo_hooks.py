@@ -1,7 +1,7 @@
 """Ground coordinates, thumbnails, MQTT and MAVLink in the daemon (`edgetile serve --geo --mqtt HOST:PORT`).
 
 With --geo the worker adds lat, lon, error_m, ground_alt_m, distance_m and a thumbnail to each
-detection record before the record is committed, so GET /detections serves them; the HTTP API also
+detection's data before its record is committed, so GET /detections serves them; the HTTP API also
 serves every georeferenced detection as /detections.geojson, /detections.kml, /detections_geo.csv,
 the tracks as /tracks.geojson, and the thumbnails as /thumbs/NAME (see :mod:`.geo_routes`).
 
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..geo.pose import CameraPose, PoseError, pose_from_photo
-from ..geo.writers import GeoConfig, crop_thumbnail, georeference_detections, missing_geo_packages
+from ..geo.writers import GeoConfig, crop_thumbnail, georeference, missing_geo_packages, record_boxes
 from .hooks import ResultHooks
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from fastapi import APIRouter
 
     from ..options.geo import ServeGeoConfig
+    from ..results import Detections
     from .store import Item, Outcome, PhotoQueue
 
 log = logging.getLogger("edgetile.serve")
@@ -83,25 +84,27 @@ class GeoHooks(ResultHooks):
     def thumbs_dir(self) -> Path:
         return self.state_dir / "thumbs"
 
-    def annotate(self, item: Item, image: np.ndarray, records: list[dict]) -> None:
-        """Thumbnails and ground coordinates into one photo's records, in place (worker thread).
+    def annotate(self, item: Item, image: np.ndarray, dets: Detections) -> Detections:
+        """Thumbnails and ground coordinates into one photo's detections (worker thread).
 
         A photo without a usable pose keeps its pixel results; the reason is logged (once per
         distinct reason as a warning, then at debug level: a video source would repeat it per frame).
         """
         if not self.georeference:
-            return
+            return dets
         import cv2
 
-        if records:
+        if len(dets):
             self.thumbs_dir.mkdir(parents=True, exist_ok=True)
-        for i, d in enumerate(records):
+        thumbs = []
+        for i, box in enumerate(record_boxes(dets.xyxy)):
             name = f"{item.sha256[:16]}_{i:03d}.jpg"
             if not cv2.imwrite(
-                str(self.thumbs_dir / name), crop_thumbnail(image, d["bbox"]), [cv2.IMWRITE_JPEG_QUALITY, 90]
+                str(self.thumbs_dir / name), crop_thumbnail(image, box), [cv2.IMWRITE_JPEG_QUALITY, 90]
             ):
                 raise OSError(f"cannot write the thumbnail {self.thumbs_dir / name}")
-            d["thumbnail"] = f"thumbs/{name}"
+            thumbs.append(f"thumbs/{name}")
+        dets = dets.with_data({"thumbnail": thumbs})
         try:
             if item.source == "video":
                 pose = self.frame_pose(item, image.shape[1], image.shape[0])
@@ -117,10 +120,11 @@ class GeoHooks(ResultHooks):
                 reason,
                 "" if seen else " (said once; later photos at debug level)",
             )
-            return
-        georeference_detections(records, pose, self.config.errors)
+            return dets
+        dets = georeference(dets, pose, self.config.errors)
         if self.mavlink is not None:
             self._poses[item.sha256] = pose
+        return dets
 
     @property
     def frame_telemetry(self) -> Callable[[], dict] | None:

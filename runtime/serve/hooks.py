@@ -1,7 +1,7 @@
 """The daemon's one seam to what it does with results beyond the pixels.
 
 The worker, the video readers and the HTTP API call a ResultHooks at fixed points: each photo's
-records before the commit (``annotate``), the committed outcomes after it (``publish``), each video
+detections before the commit (``annotate``), the committed outcomes after it (``publish``), each video
 frame at its grab (``frame_telemetry``), extra routes for the API (``routes``), and ``close`` at the
 end. ResultHooks itself does nothing at any of them: the daemon of plain pixel results.
 :class:`.geo_hooks.GeoHooks` adds ground coordinates, thumbnails, MQTT and MAVLink through it.
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import numpy as np
     from fastapi import APIRouter
 
+    from ..results import Detections
     from .store import Item, Outcome, PhotoQueue
 
 
@@ -30,14 +31,18 @@ class ResultHooks:
 
     publisher: Any = None
 
-    def annotate(self, item: Item, image: np.ndarray, records: list[dict]) -> None:
-        """Add to one photo's detection records, in place, before they are committed (worker thread).
+    def annotate(self, item: Item, image: np.ndarray, dets: Detections) -> Detections:
+        """One photo's detections with what the hooks add to their data, before the commit (worker thread).
 
         Args:
             item: The queue's input.
             image: The decoded photo, (H, W, 3) uint8 BGR.
-            records: Its detection records (``Detections.to_records``).
+            dets: Its detections.
+
+        Returns:
+            The detections to commit; this base returns them as they are.
         """
+        return dets
 
     def publish(self, outcomes: Sequence[Outcome]) -> None:
         """Tell the outside world about outcomes just committed (worker thread)."""
