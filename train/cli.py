@@ -566,10 +566,11 @@ def register_eval(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
 def cmd_eval(a: argparse.Namespace) -> int:
     import json
     import shlex
+    from dataclasses import replace
 
     from edgetile.runtime.evaluation.annotations import load_dataset
     from edgetile.runtime.evaluation.metrics import evaluate
-    from edgetile.runtime.options.detect import detect_config_from_args, model_paths, open_detector
+    from edgetile.runtime.options.detect import detect_config_from_args, model_set, open_detector
 
     from .evaluation import SweepGrid, sweep, write_eval
 
@@ -602,13 +603,17 @@ def cmd_eval(a: argparse.Namespace) -> int:
         merges = tuple(m.strip() for m in a.sweep_merge.split(",") if m.strip())
         try:
             grid = SweepGrid(confs=a.sweep_conf, merges=merges, merge_thrs=a.sweep_merge_thr)
-            models = model_paths(a)
+            ms = model_set(a)
+            models = a.model or ms.paths  # an ensemble file is named as given, not by its members
+            base = detect_config_from_args(a)
+            if ms.fusion_iou is not None:
+                base = replace(base, fusion_iou=ms.fusion_iou)
             res = sweep(
-                models,
+                ms.paths,
                 ds,
-                detect_config_from_args(a),
+                base,
                 grid,
-                weights=a.model_weights,
+                weights=ms.weights,
                 backend=a.backend,
                 objective=a.objective,
                 min_recall=a.min_recall,
@@ -695,22 +700,28 @@ def register_pseudo_label(subparsers: argparse._SubParsersAction) -> argparse.Ar
 
 
 def cmd_pseudo_label(a: argparse.Namespace) -> int:
-    from edgetile.runtime.options.detect import detect_config_from_args, model_paths
+    from dataclasses import replace
+
+    from edgetile.runtime.options.detect import detect_config_from_args, model_set
 
     from .pseudo import PseudoLabelFilter, pseudo_label
 
-    models = model_paths(a)
+    ms = model_set(a)
+    config = detect_config_from_args(a)
+    if ms.fusion_iou is not None:
+        config = replace(config, fusion_iou=ms.fusion_iou)
     try:
         flt = PseudoLabelFilter(
             conf=a.conf, ambiguous=min(a.ambiguous, a.conf), min_boxes=a.min_boxes, max_boxes=a.max_boxes
         )
         report = pseudo_label(
-            models,
+            ms.paths,
             a.sources,
             a.out,
             flt,
-            detect_config_from_args(a),
+            config,
             backend=a.backend,
+            weights=ms.weights,
             progress=_progress(a),
         )
     except ValueError as exc:
