@@ -258,6 +258,15 @@ def register_train(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
         help="training input size; a 1024 tile at 640 is seen at 0.625 scale (default: 640)",
     )
     p.add_argument("--epochs", type=int_at_least("--epochs", 1), default=100, help="epochs (default: 100)")
+    p.add_argument(
+        "--stages",
+        nargs="+",
+        metavar="IMGSZ:EPOCHS:LR",
+        help="train in stages, each from the previous stage's best.pt at its own input size, epochs and "
+        "learning rate, e.g. --stages 640:30:1e-3 1024:10:1e-4 (the Lacmus winner's 640 then 1024), or "
+        "one YAML file listing {imgsz, epochs, lr0, other training arguments}; replaces --imgsz and "
+        "--epochs; one run folder with stage1/, stage2/ ... and stages.json (default: one stage)",
+    )
     p.add_argument("--batch", type=int, default=16, help="batch size; -1 fills the GPU (default: 16)")
     p.add_argument(
         "--budget-mb",
@@ -321,7 +330,19 @@ def cmd_train(a: argparse.Namespace) -> int:
             name=a.name,
             overrides=overrides,
         )
-        result = train(a.data, opt, fold=a.fold, budget_mb=a.budget_mb, export=a.export == "onnx")
+        if a.stages:
+            from .stages import parse_stages, train_stages
+
+            result = train_stages(
+                a.data,
+                parse_stages(a.stages),
+                opt,
+                fold=a.fold,
+                budget_mb=a.budget_mb,
+                export=a.export == "onnx",
+            )
+        else:
+            result = train(a.data, opt, fold=a.fold, budget_mb=a.budget_mb, export=a.export == "onnx")
     except BudgetError as exc:
         raise UsageError(f"refused: {exc}") from exc
     except (ValueError, FileNotFoundError) as exc:
@@ -558,6 +579,13 @@ def register_eval(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
         default=None,
         help="only settings reaching this recall qualify: recall first when every miss counts",
     )
+    p.add_argument(
+        "--errors",
+        metavar="DIR",
+        help="error analysis: crops of every false positive and miss at --score-thr, grouped by box size "
+        "(<16, 16-32, 32-64, 64+ px) and by photo with a contact sheet per group, errors.csv, and plots "
+        "of the box-count/size/ratio distributions of each split and of the errors (default: none)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_eval)
     return p
@@ -599,6 +627,16 @@ def cmd_eval(a: argparse.Namespace) -> int:
             print(f"note: {line}", file=sys.stderr)
         print(result.summary(), file=sys.stderr)
         print(f"results: {files['metrics']}  {files['pr_curve']}  {files['detections']}", file=sys.stderr)
+    if a.errors:
+        from .errors import dataset_splits, write_error_report
+
+        try:
+            splits = dataset_splits(a.data, a.format, a.classes)
+        except (ValueError, FileNotFoundError) as exc:
+            raise UsageError(f"--errors: the splits of {a.data}: {str(exc).splitlines()[0]}") from exc
+        report = write_error_report(result, a.errors, a.score_thr, splits)
+        if not a.quiet:
+            print(report.summary(), file=sys.stderr)
     if a.sweep:
         merges = tuple(m.strip() for m in a.sweep_merge.split(",") if m.strip())
         try:
