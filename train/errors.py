@@ -184,7 +184,9 @@ def contact_sheet(
     cols = max(1, min(columns, len(crops)))
     rows = max(1, math.ceil(len(crops) / cols))
     cap_h, title_h, pad = 16, 26, 4
-    sheet = np.full((title_h + rows * (cell + cap_h + pad) + pad, cols * (cell + pad) + pad, 3), 40, np.uint8)
+    (text_w, _), _ = cv2.getTextSize(title, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+    width = max(cols * (cell + pad) + pad, text_w + 2 * pad)
+    sheet = np.full((title_h + rows * (cell + cap_h + pad) + pad, width, 3), 40, np.uint8)
     cv2.putText(sheet, title, (pad, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
     for k, (crop, text) in enumerate(zip(crops, captions)):
         r, c = divmod(k, cols)
@@ -472,12 +474,21 @@ def plot_distributions(series: Mapping[str, Sequence[np.ndarray]], path: str | P
                     lw=1.6,
                     label=label,
                 )
+    from matplotlib.ticker import FixedLocator, NullLocator
+
     axes[0].set(xlabel="boxes per photo", ylabel="fraction of photos")
     axes[1].set(xlabel="box size sqrt(w*h), px", ylabel="fraction of boxes", xscale="log")
     for edge in SIZE_EDGES:
         axes[1].axvline(edge, color="0.7", lw=0.8, ls=":")
     axes[2].set(xlabel="aspect ratio w/h", ylabel="fraction of boxes", xscale="log")
-    axes[0].legend(fontsize=7, loc="upper right")
+    for ax, ticks, labels in (
+        (axes[1], [4, 8, 16, 32, 64, 128, 256, 512], None),
+        (axes[2], [1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8], ["1/8", "1/4", "1/2", "1", "2", "4", "8"]),
+    ):
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticks(ticks, labels or [str(t) for t in ticks])
+    axes[0].legend(fontsize=7, loc="best")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
