@@ -1,4 +1,4 @@
-"""The training side's `edgetile` subcommands: dataset tiles, train, tune, eval, pseudo-label.
+"""The training side's `edgetile` subcommands: dataset tiles, train, tune, eval, pseudo-label, recipe.
 
 Each ``register_*`` adds one subcommand through the ``edgetile.commands`` entry-point group and imports
 nothing heavy: torch, Ultralytics, pycocotools and matplotlib are imported when a command runs. The
@@ -249,6 +249,27 @@ def register_train(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
         help="train on fold K made by 'dataset tiles --folds' (folds/foldK.yaml beside --data)",
     )
     p.add_argument(
+        "--folds",
+        action="store_true",
+        help="train every fold made by 'dataset tiles --folds K' (one model each, in RUN/foldK/), score each "
+        "on its own fold's full-size photos (out of fold), and write RUN/ensemble.yaml, which detect, "
+        "serve, eval and export engine take as --model",
+    )
+    p.add_argument(
+        "--fusion-weights",
+        nargs="+",
+        default=["oof"],
+        metavar="RULE|W",
+        help="with --folds: the members' weights in the ensemble file: oof (proportional to each fold's "
+        "out-of-fold mAP@0.5), equal, or one number per fold (default: oof)",
+    )
+    p.add_argument(
+        "--fusion-iou",
+        type=number_in("--fusion-iou"),
+        default=0.55,
+        help="with --folds: IoU of the weighted boxes fusion that joins the members (default: 0.55)",
+    )
+    p.add_argument(
         "--hyp", metavar="YAML", help="hyperparameters, e.g. best_hyperparameters.yaml from 'edgetile tune'"
     )
     p.add_argument(
@@ -330,6 +351,24 @@ def cmd_train(a: argparse.Namespace) -> int:
             name=a.name,
             overrides=overrides,
         )
+        if a.folds:
+            from .ensemble import train_folds
+            from .stages import parse_stages
+
+            if a.fold is not None:
+                raise UsageError(
+                    "--folds trains every fold: expected no --fold with it, found --fold " + str(a.fold)
+                )
+            folds = train_folds(
+                a.data,
+                opt,
+                stages=parse_stages(a.stages) if a.stages else None,
+                budget_mb=a.budget_mb,
+                weights=_fusion_weights(a.fusion_weights),
+                fusion_iou=a.fusion_iou,
+            )
+            print(folds.summary(), file=sys.stderr)
+            return EXIT_OK if folds.ok else EXIT_SOME_FAILED
         if a.stages:
             from .stages import parse_stages, train_stages
 
@@ -349,6 +388,20 @@ def cmd_train(a: argparse.Namespace) -> int:
         raise UsageError(str(exc).splitlines()[0]) from exc
     print(result.summary(), file=sys.stderr)
     return EXIT_OK if result.ok else EXIT_SOME_FAILED
+
+
+def _fusion_weights(words: list[str]) -> str | list[float]:
+    if len(words) == 1 and words[0] in ("oof", "equal"):
+        return words[0]
+    try:
+        values = [float(w) for w in words]
+    except ValueError:
+        raise UsageError(
+            f"--fusion-weights: expected oof, equal or positive numbers, found {' '.join(words)}"
+        ) from None
+    if any(not 0 < v < float("inf") for v in values):
+        raise UsageError(f"--fusion-weights: expected positive numbers, found {' '.join(words)}")
+    return values
 
 
 # --------------------------------------------------------------------------------------------------- tune
@@ -769,3 +822,191 @@ def cmd_pseudo_label(a: argparse.Namespace) -> int:
             print(f"problem: {line}", file=sys.stderr)
         print(report.summary(), file=sys.stderr)
     return EXIT_SOME_FAILED if report.problems else EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------- recipe
+
+
+def register_recipe(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`edgetile recipe lacmus DATA --out DIR`."""
+    p = subparsers.add_parser(
+        "recipe",
+        help="run a winning recipe end to end, resumable (recipe lacmus)",
+        description="Run a competition-winning training recipe as one command, each step recorded in "
+        "DIR/recipe.json so that a rerun resumes instead of repeating.",
+    )
+    sub = p.add_subparsers(dest="recipe_command", metavar="RECIPE")
+    p.set_defaults(func=_recipe_needs_name)
+    r = sub.add_parser(
+        "lacmus",
+        help="the Lacmus 1st place: 1024 windows, hard negatives, 640 then 1024, a 1:2 WBF ensemble",
+        description="The Lacmus Drone Dataset competition's 1st-place pipeline on annotated photos (VOC, YOLO or "
+        "COCO): (1) 1024 px windows with every person and some random empty windows, in stratified folds; "
+        "(2) model 1 at 640 on the windows with people; (3) hard negatives: the empty windows model 1 "
+        "scores highest, p = 1 - prod(1 - s_i); (4) model 2 at 640 with them; (5) more hard negatives; "
+        "(6) model 3 at 1024 with those, from model 2's best weights; (7) models 2 and 3 fused by WBF "
+        "1:2 with flip TTA and tiles merged by IoS 0.5 (DIR/ensemble.yaml, DIR/ensemble_detect.yaml); "
+        "(8) full-photo evaluation on the held-out fold, the threshold sweep (DIR/eval/best_detect.yaml) "
+        "and the error analysis (DIR/eval/errors/). Each step calls the library function of its own "
+        "command; DIR/recipe.json records each finished step, and a rerun skips them.",
+        epilog="Example: edgetile recipe lacmus LADD/ --out runs/lacmus --device 0\n"
+        "Quick try of every step: edgetile recipe lacmus LADD/ --out runs/try --scale 0.05 --model yolov8n.yaml\n"
+        "Then: edgetile detect PHOTOS --model runs/lacmus/ensemble.yaml --settings "
+        "runs/lacmus/eval/best_detect.yaml --out results\n"
+        "Exit codes: 0 done, 1 done but some annotations were bad, 2 usage error or a model refused by "
+        "the budget.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument(
+        "data",
+        metavar="DATA",
+        help="annotated full-size photos: VOC folder, YOLO folder or data.yaml, COCO .json",
+    )
+    r.add_argument(
+        "--out", required=True, metavar="DIR", help="the recipe's folder; rerun with the same DIR to resume"
+    )
+    r.add_argument("--format", choices=FORMATS, default="auto", help="annotation format (default: auto)")
+    r.add_argument(
+        "--classes", nargs="+", metavar="NAME", help="class names in id order (default: as annotated)"
+    )
+    r.add_argument(
+        "--scale",
+        type=finite_number("--scale", 0.0, inclusive=False),
+        default=1.0,
+        help="multiply every model's epochs (at least 1 each): 0.05 tries every step quickly (default: 1)",
+    )
+    r.add_argument(
+        "--model",
+        default="yolov8s.yaml",
+        metavar="YAML|PT",
+        help="architecture of the three models (default: yolov8s.yaml, 21 MB best.pt)",
+    )
+    r.add_argument(
+        "--tile", type=int_at_least("--tile", 32), default=1024, help="window side (default: 1024)"
+    )
+    r.add_argument(
+        "--overlap",
+        type=number_in("--overlap", 0.0, 0.9, hi_open=True),
+        default=0.2,
+        help="window overlap (default: 0.2)",
+    )
+    r.add_argument(
+        "--folds", type=int_at_least("--folds", 2), default=5, help="stratified folds (default: 5)"
+    )
+    r.add_argument(
+        "--negatives",
+        type=int_at_least("--negatives", 0),
+        default=None,
+        help="random empty windows of the first dataset (default: a quarter of the windows with people)",
+    )
+    r.add_argument(
+        "--hard-negatives",
+        nargs=2,
+        type=int_at_least("--hard-negatives", 0),
+        default=[400, 1400],
+        metavar=("N2", "N3"),
+        help="hard negatives for model 2 and for model 3 (default: 400 1400)",
+    )
+    r.add_argument(
+        "--imgsz",
+        nargs=2,
+        type=int_at_least("--imgsz", 32),
+        default=[640, 1024],
+        metavar=("SMALL", "LARGE"),
+        help="input size of models 1-2 and of model 3 (default: 640 1024)",
+    )
+    r.add_argument(
+        "--epochs",
+        nargs=3,
+        type=int_at_least("--epochs", 1),
+        default=[30, 50, 50],
+        metavar=("E1", "E2", "E3"),
+        help="epochs of models 1, 2 and 3 before --scale (default: 30 50 50)",
+    )
+    r.add_argument(
+        "--lr",
+        nargs=3,
+        type=finite_number("--lr", 0.0, inclusive=False),
+        default=[1e-3, 1e-3, 1e-4],
+        metavar=("L1", "L2", "L3"),
+        help="learning rate (AdamW) of models 1, 2 and 3; model 3 fine-tunes model 2 (default: 1e-3 1e-3 1e-4)",
+    )
+    r.add_argument(
+        "--fusion-weights",
+        nargs="+",
+        default=["1", "2"],
+        metavar="W|choose",
+        help="weights of models 2 and 3 in the ensemble, or 'choose' among 1:1, 1:2, 2:1 on the held-out "
+        "photos (default: 1 2, the winner's)",
+    )
+    r.add_argument("--no-tta", action="store_true", help="no horizontal-flip pass in the ensemble")
+    r.add_argument("--batch", type=int, default=16, help="training batch size (default: 16)")
+    r.add_argument("--device", default="", help="cpu or a CUDA index (default: Ultralytics' choice)")
+    r.add_argument(
+        "--workers", type=int_at_least("--workers", 0), default=2, help="data-loading processes (default: 2)"
+    )
+    r.add_argument("--seed", type=int, default=0, help="seeds folds, negatives and training (default: 0)")
+    r.add_argument(
+        "--budget-mb",
+        type=finite_number("--budget-mb", 0.0, inclusive=False),
+        default=100.0,
+        help="weight budget of each model (default: 100)",
+    )
+    r.add_argument(
+        "--set",
+        nargs="+",
+        metavar="KEY=VALUE",
+        action="extend",
+        help="other Ultralytics training arguments for every model, e.g. --set mosaic=0.5",
+    )
+    r.set_defaults(func=cmd_recipe_lacmus)
+    return p
+
+
+def _recipe_needs_name(a: argparse.Namespace) -> int:
+    raise UsageError("expected a recipe: lacmus (see 'edgetile recipe lacmus --help')")
+
+
+def cmd_recipe_lacmus(a: argparse.Namespace) -> int:
+    _no_runtime_installs()
+    from .budget import BudgetError
+    from .recipe import LacmusRecipe, run_lacmus
+
+    if a.fusion_weights == ["choose"]:
+        weights = None
+    else:
+        w = _fusion_weights(a.fusion_weights)
+        if isinstance(w, str) or len(w) != 2:
+            raise UsageError(
+                f"--fusion-weights: expected two weights or 'choose', found {' '.join(a.fusion_weights)}"
+            )
+        weights = tuple(w)
+    try:
+        recipe = LacmusRecipe(
+            model=a.model,
+            tile=a.tile,
+            overlap=a.overlap,
+            folds=a.folds,
+            negatives=a.negatives,
+            hard_negatives=tuple(a.hard_negatives),
+            imgsz=tuple(a.imgsz),
+            epochs=tuple(a.epochs),
+            lr=tuple(a.lr),
+            fusion_weights=weights,
+            tta=not a.no_tta,
+            batch=a.batch,
+            device=a.device,
+            workers=a.workers,
+            seed=a.seed,
+            budget_mb=a.budget_mb,
+            scale=a.scale,
+            overrides=_key_values(a.set, "--set"),
+        )
+        result = run_lacmus(a.data, a.out, recipe, format=a.format, class_names=a.classes)
+    except BudgetError as exc:
+        raise UsageError(f"refused: {exc}") from exc
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc).splitlines()[0]) from exc
+    print(result.summary(), file=sys.stderr)
+    problems = (result.steps.get("tiles") or {}).get("outputs", {}).get("problems", 0)
+    return EXIT_SOME_FAILED if problems else EXIT_OK
