@@ -202,6 +202,41 @@ def test_the_ensemble_file_loads_in_detect_serve_eval_and_export(recipe, tmp_pat
 def test_train_folds_writes_an_ensemble_of_every_fold_scored_out_of_fold(recipe, tmp_path):
     root, photos, first = recipe
     tiles = root / "out" / "tiles"  # two folds, made by the recipe's first step
+    test_set = write_dataset(tmp_path / "test_set", 2, seed=99, config=TINY)  # photos no fold trained on
+    common = ["--model", "yolov8n.yaml", "--imgsz", 64, "--epochs", 1, "--batch", 4, "--workers", 0]
+    common += ["--device", "cpu", "--set", "plots=false", "amp=false", "--project", tmp_path]
+    # Weights cannot be searched on the folds' own photos: each is in the training of the other fold.
+    r = run(
+        "train",
+        "--data",
+        tiles / "data.yaml",
+        "--folds",
+        *common,
+        "--name",
+        "leak",
+        "--fusion-weights",
+        "choose",
+        "--weights-data",
+        photos,
+    )
+    assert r.returncode == 2 and "expected photos that no fold trained on, found 8" in r.stderr
+    assert not (tmp_path / "leak").exists()  # refused before any training
+    r = run(
+        "train",
+        "--data",
+        tiles / "data.yaml",
+        "--folds",
+        *common,
+        "--name",
+        "chosen",
+        "--fusion-weights",
+        "choose",
+        "--weights-data",
+        test_set,
+    )
+    assert r.returncode == 0, r.stderr[-4000:]
+    chosen = json.loads((tmp_path / "chosen" / "folds.json").read_text())
+    assert chosen["weights_rule"].startswith("chosen on 2 photo(s) no fold trained on, among 1:1, 1:2, 2:1")
     r = run(
         "train",
         "--data",

@@ -261,7 +261,17 @@ def register_train(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
         default=["oof"],
         metavar="RULE|W",
         help="with --folds: the members' weights in the ensemble file: oof (proportional to each fold's "
-        "out-of-fold mAP@0.5), equal, or one number per fold (default: oof)",
+        "out-of-fold mAP@0.5), equal, choose (the best of a 1/2 grid on --weights-data), or one number "
+        "per fold (default: oof)",
+    )
+    p.add_argument(
+        "--weights-data",
+        metavar="DIR",
+        help="with --fusion-weights choose: annotated full-size photos that no fold trained on, e.g. a test "
+        "set (VOC, YOLO or COCO; --weights-subset picks a list)",
+    )
+    p.add_argument(
+        "--weights-subset", metavar="NAME", help="VOC ImageSets/Main list or YOLO split of --weights-data"
     )
     p.add_argument(
         "--fusion-iou",
@@ -359,6 +369,16 @@ def cmd_train(a: argparse.Namespace) -> int:
                 raise UsageError(
                     "--folds trains every fold: expected no --fold with it, found --fold " + str(a.fold)
                 )
+            weights_data = None
+            if a.weights_data and a.fusion_weights != ["choose"]:
+                raise UsageError(
+                    "--weights-data: expected --fusion-weights choose with it, found "
+                    + " ".join(a.fusion_weights)
+                )
+            if a.weights_data:
+                from edgetile.runtime.evaluation.annotations import load_dataset
+
+                weights_data = load_dataset(a.weights_data, subset=a.weights_subset)
             folds = train_folds(
                 a.data,
                 opt,
@@ -366,6 +386,7 @@ def cmd_train(a: argparse.Namespace) -> int:
                 budget_mb=a.budget_mb,
                 weights=_fusion_weights(a.fusion_weights),
                 fusion_iou=a.fusion_iou,
+                weights_data=weights_data,
             )
             print(folds.summary(), file=sys.stderr)
             return EXIT_OK if folds.ok else EXIT_SOME_FAILED
@@ -391,13 +412,13 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def _fusion_weights(words: list[str]) -> str | list[float]:
-    if len(words) == 1 and words[0] in ("oof", "equal"):
+    if len(words) == 1 and words[0] in ("oof", "equal", "choose"):
         return words[0]
     try:
         values = [float(w) for w in words]
     except ValueError:
         raise UsageError(
-            f"--fusion-weights: expected oof, equal or positive numbers, found {' '.join(words)}"
+            f"--fusion-weights: expected oof, equal, choose or positive numbers, found {' '.join(words)}"
         ) from None
     if any(not 0 < v < float("inf") for v in values):
         raise UsageError(f"--fusion-weights: expected positive numbers, found {' '.join(words)}")

@@ -28,7 +28,7 @@ from edgetile.runtime.evaluation.metrics import EvalResult, evaluate
 from edgetile.runtime.options.detect import write_ensemble
 
 from .budget import DEFAULT_BUDGET_MB
-from .stages import Stage, train_stages
+from .stages import Stage, run_folder, train_stages
 from .training import TrainOptions, train
 
 WEIGHT_RULES = ("equal", "oof")
@@ -204,6 +204,7 @@ def train_folds(
     fusion_iou: float = 0.55,
     base: DetectConfig | None = None,
     score_thr: float = 0.05,
+    weights_data: Dataset | None = None,
 ) -> FoldsResult:
     """Train a model per fold, score each out of fold on full photos, write the ensemble file.
 
@@ -212,10 +213,12 @@ def train_folds(
         options: Model and training settings shared by every fold; project/name is the run folder.
         stages: Train each fold in these stages (see :func:`train_stages`) instead of once.
         budget_mb: Weight budget of each model.
-        weights: "equal", "oof" (proportional to each fold's out-of-fold mAP@0.5) or one weight per fold.
+        weights: "equal", "oof" (proportional to each fold's out-of-fold mAP@0.5), "choose" (the best
+            of :func:`weight_grid` on ``weights_data``) or one weight per fold.
         fusion_iou: IoU of the WBF joining the members, written to the ensemble file.
         base: Detect settings of the out-of-fold evaluation (default: the dataset's tile and overlap).
         score_thr: Operating threshold of the out-of-fold recall, precision and F1.
+        weights_data: With weights "choose": annotated photos that no fold trained on (a test set).
 
     Returns:
         The FoldsResult; RUN/ensemble.yaml, RUN/folds.json and RUN/fold{k}/oof/ (metrics.json, ...).
@@ -226,13 +229,26 @@ def train_folds(
     k_folds = fold_count(data)
     if not isinstance(weights, str) and len(weights) != k_folds:
         raise ValueError(f"weights: expected one per fold ({k_folds}), found {len(list(weights))}")
-    if isinstance(weights, str) and weights not in WEIGHT_RULES:
-        raise ValueError(f"weights: expected {' or '.join(WEIGHT_RULES)} or numbers, found {weights!r}")
+    if isinstance(weights, str) and weights not in (*WEIGHT_RULES, "choose"):
+        raise ValueError(f"weights: expected equal, oof, choose or numbers, found {weights!r}")
+    if weights == "choose" and (weights_data is None or not weights_data.photos):
+        raise ValueError(
+            "weights choose: expected annotated photos that no fold trained on (e.g. the test subset), found none; "
+            "every photo of the folds is in the training of all but one model"
+        )
     tiles_dir = Path(data).parent
     src = tile_source(tiles_dir)
+    if weights == "choose":
+        with open(tiles_dir / "photos.csv", newline="") as f:
+            trained = {str(Path(r["source"]).resolve()) for r in csv.DictReader(f)}
+        leaked = [p.path for p in weights_data.photos if str(p.path.resolve()) in trained]
+        if leaked:
+            raise ValueError(
+                f"weights choose: expected photos that no fold trained on, found {len(leaked)} of the folds' own "
+                f"(first: {leaked[0]})"
+            )
     base = base or DetectConfig(tile=int(src.get("tile", 1024)), overlap=float(src.get("overlap", 0.2)))
-    run_dir = Path(opt.project).resolve() / opt.name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = run_folder(opt.project, opt.name)
     models, oof, ok = [], [], True
     for k in range(k_folds):
         fold_opt = replace(opt, project=str(run_dir), name=f"fold{k}")
@@ -250,6 +266,12 @@ def train_folds(
         oof.append(_scores(r))
     if isinstance(weights, str) and weights == "equal":
         w, rule = [1.0] * k_folds, "equal"
+    elif isinstance(weights, str) and weights == "choose":
+        best, rows = choose_weights(models, weights_data, base)
+        w = list(best)
+        rule = f"chosen on {len(weights_data.photos)} photo(s) no fold trained on, among " + ", ".join(
+            ":".join(f"{x:g}" for x in row["weights"]) for row in rows
+        )
     elif isinstance(weights, str):
         # A fold that learnt nothing still gets a little say, so the file stays valid.
         raw = [max(s["map50"], 1e-3) for s in oof]

@@ -203,7 +203,7 @@ class StagesResult:
         )
 
 
-def _run_dir(project: str | Path, name: str) -> Path:
+def run_folder(project: str | Path, name: str) -> Path:
     """project/name, numbered on (name2, name3, ...) when it holds a run already, as Ultralytics does."""
     base = Path(project).resolve() / name
     path, n = base, 2
@@ -251,7 +251,7 @@ def train_stages(
     check_budget_before_training(
         opt.model, len(names), budget_mb, onnx=export, imgsz=max(s.imgsz for s in stages)
     )
-    run_dir = _run_dir(opt.project, opt.name)
+    run_dir = run_folder(opt.project, opt.name)
     results: list[TrainResult] = []
     starts: list[str] = []
     seconds: list[float] = []
