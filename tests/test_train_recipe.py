@@ -283,3 +283,13 @@ def _csv(path):
 
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_an_oversized_model_is_refused_before_any_step(tmp_path):
+    photos = write_dataset(tmp_path / "photos", 2, seed=1, config=TINY)
+    r = run(
+        "recipe", "lacmus", photos, "--out", tmp_path / "out", "--model", "yolov8x.yaml", "--budget-mb", 50
+    )
+    assert r.returncode == 2 and "refused" in r.stderr and "over the weight budget of 50 MB" in r.stderr
+    assert not (tmp_path / "out" / "tiles").exists()

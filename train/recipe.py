@@ -262,6 +262,13 @@ def run_lacmus(
     src_s = str(Path(src).resolve())
     record_path = out / RECORD
     doc = _load_record(record_path, src_s, rc)
+    if not doc["steps"].get("model3", {}).get("done"):
+        # Refuse an oversized model in seconds, before hours of tiling: the class count changes only the
+        # head (each model is checked again, exactly, before it trains).
+        from .budget import check_budget_before_training
+
+        nc = len(class_names) if class_names else 1
+        check_budget_before_training(rc.model, nc, rc.budget_mb, onnx=True, imgsz=max(rc.imgsz))
     _save_record(record_path, doc)
     steps: dict[str, dict] = doc["steps"]
     ran: list[str] = []
