@@ -221,9 +221,13 @@ def register_train(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
         "from the model's architecture - a model whose best.pt (and ONNX, with --export onnx) would "
         "exceed --budget-mb is refused within seconds, naming the largest model of its family that "
         "fits - and after training on the real files, with a size table in the run summary "
-        "(RUN/edgetile_summary.txt and .json).",
+        "(RUN/edgetile_summary.txt and .json). --stages trains at several sizes and learning rates in a row, "
+        "each from the previous best.pt; --folds trains every fold and writes an ensemble file of them.",
         epilog="Example: edgetile train --data tiles/data.yaml --fold 2 --model yolov8s.yaml --imgsz 1024 "
         "--hyp runs/tune/best_hyperparameters.yaml\n"
+        "Example: edgetile train --data tiles/data.yaml --model yolov8s.yaml --stages 640:30:1e-3 1024:10:1e-4\n"
+        "Example: edgetile train --data tiles/data.yaml --folds --model yolov8s.yaml --imgsz 640 --epochs 50 "
+        "(then: edgetile detect PHOTOS --model runs/train/exp/ensemble.yaml --out results)\n"
         "Exit codes: 0 trained within budget, 1 trained but a file is over budget or the export failed, "
         "2 usage error or refused.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
