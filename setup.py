@@ -205,6 +205,7 @@ setup(
             "tune = edgetile.train.cli:register_tune",
             "eval = edgetile.train.cli:register_eval",
             "pseudo-label = edgetile.train.cli:register_pseudo_label",
+            "recipe = edgetile.train.cli:register_recipe",
         ],
     },
     zip_safe=False,

@@ -239,7 +239,10 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     e.add_argument(
-        "model", metavar="MODEL.onnx", help="FP32 ONNX, or the Q/DQ ONNX from 'edgetile export int8'"
+        "model",
+        metavar="MODEL.onnx",
+        help="FP32 ONNX, or the Q/DQ ONNX from 'edgetile export int8'; or an ensemble file (.yaml/.json): "
+        "one engine per member and an ensemble file of the engines (--out names it)",
     )
     e.add_argument(
         "--precision",
@@ -319,6 +322,29 @@ def register(subparsers) -> None:
         "written to PATH.json",
     )
     e.set_defaults(func=cmd_engine)
+
+
+def _engine_ensemble(model, out, req, build) -> int:
+    """``export engine ENSEMBLE.yaml``: one engine per member, and the ensemble file of engines."""
+    from .artifacts import BudgetExceeded, ExportError
+    from .engine import BuildRefused
+
+    try:
+        path, results = build(model, out, req, log=lambda m: print(m, file=sys.stderr))
+    except (BuildRefused, ValueError) as exc:
+        raise UsageError(str(exc).splitlines()[0]) from exc
+    except (BudgetExceeded, ExportError) as exc:
+        _err(str(exc))
+        return EXIT_SOME_FAILED
+    for r in results:
+        print(r.path)
+    print(path)
+    print(
+        f"{len(results)} engine(s) built in {sum(r.seconds for r in results):.0f} s; ensemble file: {path} "
+        "(edgetile detect --model accepts it)",
+        file=sys.stderr,
+    )
+    return EXIT_OK
 
 
 def _missing_step(p: argparse.ArgumentParser) -> int:
@@ -458,16 +484,20 @@ def cmd_int8(a: argparse.Namespace) -> int:
 def cmd_engine(a: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from edgetile.runtime.options.detect import is_ensemble_file
+
     from .artifacts import BudgetExceeded, ExportError
-    from .engine import BuildRefused, EngineRequest, build_engine
+    from .engine import BuildRefused, EngineRequest, build_engine, build_ensemble_engines
 
     if not Path(a.model).is_file():
         raise UsageError(f"MODEL.onnx: file not found: {a.model}")
+    ensemble = is_ensemble_file(a.model)
     if a.calib is not None and not Path(a.calib).exists():
         raise UsageError(f"--calib: not found: {a.calib}")
     if a.dla is not None and a.dla < 0:
         raise UsageError(f"--dla: expected a DLA core index >= 0, found {a.dla}")
-    out = Path(a.out) if a.out else Path(a.model).with_name(f"{Path(a.model).stem}_{a.precision}.engine")
+    suffix = Path(a.model).suffix if ensemble else ".engine"
+    out = Path(a.out) if a.out else Path(a.model).with_name(f"{Path(a.model).stem}_{a.precision}{suffix}")
     calib_cache = (
         Path(a.calib_cache) if a.calib_cache else (out.with_name(out.name + ".calib") if a.calib else None)
     )
@@ -487,6 +517,8 @@ def cmd_engine(a: argparse.Namespace) -> int:
         overlap=a.overlap,
         budget_mb=a.budget_mb,
     )
+    if ensemble:
+        return _engine_ensemble(a.model, out, req, build_ensemble_engines)
     try:
         result = build_engine(a.model, out, req, log=lambda m: print(m, file=sys.stderr))
     except BuildRefused as exc:

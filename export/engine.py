@@ -684,3 +684,73 @@ def _build(onnx_path: Path, out: Path, req: EngineRequest, facts, plan, trt, dev
     seconds = time.perf_counter() - t0
     size_mb = check_budget(out, req.budget_mb)
     return EngineResult(out, sidecar, meta, plan, seconds, size_mb)
+
+
+def build_ensemble_engines(
+    ensemble: str | Path,
+    out: str | Path | None = None,
+    req: EngineRequest | None = None,
+    *,
+    trt=None,
+    device=None,
+    log=print,
+) -> tuple[Path, list[EngineResult]]:
+    """Build one engine per member of an ensemble file and write the ensemble file of the engines.
+
+    Every member's request is checked against this TensorRT before the first build starts, so a
+    combination that cannot be built is refused without building half an ensemble. The engines are
+    written beside ``out`` as ``OUT_{index}_{member}.engine``; the new ensemble file keeps the
+    members' weights and fusion settings.
+
+    Args:
+        ensemble: An ensemble file (``--model`` accepts it): YAML or JSON, members relative to it.
+        out: The ensemble file of engines to write (default: ``ENSEMBLE_{precision}.yaml`` beside it).
+        req: As :func:`build_engine`; applied to every member, each with its own calibration cache.
+        trt: The tensorrt module (default: imported here).
+        device: The GPU (default: GPU 0, opened here once for all members and closed after).
+        log: Where progress lines go.
+
+    Returns:
+        The ensemble file written and each member's EngineResult.
+
+    Raises:
+        ValueError: The ensemble file is unreadable or names a missing member.
+        BuildRefused, BuildError, BudgetExceeded: As :func:`build_engine`, for the member named.
+    """
+    from dataclasses import replace
+
+    from edgetile.runtime.options.detect import ENSEMBLE_SUFFIXES, read_ensemble, write_ensemble
+
+    req = req or EngineRequest()
+    ens = read_ensemble(ensemble)
+    src = Path(ensemble)
+    out = Path(out) if out is not None else src.with_name(f"{src.stem}_{req.precision}{src.suffix}")
+    if out.suffix.lower() not in ENSEMBLE_SUFFIXES:
+        raise ValueError(f"out: expected an ensemble file ({', '.join(ENSEMBLE_SUFFIXES)}), found {out.name}")
+    trt = trt if trt is not None else _import_tensorrt()
+    jobs = []
+    for i, member in enumerate(ens.models):
+        engine = out.with_name(f"{out.stem}_{i}_{Path(member).stem}.engine")
+        member_req = req
+        if req.calib is not None or req.calib_cache is not None:
+            # Each member calibrates on its own activations: one shared cache would mix them.
+            member_req = replace(req, calib_cache=engine.with_name(engine.name + ".calib"))
+        facts = onnx_facts(Path(member))
+        try:
+            plan = plan_build(trt.__version__, member_req, facts)
+        except BuildRefused as exc:
+            raise BuildRefused(f"ensemble member {i} ({member}): {exc}") from exc
+        jobs.append((Path(member), engine, member_req, facts, plan))
+    own_device = device is None
+    device = device if device is not None else open_cuda_device()
+    results = []
+    try:
+        for member, engine, member_req, facts, plan in jobs:
+            log(f"ensemble member {len(results) + 1}/{len(jobs)}: {member} -> {engine}")
+            results.append(_build(member, engine, member_req, facts, plan, trt, device, log))
+    finally:
+        if own_device:
+            device.close()
+    notes = [f"engines built from {src} ({req.precision}, TensorRT {trt.__version__})", *ens.notes]
+    write_ensemble(out, [r.path for r in results], ens.weights, ens.fusion_iou, notes)
+    return out, results

@@ -1,4 +1,4 @@
-"""The training side's `edgetile` subcommands: dataset tiles, train, tune, eval, pseudo-label.
+"""The training side's `edgetile` subcommands: dataset tiles, train, tune, eval, pseudo-label, recipe.
 
 Each ``register_*`` adds one subcommand through the ``edgetile.commands`` entry-point group and imports
 nothing heavy: torch, Ultralytics, pycocotools and matplotlib are imported when a command runs. The
@@ -221,9 +221,13 @@ def register_train(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
         "from the model's architecture - a model whose best.pt (and ONNX, with --export onnx) would "
         "exceed --budget-mb is refused within seconds, naming the largest model of its family that "
         "fits - and after training on the real files, with a size table in the run summary "
-        "(RUN/edgetile_summary.txt and .json).",
+        "(RUN/edgetile_summary.txt and .json). --stages trains at several sizes and learning rates in a row, "
+        "each from the previous best.pt; --folds trains every fold and writes an ensemble file of them.",
         epilog="Example: edgetile train --data tiles/data.yaml --fold 2 --model yolov8s.yaml --imgsz 1024 "
         "--hyp runs/tune/best_hyperparameters.yaml\n"
+        "Example: edgetile train --data tiles/data.yaml --model yolov8s.yaml --stages 640:30:1e-3 1024:10:1e-4\n"
+        "Example: edgetile train --data tiles/data.yaml --folds --model yolov8s.yaml --imgsz 640 --epochs 50 "
+        "(then: edgetile detect PHOTOS --model runs/train/exp/ensemble.yaml --out results)\n"
         "Exit codes: 0 trained within budget, 1 trained but a file is over budget or the export failed, "
         "2 usage error or refused.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -249,6 +253,37 @@ def register_train(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
         help="train on fold K made by 'dataset tiles --folds' (folds/foldK.yaml beside --data)",
     )
     p.add_argument(
+        "--folds",
+        action="store_true",
+        help="train every fold made by 'dataset tiles --folds K' (one model each, in RUN/foldK/), score each "
+        "on its own fold's full-size photos (out of fold), and write RUN/ensemble.yaml, which detect, "
+        "serve, eval and export engine take as --model",
+    )
+    p.add_argument(
+        "--fusion-weights",
+        nargs="+",
+        default=["oof"],
+        metavar="RULE|W",
+        help="with --folds: the members' weights in the ensemble file: oof (proportional to each fold's "
+        "out-of-fold mAP@0.5), equal, choose (the best of a 1/2 grid on --weights-data), or one number "
+        "per fold (default: oof)",
+    )
+    p.add_argument(
+        "--weights-data",
+        metavar="DIR",
+        help="with --fusion-weights choose: annotated full-size photos that no fold trained on, e.g. a test "
+        "set (VOC, YOLO or COCO; --weights-subset picks a list)",
+    )
+    p.add_argument(
+        "--weights-subset", metavar="NAME", help="VOC ImageSets/Main list or YOLO split of --weights-data"
+    )
+    p.add_argument(
+        "--fusion-iou",
+        type=number_in("--fusion-iou"),
+        default=0.55,
+        help="with --folds: IoU of the weighted boxes fusion that joins the members (default: 0.55)",
+    )
+    p.add_argument(
         "--hyp", metavar="YAML", help="hyperparameters, e.g. best_hyperparameters.yaml from 'edgetile tune'"
     )
     p.add_argument(
@@ -258,6 +293,15 @@ def register_train(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
         help="training input size; a 1024 tile at 640 is seen at 0.625 scale (default: 640)",
     )
     p.add_argument("--epochs", type=int_at_least("--epochs", 1), default=100, help="epochs (default: 100)")
+    p.add_argument(
+        "--stages",
+        nargs="+",
+        metavar="IMGSZ:EPOCHS:LR",
+        help="train in stages, each from the previous stage's best.pt at its own input size, epochs and "
+        "learning rate, e.g. --stages 640:30:1e-3 1024:10:1e-4 (the Lacmus winner's 640 then 1024), or "
+        "one YAML file listing {imgsz, epochs, lr0, other training arguments}; replaces --imgsz and "
+        "--epochs; one run folder with stage1/, stage2/ ... and stages.json (default: one stage)",
+    )
     p.add_argument("--batch", type=int, default=16, help="batch size; -1 fills the GPU (default: 16)")
     p.add_argument(
         "--budget-mb",
@@ -321,13 +365,68 @@ def cmd_train(a: argparse.Namespace) -> int:
             name=a.name,
             overrides=overrides,
         )
-        result = train(a.data, opt, fold=a.fold, budget_mb=a.budget_mb, export=a.export == "onnx")
+        if a.folds:
+            from .ensemble import train_folds
+            from .stages import parse_stages
+
+            if a.fold is not None:
+                raise UsageError(
+                    "--folds trains every fold: expected no --fold with it, found --fold " + str(a.fold)
+                )
+            weights_data = None
+            if a.weights_data and a.fusion_weights != ["choose"]:
+                raise UsageError(
+                    "--weights-data: expected --fusion-weights choose with it, found "
+                    + " ".join(a.fusion_weights)
+                )
+            if a.weights_data:
+                from edgetile.runtime.evaluation.annotations import load_dataset
+
+                weights_data = load_dataset(a.weights_data, subset=a.weights_subset)
+            folds = train_folds(
+                a.data,
+                opt,
+                stages=parse_stages(a.stages) if a.stages else None,
+                budget_mb=a.budget_mb,
+                weights=_fusion_weights(a.fusion_weights),
+                fusion_iou=a.fusion_iou,
+                weights_data=weights_data,
+            )
+            print(folds.summary(), file=sys.stderr)
+            return EXIT_OK if folds.ok else EXIT_SOME_FAILED
+        if a.stages:
+            from .stages import parse_stages, train_stages
+
+            result = train_stages(
+                a.data,
+                parse_stages(a.stages),
+                opt,
+                fold=a.fold,
+                budget_mb=a.budget_mb,
+                export=a.export == "onnx",
+            )
+        else:
+            result = train(a.data, opt, fold=a.fold, budget_mb=a.budget_mb, export=a.export == "onnx")
     except BudgetError as exc:
         raise UsageError(f"refused: {exc}") from exc
     except (ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc).splitlines()[0]) from exc
     print(result.summary(), file=sys.stderr)
     return EXIT_OK if result.ok else EXIT_SOME_FAILED
+
+
+def _fusion_weights(words: list[str]) -> str | list[float]:
+    if len(words) == 1 and words[0] in ("oof", "equal", "choose"):
+        return words[0]
+    try:
+        values = [float(w) for w in words]
+    except ValueError:
+        raise UsageError(
+            f"--fusion-weights: expected oof, equal, choose or positive numbers, found {' '.join(words)}"
+        ) from None
+    if any(not 0 < v < float("inf") for v in values):
+        raise UsageError(f"--fusion-weights: expected positive numbers, found {' '.join(words)}")
+    return values
 
 
 # --------------------------------------------------------------------------------------------------- tune
@@ -558,6 +657,13 @@ def register_eval(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
         default=None,
         help="only settings reaching this recall qualify: recall first when every miss counts",
     )
+    p.add_argument(
+        "--errors",
+        metavar="DIR",
+        help="error analysis: crops of every false positive and miss at --score-thr, grouped by box size "
+        "(<16, 16-32, 32-64, 64+ px) and by photo with a contact sheet per group, errors.csv, and plots "
+        "of the box-count/size/ratio distributions of each split and of the errors (default: none)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_eval)
     return p
@@ -566,10 +672,11 @@ def register_eval(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
 def cmd_eval(a: argparse.Namespace) -> int:
     import json
     import shlex
+    from dataclasses import replace
 
     from edgetile.runtime.evaluation.annotations import load_dataset
     from edgetile.runtime.evaluation.metrics import evaluate
-    from edgetile.runtime.options.detect import detect_config_from_args, model_paths, open_detector
+    from edgetile.runtime.options.detect import detect_config_from_args, model_set, open_detector
 
     from .evaluation import SweepGrid, sweep, write_eval
 
@@ -598,17 +705,31 @@ def cmd_eval(a: argparse.Namespace) -> int:
             print(f"note: {line}", file=sys.stderr)
         print(result.summary(), file=sys.stderr)
         print(f"results: {files['metrics']}  {files['pr_curve']}  {files['detections']}", file=sys.stderr)
+    if a.errors:
+        from .errors import dataset_splits, write_error_report
+
+        try:
+            splits = dataset_splits(a.data, a.format, a.classes)
+        except (ValueError, FileNotFoundError) as exc:
+            raise UsageError(f"--errors: the splits of {a.data}: {str(exc).splitlines()[0]}") from exc
+        report = write_error_report(result, a.errors, a.score_thr, splits)
+        if not a.quiet:
+            print(report.summary(), file=sys.stderr)
     if a.sweep:
         merges = tuple(m.strip() for m in a.sweep_merge.split(",") if m.strip())
         try:
             grid = SweepGrid(confs=a.sweep_conf, merges=merges, merge_thrs=a.sweep_merge_thr)
-            models = model_paths(a)
+            ms = model_set(a)
+            models = a.model or ms.paths  # an ensemble file is named as given, not by its members
+            base = detect_config_from_args(a)
+            if ms.fusion_iou is not None:
+                base = replace(base, fusion_iou=ms.fusion_iou)
             res = sweep(
-                models,
+                ms.paths,
                 ds,
-                detect_config_from_args(a),
+                base,
                 grid,
-                weights=a.model_weights,
+                weights=ms.weights,
                 backend=a.backend,
                 objective=a.objective,
                 min_recall=a.min_recall,
@@ -695,22 +816,28 @@ def register_pseudo_label(subparsers: argparse._SubParsersAction) -> argparse.Ar
 
 
 def cmd_pseudo_label(a: argparse.Namespace) -> int:
-    from edgetile.runtime.options.detect import detect_config_from_args, model_paths
+    from dataclasses import replace
+
+    from edgetile.runtime.options.detect import detect_config_from_args, model_set
 
     from .pseudo import PseudoLabelFilter, pseudo_label
 
-    models = model_paths(a)
+    ms = model_set(a)
+    config = detect_config_from_args(a)
+    if ms.fusion_iou is not None:
+        config = replace(config, fusion_iou=ms.fusion_iou)
     try:
         flt = PseudoLabelFilter(
             conf=a.conf, ambiguous=min(a.ambiguous, a.conf), min_boxes=a.min_boxes, max_boxes=a.max_boxes
         )
         report = pseudo_label(
-            models,
+            ms.paths,
             a.sources,
             a.out,
             flt,
-            detect_config_from_args(a),
+            config,
             backend=a.backend,
+            weights=ms.weights,
             progress=_progress(a),
         )
     except ValueError as exc:
@@ -720,3 +847,191 @@ def cmd_pseudo_label(a: argparse.Namespace) -> int:
             print(f"problem: {line}", file=sys.stderr)
         print(report.summary(), file=sys.stderr)
     return EXIT_SOME_FAILED if report.problems else EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------- recipe
+
+
+def register_recipe(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`edgetile recipe lacmus DATA --out DIR`."""
+    p = subparsers.add_parser(
+        "recipe",
+        help="run a winning recipe end to end, resumable (recipe lacmus)",
+        description="Run a competition-winning training recipe as one command, each step recorded in "
+        "DIR/recipe.json so that a rerun resumes instead of repeating.",
+    )
+    sub = p.add_subparsers(dest="recipe_command", metavar="RECIPE")
+    p.set_defaults(func=_recipe_needs_name)
+    r = sub.add_parser(
+        "lacmus",
+        help="the Lacmus 1st place: 1024 windows, hard negatives, 640 then 1024, a 1:2 WBF ensemble",
+        description="The Lacmus Drone Dataset competition's 1st-place pipeline on annotated photos (VOC, YOLO or "
+        "COCO): (1) 1024 px windows with every person and some random empty windows, in stratified folds; "
+        "(2) model 1 at 640 on the windows with people; (3) hard negatives: the empty windows model 1 "
+        "scores highest, p = 1 - prod(1 - s_i); (4) model 2 at 640 with them; (5) more hard negatives; "
+        "(6) model 3 at 1024 with those, from model 2's best weights; (7) models 2 and 3 fused by WBF "
+        "1:2 with flip TTA and tiles merged by IoS 0.5 (DIR/ensemble.yaml, DIR/ensemble_detect.yaml); "
+        "(8) full-photo evaluation on the held-out fold, the threshold sweep (DIR/eval/best_detect.yaml) "
+        "and the error analysis (DIR/eval/errors/). Each step calls the library function of its own "
+        "command; DIR/recipe.json records each finished step, and a rerun skips them.",
+        epilog="Example: edgetile recipe lacmus LADD/ --out runs/lacmus --device 0\n"
+        "Quick try of every step: edgetile recipe lacmus LADD/ --out runs/try --scale 0.05 --model yolov8n.yaml\n"
+        "Then: edgetile detect PHOTOS --model runs/lacmus/ensemble.yaml --settings "
+        "runs/lacmus/eval/best_detect.yaml --out results\n"
+        "Exit codes: 0 done, 1 done but some annotations were bad, 2 usage error or a model refused by "
+        "the budget.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument(
+        "data",
+        metavar="DATA",
+        help="annotated full-size photos: VOC folder, YOLO folder or data.yaml, COCO .json",
+    )
+    r.add_argument(
+        "--out", required=True, metavar="DIR", help="the recipe's folder; rerun with the same DIR to resume"
+    )
+    r.add_argument("--format", choices=FORMATS, default="auto", help="annotation format (default: auto)")
+    r.add_argument(
+        "--classes", nargs="+", metavar="NAME", help="class names in id order (default: as annotated)"
+    )
+    r.add_argument(
+        "--scale",
+        type=finite_number("--scale", 0.0, inclusive=False),
+        default=1.0,
+        help="multiply every model's epochs (at least 1 each): 0.05 tries every step quickly (default: 1)",
+    )
+    r.add_argument(
+        "--model",
+        default="yolov8s.yaml",
+        metavar="YAML|PT",
+        help="architecture of the three models (default: yolov8s.yaml, 21 MB best.pt)",
+    )
+    r.add_argument(
+        "--tile", type=int_at_least("--tile", 32), default=1024, help="window side (default: 1024)"
+    )
+    r.add_argument(
+        "--overlap",
+        type=number_in("--overlap", 0.0, 0.9, hi_open=True),
+        default=0.2,
+        help="window overlap (default: 0.2)",
+    )
+    r.add_argument(
+        "--folds", type=int_at_least("--folds", 2), default=5, help="stratified folds (default: 5)"
+    )
+    r.add_argument(
+        "--negatives",
+        type=int_at_least("--negatives", 0),
+        default=None,
+        help="random empty windows of the first dataset (default: a quarter of the windows with people)",
+    )
+    r.add_argument(
+        "--hard-negatives",
+        nargs=2,
+        type=int_at_least("--hard-negatives", 0),
+        default=[400, 1400],
+        metavar=("N2", "N3"),
+        help="hard negatives for model 2 and for model 3 (default: 400 1400)",
+    )
+    r.add_argument(
+        "--imgsz",
+        nargs=2,
+        type=int_at_least("--imgsz", 32),
+        default=[640, 1024],
+        metavar=("SMALL", "LARGE"),
+        help="input size of models 1-2 and of model 3 (default: 640 1024)",
+    )
+    r.add_argument(
+        "--epochs",
+        nargs=3,
+        type=int_at_least("--epochs", 1),
+        default=[30, 50, 50],
+        metavar=("E1", "E2", "E3"),
+        help="epochs of models 1, 2 and 3 before --scale (default: 30 50 50)",
+    )
+    r.add_argument(
+        "--lr",
+        nargs=3,
+        type=finite_number("--lr", 0.0, inclusive=False),
+        default=[1e-3, 1e-3, 1e-4],
+        metavar=("L1", "L2", "L3"),
+        help="learning rate (AdamW) of models 1, 2 and 3; model 3 fine-tunes model 2 (default: 1e-3 1e-3 1e-4)",
+    )
+    r.add_argument(
+        "--fusion-weights",
+        nargs="+",
+        default=["1", "2"],
+        metavar="W|choose",
+        help="weights of models 2 and 3 in the ensemble, or 'choose' among 1:1, 1:2, 2:1 on the held-out "
+        "photos (default: 1 2, the winner's)",
+    )
+    r.add_argument("--no-tta", action="store_true", help="no horizontal-flip pass in the ensemble")
+    r.add_argument("--batch", type=int, default=16, help="training batch size (default: 16)")
+    r.add_argument("--device", default="", help="cpu or a CUDA index (default: Ultralytics' choice)")
+    r.add_argument(
+        "--workers", type=int_at_least("--workers", 0), default=2, help="data-loading processes (default: 2)"
+    )
+    r.add_argument("--seed", type=int, default=0, help="seeds folds, negatives and training (default: 0)")
+    r.add_argument(
+        "--budget-mb",
+        type=finite_number("--budget-mb", 0.0, inclusive=False),
+        default=100.0,
+        help="weight budget of each model (default: 100)",
+    )
+    r.add_argument(
+        "--set",
+        nargs="+",
+        metavar="KEY=VALUE",
+        action="extend",
+        help="other Ultralytics training arguments for every model, e.g. --set mosaic=0.5",
+    )
+    r.set_defaults(func=cmd_recipe_lacmus)
+    return p
+
+
+def _recipe_needs_name(a: argparse.Namespace) -> int:
+    raise UsageError("expected a recipe: lacmus (see 'edgetile recipe lacmus --help')")
+
+
+def cmd_recipe_lacmus(a: argparse.Namespace) -> int:
+    _no_runtime_installs()
+    from .budget import BudgetError
+    from .recipe import LacmusRecipe, run_lacmus
+
+    if a.fusion_weights == ["choose"]:
+        weights = None
+    else:
+        w = _fusion_weights(a.fusion_weights)
+        if isinstance(w, str) or len(w) != 2:
+            raise UsageError(
+                f"--fusion-weights: expected two weights or 'choose', found {' '.join(a.fusion_weights)}"
+            )
+        weights = tuple(w)
+    try:
+        recipe = LacmusRecipe(
+            model=a.model,
+            tile=a.tile,
+            overlap=a.overlap,
+            folds=a.folds,
+            negatives=a.negatives,
+            hard_negatives=tuple(a.hard_negatives),
+            imgsz=tuple(a.imgsz),
+            epochs=tuple(a.epochs),
+            lr=tuple(a.lr),
+            fusion_weights=weights,
+            tta=not a.no_tta,
+            batch=a.batch,
+            device=a.device,
+            workers=a.workers,
+            seed=a.seed,
+            budget_mb=a.budget_mb,
+            scale=a.scale,
+            overrides=_key_values(a.set, "--set"),
+        )
+        result = run_lacmus(a.data, a.out, recipe, format=a.format, class_names=a.classes)
+    except BudgetError as exc:
+        raise UsageError(f"refused: {exc}") from exc
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc).splitlines()[0]) from exc
+    print(result.summary(), file=sys.stderr)
+    problems = (result.steps.get("tiles") or {}).get("outputs", {}).get("problems", 0)
+    return EXIT_SOME_FAILED if problems else EXIT_OK

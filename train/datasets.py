@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -297,6 +298,28 @@ def build_tile_dataset(
             ds.class_names,
             comment="" if has_val else "no photos held out: validation runs on the training tiles",
         )
+    # Which photo went where, and what was read: the folds' held-out photos are evaluated whole later
+    # (edgetile train --folds), which needs their annotations, not only their tiles.
+    _write_csv(
+        out / "photos.csv",
+        [
+            {"photo": p.photo_id, "source": p.source, "split": s, "fold": int(f) if folds else ""}
+            for p, s, f in zip(photos, splits, fold)
+        ],
+    )
+    (out / "source.json").write_text(
+        json.dumps(
+            {
+                "src": str(Path(ds.root).resolve()) if ds.root is not None else None,
+                "format": ds.format,
+                "class_names": list(ds.class_names),
+                "tile": opt.tile,
+                "overlap": opt.overlap,
+                "folds": folds,
+            },
+            indent=1,
+        )
+    )
     report.table = [{"split": r.pop("split"), **{k: v for k, v in r.items() if k != "fold"}} for r in table]
     _write_csv(out / ("folds.csv" if folds else "splits.csv"), report.table)
     (out / "problems.txt").write_text("".join(line + "\n" for line in problems))

@@ -101,6 +101,7 @@ def pseudo_label(
     base: DetectConfig | None = None,
     backend: str = "auto",
     progress: bool = False,
+    weights: Sequence[float] | None = None,
 ) -> PseudoLabelReport:
     """Write the confident predictions of a model on unlabelled photos as an extra dataset.
 
@@ -112,6 +113,7 @@ def pseudo_label(
         base: Tiling and merging (conf is set from the filters).
         backend: "auto", "onnxruntime" or "tensorrt".
         progress: Progress bar on stderr.
+        weights: Ensemble weights, one per model (default all 1).
 
     Returns:
         The report.
@@ -128,7 +130,7 @@ def pseudo_label(
     used: set[str] = set()
     from tqdm import tqdm
 
-    with Detector([str(m) for m in models], backend=backend, config=cfg) as det, open(
+    with Detector([str(m) for m in models], weights=weights, backend=backend, config=cfg) as det, open(
         root / "pseudo_labels.csv", "w", newline=""
     ) as f:
         names = [det.names[i] for i in sorted(det.names)]

@@ -4,12 +4,27 @@
 :func:`add_detect_options`; :func:`detect_config_from_args` turns a parse into a
 :class:`~edgetile.runtime.detector.DetectConfig`, and :func:`detect_settings` / :func:`detect_args`
 turn a DetectConfig back into option names and command-line words (what ``eval --sweep`` writes).
+
+An **ensemble file** (YAML, or JSON needing nothing more) stands wherever one model may: its members,
+their fusion weights and the fusion settings, with member paths relative to the file::
+
+    # edgetile ensemble
+    models:
+      - {path: fold0/weights/best.onnx, weight: 1}
+      - {path: fold1/weights/best.onnx, weight: 2}
+    fusion: {method: wbf, iou: 0.55}
+
+:func:`read_ensemble` reads it, :func:`write_ensemble` writes it, and :func:`model_set` expands
+``--model`` words into the models, weights and fusion IoU that :func:`open_detector` builds from.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,8 +60,8 @@ def add_detect_options(
         nargs="+",
         action="extend",
         metavar="PATH",
-        help="ONNX model or TensorRT engine; several for an ensemble fused by WBF "
-        "(default: the bundled demo model)",
+        help="ONNX model, TensorRT engine or ensemble file (.yaml/.json: models, weights, fusion); "
+        "several for an ensemble fused by WBF (default: the bundled demo model)",
     )
     g.add_argument(
         "--model-weights",
@@ -140,31 +155,263 @@ def detect_config_from_args(a: argparse.Namespace) -> DetectConfig:
     )
 
 
+ENSEMBLE_SUFFIXES = (".yaml", ".yml", ".json")
+FUSION_METHODS = ("wbf",)
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """Models fused by WBF, as an ensemble file describes them.
+
+    Attributes:
+        models: Member model files (absolute, or as given when the file named them absolutely).
+        weights: One fusion weight per member (positive).
+        fusion_iou: IoU threshold of the Weighted Boxes Fusion joining members (and TTA passes).
+        source: The file read, or None when built in code.
+        notes: Free text the file carries (how it was made, its scores); never interpreted.
+    """
+
+    models: tuple[str, ...]
+    weights: tuple[float, ...]
+    fusion_iou: float = 0.55
+    source: Path | None = None
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ValueError("models: expected at least one member, found none")
+        if len(self.weights) != len(self.models):
+            raise ValueError(
+                f"weights: expected one per model ({len(self.models)}), found {len(self.weights)}"
+            )
+        if any(not (w > 0 and w < float("inf")) for w in self.weights):
+            raise ValueError(f"weights: expected positive numbers, found {list(self.weights)}")
+        if not 0.0 <= self.fusion_iou <= 1.0:
+            raise ValueError(f"fusion iou: expected a number in [0, 1], found {self.fusion_iou!r}")
+
+
+def is_ensemble_file(path: str | Path) -> bool:
+    """Whether a --model word names an ensemble file (by its suffix: .yaml, .yml or .json)."""
+    return Path(path).suffix.lower() in ENSEMBLE_SUFFIXES
+
+
+def read_ensemble(path: str | Path) -> Ensemble:
+    """Read an ensemble file: YAML (needs PyYAML) or JSON (a .json file, or text starting with '{').
+
+    Member paths are relative to the file's folder; every member must exist and must itself be a
+    model, not another ensemble file.
+
+    Raises:
+        ValueError: unreadable, not a mapping, an unknown key, a missing member, a bad weight or
+            fusion setting; one line naming what was expected and what was found.
+    """
+    p = Path(path)
+    where = f"ensemble file {p}"
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ValueError(f"{where}: file not found") from None
+    except OSError as exc:
+        raise ValueError(f"{where}: cannot read it: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{where}: expected UTF-8 YAML or JSON text, found binary data") from None
+    if p.suffix.lower() == ".json" or text.lstrip().startswith("{"):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where}: not valid JSON: {exc}") from None
+    else:
+        try:
+            import yaml
+        except ImportError:
+            raise ValueError(
+                f"{where}: reading YAML needs PyYAML (pip install 'edgetile[serve]'); "
+                "an ensemble file in JSON needs nothing more"
+            ) from None
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{where}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(doc, dict):
+        raise ValueError(
+            f"{where}: expected a mapping with 'models' (and 'fusion'), found {type(doc).__name__}"
+        )
+    unknown = sorted(set(map(str, doc)) - {"models", "fusion", "notes"})
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; expected models, fusion, notes")
+    members = doc.get("models")
+    if not isinstance(members, list) or not members:
+        raise ValueError(f"{where}: models: expected a list of members, found {members!r}")
+    models, weights = [], []
+    for i, m in enumerate(members):
+        entry = {"path": m} if isinstance(m, str) else m
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            raise ValueError(
+                f"{where}: models[{i}]: expected a path or {{path: ..., weight: ...}}, found {m!r}"
+            )
+        extra = sorted(set(entry) - {"path", "weight"})
+        if extra:
+            raise ValueError(f"{where}: models[{i}]: unknown key(s) {extra}; expected path, weight")
+        member = Path(os.path.expanduser(entry["path"]))
+        member = member if member.is_absolute() else p.parent / member
+        if is_ensemble_file(member):
+            raise ValueError(
+                f"{where}: models[{i}]: expected a model file, found another ensemble file {member}"
+            )
+        if not member.is_file():
+            raise ValueError(f"{where}: models[{i}]: model file not found: {member}")
+        w = entry.get("weight", 1.0)
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < float("inf"):
+            raise ValueError(f"{where}: models[{i}]: weight: expected a positive number, found {w!r}")
+        models.append(str(member))
+        weights.append(float(w))
+    fusion = doc.get("fusion") or {}
+    if not isinstance(fusion, dict):
+        raise ValueError(f"{where}: fusion: expected a mapping (method, iou), found {fusion!r}")
+    bad = sorted(set(fusion) - {"method", "iou"})
+    if bad:
+        raise ValueError(f"{where}: fusion: unknown key(s) {bad}; expected method, iou")
+    method = fusion.get("method", "wbf")
+    if method not in FUSION_METHODS:
+        raise ValueError(
+            f"{where}: fusion method: expected one of {', '.join(FUSION_METHODS)}, found {method!r}"
+        )
+    iou = fusion.get("iou", 0.55)
+    if isinstance(iou, bool) or not isinstance(iou, (int, float)) or not 0.0 <= iou <= 1.0:
+        raise ValueError(f"{where}: fusion iou: expected a number in [0, 1], found {iou!r}")
+    notes = doc.get("notes") or []
+    notes = [notes] if isinstance(notes, str) else notes
+    if not isinstance(notes, list):
+        raise ValueError(f"{where}: notes: expected text or a list of text, found {type(notes).__name__}")
+    return Ensemble(tuple(models), tuple(weights), float(iou), p, tuple(map(str, notes)))
+
+
+def write_ensemble(
+    path: str | Path,
+    models: Sequence[str | Path],
+    weights: Sequence[float] | None = None,
+    fusion_iou: float = 0.55,
+    notes: Sequence[str] = (),
+) -> Path:
+    """Write an ensemble file that --model accepts; member paths are stored relative to it.
+
+    A .json path is written as JSON (read without PyYAML); any other as YAML (needs PyYAML).
+
+    Raises:
+        ValueError: As :class:`Ensemble` refuses the contents.
+    """
+    p = Path(path)
+    ens = Ensemble(
+        tuple(str(m) for m in models),
+        tuple(float(w) for w in (weights if weights is not None else [1.0] * len(models))),
+        float(fusion_iou),
+        notes=tuple(notes),
+    )
+    base = p.parent.resolve()
+    members = [
+        {"path": os.path.relpath(Path(m).resolve(), base), "weight": w}
+        for m, w in zip(ens.models, ens.weights)
+    ]
+    doc: dict[str, object] = {"models": members, "fusion": {"method": "wbf", "iou": ens.fusion_iou}}
+    if ens.notes:
+        doc["notes"] = list(ens.notes)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp")
+    if p.suffix.lower() == ".json":
+        tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    else:
+        import yaml
+
+        header = "# edgetile ensemble: --model accepts this file as one model; paths are relative to it\n"
+        tmp.write_text(header + yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    os.replace(tmp, p)
+    return p
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """What --model and --model-weights describe once ensemble files are expanded.
+
+    Attributes:
+        paths: Every model file.
+        weights: One weight per model, or None (all 1).
+        fusion_iou: The ensemble files' fusion IoU, or None (DetectConfig's default).
+    """
+
+    paths: list[str]
+    weights: list[float] | None
+    fusion_iou: float | None
+
+
+def expand_models(models: Sequence[str], weights: Sequence[float] | None = None) -> ModelSet:
+    """Expand ensemble files among model words into their members, weights and fusion IoU.
+
+    A plain model weighs 1 unless ``weights`` is given; ``weights``, when given, has one weight per
+    model after expansion and wins over the files' weights.
+
+    Raises:
+        UsageError: a missing model or ensemble member, a bad ensemble file, ensemble files that
+            disagree on the fusion IoU, or a wrong number of weights.
+    """
+    paths: list[str] = []
+    file_weights: list[float] = []
+    fusion: set[float] = set()
+    for m in models:
+        if is_ensemble_file(m):
+            try:
+                ens = read_ensemble(m)
+            except ValueError as exc:
+                raise UsageError(f"--model: {exc}") from None
+            paths += ens.models
+            file_weights += ens.weights
+            fusion.add(ens.fusion_iou)
+        else:
+            if not Path(m).is_file():
+                raise UsageError(f"--model: file not found: {m}")
+            paths.append(str(m))
+            file_weights.append(1.0)
+    if len(fusion) > 1:
+        raise UsageError(f"--model: expected ensemble files with one fusion iou, found {sorted(fusion)}")
+    if weights is not None:
+        if len(weights) != len(paths):
+            raise UsageError(
+                f"--model-weights: expected {len(paths)} weight(s), one per model"
+                + (" (ensemble files counted by their members)" if len(paths) != len(models) else "")
+                + f", found {len(weights)}"
+            )
+        out_weights: list[float] | None = [float(w) for w in weights]
+    else:
+        out_weights = file_weights if any(w != 1.0 for w in file_weights) else None
+    return ModelSet(paths, out_weights, fusion.pop() if fusion else None)
+
+
+def model_set(a: argparse.Namespace) -> ModelSet:
+    """The models of a parse of :func:`add_detect_options` (the bundled demo model when none is given)."""
+    return expand_models(a.model or [str(DEMO_MODEL)], a.model_weights)
+
+
 def model_paths(a: argparse.Namespace) -> list[str]:
-    """The --model files (the bundled demo model when none is given), each checked to exist.
+    """The --model files (the bundled demo model when none is given), ensemble files expanded.
 
     Raises:
         UsageError: a model file is missing.
     """
-    models = a.model or [str(DEMO_MODEL)]
-    for m in models:
-        if not Path(m).is_file():
-            raise UsageError(f"--model: file not found: {m}")
-    return models
+    return model_set(a).paths
 
 
 def open_detector(a: argparse.Namespace) -> Detector:
     """Build the Detector the options describe; every problem becomes a UsageError."""
+    from dataclasses import replace
+
     from ..backends import BackendUnavailable
     from ..detector import Detector
 
-    models = model_paths(a)
-    if a.model_weights is not None and len(a.model_weights) != len(models):
-        raise UsageError(
-            f"--model-weights: expected {len(models)} weight(s), one per model, found {len(a.model_weights)}"
-        )
+    ms = model_set(a)
+    config = detect_config_from_args(a)
+    if ms.fusion_iou is not None:
+        config = replace(config, fusion_iou=ms.fusion_iou)
     try:
-        return Detector(models, weights=a.model_weights, backend=a.backend, config=detect_config_from_args(a))
+        return Detector(ms.paths, weights=ms.weights, backend=a.backend, config=config)
     except (ValueError, BackendUnavailable, FileNotFoundError) as exc:
         raise UsageError(str(exc).splitlines()[0]) from exc
 
