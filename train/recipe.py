@@ -295,7 +295,7 @@ def run_lacmus(
     return RecipeResult(out, steps, ran, skipped)
 
 
-def _steps(
+def _steps(  # noqa: C901 - the recipe's eight steps as closures over one state, in order
     src: str, out: Path, rc: LacmusRecipe, format: str, class_names: Sequence[str] | None, steps: dict
 ) -> dict[str, Callable[[], dict]]:
     """Each step as a function of what earlier steps recorded."""

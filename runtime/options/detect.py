@@ -195,7 +195,7 @@ def is_ensemble_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in ENSEMBLE_SUFFIXES
 
 
-def read_ensemble(path: str | Path) -> Ensemble:
+def read_ensemble(path: str | Path) -> Ensemble:  # noqa: C901 - one check per field of a hand-edited file, each refused in its own words
     """Read an ensemble file: YAML (needs PyYAML) or JSON (a .json file, or text starting with '{').
 
     Member paths are relative to the file's folder; every member must exist and must itself be a
