@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._version import __version__
-from .argtypes import add_read_ahead_option
+from .argtypes import add_max_pixels_option, add_read_ahead_option
 from .options import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, UsageError
 from .options.detect import DATA_DIR, DEMO_MODEL, add_detect_options, open_detector
 from .options.files import defer_defaults, resolve_options
@@ -47,7 +47,7 @@ def run_detect(
         geo_config: With output formats (``--format``): ground coordinates, GeoJSON/KML/CSV and
             thumbnails are written too.
     """
-    from .images import ImageReadError, expand_sources
+    from .images import MAX_PIXELS, ImageReadError, expand_sources
     from .outputs import ResultWriter
     from .readahead import prefetch, read_ahead_bytes, read_in_turn, read_within
 
@@ -69,7 +69,8 @@ def run_detect(
 
     # The next photo is decoded on a thread while this one is detected (photos over the budget wait
     # for their turn, so a huge one is never held twice); by default only when the model is on a GPU.
-    load = read_within(read_ahead_bytes(a.read_ahead, detector.infers_on_cpu))
+    max_pixels = getattr(a, "max_pixels", MAX_PIXELS)
+    load = read_within(read_ahead_bytes(a.read_ahead, detector.infers_on_cpu), max_pixels)
     bar = tqdm(total=len(inputs), disable=not show_bar, unit="img", file=sys.stderr, dynamic_ncols=True)
     t_start = time.perf_counter()
     with detector, ResultWriter(out_dir, detector.names, save_vis=save_vis) as writer, (
@@ -81,7 +82,7 @@ def run_detect(
             try:
                 if read_error is not None:
                     raise read_error
-                image, read_ms = read_in_turn(path, ahead)
+                image, read_ms = read_in_turn(path, ahead, max_pixels)
                 ahead = None
                 timings = {"read": read_ms}
                 dets = detector.detect(image, timings)
@@ -200,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_geo_options(d)
     add_read_ahead_option(d)
+    add_max_pixels_option(d)
     d.add_argument("--save-vis", action="store_true", help="also write annotated JPEGs to DIR/vis/")
     d.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     # The settings' defaults become SUPPRESS so that cmd_detect can tell what the command line gave;

@@ -274,7 +274,19 @@ def test_huge_photo_holds_only_the_image_and_one_batch(tmp_path, model):
     cv2.imwrite(str(tmp_path / "huge.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 80])
     del img
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    r = run("detect", tmp_path / "huge.jpg", "--model", model, "--out", tmp_path / "out", "--batch", 8)
+    # 300 MP, an orthomosaic's size: past the default --max-pixels (a 100 MP camera), so lifted
+    r = run(
+        "detect",
+        tmp_path / "huge.jpg",
+        "--model",
+        model,
+        "--out",
+        tmp_path / "out",
+        "--batch",
+        8,
+        "--max-pixels",
+        "unlimited",
+    )
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     assert r.returncode == 0, r.stderr
     rec = json.loads((tmp_path / "out" / "detections.json").read_text())[0]

@@ -326,7 +326,9 @@ def read_photo_metadata(path: str | os.PathLike) -> PhotoMetadata:
     problems: list[str] = []
     try:
         im = Image.open(path)
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        # Pillow refuses to open a photo of more than twice its MAX_IMAGE_PIXELS even for its
+        # metadata; that is this photo's missing pose, never the end of the run or of its detections
         raise PoseError(f"cannot read the photo's metadata with Pillow: {str(exc).splitlines()[0]}") from exc
     with im:
         width, height = im.size

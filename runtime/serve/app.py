@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.datastructures import UploadFile
 
 from .._version import __version__
-from ..images import ImageReadError, read_image
+from ..images import ImageReadError, ImageTooLarge, read_image
 from ..outputs import draw_detections
 from ..results import Detections
 from .retention import MIB, human_bytes
@@ -197,12 +197,6 @@ def create_app(daemon: Daemon) -> FastAPI:
             raise HTTPException(
                 409, f"result {outcome_id} is a failed input ({row['error']}); nothing to draw"
             )
-        try:
-            img = read_image(row["path"])
-        except ImageReadError as exc:
-            if not Path(row["path"]).exists():
-                raise gone_meanwhile(outcome_id, row) from None
-            raise HTTPException(409, f"result {outcome_id}: {exc}") from None
         records = json.loads(row["detections"])
         dets = Detections(
             np.asarray([r["bbox"] for r in records], np.float32).reshape(-1, 4),
@@ -210,7 +204,15 @@ def create_app(daemon: Daemon) -> FastAPI:
             np.asarray([r["class_id"] for r in records], np.int64),
         )
         names = {r["class_id"]: r["class_name"] for r in records}
-        ok, jpeg = cv2.imencode(".jpg", draw_detections(img, dets, names), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        with decoding:  # the uploads' bound: parallel requests for a large photo wait their turn
+            try:
+                img = read_image(row["path"], cfg.max_pixels)
+            except ImageReadError as exc:
+                if not Path(row["path"]).exists():
+                    raise gone_meanwhile(outcome_id, row) from None
+                raise HTTPException(409, f"result {outcome_id}: {exc}") from None
+            ok, jpeg = cv2.imencode(".jpg", draw_detections(img, dets, names), [cv2.IMWRITE_JPEG_QUALITY, 90])
+            del img
         if not ok:
             raise HTTPException(500, f"result {outcome_id}: OpenCV could not encode the annotated JPEG")
         return Response(jpeg.tobytes(), media_type="image/jpeg")
@@ -274,9 +276,13 @@ def create_app(daemon: Daemon) -> FastAPI:
 
 def _store(src, client_name, cfg):
     try:
-        return store_upload(src, client_name, cfg.uploads_dir, cfg.tmp_dir, cfg.max_upload_bytes)
+        return store_upload(
+            src, client_name, cfg.uploads_dir, cfg.tmp_dir, cfg.max_upload_bytes, cfg.max_pixels
+        )
     except UploadTooLarge as exc:
         raise HTTPException(413, f"{exc} (--max-upload-mb)") from None
+    except ImageTooLarge as exc:
+        raise HTTPException(413, str(exc)) from None
     except ImageReadError as exc:
         raise HTTPException(415, f"expected a readable image: {exc}") from None
     except OSError as exc:

@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from ..argtypes import add_read_ahead_option, finite_number, int_at_least
+from ..argtypes import add_max_pixels_option, add_read_ahead_option, finite_number, int_at_least
 from ..options import EXIT_USAGE, UsageError
 from ..options.detect import add_detect_options, open_detector
 from ..options.files import ConfigError, defer_defaults, resolve_options
@@ -152,6 +152,7 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
         "lone photo is committed at once. SIGTERM finishes this batch (default: 4)",
     )
     add_read_ahead_option(g)
+    add_max_pixels_option(g)
     g.add_argument(
         "--retry-failed",
         action="store_true",

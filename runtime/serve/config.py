@@ -13,7 +13,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..images import IMAGE_EXTENSIONS
+from ..images import IMAGE_EXTENSIONS, MAX_PIXELS
 from ..options.files import ConfigError
 
 
@@ -51,6 +51,8 @@ class ServeConfig:
         keep_days: Copies of results older than this many days are deleted; None for no age limit.
         min_free_bytes: Free space under the state folder below which new frames are not kept and
             uploads are refused; 0 for no floor.
+        max_pixels: Most pixels of a photo (from its header, before decoding), in the queue, uploads
+            and image routes alike; None for no limit.
         read_ahead_mb: Largest photo (decoded, MiB) read on a thread while the one before is detected;
             None: the default of :func:`..readahead.read_ahead_bytes` for the detector's backend.
         log_level: Logging level name.
@@ -75,6 +77,7 @@ class ServeConfig:
     keep_inputs_bytes: int | None = 2 << 30
     keep_days: float | None = None
     min_free_bytes: int = 500 << 20
+    max_pixels: int | None = MAX_PIXELS
     read_ahead_mb: int | None = None
     log_level: str = "info"
     sysfs: Path = Path("/sys")
@@ -156,6 +159,7 @@ class ServeConfig:
             queue_batch=a.queue_batch,
             retry_failed=a.retry_failed,
             read_ahead_mb=a.read_ahead,
+            max_pixels=a.max_pixels,
             log_level=a.log_level,
             keep_inputs_bytes=None if a.keep_inputs_gb is None else int(a.keep_inputs_gb * (1 << 30)),
             keep_days=a.keep_days,

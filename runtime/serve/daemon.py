@@ -129,7 +129,7 @@ class Daemon:
         try:
             if read_error is not None:
                 raise read_error
-            image, read_ms = read_in_turn(item.path, ahead or (None, 0.0))
+            image, read_ms = read_in_turn(item.path, ahead or (None, 0.0), self.config.max_pixels)
             ahead = None
             timings = {"read": read_ms}
             dets = self.detector.detect(image, timings)
@@ -160,7 +160,9 @@ class Daemon:
         """Claim, process and commit batches until stopped."""
         cfg = self.config
         # the next photo of a batch is read on a thread (by default only when the model is on a GPU)
-        load = read_within(read_ahead_bytes(cfg.read_ahead_mb, getattr(self.detector, "infers_on_cpu", True)))
+        load = read_within(
+            read_ahead_bytes(cfg.read_ahead_mb, getattr(self.detector, "infers_on_cpu", True)), cfg.max_pixels
+        )
         try:
             with PhotoQueue(cfg.db_path, cfg.max_attempts, cfg.retry_after) as q:
                 while not self.stop.is_set():

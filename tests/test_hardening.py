@@ -1,0 +1,203 @@
+"""Hostile files and requests: what a decompression bomb, a link, a name or a request can and cannot do.
+
+Every file, folder and request is built here; the HTTP tests talk to the app in this process (Starlette's
+TestClient) or to a real daemon on a loopback port. Peak memory is measured on the child process
+(``/usr/bin/time -f %M`` for ``detect``, VmHWM for the daemon), never with RUSAGE_CHILDREN, which is
+the largest child the test process ever had.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from serve_process import ServeProcess, multipart, person_photo, write_jpeg
+
+from edgetile.runtime.images import ImageReadError, ImageTooLarge, read_image
+from onnx_models import red_blob_model
+
+EDGETILE = [sys.executable, "-m", "edgetile.runtime.cli"]
+TIME = Path("/usr/bin/time")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return red_blob_model(tmp_path_factory.mktemp("models") / "red.onnx")
+
+
+def jpeg_bomb(width: int, height: int) -> bytes:
+    """A few hundred bytes of JPEG whose frame header claims width x height pixels."""
+    ok, buf = cv2.imencode(".jpg", np.full((8, 8), 128, np.uint8))
+    assert ok
+    data = bytearray(buf.tobytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A tiny PNG whose IHDR (with a valid CRC) claims width x height pixels."""
+    ok, buf = cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))
+    assert ok
+    data = bytearray(buf.tobytes())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def timed(*args) -> tuple[subprocess.CompletedProcess, float]:
+    """Run edgetile under /usr/bin/time; (result, the child's peak resident memory in MiB)."""
+    r = subprocess.run(
+        [str(TIME), "-f", "PEAK_KB=%M", *EDGETILE, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    peak = [ln for ln in r.stderr.splitlines() if ln.startswith("PEAK_KB=")]
+    assert peak, r.stderr
+    return r, int(peak[-1].split("=")[1]) / 1024
+
+
+# ---- decompression bombs and files that OpenCV or Pillow refuse ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "case, data, limit, error",
+    [
+        # a 673-byte JPEG claiming 60000x60000: refused from its header, nothing allocated
+        ("jpeg bomb", jpeg_bomb(60000, 60000), None, ImageTooLarge),
+        ("png bomb", png_bomb(20000, 20000), None, ImageTooLarge),
+        ("just over the limit", jpeg_bomb(1001, 1000), 1_000_000, ImageTooLarge),
+        # with no limit of ours, OpenCV raises on 3.6e9 pixels: a normal one-line read error
+        ("png past OpenCV's limit", png_bomb(60000, 60000), 0, ImageReadError),
+    ],
+)
+def test_read_image_refuses_bombs_from_the_header_with_one_line(tmp_path, case, data, limit, error):
+    path = tmp_path / ("x.png" if data.startswith(b"\x89PNG") else "x.jpg")
+    path.write_bytes(data)
+    with pytest.raises(error) as info:
+        read_image(path, *(() if limit is None else (limit or None,)))
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message, message
+    if error is ImageTooLarge:
+        assert "--max-pixels" in message
+    else:
+        assert message.startswith("not a readable image") and "OpenCV" in message
+
+
+def test_a_photo_at_the_limit_is_read(tmp_path):
+    ok, buf = cv2.imencode(".png", person_photo(1, 200, 100))
+    (tmp_path / "ok.png").write_bytes(buf.tobytes())
+    assert read_image(tmp_path / "ok.png", 200 * 100).shape == (100, 200, 3)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not TIME.exists(), reason="needs GNU time at /usr/bin/time to measure the child's peak")
+def test_detect_refuses_bombs_in_bounded_memory_and_processes_the_rest(tmp_path, model):
+    d = tmp_path / "card"
+    d.mkdir()
+    write_jpeg(d / "a_good.jpg", person_photo(0))
+    (d / "b_bomb.jpg").write_bytes(jpeg_bomb(60000, 60000))
+    (d / "c_bomb.png").write_bytes(png_bomb(20000, 20000))
+    write_jpeg(d / "d_good.jpg", person_photo(1))
+    r, peak_mb = timed("detect", d, "--model", model, "--out", tmp_path / "out", "--tile", 256, "--quiet")
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    records = {
+        Path(x["image"]).name: x for x in json.loads((tmp_path / "out" / "detections.json").read_text())
+    }
+    assert records["a_good.jpg"]["detections"] and records["d_good.jpg"]["detections"]
+    for name, size in [("b_bomb.jpg", "60000x60000"), ("c_bomb.png", "20000x20000")]:
+        error = records[name]["error"]
+        assert error.startswith("image too large: expected at most 120000000 pixels (--max-pixels)"), error
+        assert size in error
+    # The interpreter, OpenCV and ONNX Runtime take ~250 MB; one decode of the bomb would take 10 GB.
+    assert peak_mb < 600, f"peak RSS {peak_mb:.0f} MB"
+
+    # With the limit lifted, a PNG past OpenCV's own limit is one bad input, not the end of the run.
+    (d / "b_bomb.jpg").unlink()
+    (d / "c_bomb.png").write_bytes(png_bomb(60000, 60000))
+    r, peak_mb = timed(
+        "detect", d, "--model", model, "--out", tmp_path / "out2", "--tile", 256, "--quiet", "--max-pixels", 0
+    )
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    records = {
+        Path(x["image"]).name: x for x in json.loads((tmp_path / "out2" / "detections.json").read_text())
+    }
+    assert records["c_bomb.png"]["error"].startswith("not a readable image"), records["c_bomb.png"]
+    assert records["a_good.jpg"]["detections"] and records["d_good.jpg"]["detections"]
+    assert peak_mb < 600, f"peak RSS {peak_mb:.0f} MB"
+
+
+@pytest.mark.slow
+def test_serve_refuses_bombs_from_uploads_and_folders_in_bounded_memory(tmp_path, model):
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "bomb.jpg").write_bytes(jpeg_bomb(60000, 60000))
+    with ServeProcess(
+        tmp_path,
+        "--model",
+        model,
+        "--tile",
+        "256",
+        "--watch",
+        drop,
+        "--state",
+        tmp_path / "state",
+        "--settle",
+        "0",
+        "--poll",
+        "0.1",
+        "--retry-after",
+        "0",
+        "--max-attempts",
+        "1",
+    ) as d:
+        d.start()
+        for data, name in [(jpeg_bomb(60000, 60000), "up.jpg"), (png_bomb(20000, 20000), "up.png")]:
+            body, headers = multipart("file", name, data)
+            status, _, answer = d.request("/images", "POST", body, headers)
+            detail = json.loads(answer)["detail"]
+            assert status == 413 and detail.startswith("image too large: expected at most 120000000"), detail
+            assert "\n" not in detail and name in detail
+        failed = d.wait_for(lambda: d.json("/failed")["items"], what="the watched bomb parked")
+        assert failed[0]["error"].startswith("image too large"), failed
+        hwm = [ln for ln in Path(f"/proc/{d.pid}/status").read_text().splitlines() if ln.startswith("VmHWM:")]
+        peak_mb = int(hwm[0].split()[1]) / 1024
+        assert peak_mb < 700, f"the daemon's peak RSS was {peak_mb:.0f} MB"
+        assert d.terminate() == 0, d.log()
+
+
+def test_a_pose_pillow_refuses_leaves_the_pixel_detections(tmp_path):
+    from edgetile.runtime.geo.writers import GeoConfig, GeoWriter
+
+    path = tmp_path / "huge.png"
+    path.write_bytes(png_bomb(60000, 60000))  # past twice Pillow's MAX_IMAGE_PIXELS
+    dets = [{"bbox": [1.0, 2.0, 3.0, 4.0], "score": 0.9, "class_id": 0, "class_name": "person"}]
+    record = {"image": str(path), "width": 60000, "height": 60000, "detections": dets}
+    with GeoWriter(tmp_path / "out", GeoConfig(formats=("geojson",))) as w:
+        warning = w.add(record, None)
+    assert warning and "\n" not in warning and "Pillow" in warning, warning
+    assert record["detections"] == dets and record["geo_warning"] == warning
+
+
+def test_serve_geo_keeps_the_detections_of_a_photo_pillow_refuses(tmp_path):
+    from edgetile.runtime.options.geo import ServeGeoConfig
+    from edgetile.runtime.serve.geo_hooks import open_result_hooks
+    from edgetile.runtime.serve.store import Item
+
+    path = tmp_path / "huge.png"
+    path.write_bytes(png_bomb(60000, 60000))
+    hooks = open_result_hooks(ServeGeoConfig(georeference=True), tmp_path)
+    item = Item(1, "0" * 64, "watch", str(path), str(path), 1)
+    records = [{"bbox": [1.0, 2.0, 30.0, 40.0], "score": 0.9, "class_id": 0, "class_name": "person"}]
+    hooks.annotate(item, np.zeros((50, 50, 3), np.uint8), records)  # no exception: the photo is not parked
+    assert records[0]["score"] == 0.9 and "lat" not in records[0]
+    hooks.close()
