@@ -201,3 +201,123 @@ def test_serve_geo_keeps_the_detections_of_a_photo_pillow_refuses(tmp_path):
     hooks.annotate(item, np.zeros((50, 50, 3), np.uint8), records)  # no exception: the photo is not parked
     assert records[0]["score"] == 0.9 and "lat" not in records[0]
     hooks.close()
+
+
+# ---- outputs that carry names ----------------------------------------------------------------------
+
+HOSTILE_NAMES = [
+    "<img src=x onerror=alert(1)>.jpg",  # live HTML in a KML description or a thumbnail's src
+    '"><script>alert(1)</script>.jpg',  # out of the src attribute
+    "=2+5.jpg",  # a formula in a spreadsheet
+    "+cmd.jpg",
+    "-2+3.jpg",
+    "@SUM(A1).jpg",
+    "\tTAB.jpg",
+    "\rCR.jpg",
+    "bell\x07and\x01ctrl.jpg",  # not allowed in XML 1.0 at all, escaped or not
+    "line\nbreak.jpg",
+    "amp&amp;lt.jpg",
+    "undecodable\udcff.jpg",  # a file name's invalid UTF-8 byte, as os.listdir gives it
+]
+
+
+def located(name: str, i: int) -> dict:
+    return {
+        "bbox": [1.0, 2.0, 30.0, 40.0],
+        "score": 0.9,
+        "class_id": 0,
+        "class_name": "person",
+        "lat": 47.0 + i * 1e-3,
+        "lon": -8.0 - i * 1e-3,  # a negative number stays a number in the CSV
+        "error_m": 3.0,
+        "thumbnail": f"thumbs/{Path(name).stem}_000.jpg",
+    }
+
+
+class _Tags:
+    """The HTML tags and attributes of a KML description, as a browser's parser sees them."""
+
+    def __init__(self, text: str) -> None:
+        from html.parser import HTMLParser
+
+        self.tags: list[tuple[str, dict]] = []
+        outer = self
+
+        class P(HTMLParser):
+            def handle_starttag(self, tag, attrs):
+                outer.tags.append((tag, dict(attrs)))
+
+            handle_startendtag = handle_starttag
+
+        p = P()
+        p.feed(text)
+        p.close()
+
+
+def test_kml_with_hostile_names_is_valid_xml_and_its_html_shows_them_as_text(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from fastkml import kml
+
+    from edgetile.runtime.geo.writers import GeoDocuments
+
+    photos = [(f"/drop/{n}", [located(n, i)]) for i, n in enumerate(HOSTILE_NAMES)]
+    text = GeoDocuments(photos).kml()
+    (tmp_path / "d.kml").write_text(text, encoding="utf-8")  # UTF-8 can carry every character left
+    root = ET.fromstring((tmp_path / "d.kml").read_bytes())
+    ns = {"k": "http://www.opengis.net/kml/2.2"}
+    descriptions = [d.text for d in root.iterfind(".//k:Folder/k:Placemark/k:description", ns)]
+    assert len(descriptions) == 2 * len(HOSTILE_NAMES)  # one detection and one track per photo
+    for html_text in descriptions:
+        tags = _Tags(html_text).tags
+        assert {t for t, _ in tags} <= {"br", "img"}, tags
+        for tag, attrs in tags:
+            if tag == "img":
+                assert set(attrs) == {"src", "width"} and attrs["src"].startswith("thumbs/"), attrs
+                assert not set(attrs["src"]) & set("<>\"' \t\n"), attrs
+    images = [
+        d.text for d in root.iterfind(".//k:Placemark/k:ExtendedData/k:Data[@name='image']/k:value", ns)
+    ]
+    for name, shown in zip(HOSTILE_NAMES, images):
+        if name.isprintable() and name.encode("utf-8", "surrogatepass").isascii() and "\udcff" not in name:
+            assert shown == f"/drop/{name}"  # printable names come back exactly
+    assert "bell\\x07and\\x01ctrl.jpg" in text and "undecodable\\udcff.jpg" in text
+    doc = kml.KML.from_string(text.encode("utf-8")).features[0]
+    assert len(doc.features[0].features) == len(HOSTILE_NAMES)
+
+
+def _no_formula(cell: str) -> None:
+    assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), cell
+    assert cell.isprintable(), cell
+
+
+def _as_csv_text(name: str) -> str:
+    """What a name becomes in a CSV cell: control characters and undecodable bytes made visible."""
+    out = name.encode("utf-8", "backslashreplace").decode()
+    return "".join(f"\\x{ord(c):02x}" if ord(c) < 32 else c for c in out)
+
+
+def test_csv_files_never_start_a_text_cell_with_a_formula(tmp_path):
+    import csv
+
+    from edgetile.runtime.geo.writers import GeoDocuments
+    from edgetile.runtime.outputs import ResultWriter
+
+    photos = [(n, [located(n, i)]) for i, n in enumerate(HOSTILE_NAMES)]
+    (tmp_path / "geo.csv").write_text(GeoDocuments(photos).csv_text(), encoding="utf-8", newline="")
+    rows = list(csv.DictReader((tmp_path / "geo.csv").open(newline="", encoding="utf-8")))
+    assert len(rows) == len(HOSTILE_NAMES)
+    for name, row in zip(HOSTILE_NAMES, rows):
+        _no_formula(row["image"])
+        _no_formula(row["thumbnail"])
+        assert row["image"].removeprefix("'") == _as_csv_text(name)
+        assert float(row["longitude"]) < 0  # numbers are not prefixed
+
+    with ResultWriter(tmp_path / "out", {0: "person"}) as w:
+        for n in HOSTILE_NAMES:
+            w.add({"image": f"/card/{n}", "detections": [located(n, 0)]})
+    rows = list(csv.DictReader((tmp_path / "out" / "detections.csv").open(newline="", encoding="utf-8")))
+    assert len(rows) == len(HOSTILE_NAMES)
+    for name, row in zip(HOSTILE_NAMES, rows):
+        _no_formula(row["id"])
+        assert row["id"].removeprefix("'") == _as_csv_text(name.rpartition("/")[2])  # the file's name
