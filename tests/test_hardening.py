@@ -321,3 +321,90 @@ def test_csv_files_never_start_a_text_cell_with_a_formula(tmp_path):
     for name, row in zip(HOSTILE_NAMES, rows):
         _no_formula(row["id"])
         assert row["id"].removeprefix("'") == _as_csv_text(name.rpartition("/")[2])  # the file's name
+
+
+# ---- the HTTP API in this process ------------------------------------------------------------------
+
+
+@pytest.fixture
+def app_of(tmp_path):
+    """make(**config) -> (daemon, TestClient) over a fresh state folder; no worker runs."""
+    from fastapi.testclient import TestClient
+
+    from edgetile.runtime.serve.app import create_app
+    from edgetile.runtime.serve.config import ServeConfig
+    from edgetile.runtime.serve.daemon import Daemon
+
+    clients = []
+
+    def make(**config):
+        cfg = ServeConfig(state=tmp_path / "state", min_free_bytes=0, **config)
+        daemon = Daemon(cfg, detector=None)
+        daemon._prepare_state()
+        client = TestClient(create_app(daemon), base_url="http://127.0.0.1:8765")
+        clients.append(client)
+        return daemon, client
+
+    yield make
+    for c in clients:
+        c.close()
+
+
+def photo_bytes(seed: int = 0, ext: str = ".jpg") -> bytes:
+    ok, buf = cv2.imencode(ext, person_photo(seed))
+    assert ok
+    return buf.tobytes()
+
+
+@pytest.mark.parametrize(
+    "case, host, allowed, status",
+    [
+        ("the loopback address", "127.0.0.1:8765", (), 200),
+        ("localhost", "localhost:8765", (), 200),
+        ("a rebinding attacker's name", "rebind.attacker.example:8765", (), 400),
+        ("an attacker's name without port", "rebind.attacker.example", (), 400),
+        ("no host at all", "", (), 400),
+        ("a name the operator allowed", "drone.example:8765", ("drone.example",), 200),
+        ("any name with *", "rebind.attacker.example", ("*",), 200),
+    ],
+)
+def test_the_host_header_must_name_this_daemon(app_of, case, host, allowed, status):
+    _, client = app_of(allowed_hosts=allowed)
+    for path in ("/detections", "/health", "/images/1"):
+        r = client.get(path, headers={"Host": host})
+        if status == 400:
+            assert r.status_code == 400 and "Host header" in r.json()["detail"], (case, path, r.text)
+        else:
+            assert r.status_code != 400, (case, path, r.text)
+
+
+def test_the_address_connected_to_is_a_good_host(app_of):
+    from fastapi.testclient import TestClient
+
+    from edgetile.runtime.serve.app import create_app
+
+    daemon, _ = app_of()
+    with TestClient(create_app(daemon), base_url="http://10.1.2.3:8765") as c:  # scope server: 10.1.2.3
+        assert c.get("/detections").status_code == 200
+        assert c.get("/detections", headers={"Host": "10.9.9.9:8765"}).status_code == 400
+
+
+@pytest.mark.parametrize(
+    "case, headers, status",
+    [
+        ("a program: no Origin, no Sec-Fetch-Site", {}, 201),
+        ("the daemon's own page", {"Origin": "http://127.0.0.1:8765", "Sec-Fetch-Site": "same-origin"}, 201),
+        ("another site's page", {"Origin": "http://evil.example"}, 403),
+        ("another site's page, fetch metadata", {"Sec-Fetch-Site": "cross-site"}, 403),
+        ("a sibling site", {"Origin": "http://127.0.0.1:9999", "Sec-Fetch-Site": "same-site"}, 403),
+        ("a sandboxed frame", {"Origin": "null"}, 403),
+    ],
+)
+def test_cross_site_uploads_are_refused(app_of, case, headers, status):
+    _, client = app_of()
+    r = client.post(
+        "/images", files={"file": ("a.jpg", photo_bytes(len(case)), "image/jpeg")}, headers=headers
+    )
+    assert r.status_code == status, (case, r.text)
+    if status == 403:
+        assert "\n" not in r.json()["detail"] and "expected a request from" in r.json()["detail"]

@@ -297,7 +297,8 @@ def test_upload_declared_over_the_limit_is_refused_before_reading(api):
     where = urllib.parse.urlsplit(api.url)
     with socket.create_connection((where.hostname, where.port), timeout=10) as s:
         s.sendall(
-            b"POST /images HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 900000000\r\n\r\n"
+            b"POST /images HTTP/1.1\r\nHost: %s\r\nContent-Type: image/jpeg\r\nContent-Length: 900000000\r\n\r\n"
+            % where.netloc.encode()  # a Host that names the daemon, as every client sends
         )
         answer = s.recv(4096)
     assert answer.startswith(b"HTTP/1.1 413"), answer

@@ -34,6 +34,7 @@ from .._version import __version__
 from ..images import ImageReadError, ImageTooLarge, read_image
 from ..outputs import draw_detections
 from ..results import Detections
+from .guard import RequestGuard
 from .retention import MIB, human_bytes
 from .store import PhotoQueue, iso_utc
 from .telemetry import read_sensors, render_prometheus
@@ -53,6 +54,7 @@ def create_app(daemon: Daemon) -> FastAPI:
     app = FastAPI(
         title="edgetile serve", version=__version__, docs_url=None, redoc_url=None, openapi_url=None
     )
+    app.add_middleware(RequestGuard, allowed_hosts=cfg.allowed_hosts)  # Host, cross-site writes, framing
 
     # Checking an upload decodes it (a 12 MP photo is 36 MB of pixels): two at a time bounds memory
     # however many clients upload at once.

@@ -120,6 +120,17 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
         help="read the bearer token from this file (first line), e.g. a systemd credential",
     )
     g.add_argument(
+        "--allowed-hosts",
+        nargs="+",
+        action="extend",
+        metavar="NAME",
+        default=[],
+        help="further names or addresses clients may put in the Host header, e.g. the name a "
+        "reverse proxy forwards or a DNS name of the device; the address connected to, localhost "
+        "and this machine's host name are always accepted, other names refused (a web page cannot "
+        "reach the daemon through a name of its own: DNS rebinding); '*' accepts any",
+    )
+    g.add_argument(
         "--max-upload-mb",
         metavar="MIB",
         type=finite_number("--max-upload-mb", 0.001),

@@ -41,6 +41,8 @@ class ServeConfig:
         port: TCP port (0: any free one).
         token: Bearer token required on every request but /health, or None.
         max_upload_bytes: Largest accepted upload.
+        allowed_hosts: Host header names accepted besides the address connected to, localhost and
+            the machine's own name ('*': any).
         access_log: Log every HTTP request.
         max_attempts: Tries before a failing input is parked.
         retry_after: Seconds before a failed input is tried again.
@@ -69,6 +71,7 @@ class ServeConfig:
     port: int = 8765
     token: str | None = None
     max_upload_bytes: int = 50 * 1024 * 1024
+    allowed_hosts: tuple[str, ...] = ()
     access_log: bool = False
     max_attempts: int = 3
     retry_after: float = 10.0
@@ -153,6 +156,7 @@ class ServeConfig:
             port=a.port,
             token=token,
             max_upload_bytes=int(a.max_upload_mb * 1024 * 1024),
+            allowed_hosts=tuple(a.allowed_hosts),
             access_log=a.access_log,
             max_attempts=a.max_attempts,
             retry_after=a.retry_after,

@@ -1,0 +1,155 @@
+"""Request guards of ``edgetile serve``: checks every request passes before any route sees it.
+
+An ASGI middleware (so that it also stands before streaming bodies and uploads):
+
+* **Host.** A web page can make the operator's browser talk to the daemon through a name it
+  controls (DNS rebinding: ``rebind.attacker.example`` first resolves to the attacker, then to
+  127.0.0.1), and then read the answers as its own. The Host header must therefore name this daemon:
+  the address the connection was accepted on, a loopback name for a loopback connection, the
+  machine's own host name, or one of ``--allowed-hosts``; anything else is refused (400).
+* **Cross-site writes.** A page on another site can still *send* a form or a ``fetch`` to the
+  daemon (the answer is unreadable, the upload is not): a state-changing request (POST, PUT, PATCH,
+  DELETE) that a browser marks as coming from another site (``Sec-Fetch-Site: cross-site`` or
+  ``same-site``, or an ``Origin`` that is not the daemon) is refused (403). Programs (curl, Python,
+  a ground station) send neither header and are not affected.
+* **Framing.** A request with both Content-Length and Transfer-Encoding is refused (400): the two
+  disagree about where the body ends (request smuggling, and an upload that passes a size check on
+  one while sending more on the other).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def split_host(value: str) -> str:
+    """The host part of a Host header or an origin's authority, lower case, without port or brackets.
+
+    Examples: "127.0.0.1:8765" -> "127.0.0.1"; "[::1]:8765" -> "::1"; "Drone.local" -> "drone.local".
+    """
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    if value.count(":") == 1:
+        return value.partition(":")[0]
+    return value.rstrip(".")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host in LOOPBACK_NAMES
+
+
+def own_names() -> frozenset[str]:
+    """This machine's host name, with and without its domain and as ``NAME.local`` (mDNS)."""
+    names = set()
+    for name in (socket.gethostname(), socket.getfqdn()):
+        name = name.lower().rstrip(".")
+        if name:
+            short = name.split(".")[0]
+            names.update({name, short, f"{short}.local"})
+    return frozenset(names)
+
+
+class RequestGuard:
+    """ASGI middleware refusing requests whose Host, origin or framing is not this daemon's.
+
+    Args:
+        app: The ASGI app behind the guard.
+        allowed_hosts: Further host names or addresses clients may use (``--allowed-hosts``), e.g. a
+            name a reverse proxy forwards; ``*`` turns the Host check off.
+    """
+
+    def __init__(self, app, allowed_hosts: Iterable[str] = ()) -> None:
+        self.app = app
+        hosts = {split_host(h) for h in allowed_hosts if h.strip()}
+        self.any_host = "*" in hosts
+        self.allowed = frozenset(hosts - {"*"}) | own_names()
+
+    def host_allowed(self, host: str, server_host: str | None) -> bool:
+        """True when ``host`` (from the Host header) names this daemon on this connection."""
+        if self.any_host or host in self.allowed:
+            return True
+        if server_host is not None and host == split_host(server_host):
+            return True  # the very address the client connected to
+        return _is_loopback(host) and (server_host is None or _is_loopback(split_host(server_host)))
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers: dict[str, str] = {}
+        for k, v in scope.get("headers", []):
+            name = k.decode("latin-1").lower()
+            if name in headers and name in ("host", "content-length", "origin"):
+                await _refuse(send, 400, f"expected one {name} header, found several")
+                return
+            headers[name] = v.decode("latin-1")
+        if "content-length" in headers and "transfer-encoding" in headers:
+            await _refuse(
+                send,
+                400,
+                "expected Content-Length or Transfer-Encoding, found both "
+                f"(Content-Length {headers['content-length'][:20]!r}, Transfer-Encoding "
+                f"{headers['transfer-encoding'][:20]!r})",
+            )
+            return
+        server = scope.get("server")
+        server_host = str(server[0]) if server else None
+        host = split_host(headers.get("host", ""))
+        if not self.host_allowed(host, server_host):
+            await _refuse(
+                send,
+                400,
+                f"expected a Host header naming this daemon (the address connected to, localhost, "
+                f"this machine's name or one of --allowed-hosts), found {headers.get('host', '')[:100]!r}",
+            )
+            return
+        if scope["method"] in STATE_CHANGING:
+            why = self.cross_site(headers)
+            if why:
+                await _refuse(send, 403, why)
+                return
+        await self.app(scope, receive, send)
+
+    def cross_site(self, headers: dict[str, str]) -> str | None:
+        """Why a state-changing request comes from another site's page, or None."""
+        fetch_site = headers.get("sec-fetch-site", "").strip().lower()
+        if fetch_site in ("cross-site", "same-site"):
+            return f"expected a request from this daemon's own pages or a program, found Sec-Fetch-Site: {fetch_site}"
+        origin = headers.get("origin")
+        if origin is None:
+            return None
+        parts = urlsplit(origin.strip())
+        same = (
+            parts.scheme in ("http", "https")
+            and parts.netloc.lower() == headers.get("host", "").strip().lower()
+        )
+        if same or (parts.hostname is not None and split_host(parts.netloc) in self.allowed):
+            return None
+        return f"expected a request from this daemon's own pages or a program, found Origin: {origin[:100]!r}"
+
+
+async def _refuse(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
