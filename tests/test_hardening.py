@@ -338,7 +338,7 @@ def app_of(tmp_path):
     clients = []
 
     def make(**config):
-        cfg = ServeConfig(state=tmp_path / "state", min_free_bytes=0, **config)
+        cfg = ServeConfig(**{"state": tmp_path / "state", "min_free_bytes": 0, **config})
         daemon = Daemon(cfg, detector=None)
         daemon._prepare_state()
         client = TestClient(create_app(daemon), base_url="http://127.0.0.1:8765")
@@ -408,3 +408,73 @@ def test_cross_site_uploads_are_refused(app_of, case, headers, status):
     assert r.status_code == status, (case, r.text)
     if status == 403:
         assert "\n" not in r.json()["detail"] and "expected a request from" in r.json()["detail"]
+
+
+# ---- uploads past the limit ------------------------------------------------------------------------
+
+
+def test_content_length_with_chunked_is_refused_and_bodies_are_counted_as_they_arrive(app_of):
+    daemon, client = app_of(max_upload_bytes=100_000)
+    r = client.post(
+        "/images?name=a.jpg",
+        content=iter([b"\xff\xd8\xff" + b"x" * 1000] * 3),
+        headers={"Content-Length": "10", "Transfer-Encoding": "chunked", "Content-Type": "image/jpeg"},
+    )
+    assert r.status_code == 400 and "found both" in r.json()["detail"], r.text
+    # a body longer than its Content-Length says (an HTTP server would cut it; the count holds anyway)
+    over = 100_000 + 64 * 1024 + 1
+    for ctype, body in [("image/jpeg", b"\xff" * over), ("multipart/form-data; boundary=b", b"-" * over)]:
+        r = client.post(
+            "/images?name=a.jpg", content=body, headers={"Content-Type": ctype, "Content-Length": "1000"}
+        )
+        assert r.status_code == 413 and "request body too large" in r.json()["detail"], (ctype, r.text)
+    assert list(daemon.config.tmp_dir.iterdir()) == [] and list(daemon.config.uploads_dir.iterdir()) == []
+
+
+def test_an_upload_that_would_cross_the_free_space_floor_is_refused(app_of, monkeypatch):
+    daemon, client = app_of(min_free_bytes=1 << 20)
+    monkeypatch.setattr(daemon.floor, "free_bytes", lambda: (1 << 20) + 50_000)  # above the floor by 50 kB
+    data = photo_bytes(3)
+    assert 25_000 < len(data) < 100_000
+    r = client.post(
+        "/images?name=a.jpg", content=data + b"\0" * 30_000, headers={"Content-Type": "image/jpeg"}
+    )
+    assert r.status_code == 507 and "twice the upload" in r.json()["detail"], r.text
+    monkeypatch.setattr(daemon.floor, "free_bytes", lambda: (1 << 20) + 10 * len(data))
+    r = client.post("/images?name=a.jpg", content=data, headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 201, r.text
+
+
+@pytest.mark.slow
+def test_a_chunked_body_behind_a_small_content_length_never_reaches_the_disk(tmp_path, model):
+    import socket
+    import urllib.parse
+
+    with ServeProcess(
+        tmp_path, "--model", model, "--state", tmp_path / "state", "--max-upload-mb", "0.2"
+    ) as d:
+        d.start()
+        where = urllib.parse.urlsplit(d.url)
+        sent = 0
+        with socket.create_connection((where.hostname, where.port), timeout=20) as s:
+            s.sendall(
+                b"POST /images?name=big.jpg HTTP/1.1\r\nHost: %s\r\nContent-Type: image/jpeg\r\n"
+                b"Content-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n" % where.netloc.encode()
+            )
+            chunk = b"100000\r\n" + b"\xff" * 0x100000 + b"\r\n"
+            try:
+                for _ in range(256):  # up to 256 MiB, bounded, on loopback
+                    s.sendall(chunk)
+                    sent += len(chunk)
+                s.sendall(b"0\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the daemon answered and closed: the point
+            s.settimeout(20)
+            answer = s.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+        assert sent < 64 << 20, f"the daemon read {sent} bytes before answering"
+        spooled = sum(
+            p.stat().st_size for p in (tmp_path / "state").rglob("*") if p.is_file() and "queue" not in p.name
+        )
+        assert spooled < 1 << 20, spooled
+        assert d.terminate() == 0, d.log()

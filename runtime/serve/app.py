@@ -54,7 +54,10 @@ def create_app(daemon: Daemon) -> FastAPI:
     app = FastAPI(
         title="edgetile serve", version=__version__, docs_url=None, redoc_url=None, openapi_url=None
     )
-    app.add_middleware(RequestGuard, allowed_hosts=cfg.allowed_hosts)  # Host, cross-site writes, framing
+    # Host, cross-site writes, framing, and body bytes counted as they arrive
+    app.add_middleware(
+        RequestGuard, allowed_hosts=cfg.allowed_hosts, max_body=cfg.max_upload_bytes + MULTIPART_OVERHEAD
+    )
 
     # Checking an upload decodes it (a 12 MP photo is 36 MB of pixels): two at a time bounds memory
     # however many clients upload at once.
@@ -232,6 +235,15 @@ def create_app(daemon: Daemon) -> FastAPI:
                 413, f"upload too large: expected at most {limit} bytes (--max-upload-mb), found {length}"
             )
         free = daemon.floor.short()
+        if free is None and daemon.floor.min_free_bytes:
+            # the body is spooled, then copied: twice its size must fit above the floor
+            room = daemon.floor.free_bytes()
+            if room - 2 * int(length) < daemon.floor.min_free_bytes:
+                raise HTTPException(
+                    507,
+                    f"the state folder has {human_bytes(room)} free: expected room for twice the "
+                    f"upload ({length} bytes) above --min-free-mb {daemon.floor.min_free_bytes / MIB:g}",
+                )
         if free is not None:
             raise HTTPException(
                 507,

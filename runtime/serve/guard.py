@@ -14,7 +14,8 @@ An ASGI middleware (so that it also stands before streaming bodies and uploads):
   a ground station) send neither header and are not affected.
 * **Framing.** A request with both Content-Length and Transfer-Encoding is refused (400): the two
   disagree about where the body ends (request smuggling, and an upload that passes a size check on
-  one while sending more on the other).
+  one while sending more on the other). Body bytes are counted as they arrive, whatever the headers
+  said, and reading stops with 413 past ``max_body``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import json
 import socket
 from collections.abc import Iterable
 from urllib.parse import urlsplit
+
+from starlette.exceptions import HTTPException
 
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
@@ -67,10 +70,13 @@ class RequestGuard:
         app: The ASGI app behind the guard.
         allowed_hosts: Further host names or addresses clients may use (``--allowed-hosts``), e.g. a
             name a reverse proxy forwards; ``*`` turns the Host check off.
+        max_body: Most body bytes of any request (the largest upload and its multipart framing);
+            None for no limit.
     """
 
-    def __init__(self, app, allowed_hosts: Iterable[str] = ()) -> None:
+    def __init__(self, app, allowed_hosts: Iterable[str] = (), max_body: int | None = None) -> None:
         self.app = app
+        self.max_body = max_body
         hosts = {split_host(h) for h in allowed_hosts if h.strip()}
         self.any_host = "*" in hosts
         self.allowed = frozenset(hosts - {"*"}) | own_names()
@@ -119,6 +125,8 @@ class RequestGuard:
             if why:
                 await _refuse(send, 403, why)
                 return
+        if self.max_body is not None:
+            receive = _counted(receive, self.max_body)
         await self.app(scope, receive, send)
 
     def cross_site(self, headers: dict[str, str]) -> str | None:
@@ -137,6 +145,24 @@ class RequestGuard:
         if same or (parts.hostname is not None and split_host(parts.netloc) in self.allowed):
             return None
         return f"expected a request from this daemon's own pages or a program, found Origin: {origin[:100]!r}"
+
+
+def _counted(receive, limit: int):
+    """``receive`` that counts body bytes and raises 413 (through the app's handler) past ``limit``."""
+    seen = 0
+
+    async def counted_receive():
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise HTTPException(
+                    413, f"request body too large: expected at most {limit} bytes, found more"
+                )
+        return message
+
+    return counted_receive
 
 
 async def _refuse(send, status: int, detail: str) -> None:
