@@ -478,3 +478,59 @@ def test_a_chunked_body_behind_a_small_content_length_never_reaches_the_disk(tmp
         )
         assert spooled < 1 << 20, spooled
         assert d.terminate() == 0, d.log()
+
+
+# ---- links in watched folders, and bytes that were never an image ----------------------------------
+
+
+def test_links_in_a_watched_folder_are_not_followed(tmp_path):
+    from edgetile.runtime.serve.sources import FolderWatcher
+    from edgetile.runtime.serve.store import PhotoQueue
+
+    secret = tmp_path / "secrets.txt"
+    secret.write_text("the daemon's secret")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    write_jpeg(elsewhere / "outside.jpg", person_photo(4))
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    write_jpeg(drop / "real.jpg", person_photo(5))
+    (drop / "leak.jpg").symlink_to(secret)
+    (drop / "photo_link.jpg").symlink_to(elsewhere / "outside.jpg")  # an image, but outside the folder
+    (drop / "folder_link").symlink_to(elsewhere, target_is_directory=True)
+    with PhotoQueue(tmp_path / "q.sqlite3") as q:
+        assert FolderWatcher([drop], settle=0.0).scan(q, now=1.0) == 1
+        assert [r[0] for r in q.conn.execute("SELECT name FROM items")] == [str(drop / "real.jpg")]
+
+
+def finished(daemon, path: Path, ok: bool) -> int:
+    """Record ``path`` as an input and commit its outcome (ok or failed); returns the outcome id."""
+    import hashlib
+
+    from edgetile.runtime.serve.store import Outcome, PhotoQueue
+
+    with PhotoQueue(daemon.config.db_path, 1, 0) as q:
+        q.add(hashlib.sha256(path.read_bytes()).hexdigest(), "watch", str(path), path)
+        (item,) = q.claim(1)
+        outcome = Outcome(item, 320, 240, [], {}) if ok else Outcome(item, error="not a readable image")
+        q.finish([outcome])
+        return q.conn.execute("SELECT max(id) FROM outcomes").fetchone()[0]
+
+
+def test_bytes_that_never_decoded_are_never_served(app_of, tmp_path):
+    daemon, client = app_of()
+    secret = tmp_path / "secret.jpg"
+    secret.write_text("password=hunter2")
+    bad = finished(daemon, secret, ok=False)
+    r = client.get(f"/images/{bad}")
+    assert r.status_code == 409 and "hunter2" not in r.text and "failed input" in r.json()["detail"], r.text
+
+    # a photo that was read, then replaced by a link to something else
+    good = tmp_path / "good.jpg"
+    write_jpeg(good, person_photo(6))
+    done = finished(daemon, good, ok=True)
+    assert client.get(f"/images/{done}").content == good.read_bytes()
+    good.unlink()
+    good.symlink_to(secret)
+    r = client.get(f"/images/{done}")
+    assert r.status_code == 409 and "hunter2" not in r.text and "no longer a plain file" in r.text, r.text

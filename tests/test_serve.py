@@ -146,12 +146,13 @@ def test_failed_lists_each_broken_input_once_with_its_error(api):
     assert "not a readable image" in failed["notes.png"]["error"]
     for it in failed.values():
         assert it["attempts"] == 2 and it["source"] == "watch" and "\n" not in it["error"]
-    # A failed input's id is no result: no annotated image, but the raw file is still there.
+    # A failed input's id is no result: no annotated image, and its bytes (which may be anything,
+    # e.g. a file a link pointed at) are not served either.
     bad = failed["notes.png"]["id"]
     status, _, body = api.request(f"/images/{bad}/annotated")
     assert status == 409 and b"not a readable image" in body
     status, _, body = api.request(f"/images/{bad}")
-    assert status == 200 and body == b"not an image"
+    assert status == 409 and b"not a readable image" in body and b'not an image"' not in body
 
 
 def test_images_serve_the_photo_and_an_annotated_copy(api):

@@ -179,13 +179,22 @@ def create_app(daemon: Daemon) -> FastAPI:
     @api.get("/images/{outcome_id}")
     def image(outcome_id: int) -> StreamingResponse:
         row = outcome_or_404(outcome_id)
+        if not row["ok"]:  # bytes that never decoded as an image may be anything: never sent back
+            raise HTTPException(
+                409, f"result {outcome_id} is a failed input ({row['error']}); only decoded photos are served"
+            )
         media = mimetypes.guess_type(row["path"])[0] or "application/octet-stream"
         # Opened here, not by a FileResponse later: a copy the retention deletes while it is sent
         # stays readable through this handle, so the answer is never cut short.
         try:
-            f = open(row["path"], "rb")  # noqa: SIM115 - closed by the generator when the body is sent
+            fd = os.open(row["path"], os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except FileNotFoundError:
             raise gone_meanwhile(outcome_id, row) from None
+        except OSError as exc:  # ELOOP: the photo was replaced by a link since it was read
+            raise HTTPException(
+                409, f"the image of result {outcome_id} is no longer a plain file ({exc.strerror or exc})"
+            ) from None
+        f = os.fdopen(fd, "rb")  # closed by the generator when the body is sent
         size = os.fstat(f.fileno()).st_size
 
         def body() -> Iterator[bytes]:

@@ -40,6 +40,10 @@ def _walk_images(folder: Path, exclude: Path | None) -> Iterator[tuple[str, os.s
         for e in entries:
             if e.name.startswith("."):
                 continue  # hidden files: editors', rsync's and our own temporary names
+            if e.is_symlink():
+                # never followed: a link named leak.jpg could point at any file the daemon may read
+                log.debug("%s is a symbolic link; links in watched folders are not followed", e.path)
+                continue
             if e.is_dir(follow_symlinks=False):
                 if exclude is None or Path(e.path) != exclude:
                     stack.append(e.path)
