@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from importlib import metadata
@@ -54,6 +55,15 @@ def run_detect(
     inputs = expand_sources(sources)
     if not inputs:
         raise UsageError("SOURCE: expected image files, folders or glob patterns, found no inputs")
+    try:  # before the model loads: a read-only or full --out is a usage error, not a traceback later
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"--out {out_dir}: cannot write there ({exc.strerror or exc}); expected a folder edgetile "
+            "may create files in"
+        ) from None
     detector = open_detector(a)
     geo = None
     if geo_config is not None and geo_config.formats:

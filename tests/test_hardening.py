@@ -534,3 +534,196 @@ def test_bytes_that_never_decoded_are_never_served(app_of, tmp_path):
     good.symlink_to(secret)
     r = client.get(f"/images/{done}")
     assert r.status_code == 409 and "hunter2" not in r.text and "no longer a plain file" in r.text, r.text
+
+
+# ---- start-up and odd values -----------------------------------------------------------------------
+
+
+def damaged_queue(state: Path, how: str) -> Path:
+    """A queue database of a few hundred inputs, then damaged as a dying SD card or a cut write leaves it."""
+    from edgetile.runtime.serve.store import PhotoQueue
+
+    state.mkdir(parents=True)
+    db = state / "queue.sqlite3"
+    with PhotoQueue(db) as q:
+        q.add_many([(f"{i:064x}", "watch", f"/drop/{i}.jpg" * 4, f"/drop/{i}.jpg", None) for i in range(600)])
+    data = bytearray(db.read_bytes())
+    assert len(data) > 8 * 4096 and not (state / "queue.sqlite3-wal").exists()
+    if how == "bad header":
+        data[:16] = b"not a database!!"
+    elif how == "truncated":
+        data = data[: len(data) // 2 + 100]
+    else:  # a page of the items table overwritten
+        data[3 * 4096 : 4 * 4096] = bytes(range(256)) * 16
+    db.write_bytes(bytes(data))
+    return db
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["bad header", "truncated", "bad page"])
+def test_a_damaged_queue_database_is_refused_with_one_line_and_exit_2(tmp_path, model, how):
+    db = damaged_queue(tmp_path / "state", how)
+    d = ServeProcess(tmp_path, "--model", model, "--state", tmp_path / "state")
+    assert d.run_to_exit() == 2, d.log()
+    log = d.log()
+    lines = [ln for ln in log.splitlines() if "error" in ln.lower()]
+    assert "Traceback" not in log and len(lines) == 1, log
+    assert str(db) in lines[0] and f"mv {db} {db}.damaged" in lines[0], lines[0]
+
+
+READ_ONLY = Path("/sys/kernel")  # read-only for every user, root included
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not READ_ONLY.is_dir(), reason="needs sysfs at /sys as a read-only folder")
+@pytest.mark.parametrize("where", [READ_ONLY, READ_ONLY / "edgetile-test"])
+def test_a_read_only_out_or_state_is_one_line_and_exit_2(tmp_path, model, where):
+    write_jpeg(tmp_path / "a.jpg", person_photo(0))
+    r = subprocess.run(
+        [*EDGETILE, "detect", str(tmp_path / "a.jpg"), "--model", str(model), "--out", str(where)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and f"--out {where}: cannot write there" in r.stderr, r.stderr
+    d = ServeProcess(tmp_path, "--model", model, "--state", where)
+    assert d.run_to_exit() == 2, d.log()
+    assert "Traceback" not in d.log() and f"--state {where}: cannot write there" in d.log(), d.log()
+
+
+def test_ids_past_sqlites_integers_are_422_not_500(app_of):
+    _, client = app_of()
+    big = 2**63
+    for path in (f"/images/{big}", f"/images/{big}/annotated", f"/images/{10**30}"):
+        r = client.get(path)
+        assert r.status_code == 422 and "expected an integer in 0..9223372036854775807" in r.text, (
+            path,
+            r.text,
+        )
+    for path in (f"/detections?since={big}", f"/failed?since={big}"):
+        assert client.get(path).status_code == 422, path
+    assert client.get(f"/images/{big - 1}").status_code == 404
+    assert client.get(f"/detections?since={big - 1}").json() == {"items": [], "next": big - 1}
+
+
+class _NoPeople:
+    names = {0: "person"}
+    infers_on_cpu = True
+
+    def detect(self, image, timings):
+        from edgetile.runtime.results import Detections
+
+        return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+
+
+def test_a_full_disk_at_commit_is_not_the_photos_fault(tmp_path, monkeypatch):
+    import sqlite3
+    import threading
+
+    from edgetile.runtime.serve import daemon as daemon_module
+    from edgetile.runtime.serve.config import ServeConfig
+    from edgetile.runtime.serve.store import PhotoQueue
+
+    monkeypatch.setattr(daemon_module, "COMMIT_RETRY_S", 0.05, raising=False)
+    full = {"left": 3}
+    real_finish = PhotoQueue.finish
+
+    def finish(self, outcomes, outbox_limit=None):
+        if full["left"] > 0:
+            full["left"] -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_finish(self, outcomes, outbox_limit)
+
+    monkeypatch.setattr(PhotoQueue, "finish", finish)
+    cfg = ServeConfig(state=tmp_path / "state", max_attempts=1, retry_after=0, min_free_bytes=0)
+    d = daemon_module.Daemon(cfg, _NoPeople())
+    d._prepare_state()
+    write_jpeg(tmp_path / "a.jpg", person_photo(7))
+    with PhotoQueue(cfg.db_path) as q:
+        q.add("a" * 64, "watch", str(tmp_path / "a.jpg"), tmp_path / "a.jpg")
+    worker = threading.Thread(target=d.work)
+    worker.start()
+    try:
+        for _ in range(200):
+            with PhotoQueue(cfg.db_path) as q:
+                if q.counts()["done"]:
+                    break
+            worker.join(0.05)
+    finally:
+        d.request_stop()
+        worker.join(30)
+    assert d.worker_error is None, d.worker_error
+    with PhotoQueue(cfg.db_path) as q:
+        assert q.counts()["done"] == 1 and q.counts()["parked"] == 0
+        assert (
+            q.conn.execute("SELECT attempts FROM items").fetchone()[0] == 1
+        )  # one attempt, however many commits
+
+    # stopped while the disk stays full: given back to the queue with its attempt uncounted
+    full["left"] = 10**6
+    write_jpeg(tmp_path / "b.jpg", person_photo(8))
+    with PhotoQueue(cfg.db_path) as q:
+        q.add("b" * 64, "watch", str(tmp_path / "b.jpg"), tmp_path / "b.jpg")
+    d.stop.clear()
+    worker = threading.Thread(target=d.work)
+    worker.start()
+    worker.join(1.0)
+    d.request_stop()
+    worker.join(30)
+    assert d.worker_error is None, d.worker_error
+    with PhotoQueue(cfg.db_path) as q:
+        row = q.conn.execute("SELECT state, attempts FROM items WHERE sha256=?", ("b" * 64,)).fetchone()
+        assert tuple(row) == ("queued", 0)
+
+
+def test_health_says_what_fails_when_folder_scans_fail(app_of, tmp_path, monkeypatch):
+    import sqlite3
+    import threading
+
+    from edgetile.runtime.serve.sources import FolderWatcher
+    from edgetile.runtime.serve.store import PhotoQueue
+
+    daemon, client = app_of()
+    daemon.worker_alive = lambda: True
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    write_jpeg(drop / "a.jpg", person_photo(9))
+
+    def add_many(self, *args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(PhotoQueue, "add_many", add_many)
+    daemon.watcher = FolderWatcher([drop, tmp_path / "card"], settle=0.0)
+    stop = threading.Event()
+    scans = threading.Thread(target=daemon.watcher.run, args=(daemon.config.db_path, stop, 0.05, lambda: 1.0))
+    scans.start()
+    try:
+        for _ in range(100):
+            if daemon.watcher.failing:
+                break
+            scans.join(0.05)
+        body = client.get("/health").json()
+    finally:
+        stop.set()
+        scans.join(30)
+    assert body["status"] == "degraded", body
+    assert any("card" in p and "not there" in p for p in body["problems"]), body
+    assert any("database or disk is full" in p and str(drop) in p for p in body["problems"]), body
+
+
+def test_hundreds_of_broken_xmp_packets_are_said_once_counted(tmp_path):
+    from geo_photos import splice_app1
+
+    from edgetile.runtime.geo.pose import XMP_HEADER, PoseError, pose_from_photo
+
+    ok, buf = cv2.imencode(".jpg", person_photo(10))
+    data = buf.tobytes()
+    for _ in range(250):
+        data = splice_app1(data, XMP_HEADER + b"<x:xmpmeta xmlns:x='adobe:ns:meta/'><broken")
+    (tmp_path / "x.jpg").write_bytes(data)
+    with pytest.raises(PoseError) as info:
+        pose_from_photo(tmp_path / "x.jpg")
+    message = str(info.value)
+    assert "(the first of 250 broken XMP packets)" in message and len(message) < 600, message
+    assert message.count("not well-formed") == 1, message

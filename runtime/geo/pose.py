@@ -360,11 +360,16 @@ def read_photo_metadata(path: str | os.PathLike) -> PhotoMetadata:
             except (TypeError, ValueError, ZeroDivisionError):
                 problems.append(f"EXIF FocalLengthIn35mmFilm: expected a number, found {f35!r}")
         dji: dict[str, str] = {}
+        bad_xmp: list[str] = []
         for seg in _xmp_segments(im):
             try:
                 dji.update(parse_dji_xmp(seg))
             except ValueError as exc:
-                problems.append(str(exc))
+                bad_xmp.append(str(exc))
+        if bad_xmp:  # said once, counted: a photo may carry hundreds of broken packets
+            problems.append(
+                bad_xmp[0] if len(bad_xmp) == 1 else f"{bad_xmp[0]} (the first of {len(bad_xmp)} broken XMP packets)"
+            )
     return PhotoMetadata(width, height, make, model, gps, gps_alt, focal_35mm or None, dji, tuple(problems))
 
 

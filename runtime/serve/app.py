@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the photo
 PAGE_MAX = 1000
+ID_MAX = 2**63 - 1  # SQLite's largest integer: a larger id is a client's mistake (422), never a 500
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -92,12 +93,15 @@ def create_app(daemon: Daemon) -> FastAPI:
         with queue() as q:
             depth = q.depth()
         alive = daemon.worker_alive()
+        problems = daemon.problems()
         body = {
-            "status": "ok" if alive else "worker stopped",
+            "status": "worker stopped" if not alive else "degraded" if problems else "ok",
             "version": __version__,
             "queue_depth": depth,
             "stopping": daemon.stop.is_set(),
         }
+        if problems:  # the worker runs, but photos are not being found: say what fails
+            body["problems"] = problems
         return JSONResponse(body, status_code=200 if alive else 503)
 
     api = APIRouter(dependencies=[Depends(check_token)])
@@ -132,7 +136,9 @@ def create_app(daemon: Daemon) -> FastAPI:
 
     @api.get("/detections")
     def detections(
-        since: int = Query(0, ge=0, description="return results after this id (the previous 'next')"),
+        since: int = Query(
+            0, ge=0, le=ID_MAX, description="return results after this id (the previous 'next')"
+        ),
         limit: int = Query(100, ge=1, le=PAGE_MAX),
     ) -> dict:
         with queue() as q:
@@ -140,7 +146,7 @@ def create_app(daemon: Daemon) -> FastAPI:
         return {"items": items, "next": nxt}
 
     @api.get("/failed")
-    def failed(since: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=PAGE_MAX)) -> dict:
+    def failed(since: int = Query(0, ge=0, le=ID_MAX), limit: int = Query(100, ge=1, le=PAGE_MAX)) -> dict:
         with queue() as q:
             items, nxt = q.failed(since, limit)
         return {"items": items, "next": nxt}
@@ -156,6 +162,8 @@ def create_app(daemon: Daemon) -> FastAPI:
         return found
 
     def outcome_or_404(outcome_id: int):
+        if not 0 <= outcome_id <= ID_MAX:
+            raise HTTPException(422, f"id: expected an integer in 0..{ID_MAX}, found {outcome_id}")
         with queue() as q:
             row = q.outcome(outcome_id)
         if row is None:
