@@ -727,3 +727,108 @@ def test_hundreds_of_broken_xmp_packets_are_said_once_counted(tmp_path):
     message = str(info.value)
     assert "(the first of 250 broken XMP packets)" in message and len(message) < 600, message
     assert message.count("not well-formed") == 1, message
+
+
+# ---- slow clients and floods -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_half_sent_requests_are_closed_and_health_keeps_answering(tmp_path, model):
+    import socket
+    import time
+    import urllib.parse
+
+    with ServeProcess(
+        tmp_path,
+        "--model",
+        model,
+        "--state",
+        tmp_path / "state",
+        "--max-connections",
+        "20",
+        "--header-timeout",
+        "1",
+    ) as d:
+        d.start()
+        where = urllib.parse.urlsplit(d.url)
+        slow = []
+        try:
+            for _ in range(60):  # three times the cap, on loopback: a bounded slowloris
+                s = socket.create_connection((where.hostname, where.port), timeout=10)
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: %s\r\nX-Slow: " % where.netloc.encode())
+                slow.append(s)
+            status, _, body = d.request("/health", timeout=10)
+            assert status == 200 and json.loads(body)["status"] == "ok", body
+            # past the header timeout every half-sent request has been closed by the daemon
+            deadline = time.monotonic() + 15
+            for s in slow:
+                s.settimeout(max(0.1, deadline - time.monotonic()))
+                try:
+                    assert s.recv(1024) == b""
+                except ConnectionResetError:
+                    pass
+            fds = len(list(Path(f"/proc/{d.pid}/fd").iterdir()))
+            assert fds < 60, f"the daemon holds {fds} file descriptors"
+        finally:
+            for s in slow:
+                s.close()
+        assert d.request("/health")[0] == 200
+        assert "Traceback" not in d.log()
+        assert d.terminate() == 0, d.log()
+
+
+def test_repeated_log_lines_are_said_once_a_window_and_counted():
+    import logging
+
+    from edgetile.runtime.serve.command import RepeatedLines
+
+    now = [0.0]
+    f = RepeatedLines(window=60.0, clock=lambda: now[0])
+
+    def rec(msg, *args, name="asyncio", level=logging.ERROR):
+        return logging.LogRecord(name, level, __file__, 1, msg, args, None)
+
+    said = [f.filter(rec("socket.accept() out of system resource")) for _ in range(5000)]
+    assert said.count(True) == 1
+    assert f.filter(rec("%s: attempt %d failed", "a.jpg", 1)) and f.filter(
+        rec("%s: attempt %d failed", "b.jpg", 1)
+    )
+    assert all(f.filter(rec("video x: reconnecting in 1 s", name="edgetile.serve")) for _ in range(3))
+    now[0] = 61.0
+    r = rec("socket.accept() out of system resource")
+    assert f.filter(r) and r.getMessage().endswith("(4999 more like it in the last 60 s not logged)")
+    assert not f.filter(rec("socket.accept() out of system resource"))
+
+
+def test_annotated_images_are_decoded_two_at_a_time(app_of, tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from edgetile.runtime.serve import app as app_module
+
+    daemon, client = app_of()
+    write_jpeg(tmp_path / "p.jpg", person_photo(11))
+    done = finished(daemon, tmp_path / "p.jpg", ok=True)
+    now, most, lock = [0], [0], threading.Lock()
+    real = app_module.read_image
+
+    def read_image(path, max_pixels):
+        with lock:
+            now[0] += 1
+            most[0] = max(most[0], now[0])
+        time.sleep(0.2)
+        with lock:
+            now[0] -= 1
+        return real(path, max_pixels)
+
+    monkeypatch.setattr(app_module, "read_image", read_image)
+    answers = []
+    threads = [
+        threading.Thread(target=lambda: answers.append(client.get(f"/images/{done}/annotated").status_code))
+        for _ in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert answers == [200] * 8 and most[0] == 2, (answers, most)

@@ -368,7 +368,9 @@ def read_photo_metadata(path: str | os.PathLike) -> PhotoMetadata:
                 bad_xmp.append(str(exc))
         if bad_xmp:  # said once, counted: a photo may carry hundreds of broken packets
             problems.append(
-                bad_xmp[0] if len(bad_xmp) == 1 else f"{bad_xmp[0]} (the first of {len(bad_xmp)} broken XMP packets)"
+                bad_xmp[0]
+                if len(bad_xmp) == 1
+                else f"{bad_xmp[0]} (the first of {len(bad_xmp)} broken XMP packets)"
             )
     return PhotoMetadata(width, height, make, model, gps, gps_alt, focal_35mm or None, dji, tuple(problems))
 

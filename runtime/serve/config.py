@@ -43,6 +43,8 @@ class ServeConfig:
         max_upload_bytes: Largest accepted upload.
         allowed_hosts: Host header names accepted besides the address connected to, localhost and
             the machine's own name ('*': any).
+        max_connections: Most open HTTP connections (the oldest idle one is closed past it).
+        header_timeout: Seconds a connection may take to send a request's headers.
         access_log: Log every HTTP request.
         max_attempts: Tries before a failing input is parked.
         retry_after: Seconds before a failed input is tried again.
@@ -72,6 +74,8 @@ class ServeConfig:
     token: str | None = None
     max_upload_bytes: int = 50 * 1024 * 1024
     allowed_hosts: tuple[str, ...] = ()
+    max_connections: int = 64
+    header_timeout: float = 10.0
     access_log: bool = False
     max_attempts: int = 3
     retry_after: float = 10.0
@@ -157,6 +161,8 @@ class ServeConfig:
             token=token,
             max_upload_bytes=int(a.max_upload_mb * 1024 * 1024),
             allowed_hosts=tuple(a.allowed_hosts),
+            max_connections=a.max_connections,
+            header_timeout=a.header_timeout,
             access_log=a.access_log,
             max_attempts=a.max_attempts,
             retry_after=a.retry_after,

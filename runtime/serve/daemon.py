@@ -284,6 +284,7 @@ class Daemon:
         import uvicorn
 
         from .app import create_app
+        from .guard import guarded_h11_protocol
 
         cfg = self.config
         try:
@@ -334,6 +335,10 @@ class Daemon:
             server = uvicorn.Server(
                 uvicorn.Config(
                     create_app(self),
+                    # h11 always (its 16 KiB limit on a request's headers), with a header-read
+                    # timeout and a connection cap of our own: see guard.guarded_h11_protocol
+                    http=guarded_h11_protocol(cfg.max_connections, cfg.header_timeout),
+                    timeout_graceful_shutdown=5,  # a slow client cannot hold the stop
                     log_config=None,
                     log_level="warning",
                     access_log=cfg.access_log,

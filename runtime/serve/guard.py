@@ -179,3 +179,69 @@ async def _refuse(send, status: int, detail: str) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def guarded_h11_protocol(max_connections: int, header_timeout: float):
+    """uvicorn's h11 protocol with a header-read timeout and a cap on open connections.
+
+    uvicorn arms no timer until a first answer has been sent, and its ``limit_concurrency`` answers
+    503 only once a request's headers are in: a client that opens connections and sends half a
+    request (slowloris) holds each one for ever, until the process runs out of file descriptors and
+    even /health cannot be accepted. Here:
+
+    * a connection with no request in progress ``header_timeout`` seconds after it opened, or after
+      its last answer, is closed (a request whose headers are in may take its time over the body:
+      its size is bounded by the upload limit);
+    * past ``max_connections`` open connections, the oldest one without a request in progress is
+      closed to make room, so a new client (a health check, an operator) is always served; when
+      every connection is busy with a request, the newcomer gets 503 and is closed.
+
+    Returns:
+        A protocol class for ``uvicorn.Config(http=...)``.
+    """
+    import time
+
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    if int(max_connections) < 1 or not header_timeout > 0:
+        raise ValueError(
+            f"expected max_connections >= 1 and header_timeout > 0, found {max_connections}, {header_timeout}"
+        )
+    busy_body = json.dumps({"detail": f"expected at most {max_connections} connections, all busy"}).encode()
+    busy = (
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        b"content-length: %d\r\n\r\n%s" % (len(busy_body), busy_body)
+    )
+
+    class GuardedH11Protocol(H11Protocol):
+        def idle(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self.opened_at = time.monotonic()
+            self.header_timer = self.loop.call_later(header_timeout, self.header_timeout)
+            if len(self.connections) > max_connections:
+                idle = [c for c in self.connections if c is not self and getattr(c, "idle", lambda: False)()]
+                if idle:
+                    oldest = min(idle, key=lambda c: getattr(c, "opened_at", 0.0))
+                    oldest.transport.close()
+                else:
+                    transport.write(busy)
+                    transport.close()
+
+        def header_timeout(self) -> None:
+            if self.idle() and not self.transport.is_closing():
+                self.transport.close()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self.header_timer.cancel()
+            if not self.transport.is_closing():
+                self.header_timer = self.loop.call_later(header_timeout, self.header_timeout)
+
+        def connection_lost(self, exc) -> None:
+            self.header_timer.cancel()
+            super().connection_lost(exc)
+
+    return GuardedH11Protocol
