@@ -148,6 +148,89 @@ def _jpeg_header(f) -> ImageHeader | None:
         f.seek(n - 2, os.SEEK_CUR)
 
 
+def claimed_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(width, height) that a photo's header claims, for every format :func:`read_image` decodes.
+
+    JPEG and PNG through :func:`read_header`; BMP, TIFF (the first page, as OpenCV reads it), WebP
+    and JPEG 2000 (JP2 boxes) from their own headers, a few dozen bytes each. Used to refuse a
+    decompression bomb before OpenCV allocates anything for it.
+
+    Returns:
+        The size, or None when the header is unknown, cut short or malformed.
+
+    Raises:
+        OSError: When the file cannot be opened.
+    """
+    header = read_header(path)
+    if header is not None:
+        return header.width, header.height
+    with open(path, "rb") as f:
+        head = f.read(32)
+        try:
+            if head[:2] == b"BM" and len(head) >= 26:
+                (dib,) = struct.unpack("<I", head[14:18])
+                if dib == 12:
+                    w, h = struct.unpack("<HH", head[18:22])
+                else:
+                    w, h = struct.unpack("<ii", head[18:26])
+                return (abs(w), abs(h)) if w and h else None
+            if head[:4] in (b"II*\x00", b"MM\x00*"):
+                return _tiff_size(f, "<" if head[:2] == b"II" else ">")
+            if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+                return _webp_size(head)
+            if head[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n":
+                return _jp2_size(f)
+        except struct.error:
+            return None
+    return None
+
+
+def _tiff_size(f, order: str) -> tuple[int, int] | None:
+    f.seek(4)
+    (ifd,) = struct.unpack(order + "I", f.read(4))
+    f.seek(ifd)
+    (count,) = struct.unpack(order + "H", f.read(2))
+    size: dict[int, int] = {}
+    for _ in range(min(count, 4096)):
+        tag, kind, _n, value = struct.unpack(order + "HHI4s", f.read(12))
+        if tag in (256, 257):  # ImageWidth, ImageLength: SHORT or LONG
+            size[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), value[: 2 if kind == 3 else 4])[0]
+    return (size[256], size[257]) if size.get(256) and size.get(257) else None
+
+
+def _webp_size(head: bytes) -> tuple[int, int] | None:
+    chunk, body = head[12:16], head[20:32]
+    if chunk == b"VP8 " and body[3:6] == b"\x9d\x01\x2a":
+        w, h = struct.unpack("<HH", body[6:10])
+        return w & 0x3FFF, h & 0x3FFF
+    if chunk == b"VP8L" and body[:1] == b"\x2f":
+        (bits,) = struct.unpack("<I", body[1:5])
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":
+        return int.from_bytes(body[4:7], "little") + 1, int.from_bytes(body[7:10], "little") + 1
+    return None
+
+
+def _jp2_size(f) -> tuple[int, int] | None:
+    f.seek(12)
+    end = None  # inside jp2h: where it ends
+    for _ in range(64):
+        box = f.read(8)
+        if len(box) < 8:
+            return None
+        length, kind = struct.unpack(">I4s", box)
+        if kind == b"jp2h":
+            end = f.tell() + length - 8
+            continue  # its first child follows
+        if kind == b"ihdr":
+            h, w = struct.unpack(">II", f.read(8))
+            return (w, h) if w and h else None
+        if length < 8 or (end is not None and f.tell() >= end):
+            return None
+        f.seek(length - 8, os.SEEK_CUR)
+    return None
+
+
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(width, height) of a photo, from its header (JPEG, PNG), else by decoding it.
 
@@ -225,12 +308,13 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS) -> 
     16-bit, grey and RGBA images are converted. Missing, empty, non-image and truncated files raise
     ImageReadError with a one-line reason.
 
-    Memory: a JPEG or PNG's size is read from its header (:func:`read_header`) before anything else,
-    and one of more than ``max_pixels`` pixels is refused then, so a 673-byte file that claims
-    60000x60000 pixels costs nothing. One within the limit needs at most its file's bytes plus
-    11 bytes per pixel while it is read (a 16-bit RGBA PNG decoded, then converted to 8-bit BGR;
-    a JPEG needs 3 bytes per pixel); the image kept is 3 bytes per pixel. Other formats (TIFF, BMP,
-    WebP, JPEG 2000) are checked after OpenCV decodes them, within OpenCV's own limit of 2^30 pixels.
+    Memory: a photo's size is read from its header (:func:`claimed_size`: JPEG, PNG, BMP, TIFF, WebP,
+    JP2) before anything else, and one of more than ``max_pixels`` pixels is refused then, so a
+    673-byte file that claims 60000x60000 pixels costs nothing. One within the limit needs at most
+    its file's bytes plus 11 bytes per pixel while it is read (a 16-bit RGBA image decoded, then
+    converted to 8-bit BGR; a JPEG needs 3 bytes per pixel); the image kept is 3 bytes per pixel. A
+    header this reader does not know (BigTIFF, a raw JPEG 2000 codestream) is checked once OpenCV
+    has decoded it, within OpenCV's own limit of 2^30 pixels.
 
     Args:
         path: The photo.
@@ -246,11 +330,11 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS) -> 
     if p.is_dir():
         raise ImageReadError(f"expected an image file, found a folder: {path}")
     try:
-        header = read_header(p)
+        claimed = claimed_size(p)
     except OSError as exc:
         raise ImageReadError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    if header is not None:
-        check_pixels(header.width, header.height, max_pixels, path)
+    if claimed is not None:
+        check_pixels(*claimed, max_pixels, path)
     try:
         data = np.fromfile(str(p), dtype=np.uint8)
     except OSError as exc:

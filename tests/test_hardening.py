@@ -832,3 +832,56 @@ def test_annotated_images_are_decoded_two_at_a_time(app_of, tmp_path, monkeypatc
     for t in threads:
         t.join(60)
     assert answers == [200] * 8 and most[0] == 2, (answers, most)
+
+
+@pytest.mark.parametrize(
+    "ext, params",
+    [
+        (".jpg", []),
+        (".png", []),
+        (".bmp", []),
+        (".tif", []),
+        (".webp", [cv2.IMWRITE_WEBP_QUALITY, 80]),  # lossy: VP8
+        (".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]),  # lossless: VP8L
+        (".jp2", []),
+    ],
+)
+def test_every_format_read_tells_its_size_from_the_header(tmp_path, ext, params):
+    from edgetile.runtime.images import claimed_size
+
+    ok, buf = cv2.imencode(ext, np.zeros((37, 53, 3), np.uint8), params)
+    assert ok
+    (tmp_path / f"x{ext}").write_bytes(buf.tobytes())
+    assert claimed_size(tmp_path / f"x{ext}") == (53, 37)
+
+
+def _tiff_with_size(width: int, height: int) -> bytes:
+    ok, buf = cv2.imencode(".tif", np.zeros((4, 4, 3), np.uint8))
+    data = bytearray(buf.tobytes())
+    assert data[:4] == b"II*\x00"
+    (ifd,) = struct.unpack("<I", data[4:8])
+    (count,) = struct.unpack("<H", data[ifd : ifd + 2])
+    for k in range(count):
+        at = ifd + 2 + 12 * k
+        tag, kind = struct.unpack("<HH", data[at : at + 4])
+        if tag in (256, 257):
+            value = width if tag == 256 else height
+            data[at + 8 : at + 12] = struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)
+    return bytes(data)
+
+
+def _bmp_with_size(width: int, height: int) -> bytes:
+    ok, buf = cv2.imencode(".bmp", np.zeros((4, 4, 3), np.uint8))
+    data = bytearray(buf.tobytes())
+    data[18:26] = struct.pack("<ii", width, height)
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    "case, data", [("tiff", _tiff_with_size(60000, 60000)), ("bmp", _bmp_with_size(60000, 60000))]
+)
+def test_bombs_in_other_formats_are_refused_before_opencv_sees_them(tmp_path, case, data):
+    path = tmp_path / f"bomb.{case}"
+    path.write_bytes(data)
+    with pytest.raises(ImageTooLarge, match="found 60000x60000"):
+        read_image(path)
