@@ -378,6 +378,14 @@ def test_the_host_header_must_name_this_daemon(app_of, case, host, allowed, stat
             assert r.status_code != 400, (case, path, r.text)
 
 
+def test_with_a_token_any_host_is_accepted_and_the_token_is_what_counts(app_of):
+    _, client = app_of(token="s3cret")
+    rebound = {"Host": "rebind.attacker.example:8765"}
+    assert client.get("/detections", headers=rebound).status_code == 401  # no token: nothing to read
+    r = client.get("/detections", headers={**rebound, "Authorization": "Bearer s3cret"})
+    assert r.status_code == 200  # e.g. behind Docker's -p or a proxy, whose clients use their own names
+
+
 def test_the_address_connected_to_is_a_good_host(app_of):
     from fastapi.testclient import TestClient
 

@@ -57,7 +57,10 @@ def create_app(daemon: Daemon) -> FastAPI:
     )
     # Host, cross-site writes, framing, and body bytes counted as they arrive
     app.add_middleware(
-        RequestGuard, allowed_hosts=cfg.allowed_hosts, max_body=cfg.max_upload_bytes + MULTIPART_OVERHEAD
+        RequestGuard,
+        allowed_hosts=cfg.allowed_hosts,
+        max_body=cfg.max_upload_bytes + MULTIPART_OVERHEAD,
+        check_host=cfg.token is None,  # a token is what a rebinding page cannot send
     )
 
     # Checking an upload decodes it (a 12 MP photo is 36 MB of pixels): two at a time bounds memory

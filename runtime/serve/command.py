@@ -125,10 +125,11 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
         action="extend",
         metavar="NAME",
         default=[],
-        help="further names or addresses clients may put in the Host header, e.g. the name a "
-        "reverse proxy forwards or a DNS name of the device; the address connected to, localhost "
-        "and this machine's host name are always accepted, other names refused (a web page cannot "
-        "reach the daemon through a name of its own: DNS rebinding); '*' accepts any",
+        help="without a token: further names clients may put in the Host header, e.g. an SSH "
+        "tunnel's or a local DNS name of the device; the address connected to, localhost and this "
+        "machine's host name are always accepted, other names refused, so that a web page cannot "
+        "reach the daemon through a name of its own (DNS rebinding); '*' accepts any. With a "
+        "token any name is accepted: a page cannot send the token",
     )
     g.add_argument(
         "--max-upload-mb",

@@ -6,7 +6,9 @@ An ASGI middleware (so that it also stands before streaming bodies and uploads):
   controls (DNS rebinding: ``rebind.attacker.example`` first resolves to the attacker, then to
   127.0.0.1), and then read the answers as its own. The Host header must therefore name this daemon:
   the address the connection was accepted on, a loopback name for a loopback connection, the
-  machine's own host name, or one of ``--allowed-hosts``; anything else is refused (400).
+  machine's own host name, or one of ``--allowed-hosts``; anything else is refused (400). With a
+  token the check is off: a rebinding page cannot add the Authorization header, so it reads nothing,
+  while a port mapping (Docker ``-p``), NAT or a proxy gives every legitimate client a Host of its own.
 * **Cross-site writes.** A page on another site can still *send* a form or a ``fetch`` to the
   daemon (the answer is unreadable, the upload is not): a state-changing request (POST, PUT, PATCH,
   DELETE) that a browser marks as coming from another site (``Sec-Fetch-Site: cross-site`` or
@@ -72,13 +74,16 @@ class RequestGuard:
             name a reverse proxy forwards; ``*`` turns the Host check off.
         max_body: Most body bytes of any request (the largest upload and its multipart framing);
             None for no limit.
+        check_host: False turns the Host check off (the daemon requires a token).
     """
 
-    def __init__(self, app, allowed_hosts: Iterable[str] = (), max_body: int | None = None) -> None:
+    def __init__(
+        self, app, allowed_hosts: Iterable[str] = (), max_body: int | None = None, check_host: bool = True
+    ) -> None:
         self.app = app
         self.max_body = max_body
         hosts = {split_host(h) for h in allowed_hosts if h.strip()}
-        self.any_host = "*" in hosts
+        self.any_host = "*" in hosts or not check_host
         self.allowed = frozenset(hosts - {"*"}) | own_names()
 
     def host_allowed(self, host: str, server_host: str | None) -> bool:
