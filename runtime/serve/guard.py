@@ -55,14 +55,16 @@ def _is_loopback(host: str) -> bool:
 
 
 def own_names() -> frozenset[str]:
-    """This machine's host name, with and without its domain and as ``NAME.local`` (mDNS)."""
-    names = set()
-    for name in (socket.gethostname(), socket.getfqdn()):
-        name = name.lower().rstrip(".")
-        if name:
-            short = name.split(".")[0]
-            names.update({name, short, f"{short}.local"})
-    return frozenset(names)
+    """This machine's host name, with and without its domain and as ``NAME.local`` (mDNS).
+
+    From ``gethostname()`` alone: ``getfqdn()`` asks DNS, which on a drone without a network can
+    block the start for the resolver's whole timeout.
+    """
+    name = socket.gethostname().lower().rstrip(".")
+    if not name:
+        return frozenset()
+    short = name.split(".")[0]
+    return frozenset({name, short, f"{short}.local"})
 
 
 class RequestGuard:

@@ -219,7 +219,7 @@ class PhotoQueue:
             raise
 
     def check(self) -> None:
-        """SQLite's quick integrity check of every page (a fraction of a second for a year's queue).
+        """SQLite's quick integrity check: every page read once (about a second per 100 MB of queue).
 
         Raises:
             sqlite3.DatabaseError: The database is damaged; the message names the first problem.
