@@ -111,3 +111,36 @@ def add_read_ahead_option(group) -> None:
         f"{READ_AHEAD_MB} when the model runs on a GPU; 0 on the CPU, where a decode beside "
         "inference slows both)",
     )
+
+
+def pixel_count(s: str) -> int | None:
+    """--max-pixels: a number of pixels >= 1 (``120e6`` is accepted), or 0 / 'unlimited' for no limit."""
+    if s.strip().lower() == "unlimited":
+        return None
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of pixels (e.g. 120e6), 0 or 'unlimited' for --max-pixels, found {s!r}"
+        ) from None
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(
+            f"expected a number of pixels (e.g. 120e6), 0 or 'unlimited' for --max-pixels, found {s}"
+        )
+    return int(v) or None
+
+
+def add_max_pixels_option(group) -> None:
+    """``--max-pixels N``, shared by detect and serve: photos larger than this are refused unread."""
+    from .images import MAX_PIXELS
+
+    group.add_argument(
+        "--max-pixels",
+        type=pixel_count,
+        default=MAX_PIXELS,
+        metavar="N",
+        help="refuse a photo whose header claims more than N pixels (width x height) before "
+        "decoding it, so that a small file claiming 60000x60000 cannot take the memory; a "
+        "photo is decoded into 3 bytes a pixel (4000x3000: 36 MB). 0 or 'unlimited' for no "
+        f"limit, e.g. for orthomosaics (default: {MAX_PIXELS:.3g}, a 100 MP camera with room)",
+    )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from importlib import metadata
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._version import __version__
-from .argtypes import add_read_ahead_option
+from .argtypes import add_max_pixels_option, add_read_ahead_option
 from .options import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, UsageError
 from .options.detect import DATA_DIR, DEMO_MODEL, add_detect_options, open_detector
 from .options.files import defer_defaults, resolve_options
@@ -47,13 +48,22 @@ def run_detect(
         geo_config: With output formats (``--format``): ground coordinates, GeoJSON/KML/CSV and
             thumbnails are written too.
     """
-    from .images import ImageReadError, expand_sources
+    from .images import MAX_PIXELS, ImageReadError, expand_sources
     from .outputs import ResultWriter
     from .readahead import prefetch, read_ahead_bytes, read_in_turn, read_within
 
     inputs = expand_sources(sources)
     if not inputs:
         raise UsageError("SOURCE: expected image files, folders or glob patterns, found no inputs")
+    try:  # before the model loads: a read-only or full --out is a usage error, not a traceback later
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"--out {out_dir}: cannot write there ({exc.strerror or exc}); expected a folder edgetile "
+            "may create files in"
+        ) from None
     detector = open_detector(a)
     geo = None
     if geo_config is not None and geo_config.formats:
@@ -69,7 +79,8 @@ def run_detect(
 
     # The next photo is decoded on a thread while this one is detected (photos over the budget wait
     # for their turn, so a huge one is never held twice); by default only when the model is on a GPU.
-    load = read_within(read_ahead_bytes(a.read_ahead, detector.infers_on_cpu))
+    max_pixels = getattr(a, "max_pixels", MAX_PIXELS)
+    load = read_within(read_ahead_bytes(a.read_ahead, detector.infers_on_cpu), max_pixels)
     bar = tqdm(total=len(inputs), disable=not show_bar, unit="img", file=sys.stderr, dynamic_ncols=True)
     t_start = time.perf_counter()
     with detector, ResultWriter(out_dir, detector.names, save_vis=save_vis) as writer, (
@@ -83,7 +94,7 @@ def run_detect(
                 if read_error is not None:
                     raise read_error
                 assert ahead is not None  # prefetch gives a load result whenever it gives no error
-                image, read_ms = read_in_turn(path, ahead)
+                image, read_ms = read_in_turn(path, ahead, max_pixels)
                 ahead = None
                 timings["read"] = read_ms
                 dets = detector.detect(image, timings)
@@ -208,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_geo_options(d)
     add_read_ahead_option(d)
+    add_max_pixels_option(d)
     d.add_argument("--save-vis", action="store_true", help="also write annotated JPEGs to DIR/vis/")
     d.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     # The settings' defaults become SUPPRESS so that cmd_detect can tell what the command line gave;

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +20,24 @@ from .files import write_json_atomic
 from .results import Detections
 
 CSV_HEADER = ["id", "xmin", "ymin", "xmax", "ymax", "score"]
+
+# A spreadsheet runs a cell starting with one of these as a formula (CSV injection): a photo named
+# "=HYPERLINK(...).jpg" must reach Excel or LibreOffice as text.
+_FORMULA_START = ("=", "+", "-", "@")
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
+def csv_text_cell(value: object) -> str:
+    """A text cell safe to open in a spreadsheet or to read line by line.
+
+    Control characters (tab, CR and LF included) are written as a visible ``\\xNN``, and lone
+    surrogates (a file name's undecodable bytes, which UTF-8 cannot carry) as ``\\udcXX``; then a
+    cell starting with = + - or @ gets a leading ' so that a spreadsheet shows it as text. Only for
+    text (names, paths): numbers are written as numbers, so that -12.5 stays a number.
+    """
+    s = str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+    s = _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", s)
+    return "'" + s if s.startswith(_FORMULA_START) else s
 
 
 def draw_detections(image: np.ndarray, dets: Detections, names: Mapping[int, str]) -> np.ndarray:
@@ -47,7 +66,7 @@ def draw_detections(image: np.ndarray, dets: Detections, names: Mapping[int, str
 def csv_rows(image_id: str, dets: Detections) -> list[list]:
     """Rows of detections.csv (CSV_HEADER) for one image, rounded as detections.json rounds them."""
     return [
-        [image_id, *(round(float(v), 2) for v in b), round(float(s), 5)]
+        [csv_text_cell(image_id), *(round(float(v), 2) for v in b), round(float(s), 5)]
         for b, s in zip(dets.xyxy, dets.scores)
     ]
 

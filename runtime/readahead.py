@@ -21,7 +21,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from .images import read_header, read_image
+from .images import MAX_PIXELS, read_header, read_image
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -62,11 +62,14 @@ def read_ahead_bytes(mb: int | None, infers_on_cpu: bool) -> int:
     return int(mb) * 2**20
 
 
-def read_within(budget_bytes: int) -> Callable[[str | os.PathLike], tuple[np.ndarray | None, float]]:
+def read_within(
+    budget_bytes: int, max_pixels: int | None = MAX_PIXELS
+) -> Callable[[str | os.PathLike], tuple[np.ndarray | None, float]]:
     """A loader for :func:`prefetch`: reads a photo when it decodes into at most ``budget_bytes``.
 
     The loader returns (image, milliseconds spent reading), or (None, 0.0) for a photo that is too
     large, or whose size its header does not tell: the caller reads that one itself, in turn.
+    ``max_pixels`` is :func:`..images.read_image`'s limit.
     """
     if int(budget_bytes) < 0:
         raise ValueError(f"budget_bytes: expected 0 or more, found {budget_bytes}")
@@ -76,19 +79,21 @@ def read_within(budget_bytes: int) -> Callable[[str | os.PathLike], tuple[np.nda
         if need is None or need > budget_bytes:
             return None, 0.0
         t0 = time.perf_counter()
-        image = read_image(path)
+        image = read_image(path, max_pixels)
         return image, (time.perf_counter() - t0) * 1000
 
     return load
 
 
-def read_in_turn(path: str | os.PathLike, ahead: tuple[np.ndarray | None, float]) -> tuple[np.ndarray, float]:
+def read_in_turn(
+    path: str | os.PathLike, ahead: tuple[np.ndarray | None, float], max_pixels: int | None = MAX_PIXELS
+) -> tuple[np.ndarray, float]:
     """The photo read ahead by a :func:`read_within` loader, or read now when it was left for its turn."""
     image, ms = ahead
     if image is not None:
         return image, ms
     t0 = time.perf_counter()
-    image = read_image(path)
+    image = read_image(path, max_pixels)
     return image, (time.perf_counter() - t0) * 1000
 
 

@@ -286,6 +286,9 @@ def test_huge_photo_holds_only_the_image_and_one_batch(tmp_path, model):
                 str(tmp_path / "out"),
                 "--batch",
                 "8",
+                # 300 MP, an orthomosaic's size: past the default --max-pixels (a 100 MP camera)
+                "--max-pixels",
+                "unlimited",
             ],
             stdout=subprocess.DEVNULL,
             stderr=err,

@@ -453,11 +453,12 @@ def _merge_dji(
     places: dict[str, str] = {}
     conflicts: list[str] = []
     carrying: set[str] = set()
+    broken: list[str] = []
     for place, packet in packets:
         try:
             values = parse_dji_xmp(packet)
         except ValueError as exc:
-            problems.append(f"{place}: {exc}")
+            broken.append(f"{place}: {exc}")
             continue
         if values:
             carrying.add(place)
@@ -468,6 +469,10 @@ def _merge_dji(
                 conflicts.append(
                     f"drone-dji:{name} {dji[name]!r} from {places[name]} used over {value!r} from {place}"
                 )
+    if broken:  # said once, counted: a photo may carry hundreds of broken packets
+        problems.append(
+            broken[0] if len(broken) == 1 else f"{broken[0]} (the first of {len(broken)} broken XMP packets)"
+        )
     return dji, places, conflicts, carrying
 
 
@@ -524,7 +529,9 @@ def read_photo_metadata(path: str | os.PathLike) -> PhotoMetadata:
     problems: list[str] = []
     try:
         im = Image.open(path)
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        # Pillow refuses to open a photo of more than twice its MAX_IMAGE_PIXELS even for its
+        # metadata; that is this photo's missing pose, never the end of the run or of its detections
         raise PoseError(f"cannot read the photo's metadata with Pillow: {str(exc).splitlines()[0]}") from exc
     with im:
         width, height = im.size

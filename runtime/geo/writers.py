@@ -11,12 +11,15 @@ detections appear in the geographic files, so that mapping tools never import a 
 from __future__ import annotations
 
 import csv
+import html
 import importlib.util
 import io
 import json
 import math
 import os
+import re
 import time
+import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,12 +29,27 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..outputs import csv_text_cell
 from ..results import NULL, Detections
 from .ground import ElevationFn, ErrorModel, locate_boxes
 from .pose import CameraPose, PoseError, PoseOverrides, pose_from_photo
 from .tracks import Track, TrackBuilder
 
 GEO_FORMATS = ("geojson", "kml", "csv")
+
+# Characters XML 1.0 cannot carry, even escaped (C0 controls but tab, LF and CR; U+FFFE/U+FFFF), and
+# lone surrogates (a file name's undecodable bytes), which UTF-8 cannot encode.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+
+
+def xml_safe(text: str) -> str:
+    """``text`` with every character XML 1.0 cannot carry written as a visible ``\\xNN`` / ``\\uNNNN``.
+
+    A file name with a control character in it must not make the whole KML document unreadable.
+    """
+    return _NOT_XML.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 256 else f"\\u{ord(m[0]):04x}", text)
+
+
 GEO_CSV_HEADER = [
     "image",
     "index",
@@ -285,13 +303,16 @@ class GeoDocuments:
         ) -> None:
             pm = ET.SubElement(parent, "Placemark")
             ET.SubElement(pm, "name").text = name
+            # The description is HTML that Google Earth and QGIS render: every value is text in it
+            # (a photo named "<img src=x onerror=...>.jpg" is shown, never run), the thumbnail a URL.
             lines = [
-                f"{k}: {json.dumps(v) if isinstance(v, (list, dict)) else v}"
+                html.escape(f"{k}: {json.dumps(v) if isinstance(v, (list, dict)) else v}")
                 for k, v in data.items()
                 if v is not None and k != "thumbnail"
             ]
-            html = "<br/>".join(lines) + (f'<br/><img src="{thumb}" width="256"/>' if thumb else "")
-            ET.SubElement(pm, "description").text = html
+            src = html.escape(urllib.parse.quote(thumb, safe="/", errors="surrogateescape")) if thumb else ""
+            page = "<br/>".join(lines) + (f'<br/><img src="{src}" width="256"/>' if thumb else "")
+            ET.SubElement(pm, "description").text = page
             ET.SubElement(pm, "styleUrl").text = f"#{style}"
             ext = ET.SubElement(pm, "ExtendedData")
             for k, v in data.items():
@@ -330,7 +351,8 @@ class GeoDocuments:
                 data,
                 self._thumb_of(t.best[0], t.best[1]),
             )
-        return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+        text = ET.tostring(root, encoding="unicode")
+        return '<?xml version="1.0" encoding="UTF-8"?>\n' + xml_safe(text) + "\n"
 
     def csv_text(self) -> str:
         """The detections as CSV with latitude and longitude columns, one row per georeferenced detection."""
@@ -344,9 +366,9 @@ class GeoDocuments:
                 x1, y1, x2, y2 = d["bbox"]
                 w.writerow(
                     [
-                        img,
+                        csv_text_cell(img),
                         i,
-                        d.get("class_name", ""),
+                        csv_text_cell(d.get("class_name", "")),
                         d.get("score", ""),
                         d["lat"],
                         d["lon"],
@@ -358,7 +380,7 @@ class GeoDocuments:
                         x2,
                         y2,
                         d.get("track_id", ""),
-                        d.get("thumbnail", ""),
+                        csv_text_cell(d.get("thumbnail", "")),
                     ]
                 )
         return buf.getvalue()

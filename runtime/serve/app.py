@@ -30,9 +30,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.datastructures import UploadFile
 
 from .._version import __version__
-from ..images import ImageReadError, read_image
+from ..images import ImageReadError, ImageTooLarge, read_image
 from ..outputs import draw_detections
 from ..results import Detections
+from .guard import RequestGuard
 from .retention import MIB, human_bytes
 from .store import PhotoQueue, iso_utc
 from .telemetry import read_sensors, render_prometheus
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the photo
 PAGE_MAX = 1000
+ID_MAX = 2**63 - 1  # SQLite's largest integer: a larger id is a client's mistake (422), never a 500
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -51,6 +53,13 @@ def create_app(daemon: Daemon) -> FastAPI:  # noqa: C901 - the routes are closur
     cfg = daemon.config
     app = FastAPI(
         title="edgetile serve", version=__version__, docs_url=None, redoc_url=None, openapi_url=None
+    )
+    # Host, cross-site writes, framing, and body bytes counted as they arrive
+    app.add_middleware(
+        RequestGuard,
+        allowed_hosts=cfg.allowed_hosts,
+        max_body=cfg.max_upload_bytes + MULTIPART_OVERHEAD,
+        check_host=cfg.token is None,  # a token is what a rebinding page cannot send
     )
 
     # Checking an upload decodes it (a 12 MP photo is 36 MB of pixels): two at a time bounds memory
@@ -86,12 +95,15 @@ def create_app(daemon: Daemon) -> FastAPI:  # noqa: C901 - the routes are closur
         with queue() as q:
             depth = q.depth()
         alive = daemon.worker_alive()
-        body = {
-            "status": "ok" if alive else "worker stopped",
+        problems = daemon.problems()
+        body: dict[str, object] = {
+            "status": "worker stopped" if not alive else "degraded" if problems else "ok",
             "version": __version__,
             "queue_depth": depth,
             "stopping": daemon.stop.is_set(),
         }
+        if problems:  # the worker runs, but photos are not being found: say what fails
+            body["problems"] = problems
         return JSONResponse(body, status_code=200 if alive else 503)
 
     api = APIRouter(dependencies=[Depends(check_token)])
@@ -126,7 +138,9 @@ def create_app(daemon: Daemon) -> FastAPI:  # noqa: C901 - the routes are closur
 
     @api.get("/detections")
     def detections(
-        since: int = Query(0, ge=0, description="return results after this id (the previous 'next')"),
+        since: int = Query(
+            0, ge=0, le=ID_MAX, description="return results after this id (the previous 'next')"
+        ),
         limit: int = Query(100, ge=1, le=PAGE_MAX),
     ) -> dict:
         with queue() as q:
@@ -134,7 +148,7 @@ def create_app(daemon: Daemon) -> FastAPI:  # noqa: C901 - the routes are closur
         return {"items": items, "next": nxt}
 
     @api.get("/failed")
-    def failed(since: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=PAGE_MAX)) -> dict:
+    def failed(since: int = Query(0, ge=0, le=ID_MAX), limit: int = Query(100, ge=1, le=PAGE_MAX)) -> dict:
         with queue() as q:
             items, nxt = q.failed(since, limit)
         return {"items": items, "next": nxt}
@@ -150,6 +164,8 @@ def create_app(daemon: Daemon) -> FastAPI:  # noqa: C901 - the routes are closur
         return found
 
     def outcome_or_404(outcome_id: int):
+        if not 0 <= outcome_id <= ID_MAX:
+            raise HTTPException(422, f"id: expected an integer in 0..{ID_MAX}, found {outcome_id}")
         with queue() as q:
             row = q.outcome(outcome_id)
         if row is None:
@@ -173,13 +189,22 @@ def create_app(daemon: Daemon) -> FastAPI:  # noqa: C901 - the routes are closur
     @api.get("/images/{outcome_id}")
     def image(outcome_id: int) -> StreamingResponse:
         row = outcome_or_404(outcome_id)
+        if not row["ok"]:  # bytes that never decoded as an image may be anything: never sent back
+            raise HTTPException(
+                409, f"result {outcome_id} is a failed input ({row['error']}); only decoded photos are served"
+            )
         media = mimetypes.guess_type(row["path"])[0] or "application/octet-stream"
         # Opened here, not by a FileResponse later: a copy the retention deletes while it is sent
         # stays readable through this handle, so the answer is never cut short.
         try:
-            f = open(row["path"], "rb")  # noqa: SIM115 - closed by the generator when the body is sent
+            fd = os.open(row["path"], os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except FileNotFoundError:
             raise gone_meanwhile(outcome_id, row) from None
+        except OSError as exc:  # ELOOP: the photo was replaced by a link since it was read
+            raise HTTPException(
+                409, f"the image of result {outcome_id} is no longer a plain file ({exc.strerror or exc})"
+            ) from None
+        f = os.fdopen(fd, "rb")  # closed by the generator when the body is sent
         size = os.fstat(f.fileno()).st_size
 
         def body() -> Iterator[bytes]:
@@ -196,16 +221,18 @@ def create_app(daemon: Daemon) -> FastAPI:  # noqa: C901 - the routes are closur
             raise HTTPException(
                 409, f"result {outcome_id} is a failed input ({row['error']}); nothing to draw"
             )
-        try:
-            img = read_image(row["path"])
-        except ImageReadError as exc:
-            if not Path(row["path"]).exists():
-                raise gone_meanwhile(outcome_id, row) from None
-            raise HTTPException(409, f"result {outcome_id}: {exc}") from None
         records = json.loads(row["detections"])
         dets = Detections.from_records(records)
         names = {r["class_id"]: r["class_name"] for r in records}
-        ok, jpeg = cv2.imencode(".jpg", draw_detections(img, dets, names), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        with decoding:  # the uploads' bound: parallel requests for a large photo wait their turn
+            try:
+                img = read_image(row["path"], cfg.max_pixels)
+            except ImageReadError as exc:
+                if not Path(row["path"]).exists():
+                    raise gone_meanwhile(outcome_id, row) from None
+                raise HTTPException(409, f"result {outcome_id}: {exc}") from None
+            ok, jpeg = cv2.imencode(".jpg", draw_detections(img, dets, names), [cv2.IMWRITE_JPEG_QUALITY, 90])
+            del img
         if not ok:
             raise HTTPException(500, f"result {outcome_id}: OpenCV could not encode the annotated JPEG")
         return Response(jpeg.tobytes(), media_type="image/jpeg")
@@ -223,6 +250,15 @@ def create_app(daemon: Daemon) -> FastAPI:  # noqa: C901 - the routes are closur
                 413, f"upload too large: expected at most {limit} bytes (--max-upload-mb), found {length}"
             )
         free = daemon.floor.short()
+        if free is None and daemon.floor.min_free_bytes:
+            # the body is spooled, then copied: twice its size must fit above the floor
+            room = daemon.floor.free_bytes()
+            if room - 2 * int(length) < daemon.floor.min_free_bytes:
+                raise HTTPException(
+                    507,
+                    f"the state folder has {human_bytes(room)} free: expected room for twice the "
+                    f"upload ({length} bytes) above --min-free-mb {daemon.floor.min_free_bytes / MIB:g}",
+                )
         if free is not None:
             raise HTTPException(
                 507,
@@ -270,9 +306,13 @@ def create_app(daemon: Daemon) -> FastAPI:  # noqa: C901 - the routes are closur
 
 def _store(src, client_name, cfg):
     try:
-        return store_upload(src, client_name, cfg.uploads_dir, cfg.tmp_dir, cfg.max_upload_bytes)
+        return store_upload(
+            src, client_name, cfg.uploads_dir, cfg.tmp_dir, cfg.max_upload_bytes, cfg.max_pixels
+        )
     except UploadTooLarge as exc:
         raise HTTPException(413, f"{exc} (--max-upload-mb)") from None
+    except ImageTooLarge as exc:
+        raise HTTPException(413, str(exc)) from None
     except ImageReadError as exc:
         raise HTTPException(415, f"expected a readable image: {exc}") from None
     except OSError as exc:

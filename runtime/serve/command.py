@@ -12,7 +12,13 @@ import argparse
 import logging
 import sys
 
-from ..argtypes import add_read_ahead_option, finite_number, int_at_least, number_or_word
+from ..argtypes import (
+    add_max_pixels_option,
+    add_read_ahead_option,
+    finite_number,
+    int_at_least,
+    number_or_word,
+)
 from ..options import EXIT_USAGE, UsageError
 from ..options.detect import add_detect_options, open_detector
 from ..options.files import ConfigError, defer_defaults, resolve_options
@@ -103,11 +109,39 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
         help="read the bearer token from this file (first line), e.g. a systemd credential",
     )
     g.add_argument(
+        "--allowed-hosts",
+        nargs="+",
+        action="extend",
+        metavar="NAME",
+        default=[],
+        help="without a token: further names clients may put in the Host header, e.g. an SSH "
+        "tunnel's or a local DNS name of the device; the address connected to, localhost and this "
+        "machine's host name are always accepted, other names refused, so that a web page cannot "
+        "reach the daemon through a name of its own (DNS rebinding); '*' accepts any. With a "
+        "token any name is accepted: a page cannot send the token",
+    )
+    g.add_argument(
         "--max-upload-mb",
         metavar="MIB",
         type=finite_number("--max-upload-mb", 0.001),
         default=50.0,
         help="largest photo accepted by POST /images, in MiB (default: 50)",
+    )
+    g.add_argument(
+        "--max-connections",
+        metavar="N",
+        type=int_at_least("--max-connections"),
+        default=64,
+        help="most open HTTP connections; past it the oldest one without a request in progress is "
+        "closed, so a flood of half-sent requests never keeps a health check out (default: 64)",
+    )
+    g.add_argument(
+        "--header-timeout",
+        metavar="SECONDS",
+        type=finite_number("--header-timeout", 0.0, inclusive=False),
+        default=10.0,
+        help="close a connection that has not sent a whole request's headers this long after it "
+        "opened or after its last answer (slow or stalled clients) (default: 10)",
     )
     g.add_argument("--access-log", action="store_true", help="log every HTTP request")
     g = p.add_argument_group("queue")
@@ -135,6 +169,7 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
         "lone photo is committed at once. SIGTERM finishes this batch (default: 4)",
     )
     add_read_ahead_option(g)
+    add_max_pixels_option(g)
     g.add_argument(
         "--retry-failed",
         action="store_true",
@@ -210,11 +245,62 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return s
 
 
+class RepeatedLines(logging.Filter):
+    """Lets a line through once per ``window`` seconds; the repeats are counted, and said with the next.
+
+    A failure that repeats many times a second (asyncio's "socket.accept() out of system resource"
+    under a flood of connections, with its traceback each time) must not fill the disk with the log.
+    Only identical lines (same logger, level and text) are held back: "photo A failed" never hides
+    "photo B failed". The daemon's own lines are never held back (each says an event once already,
+    e.g. a stream's reconnection); the libraries' are.
+
+    Args:
+        window: Seconds during which a line is said once.
+        clock: Seconds, monotonic (for tests).
+        loggers: Names (and their children) whose lines are held back.
+    """
+
+    def __init__(
+        self, window: float = 60.0, clock=None, loggers: tuple[str, ...] = ("uvicorn", "asyncio")
+    ) -> None:
+        super().__init__()
+        import threading
+        import time
+
+        self.window = float(window)
+        self.loggers = tuple(loggers)
+        self.clock = clock or time.monotonic
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}  # line -> (said at, held back since)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not any(record.name == n or record.name.startswith(n + ".") for n in self.loggers):
+            return True
+        key = (record.name, record.levelno, record.getMessage())
+        now = self.clock()
+        with self._lock:
+            if len(self._seen) > 1000:  # forget lines not seen for a window: memory stays bounded
+                self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.window}
+            said_at, held = self._seen.get(key, (None, 0))
+            if said_at is not None and now - said_at < self.window:
+                self._seen[key] = (said_at, held + 1)
+                return False
+            self._seen[key] = (now, 0)
+        if held:
+            record.msg = (
+                f"{record.getMessage()} ({held} more like it in the last {self.window:g} s not logged)"
+            )
+            record.args = None
+        return True
+
+
 def _setup_logging(level: str) -> list[tuple[logging.Logger, logging.Handler]]:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s edgetile serve %(levelname)s: %(message)s"))
+    handler.addFilter(RepeatedLines())
     installed: list[tuple[logging.Logger, logging.Handler]] = []
-    for name in ("edgetile.serve", "uvicorn"):
+    # asyncio: e.g. "socket.accept() out of system resource", which would otherwise reach stderr unfiltered
+    for name in ("edgetile.serve", "uvicorn", "asyncio"):
         logger = logging.getLogger(name)
         logger.addHandler(handler)
         logger.propagate = False

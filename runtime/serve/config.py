@@ -13,7 +13,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..images import IMAGE_EXTENSIONS
+from ..images import IMAGE_EXTENSIONS, MAX_PIXELS
 from ..options.files import ConfigError
 
 
@@ -41,6 +41,10 @@ class ServeConfig:
         port: TCP port (0: any free one).
         token: Bearer token required on every request but /health, or None.
         max_upload_bytes: Largest accepted upload.
+        allowed_hosts: Host header names accepted besides the address connected to, localhost and
+            the machine's own name ('*': any).
+        max_connections: Most open HTTP connections (the oldest idle one is closed past it).
+        header_timeout: Seconds a connection may take to send a request's headers.
         access_log: Log every HTTP request.
         max_attempts: Tries before a failing input is parked.
         retry_after: Seconds before a failed input is tried again.
@@ -51,6 +55,8 @@ class ServeConfig:
         keep_days: Copies of results older than this many days are deleted; None for no age limit.
         min_free_bytes: Free space under the state folder below which new frames are not kept and
             uploads are refused; 0 for no floor.
+        max_pixels: Most pixels of a photo (from its header, before decoding), in the queue, uploads
+            and image routes alike; None for no limit.
         read_ahead_mb: Largest photo (decoded, MiB) read on a thread while the one before is detected;
             None: the default of :func:`..readahead.read_ahead_bytes` for the detector's backend.
         log_level: Logging level name.
@@ -67,6 +73,9 @@ class ServeConfig:
     port: int = 8765
     token: str | None = None
     max_upload_bytes: int = 50 * 1024 * 1024
+    allowed_hosts: tuple[str, ...] = ()
+    max_connections: int = 64
+    header_timeout: float = 10.0
     access_log: bool = False
     max_attempts: int = 3
     retry_after: float = 10.0
@@ -75,6 +84,7 @@ class ServeConfig:
     keep_inputs_bytes: int | None = 2 << 30
     keep_days: float | None = None
     min_free_bytes: int = 500 << 20
+    max_pixels: int | None = MAX_PIXELS
     read_ahead_mb: int | None = None
     log_level: str = "info"
     sysfs: Path = Path("/sys")
@@ -150,12 +160,16 @@ class ServeConfig:
             port=a.port,
             token=token,
             max_upload_bytes=int(a.max_upload_mb * 1024 * 1024),
+            allowed_hosts=tuple(a.allowed_hosts),
+            max_connections=a.max_connections,
+            header_timeout=a.header_timeout,
             access_log=a.access_log,
             max_attempts=a.max_attempts,
             retry_after=a.retry_after,
             queue_batch=a.queue_batch,
             retry_failed=a.retry_failed,
             read_ahead_mb=a.read_ahead,
+            max_pixels=a.max_pixels,
             log_level=a.log_level,
             keep_inputs_bytes=None if a.keep_inputs_gb is None else int(a.keep_inputs_gb * (1 << 30)),
             keep_days=a.keep_days,

@@ -9,10 +9,12 @@ start (see :mod:`.store`).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
 import socket
+import sqlite3
 import threading
 import time
 
@@ -27,6 +29,15 @@ from .store import Item, Outcome, PhotoQueue
 from .telemetry import StageHistograms
 
 log = logging.getLogger("edgetile.serve")
+
+COMMIT_RETRY_S = 5.0  # between tries to commit a batch while the disk is full
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for SQLite's SQLITE_FULL and the system's ENOSPC/EDQUOT: no fault of the photo's."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return getattr(exc, "sqlite_errorcode", None) == 13 or "disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def sd_notify(message: str) -> None:
@@ -86,6 +97,7 @@ class Daemon:
         self._retries = 0
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
+        self.watcher: FolderWatcher | None = None
         self.worker_error: BaseException | None = None
         self.hooks = ResultHooks() if hooks is None else hooks
         self.outbox = None  # with MQTT: results go to the broker through the queue database
@@ -104,6 +116,10 @@ class Daemon:
         """Failed attempts queued again for a later try, this run."""
         with self._lock:
             return self._retries
+
+    def problems(self) -> list[str]:
+        """What fails now without stopping the daemon (folder scans, missing folders), one line each."""
+        return self.watcher.problems() if self.watcher is not None else []
 
     def worker_alive(self) -> bool:
         return self._worker is not None and self._worker.is_alive()
@@ -129,7 +145,7 @@ class Daemon:
         try:
             if read_error is not None:
                 raise read_error
-            image, read_ms = read_in_turn(item.path, ahead or (None, 0.0))
+            image, read_ms = read_in_turn(item.path, ahead or (None, 0.0), self.config.max_pixels)
             ahead = None
             timings = {"read": read_ms}
             dets = self.detector.detect(image, timings)
@@ -162,7 +178,9 @@ class Daemon:
         """Claim, process and commit batches until stopped."""
         cfg = self.config
         # the next photo of a batch is read on a thread (by default only when the model is on a GPU)
-        load = read_within(read_ahead_bytes(cfg.read_ahead_mb, getattr(self.detector, "infers_on_cpu", True)))
+        load = read_within(
+            read_ahead_bytes(cfg.read_ahead_mb, getattr(self.detector, "infers_on_cpu", True)), cfg.max_pixels
+        )
         try:
             with PhotoQueue(cfg.db_path, cfg.max_attempts, cfg.retry_after) as q:
                 while not self.stop.is_set():
@@ -177,9 +195,9 @@ class Daemon:
                         outcomes.append(self.process(item, ahead, read_error))
                         ahead = None  # let go before the next photo is read
                     t0 = time.perf_counter()
-                    parked = q.finish(
-                        outcomes, outbox_limit=None if self.outbox is None else self.outbox.limit
-                    )
+                    parked = self._commit(q, items, outcomes)
+                    if parked is None:  # stopped while the disk was full: given back uncounted
+                        break
                     log.debug("committed %d outcome(s)", len(outcomes))
                     if self.outbox is not None:  # MQTT hears what was committed, from the outbox
                         self.outbox.wake.set()
@@ -198,6 +216,38 @@ class Daemon:
         except BaseException as exc:  # noqa: BLE001 - kept and logged whole; the main thread then exits 1
             self.worker_error = exc
             log.exception("the worker stopped; what it had not committed runs again at the next start")
+
+    def _commit(self, q: PhotoQueue, items: list[Item], outcomes: list[Outcome]) -> int | None:
+        """Commit a batch; while the disk is full, keep the results and try again.
+
+        A full disk is no fault of the photos: their attempts must not be counted against them (a
+        crash here would count them at the next start, and park a good photo on its last attempt).
+        Returns how many were parked, or None when stopped before the commit could be written (the
+        items are then given back to the queue uncounted, when even that can be written).
+        """
+        said = False
+        while True:
+            try:
+                return q.finish(outcomes, outbox_limit=None if self.outbox is None else self.outbox.limit)
+            except (sqlite3.OperationalError, OSError) as exc:
+                if not is_disk_full(exc):
+                    raise
+                if not said:
+                    log.warning(
+                        "cannot commit the results of %d input(s): %s; they wait and are committed once "
+                        "there is room (trying every %g s; their attempts are not counted)",
+                        len(outcomes),
+                        exc,
+                        COMMIT_RETRY_S,
+                    )
+                    said = True
+                self.retention.wake.set()  # below the floor it removes finished copies to make room
+            if self.stop.wait(COMMIT_RETRY_S):
+                try:
+                    q.release(items)
+                except (sqlite3.OperationalError, OSError) as exc:
+                    log.warning("cannot give %d input(s) back to the queue either: %s", len(items), exc)
+                return None
 
     def _read_video(self, reader: VideoReader) -> None:
         """A video source's thread: first wait (briefly) for what the hooks record with each frame."""
@@ -236,17 +286,39 @@ class Daemon:
         import uvicorn
 
         from .app import create_app
+        from .guard import guarded_h11_protocol
 
         cfg = self.config
-        lock = self._lock_state()
         try:
-            self._prepare_state()
-            with PhotoQueue(cfg.db_path, cfg.max_attempts, cfg.retry_after) as q:
-                requeued, parked = q.recover()
-                retried = q.retry_parked() if cfg.retry_failed else 0
-                not_retried = q.parked_without_copy() if cfg.retry_failed else 0
-                counts = q.counts()
-                copies = q.copies()
+            lock = self._lock_state()
+        except OSError as exc:
+            raise ConfigError(
+                f"--state {cfg.state}: cannot write there ({exc.strerror or exc}); expected a folder "
+                "the daemon may create files in"
+            ) from None
+        try:
+            try:
+                self._prepare_state()
+            except OSError as exc:
+                raise ConfigError(
+                    f"--state {cfg.state}: cannot write there ({exc.strerror or exc}); expected a folder "
+                    "the daemon may create files in"
+                ) from None
+            try:
+                with PhotoQueue(cfg.db_path, cfg.max_attempts, cfg.retry_after) as q:
+                    q.check()
+                    requeued, parked = q.recover()
+                    retried = q.retry_parked() if cfg.retry_failed else 0
+                    not_retried = q.parked_without_copy() if cfg.retry_failed else 0
+                    counts = q.counts()
+                    copies = q.copies()
+            except sqlite3.DatabaseError as exc:  # a restart would meet the same file: usage error, exit 2
+                db = cfg.db_path
+                raise ConfigError(
+                    f"the queue database {db} cannot be used ({exc}); move it aside with its -wal and "
+                    f"-shm files (mv {db} {db}.damaged) to start with an empty queue; its results may "
+                    f"be recovered with 'sqlite3 {db}.damaged .recover'"
+                ) from None
             if requeued or parked:
                 log.warning(
                     "the last run stopped without finishing %d input(s): %d queued again (each tried "
@@ -265,6 +337,10 @@ class Daemon:
             server = uvicorn.Server(
                 uvicorn.Config(
                     create_app(self),
+                    # h11 always (its 16 KiB limit on a request's headers), with a header-read
+                    # timeout and a connection cap of our own: see guard.guarded_h11_protocol
+                    http=guarded_h11_protocol(cfg.max_connections, cfg.header_timeout),
+                    timeout_graceful_shutdown=5,  # a slow client cannot hold the stop
                     log_config=None,
                     log_level="warning",
                     access_log=cfg.access_log,
@@ -275,10 +351,10 @@ class Daemon:
                 logging.getLogger("uvicorn.access").setLevel(logging.INFO)
             threads: list[threading.Thread] = []
             if cfg.watch:
-                watcher = FolderWatcher(cfg.watch, cfg.settle, exclude=cfg.state, on_new=self.wake.set)
+                self.watcher = FolderWatcher(cfg.watch, cfg.settle, exclude=cfg.state, on_new=self.wake.set)
                 threads.append(
                     threading.Thread(
-                        target=watcher.run,
+                        target=self.watcher.run,
                         name="watch",
                         daemon=True,
                         args=(cfg.db_path, self.stop, cfg.poll, time.time),

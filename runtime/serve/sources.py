@@ -40,6 +40,10 @@ def _walk_images(folder: Path, exclude: Path | None) -> Iterator[tuple[str, os.s
         for e in entries:
             if e.name.startswith("."):
                 continue  # hidden files: editors', rsync's and our own temporary names
+            if e.is_symlink():
+                # never followed: a link named leak.jpg could point at any file the daemon may read
+                log.debug("%s is a symbolic link; links in watched folders are not followed", e.path)
+                continue
             if e.is_dir(follow_symlinks=False):
                 if exclude is None or Path(e.path) != exclude:
                     stack.append(e.path)
@@ -81,6 +85,15 @@ class FolderWatcher:
         self._pending: dict[str, tuple[int, int, float]] = {}  # path -> (size, mtime_ns, unchanged since)
         self._recorded: dict[str, tuple[int, int]] = {}
         self._missing: set[Path] = set()
+        self.failing: str | None = None  # why the last scan failed, until one succeeds
+
+    def problems(self) -> list[str]:
+        """What keeps photos from being found now, one line each (for /health); empty when all is well."""
+        out = [f"watched folder {f} is not there (card removed or unmounted?)" for f in sorted(self._missing)]
+        failing = self.failing
+        if failing is not None:
+            out.append(failing)
+        return out
 
     def scan(self, queue: PhotoQueue, now: float) -> int:  # noqa: C901 - one pass: a folder's state, then each file's settle and record steps, in order
         """One pass over the folders; returns how many new inputs were recorded.
@@ -159,7 +172,12 @@ class FolderWatcher:
             while not stop.is_set():
                 try:
                     self.scan(queue, clock())
-                except Exception:  # noqa: BLE001 - e.g. a full disk: logged whole, and the next scan tries again
+                    self.failing = None
+                except Exception as exc:  # noqa: BLE001 - e.g. a full disk: logged whole, and the next scan tries again
+                    said = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(
+                        ": "
+                    )
+                    self.failing = f"scanning {', '.join(map(str, self.folders))} fails: {said}"
                     log.exception(
                         "scanning %s failed; trying again in %.0f s",
                         ", ".join(map(str, self.folders)),

@@ -218,6 +218,25 @@ class PhotoQueue:
             self.conn.close()
             raise
 
+    def check(self) -> None:
+        """SQLite's quick integrity check: every page read once (about a second per 100 MB of queue).
+
+        Raises:
+            sqlite3.DatabaseError: The database is damaged; the message names the first problem.
+        """
+        problems = [" ".join(str(r[0]).split()) for r in self.conn.execute("PRAGMA quick_check(3)")]
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError(f"integrity check failed: {'; '.join(problems)}")
+
+    def release(self, items: Sequence[Item]) -> None:
+        """Give claimed items back to the queue with their attempt uncounted (their results could
+        not be committed, through no fault of theirs: e.g. the disk was full)."""
+        with self._write() as c:
+            c.executemany(
+                "UPDATE items SET state='queued', attempts=max(attempts-1, 0) WHERE item_id=? AND state='running'",
+                [(it.item_id,) for it in items],
+            )
+
     def _schema_version(self) -> int | None:
         try:
             row = self.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
@@ -262,10 +281,12 @@ class PhotoQueue:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
+            self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            # SQLite may have rolled back by itself (e.g. a COMMIT that met a full disk)
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
 
     # ---- producers --------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..files import HASH_CHUNK, fsync_dir
-from ..images import IMAGE_EXTENSIONS, ImageReadError, read_image
+from ..images import IMAGE_EXTENSIONS, MAX_PIXELS, ImageReadError, read_image
 
 MAX_NAME = 120
 _MAGIC = (
@@ -74,7 +74,12 @@ class StoredUpload:
 
 
 def store_upload(
-    src: BinaryIO, client_name: str | None, uploads_dir: Path, tmp_dir: Path, max_bytes: int
+    src: BinaryIO,
+    client_name: str | None,
+    uploads_dir: Path,
+    tmp_dir: Path,
+    max_bytes: int,
+    max_pixels: int | None = MAX_PIXELS,
 ) -> StoredUpload:
     """Copy an upload to ``uploads_dir`` if it is a readable image of at most ``max_bytes``.
 
@@ -84,9 +89,11 @@ def store_upload(
         uploads_dir: Where accepted photos are stored, as <sha256><ext>.
         tmp_dir: Same file system as uploads_dir, for the atomic rename.
         max_bytes: Size limit.
+        max_pixels: Most pixels, checked from the header before the photo is decoded.
 
     Raises:
         UploadTooLarge: more than max_bytes.
+        ImageTooLarge: more than max_pixels pixels.
         ImageReadError: not a readable image (empty, truncated, not an image).
     """
     name = sanitize_name(client_name)
@@ -108,9 +115,9 @@ def store_upload(
             f.flush()
             os.fsync(f.fileno())
         try:
-            image = read_image(tmp)
+            image = read_image(tmp, max_pixels)
         except ImageReadError as exc:
-            raise ImageReadError(str(exc).replace(str(tmp), name)) from None
+            raise type(exc)(str(exc).replace(str(tmp), name)) from None
         height, width = image.shape[:2]
         del image
         digest = h.hexdigest()
