@@ -20,8 +20,8 @@ import numpy as np
 
 from edgetile.runtime.evaluation.annotations import AnnotatedPhoto, Dataset, load_dataset
 
-from .from_review import RejectedBoxScorer, read_hard_negatives
 from .folds import fold_table, format_table, photo_labels, stratified_folds, stratified_holdout
+from .from_review import RejectedBoxScorer, read_hard_negatives
 from .tiles import Photo, cut_tiles, write_data_yaml, write_manifest
 
 
