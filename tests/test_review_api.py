@@ -193,6 +193,7 @@ def test_the_queue_pages_by_score_and_time_filters_and_counts(state):
         ("min_score=0.4&max_score=0.85", ["2-0", "3-0"]),
         ("source=upload", ["3-1", "1-0", "2-0", "3-0", "1-1"]),
         ("source=operator", []),
+        ("outcome_id=3", ["3-1", "3-0"]),  # one photo's
         ("status=confirmed,flagged", []),
         ("status=unreviewed&status=rejected", ["3-1", "1-0", "2-0", "3-0", "1-1"]),
     ]:
