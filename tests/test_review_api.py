@@ -453,6 +453,7 @@ def test_exports_read_back_by_gpxpy_fastkml_geojson_and_csv_with_names_escaped(s
         (items["1-0"]["lon"], items["1-0"]["lat"])
     )
     assert "crops/1-0" in marks[0].description and marks[0].times is not None
+    assert "&lt;b&gt;&amp;" in marks[0].description  # shown as text by a reader that renders HTML
 
     rows = list(csv.DictReader(io.StringIO(c.get("/api/review/finds.csv", headers=AUTH).text)))
     assert [r["name"] for r in rows] == ["Find 1 (confirmed)", "Find 2 (flagged)"]

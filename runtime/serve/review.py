@@ -163,6 +163,9 @@ def review_router(daemon: Daemon, decoding: threading.BoundedSemaphore) -> APIRo
     def queue() -> ReviewQueue:
         return ReviewQueue(cfg.db_path, cfg.max_attempts, cfg.retry_after)
 
+    # the daemon's --track-radius when it georeferences, else the tracks' default
+    track_radius = getattr(getattr(daemon.hooks, "config", None), "track_radius_m", TRACK_RADIUS_M)
+
     def outbox_limit() -> int | None:
         return None if daemon.outbox is None else daemon.outbox.limit
 
@@ -386,7 +389,7 @@ def review_router(daemon: Daemon, decoding: threading.BoundedSemaphore) -> APIRo
             p["overlay"] = f"/api/review/overlays/{p['outcome_id']}"
         return {
             "photos": photos,
-            "tracks": tracks_of(items),
+            "tracks": tracks_of(items, track_radius),
             "legend": legend(daemon.detector),
             "tiles": None if cfg.tiles is None else "/tiles/{z}/{x}/{y}.png",
         }
