@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -202,6 +203,8 @@ def test_the_queue_pages_by_score_and_time_filters_and_counts(state):
         ] == ids, query
     assert c.get("/api/review/detections?status=maybe", headers=AUTH).status_code == 422
     assert c.get("/api/review/detections?after=notacursor", headers=AUTH).status_code == 422
+    forged = base64.urlsafe_b64encode(b'["a", 1, 2, 3]').decode()
+    assert c.get(f"/api/review/detections?after={forged}", headers=AUTH).status_code == 422
 
 
 def test_decisions_over_http_validate_and_are_kept_with_their_history(state):

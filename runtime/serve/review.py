@@ -100,8 +100,12 @@ def _decode_cursor(text: str) -> tuple:
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         key = json.loads(raw)
-        if not isinstance(key, list) or not key:
-            raise ValueError("not a list")
+        if not (
+            isinstance(key, list)
+            and len(key) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in key)
+        ):
+            raise ValueError("not a key of four numbers")
         return tuple(key)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise HTTPException(
