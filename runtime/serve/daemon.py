@@ -76,6 +76,26 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+class ChangeSignal:
+    """A counter that grows at each commit the review's live stream must see (results, decisions).
+
+    Readers (the live streams, on the event loop) compare ``version`` with the one they saw.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._version = 0
+
+    @property
+    def version(self) -> int:
+        with self._lock:
+            return self._version
+
+    def bump(self) -> None:
+        with self._lock:
+            self._version += 1
+
+
 class Daemon:
     """One running daemon: configuration, detector, measurements and the stop signal.
 
@@ -92,6 +112,7 @@ class Daemon:
         self.detector = detector
         self.stop = threading.Event()
         self.wake = threading.Event()
+        self.changes = ChangeSignal()  # the review's live stream wakes on each commit
         self.histograms = StageHistograms()
         self.started_at = time.time()
         self._retries = 0
@@ -150,10 +171,10 @@ class Daemon:
             timings = {"read": read_ms}
             dets = self.detector.detect(image, timings)
             log.debug("%s: %d detection(s)", item.name, len(dets))
-            dets = self.hooks.annotate(
-                item, image, dets
-            )  # e.g. coordinates and thumbnails, committed with them
+            # e.g. coordinates and thumbnails, committed with them
+            dets = self.hooks.annotate(item, image, dets)
             records = dets.to_records(self.detector.names)
+            place = self.hooks.photo_geo(item)  # e.g. the footprint for the review map
             timings["total"] = (
                 time.perf_counter() - t0
             ) * 1000  # this thread's time: a read ahead is not in it
@@ -163,6 +184,7 @@ class Daemon:
                 height=int(image.shape[0]),
                 detections=records,
                 timings_ms={k: round(v, 2) for k, v in timings.items()},
+                photo_geo=place,
             )
         except (ImageReadError, OSError, ValueError, MemoryError) as exc:
             error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -199,6 +221,7 @@ class Daemon:
                     if parked is None:  # stopped while the disk was full: given back uncounted
                         break
                     log.debug("committed %d outcome(s)", len(outcomes))
+                    self.changes.bump()
                     if self.outbox is not None:  # MQTT hears what was committed, from the outbox
                         self.outbox.wake.set()
                     self.hooks.publish(outcomes)  # e.g. MAVLink hears what was committed
