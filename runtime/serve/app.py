@@ -34,6 +34,7 @@ from .._version import __version__
 from ..images import ImageReadError, read_image
 from ..outputs import draw_detections
 from ..results import Detections
+from .page import mount_page
 from .retention import MIB, human_bytes
 from .store import PhotoQueue, iso_utc
 from .telemetry import read_sensors, render_prometheus
@@ -94,6 +95,8 @@ def create_app(daemon: Daemon) -> FastAPI:
             "stopping": daemon.stop.is_set(),
         }
         return JSONResponse(body, status_code=200 if alive else 503)
+
+    mount_page(app)  # the review page's shell: no data in it, so no token
 
     api = APIRouter(dependencies=[Depends(check_token)])
 
