@@ -43,7 +43,7 @@ def mount_page(app: FastAPI) -> None:
         raise RuntimeError(f"expected the review page at {STATIC / 'index.html'}, found no such file")
     router = APIRouter()
 
-    @router.get("/", include_in_schema=False)
+    @router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html", headers=SHELL_HEADERS)
 

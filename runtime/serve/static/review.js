@@ -720,9 +720,13 @@
       S.photo.loaded = true;
     }
     highlight(d.id);
-    // The selected box at full resolution (1 photo pixel per screen pixel), unless the photo is smaller.
+    // The whole photo when it fits at half its resolution or more; else the selected box at full
+    // resolution (one photo pixel per screen pixel), the operator zooming out for the rest.
+    const whole = L.latLngBounds(px(0, d.photo_height), px(d.photo_width, 0));
+    const fit = photoMap.getBoundsZoom(whole);
     const [x1, y1, x2, y2] = d.bbox;
-    photoMap.setView(px((x1 + x2) / 2, (y1 + y2) / 2), Math.max(photoMap.getZoom(), 0));
+    if (fit >= -1) photoMap.fitBounds(whole);
+    else photoMap.setView(px((x1 + x2) / 2, (y1 + y2) / 2), 0);
   }
 
   // ---- map view: footprints with their photos, detections, tracks, legend ---------------------------
