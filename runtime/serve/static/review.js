@@ -645,7 +645,6 @@
       const b = L.latLngBounds(start, e.latlng);
       rubber.remove();
       rubber = null;
-      photoMap.dragging.enable();
       setDrawMode(false);
       const { width: w, height: h } = S.photo;
       const clamp = (v, hi) => Math.min(Math.max(Math.round(v), 0), hi);
@@ -659,7 +658,17 @@
   function setDrawMode(on) {
     drawMode = on;
     $("#draw-button").setAttribute("aria-pressed", String(on));
-    if (photoMap) photoMap.getContainer().classList.toggle("drawing", on);
+    if (!photoMap) return;
+    photoMap.getContainer().classList.toggle("drawing", on);
+    if (on) photoMap.dragging.disable();
+    else photoMap.dragging.enable();
+  }
+
+  // Shift held over the photo: a drag draws a box instead of panning.
+  function onShift(e) {
+    if (e.key !== "Shift" || !photoMap || S.view !== "photo" || drawMode) return;
+    if (e.type === "keydown") photoMap.dragging.disable();
+    else photoMap.dragging.enable();
   }
 
   async function addOperatorBox(bbox) {
@@ -1037,6 +1046,8 @@
 
   async function main() {
     document.addEventListener("keydown", onKey);
+    document.addEventListener("keydown", onShift);
+    document.addEventListener("keyup", onShift);
     for (const b of document.querySelectorAll("#views button")) b.addEventListener("click", () => goTo(b.dataset.view));
     const actions = { confirm: KEYS.c, reject: KEYS.r, flag: KEYS.f, undo: KEYS.u, photo: openPhoto };
     for (const b of document.querySelectorAll("[data-action]")) b.addEventListener("click", () => actions[b.dataset.action]());
