@@ -385,7 +385,7 @@ def test_a_state_folder_of_the_previous_schema_is_migrated_and_keeps_its_queue(t
     with sqlite3.connect(db) as c:  # written by the daemon before frame telemetry existed
         c.executescript(V1_SCHEMA)
     with PhotoQueue(db) as q, PhotoQueue(db) as q2:  # a second opener finds it migrated
-        assert SCHEMA_VERSION == 3
+        assert SCHEMA_VERSION == 4
         assert q.counts() == {"queued": 1, "running": 0, "done": 1, "parked": 0}
         assert q.detections(0, 10)[0][0]["image"] == "p.jpg"
         assert q2.add("c", "video", "new#frame=1", "/f/c.jpg", telemetry={"problem": "none"}) == (3, True)

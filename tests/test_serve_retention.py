@@ -29,7 +29,7 @@ from edgetile.runtime.options.files import resolve_options
 from edgetile.runtime.serve.command import register
 from edgetile.runtime.serve.config import ConfigError, ServeConfig
 from edgetile.runtime.serve.retention import DiskFloor, Retention
-from edgetile.runtime.serve.store import Outcome, PhotoQueue
+from edgetile.runtime.serve.store import SCHEMA_VERSION, Outcome, PhotoQueue
 from onnx_models import red_blob_model
 
 DETECT_OPTIONS = ["--tile", "256"]
@@ -226,7 +226,7 @@ def test_a_state_folder_of_schema_2_gets_its_copies_measured_once(tmp_path):
             "w.jpg": None,
         }  # missing: not counted; watched: not ours
         assert q.copies()["held_bytes"] == 1234
-        assert q.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == "3"
+        assert q.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == str(SCHEMA_VERSION)
         r = Retention((tmp_path / "uploads", tmp_path / "frames"), 0, None, DiskFloor(tmp_path, 0))
         assert (
             r.sweep(q, time.time()) == (1, 1234) and not kept.exists()

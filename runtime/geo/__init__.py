@@ -14,7 +14,16 @@ functions that need them (extra ``geo``).
 
 from __future__ import annotations
 
-from .ground import ErrorModel, GroundFix, box_feet, ground_to_pixel, locate_boxes, locate_pixels
+from .ground import (
+    ErrorModel,
+    GroundFix,
+    box_feet,
+    centre_gsd_m,
+    ground_to_pixel,
+    locate_boxes,
+    locate_pixels,
+    photo_footprint,
+)
 from .pose import (
     CameraPose,
     PhotoMetadata,
@@ -52,6 +61,7 @@ __all__ = [
     "TrackBuilder",
     "box_feet",
     "build_tracks",
+    "centre_gsd_m",
     "georeference_detections",
     "ground_distance_m",
     "ground_to_pixel",
@@ -59,6 +69,7 @@ __all__ = [
     "locate_pixels",
     "missing_geo_packages",
     "parse_formats",
+    "photo_footprint",
     "pose_from_metadata",
     "pose_from_photo",
     "read_photo_metadata",

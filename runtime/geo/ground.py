@@ -309,3 +309,30 @@ def ground_to_pixel(
         u = np.where(cam[:, 0] > 0, pose.cx + pose.focal_px * cam[:, 1] / cam[:, 0], np.nan)
         v = np.where(cam[:, 0] > 0, pose.cy + pose.focal_px * cam[:, 2] / cam[:, 0], np.nan)
     return np.stack([u, v], axis=1)
+
+
+def photo_footprint(pose: CameraPose) -> list[list[float]] | None:
+    """The photo's four corners on flat ground: [[lat, lon]] for top-left, top-right, bottom-right, bottom-left.
+
+    Returns:
+        The corners (degrees, 8 decimals), or None when a corner's ray does not reach the ground
+        (an oblique photo showing the horizon has no bounded footprint).
+    """
+    corners = np.array([[0, 0], [pose.width, 0], [pose.width, pose.height], [0, pose.height]], np.float64)
+    fixes = locate_pixels(pose, corners, ErrorModel(0.0, 0.0, 0.0))
+    if any(f is None for f in fixes):
+        return None
+    return [[round(f.lat, 8), round(f.lon, 8)] for f in fixes]
+
+
+def centre_gsd_m(pose: CameraPose) -> float | None:
+    """Ground sampling distance at the photo's principal point, metres per pixel.
+
+    The slant range to the ground along the optical axis over the focal length in pixels: the
+    nadir value h / f for a photo straight down, larger for an oblique one. None when the axis does
+    not reach the ground.
+    """
+    fix = locate_pixels(pose, np.array([[pose.cx, pose.cy]]), ErrorModel(0.0, 0.0, 0.0))[0]
+    if fix is None:
+        return None
+    return math.hypot(fix.range_m, fix.agl_m) / pose.focal_px

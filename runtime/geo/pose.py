@@ -174,6 +174,50 @@ class CameraPose:
         """Ground sampling distance straight below the camera, metres per pixel (h / f)."""
         return self.agl_m / self.focal_px
 
+    def to_dict(self) -> dict:
+        """Everything needed to rebuild the pose (:meth:`from_dict`), JSON-ready."""
+        return {
+            "lat": self.lat,
+            "lon": self.lon,
+            "agl_m": self.agl_m,
+            "rotation": [[float(v) for v in row] for row in self.rotation],
+            "focal_px": self.focal_px,
+            "cx": self.cx,
+            "cy": self.cy,
+            "width": int(self.width),
+            "height": int(self.height),
+            "abs_alt_m": self.abs_alt_m,
+            "sources": dict(self.sources),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> CameraPose:
+        """The pose :meth:`to_dict` wrote.
+
+        Raises:
+            PoseError: A field missing or out of range.
+        """
+        try:
+            return cls(
+                float(d["lat"]),
+                float(d["lon"]),
+                float(d["agl_m"]),
+                np.asarray(d["rotation"], np.float64),
+                float(d["focal_px"]),
+                float(d["cx"]),
+                float(d["cy"]),
+                int(d["width"]),
+                int(d["height"]),
+                None if d.get("abs_alt_m") is None else float(d["abs_alt_m"]),
+                dict(d.get("sources") or {}),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, PoseError):
+                raise
+            raise PoseError(
+                f"a stored pose: expected the fields of CameraPose.to_dict(), found {exc!r}"
+            ) from None
+
     def summary(self) -> dict:
         """JSON-ready description of the pose, for the outputs."""
         yaw, pitch, roll = self.ypr

@@ -719,6 +719,12 @@ class MavlinkSender:
             text = f"{head} {det['lat']:.6f},{det['lon']:.6f}" + (f" +-{err:.0f}m" if err is not None else "")
         return text.encode("ascii", "replace").decode()[:STATUSTEXT_MAX]
 
+    def send_text(self, text: str) -> None:
+        """Send one STATUSTEXT at the sender's severity (ASCII, cut to 50 characters)."""
+        with self._lock:
+            self._conn.mav.statustext_send(self.severity, text.encode("ascii", "replace")[:STATUSTEXT_MAX])
+        self.sent += 1
+
     def send_detection(
         self,
         det: dict,

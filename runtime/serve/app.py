@@ -1,7 +1,8 @@
 """The HTTP API of ``edgetile serve`` (FastAPI).
 
 GET /health, GET /metrics, GET /detections?since=ID&limit=N, GET /failed?since=ID&limit=N,
-GET /inputs/{sha256}, GET /images/{id}, GET /images/{id}/annotated, POST /images.
+GET /inputs/{sha256}, GET /images/{id}, GET /images/{id}/annotated, POST /images, GET /openapi.json,
+and the review page's API under /api/review/ (see :mod:`.review`).
 
 Ids are outcome ids: each input gets exactly one outcome (its detections, or the error it was parked
 with), numbered in commit order, so ``since`` paging never misses a result. With a token, every
@@ -36,6 +37,7 @@ from ..outputs import draw_detections
 from ..results import Detections
 from .page import mount_page
 from .retention import MIB, human_bytes
+from .review import review_router
 from .store import PhotoQueue, iso_utc
 from .telemetry import read_sensors, render_prometheus
 from .uploads import UploadTooLarge, store_upload
@@ -270,6 +272,12 @@ def create_app(daemon: Daemon) -> FastAPI:
         body = {**status, "width": stored.width, "height": stored.height, "duplicate": not created}
         return JSONResponse(body, status_code=201 if created else 200)
 
+    @api.get("/openapi.json", include_in_schema=False)
+    def openapi() -> JSONResponse:
+        # FastAPI's own /openapi.json would be served without the token
+        return JSONResponse(app.openapi())
+
+    api.include_router(review_router(daemon, decoding))  # the review page's data (see review.py)
     api.include_router(daemon.hooks.routes(queue))  # e.g. GeoJSON/KML/CSV, tracks, thumbnails
     app.include_router(api)
     return app

@@ -127,6 +127,12 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
         help="largest photo accepted by POST /images, in MiB (default: 50)",
     )
     g.add_argument("--access-log", action="store_true", help="log every HTTP request")
+    g.add_argument(
+        "--tiles",
+        metavar="DIR",
+        help="map tiles downloaded before the flight (an XYZ folder: DIR/Z/X/Y.png or .jpg), shown under "
+        "the review page's map; nothing is ever fetched from the internet (default: no background)",
+    )
     g = p.add_argument_group("queue")
     g.add_argument(
         "--max-attempts",

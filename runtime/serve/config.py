@@ -54,6 +54,7 @@ class ServeConfig:
         read_ahead_mb: Largest photo (decoded, MiB) read on a thread while the one before is detected;
             None: the default of :func:`..readahead.read_ahead_bytes` for the detector's backend.
         log_level: Logging level name.
+        tiles: An XYZ folder of map tiles (Z/X/Y.png or .jpg) shown under the review map, or None.
         sysfs: Where sysfs is mounted (sensors for /metrics).
     """
 
@@ -77,6 +78,7 @@ class ServeConfig:
     min_free_bytes: int = 500 << 20
     read_ahead_mb: int | None = None
     log_level: str = "info"
+    tiles: Path | None = None
     sysfs: Path = Path("/sys")
 
     @property
@@ -133,6 +135,12 @@ class ServeConfig:
         state = Path(a.state)
         if state.exists() and not state.is_dir():
             raise ConfigError(f"--state: expected a folder, found a file at {a.state}")
+        tiles = getattr(a, "tiles", None)
+        if tiles is not None and not Path(tiles).is_dir():
+            raise ConfigError(
+                f"--tiles: expected a folder of map tiles (Z/X/Y.png), found "
+                f"{'a file' if Path(tiles).exists() else 'nothing'} at {tiles}"
+            )
         for v in a.video:
             if video_kind(v) == "file" and not Path(v).is_file():
                 raise ConfigError(
@@ -160,6 +168,7 @@ class ServeConfig:
             keep_inputs_bytes=None if a.keep_inputs_gb is None else int(a.keep_inputs_gb * (1 << 30)),
             keep_days=a.keep_days,
             min_free_bytes=int(a.min_free_mb * (1 << 20)),
+            tiles=None if tiles is None else Path(tiles).resolve(),
         )
 
 

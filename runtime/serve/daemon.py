@@ -65,6 +65,33 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+class ChangeSignal:
+    """A counter that grows at each commit the review's live stream must see (results, decisions).
+
+    Readers compare ``version`` with the one they saw; ``wait`` blocks a thread until it changes.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._version = 0
+
+    @property
+    def version(self) -> int:
+        with self._cond:
+            return self._version
+
+    def bump(self) -> None:
+        with self._cond:
+            self._version += 1
+            self._cond.notify_all()
+
+    def wait(self, seen: int, timeout_s: float) -> int:
+        """Wait until the version differs from ``seen`` (or timeout_s); returns the version."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._version != seen, timeout_s)
+            return self._version
+
+
 class Daemon:
     """One running daemon: configuration, detector, measurements and the stop signal.
 
@@ -81,6 +108,7 @@ class Daemon:
         self.detector = detector
         self.stop = threading.Event()
         self.wake = threading.Event()
+        self.changes = ChangeSignal()  # the review's live stream wakes on each commit
         self.histograms = StageHistograms()
         self.started_at = time.time()
         self._retries = 0
@@ -136,6 +164,7 @@ class Daemon:
             log.debug("%s: %d detection(s)", item.name, len(dets))
             records = dets.to_records(self.detector.names)
             self.hooks.annotate(item, image, records)  # e.g. coordinates and thumbnails, committed with them
+            place = self.hooks.photo_geo(item)  # e.g. the footprint for the review map
             timings["total"] = (
                 time.perf_counter() - t0
             ) * 1000  # this thread's time: a read ahead is not in it
@@ -145,6 +174,7 @@ class Daemon:
                 height=int(image.shape[0]),
                 detections=records,
                 timings_ms={k: round(v, 2) for k, v in timings.items()},
+                photo_geo=place,
             )
         except (ImageReadError, OSError, ValueError, MemoryError) as exc:
             error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -179,6 +209,7 @@ class Daemon:
                         outcomes, outbox_limit=None if self.outbox is None else self.outbox.limit
                     )
                     log.debug("committed %d outcome(s)", len(outcomes))
+                    self.changes.bump()
                     if self.outbox is not None:  # MQTT hears what was committed, from the outbox
                         self.outbox.wake.set()
                     self.hooks.publish(outcomes)  # e.g. MAVLink hears what was committed

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..geo.ground import centre_gsd_m, locate_boxes, photo_footprint
 from ..geo.pose import CameraPose, PoseError, pose_from_photo
 from ..geo.writers import GeoConfig, crop_thumbnail, georeference_detections, missing_geo_packages
 from .hooks import ResultHooks
@@ -76,6 +77,7 @@ class GeoHooks(ResultHooks):
         self.max_age_s = max_age_s
         self._warned: dict[str, int] = {}
         self._poses: dict[str, CameraPose] = {}  # sha256 -> pose, from annotate to publish
+        self._places: dict[str, CameraPose] = {}  # sha256 -> pose, from annotate to photo_geo
         self._link_fresh: bool | None = None  # telemetry fresh at the last grab (None: no grab yet)
         self._link_lock = threading.Lock()  # video readers run in their own threads
 
@@ -119,8 +121,38 @@ class GeoHooks(ResultHooks):
             )
             return
         georeference_detections(records, pose, self.config.errors)
+        self._places[item.sha256] = pose
         if self.mavlink is not None:
             self._poses[item.sha256] = pose
+
+    def photo_geo(self, item: Item) -> dict | None:
+        """The pose annotate found, the photo's footprint on the ground and its GSD (worker thread)."""
+        pose = self._places.pop(item.sha256, None)
+        if pose is None:
+            return None
+        gsd = centre_gsd_m(pose)
+        return {
+            "pose": pose.to_dict(),
+            "footprint": photo_footprint(pose),
+            "gsd_cm": None if gsd is None else round(gsd * 100, 3),
+        }
+
+    def locate_box(self, pose: dict | None, bbox: list[float]) -> dict | None:
+        """An operator's box on the ground with the photo's stored pose and the daemon's error model."""
+        if pose is None or not self.georeference:
+            return None
+        import numpy as np
+
+        fix = locate_boxes(CameraPose.from_dict(pose), np.asarray([bbox], np.float64), self.config.errors)[0]
+        if fix is None:
+            return None
+        d = fix.to_dict()
+        return {"lat": d["lat"], "lon": d["lon"], "error_m": d["error_m"]}
+
+    def review(self, detection: dict) -> None:
+        """A confirmed or flagged find as a MAVLink STATUSTEXT to the ground station (--mavlink-out)."""
+        if self.mavlink is not None:
+            self.mavlink.send_text(review_text(detection))
 
     @property
     def frame_telemetry(self) -> Callable[[], dict] | None:
@@ -236,6 +268,18 @@ class GeoHooks(ResultHooks):
         for link in (self.publisher, self.mavlink, self.telemetry):
             if link is not None:
                 link.close()
+
+
+def review_text(detection: dict) -> str:
+    """The STATUSTEXT of an operator's find: "edgetile: FLAGGED person at LAT,LON (IMAGE)", cut to 50 ASCII."""
+    where = (
+        "no position"
+        if detection.get("lat") is None
+        else f"{detection['lat']:.5f},{detection['lon']:.5f}"  # 1 m: the text has 50 characters
+    )
+    image = Path(str(detection.get("image", ""))).name
+    text = f"edgetile: {str(detection['status']).upper()} {detection.get('class_name') or 'object'} at {where} ({image})"
+    return text.encode("ascii", "replace").decode()[:50]
 
 
 def open_result_hooks(config: ServeGeoConfig, state_dir: Path) -> ResultHooks:

@@ -1,7 +1,8 @@
 """The daemon's MQTT outbox: results reach the broker at least once, across broker outages and restarts.
 
 The worker commits an ``mqtt_outbox`` row per detection in the same transaction as the result (see
-:mod:`.store`). This thread hands the rows to the MQTT client in commit order, only while the broker
+:mod:`.store`), topic PREFIX/detections; an operator's confirmed or flagged decision commits one in
+the decision's transaction, topic PREFIX/reviews (see :mod:`.review_store`). This thread hands the rows to the MQTT client in commit order, only while the broker
 is connected and at most ``window`` at a time, and deletes a row only once the broker has
 acknowledged its message (QoS 1 PUBACK). So:
 
@@ -101,8 +102,10 @@ class MqttOutbox:
         """Hand over what fits in the window (only while connected), forget what was acknowledged."""
         pub = self.publisher
         if connected and len(self._in_flight) < self.window:
-            for row_id, message in q.outbox_after(self._last, self.window - len(self._in_flight)):
-                info = pub.send(pub.detections_topic, message)
+            for row_id, topic, message in q.outbox_messages_after(
+                self._last, self.window - len(self._in_flight)
+            ):
+                info = pub.send(f"{pub.topic_prefix}/{topic}", message)
                 if info is None:  # the client's own buffer is full: the row waits
                     break
                 self._in_flight.append((row_id, info))

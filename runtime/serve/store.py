@@ -27,6 +27,13 @@ Why each rule exists:
   acknowledged the message, so a broker that is away, or a restart meanwhile, loses nothing; the
   oldest rows are dropped (and counted in ``meta``) past the configured limit.
 
+* An operator's review (:mod:`.review_store`) is a ``reviews`` row per decision, never updated: the
+  latest row of a detection counts, the others are its history. A confirmed or flagged decision gets
+  its ``mqtt_outbox`` row (topic ``reviews``, the message frozen in ``payload``) in the decision's
+  transaction. Boxes the operator drew are ``operator_detections`` rows. ``photo_geo`` holds each
+  georeferenced photo's pose, ground footprint and GSD, committed with its result, so the review map
+  and the operator's boxes never read the photo's EXIF again.
+
 * A video frame's telemetry (the vehicle's pose when the frame was grabbed, or why there was none)
   is a ``frame_telemetry`` row written in the same transaction as its item: the frame waits in the
   queue, possibly across a restart, while the vehicle moves on, so the pose cannot be asked for later.
@@ -50,7 +57,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 STATES = ("queued", "running", "done", "parked")
 
 _SCHEMA = """
@@ -98,7 +105,35 @@ CREATE TABLE IF NOT EXISTS frame_telemetry (
 CREATE TABLE IF NOT EXISTS mqtt_outbox (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     outcome_id  INTEGER NOT NULL REFERENCES outcomes (id),
-    detection   INTEGER NOT NULL
+    detection   INTEGER NOT NULL,
+    topic       TEXT NOT NULL DEFAULT 'detections',
+    payload     TEXT
+);
+CREATE TABLE IF NOT EXISTS reviews (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    detection   TEXT NOT NULL,
+    status      TEXT NOT NULL CHECK (status IN ('unreviewed', 'confirmed', 'rejected', 'flagged')),
+    operator    TEXT NOT NULL,
+    note        TEXT,
+    decided_at  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reviews_by_detection ON reviews (detection, id);
+CREATE TABLE IF NOT EXISTS operator_detections (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    outcome_id  INTEGER NOT NULL REFERENCES outcomes (id),
+    bbox        TEXT NOT NULL,
+    lat         REAL,
+    lon         REAL,
+    error_m     REAL,
+    operator    TEXT NOT NULL,
+    note        TEXT,
+    created_at  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS photo_geo (
+    outcome_id  INTEGER PRIMARY KEY REFERENCES outcomes (id),
+    pose        TEXT,
+    footprint   TEXT,
+    gsd_cm      REAL
 );
 """
 
@@ -116,6 +151,22 @@ _MIGRATIONS = {
         "CREATE INDEX IF NOT EXISTS items_held ON items (item_id, bytes) WHERE bytes > 0 AND removed_at IS NULL",
         "CREATE TABLE IF NOT EXISTS mqtt_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, "
         "outcome_id INTEGER NOT NULL REFERENCES outcomes (id), detection INTEGER NOT NULL)",
+    ],
+    # the operator's review: every decision kept (the latest counts), boxes the operator drew, each
+    # photo's pose, ground footprint and GSD for the map; outbox rows carry their topic, and a
+    # review's message is frozen in the row (what was decided, not what holds when it is sent)
+    4: [
+        "ALTER TABLE mqtt_outbox ADD COLUMN topic TEXT NOT NULL DEFAULT 'detections'",
+        "ALTER TABLE mqtt_outbox ADD COLUMN payload TEXT",
+        "CREATE TABLE IF NOT EXISTS reviews (id INTEGER PRIMARY KEY AUTOINCREMENT, detection TEXT NOT NULL, "
+        "status TEXT NOT NULL CHECK (status IN ('unreviewed', 'confirmed', 'rejected', 'flagged')), "
+        "operator TEXT NOT NULL, note TEXT, decided_at REAL NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS reviews_by_detection ON reviews (detection, id)",
+        "CREATE TABLE IF NOT EXISTS operator_detections (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "outcome_id INTEGER NOT NULL REFERENCES outcomes (id), bbox TEXT NOT NULL, lat REAL, lon REAL, "
+        "error_m REAL, operator TEXT NOT NULL, note TEXT, created_at REAL NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS photo_geo (outcome_id INTEGER PRIMARY KEY REFERENCES outcomes (id), "
+        "pose TEXT, footprint TEXT, gsd_cm REAL)",
     ],
 }
 # Sources whose files are the daemon's own copies (under STATE/uploads and STATE/frames); a watched
@@ -150,7 +201,11 @@ class Item:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What processing one claimed item produced: results, or an error."""
+    """What processing one claimed item produced: results, or an error.
+
+    ``photo_geo`` is what the hooks knew of the photo's place (``{"pose", "footprint", "gsd_cm"}``,
+    see ``ResultHooks.photo_geo``), committed with the result for the review map, or None.
+    """
 
     item: Item
     width: int | None = None
@@ -158,6 +213,7 @@ class Outcome:
     detections: list[dict] | None = None
     timings_ms: dict[str, float] | None = None
     error: str | None = None
+    photo_geo: dict | None = None
 
     @property
     def ok(self) -> bool:
@@ -480,6 +536,17 @@ class PhotoQueue:
                             "INSERT INTO mqtt_outbox (outcome_id, detection) VALUES (?, ?)",
                             [(cur.lastrowid, k) for k in range(len(o.detections or []))],
                         )
+                    if o.photo_geo is not None:
+                        g = o.photo_geo
+                        c.execute(
+                            "INSERT INTO photo_geo (outcome_id, pose, footprint, gsd_cm) VALUES (?, ?, ?, ?)",
+                            (
+                                cur.lastrowid,
+                                _json_or_null(g.get("pose")),
+                                _json_or_null(g.get("footprint")),
+                                g.get("gsd_cm"),
+                            ),
+                        )
                     c.execute(
                         "UPDATE items SET state='done', suspect=0, last_error=NULL WHERE item_id=?",
                         (o.item.item_id,),
@@ -501,18 +568,7 @@ class PhotoQueue:
                         (o.error, now + self.retry_after, o.item.item_id),
                     )
             if outbox_limit is not None:
-                over = c.execute("SELECT COUNT(*) FROM mqtt_outbox").fetchone()[0] - int(outbox_limit)
-                if over > 0:  # the broker has been away for long: the oldest messages make room
-                    c.execute(
-                        "DELETE FROM mqtt_outbox WHERE id IN (SELECT id FROM mqtt_outbox ORDER BY id LIMIT ?)",
-                        (over,),
-                    )
-                    c.execute(
-                        "INSERT OR IGNORE INTO meta VALUES ('mqtt_dropped', '0')"
-                    )  # no UPSERT before 3.24
-                    c.execute(
-                        "UPDATE meta SET value=CAST(value AS INTEGER) + ? WHERE key='mqtt_dropped'", (over,)
-                    )
+                trim_outbox(c, outbox_limit)
         return parked
 
     def retry_parked(self) -> int:
@@ -588,22 +644,35 @@ class PhotoQueue:
         """MQTT messages waiting in the outbox after row ``after_id``, in commit order.
 
         Returns:
-            (row id, message) pairs; a message is the detection record with the photo's ``image``
-            name and ``sha256``.
+            (row id, message) pairs; a detection's message is its record with the photo's ``image``
+            name and ``sha256`` (see :meth:`outbox_messages_after` for the topics).
+        """
+        return [(row_id, message) for row_id, _topic, message in self.outbox_messages_after(after_id, limit)]
+
+    def outbox_messages_after(self, after_id: int, limit: int) -> list[tuple[int, str, dict]]:
+        """MQTT messages waiting in the outbox after row ``after_id``, in commit order, with their topic.
+
+        Returns:
+            (row id, topic under the prefix, message) triples: "detections" with the detection record
+            plus ``image`` and ``sha256``, or the topic and the message frozen in the row (a review).
         """
         rows = self.conn.execute(
-            "SELECT b.id, b.outcome_id, b.detection, o.detections, i.name, i.sha256 FROM mqtt_outbox b "
-            "JOIN outcomes o ON o.id = b.outcome_id JOIN items i ON i.item_id = o.item_id "
+            "SELECT b.id, b.outcome_id, b.detection, b.topic, b.payload, o.detections, i.name, i.sha256 "
+            "FROM mqtt_outbox b JOIN outcomes o ON o.id = b.outcome_id JOIN items i ON i.item_id = o.item_id "
             "WHERE b.id > ? ORDER BY b.id LIMIT ?",
             (int(after_id), int(limit)),
         ).fetchall()
         parsed: dict[int, list[dict]] = {}
         out = []
         for r in rows:
+            if r["payload"] is not None:
+                out.append((int(r["id"]), r["topic"], json.loads(r["payload"])))
+                continue
             records = parsed.get(r["outcome_id"])
             if records is None:
                 records = parsed[r["outcome_id"]] = json.loads(r["detections"])
-            out.append((int(r["id"]), {"image": r["name"], "sha256": r["sha256"], **records[r["detection"]]}))
+            message = {"image": r["name"], "sha256": r["sha256"], **records[r["detection"]]}
+            out.append((int(r["id"]), r["topic"], message))
         return out
 
     def outbox_done(self, row_ids: Sequence[int]) -> None:
@@ -742,6 +811,21 @@ class PhotoQueue:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def trim_outbox(c: sqlite3.Connection, outbox_limit: int) -> None:
+    """Drop the oldest outbox rows past ``outbox_limit`` and count them (inside a write transaction)."""
+    over = c.execute("SELECT COUNT(*) FROM mqtt_outbox").fetchone()[0] - int(outbox_limit)
+    if over > 0:  # the broker has been away for long: the oldest messages make room
+        c.execute(
+            "DELETE FROM mqtt_outbox WHERE id IN (SELECT id FROM mqtt_outbox ORDER BY id LIMIT ?)", (over,)
+        )
+        c.execute("INSERT OR IGNORE INTO meta VALUES ('mqtt_dropped', '0')")  # no UPSERT before 3.24
+        c.execute("UPDATE meta SET value=CAST(value AS INTEGER) + ? WHERE key='mqtt_dropped'", (over,))
+
+
+def _json_or_null(value: object) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
 def _marks(values: Sequence[object]) -> str:

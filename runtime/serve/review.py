@@ -1,0 +1,550 @@
+"""The review page's JSON API: the queue of detections, decisions, crops, the map, the live stream, exports.
+
+Every route is under the daemon's token (app.py includes this router behind it); the shapes are in
+docs/review.md (## API) and in /openapi.json. State-changing requests must be JSON
+(``Content-Type: application/json``, which a cross-site HTML form cannot send without a CORS
+preflight that this server never answers) and are refused when the browser says they come from
+another site (``Origin`` not this server's, or ``Sec-Fetch-Site: cross-site``). Images are found by
+detection or result id in the queue database, never by a path from the request.
+
+The legend's smallest detectable person: a detector of this family needs about MIN_MODEL_PX pixels
+of an object at its input to find it; a tile of T photo pixels is resized to the model's input of I
+pixels, so the smallest object in photo pixels is MIN_MODEL_PX * T / I. A person of PERSON_M metres
+stays above it while the ground sampling distance is at most PERSON_M / that size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import cv2
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
+
+from ..geo.tracks import TrackBuilder
+from ..images import ImageReadError, read_image
+from .review_export import finds_csv, finds_geojson, finds_gpx, finds_kml, finds_png, numbered_finds
+from .review_store import FINDS, SOURCES, STATUSES, ReviewQueue, public, review_counts
+from .store import iso_utc
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+log = logging.getLogger("edgetile.serve")
+
+MIN_MODEL_PX = 10.0  # object size at the model's input below which detectors of this kind miss people
+PERSON_M = 1.7
+CROP_MAX = 512
+CROP_MIN_CONTEXT = 32
+OVERLAY_MAX = 1024
+OVERLAY_CACHE = 256  # overlays kept encoded in memory (about 100 kB each)
+PAGE_DEFAULT, PAGE_MAX = 200, 1000
+SSE_TICK_S = 0.1  # how often a stream looks at the daemon's commit counter
+SSE_POLL_S = 1.0  # and reads the database anyway (a commit it was not told about)
+SSE_KEEPALIVE_S = 15.0
+TRACK_RADIUS_M = 5.0
+
+
+class Decision(BaseModel):
+    id: str = Field(max_length=40, description="detection id: '{outcome_id}-{index}' or 'op-{n}'")
+    status: Literal["unreviewed", "confirmed", "rejected", "flagged"]
+    operator: str = Field(min_length=1, max_length=64, description="who decides (a label)")
+    note: str | None = Field(None, max_length=2000)
+
+
+class OperatorBox(BaseModel):
+    outcome_id: int = Field(ge=1, description="the photo's result id")
+    bbox: list[float] = Field(min_length=4, max_length=4, description="x1, y1, x2, y2 in photo pixels")
+    operator: str = Field(min_length=1, max_length=64)
+    note: str | None = Field(None, max_length=2000)
+
+
+def model_min_px(detector) -> float:
+    """The smallest object the detector finds, in photo pixels (see the module's docstring)."""
+    tile = getattr(getattr(detector, "config", None), "tile", None)
+    try:
+        input_side = min(detector.input_hw)
+    except (AttributeError, TypeError, IndexError):
+        input_side = None
+    if not tile or not input_side:
+        return MIN_MODEL_PX
+    return MIN_MODEL_PX * float(tile) / float(input_side)
+
+
+def legend(detector) -> dict:
+    px = model_min_px(detector)
+    return {
+        "model_min_px": round(px, 2),
+        "person_m": PERSON_M,
+        "max_gsd_cm_detectable": round(PERSON_M * 100.0 / px, 2),
+    }
+
+
+def _encode_cursor(key: tuple) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(text: str) -> tuple:
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        key = json.loads(raw)
+        if not isinstance(key, list) or not key:
+            raise ValueError("not a list")
+        return tuple(key)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise HTTPException(
+            422, f"after: expected the 'next' of a previous page, found {text[:80]!r}"
+        ) from None
+
+
+def _sort_key(order: str, item: dict) -> tuple:
+    when, kind, a, b = item["_order"]
+    if order == "time":
+        return (when, kind, a, b)
+    score = 2.0 if item["score"] is None else item["score"]  # the operator's boxes first: people for sure
+    return (-score, kind, a, b)
+
+
+def _split(values: list[str] | None, allowed: tuple[str, ...], name: str) -> set[str] | None:
+    if not values:
+        return None
+    out = {v.strip() for s in values for v in s.split(",") if v.strip()}
+    unknown = sorted(out - set(allowed))
+    if unknown:
+        raise HTTPException(422, f"{name}: expected values among {', '.join(allowed)}, found {unknown[0]!r}")
+    return out
+
+
+def same_site_json(request: Request) -> None:
+    """Refuse a state-changing request that is not JSON or that a browser says comes from another site."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise HTTPException(415, f"expected Content-Type: application/json, found {ctype or 'none'!r}")
+    if request.headers.get("sec-fetch-site", "").lower() == "cross-site":
+        raise HTTPException(403, "expected a request from the review page, found Sec-Fetch-Site: cross-site")
+    origin = request.headers.get("origin")
+    if origin is not None:
+        own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+        if origin.rstrip("/").lower() != own.lower():
+            raise HTTPException(403, f"expected a request from {own}, found Origin {origin[:100]!r}")
+
+
+def review_router(daemon: Daemon, decoding: threading.BoundedSemaphore) -> APIRouter:
+    """The review API over one daemon (its queue, hooks, detector and commit signal).
+
+    Args:
+        daemon: The running daemon.
+        decoding: The semaphore that bounds concurrent photo decodes (shared with uploads).
+    """
+    cfg = daemon.config
+    r = APIRouter(prefix="", tags=["review"])
+    overlays: OrderedDict[int, bytes] = OrderedDict()
+    overlays_lock = threading.Lock()
+
+    def queue() -> ReviewQueue:
+        return ReviewQueue(cfg.db_path, cfg.max_attempts, cfg.retry_after)
+
+    def outbox_limit() -> int | None:
+        return None if daemon.outbox is None else daemon.outbox.limit
+
+    def item_or_404(q: ReviewQueue, det_id: str) -> dict:
+        try:
+            item = q.review_item(det_id)
+        except ValueError as exc:
+            raise HTTPException(404, f"no detection {det_id[:80]!r}: {exc}") from None
+        if item is None:
+            raise HTTPException(404, f"no detection with id {det_id!r}")
+        return item
+
+    def photo_path(q: ReviewQueue, outcome_id: int) -> str:
+        row = q.outcome(outcome_id)
+        if row is None or not row["ok"]:
+            raise HTTPException(404, f"no photo with result id {outcome_id}")
+        if row["removed_at"] is not None:
+            raise HTTPException(
+                410,
+                f"the image of result {outcome_id} was removed by the retention budget at "
+                f"{iso_utc(row['removed_at'])}; its detections and decisions stay",
+            )
+        if not Path(row["path"]).is_file():
+            raise HTTPException(404, f"the image of result {outcome_id} is no longer at {row['path']}")
+        return row["path"]
+
+    def sorted_items(q: ReviewQueue, order: str) -> list[dict]:
+        return sorted(q.review_items(), key=lambda it: _sort_key(order, it))
+
+    def finds(q: ReviewQueue) -> list[dict]:
+        return numbered_finds(sorted_items(q, "time"))
+
+    # ---- the queue ---------------------------------------------------------------------------
+
+    @r.get("/api/review/detections")
+    def detections(
+        status: Annotated[
+            list[str] | None, Query(description="statuses, repeated or comma-separated")
+        ] = None,
+        min_score: float | None = Query(None, ge=0, le=1),
+        max_score: float | None = Query(None, ge=0, le=1),
+        source: Annotated[list[str] | None, Query(description="watch, video, upload, operator")] = None,
+        order: Literal["score", "time"] = "score",
+        after: str | None = Query(None, description="the 'next' of the previous page"),
+        limit: int = Query(PAGE_DEFAULT, ge=1, le=PAGE_MAX),
+    ) -> dict:
+        """Detections with their decisions, filtered and paged; ``counts`` are over all of them.
+
+        The score range applies to the model's detections only (an operator's box has no score).
+        """
+        statuses = _split(status, STATUSES, "status")
+        sources = _split(source, SOURCES, "source")
+        start = None if after is None else _decode_cursor(after)
+        with queue() as q:
+            items = sorted_items(q, order)
+        counts = review_counts(items)
+        picked = []
+        for it in items:
+            if statuses is not None and it["status"] not in statuses:
+                continue
+            if sources is not None and it["source"] not in sources:
+                continue
+            if it["score"] is not None and (
+                (min_score is not None and it["score"] < min_score)
+                or (max_score is not None and it["score"] > max_score)
+            ):
+                continue
+            if start is not None and _sort_key(order, it) <= start:
+                continue
+            picked.append(it)
+            if len(picked) > limit:
+                break
+        nxt = _encode_cursor(_sort_key(order, picked[limit - 1])) if len(picked) > limit else None
+        return {"items": [public(it) for it in picked[:limit]], "next": nxt, "counts": counts}
+
+    @r.get("/api/review/counts")
+    def counts() -> dict:
+        with queue() as q:
+            return review_counts(q.review_items())
+
+    @r.post("/api/review/decisions", dependencies=[Depends(same_site_json)])
+    def decide(body: Decision) -> dict:
+        """Record a decision (kept with every earlier one; the latest counts) and return the Detection."""
+        with queue() as q:
+            item_or_404(q, body.id)
+            item, _decision_id = q.decide(body.id, body.status, body.operator, body.note, outbox_limit())
+        daemon.changes.bump()
+        if daemon.outbox is not None and item["status"] in FINDS:
+            daemon.outbox.wake.set()
+        tell_team(item)
+        return public(item)
+
+    def tell_team(item: dict) -> None:
+        if item["status"] not in FINDS:
+            return
+        try:
+            daemon.hooks.review(public(item))
+        except Exception:  # noqa: BLE001 - the decision is committed; a link failing is logged whole
+            log.exception("the decision on %s is kept, but telling the ground station failed", item["id"])
+
+    @r.get("/api/review/detections/{det_id}/history")
+    def history(det_id: str) -> dict:
+        with queue() as q:
+            item_or_404(q, det_id)
+            return {"id": det_id, "history": q.history(det_id)}
+
+    @r.post("/api/review/operator-boxes", status_code=201, dependencies=[Depends(same_site_json)])
+    def operator_box(body: OperatorBox) -> JSONResponse:
+        """A box around a person the model missed: a confirmed detection of origin operator."""
+        x1, y1, x2, y2 = body.bbox
+        with queue() as q:
+            row = q.outcome(body.outcome_id)
+            if row is None or not row["ok"]:
+                raise HTTPException(404, f"no photo with result id {body.outcome_id}")
+            width, height = q.conn.execute(
+                "SELECT width, height FROM outcomes WHERE id=?", (body.outcome_id,)
+            ).fetchone()
+            if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
+                raise HTTPException(
+                    422,
+                    f"bbox: expected 0 <= x1 < x2 <= {width} and 0 <= y1 < y2 <= {height} (the photo), "
+                    f"found {body.bbox}",
+                )
+            place = q.photo_geo(body.outcome_id)
+            fix = daemon.hooks.locate_box(None if place is None else place["pose"], body.bbox)
+            item, _ = q.add_operator_box(
+                body.outcome_id, body.bbox, body.operator, body.note, fix, outbox_limit()
+            )
+        daemon.changes.bump()
+        if daemon.outbox is not None:
+            daemon.outbox.wake.set()
+        tell_team(item)
+        return JSONResponse(public(item), status_code=201)
+
+    # ---- images, by id only -------------------------------------------------------------------
+
+    def jpeg(image, quality: int = 90) -> Response:
+        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise HTTPException(500, "OpenCV could not encode the JPEG")
+        return Response(
+            data.tobytes(), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"}
+        )
+
+    @r.get("/api/review/crops/{det_id}", response_class=Response)
+    def crop(det_id: str) -> Response:
+        """The box at native resolution with max(box side, 32 px) of context, fitted into 512 px."""
+        with queue() as q:
+            item = item_or_404(q, det_id)
+            path = photo_path(q, item["outcome_id"])
+        with decoding:
+            try:
+                img = read_image(path)
+            except ImageReadError as exc:
+                raise HTTPException(409, f"result {item['outcome_id']}: {exc}") from None
+        h, w = img.shape[:2]
+        x1, y1, x2, y2 = item["bbox"]
+        m = max(x2 - x1, y2 - y1, CROP_MIN_CONTEXT)
+        left, top = max(0, int(x1 - m)), max(0, int(y1 - m))
+        right, bottom = min(w, int(x2 + m + 0.999)), min(h, int(y2 + m + 0.999))
+        part = img[top:bottom, left:right]
+        side = max(part.shape[:2])
+        if side > CROP_MAX:
+            s = CROP_MAX / side
+            part = cv2.resize(
+                part,
+                (max(1, round(part.shape[1] * s)), max(1, round(part.shape[0] * s))),
+                interpolation=cv2.INTER_AREA,
+            )
+        return jpeg(part)
+
+    @r.get("/api/review/overlays/{outcome_id}", response_class=Response)
+    def overlay(outcome_id: int) -> Response:
+        """The photo downscaled to fit 1024 px (decoded at 1/2, 1/4 or 1/8 where that is enough)."""
+        with overlays_lock:
+            cached = overlays.get(outcome_id)
+            if cached is not None:
+                overlays.move_to_end(outcome_id)
+        if cached is None:
+            with queue() as q:
+                path = photo_path(q, outcome_id)
+                size = q.conn.execute(
+                    "SELECT width, height FROM outcomes WHERE id=?", (outcome_id,)
+                ).fetchone()
+            longest = max(size[0] or 0, size[1] or 0)
+            flag = cv2.IMREAD_COLOR
+            for factor, reduced in (
+                (8, cv2.IMREAD_REDUCED_COLOR_8),
+                (4, cv2.IMREAD_REDUCED_COLOR_4),
+                (2, cv2.IMREAD_REDUCED_COLOR_2),
+            ):
+                if longest / factor >= OVERLAY_MAX:
+                    flag = reduced
+                    break
+            with decoding:
+                img = cv2.imread(path, flag | cv2.IMREAD_IGNORE_ORIENTATION)  # as the boxes: pixels as stored
+            if img is None:
+                raise HTTPException(
+                    409, f"result {outcome_id}: the photo at its path is not a readable image"
+                )
+            side = max(img.shape[:2])
+            if side > OVERLAY_MAX:
+                s = OVERLAY_MAX / side
+                img = cv2.resize(
+                    img,
+                    (max(1, round(img.shape[1] * s)), max(1, round(img.shape[0] * s))),
+                    interpolation=cv2.INTER_AREA,
+                )
+            cached = jpeg(img, 80).body
+            with overlays_lock:
+                overlays[outcome_id] = cached
+                while len(overlays) > OVERLAY_CACHE:
+                    overlays.popitem(last=False)
+        return Response(cached, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    # ---- the map ------------------------------------------------------------------------------
+
+    @r.get("/api/review/map")
+    def map_data() -> dict:
+        """Photo footprints with their GSD and overlay, tracks across photos, the legend, the tiles' URL."""
+        with queue() as q:
+            photos = q.map_photos()
+            items = sorted_items(q, "time")
+        for p in photos:
+            p["overlay"] = f"/api/review/overlays/{p['outcome_id']}"
+        return {
+            "photos": photos,
+            "tracks": tracks_of(items),
+            "legend": legend(daemon.detector),
+            "tiles": None if cfg.tiles is None else "/tiles/{z}/{x}/{y}.png",
+        }
+
+    # ---- offline map tiles, by z/x/y integers only ---------------------------------------------
+
+    def tile(z: int, x: int, y: int, ext: str) -> FileResponse:
+        if cfg.tiles is None:
+            raise HTTPException(404, "no map tiles: start the daemon with --tiles DIR")
+        if not (0 <= z <= 24 and 0 <= x < 2**z and 0 <= y < 2**z):
+            raise HTTPException(404, f"no tile {z}/{x}/{y}: expected 0 <= z <= 24 and 0 <= x, y < 2^z")
+        path = cfg.tiles / str(z) / str(x) / f"{y}.{ext}"
+        if not path.is_file():
+            raise HTTPException(404, f"no tile {z}/{x}/{y}.{ext} in --tiles")
+        return FileResponse(path, media_type="image/png" if ext == "png" else "image/jpeg")
+
+    @r.get("/tiles/{z}/{x}/{y}.png", response_class=FileResponse)
+    def tile_png(z: int, x: int, y: int) -> FileResponse:
+        return tile(z, x, y, "png")
+
+    @r.get("/tiles/{z}/{x}/{y}.jpg", response_class=FileResponse)
+    def tile_jpg(z: int, x: int, y: int) -> FileResponse:
+        return tile(z, x, y, "jpg")
+
+    # ---- live -----------------------------------------------------------------------------------
+
+    def changes(marks: tuple[int, int, int]) -> tuple[list[str], tuple[int, int, int]]:
+        o_last, op_last, r_last = marks
+        with queue() as q:
+            new, o_last, op_last = q.items_after(o_last, op_last)
+            decided, r_last = q.decisions_after(r_last)
+            decided_items = [q.review_item(d) for d in decided]
+        out = [_sse("detection", public(it)) for it in new]
+        out += [_sse("decision", public(it)) for it in decided_items if it is not None]
+        return out, (o_last, op_last, r_last)
+
+    @r.get("/api/review/events", response_class=StreamingResponse)
+    async def events(request: Request) -> StreamingResponse:
+        """Server-sent events: ``detection`` (a new Detection) and ``decision`` (an updated one)."""
+
+        def start() -> tuple[int, int, int]:
+            with queue() as q:
+                return q.review_marks()
+
+        marks = await run_in_threadpool(start)
+
+        async def stream():
+            nonlocal marks
+            yield "retry: 2000\n\n"
+            seen = daemon.changes.version
+            last_read = last_sent = time.monotonic()
+            while not daemon.stop.is_set():
+                now = time.monotonic()
+                version = daemon.changes.version
+                if version != seen or now - last_read >= SSE_POLL_S:
+                    seen, last_read = version, now
+                    out, marks = await run_in_threadpool(changes, marks)
+                    for e in out:
+                        yield e
+                    if out:
+                        last_sent = now
+                if now - last_sent >= SSE_KEEPALIVE_S:
+                    yield ": keep-alive\n\n"
+                    last_sent = now
+                if await request.is_disconnected():
+                    break
+                await asyncio.sleep(SSE_TICK_S)
+
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    # ---- exports of the finds ---------------------------------------------------------------
+
+    def base_url(request: Request) -> str:
+        return str(request.base_url).rstrip("/")
+
+    def attachment(name: str) -> dict:
+        return {"Content-Disposition": f'attachment; filename="{name}"'}
+
+    @r.get("/api/review/finds.geojson")
+    def finds_as_geojson(request: Request) -> JSONResponse:
+        with queue() as q:
+            doc = finds_geojson(finds(q), base_url(request))
+        return JSONResponse(doc, media_type="application/geo+json", headers=attachment("finds.geojson"))
+
+    @r.get("/api/review/finds.kml", response_class=Response)
+    def finds_as_kml(request: Request) -> Response:
+        with queue() as q:
+            text = finds_kml(finds(q), base_url(request))
+        return Response(
+            text, media_type="application/vnd.google-earth.kml+xml", headers=attachment("finds.kml")
+        )
+
+    @r.get("/api/review/finds.gpx", response_class=Response)
+    def finds_as_gpx(request: Request) -> Response:
+        with queue() as q:
+            text = finds_gpx(finds(q), base_url(request))
+        return Response(text, media_type="application/gpx+xml", headers=attachment("finds.gpx"))
+
+    @r.get("/api/review/finds.csv", response_class=Response)
+    def finds_as_csv(request: Request) -> Response:
+        with queue() as q:
+            text = finds_csv(finds(q), base_url(request))
+        return Response(text, media_type="text/csv; charset=utf-8", headers=attachment("finds.csv"))
+
+    @r.get("/api/review/finds.png", response_class=Response)
+    def finds_as_png() -> Response:
+        with queue() as q:
+            found, photos = finds(q), q.map_photos()
+        return Response(finds_png(found, photos), media_type="image/png", headers=attachment("finds.png"))
+
+    return r
+
+
+def _sse(event: str, data: dict) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def tracks_of(items: list[dict], radius_m: float = TRACK_RADIUS_M) -> list[dict]:
+    """Tracks (one person in several photos) of the located, not rejected detections, photo by photo.
+
+    Args:
+        items: Detections in commit order.
+
+    Returns:
+        {"id", "points": [[lat, lon]...], "detections": [ids]} per track seen in two photos or more.
+    """
+    by_photo: dict[int, list[dict]] = {}
+    for it in items:
+        if it["status"] != "rejected" and it.get("lat") is not None:
+            by_photo.setdefault(it["outcome_id"], []).append(it)
+    builder = TrackBuilder(radius_m)
+    members: dict[int, list[dict]] = {}
+    for outcome_id, dets in by_photo.items():
+        records = [
+            {
+                "lat": d["lat"],
+                "lon": d["lon"],
+                "error_m": d.get("error_m"),
+                "class_name": d.get("class_name"),
+                "score": 1.0 if d["score"] is None else d["score"],
+            }
+            for d in dets
+        ]
+        for d, tid in zip(dets, builder.add_photo(str(outcome_id), records)):
+            if tid is not None:
+                members.setdefault(tid, []).append(d)
+    out = []
+    for t in builder.tracks:
+        if len(t.photos) < 2:
+            continue
+        dets = members[t.track_id]
+        out.append(
+            {
+                "id": f"track-{t.track_id}",
+                "points": [[d["lat"], d["lon"]] for d in dets],
+                "detections": [d["id"] for d in dets],
+                "lat": round(t.lat, 8),
+                "lon": round(t.lon, 8),
+            }
+        )
+    return out
