@@ -690,6 +690,19 @@
     say(`Box added on ${baseName(d.image)}: ${position(d)}`);
   }
 
+  // Every detection of one photo; the pages are filtered here too, for a daemon without outcome_id.
+  async function photoDetections(outcomeId) {
+    const out = [];
+    let after = null;
+    for (;;) {
+      const q = new URLSearchParams({ outcome_id: outcomeId, order: "time", limit: "1000", ...(after ? { after } : {}) });
+      const page = await getJSON(`/api/review/detections?${q}`);
+      out.push(...page.items.filter((x) => x.outcome_id === outcomeId));
+      if (page.next === null) return out;
+      after = page.next;
+    }
+  }
+
   async function showPhoto(d) {
     setView("photo");
     ensurePhotoMap();
@@ -713,7 +726,7 @@
           say(e.status === 410 ? `${d.image}: its copy was removed (retention); boxes only` : e.message, true);
           return null;
         }),
-        getJSON(`/api/review/detections?outcome_id=${d.outcome_id}&order=time&limit=1000`),
+        photoDetections(d.outcome_id),
       ]);
       if (!S.photo || S.photo.outcome_id !== d.outcome_id) {
         if (url) URL.revokeObjectURL(url);
@@ -724,7 +737,7 @@
         photoLayer = L.imageOverlay(url, bounds).addTo(photoMap);
         photoLayer.bringToBack();
       }
-      for (const b of boxes.items) drawBox(remember(b));
+      for (const b of boxes) drawBox(remember(b));
       drawBox(d);
       S.photo.loaded = true;
     }
