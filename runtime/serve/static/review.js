@@ -26,7 +26,7 @@
     next: null, // cursor of the queue's next page, null when all are loaded
     current: null, // id of the selected detection
     shown: null, // id of the crop on screen
-    timing: { selectAt: 0, shownAt: 0 },
+    timing: { readyAt: 0, keyAt: 0, selectAt: 0, shownAt: 0, mapAskedAt: 0, mapReadyAt: 0, mapSettledAt: 0 },
     undo: [], // {id, status} to go back to, most recent last
     pending: [], // decisions not yet accepted by the daemon (daemon down, radio link lost)
     live: false,
@@ -574,6 +574,7 @@
   let photoLayer = null;
   let photoUrl = null;
   const photoBoxes = new Map(); // id -> L.Rectangle
+  let ring = null;
   let drawMode = false;
 
   // CRS.Simple: one map unit per photo pixel at zoom 0; y grows down in pixels and up in latitude.
@@ -615,6 +616,9 @@
     }
     const r = photoBoxes.get(id);
     if (r) r.bringToFront();
+    // A ring of constant screen size around the selected box, so a 10-pixel person is found at any zoom.
+    if (ring) ring.remove();
+    ring = r ? L.circleMarker(r.getBounds().getCenter(), { radius: 28, color: "#00e5ff", weight: 2, fill: false, interactive: false }).addTo(photoMap) : null;
   }
 
   function ensurePhotoMap() {
@@ -883,6 +887,7 @@
       groundMap.invalidateSize();
       return;
     }
+    S.timing.mapAskedAt = performance.now();
     groundMap = L.map("ground-map", { preferCanvas: true, zoomSnap: 0.5, maxZoom: 23, keyboard: false, attributionControl: false });
     groundMap.createPane("photos").style.zIndex = 350; // under the outlines and markers
     L.control.scale({ metric: true, imperial: false }).addTo(groundMap);
@@ -927,8 +932,11 @@
     if (all.isValid()) groundMap.fitBounds(all.pad(0.05));
     else groundMap.setView([0, 0], 2);
     groundMap.on("moveend", loadVisibleOverlays);
+    // When a pan or zoom has been drawn: the frame after the one that ended the move.
+    groundMap.on("moveend", () => requestAnimationFrame(() => requestAnimationFrame(() => (S.timing.mapSettledAt = performance.now()))));
     loadVisibleOverlays();
     S.mapReady = true;
+    S.timing.mapReadyAt = performance.now();
   }
 
   function loadVisibleOverlays() {
@@ -1028,6 +1036,7 @@
     const action = KEYS[e.key];
     if (!action) return;
     e.preventDefault();
+    S.timing.keyAt = performance.now();
     action();
   }
 
@@ -1083,6 +1092,7 @@
     await loadQueue();
     refreshCounts();
     S.ready = true;
+    S.timing.readyAt = performance.now();
     document.body.dataset.ready = "true";
     listen();
   }
