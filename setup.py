@@ -93,7 +93,7 @@ SERVE = ["fastapi>=0.110", "uvicorn>=0.27", "python-multipart>=0.0.9", "pyyaml>=
 GEO = ["pymap3d>=2.9", "pillow>=9.0"]  # ground coordinates of detections (runtime/geo)
 MQTT = ["paho-mqtt>=2.0"]  # publishing detections to a broker
 MAVLINK = ["pymavlink>=2.4.37"]  # vehicle pose in, detections out to a ground station
-GEO_TEST = ["geojson>=3.0", "fastkml>=1.0"]  # the geo tests' oracles for GeoJSON and KML
+GEO_TEST = ["geojson>=3.0", "fastkml>=1.0", "gpxpy>=1.6"]  # the geo tests' oracles for GeoJSON, KML and GPX
 SERVE_TEST = ["prometheus-client>=0.17"]  # the serve tests' oracle for the metrics text format
 BROWSER_TEST = ["selenium>=4.10"]  # the review page's tests drive Debian's Chromium (make test installs it)
 DEV = sorted(

@@ -226,7 +226,9 @@ def test_a_state_folder_of_schema_2_gets_its_copies_measured_once(tmp_path):
             "w.jpg": None,
         }  # missing: not counted; watched: not ours
         assert q.copies()["held_bytes"] == 1234
-        assert q.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == str(SCHEMA_VERSION)
+        assert q.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == str(
+            SCHEMA_VERSION
+        )
         r = Retention((tmp_path / "uploads", tmp_path / "frames"), 0, None, DiskFloor(tmp_path, 0))
         assert (
             r.sweep(q, time.time()) == (1, 1234) and not kept.exists()

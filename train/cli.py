@@ -51,10 +51,10 @@ def _key_values(items: list[str] | None, option: str) -> dict[str, object]:
 
 
 def register_dataset(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """`edgetile dataset tiles SRC --out DIR`."""
+    """`edgetile dataset tiles SRC --out DIR` and `edgetile dataset from-review STATE --out DIR`."""
     p = subparsers.add_parser(
         "dataset",
-        help="make training datasets from annotated photos (dataset tiles)",
+        help="make training datasets from annotated photos or a review (dataset tiles, from-review)",
         description="Make training datasets from annotated full-size photos.",
     )
     sub = p.add_subparsers(dest="dataset_command", metavar="SUBCOMMAND")
@@ -169,11 +169,41 @@ def register_dataset(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     )
     t.add_argument("--quiet", action="store_true", help="no progress bar, problems or table")
     t.set_defaults(func=cmd_dataset_tiles)
+    r = sub.add_parser(
+        "from-review",
+        help="turn an edgetile serve daemon's review decisions into a VOC dataset with hard negatives",
+        description="Read the operator's decisions in an 'edgetile serve' state folder (read-only: the daemon may "
+        "keep running) and write a Pascal VOC dataset in the LADD layout (JPEGImages/, Annotations/, "
+        "ImageSets/Main/trainval.txt): confirmed, flagged and operator-drawn boxes as 'person'; rejected boxes "
+        "unlabelled and listed in DIR/hard_negatives.json, which 'edgetile dataset tiles DIR' reads to prefer "
+        "windows around them as negatives. Photos with a detection not yet reviewed are left out.",
+        epilog="Example:\n  edgetile dataset from-review /var/lib/edgetile --out reviewed/\n"
+        "  edgetile dataset tiles reviewed/ --out tiles/ --negatives 500",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument("state", metavar="STATE", help="the daemon's state folder (its --state)")
+    r.add_argument("--out", required=True, metavar="DIR", help="folder of the new dataset")
+    r.add_argument("--quiet", action="store_true", help="no summary")
+    r.set_defaults(func=cmd_dataset_from_review)
     return p
 
 
 def _dataset_needs_subcommand(a: argparse.Namespace) -> int:
-    raise UsageError("expected a subcommand: tiles (see 'edgetile dataset tiles --help')")
+    raise UsageError("expected a subcommand: tiles or from-review (see 'edgetile dataset tiles --help')")
+
+
+def cmd_dataset_from_review(a: argparse.Namespace) -> int:
+    from .from_review import dataset_from_review
+
+    try:
+        report = dataset_from_review(a.state, a.out)
+    except ValueError as exc:
+        raise UsageError(str(exc).splitlines()[0]) from exc
+    if not a.quiet:
+        for name, why in report.left_out.items():
+            print(f"left out: {name}: {why}", file=sys.stderr)
+        print(report.summary(), file=sys.stderr)
+    return EXIT_OK
 
 
 def cmd_dataset_tiles(a: argparse.Namespace) -> int:

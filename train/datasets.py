@@ -21,6 +21,7 @@ import numpy as np
 from edgetile.runtime.evaluation.annotations import AnnotatedPhoto, Dataset, load_dataset
 
 from .folds import fold_table, format_table, photo_labels, stratified_folds, stratified_holdout
+from .from_review import RejectedBoxScorer, read_hard_negatives
 from .tiles import Photo, cut_tiles, write_data_yaml, write_manifest
 
 
@@ -199,6 +200,10 @@ def build_tile_dataset(
         hard_conf: Detections of that model below this score are ignored.
         progress: Progress bars on stderr.
 
+    A ``hard_negatives.json`` beside the annotations (written by ``edgetile dataset from-review``:
+    boxes an operator rejected) ranks the empty windows around those boxes first; with a model too,
+    the two scores add.
+
     Returns:
         The report; problems are also written to out/problems.txt.
     """
@@ -223,6 +228,16 @@ def build_tile_dataset(
     photos = to_photos(ds.photos, splits)
     problems = list(ds.problems)
     scorer = HardNegativeScorer(hard_negatives, opt.tile, opt.overlap, hard_conf) if hard_negatives else None
+    root = Path(ds.root)
+    rejected = read_hard_negatives(root if root.is_dir() else root.parent)
+    rank = scorer
+    if rejected is not None:
+        by_boxes = RejectedBoxScorer(rejected, opt.seed)
+        rank = (
+            by_boxes
+            if scorer is None
+            else (lambda photo, windows: scorer(photo, windows) + by_boxes(photo, windows))
+        )
     try:
         rows = cut_tiles(
             photos,
@@ -231,7 +246,7 @@ def build_tile_dataset(
             opt.overlap,
             opt.min_visible,
             opt.negatives or 0,
-            scorer,
+            rank,
             opt.seed,
             opt.jpeg_quality,
             progress,

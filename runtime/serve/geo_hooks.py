@@ -271,14 +271,21 @@ class GeoHooks(ResultHooks):
 
 
 def review_text(detection: dict) -> str:
-    """The STATUSTEXT of an operator's find: "edgetile: FLAGGED person at LAT,LON (IMAGE)", cut to 50 ASCII."""
+    """The STATUSTEXT of an operator's find, at most 50 ASCII characters.
+
+    "edgetile: FLAGGED person at LAT,LON (IMAGE)" when it fits; else the words around the facts go
+    first ("FLAGGED person LAT,LON IMAGE"), then the end of the image's name.
+    """
     where = (
         "no position"
         if detection.get("lat") is None
-        else f"{detection['lat']:.5f},{detection['lon']:.5f}"  # 1 m: the text has 50 characters
+        else f"{detection['lat']:.5f},{detection['lon']:.5f}"  # 1 m
     )
     image = Path(str(detection.get("image", ""))).name
-    text = f"edgetile: {str(detection['status']).upper()} {detection.get('class_name') or 'object'} at {where} ({image})"
+    status, what = str(detection["status"]).upper(), detection.get("class_name") or "object"
+    text = f"edgetile: {status} {what} at {where} ({image})"
+    if len(text) > 50:
+        text = f"{status} {what} {where} {image}"
     return text.encode("ascii", "replace").decode()[:50]
 
 

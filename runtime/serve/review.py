@@ -197,6 +197,7 @@ def review_router(daemon: Daemon, decoding: threading.BoundedSemaphore) -> APIRo
         min_score: float | None = Query(None, ge=0, le=1),
         max_score: float | None = Query(None, ge=0, le=1),
         source: Annotated[list[str] | None, Query(description="watch, video, upload, operator")] = None,
+        outcome_id: int | None = Query(None, ge=1, description="only the detections of this photo"),
         order: Literal["score", "time"] = "score",
         after: str | None = Query(None, description="the 'next' of the previous page"),
         limit: int = Query(PAGE_DEFAULT, ge=1, le=PAGE_MAX),
@@ -216,6 +217,8 @@ def review_router(daemon: Daemon, decoding: threading.BoundedSemaphore) -> APIRo
             if statuses is not None and it["status"] not in statuses:
                 continue
             if sources is not None and it["source"] not in sources:
+                continue
+            if outcome_id is not None and it["outcome_id"] != outcome_id:
                 continue
             if it["score"] is not None and (
                 (min_score is not None and it["score"] < min_score)
