@@ -22,9 +22,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from geo_photos import dji_values, write_photo  # noqa: E402
-from onnx_models import red_blob_model  # noqa: E402
 from review_browser import Browser  # noqa: E402
 from serve_process import ServeProcess  # noqa: E402
+
+from onnx_models import red_blob_model  # noqa: E402
 
 W, H, FOCAL, AGL = 1024, 768, 800.0, 50.0  # 6.25 cm per pixel, a 64 x 48 m footprint
 GSD = AGL / FOCAL
@@ -52,7 +53,9 @@ def landscape(rng: np.random.Generator) -> np.ndarray:
     ys = np.arange(h)
     xs = (w * 0.45 + 260 * np.sin(ys / 420.0) + 90 * np.sin(ys / 130.0)).astype(int)
     for y, x in zip(ys, xs):
-        img[y, max(0, x - 22) : x + 22] = (95, 125, 150) + rng.normal(0, 8, (len(range(max(0, x - 22), x + 22)), 3))
+        img[y, max(0, x - 22) : x + 22] = (95, 125, 150) + rng.normal(
+            0, 8, (len(range(max(0, x - 22), x + 22)), 3)
+        )
     # trees: dark crowns with a shadow to the south-east
     for _ in range(260):
         cx, cy, r = int(rng.integers(0, w)), int(rng.integers(0, h)), int(rng.integers(14, 34))
@@ -107,7 +110,9 @@ def save_small(src: Path, dest: Path, limit: int = 300_000) -> int:
     for colours in (256, 192, 128):
         if dest.stat().st_size <= limit:
             break
-        img.quantize(colours, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(dest, optimize=True)
+        img.quantize(colours, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(
+            dest, optimize=True
+        )
     return dest.stat().st_size
 
 

@@ -201,9 +201,9 @@
   function matches(d, f) {
     if (f.status.length && !f.status.includes(d.status)) return false;
     if (f.source && d.source !== f.source) return false;
-    const s = d.score;
-    if (f.min_score !== "" && (s === null || s < Number(f.min_score))) return false;
-    if (f.max_score !== "" && (s === null || s > Number(f.max_score))) return false;
+    const s = d.score; // an operator's box has none: the score range is the model's only
+    if (s !== null && f.min_score !== "" && s < Number(f.min_score)) return false;
+    if (s !== null && f.max_score !== "" && s > Number(f.max_score)) return false;
     return true;
   }
 
