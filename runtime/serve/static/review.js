@@ -8,7 +8,7 @@
   const STATUSES = ["unreviewed", "confirmed", "rejected", "flagged"];
   const COLOURS = { unreviewed: "#f2c200", confirmed: "#1a9e3f", rejected: "#8a8a8a", flagged: "#d6336c" };
   const PAGE = 200; // queue items per request: the first screen comes fast, the rest as the operator moves
-  const PREFETCH = 6; // crops fetched ahead of the selection, so the next one shows at once
+  const PREFETCH = 10; // crops fetched ahead of the selection, so the next one shows at once
   const CROP_CACHE = 400;
   const OVERLAYS_AT_ONCE = 150; // downscaled photos drawn on the map; beyond that, outlines until zoomed in
   const KEY_TOKEN = "edgetile.token";
@@ -383,9 +383,9 @@
     if (!d) return;
     const operator = await operatorName();
     S.undo.push({ id: d.id, status: d.status });
+    move(1); // the next crop first: the operator's eyes move on while the decision is saved
     apply({ ...d, status, operator, decided_at: new Date().toISOString() });
     send({ id: d.id, status, operator });
-    if (S.view === "queue" || S.view === "photo") move(1);
   }
 
   async function undo() {
@@ -447,7 +447,14 @@
   // One detection changed (a decision here or elsewhere, a new operator box): every view follows.
   function apply(d) {
     const had = byId.get(d.id);
-    const changed = !had || had.status !== d.status;
+    const before = had ? had.status : null;
+    const changed = before !== d.status;
+    if (changed && before && S.counts) {
+      // counted here at once; the daemon's counts follow (other operators, new detections)
+      S.counts[before] -= 1;
+      S.counts[d.status] += 1;
+      showCounts(S.counts);
+    }
     const obj = remember(d);
     refreshRow(obj);
     if (S.current === d.id) showDetails(obj);
@@ -473,7 +480,7 @@
       } catch (e) {
         if (!(e instanceof TypeError)) fail(e);
       }
-    }, 100);
+    }, 1000);
   }
 
   function showCounts(c) {
@@ -891,12 +898,28 @@
     groundMap = L.map("ground-map", { preferCanvas: true, zoomSnap: 0.5, maxZoom: 23, keyboard: false, attributionControl: false });
     groundMap.createPane("photos").style.zIndex = 350; // under the outlines and markers
     L.control.scale({ metric: true, imperial: false }).addTo(groundMap);
-    const data = await getJSON("/api/review/map");
+    // The markers come from the queue's pages and the footprints from the map's JSON; both are asked
+    // at once, so the detections are on the map while the daemon still works out footprints and tracks.
+    const asked = getJSON("/api/review/map");
+    const all = L.latLngBounds([]);
+    let after = null;
+    for (;;) {
+      const page = await getJSON(`/api/review/detections?${new URLSearchParams({ order: "time", limit: "1000", ...(after ? { after } : {}) })}`);
+      for (const d of page.items) {
+        addMarker(remember(d));
+        if (d.lat !== null && d.lat !== undefined) all.extend([d.lat, d.lon]);
+      }
+      if (page.next === null) break;
+      after = page.next;
+    }
+    if (all.isValid()) groundMap.fitBounds(all.pad(0.05));
+    S.timing.mapMarkersAt = performance.now();
+    const data = await asked;
+    S.timing.mapDataAt = performance.now();
     S.map = data;
     if (data.tiles) new AuthTiles(data.tiles, { maxZoom: 23, maxNativeZoom: 19 }).addTo(groundMap);
     const legend = data.legend || {};
     const coarse = (p) => p.gsd_cm !== null && legend.max_gsd_cm_detectable && p.gsd_cm > legend.max_gsd_cm_detectable;
-    const all = L.latLngBounds([]);
     for (const p of data.photos) {
       if (!p.footprint) continue;
       const bad = coarse(p);
@@ -917,16 +940,6 @@
     for (const t of data.tracks || []) {
       L.polyline(t.points, { color: "#7048e8", weight: 3, dashArray: "2 6" }).bindTooltip(`track ${t.id}`).addTo(groundMap);
       S.tracks += 1;
-    }
-    let after = null;
-    for (;;) {
-      const page = await getJSON(`/api/review/detections?${new URLSearchParams({ order: "time", limit: "1000", ...(after ? { after } : {}) })}`);
-      for (const d of page.items) {
-        addMarker(remember(d));
-        if (d.lat !== null && d.lat !== undefined) all.extend([d.lat, d.lon]);
-      }
-      if (page.next === null) break;
-      after = page.next;
     }
     addLegend(data, legend);
     if (all.isValid()) groundMap.fitBounds(all.pad(0.05));
