@@ -275,6 +275,24 @@ def test_every_review_route_needs_the_token_and_posts_must_be_same_site_json(sta
     for headers, code in cases:
         r = c.post("/api/review/decisions", headers=headers, content=json.dumps(decision))
         assert r.status_code == code, (headers, r.text)
+    # an upload from another site's page is refused too (a form posts multipart without a preflight)
+    upload = {**AUTH, "Content-Type": "image/jpeg", "Content-Length": "3"}
+    assert (
+        c.post(
+            "/images?name=x.jpg", headers={**upload, "Origin": "http://evil.example"}, content=b"abc"
+        ).status_code
+        == 403
+    )
+    assert (
+        c.post(
+            "/images?name=x.jpg", headers={**upload, "Sec-Fetch-Site": "cross-site"}, content=b"abc"
+        ).status_code
+        == 403
+    )
+    assert c.post("/images?name=x.jpg", headers=upload, content=b"abc").status_code not in (
+        401,
+        403,
+    )  # past the check
     spec = c.get("/openapi.json", headers=AUTH).json()
     for path in (
         "/api/review/detections",
@@ -301,6 +319,8 @@ def test_crops_are_native_with_context_overlays_fit_1024_and_removed_photos_answ
     assert cv2.imdecode(np.frombuffer(over.content, np.uint8), 1).shape[:2] == (H, W)  # small: not resized
     assert c.get("/api/review/crops/op-99", headers=AUTH).status_code == 404
     assert c.get("/api/review/overlays/99", headers=AUTH).status_code == 404
+    assert c.get("/api/review/crops/2-0", headers=AUTH).status_code == 200  # now in the cache
+    assert c.get("/api/review/overlays/2", headers=AUTH).status_code == 200
     with PhotoQueue(state / "queue.sqlite3") as q:
         q.conn.execute("UPDATE items SET removed_at=1.0 WHERE name='b.jpg'")
     assert c.get("/api/review/crops/2-0", headers=AUTH).status_code == 410

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import queue
+import socket
 import threading
 import time
 from datetime import datetime
@@ -21,6 +23,9 @@ from serve_process import ServeProcess, person_photo, write_jpeg
 
 from edgetile.runtime.geo import locate_boxes, pose_from_photo
 from onnx_models import red_blob_model
+
+os.environ.setdefault("MAVLINK20", "1")
+from pymavlink import mavutil  # noqa: E402
 
 pytestmark = pytest.mark.slow
 TOKEN = "field-token"
@@ -154,10 +159,13 @@ def test_decisions_survive_restart_and_kill_9_and_two_clients_see_each_other_liv
         post(d, "/api/review/decisions", {"id": ids[2], "status": "confirmed", "operator": "ann"})
         post(d, "/api/review/decisions", {"id": ids[0], "status": "confirmed", "operator": "bob"})
         a.close()
-        b.close()
-        a = b = None
+        a = None
 
-        assert d.terminate() == 0  # a clean stop with nobody listening
+        assert (
+            d.terminate(timeout=20) == 0
+        )  # a clean stop, B still listening: its stream ends with the daemon
+        b.close()
+        b = None
         d = ServeProcess(tmp_path, *args).start()
         by_id = {it["id"]: it for it in d.json("/api/review/detections?limit=1000", token=TOKEN)["items"]}
         assert [by_id[i]["status"] for i in ids[:3]] == ["confirmed", "rejected", "confirmed"]
@@ -195,11 +203,19 @@ def blob_photo(path, cell_xy, **kw):
     return write_photo(path, img, **kw)
 
 
-def test_finds_go_to_mqtt_operator_boxes_are_georeferenced_and_the_map_and_exports_hold(tmp_path, model):
+def test_finds_go_to_mqtt_and_mavlink_operator_boxes_are_georeferenced_and_the_map_and_exports_hold(
+    tmp_path, model
+):
     broker = Broker(tmp_path / "broker").start()
     sub = Subscriber(broker.port, "drone1/#")
     drop = tmp_path / "drop"
     drop.mkdir()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        gcs_port = s.getsockname()[1]
+    gcs = mavutil.mavlink_connection(
+        f"udpin:127.0.0.1:{gcs_port}", dialect="ardupilotmega", source_system=255
+    )
     d = ServeProcess(
         tmp_path,
         "--model",
@@ -216,6 +232,8 @@ def test_finds_go_to_mqtt_operator_boxes_are_georeferenced_and_the_map_and_expor
         f"127.0.0.1:{broker.port}",
         "--mqtt-topic",
         "drone1",
+        "--mavlink-out",
+        f"udpout:127.0.0.1:{gcs_port}",
     )
     try:
         d.start()
@@ -242,6 +260,12 @@ def test_finds_go_to_mqtt_operator_boxes_are_georeferenced_and_the_map_and_expor
         ((msg, m),) = sub.collect(1, "drone1/reviews", timeout=30)  # the rejection sent nothing
         assert (msg["id"], msg["status"], msg["operator"]) == (det["id"], "flagged", "ann")
         assert msg["lat"] == det["lat"] and msg["decision_id"] >= 2
+        while True:  # the ground station hears the find (after the detection's own alert)
+            text = gcs.recv_match(type="STATUSTEXT", blocking=True, timeout=20)
+            assert text is not None, "the ground station heard no STATUSTEXT of the find"
+            if text.text.startswith("FLAGGED"):
+                break
+        assert text.text == f"FLAGGED person {det['lat']:.5f},{det['lon']:.5f} DJI_0001.JPG"
 
         # the operator draws the person the model missed: placed with the photo's own pose
         box = [100.0, 60.0, 116.0, 92.0]
@@ -269,6 +293,7 @@ def test_finds_go_to_mqtt_operator_boxes_are_georeferenced_and_the_map_and_expor
     finally:
         d.kill()
         sub.close()
+        gcs.close()
         broker.stop()
 
 

@@ -228,8 +228,10 @@ def build_tile_dataset(
     photos = to_photos(ds.photos, splits)
     problems = list(ds.problems)
     scorer = HardNegativeScorer(hard_negatives, opt.tile, opt.overlap, hard_conf) if hard_negatives else None
-    root = Path(ds.root)
-    rejected = read_hard_negatives(root if root.is_dir() else root.parent)
+    rejected = None
+    if ds.root is not None:  # a Dataset made in memory has no folder to hold hard_negatives.json
+        root = Path(ds.root)
+        rejected = read_hard_negatives(root if root.is_dir() else root.parent)
     rank = scorer
     if rejected is not None:
         by_boxes = RejectedBoxScorer(rejected, opt.seed)

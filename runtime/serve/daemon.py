@@ -68,28 +68,21 @@ def bind_socket(host: str, port: int) -> socket.socket:
 class ChangeSignal:
     """A counter that grows at each commit the review's live stream must see (results, decisions).
 
-    Readers compare ``version`` with the one they saw; ``wait`` blocks a thread until it changes.
+    Readers (the live streams, on the event loop) compare ``version`` with the one they saw.
     """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._version = 0
 
     @property
     def version(self) -> int:
-        with self._cond:
+        with self._lock:
             return self._version
 
     def bump(self) -> None:
-        with self._cond:
+        with self._lock:
             self._version += 1
-            self._cond.notify_all()
-
-    def wait(self, seen: int, timeout_s: float) -> int:
-        """Wait until the version differs from ``seen`` (or timeout_s); returns the version."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._version != seen, timeout_s)
-            return self._version
 
 
 class Daemon:

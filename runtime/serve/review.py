@@ -49,6 +49,7 @@ CROP_MAX = 512
 CROP_MIN_CONTEXT = 32
 OVERLAY_MAX = 1024
 OVERLAY_CACHE = 256  # overlays kept encoded in memory (about 100 kB each)
+CROP_CACHE = 1024  # crops kept encoded in memory (about 20 kB each)
 PAGE_DEFAULT, PAGE_MAX = 200, 1000
 SSE_TICK_S = 0.1  # how often a stream looks at the daemon's commit counter
 SSE_POLL_S = 1.0  # and reads the database anyway (a commit it was not told about)
@@ -126,11 +127,8 @@ def _split(values: list[str] | None, allowed: tuple[str, ...], name: str) -> set
     return out
 
 
-def same_site_json(request: Request) -> None:
-    """Refuse a state-changing request that is not JSON or that a browser says comes from another site."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != "application/json":
-        raise HTTPException(415, f"expected Content-Type: application/json, found {ctype or 'none'!r}")
+def same_site(request: Request) -> None:
+    """Refuse a request that a browser says comes from another site (``Origin``, ``Sec-Fetch-Site``)."""
     if request.headers.get("sec-fetch-site", "").lower() == "cross-site":
         raise HTTPException(403, "expected a request from the review page, found Sec-Fetch-Site: cross-site")
     origin = request.headers.get("origin")
@@ -138,6 +136,14 @@ def same_site_json(request: Request) -> None:
         own = f"{request.url.scheme}://{request.headers.get('host', '')}"
         if origin.rstrip("/").lower() != own.lower():
             raise HTTPException(403, f"expected a request from {own}, found Origin {origin[:100]!r}")
+
+
+def same_site_json(request: Request) -> None:
+    """Refuse a state-changing request that is not JSON or that a browser says comes from another site."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise HTTPException(415, f"expected Content-Type: application/json, found {ctype or 'none'!r}")
+    same_site(request)
 
 
 def review_router(daemon: Daemon, decoding: threading.BoundedSemaphore) -> APIRouter:
@@ -149,8 +155,10 @@ def review_router(daemon: Daemon, decoding: threading.BoundedSemaphore) -> APIRo
     """
     cfg = daemon.config
     r = APIRouter(prefix="", tags=["review"])
-    overlays: OrderedDict[int, bytes] = OrderedDict()
-    overlays_lock = threading.Lock()
+    # Encoded JPEGs kept in memory: the page shows a crop again on every step back and forth, and the
+    # map asks for every overlay on each load; a decode of a 12 MP photo costs more than the page waits.
+    overlays = ByteCache(OVERLAY_CACHE)
+    crops = ByteCache(CROP_CACHE)
 
     def queue() -> ReviewQueue:
         return ReviewQueue(cfg.db_path, cfg.max_attempts, cfg.retry_after)
@@ -294,20 +302,24 @@ def review_router(daemon: Daemon, decoding: threading.BoundedSemaphore) -> APIRo
 
     # ---- images, by id only -------------------------------------------------------------------
 
-    def jpeg(image, quality: int = 90) -> Response:
+    def encode(image, quality: int = 90) -> bytes:
         ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
         if not ok:
             raise HTTPException(500, "OpenCV could not encode the JPEG")
-        return Response(
-            data.tobytes(), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"}
-        )
+        return data.tobytes()
+
+    def jpeg_bytes(data: bytes) -> Response:
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
     @r.get("/api/review/crops/{det_id}", response_class=Response)
     def crop(det_id: str) -> Response:
         """The box at native resolution with max(box side, 32 px) of context, fitted into 512 px."""
         with queue() as q:
             item = item_or_404(q, det_id)
-            path = photo_path(q, item["outcome_id"])
+            path = photo_path(q, item["outcome_id"])  # every time: a photo the retention removed is 410
+        cached = crops.get(det_id)
+        if cached is not None:
+            return jpeg_bytes(cached)
         with decoding:
             try:
                 img = read_image(path)
@@ -327,51 +339,40 @@ def review_router(daemon: Daemon, decoding: threading.BoundedSemaphore) -> APIRo
                 (max(1, round(part.shape[1] * s)), max(1, round(part.shape[0] * s))),
                 interpolation=cv2.INTER_AREA,
             )
-        return jpeg(part)
+        return jpeg_bytes(crops.put(det_id, encode(part)))
 
     @r.get("/api/review/overlays/{outcome_id}", response_class=Response)
     def overlay(outcome_id: int) -> Response:
         """The photo downscaled to fit 1024 px (decoded at 1/2, 1/4 or 1/8 where that is enough)."""
-        with overlays_lock:
-            cached = overlays.get(outcome_id)
-            if cached is not None:
-                overlays.move_to_end(outcome_id)
-        if cached is None:
-            with queue() as q:
-                path = photo_path(q, outcome_id)
-                size = q.conn.execute(
-                    "SELECT width, height FROM outcomes WHERE id=?", (outcome_id,)
-                ).fetchone()
-            longest = max(size[0] or 0, size[1] or 0)
-            flag = cv2.IMREAD_COLOR
-            for factor, reduced in (
-                (8, cv2.IMREAD_REDUCED_COLOR_8),
-                (4, cv2.IMREAD_REDUCED_COLOR_4),
-                (2, cv2.IMREAD_REDUCED_COLOR_2),
-            ):
-                if longest / factor >= OVERLAY_MAX:
-                    flag = reduced
-                    break
-            with decoding:
-                img = cv2.imread(path, flag | cv2.IMREAD_IGNORE_ORIENTATION)  # as the boxes: pixels as stored
-            if img is None:
-                raise HTTPException(
-                    409, f"result {outcome_id}: the photo at its path is not a readable image"
-                )
-            side = max(img.shape[:2])
-            if side > OVERLAY_MAX:
-                s = OVERLAY_MAX / side
-                img = cv2.resize(
-                    img,
-                    (max(1, round(img.shape[1] * s)), max(1, round(img.shape[0] * s))),
-                    interpolation=cv2.INTER_AREA,
-                )
-            cached = jpeg(img, 80).body
-            with overlays_lock:
-                overlays[outcome_id] = cached
-                while len(overlays) > OVERLAY_CACHE:
-                    overlays.popitem(last=False)
-        return Response(cached, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+        with queue() as q:
+            path = photo_path(q, outcome_id)  # every time: a photo the retention removed is 410
+            size = q.conn.execute("SELECT width, height FROM outcomes WHERE id=?", (outcome_id,)).fetchone()
+        cached = overlays.get(outcome_id)
+        if cached is not None:
+            return jpeg_bytes(cached)
+        longest = max(size[0] or 0, size[1] or 0)
+        flag = cv2.IMREAD_COLOR
+        for factor, reduced in (
+            (8, cv2.IMREAD_REDUCED_COLOR_8),
+            (4, cv2.IMREAD_REDUCED_COLOR_4),
+            (2, cv2.IMREAD_REDUCED_COLOR_2),
+        ):
+            if longest / factor >= OVERLAY_MAX:
+                flag = reduced
+                break
+        with decoding:
+            img = cv2.imread(path, flag | cv2.IMREAD_IGNORE_ORIENTATION)  # as the boxes: pixels as stored
+        if img is None:
+            raise HTTPException(409, f"result {outcome_id}: the photo at its path is not a readable image")
+        side = max(img.shape[:2])
+        if side > OVERLAY_MAX:
+            s = OVERLAY_MAX / side
+            img = cv2.resize(
+                img,
+                (max(1, round(img.shape[1] * s)), max(1, round(img.shape[0] * s))),
+                interpolation=cv2.INTER_AREA,
+            )
+        return jpeg_bytes(overlays.put(outcome_id, encode(img, 80)))
 
     # ---- the map ------------------------------------------------------------------------------
 
@@ -501,6 +502,34 @@ def review_router(daemon: Daemon, decoding: threading.BoundedSemaphore) -> APIRo
         return Response(finds_png(found, photos), media_type="image/png", headers=attachment("finds.png"))
 
     return r
+
+
+class ByteCache:
+    """A thread-safe least-recently-used map of encoded images.
+
+    Args:
+        size: Most entries kept.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key) -> bytes | None:
+        with self._lock:
+            data = self._items.get(key)
+            if data is not None:
+                self._items.move_to_end(key)
+            return data
+
+    def put(self, key, data: bytes) -> bytes:
+        with self._lock:
+            self._items[key] = data
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return data
 
 
 def _sse(event: str, data: dict) -> str:
