@@ -274,11 +274,32 @@ def test_photo_view_draws_its_boxes_and_an_operator_box_is_georeferenced_and_map
         d.kill()
 
 
+def xyz_tiles(folder: Path, lat: float, lon: float, zooms=range(12, 20)) -> int:
+    """Write the XYZ tile holding (lat, lon) at each zoom, and its 8 neighbours, as a team's offline map."""
+    import math
+
+    import cv2
+
+    n = 0
+    for z in zooms:
+        x = int((lon + 180) / 360 * 2**z)
+        y = int((1 - math.asinh(math.tan(math.radians(lat))) / math.pi) / 2 * 2**z)
+        for dx in (-1, 0, 1):
+            for dy in (-1, 0, 1):
+                path = folder / str(z) / str(x + dx) / f"{y + dy}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(path), np.full((256, 256, 3), (200, 220, 235), np.uint8))
+                n += 1
+    return n
+
+
 def test_with_a_token_a_page_without_it_gets_nothing_until_the_operator_gives_it(tmp_path, model):
+    from review_browser import LAT0, LON0
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    d, _ = survey(tmp_path, model, "--token", TOKEN)
+    xyz_tiles(tmp_path / "tiles", LAT0 + 0.0008, LON0)
+    d, _ = survey(tmp_path, model, "--token", TOKEN, "--tiles", tmp_path / "tiles")
     a = Browser()
     try:
         a.open(d.url, ready=False)
@@ -300,9 +321,13 @@ def test_with_a_token_a_page_without_it_gets_nothing_until_the_operator_gives_it
         shown(a)  # the crop came through a fetch with the header, shown as a blob: URL
         assert a.driver.find_element(By.ID, "crop").get_attribute("src").startswith("blob:")
         assert a.driver.execute_script("return sessionStorage.getItem('edgetile.token')") == TOKEN
+        # the team's offline tiles are drawn under the map, fetched with the token too
+        a.key("m")
+        a.wait("s.mapReady && s.tilesLoaded > 0", what="background tiles from --tiles")
+        assert a.state("s.map.tiles").startswith("/tiles/")
         # a browser without the token still gets nothing of the data
-        status, _, _ = d.request("/api/review/detections")
-        assert status == 401
+        for path in ("/api/review/detections", "/api/review/map", "/images/1", "/api/review/crops/1-0"):
+            assert d.request(path)[0] == 401, path
         only_the_daemon_was_asked(a, d)
     finally:
         a.close()

@@ -37,6 +37,7 @@
     markers: {}, // detection id -> {lat, lon, status}
     footprints: [], // outcome ids drawn on the map
     overlaysLoaded: 0,
+    tilesLoaded: 0, // background map tiles (--tiles) drawn
     tracks: 0,
     errors: [],
   };
@@ -854,6 +855,7 @@
         .then((url) => {
           img.onload = () => {
             URL.revokeObjectURL(url);
+            S.tilesLoaded += 1;
             done(null, img);
           };
           img.src = url;
