@@ -267,6 +267,15 @@ def test_photo_view_draws_its_boxes_and_an_operator_box_is_georeferenced_and_map
         target = a.state("s.current")
         a.key("r")
         a.wait(f"s.markers[{target!r}].status === 'rejected'", what="the marker's new status")
+
+        # the finds' exports are fetched with the page's headers and handed to the browser as files
+        a.driver.find_element(By.CSS_SELECTOR, "#exports summary").click()
+        for name in ("finds.geojson", "finds.gpx"):
+            a.driver.find_element(By.CSS_SELECTOR, f"[data-export='{name}']").click()
+            a.wait(f"performance.getEntriesByName(location.origin + '/api/review/{name}').length", what=name)
+        exported = [r for r in a.network() if "/api/review/finds." in r["url"]]
+        assert sorted(r["url"].rsplit("/", 1)[1] for r in exported) == ["finds.geojson", "finds.gpx"]
+        assert all(r["status"] == 200 for r in exported), exported
         only_the_daemon_was_asked(a, d)
         assert a.state("s.errors") == []
     finally:
