@@ -103,6 +103,23 @@ def survey(folder: Path) -> list[Path]:
     return paths
 
 
+def zoom_on_selection(b: Browser, steps: int = 1) -> None:
+    """Wheel-zoom the photo view around the ring of the selected box, as an operator would."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
+
+    x, y = b.driver.execute_script(
+        "const ring = [...document.querySelectorAll('#photo-map path')]"
+        ".find((p) => p.getAttribute('stroke') === '#00e5ff' && !p.classList.contains('leaflet-interactive'));"
+        "const r = ring.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2];"
+    )
+    for _ in range(steps):
+        ActionChains(b.driver).scroll_from_origin(
+            ScrollOrigin.from_viewport(int(x), int(y)), 0, -120
+        ).perform()
+        time.sleep(0.6)
+
+
 def save_small(src: Path, dest: Path, limit: int = 300_000) -> int:
     """The screenshot as an adaptive-palette PNG: UI and photos stay legible, the file small."""
     img = Image.open(src).convert("RGB")
@@ -149,8 +166,16 @@ def main(argv=None) -> int:
             shots = {}
             b.screenshot(work / "queue.png")
             shots["review-queue.png"] = work / "queue.png"
+            # the photo view on a person (the first of the landscape's, in the first photo)
+            person = b.state(
+                "s.items.find((d) => d.image.endsWith('DJI_0101.JPG') && Math.abs(d.bbox[0] - 500) < 20).id"
+            )
+            b.driver.execute_script(f"document.querySelector('li[data-id=\"{person}\"]').click()")
+            b.wait(f"s.shown === {person!r}")
             b.key("p")
             b.wait("s.photo && s.photo.loaded", what="the photo view")
+            time.sleep(0.5)
+            zoom_on_selection(b)
             time.sleep(1.0)
             b.screenshot(work / "photo.png")
             shots["review-photo.png"] = work / "photo.png"
