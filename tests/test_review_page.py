@@ -120,6 +120,12 @@ def test_keyboard_review_is_kept_through_reload_and_a_second_browser_sees_it_liv
         a.wait("s.pending.length === 0", what="every decision saved")
         assert page_statuses(a) == expect
 
+        a.key("?")  # the keys, on the page itself
+        a.wait("document.querySelector('#help').open", what="the help")
+        assert "flag for the ground team" in a.driver.find_element(By.ID, "help").text
+        a.key("\ue00c")  # Escape closes it
+        a.wait("!document.querySelector('#help').open", what="the help closed")
+
         # the daemon holds them, with the operator's name and the history of the undone one
         held = daemon_statuses(d)
         assert {i: s for i, (s, _) in held.items()} == expect
