@@ -453,6 +453,7 @@ def test_exports_read_back_by_gpxpy_fastkml_geojson_and_csv_with_names_escaped(s
         (items["1-0"]["lon"], items["1-0"]["lat"])
     )
     assert "crops/1-0" in marks[0].description and marks[0].times is not None
+    assert "&lt;b&gt;&amp;" in marks[0].description  # shown as text by a reader that renders HTML
 
     rows = list(csv.DictReader(io.StringIO(c.get("/api/review/finds.csv", headers=AUTH).text)))
     assert [r["name"] for r in rows] == ["Find 1 (confirmed)", "Find 2 (flagged)"]
@@ -495,3 +496,63 @@ def test_review_text_fits_statustext():
         review_text({**d, "lat": None, "image": "a.jpg"}) == "edgetile: FLAGGED person at no position (a.jpg)"
     )
     assert len(review_text({**d, "image": "x" * 80})) == 50
+
+
+def reference_track_ids(photos, radius_m):
+    """The pairwise loop TrackBuilder ran before it compared with arrays: the oracle of the same ids."""
+    from edgetile.runtime.geo.tracks import Track, ground_distance_m
+
+    tracks, out = [], []
+    for image, dets in photos:
+        ids = [None] * len(dets)
+        located = [i for i, d in enumerate(dets) if d.get("lat") is not None]
+        pairs = sorted(
+            (ground_distance_m(dets[i]["lat"], dets[i]["lon"], t.lat, t.lon), i, k)
+            for i in located
+            for k, t in enumerate(tracks)
+            if t.class_name == dets[i]["class_name"]
+            and ground_distance_m(dets[i]["lat"], dets[i]["lon"], t.lat, t.lon) <= radius_m
+        )
+        taken_d, taken_t = set(), set()
+        for _, i, k in pairs:
+            if i not in taken_d and k not in taken_t:
+                taken_d.add(i)
+                taken_t.add(k)
+                ids[i] = tracks[k].track_id
+        for i in located:
+            if ids[i] is None:
+                tracks.append(
+                    Track(len(tracks) + 1, dets[i]["class_name"], dets[i]["lat"], dets[i]["lon"], None)
+                )
+                ids[i] = tracks[-1].track_id
+        for i in located:
+            d = dets[i]
+            tracks[ids[i] - 1]._add(image, i, d["lat"], d["lon"], d["score"], d["error_m"])
+        out.append(ids)
+    return out
+
+
+def test_track_builder_gives_the_pairwise_loops_ids_on_a_crowded_search():
+    from edgetile.runtime.geo import TrackBuilder
+
+    rng = np.random.default_rng(3)
+    people = rng.uniform([55.7495, 37.6190], [55.7505, 37.6210], (60, 2))  # 60 people in 110 x 125 m
+    photos = []
+    for p in range(80):
+        seen = rng.choice(len(people), 8, replace=False)
+        dets = []
+        for j in seen:
+            jitter = rng.normal(0, 2e-5, 2)  # about 2 m
+            dets.append(
+                {
+                    "lat": float(people[j, 0] + jitter[0]),
+                    "lon": float(people[j, 1] + jitter[1]),
+                    "error_m": float(rng.uniform(1, 6)),
+                    "class_name": "person" if j % 5 else "car",
+                    "score": float(rng.random()),
+                }
+            )
+        dets.append({"lat": None, "lon": None, "class_name": "person", "score": 0.5, "error_m": None})
+        photos.append((f"p{p}.jpg", dets))
+    builder = TrackBuilder(5.0)
+    assert [builder.add_photo(img, dets) for img, dets in photos] == reference_track_ids(photos, 5.0)

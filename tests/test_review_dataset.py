@@ -17,7 +17,7 @@ from edgetile.runtime.serve.review_store import ReviewQueue
 from edgetile.runtime.serve.store import Outcome, PhotoQueue
 
 pytest.importorskip("tqdm")
-from train.from_review import RejectedBoxScorer, dataset_from_review  # noqa: E402
+from edgetile.train.from_review import RejectedBoxScorer, dataset_from_review  # noqa: E402
 
 EDGETILE = [sys.executable, "-c", "import sys; from edgetile.runtime.cli import main; sys.exit(main())"]
 W, H = 640, 480

@@ -12,9 +12,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 WGS84_A = 6378137.0
 WGS84_E2 = 6.69437999014e-3
 MIN_ERROR_M = 0.5  # floor of the weights: no fix is better than this
+# Fewest metres per degree of latitude (the meridian radius at the equator), and of longitude times
+# the cosine of the latitude (a sphere of the semi-major axis, less 10% for the latitude's change
+# over a track's radius): bounds that never drop a track within the radius.
+M_PER_DEG_LAT_MIN = WGS84_A * (1 - WGS84_E2) * math.pi / 180
+M_PER_DEG_LON_MIN = 0.9 * WGS84_A * math.pi / 180
 
 
 def ground_distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -107,6 +114,11 @@ class TrackBuilder:
             raise ValueError(f"radius_m: expected a positive number of metres, found {radius_m}")
         self.radius_m = radius_m
         self.tracks: list[Track] = []
+        # every track's position and class as arrays, so that a photo's detections are compared with
+        # all of them at once: a search's thousands of tracks made the pairwise loop quadratic in Python
+        self._lat = np.zeros(0)
+        self._lon = np.zeros(0)
+        self._class: list[str] = []
 
     def add_photo(self, image: str, detections: list[dict]) -> list[int | None]:
         """Assign one photo's detections to tracks.
@@ -124,14 +136,23 @@ class TrackBuilder:
             i for i, d in enumerate(detections) if d.get("lat") is not None and d.get("lon") is not None
         ]
         pairs = []
-        for i in located:
-            d = detections[i]
-            for k, t in enumerate(self.tracks):
-                if t.class_name != d.get("class_name"):
-                    continue
-                dist = ground_distance_m(d["lat"], d["lon"], t.lat, t.lon)
-                if dist <= self.radius_m:
-                    pairs.append((dist, i, k))
+        if located and self.tracks:
+            lat = np.array([detections[i]["lat"] for i in located], np.float64)[:, None]
+            lon = np.array([detections[i]["lon"] for i in located], np.float64)[:, None]
+            # a box around each detection that holds its radius: only the tracks in it are measured
+            lon_scale = M_PER_DEG_LON_MIN * np.cos(np.radians(lat))
+            near = np.abs(self._lat[None] - lat) * M_PER_DEG_LAT_MIN <= self.radius_m
+            near &= (np.abs(self._lon[None] - lon) * lon_scale <= self.radius_m) | (
+                lon_scale < 0.1 * M_PER_DEG_LON_MIN
+            )  # near a pole: no box
+            classes = np.asarray(self._class, dtype=object)
+            for row, i in enumerate(located):
+                d = detections[i]
+                for k in np.flatnonzero(near[row] & (classes == d.get("class_name"))).tolist():
+                    t = self.tracks[k]
+                    dist = ground_distance_m(d["lat"], d["lon"], t.lat, t.lon)
+                    if dist <= self.radius_m:
+                        pairs.append((dist, i, k))
         pairs.sort()
         taken_det: set[int] = set()
         taken_track: set[int] = set()
@@ -153,6 +174,14 @@ class TrackBuilder:
             self.tracks[ids[i] - 1]._add(
                 image, i, d["lat"], d["lon"], float(d.get("score", 0.0)), d.get("error_m")
             )
+        grown = len(self.tracks) - len(self._lat)
+        if grown:
+            self._lat = np.concatenate([self._lat, np.zeros(grown)])
+            self._lon = np.concatenate([self._lon, np.zeros(grown)])
+            self._class += [t.class_name for t in self.tracks[-grown:]]
+        for i in located:
+            t = self.tracks[ids[i] - 1]
+            self._lat[t.track_id - 1], self._lon[t.track_id - 1] = t.lat, t.lon
         return ids
 
 

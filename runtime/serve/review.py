@@ -163,6 +163,9 @@ def review_router(daemon: Daemon, decoding: threading.BoundedSemaphore) -> APIRo
     def queue() -> ReviewQueue:
         return ReviewQueue(cfg.db_path, cfg.max_attempts, cfg.retry_after)
 
+    # the daemon's --track-radius when it georeferences, else the tracks' default
+    track_radius = getattr(getattr(daemon.hooks, "config", None), "track_radius_m", TRACK_RADIUS_M)
+
     def outbox_limit() -> int | None:
         return None if daemon.outbox is None else daemon.outbox.limit
 
@@ -189,8 +192,10 @@ def review_router(daemon: Daemon, decoding: threading.BoundedSemaphore) -> APIRo
             raise HTTPException(404, f"the image of result {outcome_id} is no longer at {row['path']}")
         return row["path"]
 
+    snapshot = Snapshot()
+
     def sorted_items(q: ReviewQueue, order: str) -> list[dict]:
-        return sorted(q.review_items(), key=lambda it: _sort_key(order, it))
+        return snapshot.sorted(q, order)
 
     def finds(q: ReviewQueue) -> list[dict]:
         return numbered_finds(sorted_items(q, "time"))
@@ -244,7 +249,7 @@ def review_router(daemon: Daemon, decoding: threading.BoundedSemaphore) -> APIRo
     @r.get("/api/review/counts")
     def counts() -> dict:
         with queue() as q:
-            return review_counts(q.review_items())
+            return review_counts(sorted_items(q, "time"))
 
     @r.post("/api/review/decisions", dependencies=[Depends(same_site_json)])
     def decide(body: Decision) -> dict:
@@ -381,12 +386,12 @@ def review_router(daemon: Daemon, decoding: threading.BoundedSemaphore) -> APIRo
         """Photo footprints with their GSD and overlay, tracks across photos, the legend, the tiles' URL."""
         with queue() as q:
             photos = q.map_photos()
-            items = sorted_items(q, "time")
+            tracks = snapshot.tracks(q, track_radius)
         for p in photos:
             p["overlay"] = f"/api/review/overlays/{p['outcome_id']}"
         return {
             "photos": photos,
-            "tracks": tracks_of(items),
+            "tracks": tracks,
             "legend": legend(daemon.detector),
             "tiles": None if cfg.tiles is None else "/tiles/{z}/{x}/{y}.png",
         }
@@ -502,6 +507,43 @@ def review_router(daemon: Daemon, decoding: threading.BoundedSemaphore) -> APIRo
         return Response(finds_png(found, photos), media_type="image/png", headers=attachment("finds.png"))
 
     return r
+
+
+class Snapshot:
+    """Every Detection, read again only when something was committed since (results, boxes, decisions).
+
+    Outcome, operator-box and review ids only grow and their rows never change, so the three largest
+    ids say whether what was read still holds; a queue of thousands is then read once per change,
+    not once per page. The lists handed out are shared: callers copy before they change an item.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._marks: tuple[int, int, int] | None = None
+        self._by_order: dict[str, list[dict]] = {}
+
+    def sorted(self, q: ReviewQueue, order: str) -> list[dict]:
+        marks = q.review_marks()
+        with self._lock:
+            if marks != self._marks:
+                self._marks, items = q.review_snapshot()
+                self._by_order = {"time": sorted(items, key=lambda it: _sort_key("time", it))}
+            if order not in self._by_order:
+                self._by_order[order] = sorted(self._by_order["time"], key=lambda it: _sort_key(order, it))
+            return self._by_order[order]
+
+    def tracks(self, q: ReviewQueue, radius_m: float) -> list[dict]:
+        """:func:`tracks_of` the current detections, built once per change (it compares every pair)."""
+        items = self.sorted(q, "time")
+        with self._lock:
+            current = self._by_order.get("time") is items  # not replaced by a newer read meanwhile
+            if current and "_tracks" in self._by_order:
+                return self._by_order["_tracks"]
+        tracks = tracks_of(items, radius_m)
+        with self._lock:
+            if self._by_order.get("time") is items:
+                self._by_order["_tracks"] = tracks
+        return tracks
 
 
 class ByteCache:

@@ -8,7 +8,8 @@ their names, a scale bar and north.
 
 Only finds with ground coordinates are written (a point needs a place); names are
 "Find N (status)", N counting the finds in commit order, so a find keeps its name while the
-operator works. Every text is escaped for its format: XML through ElementTree, CSV cells that a
+operator works. Every text is escaped for its format: XML through ElementTree (and HTML inside a
+KML description, which readers render as HTML), CSV cells that a
 spreadsheet would run as a formula (starting with = + - @, a tab or a carriage return) get a
 leading apostrophe.
 """
@@ -16,6 +17,7 @@ leading apostrophe.
 from __future__ import annotations
 
 import csv
+import html
 import io
 import math
 import xml.etree.ElementTree as ET
@@ -106,7 +108,8 @@ def finds_kml(finds: list[dict], base_url: str) -> str:
     for f in finds:
         pm = ET.SubElement(doc, "Placemark", id=f"find-{f['id']}")
         ET.SubElement(pm, "name").text = f["name"]
-        ET.SubElement(pm, "description").text = _description(f, crop_url(base_url, f))
+        # a KML description is HTML to its readers: the operator's note is shown, never rendered
+        ET.SubElement(pm, "description").text = html.escape(_description(f, crop_url(base_url, f)))
         stamp = ET.SubElement(pm, "TimeStamp")
         ET.SubElement(stamp, "when").text = f["decided_at"] or f["time"]
         ET.SubElement(pm, "styleUrl").text = f"#{f['status']}"

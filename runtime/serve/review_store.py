@@ -44,15 +44,7 @@ def parse_detection_id(text: str) -> tuple[str, int, int]:
     raise ValueError(f"expected a detection id like '12-0' or 'op-3', found {text[:80]!r}")
 
 
-def _decision_fields(row: sqlite3.Row | None) -> dict:
-    if row is None:
-        return {"status": "unreviewed", "operator": None, "note": None, "decided_at": None}
-    return {
-        "status": row["status"],
-        "operator": row["operator"],
-        "note": row["note"],
-        "decided_at": iso_utc(row["decided_at"]),
-    }
+UNREVIEWED = {"status": "unreviewed", "operator": None, "note": None, "decided_at": None}
 
 
 def _rounded(v: object, digits: int) -> float | None:
@@ -64,19 +56,28 @@ class ReviewQueue(PhotoQueue):
 
     # ---- readers ----------------------------------------------------------------------------
 
-    def _latest(self, detection: str | None = None) -> dict[str, sqlite3.Row]:
-        """The decision that counts, per detection id (all, or one)."""
+    def _latest(self, detection: str | None = None) -> dict[str, dict]:
+        """The decision that counts, per detection id (all, or one): {"status", "operator", "note", "decided_at"}."""
         where, args = ("WHERE detection=?", (detection,)) if detection is not None else ("", ())
         rows = self.conn.execute(
             "SELECT r.* FROM reviews r JOIN (SELECT detection, MAX(id) AS last FROM reviews "
             f"{where} GROUP BY detection) l ON r.id = l.last",
             args,
         ).fetchall()
-        return {r["detection"]: r for r in rows}
+        return {
+            r["detection"]: {
+                "status": r["status"],
+                "operator": r["operator"],
+                "note": r["note"],
+                "decided_at": iso_utc(r["decided_at"]),
+            }
+            for r in rows
+        }
 
-    def _model_items(self, rows: list[sqlite3.Row], latest: dict[str, sqlite3.Row]) -> list[dict]:
+    def _model_items(self, rows: list[sqlite3.Row], latest: dict[str, dict]) -> list[dict]:
         out = []
         for r in rows:
+            when = iso_utc(r["processed_at"])  # once per photo: formatting is most of the cost
             for k, d in enumerate(json.loads(r["detections"] or "[]")):
                 det_id = f"{r['id']}-{k}"
                 out.append(
@@ -88,14 +89,14 @@ class ReviewQueue(PhotoQueue):
                         "image": r["name"],
                         "image_id": r["id"],
                         "source": r["source"],
-                        "time": iso_utc(r["processed_at"]),
+                        "time": when,
                         "score": _rounded(d.get("score"), 5),
                         "class_name": d.get("class_name"),
                         "bbox": [float(v) for v in d["bbox"]],
                         "lat": d.get("lat"),
                         "lon": d.get("lon"),
                         "error_m": d.get("error_m"),
-                        **_decision_fields(latest.get(det_id)),
+                        **latest.get(det_id, UNREVIEWED),
                         "photo_width": r["width"],
                         "photo_height": r["height"],
                         "_order": (r["processed_at"], 0, r["id"], k),
@@ -103,7 +104,7 @@ class ReviewQueue(PhotoQueue):
                 )
         return out
 
-    def _operator_items(self, rows: list[sqlite3.Row], latest: dict[str, sqlite3.Row]) -> list[dict]:
+    def _operator_items(self, rows: list[sqlite3.Row], latest: dict[str, dict]) -> list[dict]:
         out = []
         for r in rows:
             det_id = f"op-{r['id']}"
@@ -123,7 +124,7 @@ class ReviewQueue(PhotoQueue):
                     "lat": r["lat"],
                     "lon": r["lon"],
                     "error_m": r["error_m"],
-                    **_decision_fields(latest.get(det_id)),
+                    **latest.get(det_id, UNREVIEWED),
                     "photo_width": r["width"],
                     "photo_height": r["height"],
                     "_order": (r["created_at"], 1, r["id"], 0),
@@ -146,10 +147,19 @@ class ReviewQueue(PhotoQueue):
         Each is a Detection of the API (see docs/review.md) plus ``_order``, the key of the time
         order (callers drop it before answering).
         """
-        latest = self._latest()
-        model = self.conn.execute(self._MODEL_SQL + " ORDER BY o.id").fetchall()
-        operator = self.conn.execute(self._OPERATOR_SQL + " ORDER BY d.id").fetchall()
-        return self._model_items(model, latest) + self._operator_items(operator, latest)
+        return self.review_snapshot()[1]
+
+    def review_snapshot(self) -> tuple[tuple[int, int, int], list[dict]]:
+        """(:meth:`review_marks`, :meth:`review_items`) read in one transaction, so they agree."""
+        self.conn.execute("BEGIN")  # a read transaction: one snapshot of the WAL database
+        try:
+            marks = self.review_marks()
+            latest = self._latest()
+            model = self.conn.execute(self._MODEL_SQL + " ORDER BY o.id").fetchall()
+            operator = self.conn.execute(self._OPERATOR_SQL + " ORDER BY d.id").fetchall()
+        finally:
+            self.conn.execute("COMMIT")
+        return marks, self._model_items(model, latest) + self._operator_items(operator, latest)
 
     def review_item(self, det_id: str) -> dict | None:
         """One detection by id (see :func:`parse_detection_id`), or None when there is none."""
