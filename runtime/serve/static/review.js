@@ -241,7 +241,8 @@
       try {
         const page = await getJSON(`/api/review/detections?${query(S.filters, { limit: PAGE, after: S.next })}`);
         if (gen !== generation) return;
-        const fresh = page.items.filter((d) => !S.items.some((x) => x.id === d.id)).map(remember);
+        const have = new Set(S.items.map((x) => x.id)); // a live arrival may already be in the list
+        const fresh = page.items.filter((d) => !have.has(d.id)).map(remember);
         S.items.push(...fresh);
         S.next = page.next;
         if (page.counts) showCounts(page.counts);
@@ -312,6 +313,7 @@
   async function showCrop(d) {
     const img = $("#crop");
     $("#crop-empty").hidden = !!d;
+    $("#crop-empty").textContent = "No detection selected.";
     if (!d) {
       img.removeAttribute("src");
       S.shown = null;
@@ -431,6 +433,7 @@
         } catch (e) {
           if (e instanceof HttpError && e.status >= 400 && e.status < 500) {
             say(`Decision on ${decision.id} refused: ${e.message}`, true);
+            resync().catch(fail); // the page showed it as taken: back to what the daemon holds
           } else {
             await sleep(1000); // the daemon is down or unreachable: keep the decision, try again
             continue;
