@@ -206,6 +206,7 @@ def test_the_queue_pages_by_score_and_time_filters_and_counts(state):
 
 def test_decisions_over_http_validate_and_are_kept_with_their_history(state):
     c, daemon = client(state)
+    assert c.get("/api/review/counts", headers=AUTH).json()["flagged"] == 0  # the queue read once
     before = daemon.changes.version
     r = c.post(
         "/api/review/decisions", headers=POST, json={"id": "2-0", "status": "flagged", "operator": "ann"}
@@ -222,7 +223,14 @@ def test_decisions_over_http_validate_and_are_kept_with_their_history(state):
         ("flagged", "ann"),
         ("confirmed", "bob"),
     ]
-    assert c.get("/api/review/counts", headers=AUTH).json()["confirmed"] == 1
+    assert c.get("/api/review/counts", headers=AUTH).json()["confirmed"] == 1  # patched, not read again
+    by_id = {it["id"]: it for it in c.get("/api/review/detections?order=time", headers=AUTH).json()["items"]}
+    assert (by_id["2-0"]["status"], by_id["2-0"]["operator"], by_id["2-0"]["note"]) == (
+        "confirmed",
+        "bob",
+        "seen",
+    )
+    assert by_id["1-0"]["status"] == "unreviewed"
     for body, code in [
         ({"id": "2-0", "status": "maybe", "operator": "ann"}, 422),  # unknown status
         ({"id": "9-9", "status": "confirmed", "operator": "ann"}, 404),  # unknown id

@@ -513,8 +513,9 @@ class Snapshot:
     """Every Detection, read again only when something was committed since (results, boxes, decisions).
 
     Outcome, operator-box and review ids only grow and their rows never change, so the three largest
-    ids say whether what was read still holds; a queue of thousands is then read once per change,
-    not once per page. The lists handed out are shared: callers copy before they change an item.
+    ids say whether what was read still holds; a queue of thousands is then read once per new result
+    or box, not once per page, and new decisions only patch the detections they name. The lists
+    handed out are shared: callers copy before they change an item.
     """
 
     def __init__(self) -> None:
@@ -525,6 +526,17 @@ class Snapshot:
     def sorted(self, q: ReviewQueue, order: str) -> list[dict]:
         marks = q.review_marks()
         with self._lock:
+            old = self._marks
+            if old is not None and marks != old and marks[:2] == old[:2]:
+                # only decisions since: patch the detections they name (the orders do not change)
+                marks, changed = q.decisions_since(old[2])
+                if marks[:2] == old[:2]:
+                    self._marks = marks
+                    self._by_order = {
+                        k: [{**it, **changed[it["id"]]} if it["id"] in changed else it for it in v]
+                        for k, v in self._by_order.items()
+                        if not k.startswith("_")  # the tracks leave out rejected detections: built again
+                    }
             if marks != self._marks:
                 self._marks, items = q.review_snapshot()
                 self._by_order = {"time": sorted(items, key=lambda it: _sort_key("time", it))}

@@ -149,6 +149,29 @@ class ReviewQueue(PhotoQueue):
         """
         return self.review_snapshot()[1]
 
+    def decisions_since(self, review_after: int) -> tuple[tuple[int, int, int], dict[str, dict]]:
+        """(:meth:`review_marks`, the decision that now counts of each detection decided after row
+        ``review_after``), read in one transaction."""
+        self.conn.execute("BEGIN")
+        try:
+            marks = self.review_marks()
+            rows = self.conn.execute(
+                "SELECT r.* FROM reviews r JOIN (SELECT detection, MAX(id) AS last FROM reviews WHERE detection IN "
+                "(SELECT detection FROM reviews WHERE id>?) GROUP BY detection) l ON r.id = l.last",
+                (int(review_after),),
+            ).fetchall()
+        finally:
+            self.conn.execute("COMMIT")
+        return marks, {
+            r["detection"]: {
+                "status": r["status"],
+                "operator": r["operator"],
+                "note": r["note"],
+                "decided_at": iso_utc(r["decided_at"]),
+            }
+            for r in rows
+        }
+
     def review_snapshot(self) -> tuple[tuple[int, int, int], list[dict]]:
         """(:meth:`review_marks`, :meth:`review_items`) read in one transaction, so they agree."""
         self.conn.execute("BEGIN")  # a read transaction: one snapshot of the WAL database
