@@ -9,7 +9,7 @@ SOURCES = runtime export train tests benchmarks setup.py
 # training and export sides, and the architecture test, which only reads sources.
 PURE_TESTS = $(filter-out tests/test_merge% tests/test_train_% tests/test_export_% tests/test_architecture.py,$(wildcard tests/test_*.py))
 
-.PHONY: test test-fast check demo lint bench clean
+.PHONY: test test-fast check demo lint bench clean vendor
 
 # Installs the runtime with every extra the tests need (ONNX Runtime, Ultralytics, torch, the oracles).
 test: check $(VENV)/.installed-dev
@@ -39,6 +39,24 @@ $(MOSQUITTO):
 	$(SUDO) apt-get update
 	$(SUDO) apt-get install -y mosquitto
 	@test -x $@ || { echo "make test: error: mosquitto is still missing at $@ (the MQTT tests look for it there)" >&2; exit 1; }
+
+# The review page's browser tests (tests/test_review_page.py) drive Debian's Chromium through its
+# chromedriver with Selenium: installed from the system's packages when missing, as Mosquitto is.
+CHROMEDRIVER ?= /usr/bin/chromedriver
+test: $(CHROMEDRIVER)
+
+$(CHROMEDRIVER):
+	@echo "make test: the browser tests need Chromium and its driver at $@; installing them with apt-get"
+	$(SUDO) apt-get update
+	$(SUDO) apt-get install -y chromium chromium-driver
+	@test -x $@ || { echo "make test: error: chromedriver is still missing at $@ (the browser tests look for it there)" >&2; exit 1; }
+
+# Leaflet for the review page, pinned in web/package-lock.json: `make vendor` installs exactly that
+# version with npm and copies its dist into the package. The copies are committed, so neither an
+# install nor `make test` needs Node.js; tests/test_review_static.py checks them against the pin.
+vendor:
+	cd web && npm ci --no-audit --no-fund
+	$(PYTHON) web/vendor.py
 
 # The C merge extension is built by the editable install: rebuild when its source changes.
 $(VENV)/.installed-dev: setup.py pyproject.toml runtime/_merge.c

@@ -95,6 +95,7 @@ MQTT = ["paho-mqtt>=2.0"]  # publishing detections to a broker
 MAVLINK = ["pymavlink>=2.4.37"]  # vehicle pose in, detections out to a ground station
 GEO_TEST = ["geojson>=3.0", "fastkml>=1.0", "gpxpy>=1.6"]  # the geo tests' oracles for GeoJSON, KML and GPX
 SERVE_TEST = ["prometheus-client>=0.17"]  # the serve tests' oracle for the metrics text format
+BROWSER_TEST = ["selenium>=4.10"]  # the review page's tests drive Debian's Chromium (make test installs it)
 DEV = sorted(
     set(
         TRAIN
@@ -105,6 +106,7 @@ DEV = sorted(
         + GEO_TEST
         + SERVE
         + SERVE_TEST
+        + BROWSER_TEST
         + [
             "pytest>=7.4",
             "hypothesis>=6.80",
@@ -173,7 +175,9 @@ setup(
             "*.cu",
             "*.c",
             "cuda/*.cu",
-        ]
+        ],
+        # The review page: plain static files and the vendored Leaflet (see `make vendor`), no build step.
+        "edgetile.runtime.serve": ["static/**/*"],
     },
     include_package_data=False,
     ext_modules=ext_modules,

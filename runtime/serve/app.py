@@ -35,6 +35,7 @@ from ..images import ImageReadError, ImageTooLarge, read_image
 from ..outputs import draw_detections
 from ..results import Detections
 from .guard import RequestGuard
+from .page import mount_page
 from .retention import MIB, human_bytes
 from .review import review_router, same_site
 from .store import PhotoQueue, iso_utc
@@ -107,6 +108,8 @@ def create_app(daemon: Daemon) -> FastAPI:  # noqa: C901 - the routes are closur
         if problems:  # the worker runs, but photos are not being found: say what fails
             body["problems"] = problems
         return JSONResponse(body, status_code=200 if alive else 503)
+
+    mount_page(app)  # the review page's shell: no data in it, so no token
 
     api = APIRouter(dependencies=[Depends(check_token)])
 
