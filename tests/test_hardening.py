@@ -188,12 +188,16 @@ def test_a_pose_pillow_refuses_leaves_the_pixel_detections(tmp_path):
 
     path = tmp_path / "huge.png"
     path.write_bytes(png_bomb(60000, 60000))  # past twice Pillow's MAX_IMAGE_PIXELS
-    dets = [{"bbox": [1.0, 2.0, 3.0, 4.0], "score": 0.9, "class_id": 0, "class_name": "person"}]
-    record = {"image": str(path), "width": 60000, "height": 60000, "detections": dets}
+    from edgetile.runtime.results import Detections
+
+    records = [{"bbox": [1.0, 2.0, 3.0, 4.0], "score": 0.9, "class_id": 0, "class_name": "person"}]
+    dets = Detections.from_records(records, {0: "person"})
     with GeoWriter(tmp_path / "out", GeoConfig(formats=("geojson",))) as w:
-        warning = w.add(record, None)
+        placed = w.add(str(path), dets, None)
+    warning = placed.warning
     assert warning and "\n" not in warning and "Pillow" in warning, warning
-    assert record["detections"] == dets and record["geo_warning"] == warning
+    assert placed.detections.to_records({0: "person"}) == records
+    assert placed.record_fields() == {"geo_warning": warning}
 
 
 def test_serve_geo_keeps_the_detections_of_a_photo_pillow_refuses(tmp_path):
@@ -205,9 +209,13 @@ def test_serve_geo_keeps_the_detections_of_a_photo_pillow_refuses(tmp_path):
     path.write_bytes(png_bomb(60000, 60000))
     hooks = open_result_hooks(ServeGeoConfig(georeference=True), tmp_path)
     item = Item(1, "0" * 64, "watch", str(path), str(path), 1)
+    from edgetile.runtime.results import Detections
+
     records = [{"bbox": [1.0, 2.0, 30.0, 40.0], "score": 0.9, "class_id": 0, "class_name": "person"}]
-    hooks.annotate(item, np.zeros((50, 50, 3), np.uint8), records)  # no exception: the photo is not parked
-    assert records[0]["score"] == 0.9 and "lat" not in records[0]
+    dets = Detections.from_records(records, {0: "person"})
+    # no exception: the photo is not parked
+    out = hooks.annotate(item, np.zeros((50, 50, 3), np.uint8), dets).to_records({0: "person"})
+    assert out[0]["score"] == 0.9 and out[0]["bbox"] == records[0]["bbox"] and "lat" not in out[0]
     hooks.close()
 
 
