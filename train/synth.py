@@ -19,8 +19,11 @@ Annotations are written as Pascal VOC XML (the LADD layout), YOLO txt and COCO J
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -1116,6 +1119,7 @@ def write_dataset(
     config: SceneConfig | None = None,
     jpeg_quality: int = 92,
     progress: bool = False,
+    workers: int = 1,
 ) -> Path:
     """Write `count` scenes with VOC XML, YOLO txt and COCO JSON annotations.
 
@@ -1135,12 +1139,15 @@ def write_dataset(
         config: Scene contents.
         jpeg_quality: JPEG quality of the photos.
         progress: Show a progress bar on stderr.
+        workers: Processes drawing scenes at once (the files are the same for any number).
 
     Returns:
         The output folder.
     """
     if count < 0:
         raise ValueError(f"count: expected a non-negative number of scenes, found {count}")
+    if workers < 1:
+        raise ValueError(f"workers: expected at least 1 process, found {workers}")
     cfg = config or SceneConfig()
     out = Path(out_dir)
     for sub in ("JPEGImages", "Annotations", "ImageSets/Main", "labels"):
@@ -1152,43 +1159,61 @@ def write_dataset(
         "categories": [{"id": i + 1, "name": n} for i, n in enumerate(CLASS_NAMES)],
     }
     stems = []
-    it = range(count)
-    if progress:
-        from tqdm import tqdm
+    with scenes_in_order(range(seed, seed + count), cfg, workers) as scenes:
+        it = scenes
+        if progress:
+            from tqdm import tqdm
 
-        it = tqdm(it, desc="scenes", unit="photo")
-    for i in it:
-        sc = make_scene(seed + i, cfg)
-        stem = f"scene_{seed + i:05d}"
-        stems.append(stem)
-        name = stem + ".jpg"
-        h, w = sc.image.shape[:2]
-        if not cv2.imwrite(
-            str(out / "JPEGImages" / name), sc.image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
-        ):
-            raise OSError(f"could not write {out / 'JPEGImages' / name}")
-        names = [CLASS_NAMES[int(c)] for c in sc.class_ids]
-        (out / "Annotations" / f"{stem}.xml").write_text(voc_xml(name, w, h, sc.boxes, names, decimals=0))
-        lines = [
-            f"{int(c)} {(b[0] + b[2]) / 2 / w:.6f} {(b[1] + b[3]) / 2 / h:.6f} "
-            f"{(b[2] - b[0]) / w:.6f} {(b[3] - b[1]) / h:.6f}"
-            for b, c in zip(sc.boxes, sc.class_ids)
-        ]
-        (out / "labels" / f"{stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
-        img_id = len(coco["images"]) + 1
-        coco["images"].append({"id": img_id, "file_name": name, "width": w, "height": h})
-        for b, c in zip(sc.boxes, sc.class_ids):
-            bw, bh = float(b[2] - b[0]), float(b[3] - b[1])
-            coco["annotations"].append(
-                {
-                    "id": len(coco["annotations"]) + 1,
-                    "image_id": img_id,
-                    "category_id": int(c) + 1,
-                    "bbox": [float(b[0]), float(b[1]), bw, bh],
-                    "area": bw * bh,
-                    "iscrowd": 0,
-                }
-            )
+            it = tqdm(scenes, desc="scenes", unit="photo", total=count)
+        for sc in it:
+            _write_scene(out, sc, jpeg_quality, coco, stems)
     (out / "ImageSets" / "Main" / "all.txt").write_text("\n".join(stems) + ("\n" if stems else ""))
     (out / "annotations.json").write_text(json.dumps(coco))
     return out
+
+
+@contextlib.contextmanager
+def scenes_in_order(seeds: Iterable[int], config: SceneConfig, workers: int = 1) -> Iterator[Iterator[Scene]]:
+    """Scenes of the given seeds, in order, drawn by `workers` processes (1: in this process)."""
+    seeds = list(seeds)
+    if workers <= 1 or len(seeds) <= 1:
+        yield (make_scene(s, config) for s in seeds)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: the caller may already hold threads (OpenCV's, a training framework's).
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool.map(functools.partial(make_scene, config=config), seeds, chunksize=1)
+
+
+def _write_scene(out: Path, sc: Scene, jpeg_quality: int, coco: dict, stems: list[str]) -> None:
+    """Write one scene's photo and annotations; add it to the COCO dict and the list of stems."""
+    stem = f"scene_{sc.seed:05d}"
+    stems.append(stem)
+    name = stem + ".jpg"
+    h, w = sc.image.shape[:2]
+    if not cv2.imwrite(str(out / "JPEGImages" / name), sc.image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]):
+        raise OSError(f"could not write {out / 'JPEGImages' / name}")
+    names = [CLASS_NAMES[int(c)] for c in sc.class_ids]
+    (out / "Annotations" / f"{stem}.xml").write_text(voc_xml(name, w, h, sc.boxes, names, decimals=0))
+    lines = [
+        f"{int(c)} {(b[0] + b[2]) / 2 / w:.6f} {(b[1] + b[3]) / 2 / h:.6f} "
+        f"{(b[2] - b[0]) / w:.6f} {(b[3] - b[1]) / h:.6f}"
+        for b, c in zip(sc.boxes, sc.class_ids)
+    ]
+    (out / "labels" / f"{stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+    img_id = len(coco["images"]) + 1
+    coco["images"].append({"id": img_id, "file_name": name, "width": w, "height": h})
+    for b, c in zip(sc.boxes, sc.class_ids):
+        bw, bh = float(b[2] - b[0]), float(b[3] - b[1])
+        coco["annotations"].append(
+            {
+                "id": len(coco["annotations"]) + 1,
+                "image_id": img_id,
+                "category_id": int(c) + 1,
+                "bbox": [float(b[0]), float(b[1]), bw, bh],
+                "area": bw * bh,
+                "iscrowd": 0,
+            }
+        )
