@@ -152,9 +152,11 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_env(a: argparse.Namespace) -> int:
-    from .env import environment_report
+    from .env import demo_model_card, environment_report
 
     print(environment_report())
+    # The bundled model's card, so that nobody mistakes the demo model for one to fly with.
+    print("\n" + demo_model_card())
     return EXIT_OK
 
 
@@ -227,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
         "env",
         help="versions of the libraries edgetile uses and which backends work here",
         description="Print Python, NumPy, OpenCV, ONNX Runtime, TensorRT, pycuda and CUDA "
-        "versions where present, the merge implementation, and usable backends.",
+        "versions where present, the merge implementation, and usable backends, then the bundled demo "
+        "model's card: how it was trained, its measured accuracy, and what it is not.",
     )
     env.set_defaults(func=cmd_env)
 
