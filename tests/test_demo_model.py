@@ -99,3 +99,22 @@ def test_the_model_card_describes_the_bundled_file_and_env_prints_it():
         [sys.executable, "-m", "edgetile.runtime.cli", "env"], capture_output=True, text=True, timeout=120
     )
     assert r.returncode == 0 and card.strip() in r.stdout and str(CARD) in r.stdout
+
+
+def test_the_demo_dataset_leaves_the_heldout_renderer_out(tmp_path):
+    from edgetile.train.demo_model import build_dataset, training_renderers
+
+    assert training_renderers("limbs") == ("classic", "blobs")
+    with pytest.raises(ValueError, match="heldout renderer: expected one of"):
+        training_renderers("cartoon")
+    data = build_dataset(tmp_path, 2, 1, seed=3, negatives=1, renderers=training_renderers("limbs"))
+    text = data.read_text()
+    assert "renderers classic, blobs" in text and "limbs" not in text
+    yaml = pytest.importorskip("yaml")
+    spec = yaml.safe_load(text)
+    for split in ("train", "val"):
+        (folder,) = spec[split]
+        tiles = list((Path(spec["path"]) / folder).glob("*.jpg"))
+        assert tiles, split
+        labels = (Path(spec["path"]) / folder.replace("images", "labels")).glob("*.txt")
+        assert sum(len(f.read_text().split("\n")) - 1 for f in labels) > 0  # people were cut into the tiles

@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="work folder (default: runs/demo)")
     p.add_argument(
-        "--train-scenes", type=int, default=400, help="synthetic 2048x1536 training photos (default: 400)"
+        "--train-scenes", type=int, default=500, help="synthetic 2048x1536 training photos (default: 500)"
     )
     p.add_argument("--val-scenes", type=int, default=24, help="synthetic validation photos (default: 24)")
     p.add_argument("--negatives", type=int, default=300, help="empty tiles kept in all (default: 300)")
@@ -227,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--eval-scenes",
         type=int,
-        default=24,
-        help="held-out-renderer 4000x3000 scenes for the full-photo mAP report; 0 skips it (default: 24)",
+        default=16,
+        help="held-out-renderer 4000x3000 scenes for the full-photo mAP report; 0 skips it (default: 16)",
     )
     a = p.parse_args(argv)
     renderers = training_renderers(a.heldout_renderer)
