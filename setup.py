@@ -172,6 +172,7 @@ setup(
             "data/*.onnx",
             "data/*.jpg",
             "data/*.json",
+            "data/*.md",
             "*.cu",
             "*.c",
             "cuda/*.cu",

@@ -9,6 +9,9 @@ import shutil
 import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
+
+DEMO_MODEL_CARD = Path(__file__).resolve().parent / "data" / "demo_model_card.md"
 
 
 def _version(module: str, dist: str | None = None) -> str:
@@ -65,6 +68,10 @@ def environment_report() -> str:
         ("pycuda", _version("pycuda", "pycuda")),
         ("cuda", _cuda_version()),
         ("merge", f"{merge.BACKEND} implementation"),
+        (
+            "demo model card",
+            str(DEMO_MODEL_CARD) if DEMO_MODEL_CARD.is_file() else "missing from this install",
+        ),
     ]
     for name in BACKENDS:
         try:
@@ -74,3 +81,10 @@ def environment_report() -> str:
         rows.append((f"backend {name}", ("usable: " if ok else "not usable: ") + why))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def demo_model_card() -> str:
+    """The bundled demo model's card (how it was trained, how well, what it is not), or a line saying it is missing."""
+    if not DEMO_MODEL_CARD.is_file():
+        return f"the demo model's card is missing from this install: {DEMO_MODEL_CARD}"
+    return DEMO_MODEL_CARD.read_text(encoding="utf-8")

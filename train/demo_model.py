@@ -1,67 +1,145 @@
 """Train the embedded demo model from scratch on synthetic aerial scenes, with one command.
 
-    python -m edgetile.train.demo_model --out runs/demo
+    python -m edgetile.train.demo_model --out runs/demo --device 0
 
 No pretrained weights can be downloaded where edgetile is built, so the demo model is a YOLOv8n built
 from its YAML (random initialisation) and trained on tiles cut from synthetic scenes the way the
-runtime cuts them (1024 px windows, overlap 0.2), at a 512 px model input, so a 1024 tile is seen at
-half resolution. It is a demonstration model: it finds the synthetic people of its training
-distribution and nothing more. The ONNX it exports (dynamic batch, Ultralytics metadata) is what
-``edgetile demo`` and ``edgetile detect`` use by default when copied to ``runtime/data/demo.onnx``.
+runtime cuts them (1024 px windows, overlap 0.2), at a 1024 px model input, so a 20 px person stays
+20 px. The scenes are the generator's most varied (``synth.DIVERSE``), but one way of drawing people
+is held out of training (``--heldout-renderer``): the full-photo mAP on scenes drawn only by that
+renderer, which the model never saw, is the demo model's measured accuracy. It is a demonstration
+model: it has never seen a real photo. The ONNX it exports (dynamic batch, Ultralytics metadata) is
+what ``edgetile demo`` and ``edgetile detect`` use by default when copied to ``runtime/data/demo.onnx``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
 import shutil
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
 
-from .synth import CLASS_NAMES, SceneConfig, make_scene
+from .synth import CLASS_NAMES, DIVERSE, RENDERERS, SceneConfig, make_scene
 from .tiles import Photo, write_tile_dataset
 
-# People from 24 to 130 px long: drone altitudes of roughly 40-100 m with a 4000x3000 camera.
-DEMO_SCENES = SceneConfig(width=2048, height=1536, people=(3, 9), person_px=(24, 130), empty_fraction=0.05)
+# People from 15 to 150 px long: drone altitudes of roughly 30-100 m with a 4000x3000 camera.
+DEMO_SCENES = replace(
+    DIVERSE, width=2048, height=1536, people=(3, 9), person_px=(15, 150), empty_fraction=0.05
+)
+HELDOUT_SCENES = replace(DIVERSE, width=4000, height=3000, people=(3, 9), person_px=(15, 150))
+HELDOUT_RENDERER = "limbs"
+HELDOUT_SEED = 900_000  # far from the training seeds: scenes the model has never seen
+DEMO_CONF = 0.1  # edgetile demo's threshold (runtime/cli.py); recall is reported there
 
 
-def build_dataset(out: Path, train_scenes: int, val_scenes: int, seed: int, negatives: int) -> Path:
-    """Write synthetic scenes cut into 1024 px tiles as an Ultralytics dataset; return data.yaml."""
+def training_renderers(heldout: str | None) -> tuple[str, ...]:
+    """Every renderer but the held-out one."""
+    if heldout is not None and heldout not in RENDERERS:
+        raise ValueError(f"heldout renderer: expected one of {list(RENDERERS)}, found {heldout!r}")
+    return tuple(r for r in RENDERERS if r != heldout)
 
-    def photo(i: int, split: str) -> Photo:
-        sc = make_scene(seed + i, DEMO_SCENES)
-        return Photo(
-            f"scene_{seed + i:05d}",
-            lambda sc=sc: sc.image,
-            DEMO_SCENES.width,
-            DEMO_SCENES.height,
-            sc.boxes,
-            sc.class_ids,
-            split,
+
+def _write_part(
+    out: Path, seeds: list[tuple[int, str]], config: SceneConfig, negatives: int, seed: int, tile: int
+) -> None:
+    photos = []
+    for s, split in seeds:
+        sc = make_scene(s, config)
+        photos.append(
+            Photo(
+                f"scene_{s:06d}",
+                lambda im=sc.image: im,
+                config.width,
+                config.height,
+                sc.boxes,
+                sc.class_ids,
+                split,
+            )
         )
-
-    photos = [photo(i, "train") for i in range(train_scenes)]
-    photos += [photo(train_scenes + i, "val") for i in range(val_scenes)]
-    return write_tile_dataset(
-        photos,
-        out / "tiles",
-        CLASS_NAMES,
-        tile=1024,
-        overlap=0.2,
-        min_visible=0.5,
-        negatives=negatives,
-        seed=seed,
-        progress=True,
+    write_tile_dataset(
+        photos, out, CLASS_NAMES, tile=tile, overlap=0.2, min_visible=0.5, negatives=negatives, seed=seed
     )
 
 
-HELDOUT_SEED = 900_000  # far from the training seeds: scenes the model has never seen
+def build_dataset(
+    out: Path,
+    train_scenes: int,
+    val_scenes: int,
+    seed: int,
+    negatives: int,
+    renderers: tuple[str, ...] = RENDERERS,
+    workers: int = 1,
+    tile: int = 1024,
+) -> Path:
+    """Write synthetic scenes cut into tiles as an Ultralytics dataset; return its data.yaml.
+
+    The scenes are split among `workers` processes, each writing its own part (out/tiles/partK); the
+    data.yaml lists every part's train and val folders. Validation scenes are drawn by the training
+    renderers too (they choose the best epoch); the held-out renderer is for evaluate_demo alone.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if workers < 1:
+        raise ValueError(f"workers: expected at least 1 process, found {workers}")
+    config = replace(DEMO_SCENES, renderers=renderers)
+    jobs = [(seed + i, "train") for i in range(train_scenes)]
+    jobs += [(seed + train_scenes + i, "val") for i in range(val_scenes)]
+    parts = max(1, min(workers, len(jobs)))
+    root = out / "tiles"
+    chunks = [jobs[k::parts] for k in range(parts)]
+    neg = [negatives // parts + (k < negatives % parts) for k in range(parts)]
+    if parts == 1:
+        _write_part(root / "part0", chunks[0], config, neg[0], seed, tile)
+    else:
+        with ProcessPoolExecutor(parts, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [
+                pool.submit(_write_part, root / f"part{k}", chunks[k], config, neg[k], seed + k, tile)
+                for k in range(parts)
+            ]
+            for f in futures:
+                f.result()
+    train = [f"part{k}/images/train" for k in range(parts) if (root / f"part{k}/images/train").is_dir()]
+    val = [f"part{k}/images/val" for k in range(parts) if (root / f"part{k}/images/val").is_dir()] or train
+    lines = [
+        f"# {train_scenes} train + {val_scenes} val synthetic scenes, renderers {', '.join(renderers)}",
+        f"path: {root.resolve()}",
+        f"train: {json.dumps(train)}",
+        f"val: {json.dumps(val)}",
+        "names:",
+    ] + [f"  {i}: {n}" for i, n in enumerate(CLASS_NAMES)]
+    (root / "data.yaml").write_text("\n".join(lines) + "\n")
+    return root / "data.yaml"
 
 
-def evaluate_demo(onnx_path: Path, out: Path, count: int) -> dict:
-    """Full-photo accuracy of a demo ONNX on held-out 4000x3000 synthetic scenes, via the tiled runtime.
+def heldout_dataset(out: Path, count: int, renderer: str, seed: int = HELDOUT_SEED, workers: int = 1) -> Path:
+    """Full-size scenes drawn only by `renderer`, everything else as varied as training (written once)."""
+    from .synth import write_dataset
+
+    folder = out / f"heldout_{renderer}"
+    if not (folder / "annotations.json").exists():
+        write_dataset(
+            folder, count, seed=seed, config=replace(HELDOUT_SCENES, renderers=(renderer,)), workers=workers
+        )
+    return folder
+
+
+def evaluate_demo(
+    onnx_path: Path,
+    out: Path,
+    count: int,
+    renderer: str = HELDOUT_RENDERER,
+    workers: int = 1,
+    score_thr: float = DEMO_CONF,
+) -> dict:
+    """Full-photo accuracy of a demo ONNX on 4000x3000 scenes of one renderer, via the tiled runtime.
 
     Returns the metrics dict (also written to out/heldout_metrics.json).
     """
@@ -70,25 +148,18 @@ def evaluate_demo(onnx_path: Path, out: Path, count: int) -> dict:
     from edgetile.runtime.evaluation.metrics import evaluate
     from edgetile.runtime.files import write_json_atomic
 
-    from .synth import write_dataset
-
-    heldout = out / "heldout"
-    if not (heldout / "annotations.json").exists():
-        write_dataset(
-            heldout,
-            count,
-            seed=HELDOUT_SEED,
-            config=SceneConfig(width=4000, height=3000, people=(3, 9), person_px=(24, 130)),
-            progress=True,
-        )
-    data = load_dataset(heldout, format="voc")
+    folder = heldout_dataset(out, count, renderer, workers=workers)
+    data = load_dataset(folder, format="voc")
     with Detector(onnx_path, config=DetectConfig(conf=0.001)) as det:
-        result = evaluate(det, data, score_thr=0.25, progress=True)
+        result = evaluate(det, data, score_thr=score_thr, progress=False)
     metrics = {
         "model": str(onnx_path),
+        "renderer": renderer,
+        "scenes": f"synth.DIVERSE 4000x3000, renderers=({renderer!r},), seeds {HELDOUT_SEED}..{HELDOUT_SEED + count - 1}",
         "photos": len(data),
         "people": data.box_count,
         "tiling": "1024 px tiles, overlap 0.2, IOS merge 0.5",
+        "score_thr": score_thr,
         **result.to_dict(),
     }
     write_json_atomic(out / "heldout_metrics.json", metrics)
@@ -99,19 +170,48 @@ def evaluate_demo(onnx_path: Path, out: Path, count: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m edgetile.train.demo_model",
-        description="Train the demo model from scratch on synthetic scenes and export its ONNX.",
+        description="Train the demo model from scratch on synthetic scenes, holding one renderer of people "
+        "out of training, export its ONNX and measure it on scenes of the held-out renderer.",
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="work folder (default: runs/demo)")
     p.add_argument(
-        "--train-scenes", type=int, default=48, help="synthetic 2048x1536 training photos (default: 48)"
+        "--train-scenes", type=int, default=500, help="synthetic 2048x1536 training photos (default: 500)"
     )
-    p.add_argument("--val-scenes", type=int, default=8, help="synthetic validation photos (default: 8)")
-    p.add_argument("--negatives", type=int, default=40, help="empty tiles kept in all (default: 40)")
-    p.add_argument("--epochs", type=int, default=30, help="training epochs (default: 30)")
-    p.add_argument("--imgsz", type=int, default=512, help="model input size (default: 512)")
-    p.add_argument("--batch", type=int, default=16, help="training batch (default: 16)")
+    p.add_argument("--val-scenes", type=int, default=24, help="synthetic validation photos (default: 24)")
+    p.add_argument("--negatives", type=int, default=300, help="empty tiles kept in all (default: 300)")
+    p.add_argument(
+        "--heldout-renderer",
+        default=HELDOUT_RENDERER,
+        choices=RENDERERS,
+        help=f"way of drawing people kept out of training and measured on (default: {HELDOUT_RENDERER})",
+    )
+    p.add_argument(
+        "--model", default="yolov8n.yaml", help="architecture YAML, random init (default: yolov8n.yaml)"
+    )
+    p.add_argument("--epochs", type=int, default=60, help="training epochs (default: 60)")
+    p.add_argument(
+        "--hours",
+        type=float,
+        default=None,
+        help="wall-clock training budget in hours; Ultralytics fits the epochs and schedule into it",
+    )
+    p.add_argument(
+        "--imgsz", type=int, default=1024, help="model input size, also the tile size (default: 1024)"
+    )
+    p.add_argument("--batch", type=int, default=32, help="training batch (default: 32)")
     p.add_argument("--seed", type=int, default=1000, help="scene seed (default: 1000)")
     p.add_argument("--device", default="cpu", help="training device: cpu or a CUDA index (default: cpu)")
+    p.add_argument(
+        "--workers", type=int, default=1, help="processes for scenes and data loading (default: 1)"
+    )
+    p.add_argument(
+        "--copy-checkpoints",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="copy last.pt and best.pt, stripped to their weights, to DIR after every epoch "
+        "(for a machine that may be taken away before training ends)",
+    )
     p.add_argument(
         "--install",
         action="store_true",
@@ -127,37 +227,72 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--eval-scenes",
         type=int,
-        default=12,
-        help="held-out 4000x3000 scenes for the full-photo mAP report; 0 skips it (default: 12)",
+        default=16,
+        help="held-out-renderer 4000x3000 scenes for the full-photo mAP report; 0 skips it (default: 16)",
     )
     a = p.parse_args(argv)
+    renderers = training_renderers(a.heldout_renderer)
+    record: dict = {
+        "command": "python -m edgetile.train.demo_model "
+        + shlex.join(sys.argv[1:] if argv is None else argv),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
+        "training_renderers": list(renderers),
+        "heldout_renderer": a.heldout_renderer,
+        "starting_weights": f"random initialisation ({a.model})",
+    }
+    a.out.mkdir(parents=True, exist_ok=True)
 
     from ultralytics import YOLO
 
+    from .budget import DEFAULT_BUDGET_MB, check_budget_before_training
+
     if a.export_only is None:
+        check_budget_before_training(
+            a.model, nc=len(CLASS_NAMES), budget_mb=DEFAULT_BUDGET_MB, onnx=True, imgsz=a.imgsz
+        )
         data = a.out / "tiles" / "data.yaml"
+        t0 = time.perf_counter()
         if not data.exists():
-            data = build_dataset(a.out, a.train_scenes, a.val_scenes, a.seed, a.negatives)
-        model = YOLO("yolov8n.yaml")
+            data = build_dataset(
+                a.out, a.train_scenes, a.val_scenes, a.seed, a.negatives, renderers, a.workers, a.imgsz
+            )
+        record["dataset_s"] = round(time.perf_counter() - t0, 1)
+        print(f"dataset {data} in {record['dataset_s']} s", flush=True)
+        model = YOLO(a.model)
+        if a.copy_checkpoints is not None:
+            a.copy_checkpoints.mkdir(parents=True, exist_ok=True)
+
+            from ultralytics.utils.torch_utils import strip_optimizer
+
+            def copy_out(trainer) -> None:
+                # Stripped (no optimizer, FP16 weights): a fifth of the size, still a checkpoint
+                # that --export-only and YOLO() load.
+                for pt in (trainer.last, trainer.best):
+                    if Path(pt).is_file():
+                        strip_optimizer(pt, str(a.copy_checkpoints / Path(pt).name))
+
+            model.add_callback("on_model_save", copy_out)
+        t0 = time.perf_counter()
         model.train(
             data=str(data),
             epochs=a.epochs,
+            time=a.hours,
             imgsz=a.imgsz,
             batch=a.batch,
             device=a.device,
-            workers=1,
+            workers=a.workers,
             project=str(a.out.resolve()),
             name="train",
             exist_ok=True,
             seed=0,
             deterministic=False,
-            amp=False,
-            plots=False,
-            save_period=1,
-            patience=100,
+            amp=False,  # Ultralytics' AMP check downloads a model
+            plots=False,  # plots download a font
+            patience=1000,
             verbose=False,
-            cache=True,
+            cache="ram",
         )
+        record["training_s"] = round(time.perf_counter() - t0, 1)
         best = a.out / "train" / "weights" / "best.pt"
     else:
         best = a.export_only
@@ -166,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"exported {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB)")
     if a.eval_scenes:
-        evaluate_demo(onnx_path, a.out, a.eval_scenes)
+        record["heldout"] = evaluate_demo(onnx_path, a.out, a.eval_scenes, a.heldout_renderer, a.workers)
+    (a.out / "training_record.json").write_text(json.dumps(record, indent=1))
     if a.install:
         dest = Path(__file__).resolve().parent.parent / "runtime" / "data" / "demo.onnx"
         shutil.copyfile(onnx_path, dest)

@@ -3,16 +3,27 @@
 No real drone photos can be downloaded where edgetile is developed, so tests, the demo and the demo
 model are fed by these scenes. They imitate what makes search-and-rescue photos hard: people of
 20–150 px in photos of several thousand pixels, in varied poses and clothing, among distractors of
-similar size and colour (rocks, logs, bushes), with shadows. Everything is NumPy and OpenCV, and a
-scene is a pure function of its seed.
+similar size and colour (rocks, logs, bushes, bags, tents, animals), with shadows. Everything is NumPy
+and OpenCV, and a scene is a pure function of its seed and config.
+
+A detector trained on one way of drawing people learns that drawing, not people, so a person can be
+drawn by several independent renderers (``SceneConfig.renderers``): "classic" (stick limbs of round
+strokes), "limbs" (an articulated body of tapered polygons with textured clothing) and "blobs" (soft
+shaded ellipses, supersampled). Validation can hold one renderer out of training and measure on it.
+The defaults draw what the first version drew, seed for seed (the bundled sample depends on it);
+``DIVERSE`` turns every kind of variety on: terrains, snow, straight-down views with long shadows,
+people partly under trees, person-like distractors, motion and defocus blur, sensor noise, JPEG.
 
 Annotations are written as Pascal VOC XML (the LADD layout), YOLO txt and COCO JSON.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +40,8 @@ _SEASONS = {
     "spring": [(60, 110, 100), (70, 105, 120), (45, 90, 75), (90, 120, 130)],
     "autumn": [(40, 90, 120), (50, 100, 140), (45, 80, 95), (70, 95, 110)],
     "winter": [(225, 225, 220), (200, 200, 195), (170, 175, 172), (235, 235, 235)],
+    # Fresh deep snow: bright, faintly blue, almost no ground showing.
+    "snow": [(245, 242, 238), (235, 230, 225), (250, 248, 246), (228, 222, 214)],
 }
 _CLOTHING = [
     (30, 30, 200),
@@ -46,6 +59,12 @@ _CLOTHING = [
 ]
 _SKIN_HAIR = [(80, 120, 170), (60, 90, 130), (40, 60, 90), (30, 40, 50), (20, 20, 25), (110, 160, 200)]
 _POSES = ("standing", "walking", "lying", "sitting", "arms_out")
+_UPRIGHT = ("standing", "walking", "arms_out")
+
+RENDERERS = ("classic", "limbs", "blobs")
+TERRAINS = ("meadow", "field", "forest_edge", "rock", "water_edge")
+VIEWS = ("oblique", "nadir")
+DISTRACTORS = ("bag", "tent", "animal", "tarp")
 
 
 @dataclass(frozen=True)
@@ -62,6 +81,18 @@ class SceneConfig:
         bushes: Range of the number of bushes and tree crowns.
         seasons: Seasons to draw from.
         empty_fraction: Probability that a photo has no people at all (negatives).
+        renderers: Ways of drawing a person (RENDERERS), one chosen at random per person.
+        terrains: Ground types (TERRAINS), one chosen per photo; "meadow" is the plain blend of
+            season colours, the others add crop rows, a forest edge, bare rock or a shore.
+        views: "oblique" draws upright people seen from the side of the photo; "nadir" draws them
+            seen from straight above (mostly head and shoulders) with a shadow as long as the sun
+            is low. One is chosen per person.
+        distractors: Person-like objects (DISTRACTORS) added to the rocks, logs and bushes.
+        objects: Range of the number of those distractors when any are named.
+        occlusion: Probability that a tree crown covers part of a person (at most about half).
+        blur: Probability that the photo is blurred by camera motion or defocus.
+        noise: Range of the sensor noise's standard deviation in grey levels.
+        jpeg_quality: Range of the JPEG quality the photo is compressed with in memory, or None.
     """
 
     width: int = 4000
@@ -73,19 +104,47 @@ class SceneConfig:
     bushes: tuple[int, int] = (30, 120)
     seasons: tuple[str, ...] = ("summer", "spring", "autumn", "winter")
     empty_fraction: float = 0.0
+    renderers: tuple[str, ...] = ("classic",)
+    terrains: tuple[str, ...] = ("meadow",)
+    views: tuple[str, ...] = ("oblique",)
+    distractors: tuple[str, ...] = ()
+    objects: tuple[int, int] = (6, 20)
+    occlusion: float = 0.0
+    blur: float = 0.0
+    noise: tuple[float, float] = (2.0, 5.0)
+    jpeg_quality: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.width < 64 or self.height < 64:
             raise ValueError(f"width and height: expected at least 64 px, found {self.width}x{self.height}")
-        for name in ("people", "person_px", "rocks", "logs", "bushes"):
+        for name in ("people", "person_px", "rocks", "logs", "bushes", "objects"):
             lo, hi = getattr(self, name)
             if lo < 0 or hi < lo:
                 raise ValueError(f"{name}: expected a range (lo, hi) with 0 <= lo <= hi, found {(lo, hi)}")
         if self.person_px[0] < 8:
             raise ValueError(f"person_px: expected people of at least 8 px, found {self.person_px}")
-        unknown = set(self.seasons) - set(_SEASONS)
-        if unknown or not self.seasons:
-            raise ValueError(f"seasons: expected some of {sorted(_SEASONS)}, found {list(self.seasons)}")
+        for name, known in (
+            ("seasons", tuple(_SEASONS)),
+            ("renderers", RENDERERS),
+            ("terrains", TERRAINS),
+            ("views", VIEWS),
+        ):
+            found = getattr(self, name)
+            if not found or set(found) - set(known):
+                raise ValueError(f"{name}: expected some of {list(known)}, found {list(found)}")
+        if set(self.distractors) - set(DISTRACTORS):
+            raise ValueError(
+                f"distractors: expected some of {list(DISTRACTORS)}, found {list(self.distractors)}"
+            )
+        for name in ("empty_fraction", "occlusion", "blur"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name}: expected a probability in [0, 1], found {v}")
+        if not 0.0 <= self.noise[0] <= self.noise[1]:
+            raise ValueError(f"noise: expected a range (lo, hi) with 0 <= lo <= hi, found {self.noise}")
+        q = self.jpeg_quality
+        if q is not None and not 1 <= q[0] <= q[1] <= 100:
+            raise ValueError(f"jpeg_quality: expected None or a range within 1..100, found {q}")
 
 
 @dataclass
@@ -98,6 +157,12 @@ class Scene:
         class_ids: (N,) int64 class indices into CLASS_NAMES.
         poses: One pose name per person.
         seed: The seed that made it.
+        renderers: One renderer name per person.
+        views: One view ("oblique" or "nadir") per person.
+        occluded: Per person, whether a tree crown covers part of them.
+        season: The photo's season.
+        terrain: The photo's terrain type.
+        objects: How many of each distractor (bush, rock, log and DISTRACTORS) were drawn.
     """
 
     image: np.ndarray
@@ -105,6 +170,12 @@ class Scene:
     class_ids: np.ndarray
     poses: list[str] = field(default_factory=list)
     seed: int = 0
+    renderers: list[str] = field(default_factory=list)
+    views: list[str] = field(default_factory=list)
+    occluded: list[bool] = field(default_factory=list)
+    season: str = ""
+    terrain: str = ""
+    objects: dict[str, int] = field(default_factory=dict)
 
 
 def _noise_field(rng: np.random.Generator, h: int, w: int, cells: int, octaves: int = 3) -> np.ndarray:
@@ -179,11 +250,11 @@ def _blob(rng: np.random.Generator, size: int, lobes: int) -> np.ndarray:
     return cv2.GaussianBlur(m, (3, 3), 0).astype(np.float32) / 255.0
 
 
-def _draw_person(rng: np.random.Generator, length: int, pose: str) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one person, head at the top, on a transparent canvas.
+def _draw_person(rng: np.random.Generator, length: int, pose: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """The "classic" renderer: one person of round strokes, head at the top, on a transparent canvas.
 
     Returns:
-        (patch (h, w, 3) float32 BGR, mask (h, w) float32 alpha).
+        (patch (h, w, 3) float32 BGR, mask (h, w) float32 alpha, the neck's row).
     """
     L = float(length)
     w = int(L * 1.1) + 8
@@ -236,7 +307,578 @@ def _draw_person(rng: np.random.Generator, length: int, pose: str) -> tuple[np.n
     canvas[:] = canvas * (1 - a) + head * a
     # Fabric shading, so the figure is not a flat sticker.
     canvas *= rng.uniform(0.85, 1.1, 3).astype(np.float32)
-    return canvas, mask.astype(np.float32) / 255.0
+    return canvas, mask.astype(np.float32) / 255.0, neck[1]
+
+
+def _garment_colour(rng: np.random.Generator) -> np.ndarray:
+    """A clothing colour (BGR) from the whole range people wear: vivid, dull, dark or pale."""
+    kind = rng.random()
+    if kind < 0.4:  # vivid jackets, the colours searchers hope for
+        hsv = (rng.uniform(0, 180), rng.uniform(150, 255), rng.uniform(120, 255))
+    elif kind < 0.75:  # earth tones and camouflage
+        hsv = (rng.uniform(5, 80), rng.uniform(20, 140), rng.uniform(40, 150))
+    elif kind < 0.9:  # black, navy, dark grey
+        hsv = (rng.uniform(0, 180), rng.uniform(0, 120), rng.uniform(10, 60))
+    else:  # white, beige, light grey
+        hsv = (rng.uniform(0, 180), rng.uniform(0, 50), rng.uniform(170, 250))
+    px = np.uint8([[[int(hsv[0]) % 180, int(hsv[1]), int(hsv[2])]]])
+    return cv2.cvtColor(px, cv2.COLOR_HSV2BGR)[0, 0].astype(np.float32)
+
+
+def _texture(rng: np.random.Generator, h: int, w: int, colour: np.ndarray, scale: float) -> np.ndarray:
+    """A fabric of one colour over an (h, w) canvas: plain, stripes, check, camouflage or a gradient."""
+    kind = ("plain", "stripes", "check", "camo", "gradient")[int(rng.integers(5))]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    period = max(2.5, scale * rng.uniform(0.08, 0.2))
+    if kind == "stripes":
+        a = rng.uniform(0, math.pi)
+        f = (np.sin((xx * math.cos(a) + yy * math.sin(a)) * 2 * math.pi / period) > 0).astype(np.float32)
+        f = 0.65 + 0.5 * f
+    elif kind == "check":
+        f = ((np.floor(xx / period) + np.floor(yy / period)) % 2).astype(np.float32)
+        f = 0.7 + 0.45 * f
+    elif kind == "camo":
+        f = 0.55 + 0.8 * (
+            _noise_field(rng, h, w, cells=max(2, int(max(h, w) / max(period, 1.0))), octaves=2) > 0.5
+        )
+    elif kind == "gradient":
+        f = 0.7 + 0.5 * yy / max(h - 1, 1)
+    else:
+        f = np.ones((h, w), np.float32)
+    second = _garment_colour(rng) if kind in ("stripes", "check") and rng.random() < 0.5 else None
+    out = colour * f[..., None]
+    if second is not None:
+        out = np.where(f[..., None] > 0.9, second, colour)
+    return out.astype(np.float32)
+
+
+def _skeleton(rng: np.random.Generator, L: float, pose: str, cx: float, y0: float) -> dict:
+    """Joint positions of a body of length L standing at (cx, y0) head top, for the given pose."""
+    head_r = max(L * rng.uniform(0.065, 0.09), 1.5)
+    shoulder = L * rng.uniform(0.19, 0.27)
+    hip_w = shoulder * rng.uniform(0.65, 0.9)
+    neck = np.array((cx, y0 + 2 * head_r))
+    torso = L * rng.uniform(0.28, 0.33)
+    thigh, shin = L * 0.24, L * 0.23
+    upper_arm, fore_arm = L * 0.16, L * 0.15
+    if pose == "sitting":
+        # Thighs point at the camera (foreshortened), shins hang or stretch out.
+        thigh, torso = thigh * rng.uniform(0.3, 0.5), torso * 0.9
+    hip = neck + (0.0, torso)
+    legs = {
+        "standing": (rng.uniform(2, 7), rng.uniform(2, 7), 0.0, 0.0),
+        "lying": (rng.uniform(0, 15), rng.uniform(0, 15), rng.uniform(0, 20), rng.uniform(0, 20)),
+        "arms_out": (rng.uniform(3, 12), rng.uniform(3, 12), 0.0, 0.0),
+        "walking": (rng.uniform(12, 28), -rng.uniform(12, 28), rng.uniform(0, 10), -rng.uniform(10, 35)),
+        "sitting": (rng.uniform(10, 35), rng.uniform(10, 35), rng.uniform(-20, 20), rng.uniform(-20, 20)),
+    }[pose]
+    if pose == "arms_out":
+        arms = (rng.uniform(60, 120), rng.uniform(60, 120), rng.uniform(-30, 30), rng.uniform(-30, 30))
+    elif pose == "walking":
+        arms = (-legs[1] * 0.8, -legs[0] * 0.8, rng.uniform(5, 30), rng.uniform(5, 30))
+    elif pose == "lying":
+        arms = (rng.uniform(5, 150), rng.uniform(5, 150), rng.uniform(0, 60), rng.uniform(0, 60))
+    else:
+        arms = (rng.uniform(5, 20), rng.uniform(5, 20), rng.uniform(0, 25), rng.uniform(0, 25))
+
+    def step(p: np.ndarray, deg: float, n: float, side: int) -> np.ndarray:
+        a = math.radians(deg)
+        return p + (side * n * math.sin(a), n * math.cos(a))
+
+    j: dict = {"head": neck - (0.0, head_r), "head_r": head_r, "neck": neck, "hip": hip}
+    j["shoulder_w"], j["hip_w"], j["limb"] = shoulder, hip_w, max(L * rng.uniform(0.06, 0.09), 1.0)
+    for k, side in ((0, -1), (1, 1)):
+        sh = neck + (side * shoulder * 0.5, L * 0.02)
+        el = step(sh, arms[k], upper_arm, side)
+        j[f"arm{k}"] = (sh, el, step(el, arms[k] + arms[2 + k], fore_arm, side))
+        hp = hip + (side * hip_w * 0.35, 0.0)
+        kn = step(hp, legs[k], thigh, side)
+        j[f"leg{k}"] = (hp, kn, step(kn, legs[k] + legs[2 + k], shin, side))
+    return j
+
+
+def _draw_limbs(rng: np.random.Generator, length: int, pose: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """The "limbs" renderer: an articulated body of tapered polygons, textured clothes, a head disc.
+
+    Returns:
+        (patch (h, w, 3) float32 BGR, mask (h, w) float32 alpha, the neck's row).
+    """
+    L = float(length)
+    s = int(L * 1.5) + 8
+    j = _skeleton(rng, L, pose, s / 2, (s - L) / 2)
+    top = _texture(rng, s, s, _garment_colour(rng), L)
+    legs = _texture(rng, s, s, _garment_colour(rng), L)
+    skin = np.array(_SKIN_HAIR[int(rng.integers(len(_SKIN_HAIR)))], np.float32)
+    hair = np.array(_SKIN_HAIR[int(rng.integers(3, len(_SKIN_HAIR)))], np.float32)
+    canvas = np.zeros((s, s, 3), np.float32)
+    alpha = np.zeros((s, s), np.float32)
+
+    def put(layer: np.ndarray, colour: np.ndarray) -> None:
+        a = layer.astype(np.float32)[..., None] / 255.0
+        canvas[:] = canvas * (1 - a) + colour * a
+        np.maximum(alpha, a[..., 0], out=alpha)
+
+    def limb(p: np.ndarray, q: np.ndarray, w0: float, w1: float) -> np.ndarray:
+        layer = np.zeros((s, s), np.uint8)
+        d = q - p
+        n = np.array((-d[1], d[0])) / max(float(np.hypot(*d)), 1e-6)
+        poly = np.array([p + n * w0 / 2, q + n * w1 / 2, q - n * w1 / 2, p - n * w0 / 2])
+        cv2.fillConvexPoly(layer, np.round(poly * 16).astype(np.int32), 255, cv2.LINE_AA, shift=4)
+        for c, r in ((p, w0 / 2), (q, w1 / 2)):
+            cv2.circle(
+                layer, (int(c[0] * 16), int(c[1] * 16)), int(max(r, 0.5) * 16), 255, -1, cv2.LINE_AA, 4
+            )
+        return layer
+
+    w = j["limb"]
+    for k in (0, 1):
+        hp, kn, ft = j[f"leg{k}"]
+        put(limb(hp, kn, w * 1.5, w * 1.1), legs)
+        put(limb(kn, ft, w * 1.1, w * 0.8), legs)
+        shoe = np.zeros((s, s), np.uint8)
+        cv2.circle(
+            shoe, (int(ft[0] * 16), int(ft[1] * 16)), int(max(w * 0.55, 0.6) * 16), 255, -1, cv2.LINE_AA, 4
+        )
+        put(shoe, np.full(3, rng.uniform(15, 70), np.float32))
+    neck, hip = j["neck"], j["hip"]
+    sw, hw = j["shoulder_w"], j["hip_w"]
+    torso = np.zeros((s, s), np.uint8)
+    poly = np.array([neck + (-sw / 2, 0), neck + (sw / 2, 0), hip + (hw / 2, 0), hip + (-hw / 2, 0)])
+    cv2.fillConvexPoly(torso, np.round(poly * 16).astype(np.int32), 255, cv2.LINE_AA, shift=4)
+    put(torso, top)
+    if rng.random() < 0.35:  # a backpack: a darker block on the back, seen from above
+        pack = np.zeros((s, s), np.uint8)
+        c = neck + (0.0, (hip[1] - neck[1]) * 0.45)
+        half = np.array((sw * 0.35, (hip[1] - neck[1]) * 0.35))
+        cv2.rectangle(
+            pack,
+            tuple(np.round((c - half) * 16).astype(int)),
+            tuple(np.round((c + half) * 16).astype(int)),
+            255,
+            -1,
+            cv2.LINE_AA,
+            4,
+        )
+        put(pack, _garment_colour(rng) * 0.8)
+    for k in (0, 1):
+        sh, el, hd = j[f"arm{k}"]
+        put(limb(sh, el, w * 1.1, w * 0.9), top)
+        put(limb(el, hd, w * 0.9, w * 0.7), top * 0.9)
+        hand = np.zeros((s, s), np.uint8)
+        cv2.circle(
+            hand, (int(hd[0] * 16), int(hd[1] * 16)), int(max(w * 0.4, 0.5) * 16), 255, -1, cv2.LINE_AA, 4
+        )
+        put(hand, skin)
+    hc, hr = j["head"], j["head_r"]
+    head = np.zeros((s, s), np.uint8)
+    cv2.circle(head, (int(hc[0] * 16), int(hc[1] * 16)), int(hr * 16), 255, -1, cv2.LINE_AA, shift=4)
+    put(head, skin)
+    cap = np.zeros((s, s), np.uint8)
+    if rng.random() < 0.3:  # a hat or hood in a garment colour
+        cv2.ellipse(
+            cap,
+            (int(hc[0] * 16), int(hc[1] * 16)),
+            (int(hr * 1.25 * 16), int(hr * 1.1 * 16)),
+            0,
+            0,
+            360,
+            255,
+            -1,
+            cv2.LINE_AA,
+            4,
+        )
+        put(cap, _garment_colour(rng))
+    else:  # hair on the crown
+        cv2.ellipse(
+            cap,
+            (int(hc[0] * 16), int((hc[1] - hr * 0.3) * 16)),
+            (int(hr * 16), int(hr * 0.75 * 16)),
+            0,
+            0,
+            360,
+            255,
+            -1,
+            cv2.LINE_AA,
+            4,
+        )
+        put(cap, hair)
+    a = rng.uniform(0, 2 * math.pi)
+    canvas = _shade(canvas, alpha, (math.cos(a), math.sin(a)), 0.5)
+    return canvas, alpha, float(neck[1])
+
+
+def _draw_blobs(rng: np.random.Generator, length: int, pose: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """The "blobs" renderer: soft shaded ellipses for head, torso and limbs, drawn at twice the size.
+
+    Returns:
+        (patch (h, w, 3) float32 BGR, mask (h, w) float32 alpha, the neck's row).
+    """
+    k = 2  # supersampling: drawn at k times the size, then shrunk, so edges are soft as in a photo
+    L = float(length) * k
+    s = int(L * 1.5) + 8 * k
+    j = _skeleton(rng, L, pose, s / 2, (s - L) / 2)
+    top, legs = _garment_colour(rng), _garment_colour(rng)
+    skin = np.array(_SKIN_HAIR[int(rng.integers(len(_SKIN_HAIR)))], np.float32) * rng.uniform(0.8, 1.2)
+    canvas = np.zeros((s, s, 3), np.float32)
+    alpha = np.zeros((s, s), np.float32)
+    light = rng.uniform(0, 2 * math.pi)
+    lx, ly = math.cos(light), math.sin(light)
+
+    def ellipse(c: np.ndarray, axes: tuple[float, float], angle: float, colour: np.ndarray) -> None:
+        layer = np.zeros((s, s), np.uint8)
+        cv2.ellipse(
+            layer,
+            (int(c[0] * 16), int(c[1] * 16)),
+            (int(max(axes[0], 1.0) * 16), int(max(axes[1], 1.0) * 16)),
+            angle,
+            0,
+            360,
+            255,
+            -1,
+            cv2.LINE_AA,
+            4,
+        )
+        a = layer.astype(np.float32) / 255.0
+        # Each part lit from one side: brighter towards the light, darker away from it.
+        yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+        g = ((xx - c[0]) * lx + (yy - c[1]) * ly) / max(axes[0], axes[1], 1.0)
+        part = colour * (1.0 + 0.35 * np.clip(g, -1, 1))[..., None]
+        canvas[:] = canvas * (1 - a[..., None]) + part * a[..., None]
+        np.maximum(alpha, a, out=alpha)
+
+    def segment(p: np.ndarray, q: np.ndarray, width: float, colour: np.ndarray) -> None:
+        d = q - p
+        ellipse(
+            (p + q) / 2,
+            (float(np.hypot(*d)) / 2 + width * 0.3, width / 2),
+            math.degrees(math.atan2(d[1], d[0])),
+            colour,
+        )
+
+    w = j["limb"] * rng.uniform(1.1, 1.5)
+    for i in (0, 1):
+        hp, kn, ft = j[f"leg{i}"]
+        segment(hp, kn, w * 1.3, legs)
+        segment(kn, ft, w, legs * 0.9)
+    neck, hip = j["neck"], j["hip"]
+    ellipse(
+        (neck + hip) / 2,
+        (j["shoulder_w"] / 2 * rng.uniform(0.95, 1.15), (hip[1] - neck[1]) / 2 * 1.1),
+        0,
+        top,
+    )
+    for i in (0, 1):
+        sh, el, hd = j[f"arm{i}"]
+        segment(sh, el, w, top)
+        segment(el, hd, w * 0.85, top * 0.9)
+    hc, hr = j["head"], j["head_r"]
+    if rng.random() < 0.4:  # a hood behind the head
+        ellipse(hc + (0.0, hr * 0.2), (hr * 1.35, hr * 1.3), 0, top * 0.85)
+    ellipse(hc, (hr, hr * rng.uniform(1.0, 1.15)), 0, skin)
+    canvas += rng.normal(0, 6, canvas.shape).astype(np.float32) * (alpha[..., None] > 0)
+    alpha = cv2.GaussianBlur(alpha, (0, 0), 0.6 * k)
+    out = (s // k, s // k)
+    return (
+        cv2.resize(canvas, out, interpolation=cv2.INTER_AREA),
+        cv2.resize(alpha, out, interpolation=cv2.INTER_AREA),
+        float(neck[1]) / k,
+    )
+
+
+def _foreshorten(patch: np.ndarray, mask: np.ndarray, neck: float, f: float) -> tuple[np.ndarray, np.ndarray]:
+    """An upright person seen from straight above: the head stays, the body below it shrinks to f."""
+    n = int(round(neck))
+    h = mask.shape[0]
+    rows = max(1, int(round((h - n) * f)))
+    w = mask.shape[1]
+    body_p = cv2.resize(patch[n:], (w, rows), interpolation=cv2.INTER_AREA)
+    body_m = cv2.resize(mask[n:], (w, rows), interpolation=cv2.INTER_AREA)
+    return np.concatenate([patch[:n], body_p]), np.concatenate([mask[:n], body_m])
+
+
+def _cast_shadow(
+    img: np.ndarray, full: np.ndarray, foot: tuple[float, float], direction: tuple[float, float], k: float
+) -> None:
+    """Darken the long shadow of an upright body: its silhouette stretched k times along the sun's way."""
+    h, w = full.shape
+    stretched = cv2.resize(full, (w, max(1, int(round(h * k)))), interpolation=cv2.INTER_LINEAR)
+    angle = math.degrees(math.atan2(-direction[0], -direction[1]))
+    sh, sw = stretched.shape
+    diag = int(math.ceil(math.hypot(sh, sw))) + 2
+    M = cv2.getRotationMatrix2D((sw / 2, sh / 2), angle, 1.0)
+    M[0, 2] += (diag - sw) / 2
+    M[1, 2] += (diag - sh) / 2
+    rot = cv2.warpAffine(stretched, M, (diag, diag), flags=cv2.INTER_LINEAR)
+    fx, fy = M @ np.array((sw / 2, sh - 1.0, 1.0))  # where the feet went
+    rot = cv2.GaussianBlur(rot, (0, 0), max(h / 60, 0.7))
+    _darken(img, rot, int(foot[0] - fx), int(foot[1] - fy), 0.5)
+
+
+def _region(rng: np.random.Generator, h: int, w: int, share: tuple[float, float]) -> np.ndarray:
+    """A soft mask in [0, 1] covering about `share` of the photo on one side of a ragged edge."""
+    a = rng.uniform(0, 2 * math.pi)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    ramp = ((xx - w / 2) * math.cos(a) + (yy - h / 2) * math.sin(a)) / max(h, w)
+    lo, hi = float(ramp.min()), float(ramp.max())
+    ramp = (ramp - lo) / max(hi - lo, 1e-6)
+    ragged = ramp + 0.25 * (_noise_field(rng, h, w, cells=int(rng.integers(4, 10))) - 0.5)
+    cut = float(np.quantile(ragged[:: max(1, h // 64), :: max(1, w // 64)], 1 - rng.uniform(*share)))
+    return np.clip((ragged - cut) * 40.0, 0, 1)
+
+
+def _terrain_type(
+    rng: np.random.Generator, img: np.ndarray, terrain: str, snowy: bool, light: tuple[float, float]
+) -> None:
+    """Turn the season's meadow into another ground type, in place."""
+    h, w = img.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    if terrain == "field":
+        a = rng.uniform(0, math.pi)
+        period = rng.uniform(6, 18)
+        rows = np.sin((xx * math.cos(a) + yy * math.sin(a)) * 2 * math.pi / period)
+        m = _region(rng, h, w, (0.4, 0.9))[..., None]
+        crop = np.array(
+            [(90, 170, 200), (60, 85, 115), (60, 130, 90), (110, 180, 190)][int(rng.integers(4))], np.float32
+        )
+        if snowy:
+            crop = np.array((230, 228, 225), np.float32)
+        field_img = crop * (1 + 0.12 * rows[..., None]) + rng.normal(0, 5, (h, w, 1)).astype(np.float32)
+        img[:] = img * (1 - m) + field_img * m
+    elif terrain == "forest_edge":
+        m = _region(rng, h, w, (0.2, 0.45))
+        crowns = _noise_field(rng, h, w, cells=max(8, int(max(h, w) / rng.uniform(25, 60))), octaves=2)
+        base = np.array((30, 65, 40) if not snowy else (60, 75, 65), np.float32) * rng.uniform(0.7, 1.2)
+        canopy = base * (0.45 + 0.9 * crowns[..., None])
+        if snowy:
+            canopy = np.where(crowns[..., None] > 0.7, np.float32(215), canopy)
+        img[:] = img * (1 - m[..., None]) + canopy * m[..., None]
+        # The edge's shadow falls on the open ground on the far side from the sun.
+        edge = cv2.GaussianBlur(m, (0, 0), 6)
+        sh = np.roll(edge, (int(-light[1] * 20), int(-light[0] * 20)), axis=(0, 1))
+        img *= (1 - 0.35 * np.clip(sh - m, 0, 1))[..., None]
+    elif terrain == "rock":
+        m = _region(rng, h, w, (0.5, 1.0))[..., None]
+        g = rng.uniform(100, 165)
+        tint = np.array((g, g * rng.uniform(0.95, 1.05), g * rng.uniform(1.0, 1.15)), np.float32)
+        slabs = _noise_field(rng, h, w, cells=int(rng.integers(10, 30)), octaves=3)
+        rock = tint * (0.6 + 0.7 * slabs[..., None]) + rng.normal(0, 7, (h, w, 1)).astype(np.float32)
+        if snowy:
+            rock = np.where(slabs[..., None] < 0.45, np.float32(225), rock)
+        cracks = np.zeros((h, w), np.uint8)
+        for _ in range(int(rng.integers(10, 40))):
+            p = rng.uniform((0, 0), (w, h))
+            pts = [p]
+            for _ in range(int(rng.integers(3, 9))):
+                pts.append(pts[-1] + rng.normal(0, 40, 2))
+            cv2.polylines(cracks, [np.array(pts, np.int32)], False, 255, int(rng.integers(1, 4)), cv2.LINE_AA)
+        rock *= (1 - 0.45 * cracks.astype(np.float32) / 255.0)[..., None]
+        img[:] = img * (1 - m) + rock * m
+    elif terrain == "water_edge":
+        m = _region(rng, h, w, (0.2, 0.45))
+        shore = np.clip(1 - np.abs(cv2.GaussianBlur(m, (0, 0), 3) - 0.5) * 2.2, 0, 1)[..., None]
+        sand = np.array((140, 175, 190) if not snowy else (200, 200, 195), np.float32) * rng.uniform(
+            0.85, 1.1
+        )
+        band = cv2.dilate(m, np.ones((int(rng.integers(15, 60)),) * 2, np.uint8))[..., None]
+        img[:] = img * (1 - band) + (sand + rng.normal(0, 6, (h, w, 1)).astype(np.float32)) * band
+        a = rng.uniform(0, math.pi)
+        ripples = np.sin((xx * math.cos(a) + yy * math.sin(a)) / rng.uniform(3, 8))
+        if snowy:  # ice
+            water = np.array((205, 200, 185), np.float32) * (1 + 0.03 * ripples[..., None])
+        else:
+            water = (
+                np.array((95, 75, 40), np.float32) * rng.uniform(0.7, 1.3) * (1 + 0.06 * ripples[..., None])
+            )
+        img[:] = img * (1 - m[..., None]) + water * m[..., None]
+        img += (shore * 12).astype(np.float32)
+
+
+def _distractor(
+    rng: np.random.Generator, kind: str, light: tuple[float, float], snowy: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """One person-like object (bag, tent, animal, tarp): (patch (h, w, 3) float32, mask (h, w) float32)."""
+    if kind == "bag":
+        size = rng.uniform(10, 40)
+        s = int(size * 1.4) + 6
+        m = np.zeros((s, s), np.uint8)
+        bw, bh = size / 2, size * rng.uniform(0.3, 0.45)
+        c = (s / 2, s / 2)
+        cv2.ellipse(
+            m,
+            (int(c[0] * 16), int(c[1] * 16)),
+            (int(bw * 16), int(bh * 16)),
+            0,
+            0,
+            360,
+            255,
+            -1,
+            cv2.LINE_AA,
+            4,
+        )
+        cv2.rectangle(
+            m,
+            (int((c[0] - bw * 0.8) * 16), int((c[1] - bh) * 16)),
+            (int((c[0] + bw * 0.8) * 16), int((c[1] + bh) * 16)),
+            255,
+            -1,
+            cv2.LINE_AA,
+            4,
+        )
+        colour = _garment_colour(rng)
+    elif kind == "tent":
+        size = rng.uniform(35, 140)
+        s = int(size * 1.1) + 6
+        m = np.zeros((s, s), np.uint8)
+        half = np.array((size / 2, size * rng.uniform(0.3, 0.45)))
+        c = np.array((s / 2, s / 2))
+        if rng.random() < 0.5:  # dome
+            cv2.ellipse(
+                m,
+                (int(c[0] * 16), int(c[1] * 16)),
+                (int(half[0] * 16), int(half[1] * 1.3 * 16)),
+                0,
+                0,
+                360,
+                255,
+                -1,
+                cv2.LINE_AA,
+                4,
+            )
+        else:  # ridge tent
+            cv2.rectangle(
+                m,
+                tuple(((c - half) * 16).astype(int)),
+                tuple(((c + half) * 16).astype(int)),
+                255,
+                -1,
+                cv2.LINE_AA,
+                4,
+            )
+        colour = _garment_colour(rng)
+        patch = np.broadcast_to(colour, (s, s, 3)).astype(np.float32).copy()
+        patch[: s // 2] *= 1.15  # two faces of the roof, one in the sun
+        patch[s // 2 :] *= 0.8
+        cv2.line(
+            patch,
+            (int(c[0] - half[0]), s // 2),
+            (int(c[0] + half[0]), s // 2),
+            (30, 30, 30),
+            max(1, int(size / 40)),
+        )
+        mf = m.astype(np.float32) / 255.0
+        return patch, mf
+    elif kind == "animal":
+        size = rng.uniform(20, 150)
+        s = int(size * 1.3) + 6
+        m = np.zeros((s, s), np.uint8)
+        c = np.array((s / 2, s / 2))
+        body = (size * 0.33, size * rng.uniform(0.12, 0.18))
+        cv2.ellipse(
+            m,
+            (int(c[0] * 16), int(c[1] * 16)),
+            (int(body[0] * 16), int(body[1] * 16)),
+            0,
+            0,
+            360,
+            255,
+            -1,
+            cv2.LINE_AA,
+            4,
+        )
+        head = c + (body[0] * 1.25, -body[1] * 0.3)
+        cv2.line(
+            m,
+            (int((c[0] + body[0] * 0.7) * 16), int(c[1] * 16)),
+            (int(head[0] * 16), int(head[1] * 16)),
+            255,
+            max(1, int(body[1] * 0.9)),
+            cv2.LINE_AA,
+            4,
+        )
+        cv2.ellipse(
+            m,
+            (int(head[0] * 16), int(head[1] * 16)),
+            (int(body[1] * 0.7 * 16), int(body[1] * 0.5 * 16)),
+            0,
+            0,
+            360,
+            255,
+            -1,
+            cv2.LINE_AA,
+            4,
+        )
+        for dx in (-0.6, 0.6):  # legs, seen obliquely below the body
+            x = c[0] + dx * body[0]
+            cv2.line(
+                m,
+                (int(x * 16), int(c[1] * 16)),
+                (int(x * 16), int((c[1] + body[1] * 1.8) * 16)),
+                255,
+                max(1, int(body[1] * 0.3)),
+                cv2.LINE_AA,
+                4,
+            )
+        cv2.line(
+            m,
+            (int((c[0] - body[0]) * 16), int(c[1] * 16)),
+            (int((c[0] - body[0] * 1.4) * 16), int((c[1] + body[1]) * 16)),
+            255,
+            max(1, int(body[1] * 0.2)),
+            cv2.LINE_AA,
+            4,
+        )
+        colour = np.array(
+            [(40, 60, 100), (20, 25, 30), (200, 205, 210), (70, 110, 150), (120, 125, 130)][
+                int(rng.integers(5))
+            ],
+            np.float32,
+        )
+        colour = colour * rng.uniform(0.8, 1.2)
+    else:  # tarp, blanket or clothes left on the ground
+        size = rng.uniform(15, 80)
+        s = int(size * 1.2) + 6
+        m = np.zeros((s, s), np.uint8)
+        pts = np.array(
+            [
+                (
+                    s / 2 + math.cos(t) * size / 2 * rng.uniform(0.5, 1.0),
+                    s / 2 + math.sin(t) * size / 2 * rng.uniform(0.5, 1.0),
+                )
+                for t in np.sort(rng.uniform(0, 2 * math.pi, 5))
+            ]
+        )
+        cv2.fillPoly(m, [np.round(pts * 16).astype(np.int32)], 255, cv2.LINE_AA, shift=4)
+        colour = _garment_colour(rng)
+    mf = m.astype(np.float32) / 255.0
+    patch = _shade(np.broadcast_to(colour, (*mf.shape, 3)).astype(np.float32), mf, light, 0.5)
+    patch += rng.normal(0, 5, patch.shape).astype(np.float32)
+    return patch, mf
+
+
+def _camera(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+    """Motion blur (a short line kernel at any angle) or defocus blur (a disc kernel)."""
+    if rng.random() < 0.5:
+        n = int(rng.integers(3, 10))
+        k = np.zeros((n, n), np.float32)
+        a = rng.uniform(0, math.pi)
+        c = (n - 1) / 2
+        cv2.line(
+            k,
+            (int(round(c - math.cos(a) * c)), int(round(c - math.sin(a) * c))),
+            (int(round(c + math.cos(a) * c)), int(round(c + math.sin(a) * c))),
+            1.0,
+            1,
+            cv2.LINE_AA,
+        )
+    else:
+        r = rng.uniform(1.0, 2.5)
+        n = int(math.ceil(r)) * 2 + 1
+        k = np.zeros((n, n), np.float32)
+        cv2.circle(k, (n // 2, n // 2), int(round(r)), 1.0, -1, cv2.LINE_AA)
+    return cv2.filter2D(img, -1, k / max(float(k.sum()), 1e-6))
+
+
+_RENDER = {"limbs": _draw_limbs, "blobs": _draw_blobs}
 
 
 def _rotate(patch: np.ndarray, mask: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
@@ -262,19 +904,32 @@ def make_scene(seed: int, config: SceneConfig | None = None) -> Scene:
     """
     cfg = config or SceneConfig()
     rng = np.random.default_rng(seed)
+    # Every kind of variety added after the first version draws from its own stream, so the first
+    # version's scenes (and the bundled sample) stay the same seed for seed under the defaults.
+    xr = np.random.default_rng([seed, 1])
+
+    def pick(options: tuple[str, ...]) -> str:
+        return options[int(xr.integers(len(options)))] if len(options) > 1 else options[0]
+
     H, W = cfg.height, cfg.width
     season = cfg.seasons[int(rng.integers(len(cfg.seasons)))]
+    terrain = pick(cfg.terrains)
     img = _terrain(rng, H, W, season)
     sun = rng.uniform(0, 2 * math.pi)
     light = (math.cos(sun), math.sin(sun))
     shadow_dir = (-light[0], -light[1])
-    winter = season == "winter"
+    winter = season in ("winter", "snow")
+    if terrain != "meadow":
+        _terrain_type(xr, img, terrain, winter, light)
+    # A low sun casts long shadows: shadow length over height = 1 / tan(elevation).
+    shadow_k = 1.0 / math.tan(math.radians(xr.uniform(20, 70)))
 
     def place(n_range: tuple[int, int]) -> int:
         return int(rng.integers(n_range[0], n_range[1] + 1))
 
+    objects = {"bush": place(cfg.bushes)}
     # Bushes and tree crowns (with shadows), then rocks, then logs: distractors of people's size.
-    for _ in range(place(cfg.bushes)):
+    for _ in range(objects["bush"]):
         size = int(rng.uniform(20, 220))
         m = _blob(rng, size, int(rng.integers(3, 8)))
         x, y = int(rng.uniform(-size / 2, W)), int(rng.uniform(-size / 2, H))
@@ -283,7 +938,8 @@ def make_scene(seed: int, config: SceneConfig | None = None) -> Scene:
         patch = _shade(np.broadcast_to(base, (*m.shape, 3)).astype(np.float32), m, light, 0.6)
         patch += rng.normal(0, 8, patch.shape).astype(np.float32)
         _paste(img, patch, m, x, y)
-    for _ in range(place(cfg.rocks)):
+    objects["rock"] = place(cfg.rocks)
+    for _ in range(objects["rock"]):
         size = int(rng.uniform(10, 90))
         m = _blob(rng, size, 2)
         x, y = int(rng.uniform(0, W)), int(rng.uniform(0, H))
@@ -291,7 +947,8 @@ def make_scene(seed: int, config: SceneConfig | None = None) -> Scene:
         g = rng.uniform(90, 190)
         base = np.array((g, g * rng.uniform(0.95, 1.05), g * rng.uniform(0.9, 1.1)), np.float32)
         _paste(img, _shade(np.broadcast_to(base, (*m.shape, 3)).astype(np.float32), m, light, 0.8), m, x, y)
-    for _ in range(place(cfg.logs)):
+    objects["log"] = place(cfg.logs)
+    for _ in range(objects["log"]):
         length = rng.uniform(30, 260)
         thick = max(2, int(length * rng.uniform(0.04, 0.12)))
         s = int(length) + 8
@@ -306,17 +963,47 @@ def make_scene(seed: int, config: SceneConfig | None = None) -> Scene:
         _darken(img, mf, x + int(shadow_dir[0] * thick), y + int(shadow_dir[1] * thick), 0.4)
         base = np.array((40, 70, 100), np.float32) * rng.uniform(0.6, 1.4)
         _paste(img, np.broadcast_to(base, (s, s, 3)).astype(np.float32), mf, x, y)
+    for kind in cfg.distractors:
+        objects[kind] = 0
+    for _ in range(int(xr.integers(cfg.objects[0], cfg.objects[1] + 1)) if cfg.distractors else 0):
+        kind = pick(cfg.distractors)
+        objects[kind] += 1
+        patch, m = _distractor(xr, kind, light, winter)
+        patch, m = _rotate(patch, m, xr.uniform(0, 360))
+        x, y = int(xr.uniform(0, W)), int(xr.uniform(0, H))
+        off = m.shape[0] * 0.15 * min(shadow_k, 1.5)
+        _darken(
+            img,
+            cv2.GaussianBlur(m, (0, 0), 1.0),
+            x + int(shadow_dir[0] * off),
+            y + int(shadow_dir[1] * off),
+            0.45,
+        )
+        _paste(img, patch, m, x, y)
 
     boxes: list[list[float]] = []
     poses: list[str] = []
+    renderers: list[str] = []
+    views: list[str] = []
+    occluded: list[bool] = []
     n_people = 0 if rng.random() < cfg.empty_fraction else place(cfg.people)
     centres: list[tuple[float, float, float]] = []
     for _ in range(n_people):
         length = int(rng.integers(cfg.person_px[0], cfg.person_px[1] + 1))
         pose = _POSES[int(rng.integers(len(_POSES)))]
-        patch, m = _draw_person(rng, length, pose)
+        renderer, view = pick(cfg.renderers), pick(cfg.views)
+        if renderer == "classic":
+            patch, m, neck = _draw_person(rng, length, pose)
+        else:
+            patch, m, neck = _RENDER[renderer](xr, length, pose)
+        nadir = view == "nadir" and pose in _UPRIGHT
+        full = m
         # Oblique photos show standing people roughly upright; lying people lie any way.
         angle = rng.uniform(0, 360) if pose == "lying" else rng.normal(0, 25)
+        if nadir:
+            # From straight above a standing person is head, shoulders and a long shadow.
+            patch, m = _foreshorten(patch, m, neck, xr.uniform(0.15, 0.45))
+            angle = xr.uniform(0, 360)
         patch, m = _rotate(patch, m, angle)
         ys, xs = np.nonzero(m > 0.25)
         if len(xs) == 0:
@@ -333,19 +1020,96 @@ def make_scene(seed: int, config: SceneConfig | None = None) -> Scene:
         else:
             continue
         centres.append((cxp, cyp, r))
-        sh = cv2.GaussianBlur(m, (0, 0), max(length / 40, 0.8))
-        off = length * rng.uniform(0.15, 0.4)
-        _darken(img, sh, x + int(shadow_dir[0] * off), y + int(shadow_dir[1] * off), 0.5)
+        if nadir:
+            _cast_shadow(img, full, (cxp, cyp), shadow_dir, shadow_k)
+        else:
+            sh = cv2.GaussianBlur(m, (0, 0), max(length / 40, 0.8))
+            off = length * rng.uniform(0.15, 0.4)
+            _darken(img, sh, x + int(shadow_dir[0] * off), y + int(shadow_dir[1] * off), 0.5)
         _paste(img, patch, m, x, y)
+        covered = (
+            cfg.occlusion > 0 and xr.random() < cfg.occlusion and _occlude(xr, img, m, x, y, light, winter)
+        )
         boxes.append([x + bx0, y + by0, x + bx1, y + by1])
         poses.append(pose)
+        renderers.append(renderer)
+        views.append("nadir" if nadir else "oblique")
+        occluded.append(bool(covered))
 
-    # Camera: slight blur and sensor noise.
+    # Camera: slight blur and sensor noise, then motion or defocus blur and JPEG when asked.
     img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 0.9))
-    img += rng.normal(0, rng.uniform(2, 5), (H, W, 1)).astype(np.float32)
+    if cfg.blur > 0 and xr.random() < cfg.blur:
+        img = _camera(xr, img)
+    img += rng.normal(0, rng.uniform(*cfg.noise), (H, W, 1)).astype(np.float32)
     out = np.clip(img, 0, 255).astype(np.uint8)
+    if cfg.jpeg_quality is not None:
+        q = int(xr.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
+        out = cv2.imdecode(cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, q])[1], cv2.IMREAD_COLOR)
     b = np.asarray(boxes, np.float32).reshape(-1, 4)
-    return Scene(out, b, np.zeros(len(b), np.int64), poses, seed)
+    return Scene(
+        out,
+        b,
+        np.zeros(len(b), np.int64),
+        poses,
+        seed,
+        renderers=renderers,
+        views=views,
+        occluded=occluded,
+        season=season,
+        terrain=terrain,
+        objects=objects,
+    )
+
+
+def _occlude(
+    rng: np.random.Generator,
+    img: np.ndarray,
+    person: np.ndarray,
+    x: int,
+    y: int,
+    light: tuple[float, float],
+    snowy: bool,
+) -> bool:
+    """Put a tree crown over part of a person pasted at (x, y); False when no crown left enough showing."""
+    ys, xs = np.nonzero(person > 0.25)
+    r = max(xs.max() - xs.min(), ys.max() - ys.min()) + 1
+    area = float((person > 0.25).sum())
+    for _attempt in range(6):
+        size = int(r * rng.uniform(0.7, 1.4)) + 4
+        crown = _blob(rng, size, int(rng.integers(3, 7)))
+        a = rng.uniform(0, 2 * math.pi)
+        d = r * rng.uniform(0.45, 0.8)
+        cx = x + (xs.min() + xs.max()) / 2 + math.cos(a) * d - crown.shape[1] / 2
+        cy = y + (ys.min() + ys.max()) / 2 + math.sin(a) * d - crown.shape[0] / 2
+        cxi, cyi = int(cx), int(cy)
+        # Share of the person under the crown, in photo coordinates.
+        canvas = np.zeros((person.shape[0], person.shape[1]), np.float32)
+        _paste(canvas[..., None], np.ones((*crown.shape, 1), np.float32), crown, cxi - x, cyi - y)
+        hidden = float(((person > 0.25) & (canvas > 0.5)).sum()) / max(area, 1.0)
+        if 0.1 <= hidden <= 0.5:
+            base = np.array((30, 75, 40) if not snowy else (45, 65, 50), np.float32) * rng.uniform(0.7, 1.3)
+            patch = _shade(np.broadcast_to(base, (*crown.shape, 3)).astype(np.float32), crown, light, 0.6)
+            patch += rng.normal(0, 8, patch.shape).astype(np.float32)
+            _paste(img, patch, crown, cxi, cyi)
+            return True
+    return False
+
+
+DIVERSE = SceneConfig(
+    people=(3, 9),
+    person_px=(15, 150),
+    seasons=tuple(_SEASONS),
+    renderers=RENDERERS,
+    terrains=TERRAINS,
+    views=VIEWS,
+    distractors=DISTRACTORS,
+    objects=(8, 30),
+    occlusion=0.2,
+    blur=0.3,
+    noise=(1.5, 9.0),
+    jpeg_quality=(60, 95),
+)
+"""Every kind of variety at once: the demo model's training and held-out scenes start from this."""
 
 
 def write_dataset(
@@ -355,6 +1119,7 @@ def write_dataset(
     config: SceneConfig | None = None,
     jpeg_quality: int = 92,
     progress: bool = False,
+    workers: int = 1,
 ) -> Path:
     """Write `count` scenes with VOC XML, YOLO txt and COCO JSON annotations.
 
@@ -374,12 +1139,15 @@ def write_dataset(
         config: Scene contents.
         jpeg_quality: JPEG quality of the photos.
         progress: Show a progress bar on stderr.
+        workers: Processes drawing scenes at once (the files are the same for any number).
 
     Returns:
         The output folder.
     """
     if count < 0:
         raise ValueError(f"count: expected a non-negative number of scenes, found {count}")
+    if workers < 1:
+        raise ValueError(f"workers: expected at least 1 process, found {workers}")
     cfg = config or SceneConfig()
     out = Path(out_dir)
     for sub in ("JPEGImages", "Annotations", "ImageSets/Main", "labels"):
@@ -391,43 +1159,61 @@ def write_dataset(
         "categories": [{"id": i + 1, "name": n} for i, n in enumerate(CLASS_NAMES)],
     }
     stems = []
-    it = range(count)
-    if progress:
-        from tqdm import tqdm
+    with scenes_in_order(range(seed, seed + count), cfg, workers) as scenes:
+        it = scenes
+        if progress:
+            from tqdm import tqdm
 
-        it = tqdm(it, desc="scenes", unit="photo")
-    for i in it:
-        sc = make_scene(seed + i, cfg)
-        stem = f"scene_{seed + i:05d}"
-        stems.append(stem)
-        name = stem + ".jpg"
-        h, w = sc.image.shape[:2]
-        if not cv2.imwrite(
-            str(out / "JPEGImages" / name), sc.image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
-        ):
-            raise OSError(f"could not write {out / 'JPEGImages' / name}")
-        names = [CLASS_NAMES[int(c)] for c in sc.class_ids]
-        (out / "Annotations" / f"{stem}.xml").write_text(voc_xml(name, w, h, sc.boxes, names, decimals=0))
-        lines = [
-            f"{int(c)} {(b[0] + b[2]) / 2 / w:.6f} {(b[1] + b[3]) / 2 / h:.6f} "
-            f"{(b[2] - b[0]) / w:.6f} {(b[3] - b[1]) / h:.6f}"
-            for b, c in zip(sc.boxes, sc.class_ids)
-        ]
-        (out / "labels" / f"{stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
-        img_id = len(coco["images"]) + 1
-        coco["images"].append({"id": img_id, "file_name": name, "width": w, "height": h})
-        for b, c in zip(sc.boxes, sc.class_ids):
-            bw, bh = float(b[2] - b[0]), float(b[3] - b[1])
-            coco["annotations"].append(
-                {
-                    "id": len(coco["annotations"]) + 1,
-                    "image_id": img_id,
-                    "category_id": int(c) + 1,
-                    "bbox": [float(b[0]), float(b[1]), bw, bh],
-                    "area": bw * bh,
-                    "iscrowd": 0,
-                }
-            )
+            it = tqdm(scenes, desc="scenes", unit="photo", total=count)
+        for sc in it:
+            _write_scene(out, sc, jpeg_quality, coco, stems)
     (out / "ImageSets" / "Main" / "all.txt").write_text("\n".join(stems) + ("\n" if stems else ""))
     (out / "annotations.json").write_text(json.dumps(coco))
     return out
+
+
+@contextlib.contextmanager
+def scenes_in_order(seeds: Iterable[int], config: SceneConfig, workers: int = 1) -> Iterator[Iterator[Scene]]:
+    """Scenes of the given seeds, in order, drawn by `workers` processes (1: in this process)."""
+    seeds = list(seeds)
+    if workers <= 1 or len(seeds) <= 1:
+        yield (make_scene(s, config) for s in seeds)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: the caller may already hold threads (OpenCV's, a training framework's).
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool.map(functools.partial(make_scene, config=config), seeds, chunksize=1)
+
+
+def _write_scene(out: Path, sc: Scene, jpeg_quality: int, coco: dict, stems: list[str]) -> None:
+    """Write one scene's photo and annotations; add it to the COCO dict and the list of stems."""
+    stem = f"scene_{sc.seed:05d}"
+    stems.append(stem)
+    name = stem + ".jpg"
+    h, w = sc.image.shape[:2]
+    if not cv2.imwrite(str(out / "JPEGImages" / name), sc.image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]):
+        raise OSError(f"could not write {out / 'JPEGImages' / name}")
+    names = [CLASS_NAMES[int(c)] for c in sc.class_ids]
+    (out / "Annotations" / f"{stem}.xml").write_text(voc_xml(name, w, h, sc.boxes, names, decimals=0))
+    lines = [
+        f"{int(c)} {(b[0] + b[2]) / 2 / w:.6f} {(b[1] + b[3]) / 2 / h:.6f} "
+        f"{(b[2] - b[0]) / w:.6f} {(b[3] - b[1]) / h:.6f}"
+        for b, c in zip(sc.boxes, sc.class_ids)
+    ]
+    (out / "labels" / f"{stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+    img_id = len(coco["images"]) + 1
+    coco["images"].append({"id": img_id, "file_name": name, "width": w, "height": h})
+    for b, c in zip(sc.boxes, sc.class_ids):
+        bw, bh = float(b[2] - b[0]), float(b[3] - b[1])
+        coco["annotations"].append(
+            {
+                "id": len(coco["annotations"]) + 1,
+                "image_id": img_id,
+                "category_id": int(c) + 1,
+                "bbox": [float(b[0]), float(b[1]), bw, bh],
+                "area": bw * bh,
+                "iscrowd": 0,
+            }
+        )
