@@ -322,8 +322,7 @@ def register(subparsers) -> None:
 
 
 def _missing_step(p: argparse.ArgumentParser) -> int:
-    p.print_help(sys.stderr)
-    raise UsageError("expected a step: onnx, int8 or engine")
+    raise UsageError("expected a step: onnx, int8 or engine (see 'edgetile export --help')")
 
 
 def _err(msg: str) -> None:
