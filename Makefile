@@ -3,6 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 DEMO_VENV ?= .venv-demo
 PYTEST_ARGS ?=
+# pytest-randomly shuffles the tests (and reseeds random, NumPy and Faker) with this seed; each run draws
+# one and prints it, and `make test SEED=N` replays that order exactly.
+ifeq ($(origin SEED), undefined)
+SEED := $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+endif
+ORDER = -p randomly --randomly-seed=$(SEED)
 SOURCES = runtime export train tests benchmarks setup.py
 # The runtime's tests run a second time on the pure-NumPy merge (EDGETILE_PUREPYTHON=1), as a machine
 # without a C compiler runs it. Left out: the merge suites, which run both paths by themselves, the
@@ -13,12 +19,14 @@ PURE_TESTS = $(filter-out tests/test_merge% tests/test_train_% tests/test_export
 
 # Installs the runtime with every extra the tests need (ONNX Runtime, Ultralytics, torch, the oracles).
 test: check $(VENV)/.installed-dev
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
-	EDGETILE_PUREPYTHON=1 $(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS) $(PURE_TESTS)
+	@echo "make test: test order seed $(SEED) (replay this order with: make test SEED=$(SEED))"
+	$(VENV)/bin/python -m pytest $(ORDER) $(PYTEST_ARGS)
+	EDGETILE_PUREPYTHON=1 $(VENV)/bin/python -m pytest $(ORDER) -m "not slow" $(PYTEST_ARGS) $(PURE_TESTS)
 
 # The quick loop while working: the same checks, without the training, export and daemon tests.
 test-fast: check $(VENV)/.installed-dev
-	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	@echo "make test-fast: test order seed $(SEED) (replay this order with: make test-fast SEED=$(SEED))"
+	$(VENV)/bin/python -m pytest $(ORDER) -m "not slow" $(PYTEST_ARGS)
 
 # Lint, formatting and the architecture contracts (.importlinter): the checks pre-commit runs too.
 check: $(VENV)/.installed-dev

@@ -349,4 +349,21 @@ def test_ensemble_with_weights_and_flip_runs_from_the_cli(tmp_path, model):
     )
     assert r.returncode == 0, r.stderr
     rec = json.loads((tmp_path / "out" / "detections.json").read_text())[0]
-    assert rec["detections"] and rec["timings_ms"]["fuse"] > 0  # four passes fused by WBF
+    assert rec["timings_ms"]["fuse"] > 0  # four passes fused by WBF
+    # The oracle: both members are the same model, and the red-blob model is mirror-symmetric on its
+    # 8 px cells, so the four passes agree box for box and their fusion must give back one plain pass.
+    # A flipped pass mapped back to the wrong place, or a box lost by the fusion, would differ.
+    single = run("detect", tmp_path / "a.jpg", "--model", model, "--tile", 256, "--out", tmp_path / "one")
+    assert single.returncode == 0, single.stderr
+    plain = json.loads((tmp_path / "one" / "detections.json").read_text())[0]["detections"]
+
+    def table(dets):
+        return sorted((*d["bbox"], d["score"]) for d in dets)
+
+    assert len(rec["detections"]) == len(plain) > 0
+    np.testing.assert_allclose(table(rec["detections"]), table(plain), atol=1e-3)
+    # And every box lies on one of the two red people.
+    people = [(100, 100, 140, 180), (600, 400, 640, 480)]
+    for d in rec["detections"]:
+        cx, cy = (d["bbox"][0] + d["bbox"][2]) / 2, (d["bbox"][1] + d["bbox"][3]) / 2
+        assert any(x1 <= cx <= x2 and y1 <= cy <= y2 for x1, y1, x2, y2 in people), d
