@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -18,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from serve_process import ServeProcess, multipart, person_photo, write_jpeg
+from serve_process import ServeProcess, hold_detect, multipart, person_photo, write_jpeg
 
 from edgetile.runtime.images import read_image
 from onnx_models import red_blob_model
@@ -509,9 +510,9 @@ def test_video_stream_url_reconnects_and_queues_each_distinct_frame_once(tmp_pat
 def test_sigterm_finishes_the_batch_commits_and_exits_0_and_systemd_is_told(tmp_path, model):
     drop = tmp_path / "drop"
     drop.mkdir()
-    for i in range(24):  # large enough that a batch of 8 takes a while
-        write_jpeg(drop / f"p{i:03d}.jpg", person_photo(1000 + i, 1280, 960))
-    notify = tmp_path / "notify.sock"
+    for i in range(24):
+        write_jpeg(drop / f"p{i:03d}.jpg", person_photo(1000 + i))
+    notify, release = tmp_path / "notify.sock", tmp_path / "release"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(notify))
     sock.settimeout(60)
@@ -532,11 +533,16 @@ def test_sigterm_finishes_the_batch_commits_and_exits_0_and_systemd_is_told(tmp_
             "--log-level",
             "debug",
             env={"NOTIFY_SOCKET": str(notify)},
+            # The second photo of the first batch waits in detect until the daemon has taken the
+            # SIGTERM: 7 photos of the batch are then still to go, on any machine.
+            prelude=hold_detect(2, release),
         ).start()
         assert sock.recv(100) == b"READY=1"
-        # SIGTERM as soon as the first photo of the first batch is done: 7 photos of it are still to go.
-        d.wait_for(lambda: "detection(s)" in d.log(), what="the first photo", interval=0.01)
-        assert d.terminate() == 0, d.log()
+        d.wait_for(lambda: "detection(s)" in d.log(), what="the first photo")
+        d.proc.send_signal(signal.SIGTERM)
+        d.wait_for(lambda: "stopping: finishing the current batch" in d.log(), what="the stop")
+        release.touch()
+        assert d.wait() == 0, d.log()
         assert sock.recv(100) == b"STOPPING=1"
     finally:
         sock.close()
@@ -545,7 +551,7 @@ def test_sigterm_finishes_the_batch_commits_and_exits_0_and_systemd_is_told(tmp_
     stopping = log.index("stopping: finishing the current batch")
     assert log.count("claimed 8 input(s)") == 1 and log.index("claimed 8 input(s)") < stopping
     assert log.index("committed 8 outcome(s)") > stopping  # the batch in hand was finished after SIGTERM...
-    assert log[stopping:].count("detection(s)") >= 1
+    assert log[:stopping].count("detection(s)") == 1 and log[stopping:].count("detection(s)") == 7
     with sqlite3.connect(state / "queue.sqlite3") as db:
         states = dict(db.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall())
         outcomes = db.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0]
