@@ -183,16 +183,18 @@ class ServeProcess:
             self.kill()
 
 
-def hold_detect(call: int, release: Path) -> str:
+def hold_detect(call: int, release: Path, *more: tuple[int, Path]) -> str:
     """A prelude for ServeProcess: the daemon's ``call``-th photo waits in Detector.detect until the
-    file ``release`` exists, so a test can act while that photo is in hand, however fast the machine."""
+    file ``release`` exists (and so on for each further (call, release) pair), so that a test can act
+    while that photo is in hand, however fast or slow the machine is."""
+    holds = {int(call): str(release), **{int(c): str(r) for c, r in more}}
     return (
         "import os, time\n"
         "from edgetile.runtime.detector import Detector\n"
-        "_detect, _calls = Detector.detect, [0]\n"
+        f"_detect, _calls, _holds = Detector.detect, [0], {holds!r}\n"
         "def detect(self, image, timings=None):\n"
         "    _calls[0] += 1\n"
-        f"    while _calls[0] == {int(call)} and not os.path.exists({str(release)!r}):\n"
+        "    while _calls[0] in _holds and not os.path.exists(_holds[_calls[0]]):\n"
         "        time.sleep(0.01)\n"
         "    return _detect(self, image, timings)\n"
         "Detector.detect = detect\n"
