@@ -15,7 +15,7 @@ SOURCES = runtime export train tests benchmarks setup.py
 # training and export sides, and the architecture test, which only reads sources.
 PURE_TESTS = $(filter-out tests/test_merge% tests/test_train_% tests/test_export_% tests/test_architecture.py,$(wildcard tests/test_*.py))
 
-.PHONY: test test-fast check demo lint bench clean
+.PHONY: test test-fast docs-check check demo lint bench clean
 
 # Installs the runtime with every extra the tests need (ONNX Runtime, Ultralytics, torch, the oracles).
 test: check $(VENV)/.installed-dev
@@ -27,6 +27,11 @@ test: check $(VENV)/.installed-dev
 test-fast: check $(VENV)/.installed-dev
 	@echo "make test-fast: test order seed $(SEED) (replay this order with: make test-fast SEED=$(SEED))"
 	$(VENV)/bin/python -m pytest $(ORDER) -m "not slow" $(PYTEST_ARGS)
+
+# The README's and the guides' command examples, run as written against tiny inputs (tests/test_docs.py):
+# every documented `edgetile ...` line is known there, parses, and runs here where a CPU can run it.
+docs-check: $(VENV)/.installed-dev
+	$(VENV)/bin/python -m pytest -p no:randomly tests/test_docs.py $(PYTEST_ARGS)
 
 # Lint, formatting and the architecture contracts (.importlinter): the checks pre-commit runs too.
 check: $(VENV)/.installed-dev
