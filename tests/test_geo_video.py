@@ -372,8 +372,10 @@ def test_the_pose_recorded_at_grab_survives_kill_9_and_a_restart_without_telemet
             # The vehicle flies on 1.1 km north; frames processed from now on must still use where they were seen.
             ap.pose = {**ap.pose, "lat": LAT + 0.01}
             moved.touch()
+            running = "SELECT COUNT(*) FROM items WHERE state='running'"
             d.wait_for(
-                lambda: count(db, done_sql) == 5, what="three frames processed after the vehicle moved"
+                lambda: count(db, done_sql) == 5 and count(db, running) == 1,
+                what="three frames processed after the vehicle moved, the 6th in hand",
             )
         finally:
             d.kill()  # SIGKILL, as in a power cut, while the 6th frame is in hand
