@@ -34,10 +34,12 @@ DEMO_SAMPLE = DATA_DIR / "sample.jpg"
 DEMO_CONF = 0.1
 
 # The extra that brings each optional module a command may import when it runs: without it the
-# command stops with one line naming the extra (exit 2), not a traceback.
+# command stops with one line naming the extra (exit 2), not a traceback. "export" modules come with
+# "train" too, which the training commands need; onnx comes lighter with "engine" (no torch) for
+# building engines on a Jetson.
 EXTRA_OF_MODULE = {
     "onnxruntime": "onnx",
-    "onnx": "engine",  # on a Jetson; [export] brings it too, with torch
+    "onnx": "export",
     "onnxslim": "export",
     "ultralytics": "export",
     "torch": "export",
@@ -58,6 +60,7 @@ EXTRA_OF_MODULE = {
     "paho": "mqtt",
     "pymavlink": "mavlink",
 }
+TRAINING_COMMANDS = ("dataset", "train", "tune", "eval", "pseudo-label")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -67,7 +70,7 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def missing_module_line(exc: ModuleNotFoundError) -> str | None:
+def missing_module_line(exc: ModuleNotFoundError, a: argparse.Namespace) -> str | None:
     """The one-line error for an optional module this install lacks; None for any other module."""
     top = (exc.name or "").split(".")[0]
     if top == "tensorrt":
@@ -75,6 +78,10 @@ def missing_module_line(exc: ModuleNotFoundError) -> str | None:
     extra = EXTRA_OF_MODULE.get(top)
     if extra is None:
         return None
+    if extra == "export" and a.command in TRAINING_COMMANDS:
+        extra = "train"
+    elif top == "onnx" and getattr(a, "export_command", None) == "engine":
+        extra = "engine"
     return f"needs the Python module {top}, which this install lacks: pip install 'edgetile[{extra}]'"
 
 
@@ -306,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"edgetile {a.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ModuleNotFoundError as exc:
-        line = missing_module_line(exc)
+        line = missing_module_line(exc, a)
         if line is None:
             raise
         print(f"edgetile {a.command}: error: {line}", file=sys.stderr)
