@@ -490,7 +490,10 @@ def test_snapshot_refuses_stale_telemetry_and_follows_the_gimbals_frame():
             n = tele.counts()["GIMBAL_DEVICE_ATTITUDE_STATUS"]
             assert tele.wait_for(lambda t: t.counts()["GIMBAL_DEVICE_ATTITUDE_STATUS"] > n + 1, 10)
             np.testing.assert_allclose(tele.snapshot(0.5).rotation, rotation_ypr(80, -45, 0), atol=1e-6)
-            ap.sending.clear()
+            last = ap.pause()
+            # The reader has taken the last position sent (its receipt time is then fixed), and 0.4 s
+            # pass after that: older than the 0.3 s asked for below, however late it was read.
+            assert tele.wait_for(lambda t: t._state.position["time_boot_ms"] == last, 10)
             time.sleep(0.4)
             with pytest.raises(
                 PoseError,
