@@ -12,8 +12,8 @@ ORDER = -p randomly --randomly-seed=$(SEED)
 SOURCES = runtime export train tests benchmarks setup.py
 # The runtime's tests run a second time on the pure-NumPy merge (EDGETILE_PUREPYTHON=1), as a machine
 # without a C compiler runs it. Left out: the merge suites, which run both paths by themselves, the
-# training and export sides, and the architecture test, which only reads sources.
-PURE_TESTS = $(filter-out tests/test_merge% tests/test_train_% tests/test_export_% tests/test_architecture.py,$(wildcard tests/test_*.py))
+# training and export sides, the architecture test, which only reads sources, and the docs' commands.
+PURE_TESTS = $(filter-out tests/test_merge% tests/test_train_% tests/test_export_% tests/test_architecture.py tests/test_docs.py,$(wildcard tests/test_*.py))
 
 .PHONY: test test-fast docs-check check demo lint bench clean
 
