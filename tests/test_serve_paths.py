@@ -29,6 +29,19 @@ def odd_failing_model(tmp_path_factory):
     return red_blob_model(tmp_path_factory.mktemp("models") / "odd.onnx", fail_odd_batch=True)
 
 
+# A prelude that says in the daemon's log which inputs reached the worker with the read-ahead thread's
+# error attached, so that the test knows the failure took that path and not a read in turn.
+SAY_READ_AHEAD_ERRORS = """
+from edgetile.runtime.serve.daemon import Daemon, log
+_process = Daemon.process
+def process(self, item, ahead=None, read_error=None):
+    if read_error is not None:
+        log.info("test: %s failed on the read-ahead thread", item.name)
+    return _process(self, item, ahead, read_error)
+Daemon.process = process
+"""
+
+
 def by_name(items: list[dict]) -> dict[str, dict]:
     return {Path(it["image"]).name: it for it in items}
 
@@ -55,7 +68,7 @@ def test_a_corrupt_photo_failing_on_the_read_ahead_thread_mid_batch_fails_alone(
         "64",
         "--log-level",
         "debug",
-        prelude=hold_detect(1, release),
+        prelude=hold_detect(1, release) + SAY_READ_AHEAD_ERRORS,
     ).start() as d:
         d.wait_for(lambda: "claimed 1 input(s)" in d.log(), what="the first photo in hand")
         for name, seed in (("b.jpg", 2), ("d.jpg", 4), ("e.jpg", 5)):
@@ -74,6 +87,8 @@ def test_a_corrupt_photo_failing_on_the_read_ahead_thread_mid_batch_fails_alone(
         log = d.log()
         assert "claimed 4 input(s)" in log and "committed 4 outcome(s)" in log
         assert "c.jpg: attempt 1 of 2 failed" in log and "Traceback" not in log
+        assert log.count("c.jpg failed on the read-ahead thread") == 2  # both attempts
+        assert log.count("failed on the read-ahead thread") == 2  # and no other photo
         assert d.json("/health")["status"] == "ok"
         assert d.terminate() == 0, d.log()
 
