@@ -3,22 +3,35 @@ PYTHON ?= python3
 VENV ?= .venv
 DEMO_VENV ?= .venv-demo
 PYTEST_ARGS ?=
+# pytest-randomly shuffles the tests (and reseeds random, NumPy and Faker) with this seed; each run draws
+# one and prints it, and `make test SEED=N` replays that order exactly.
+ifeq ($(origin SEED), undefined)
+SEED := $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+endif
+ORDER = -p randomly --randomly-seed=$(SEED)
 SOURCES = runtime export train tests benchmarks setup.py
 # The runtime's tests run a second time on the pure-NumPy merge (EDGETILE_PUREPYTHON=1), as a machine
 # without a C compiler runs it. Left out: the merge suites, which run both paths by themselves, the
-# training and export sides, and the architecture test, which only reads sources.
-PURE_TESTS = $(filter-out tests/test_merge% tests/test_train_% tests/test_export_% tests/test_architecture.py,$(wildcard tests/test_*.py))
+# training and export sides, the architecture test, which only reads sources, and the docs' commands.
+PURE_TESTS = $(filter-out tests/test_merge% tests/test_train_% tests/test_export_% tests/test_architecture.py tests/test_docs.py,$(wildcard tests/test_*.py))
 
-.PHONY: test test-fast check demo lint bench clean vendor
+.PHONY: test test-fast docs-check check demo lint bench clean vendor
 
 # Installs the runtime with every extra the tests need (ONNX Runtime, Ultralytics, torch, the oracles).
 test: check $(VENV)/.installed-dev
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
-	EDGETILE_PUREPYTHON=1 $(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS) $(PURE_TESTS)
+	@echo "make test: test order seed $(SEED) (replay this order with: make test SEED=$(SEED))"
+	$(VENV)/bin/python -m pytest $(ORDER) $(PYTEST_ARGS)
+	EDGETILE_PUREPYTHON=1 $(VENV)/bin/python -m pytest $(ORDER) -m "not slow" $(PYTEST_ARGS) $(PURE_TESTS)
 
 # The quick loop while working: the same checks, without the training, export and daemon tests.
 test-fast: check $(VENV)/.installed-dev
-	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	@echo "make test-fast: test order seed $(SEED) (replay this order with: make test-fast SEED=$(SEED))"
+	$(VENV)/bin/python -m pytest $(ORDER) -m "not slow" $(PYTEST_ARGS)
+
+# The README's and the guides' command examples, run as written against tiny inputs (tests/test_docs.py):
+# every documented `edgetile ...` line is known there, parses, and runs here where a CPU can run it.
+docs-check: $(VENV)/.installed-dev
+	$(VENV)/bin/python -m pytest -p no:randomly tests/test_docs.py $(PYTEST_ARGS)
 
 # Lint, formatting, the architecture contracts (.importlinter) and the runtime's types (mypy, settings
 # in pyproject.toml): the checks pre-commit runs too.

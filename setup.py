@@ -109,6 +109,8 @@ DEV = sorted(
         + BROWSER_TEST
         + [
             "pytest>=7.4",
+            # Runs the tests in a random order (seed printed in the header): no test may lean on another.
+            "pytest-randomly>=3.12",
             "hypothesis>=6.80",
             "ensemble-boxes>=1.0.9",
             "sahi>=0.11.18",

@@ -348,8 +348,7 @@ def _engine_ensemble(model, out, req, build) -> int:
 
 
 def _missing_step(p: argparse.ArgumentParser) -> int:
-    p.print_help(sys.stderr)
-    raise UsageError("expected a step: onnx, int8 or engine")
+    raise UsageError("expected a step: onnx, int8 or engine (see 'edgetile export --help')")
 
 
 def _err(msg: str) -> None:

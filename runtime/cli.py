@@ -34,6 +34,57 @@ if TYPE_CHECKING:
 DEMO_SAMPLE = DATA_DIR / "sample.jpg"
 DEMO_CONF = 0.1
 
+# The extra that brings each optional module a command may import when it runs: without it the
+# command stops with one line naming the extra (exit 2), not a traceback. "export" modules come with
+# "train" too, which the training commands need; onnx comes lighter with "engine" (no torch) for
+# building engines on a Jetson.
+EXTRA_OF_MODULE = {
+    "onnxruntime": "onnx",
+    "onnx": "export",
+    "onnxslim": "export",
+    "ultralytics": "export",
+    "torch": "export",
+    "torchvision": "export",
+    "pycocotools": "export",
+    "pi_heif": "export",
+    "iterstrat": "train",
+    "matplotlib": "train",
+    "ray": "ray",
+    "pycuda": "jetson",
+    "yaml": "serve",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "multipart": "serve",
+    "python_multipart": "serve",
+    "pymap3d": "geo",
+    "PIL": "geo",
+    "paho": "mqtt",
+    "pymavlink": "mavlink",
+}
+TRAINING_COMMANDS = ("dataset", "train", "tune", "eval", "pseudo-label")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line, as every other usage error is, with where to read the usage."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def missing_module_line(exc: ModuleNotFoundError, a: argparse.Namespace) -> str | None:
+    """The one-line error for an optional module this install lacks; None for any other module."""
+    top = (exc.name or "").split(".")[0]
+    if top == "tensorrt":
+        return "needs TensorRT's Python bindings (tensorrt), which come with JetPack; none found here"
+    extra = EXTRA_OF_MODULE.get(top)
+    if extra is None:
+        return None
+    if extra == "export" and a.command in TRAINING_COMMANDS:
+        extra = "train"
+    elif top == "onnx" and getattr(a, "export_command", None) == "engine":
+        extra = "engine"
+    return f"needs the Python module {top}, which this install lacks: pip install 'edgetile[{extra}]'"
+
 
 def run_detect(
     sources: Sequence[str],
@@ -180,7 +231,7 @@ def cmd_env(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="edgetile",
         description="Find small objects (people seen from a drone) in large photos by tiled detection.",
         epilog="Run 'edgetile COMMAND --help' for each command's options.",
@@ -284,6 +335,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(a.func(a))
     except UsageError as exc:
         print(f"edgetile {a.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ModuleNotFoundError as exc:
+        line = missing_module_line(exc, a)
+        if line is None:
+            raise
+        print(f"edgetile {a.command}: error: {line}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("edgetile: interrupted; results written so far are kept", file=sys.stderr)

@@ -41,6 +41,14 @@ def pytest_report_header(config):
     return f"edgetile merge: {merge.BACKEND}{reason}"
 
 
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    # pytest-randomly prints its seed in the header, which -q leaves out: say it at the end as well, so
+    # that any run's order can be replayed.
+    seed = getattr(config.option, "randomly_seed", None)
+    if isinstance(seed, int) and config.pluginmanager.has_plugin("randomly"):
+        terminalreporter.write_line(f"test order: replay it with -p randomly --randomly-seed={seed}")
+
+
 def pytest_collection_modifyitems(config, items):
     cuda, trt = _cuda_reason(), _trt_reason()
     for item in items:

@@ -12,7 +12,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
-def red_blob_model(path, input_hw=(256, 256), batch=None, names=None, extra_classes=0):
+def red_blob_model(path, input_hw=(256, 256), batch=None, names=None, extra_classes=0, fail_odd_batch=False):
     """Write the model to path and return path.
 
     Args:
@@ -20,6 +20,9 @@ def red_blob_model(path, input_hw=(256, 256), batch=None, names=None, extra_clas
         batch: Fixed batch size, or None for a dynamic batch axis.
         names: Class names written to the metadata (default {0: 'person'}).
         extra_classes: Add constant-zero class rows, e.g. to make the output disagree with names.
+        fail_odd_batch: The input goes through pairs of images first (a reshape to (B/2, 2*3*H*W) and
+            back), so that ONNX Runtime fails at inference on an odd batch, such as a photo of one tile,
+            and runs an even one as usual: a model that breaks on some inputs only.
     """
     h, w = input_hw
     gh, gw = h // 8, w // 8
@@ -37,8 +40,21 @@ def red_blob_model(path, input_hw=(256, 256), batch=None, names=None, extra_clas
         numpy_helper.from_array(np.array(40.0, np.float32), "gain"),
         numpy_helper.from_array(np.array(0.35, np.float32), "bias"),
     ]
-    nodes = [
-        helper.make_node("AveragePool", ["images"], ["pooled"], kernel_shape=[8, 8], strides=[8, 8]),
+    source = "images"
+    nodes = []
+    if fail_odd_batch:
+        inits += [
+            numpy_helper.from_array(np.array([-1, 2 * 3 * h * w], np.int64), "pairs_shape"),
+            numpy_helper.from_array(np.array([-1, 3, h, w], np.int64), "image_shape"),
+        ]
+        nodes += [
+            helper.make_node("Reshape", ["images", "pairs_shape"], ["pairs"]),
+            helper.make_node("Relu", ["pairs"], ["pairs_kept"]),  # pixels are >= 0: unchanged
+            helper.make_node("Reshape", ["pairs_kept", "image_shape"], ["images_again"]),
+        ]
+        source = "images_again"
+    nodes += [
+        helper.make_node("AveragePool", [source], ["pooled"], kernel_shape=[8, 8], strides=[8, 8]),
         helper.make_node("Slice", ["pooled", "zero_i", "one", "one"], ["r"]),  # channel 0 = R (RGB input)
         helper.make_node("Slice", ["pooled", "one", "three", "one"], ["gb"]),
         helper.make_node("ReduceMax", ["gb", "one"], ["gbmax"], keepdims=1),

@@ -28,9 +28,10 @@ class ServeProcess:
         workdir: Folder for the log file.
         args: Options after ``edgetile serve`` (``--port 0`` is added unless a port is given).
         env: Extra environment variables.
+        prelude: Python code the daemon's process runs before `edgetile serve` (see hold_detect).
     """
 
-    def __init__(self, workdir: Path, *args, env: dict | None = None) -> None:
+    def __init__(self, workdir: Path, *args, env: dict | None = None, prelude: str | None = None) -> None:
         self.args = [str(a) for a in args]
         if "--port" not in self.args:
             self.args += ["--port", "0"]
@@ -38,12 +39,24 @@ class ServeProcess:
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.url = ""
+        # Test-only code run in the daemon's process before `edgetile serve` starts (e.g. hold_detect):
+        # the daemon itself is the real one, with a place where the test decides when it goes on.
+        self.command = (
+            SERVE
+            if prelude is None
+            else [
+                sys.executable,
+                "-c",
+                f"{prelude}\nimport sys\nfrom edgetile.runtime.cli import main\n"
+                "sys.exit(main(['serve', *sys.argv[1:]]))",
+            ]
+        )
 
     def start(self, timeout: float = 90.0) -> ServeProcess:
         """Start the daemon and wait for its 'listening on' line."""
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [*SERVE, *self.args], stdout=self._log, stderr=subprocess.STDOUT, env=self.env
+            [*self.command, *self.args], stdout=self._log, stderr=subprocess.STDOUT, env=self.env
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -66,7 +79,7 @@ class ServeProcess:
         """
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [*SERVE, *self.args], stdout=self._log, stderr=subprocess.STDOUT, env=self.env
+            [*self.command, *self.args], stdout=self._log, stderr=subprocess.STDOUT, env=self.env
         )
         try:
             return self.proc.wait(timeout)
@@ -148,6 +161,13 @@ class ServeProcess:
         finally:
             self._log.close()
 
+    def wait(self, timeout: float = 60.0) -> int:
+        """Wait for an exit already asked for (a signal sent with proc.send_signal); the exit code."""
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
     def kill(self) -> None:
         """SIGKILL: no chance to clean up, as in a power cut."""
         if self.proc is not None and self.proc.poll() is None:
@@ -161,6 +181,24 @@ class ServeProcess:
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.kill()
+
+
+def hold_detect(call: int, release: Path, *more: tuple[int, Path]) -> str:
+    """A prelude for ServeProcess: the daemon's ``call``-th photo waits in Detector.detect until the
+    file ``release`` exists (and so on for each further (call, release) pair), so that a test can act
+    while that photo is in hand, however fast or slow the machine is."""
+    holds = {int(call): str(release), **{int(c): str(r) for c, r in more}}
+    return (
+        "import os, time\n"
+        "from edgetile.runtime.detector import Detector\n"
+        f"_detect, _calls, _holds = Detector.detect, [0], {holds!r}\n"
+        "def detect(self, image, timings=None):\n"
+        "    _calls[0] += 1\n"
+        "    while _calls[0] in _holds and not os.path.exists(_holds[_calls[0]]):\n"
+        "        time.sleep(0.01)\n"
+        "    return _detect(self, image, timings)\n"
+        "Detector.detect = detect\n"
+    )
 
 
 def person_photo(seed: int, w: int = 320, h: int = 240) -> np.ndarray:

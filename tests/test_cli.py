@@ -352,4 +352,49 @@ def test_ensemble_with_weights_and_flip_runs_from_the_cli(tmp_path, model):
     )
     assert r.returncode == 0, r.stderr
     rec = json.loads((tmp_path / "out" / "detections.json").read_text())[0]
-    assert rec["detections"] and rec["timings_ms"]["fuse"] > 0  # four passes fused by WBF
+    assert rec["timings_ms"]["fuse"] > 0  # four passes fused by WBF
+    # The oracle: both members are the same model, and the red-blob model is mirror-symmetric on its
+    # 8 px cells, so the four passes agree box for box and their fusion must give back one plain pass.
+    # A flipped pass mapped back to the wrong place, or a box lost by the fusion, would differ.
+    single = run("detect", tmp_path / "a.jpg", "--model", model, "--tile", 256, "--out", tmp_path / "one")
+    assert single.returncode == 0, single.stderr
+    plain = json.loads((tmp_path / "one" / "detections.json").read_text())[0]["detections"]
+
+    def table(dets):
+        return sorted((*d["bbox"], d["score"]) for d in dets)
+
+    assert len(rec["detections"]) == len(plain) > 0
+    np.testing.assert_allclose(table(rec["detections"]), table(plain), atol=1e-3)
+    # And every box lies on one of the two red people.
+    people = [(100, 100, 140, 180), (600, 400, 640, 480)]
+    for d in rec["detections"]:
+        cx, cy = (d["bbox"][0] + d["bbox"][2]) / 2, (d["bbox"][1] + d["bbox"][3]) / 2
+        assert any(x1 <= cx <= x2 and y1 <= cy <= y2 for x1, y1, x2, y2 in people), d
+
+
+MISSING = [
+    # (module made unimportable, command, the extra the one-line error names)
+    ("ultralytics", ["export", "onnx", "m.pt"], "export"),
+    ("torch", ["train", "--data", "d.yaml", "--model", "yolov8n.yaml"], "train"),
+    ("onnx", ["export", "engine", "m.onnx", "--precision", "fp16"], "engine"),
+]
+
+
+@pytest.mark.parametrize("module,args,extra", MISSING, ids=[m[0] for m in MISSING])
+def test_a_missing_optional_module_is_one_line_naming_the_extra(tmp_path, module, args, extra):
+    red_blob_model(tmp_path / "m.onnx")
+    (tmp_path / "m.pt").write_bytes(b"not read before the import")
+    (tmp_path / "d.yaml").write_text("path: .\ntrain: images\nval: images\nnames:\n  0: person\n")
+    code = (
+        f"import sys; sys.modules[{module!r}] = None\n"  # as if it were not installed
+        "from edgetile.runtime.cli import main\n"
+        f"sys.exit(main({args!r}))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.splitlines() == [
+        f"edgetile {args[0]}: error: needs the Python module {module}, which this install lacks: "
+        f"pip install 'edgetile[{extra}]'"
+    ]

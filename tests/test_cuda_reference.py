@@ -59,7 +59,7 @@ def test_resize_matches_opencv_within_one_level(sw, sh, dw, dh):
 
 def test_resize_matches_opencv_over_random_sizes():
     rng = np.random.default_rng(0)
-    exact = 0
+    values = differing = 0
     for _ in range(150):
         sw, sh, dw, dh = (int(v) for v in rng.integers(1, 300, 4))
         img = rng.integers(0, 256, (sh, sw, 3), dtype=np.uint8)
@@ -67,10 +67,12 @@ def test_resize_matches_opencv_over_random_sizes():
         ref = cv2.resize(img, (dw, dh), interpolation=cv2.INTER_LINEAR)
         worst, frac = _diff_stats(ours, ref)
         assert worst <= 1 and frac <= 0.01, ((sw, sh, dw, dh), worst, frac)
-        exact += np.array_equal(ours, ref)
-    # With OpenCV's SIMD rounding reproduced, nearly every case is bit-exact (all of them on
-    # opencv-python 5.0 x86-64, where this was written); plain float bilinear would match almost none.
-    assert exact >= 140, exact
+        values, differing = values + ref.size, differing + int((ours != ref).sum())
+    # With OpenCV's SIMD rounding reproduced, only a build whose scalar row tail (under 16 bytes of a
+    # row, about 3 % of these rows' bytes) rounds differently can disagree, in about an eighth of those
+    # values: well under 1 % of all. Plain float bilinear with the same weights differs in 12.7 % of
+    # them (and none differ on opencv-python 5.0 x86-64, where this was written).
+    assert differing / values <= 0.01, (differing, values)
 
 
 def test_plain_rounding_would_not_match_opencv():

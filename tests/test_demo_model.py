@@ -29,6 +29,7 @@ def iou_matrix(a, b):
     return inter / (area(a)[:, None] + area(b)[None, :] - inter)
 
 
+@pytest.mark.slow  # a 4000x3000 photo through the demo model: about 9 s here
 def test_demo_finds_the_people_in_the_sample(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "edgetile.runtime.cli", "demo", "--out", str(tmp_path)],
@@ -49,6 +50,7 @@ def test_demo_finds_the_people_in_the_sample(tmp_path):
     assert precision >= 0.6, f"{precision:.0%} of {len(found)} boxes are people"
 
 
+@pytest.mark.slow  # imports Ultralytics and torch: about 7 s here
 def test_decoding_matches_ultralytics_predictor_on_the_same_onnx():
     ultralytics = pytest.importorskip("ultralytics", reason="Ultralytics' predictor is the decoding oracle")
     image = read_image(SAMPLE)

@@ -22,7 +22,7 @@ import numpy as np
 import pymap3d
 import pytest
 from scipy.spatial.transform import Rotation
-from serve_process import ServeProcess
+from serve_process import ServeProcess, hold_detect
 
 os.environ.setdefault("MAVLINK20", "1")
 from pymavlink import mavutil  # noqa: E402
@@ -81,6 +81,8 @@ class Autopilot:
         }
         self.sending = threading.Event()
         self.sending.set()
+        self.paused = threading.Event()  # set by the sending thread once it has seen sending cleared
+        self.last_ms: int | None = None  # time_boot_ms of the latest GLOBAL_POSITION_INT sent
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -89,6 +91,7 @@ class Autopilot:
         t0 = time.monotonic()
         while not self._stop.wait(0.02):
             if not self.sending.is_set():
+                self.paused.set()
                 continue
             p, ms = self.pose, int((time.monotonic() - t0) * 1000)
             self.conn.mav.global_position_int_send(
@@ -102,6 +105,7 @@ class Autopilot:
                 0,
                 round(p["yaw"] % 360 * 100),
             )
+            self.last_ms = ms
             self.conn.mav.attitude_send(
                 ms, *(math.radians(p[k]) for k in ("roll", "pitch", "yaw")), 0.0, 0.0, 0.0
             )
@@ -123,10 +127,38 @@ class Autopilot:
                     1,
                 )
 
+    def pause(self) -> int:
+        """Stop sending; returns the time_boot_ms of the last position sent, once nothing more will be."""
+        self.paused.clear()
+        self.sending.clear()
+        assert self.paused.wait(10), "the autopilot's thread did not pause"
+        return self.last_ms
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
         self.conn.close()
+
+
+def record_handled(path: Path) -> str:
+    """A ServeProcess prelude: the daemon writes the time_boot_ms of each GLOBAL_POSITION_INT it has
+    handled to path, so that a test knows when the daemon has read what the autopilot sent."""
+    return (
+        "import os\n"
+        "from edgetile.runtime.links.mavlink import MavlinkTelemetry\n"
+        "_handle = MavlinkTelemetry._handle\n"
+        "def handle(self, msg):\n"
+        "    _handle(self, msg)\n"
+        "    if msg.get_type() == 'GLOBAL_POSITION_INT':\n"
+        f"        with open({str(path) + '.tmp'!r}, 'w') as f:\n"
+        "            f.write(str(msg.time_boot_ms))\n"
+        f"        os.replace({str(path) + '.tmp'!r}, {str(path)!r})\n"
+        "MavlinkTelemetry._handle = handle\n"
+    )
+
+
+def handled_ms(path: Path) -> int:
+    return int(path.read_text()) if path.exists() else -1
 
 
 def write_video(path: Path, frames: int, size: tuple[int, int], blob_xy) -> Path:
@@ -224,7 +256,7 @@ def test_frames_get_coordinates_from_the_gimbal_pose_when_grabbed(tmp_path, mode
 
 @pytest.mark.slow
 def test_stale_telemetry_gives_pixels_and_one_warning_and_fresh_telemetry_coordinates_again(tmp_path, model):
-    port = free_udp_port()
+    port, handled = free_udp_port(), tmp_path / "handled_ms"
     ap = Autopilot(port, yaw=30.0)  # level, heading 30; no gimbal: the default mount looks straight down
     www = tmp_path / "www"
     www.mkdir()
@@ -253,10 +285,14 @@ def test_stale_telemetry_gives_pixels_and_one_warning_and_fresh_telemetry_coordi
             "0.5",
             "--focal-px",
             "300",
+            prelude=record_handled(handled),
         ).start() as d:
             d.wait_for(lambda: "position and attitude are fresh" in d.log(), what="the first telemetry")
-            ap.sending.clear()  # the telemetry link drops...
-            time.sleep(0.8)  # ...for longer than --mavlink-max-age, then the camera comes up
+            last = ap.pause()  # the telemetry link drops...
+            d.wait_for(lambda: handled_ms(handled) == last, what="the daemon reading the last position")
+            # ...for longer than --mavlink-max-age, counted from the daemon's receipt of the last position
+            # (which has happened: it is recorded above), then the camera comes up.
+            time.sleep(0.6)
             write_video(www / "cam.avi", 6, (320, 240), lambda i: (16 + 32 * i, 24))  # blobs along the top
             stale = d.wait_for(lambda: len(r := d.all_pages("/detections")) == 3 and r, what="3 frames")
             for it in stale:
@@ -270,7 +306,7 @@ def test_stale_telemetry_gives_pixels_and_one_warning_and_fresh_telemetry_coordi
             assert "video frames get no ground coordinates until it is fresh again" in log
 
             ap.sending.set()  # the link is back: the next frames are georeferenced
-            time.sleep(0.5)
+            d.wait_for(lambda: handled_ms(handled) > last, what="the daemon reading positions again")
             write_video(
                 www / "cam.avi", 6, (320, 240), lambda i: (16 + 32 * i, 184)
             )  # blobs along the bottom
@@ -295,7 +331,7 @@ def test_stale_telemetry_gives_pixels_and_one_warning_and_fresh_telemetry_coordi
 def test_the_pose_recorded_at_grab_survives_kill_9_and_a_restart_without_telemetry(tmp_path, model):
     port = free_udp_port()
     ap = Autopilot(port, yaw=30.0)
-    n = 40  # large frames, read faster than they are processed: a backlog builds up
+    n = 12
     video = write_video(tmp_path / "flight.avi", n, (1280, 720), lambda i: (64 + 24 * i, 96 + 12 * i))
     args = [
         "--model",
@@ -317,31 +353,34 @@ def test_the_pose_recorded_at_grab_survives_kill_9_and_a_restart_without_telemet
         "0,-70,0",
     ]
     db = tmp_path / "state" / "queue.sqlite3"
+    moved, never = tmp_path / "moved", tmp_path / "never"
+    done_sql = "SELECT COUNT(*) FROM items WHERE state='done'"
     try:
-        d = ServeProcess(tmp_path, *args).start()
+        # One frame a batch, each committed on its own; the 3rd frame waits in detect until the vehicle
+        # has moved, the 6th until the kill (never released): frames are left, one of them interrupted.
+        d = ServeProcess(
+            tmp_path, *args, "--queue-batch", "1", prelude=hold_detect(3, moved, (6, never))
+        ).start()
         try:
             d.wait_for(
-                lambda: db.exists() and count(db, "SELECT COUNT(*) FROM items") == n,
-                what="every frame queued",
+                lambda: (
+                    db.exists() and count(db, "SELECT COUNT(*) FROM items") == n and count(db, done_sql) == 2
+                ),
+                what="every frame queued, two processed",
                 interval=0.02,
             )
             # The vehicle flies on 1.1 km north; frames processed from now on must still use where they were seen.
             ap.pose = {**ap.pose, "lat": LAT + 0.01}
-            done = count(db, "SELECT COUNT(*) FROM items WHERE state='done'")
-            time.sleep(0.2)
+            moved.touch()
+            running = "SELECT COUNT(*) FROM items WHERE state='running'"
             d.wait_for(
-                lambda: count(db, "SELECT COUNT(*) FROM items WHERE state='done'") >= done + 2,
-                what="two frames processed after the vehicle moved",
-                interval=0.02,
+                lambda: count(db, done_sql) == 5 and count(db, running) == 1,
+                what="three frames processed after the vehicle moved, the 6th in hand",
             )
         finally:
-            d.kill()  # SIGKILL, as in a power cut
-        left = count(db, "SELECT COUNT(*) FROM items WHERE state!='done'")
-        assert left > 0, (
-            "every frame was processed before the kill: nothing is left to prove the restart with"
-        )
-        # The kill may fall between two batches, when no frame is being processed.
-        interrupted = count(db, "SELECT COUNT(*) FROM items WHERE state='running'")
+            d.kill()  # SIGKILL, as in a power cut, while the 6th frame is in hand
+        assert count(db, "SELECT COUNT(*) FROM items WHERE state='running'") == 1
+        assert count(db, "SELECT COUNT(*) FROM items WHERE state!='done'") == n - 5
         assert count(db, "SELECT COUNT(*) FROM frame_telemetry") == n
     finally:
         ap.close()
@@ -352,7 +391,7 @@ def test_the_pose_recorded_at_grab_survives_kill_9_and_a_restart_without_telemet
         for it in items:
             assert_located(it["detections"], pose)
         log = d.log()
-        assert ("stopped without finishing" in log) == (interrupted > 0)
+        assert "stopped without finishing" in log
         assert "no ground coordinates:" not in log and "Traceback" not in log
         assert d.terminate() == 0
 
@@ -451,7 +490,10 @@ def test_snapshot_refuses_stale_telemetry_and_follows_the_gimbals_frame():
             n = tele.counts()["GIMBAL_DEVICE_ATTITUDE_STATUS"]
             assert tele.wait_for(lambda t: t.counts()["GIMBAL_DEVICE_ATTITUDE_STATUS"] > n + 1, 10)
             np.testing.assert_allclose(tele.snapshot(0.5).rotation, rotation_ypr(80, -45, 0), atol=1e-6)
-            ap.sending.clear()
+            last = ap.pause()
+            # The reader has taken the last position sent (its receipt time is then fixed), and 0.4 s
+            # pass after that: older than the 0.3 s asked for below, however late it was read.
+            assert tele.wait_for(lambda t: t._state.position["time_boot_ms"] == last, 10)
             time.sleep(0.4)
             with pytest.raises(
                 PoseError,

@@ -492,28 +492,38 @@ def test_the_c_kernels_are_the_default_when_built():
 
 @C_SKIP
 def test_c_kernels_release_the_gil():
-    """Another Python thread keeps running while a long C merge works."""
+    """Another Python thread runs while the C kernel works, and only because the kernel let it.
+
+    The switch interval is raised to an hour, so the interpreter never takes the GIL from the main thread
+    by time: the waiting thread gets it only when the main thread gives it up itself. The kernel is
+    called directly with arrays it takes as they are, so no NumPy conversion before it can be what gave
+    the GIL up. The waiting thread records whether the main thread is inside the kernel call at that
+    moment: True if the kernel released the GIL, False if it only ran at the join afterwards.
+    """
     rng = np.random.default_rng(0)
     n = 100_000
     xy = rng.random((n, 2)) * [4000, 3000]
-    boxes = np.concatenate([xy, xy + rng.uniform(10, 120, (n, 2))], axis=1)
-    scores = rng.random(n)
-    ticks, done = [0], threading.Event()
+    boxes = np.ascontiguousarray(np.concatenate([xy, xy + rng.uniform(10, 120, (n, 2))], axis=1))
+    scores, labels, keep = rng.random(n), np.zeros(n, np.int64), np.empty(n, np.int64)
+    inside, seen, go = [False], [], threading.Event()
 
-    def count():
-        while not done.is_set():
-            ticks[0] += 1
+    def observe():
+        go.wait()
+        seen.append(inside[0])
 
-    t = threading.Thread(target=count)
+    t = threading.Thread(target=observe)
     t.start()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(3600.0)
     try:
-        before = ticks[0]
-        merge.nms(boxes, scores, iou_thr=0.5, backend="c")  # about a second of C
-        during = ticks[0] - before
+        inside[0] = True
+        go.set()  # the observer now waits for the GIL, which this thread keeps until the kernel
+        merge._C_KERNELS.nms(boxes, scores, labels, 0.5, "iou", keep)  # about a second of C
+        inside[0] = False
     finally:
-        done.set()
+        sys.setswitchinterval(interval)
         t.join()
-    assert during > 1000, f"the counting thread advanced only {during} times during the C call"
+    assert seen == [True], "the observing thread ran only after the C call returned: the GIL was held"
 
 
 @C_SKIP

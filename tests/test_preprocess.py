@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -19,19 +20,57 @@ CASES = [
 ]
 
 
+def expected_tile(image, window, tile, input_hw, flip):
+    """One tile as the model must see it, worked out here from the tile side alone (not from the
+    module's views): the window scaled by input/tile (at least 1 px, at most the input), resized by
+    cv2.resize, mirrored, pasted top-left on a 114-grey canvas, BGR to RGB, scaled to [0, 1], CHW."""
+    x0, y0, x1, y1 = window
+    ih, iw = input_hw
+    cw = min(max(round((x1 - x0) * iw / tile), 1), iw)
+    ch = min(max(round((y1 - y0) * ih / tile), 1), ih)
+    crop = image[y0:y1, x0:x1]
+    resized = (
+        crop if crop.shape[:2] == (ch, cw) else cv2.resize(crop, (cw, ch), interpolation=cv2.INTER_LINEAR)
+    )
+    if flip:
+        resized = resized[:, ::-1]
+    canvas = np.full((ih, iw, 3), 114, np.uint8)
+    canvas[:ch, :cw] = resized
+    return (canvas[..., ::-1].astype(np.float32) / 255.0).transpose(2, 0, 1)
+
+
 @pytest.mark.parametrize("w,h,tile,input_hw,flip", CASES)
-def test_batch_matches_opencv_reference(w, h, tile, input_hw, flip):
+def test_batch_matches_tiles_built_with_opencv(w, h, tile, input_hw, flip):
     rng = np.random.default_rng(w + h)
     image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-    views = tile_views(plan_tiles(w, h, tile, 0.2), tile, input_hw, (w, h), flip)
+    windows = plan_tiles(w, h, tile, 0.2)
+    views = tile_views(windows, tile, input_hw, (w, h), flip)
     buf = BatchBuffer(len(views), input_hw)
     batch = buf.fill(image, views)
-    assert batch.shape == (len(views), 3, *input_hw) and batch.flags.c_contiguous
-    for i in range(len(views)):
+    assert batch.shape == (len(windows), 3, *input_hw) and batch.flags.c_contiguous
+    for i, window in enumerate(windows):
+        want = expected_tile(image, tuple(int(v) for v in window), tile, input_hw, flip)
+        np.testing.assert_allclose(batch[i], want, atol=1e-6)
+        # The module's own reference (the CUDA kernel's oracle) agrees with it too.
         ref = preprocess_reference(
             image, tuple(views.windows[i]), tuple(views.content[i]), input_hw, bool(views.flipped[i])
         )
-        np.testing.assert_allclose(batch[i], ref, atol=1e-6)
+        np.testing.assert_allclose(ref, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_two_pixels_by_hand(flip):
+    # A 2x1 photo, red then blue (BGR), smaller than its 32 px tile, onto a 32x32 input: scale 1, so the
+    # two pixels land unresized at the top left (mirrored with flip), the rest is the 114 grey padding,
+    # and channels come out RGB.
+    image = np.array([[[0, 0, 255], [255, 0, 0]]], np.uint8)
+    views = tile_views(plan_tiles(2, 1, 32, 0.2), 32, (32, 32), (2, 1), flip)
+    batch = BatchBuffer(1, (32, 32)).fill(image, views)
+    want = np.full((3, 32, 32), 114 / 255, np.float32)
+    red, blue = (1.0, 0.0, 0.0), (0.0, 0.0, 1.0)  # RGB
+    first, second = (blue, red) if flip else (red, blue)
+    want[:, 0, 0], want[:, 0, 1] = first, second
+    np.testing.assert_allclose(batch[0], want, atol=1e-7)
 
 
 def test_buffer_is_reused_between_batches_and_fully_rewritten():

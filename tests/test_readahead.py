@@ -66,9 +66,21 @@ class Frame:
 @pytest.mark.parametrize("depth", [1, 2, 3])
 def test_prefetch_holds_at_most_depth_plus_one_loaded_items(depth):
     alive, peak, lock = [0], [0], threading.Lock()
-    gen = prefetch(range(12), lambda _: Frame(alive, peak, lock), depth=depth)
-    for _item, frame, _err in gen:
-        threading.Event().wait(0.01)  # "detecting": long enough for the worker to run ahead to its limit
+    loads, loaded = [0], threading.Condition()
+
+    def load(_):
+        frame = Frame(alive, peak, lock)
+        with loaded:
+            loads[0] += 1
+            loaded.notify_all()
+        return frame
+
+    gen = prefetch(range(12), load, depth=depth)
+    for item, frame, _err in gen:
+        # "Detecting" until the worker has run ahead to its limit: depth items beyond this one.
+        want = min(item + 1 + depth, 12)
+        with loaded:
+            assert loaded.wait_for(lambda want=want: loads[0] >= want, timeout=30), loads
         del frame  # the caller lets go before it asks for the next
     assert peak[0] == depth + 1  # reached (the worker ran ahead), never exceeded
     assert alive[0] == 0

@@ -324,7 +324,10 @@ def test_a_file_value_is_refused_in_the_option_s_own_words(tmp_path):
     by_option = run("detect", "photos", "--out", "out", "--conf", "2")
     assert by_file.returncode == by_option.returncode == 2
     why = "expected a number in [0.0, 1.0] for --conf, found 2"
-    assert by_file.stderr.strip().endswith(why) and by_option.stderr.strip().endswith(why)
+    assert by_file.stderr.strip().endswith(why)
+    assert (
+        by_option.stderr == f"edgetile detect: error: argument --conf: {why} (see 'edgetile detect --help')\n"
+    )
 
 
 def test_detect_help_shows_settings_and_the_real_defaults():

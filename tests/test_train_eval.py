@@ -151,6 +151,9 @@ def test_eval_cli_writes_metrics_curve_and_detect_settings_detect_accepts(tmp_pa
     header = yaml_path.read_text().split("\n# ")
     assert any(line.startswith(f"data: {voc}") and "4 photo(s)" in line for line in header)
     assert any(line.startswith("objective: f1, min recall: none; 8 settings tried") for line in header)
+    # One key per line, as docs/train.md shows it: the settings' names open the lines after the header.
+    body = [line for line in yaml_path.read_text().splitlines() if not line.startswith("#")]
+    assert [line.split(":")[0] for line in body] == list(best["detect_settings"])
     assert (
         f"detect with: edgetile detect PHOTOS --model {model} --out results --settings {yaml_path}"
         in r.stderr

@@ -151,7 +151,7 @@ class SweepResult:
             "     edgetile serve --model MODEL --config best_detect.yaml ...",
             "options given on the command line win over this file.",
         ]
-        body = yaml.safe_dump(settings, sort_keys=False, default_flow_style=None)
+        body = yaml.safe_dump(settings, sort_keys=False, default_flow_style=False)  # one key per line
         (out / "best_detect.yaml").write_text(
             "".join(f"# {' '.join(line.splitlines())}\n" for line in header) + body
         )

@@ -64,14 +64,11 @@ class TrtRuntimeApi:
         implicit_batch_engines: 8.x still deserializes plans built with an implicit batch dimension,
             which the name-based API cannot run: they are refused (``has_implicit_batch_dimension``).
             10.x keeps the attribute, deprecated and always False; 11 removed it.
-        device_memory_attr: Engine attribute with the activation memory an execution context needs:
-            ``device_memory_size`` up to 10.0, ``device_memory_size_v2`` from 10.1 (the only one in 11).
     """
 
     version: tuple[int, int, int]
     module: str
     implicit_batch_engines: bool
-    device_memory_attr: str
 
     @property
     def label(self) -> str:
@@ -95,7 +92,6 @@ def runtime_api(version: str, module: str = "tensorrt") -> TrtRuntimeApi:
         version=v,
         module=module,
         implicit_batch_engines=v[0] < 10,
-        device_memory_attr="device_memory_size_v2" if v[:2] >= (10, 1) else "device_memory_size",
     )
 
 

@@ -74,7 +74,7 @@ def add_detect_options(
         "--backend",
         choices=["auto", "onnxruntime", "tensorrt"],
         default="auto",
-        help="inference backend; auto picks TensorRT for .engine/.plan and ONNX Runtime for .onnx",
+        help="inference backend; auto picks TensorRT for .engine/.plan/.trt and ONNX Runtime for .onnx",
     )
     g = p.add_argument_group("tiling")
     g.add_argument(
