@@ -3,8 +3,8 @@
 Every route is under the daemon's token (app.py includes this router behind it); the shapes are in
 docs/review.md (## API) and in /openapi.json. State-changing requests must be JSON
 (``Content-Type: application/json``, which a cross-site HTML form cannot send without a CORS
-preflight that this server never answers) and are refused when the browser says they come from
-another site (``Origin`` not this server's, or ``Sec-Fetch-Site: cross-site``). Images are found by
+preflight that this server never answers); those that the browser says come from another site are
+refused before any route by the daemon's RequestGuard (:mod:`.guard`). Images are found by
 detection or result id in the queue database, never by a path from the request.
 
 The legend's smallest detectable person: a detector of this family needs about MIN_MODEL_PX pixels
@@ -131,23 +131,16 @@ def _split(values: list[str] | None, allowed: tuple[str, ...], name: str) -> set
     return out
 
 
-def same_site(request: Request) -> None:
-    """Refuse a request that a browser says comes from another site (``Origin``, ``Sec-Fetch-Site``)."""
-    if request.headers.get("sec-fetch-site", "").lower() == "cross-site":
-        raise HTTPException(403, "expected a request from the review page, found Sec-Fetch-Site: cross-site")
-    origin = request.headers.get("origin")
-    if origin is not None:
-        own = f"{request.url.scheme}://{request.headers.get('host', '')}"
-        if origin.rstrip("/").lower() != own.lower():
-            raise HTTPException(403, f"expected a request from {own}, found Origin {origin[:100]!r}")
+def json_only(request: Request) -> None:
+    """Refuse a state-changing request that is not JSON (415).
 
-
-def same_site_json(request: Request) -> None:
-    """Refuse a state-changing request that is not JSON or that a browser says comes from another site."""
+    A cross-site HTML form can send a POST without a CORS preflight only as a form or as text, never
+    as JSON. Requests that a browser marks as coming from another site are refused before any route
+    by the daemon's RequestGuard (see :mod:`.guard`).
+    """
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json":
         raise HTTPException(415, f"expected Content-Type: application/json, found {ctype or 'none'!r}")
-    same_site(request)
 
 
 def review_router(daemon: Daemon, decoding: threading.BoundedSemaphore) -> APIRouter:
@@ -255,7 +248,7 @@ def review_router(daemon: Daemon, decoding: threading.BoundedSemaphore) -> APIRo
         with queue() as q:
             return review_counts(sorted_items(q, "time"))
 
-    @r.post("/api/review/decisions", dependencies=[Depends(same_site_json)])
+    @r.post("/api/review/decisions", dependencies=[Depends(json_only)])
     def decide(body: Decision) -> dict:
         """Record a decision (kept with every earlier one; the latest counts) and return the Detection."""
         with queue() as q:
@@ -281,7 +274,7 @@ def review_router(daemon: Daemon, decoding: threading.BoundedSemaphore) -> APIRo
             item_or_404(q, det_id)
             return {"id": det_id, "history": q.history(det_id)}
 
-    @r.post("/api/review/operator-boxes", status_code=201, dependencies=[Depends(same_site_json)])
+    @r.post("/api/review/operator-boxes", status_code=201, dependencies=[Depends(json_only)])
     def operator_box(body: OperatorBox) -> JSONResponse:
         """A box around a person the model missed: a confirmed detection of origin operator."""
         x1, y1, x2, y2 = body.bbox
