@@ -320,9 +320,10 @@ def photo_footprint(pose: CameraPose) -> list[list[float]] | None:
     """
     corners = np.array([[0, 0], [pose.width, 0], [pose.width, pose.height], [0, pose.height]], np.float64)
     fixes = locate_pixels(pose, corners, ErrorModel(0.0, 0.0, 0.0))
-    if any(f is None for f in fixes):
+    on_ground = [f for f in fixes if f is not None]
+    if len(on_ground) < len(fixes):
         return None
-    return [[round(f.lat, 8), round(f.lon, 8)] for f in fixes]
+    return [[round(f.lat, 8), round(f.lon, 8)] for f in on_ground]
 
 
 def centre_gsd_m(pose: CameraPose) -> float | None:

@@ -169,20 +169,20 @@ class TrackBuilder:
                     Track(len(self.tracks) + 1, str(d.get("class_name")), d["lat"], d["lon"], None)
                 )
                 ids[i] = self.tracks[-1].track_id
+        moved: list[Track] = []
         for i in located:
             d = detections[i]
             track_id = ids[i]
             assert track_id is not None  # every located detection was given a track above
-            self.tracks[track_id - 1]._add(
-                image, i, d["lat"], d["lon"], float(d.get("score", 0.0)), d.get("error_m")
-            )
+            t = self.tracks[track_id - 1]
+            t._add(image, i, d["lat"], d["lon"], float(d.get("score", 0.0)), d.get("error_m"))
+            moved.append(t)
         grown = len(self.tracks) - len(self._lat)
         if grown:
             self._lat = np.concatenate([self._lat, np.zeros(grown)])
             self._lon = np.concatenate([self._lon, np.zeros(grown)])
             self._class += [t.class_name for t in self.tracks[-grown:]]
-        for i in located:
-            t = self.tracks[ids[i] - 1]
+        for t in moved:  # their centres as they stand after the whole photo
             self._lat[t.track_id - 1], self._lon[t.track_id - 1] = t.lat, t.lon
         return ids
 

@@ -37,7 +37,7 @@ from ..results import Detections
 from .guard import RequestGuard
 from .page import mount_page
 from .retention import MIB, human_bytes
-from .review import review_router, same_site
+from .review import review_router
 from .store import PhotoQueue, iso_utc
 from .telemetry import read_sensors, render_prometheus
 from .uploads import UploadTooLarge, store_upload
@@ -242,8 +242,8 @@ def create_app(daemon: Daemon) -> FastAPI:  # noqa: C901 - the routes are closur
             raise HTTPException(500, f"result {outcome_id}: OpenCV could not encode the annotated JPEG")
         return Response(jpeg.tobytes(), media_type="image/jpeg")
 
-    # a page on another site must not make a browser upload (a cross-site form needs no preflight)
-    @api.post("/images", status_code=201, dependencies=[Depends(same_site)])
+    # a page on another site cannot make a browser upload: RequestGuard refuses cross-site writes
+    @api.post("/images", status_code=201)
     async def upload(request: Request, name: str = Query("", description="file name for a raw-body upload")):
         limit = cfg.max_upload_bytes
         length = request.headers.get("content-length")

@@ -3,8 +3,8 @@
 Every route is under the daemon's token (app.py includes this router behind it); the shapes are in
 docs/review.md (## API) and in /openapi.json. State-changing requests must be JSON
 (``Content-Type: application/json``, which a cross-site HTML form cannot send without a CORS
-preflight that this server never answers) and are refused when the browser says they come from
-another site (``Origin`` not this server's, or ``Sec-Fetch-Site: cross-site``). Images are found by
+preflight that this server never answers); those that the browser says come from another site are
+refused before any route by the daemon's RequestGuard (:mod:`.guard`). Images are found by
 detection or result id in the queue database, never by a path from the request.
 
 The legend's smallest detectable person: a detector of this family needs about MIN_MODEL_PX pixels
@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -131,23 +132,16 @@ def _split(values: list[str] | None, allowed: tuple[str, ...], name: str) -> set
     return out
 
 
-def same_site(request: Request) -> None:
-    """Refuse a request that a browser says comes from another site (``Origin``, ``Sec-Fetch-Site``)."""
-    if request.headers.get("sec-fetch-site", "").lower() == "cross-site":
-        raise HTTPException(403, "expected a request from the review page, found Sec-Fetch-Site: cross-site")
-    origin = request.headers.get("origin")
-    if origin is not None:
-        own = f"{request.url.scheme}://{request.headers.get('host', '')}"
-        if origin.rstrip("/").lower() != own.lower():
-            raise HTTPException(403, f"expected a request from {own}, found Origin {origin[:100]!r}")
+def json_only(request: Request) -> None:
+    """Refuse a state-changing request that is not JSON (415).
 
-
-def same_site_json(request: Request) -> None:
-    """Refuse a state-changing request that is not JSON or that a browser says comes from another site."""
+    A cross-site HTML form can send a POST without a CORS preflight only as a form or as text, never
+    as JSON. Requests that a browser marks as coming from another site are refused before any route
+    by the daemon's RequestGuard (see :mod:`.guard`).
+    """
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json":
         raise HTTPException(415, f"expected Content-Type: application/json, found {ctype or 'none'!r}")
-    same_site(request)
 
 
 def review_router(daemon: Daemon, decoding: threading.BoundedSemaphore) -> APIRouter:
@@ -157,54 +151,115 @@ def review_router(daemon: Daemon, decoding: threading.BoundedSemaphore) -> APIRo
         daemon: The running daemon.
         decoding: The semaphore that bounds concurrent photo decodes (shared with uploads).
     """
-    cfg = daemon.config
+    review = _Review(daemon)
     r = APIRouter(prefix="", tags=["review"])
-    # Encoded JPEGs kept in memory: the page shows a crop again on every step back and forth, and the
-    # map asks for every overlay on each load; a decode of a 12 MP photo costs more than the page waits.
-    overlays = ByteCache(OVERLAY_CACHE)
-    crops = ByteCache(CROP_CACHE)
+    r.include_router(_queue_routes(review))
+    r.include_router(_image_routes(review, decoding))
+    r.include_router(_map_routes(review))
+    r.include_router(_event_routes(review))
+    r.include_router(_export_routes(review))
+    return r
 
-    def queue() -> ReviewQueue:
-        return ReviewQueue(cfg.db_path, cfg.max_attempts, cfg.retry_after)
 
-    # the daemon's --track-radius when it georeferences, else the tracks' default
-    track_radius = getattr(getattr(daemon.hooks, "config", None), "track_radius_m", TRACK_RADIUS_M)
+class _Review:
+    """What the review's routes share: the daemon, its queue database and the snapshot of it."""
 
-    def outbox_limit() -> int | None:
-        return None if daemon.outbox is None else daemon.outbox.limit
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.cfg = daemon.config
+        self.snapshot = Snapshot()
+        # the daemon's --track-radius when it georeferences, else the tracks' default
+        self.track_radius = getattr(getattr(daemon.hooks, "config", None), "track_radius_m", TRACK_RADIUS_M)
 
-    def item_or_404(q: ReviewQueue, det_id: str) -> dict:
+    def queue(self) -> ReviewQueue:
+        return ReviewQueue(self.cfg.db_path, self.cfg.max_attempts, self.cfg.retry_after)
+
+    def outbox_limit(self) -> int | None:
+        return None if self.daemon.outbox is None else self.daemon.outbox.limit
+
+    def finds(self, q: ReviewQueue) -> list[dict]:
+        return numbered_finds(self.snapshot.sorted(q, "time"))
+
+    def committed(self, item: dict) -> None:
+        """After a decision or an operator's box: wake the live pages, and tell the team of a find."""
+        self.daemon.changes.bump()
+        if item["status"] not in FINDS:
+            return
+        if self.daemon.outbox is not None:
+            self.daemon.outbox.wake.set()
         try:
-            item = q.review_item(det_id)
-        except ValueError as exc:
-            raise HTTPException(404, f"no detection {det_id[:80]!r}: {exc}") from None
-        if item is None:
-            raise HTTPException(404, f"no detection with id {det_id!r}")
-        return item
+            self.daemon.hooks.review(public(item))
+        except Exception:  # noqa: BLE001 - the decision is committed; a link failing is logged whole
+            log.exception("the decision on %s is kept, but telling the ground station failed", item["id"])
 
-    def photo_path(q: ReviewQueue, outcome_id: int) -> str:
-        row = q.outcome(outcome_id)
-        if row is None or not row["ok"]:
-            raise HTTPException(404, f"no photo with result id {outcome_id}")
-        if row["removed_at"] is not None:
-            raise HTTPException(
-                410,
-                f"the image of result {outcome_id} was removed by the retention budget at "
-                f"{iso_utc(row['removed_at'])}; its detections and decisions stay",
-            )
-        if not Path(row["path"]).is_file():
-            raise HTTPException(404, f"the image of result {outcome_id} is no longer at {row['path']}")
-        return row["path"]
 
-    snapshot = Snapshot()
+def _item_or_404(q: ReviewQueue, det_id: str) -> dict:
+    try:
+        item = q.review_item(det_id)
+    except ValueError as exc:
+        raise HTTPException(404, f"no detection {det_id[:80]!r}: {exc}") from None
+    if item is None:
+        raise HTTPException(404, f"no detection with id {det_id!r}")
+    return item
 
-    def sorted_items(q: ReviewQueue, order: str) -> list[dict]:
-        return snapshot.sorted(q, order)
 
-    def finds(q: ReviewQueue) -> list[dict]:
-        return numbered_finds(sorted_items(q, "time"))
+def _photo_path(q: ReviewQueue, outcome_id: int) -> str:
+    row = q.outcome(outcome_id)
+    if row is None or not row["ok"]:
+        raise HTTPException(404, f"no photo with result id {outcome_id}")
+    if row["removed_at"] is not None:
+        raise HTTPException(
+            410,
+            f"the image of result {outcome_id} was removed by the retention budget at "
+            f"{iso_utc(row['removed_at'])}; its detections and decisions stay",
+        )
+    if not Path(row["path"]).is_file():
+        raise HTTPException(404, f"the image of result {outcome_id} is no longer at {row['path']}")
+    return row["path"]
 
-    # ---- the queue ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Filter:
+    """Which detections a page of the queue lists; None lets any through."""
+
+    statuses: set[str] | None
+    sources: set[str] | None
+    outcome_id: int | None
+    min_score: float | None
+    max_score: float | None
+
+    def wants(self, item: dict) -> bool:
+        if self.statuses is not None and item["status"] not in self.statuses:
+            return False
+        if self.sources is not None and item["source"] not in self.sources:
+            return False
+        if self.outcome_id is not None and item["outcome_id"] != self.outcome_id:
+            return False
+        score = item["score"]
+        if score is None:  # an operator's box: the score range is the model's
+            return True
+        return (self.min_score is None or score >= self.min_score) and (
+            self.max_score is None or score <= self.max_score
+        )
+
+
+def _page(
+    items: list[dict], wanted: _Filter, order: str, start: tuple | None, limit: int
+) -> tuple[list[dict], str | None]:
+    """The first ``limit`` wanted items after the sort key ``start``, and the cursor of the next page."""
+    picked = []
+    for it in items:
+        if wanted.wants(it) and (start is None or _sort_key(order, it) > start):
+            picked.append(it)
+            if len(picked) > limit:
+                break
+    nxt = _encode_cursor(_sort_key(order, picked[limit - 1])) if len(picked) > limit else None
+    return picked[:limit], nxt
+
+
+def _queue_routes(review: _Review) -> APIRouter:
+    """The queue: pages of detections, counts, decisions with their history, the operator's boxes."""
+    r = APIRouter()
 
     @r.get("/api/review/detections")
     def detections(
@@ -223,69 +278,46 @@ def review_router(daemon: Daemon, decoding: threading.BoundedSemaphore) -> APIRo
 
         The score range applies to the model's detections only (an operator's box has no score).
         """
-        statuses = _split(status, STATUSES, "status")
-        sources = _split(source, SOURCES, "source")
+        wanted = _Filter(
+            _split(status, STATUSES, "status"),
+            _split(source, SOURCES, "source"),
+            outcome_id,
+            min_score,
+            max_score,
+        )
         start = None if after is None else _decode_cursor(after)
-        with queue() as q:
-            items = sorted_items(q, order)
-        counts = review_counts(items)
-        picked = []
-        for it in items:
-            if statuses is not None and it["status"] not in statuses:
-                continue
-            if sources is not None and it["source"] not in sources:
-                continue
-            if outcome_id is not None and it["outcome_id"] != outcome_id:
-                continue
-            if it["score"] is not None and (
-                (min_score is not None and it["score"] < min_score)
-                or (max_score is not None and it["score"] > max_score)
-            ):
-                continue
-            if start is not None and _sort_key(order, it) <= start:
-                continue
-            picked.append(it)
-            if len(picked) > limit:
-                break
-        nxt = _encode_cursor(_sort_key(order, picked[limit - 1])) if len(picked) > limit else None
-        return {"items": [public(it) for it in picked[:limit]], "next": nxt, "counts": counts}
+        with review.queue() as q:
+            items = review.snapshot.sorted(q, order)
+        picked, nxt = _page(items, wanted, order, start, limit)
+        return {"items": [public(it) for it in picked], "next": nxt, "counts": review_counts(items)}
 
     @r.get("/api/review/counts")
     def counts() -> dict:
-        with queue() as q:
-            return review_counts(sorted_items(q, "time"))
+        with review.queue() as q:
+            return review_counts(review.snapshot.sorted(q, "time"))
 
-    @r.post("/api/review/decisions", dependencies=[Depends(same_site_json)])
+    @r.post("/api/review/decisions", dependencies=[Depends(json_only)])
     def decide(body: Decision) -> dict:
         """Record a decision (kept with every earlier one; the latest counts) and return the Detection."""
-        with queue() as q:
-            item_or_404(q, body.id)
-            item, _decision_id = q.decide(body.id, body.status, body.operator, body.note, outbox_limit())
-        daemon.changes.bump()
-        if daemon.outbox is not None and item["status"] in FINDS:
-            daemon.outbox.wake.set()
-        tell_team(item)
+        with review.queue() as q:
+            _item_or_404(q, body.id)
+            item, _decision_id = q.decide(
+                body.id, body.status, body.operator, body.note, review.outbox_limit()
+            )
+        review.committed(item)
         return public(item)
-
-    def tell_team(item: dict) -> None:
-        if item["status"] not in FINDS:
-            return
-        try:
-            daemon.hooks.review(public(item))
-        except Exception:  # noqa: BLE001 - the decision is committed; a link failing is logged whole
-            log.exception("the decision on %s is kept, but telling the ground station failed", item["id"])
 
     @r.get("/api/review/detections/{det_id}/history")
     def history(det_id: str) -> dict:
-        with queue() as q:
-            item_or_404(q, det_id)
+        with review.queue() as q:
+            _item_or_404(q, det_id)
             return {"id": det_id, "history": q.history(det_id)}
 
-    @r.post("/api/review/operator-boxes", status_code=201, dependencies=[Depends(same_site_json)])
+    @r.post("/api/review/operator-boxes", status_code=201, dependencies=[Depends(json_only)])
     def operator_box(body: OperatorBox) -> JSONResponse:
         """A box around a person the model missed: a confirmed detection of origin operator."""
         x1, y1, x2, y2 = body.bbox
-        with queue() as q:
+        with review.queue() as q:
             row = q.outcome(body.outcome_id)
             if row is None or not row["ok"]:
                 raise HTTPException(404, f"no photo with result id {body.outcome_id}")
@@ -299,115 +331,131 @@ def review_router(daemon: Daemon, decoding: threading.BoundedSemaphore) -> APIRo
                     f"found {body.bbox}",
                 )
             place = q.photo_geo(body.outcome_id)
-            fix = daemon.hooks.locate_box(None if place is None else place["pose"], body.bbox)
+            fix = review.daemon.hooks.locate_box(None if place is None else place["pose"], body.bbox)
             item, _ = q.add_operator_box(
-                body.outcome_id, body.bbox, body.operator, body.note, fix, outbox_limit()
+                body.outcome_id, body.bbox, body.operator, body.note, fix, review.outbox_limit()
             )
-        daemon.changes.bump()
-        if daemon.outbox is not None:
-            daemon.outbox.wake.set()
-        tell_team(item)
+        review.committed(item)
         return JSONResponse(public(item), status_code=201)
 
-    # ---- images, by id only -------------------------------------------------------------------
+    return r
 
-    def encode(image, quality: int = 90) -> bytes:
-        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-        if not ok:
-            raise HTTPException(500, "OpenCV could not encode the JPEG")
-        return data.tobytes()
 
-    def jpeg_bytes(data: bytes) -> Response:
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+def _encode(image, quality: int = 90) -> bytes:
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise HTTPException(500, "OpenCV could not encode the JPEG")
+    return data.tobytes()
+
+
+def _jpeg_response(data: bytes) -> Response:
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+def _fit(image, longest: int):
+    """The image scaled down (area averaging) so that its longer side is at most ``longest`` pixels."""
+    side = max(image.shape[:2])
+    if side <= longest:
+        return image
+    s = longest / side
+    return cv2.resize(
+        image,
+        (max(1, round(image.shape[1] * s)), max(1, round(image.shape[0] * s))),
+        interpolation=cv2.INTER_AREA,
+    )
+
+
+def _crop(image, bbox: list[float]):
+    """The box at native resolution with max(box side, 32 px) of context, fitted into 512 px."""
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = bbox
+    m = max(x2 - x1, y2 - y1, CROP_MIN_CONTEXT)
+    left, top = max(0, int(x1 - m)), max(0, int(y1 - m))
+    right, bottom = min(w, int(x2 + m + 0.999)), min(h, int(y2 + m + 0.999))
+    return _fit(image[top:bottom, left:right], CROP_MAX)
+
+
+def _reduced_read(longest: int) -> int:
+    """The imread flag decoding at 1/8, 1/4 or 1/2 where that still leaves OVERLAY_MAX pixels."""
+    for factor, reduced in (
+        (8, cv2.IMREAD_REDUCED_COLOR_8),
+        (4, cv2.IMREAD_REDUCED_COLOR_4),
+        (2, cv2.IMREAD_REDUCED_COLOR_2),
+    ):
+        if longest / factor >= OVERLAY_MAX:
+            return reduced
+    return cv2.IMREAD_COLOR
+
+
+def _image_routes(review: _Review, decoding: threading.BoundedSemaphore) -> APIRouter:
+    """Crops and overlays, found by detection or result id only, encoded once and kept in memory."""
+    r = APIRouter()
+    # Encoded JPEGs kept in memory: the page shows a crop again on every step back and forth, and the
+    # map asks for every overlay on each load; a decode of a 12 MP photo costs more than the page waits.
+    overlays = ByteCache(OVERLAY_CACHE)
+    crops = ByteCache(CROP_CACHE)
 
     @r.get("/api/review/crops/{det_id}", response_class=Response)
     def crop(det_id: str) -> Response:
         """The box at native resolution with max(box side, 32 px) of context, fitted into 512 px."""
-        with queue() as q:
-            item = item_or_404(q, det_id)
-            path = photo_path(q, item["outcome_id"])  # every time: a photo the retention removed is 410
+        with review.queue() as q:
+            item = _item_or_404(q, det_id)
+            path = _photo_path(q, item["outcome_id"])  # every time: a photo the retention removed is 410
         cached = crops.get(det_id)
         if cached is not None:
-            return jpeg_bytes(cached)
+            return _jpeg_response(cached)
         with decoding:
             try:
                 img = read_image(path)
             except ImageReadError as exc:
                 raise HTTPException(409, f"result {item['outcome_id']}: {exc}") from None
-        h, w = img.shape[:2]
-        x1, y1, x2, y2 = item["bbox"]
-        m = max(x2 - x1, y2 - y1, CROP_MIN_CONTEXT)
-        left, top = max(0, int(x1 - m)), max(0, int(y1 - m))
-        right, bottom = min(w, int(x2 + m + 0.999)), min(h, int(y2 + m + 0.999))
-        part = img[top:bottom, left:right]
-        side = max(part.shape[:2])
-        if side > CROP_MAX:
-            s = CROP_MAX / side
-            part = cv2.resize(
-                part,
-                (max(1, round(part.shape[1] * s)), max(1, round(part.shape[0] * s))),
-                interpolation=cv2.INTER_AREA,
-            )
-        return jpeg_bytes(crops.put(det_id, encode(part)))
+        return _jpeg_response(crops.put(det_id, _encode(_crop(img, item["bbox"]))))
 
     @r.get("/api/review/overlays/{outcome_id}", response_class=Response)
     def overlay(outcome_id: int) -> Response:
         """The photo downscaled to fit 1024 px (decoded at 1/2, 1/4 or 1/8 where that is enough)."""
-        with queue() as q:
-            path = photo_path(q, outcome_id)  # every time: a photo the retention removed is 410
+        with review.queue() as q:
+            path = _photo_path(q, outcome_id)  # every time: a photo the retention removed is 410
             size = q.conn.execute("SELECT width, height FROM outcomes WHERE id=?", (outcome_id,)).fetchone()
         cached = overlays.get(outcome_id)
         if cached is not None:
-            return jpeg_bytes(cached)
-        longest = max(size[0] or 0, size[1] or 0)
-        flag = cv2.IMREAD_COLOR
-        for factor, reduced in (
-            (8, cv2.IMREAD_REDUCED_COLOR_8),
-            (4, cv2.IMREAD_REDUCED_COLOR_4),
-            (2, cv2.IMREAD_REDUCED_COLOR_2),
-        ):
-            if longest / factor >= OVERLAY_MAX:
-                flag = reduced
-                break
+            return _jpeg_response(cached)
+        flag = _reduced_read(max(size[0] or 0, size[1] or 0))
         with decoding:
             img = cv2.imread(path, flag | cv2.IMREAD_IGNORE_ORIENTATION)  # as the boxes: pixels as stored
         if img is None:
             raise HTTPException(409, f"result {outcome_id}: the photo at its path is not a readable image")
-        side = max(img.shape[:2])
-        if side > OVERLAY_MAX:
-            s = OVERLAY_MAX / side
-            img = cv2.resize(
-                img,
-                (max(1, round(img.shape[1] * s)), max(1, round(img.shape[0] * s))),
-                interpolation=cv2.INTER_AREA,
-            )
-        return jpeg_bytes(overlays.put(outcome_id, encode(img, 80)))
+        return _jpeg_response(overlays.put(outcome_id, _encode(_fit(img, OVERLAY_MAX), 80)))
 
-    # ---- the map ------------------------------------------------------------------------------
+    return r
+
+
+def _map_routes(review: _Review) -> APIRouter:
+    """The map's data, and the offline map tiles by z/x/y integers only."""
+    r = APIRouter()
+    tiles = review.cfg.tiles
 
     @r.get("/api/review/map")
     def map_data() -> dict:
         """Photo footprints with their GSD and overlay, tracks across photos, the legend, the tiles' URL."""
-        with queue() as q:
+        with review.queue() as q:
             photos = q.map_photos()
-            tracks = snapshot.tracks(q, track_radius)
+            tracks = review.snapshot.tracks(q, review.track_radius)
         for p in photos:
             p["overlay"] = f"/api/review/overlays/{p['outcome_id']}"
         return {
             "photos": photos,
             "tracks": tracks,
-            "legend": legend(daemon.detector),
-            "tiles": None if cfg.tiles is None else "/tiles/{z}/{x}/{y}.png",
+            "legend": legend(review.daemon.detector),
+            "tiles": None if tiles is None else "/tiles/{z}/{x}/{y}.png",
         }
 
-    # ---- offline map tiles, by z/x/y integers only ---------------------------------------------
-
     def tile(z: int, x: int, y: int, ext: str) -> FileResponse:
-        if cfg.tiles is None:
+        if tiles is None:
             raise HTTPException(404, "no map tiles: start the daemon with --tiles DIR")
         if not (0 <= z <= 24 and 0 <= x < 2**z and 0 <= y < 2**z):
             raise HTTPException(404, f"no tile {z}/{x}/{y}: expected 0 <= z <= 24 and 0 <= x, y < 2^z")
-        path = cfg.tiles / str(z) / str(x) / f"{y}.{ext}"
+        path = tiles / str(z) / str(x) / f"{y}.{ext}"
         if not path.is_file():
             raise HTTPException(404, f"no tile {z}/{x}/{y}.{ext} in --tiles")
         return FileResponse(path, media_type="image/png" if ext == "png" else "image/jpeg")
@@ -420,11 +468,17 @@ def review_router(daemon: Daemon, decoding: threading.BoundedSemaphore) -> APIRo
     def tile_jpg(z: int, x: int, y: int) -> FileResponse:
         return tile(z, x, y, "jpg")
 
-    # ---- live -----------------------------------------------------------------------------------
+    return r
+
+
+def _event_routes(review: _Review) -> APIRouter:
+    """The live stream of new and newly decided detections."""
+    r = APIRouter()
+    daemon = review.daemon
 
     def changes(marks: tuple[int, int, int]) -> tuple[list[str], tuple[int, int, int]]:
         o_last, op_last, r_last = marks
-        with queue() as q:
+        with review.queue() as q:
             new, o_last, op_last = q.items_after(o_last, op_last)
             decided, r_last = q.decisions_after(r_last)
             decided_items = [q.review_item(d) for d in decided]
@@ -437,7 +491,7 @@ def review_router(daemon: Daemon, decoding: threading.BoundedSemaphore) -> APIRo
         """Server-sent events: ``detection`` (a new Detection) and ``decision`` (an updated one)."""
 
         def start() -> tuple[int, int, int]:
-            with queue() as q:
+            with review.queue() as q:
                 return q.review_marks()
 
         marks = await run_in_threadpool(start)
@@ -470,45 +524,52 @@ def review_router(daemon: Daemon, decoding: threading.BoundedSemaphore) -> APIRo
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 
-    # ---- exports of the finds ---------------------------------------------------------------
+    return r
 
-    def base_url(request: Request) -> str:
-        return str(request.base_url).rstrip("/")
 
-    def attachment(name: str) -> dict:
-        return {"Content-Disposition": f'attachment; filename="{name}"'}
+def _base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+def _attachment(name: str) -> dict:
+    return {"Content-Disposition": f'attachment; filename="{name}"'}
+
+
+def _export_routes(review: _Review) -> APIRouter:
+    """The confirmed and flagged finds as GeoJSON, KML, GPX, CSV and a PNG map."""
+    r = APIRouter()
 
     @r.get("/api/review/finds.geojson")
     def finds_as_geojson(request: Request) -> JSONResponse:
-        with queue() as q:
-            doc = finds_geojson(finds(q), base_url(request))
-        return JSONResponse(doc, media_type="application/geo+json", headers=attachment("finds.geojson"))
+        with review.queue() as q:
+            doc = finds_geojson(review.finds(q), _base_url(request))
+        return JSONResponse(doc, media_type="application/geo+json", headers=_attachment("finds.geojson"))
 
     @r.get("/api/review/finds.kml", response_class=Response)
     def finds_as_kml(request: Request) -> Response:
-        with queue() as q:
-            text = finds_kml(finds(q), base_url(request))
+        with review.queue() as q:
+            text = finds_kml(review.finds(q), _base_url(request))
         return Response(
-            text, media_type="application/vnd.google-earth.kml+xml", headers=attachment("finds.kml")
+            text, media_type="application/vnd.google-earth.kml+xml", headers=_attachment("finds.kml")
         )
 
     @r.get("/api/review/finds.gpx", response_class=Response)
     def finds_as_gpx(request: Request) -> Response:
-        with queue() as q:
-            text = finds_gpx(finds(q), base_url(request))
-        return Response(text, media_type="application/gpx+xml", headers=attachment("finds.gpx"))
+        with review.queue() as q:
+            text = finds_gpx(review.finds(q), _base_url(request))
+        return Response(text, media_type="application/gpx+xml", headers=_attachment("finds.gpx"))
 
     @r.get("/api/review/finds.csv", response_class=Response)
     def finds_as_csv(request: Request) -> Response:
-        with queue() as q:
-            text = finds_csv(finds(q), base_url(request))
-        return Response(text, media_type="text/csv; charset=utf-8", headers=attachment("finds.csv"))
+        with review.queue() as q:
+            text = finds_csv(review.finds(q), _base_url(request))
+        return Response(text, media_type="text/csv; charset=utf-8", headers=_attachment("finds.csv"))
 
     @r.get("/api/review/finds.png", response_class=Response)
     def finds_as_png() -> Response:
-        with queue() as q:
-            found, photos = finds(q), q.map_photos()
-        return Response(finds_png(found, photos), media_type="image/png", headers=attachment("finds.png"))
+        with review.queue() as q:
+            found, photos = review.finds(q), q.map_photos()
+        return Response(finds_png(found, photos), media_type="image/png", headers=_attachment("finds.png"))
 
     return r
 

@@ -37,7 +37,7 @@ def numbered_finds(items: list[dict]) -> list[dict]:
     Args:
         items: Detections in commit order (``ReviewQueue.review_items`` sorted by time).
     """
-    out = []
+    out: list[dict] = []
     for it in items:
         if it["status"] not in COLOURS:
             continue

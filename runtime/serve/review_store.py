@@ -47,7 +47,7 @@ def parse_detection_id(text: str) -> tuple[str, int, int]:
 UNREVIEWED = {"status": "unreviewed", "operator": None, "note": None, "decided_at": None}
 
 
-def _rounded(v: object, digits: int) -> float | None:
+def _rounded(v: float | None, digits: int) -> float | None:
     return None if v is None else round(float(v), digits)
 
 
@@ -312,8 +312,8 @@ class ReviewQueue(PhotoQueue):
                 "INSERT INTO reviews (detection, status, operator, note, decided_at) VALUES (?, ?, ?, ?, ?)",
                 (det_id, status, operator, note, time.time()),
             )
-            decision_id = int(cur.lastrowid)
-            item = self.review_item(det_id)
+            decision_id = _inserted_id(cur)
+            item = self._written_item(det_id)
             self._queue_review_message(c, item, decision_id, outbox_limit)
         return item, decision_id
 
@@ -360,15 +360,22 @@ class ReviewQueue(PhotoQueue):
                     now,
                 ),
             )
-            det_id = f"op-{cur.lastrowid}"
+            det_id = f"op-{_inserted_id(cur)}"
             cur = c.execute(
                 "INSERT INTO reviews (detection, status, operator, note, decided_at) VALUES (?, 'confirmed', ?, ?, ?)",
                 (det_id, operator, note, now),
             )
-            decision_id = int(cur.lastrowid)
-            item = self.review_item(det_id)
+            decision_id = _inserted_id(cur)
+            item = self._written_item(det_id)
             self._queue_review_message(c, item, decision_id, outbox_limit)
         return item, decision_id
+
+    def _written_item(self, det_id: str) -> dict:
+        """The detection that this transaction has just decided on or drawn."""
+        item = self.review_item(det_id)
+        if item is None:
+            raise RuntimeError(f"expected detection {det_id} in the transaction that wrote it, found none")
+        return item
 
     def _queue_review_message(
         self, c: sqlite3.Connection, item: dict, decision_id: int, outbox_limit: int | None
@@ -387,6 +394,13 @@ class ReviewQueue(PhotoQueue):
             ),
         )
         trim_outbox(c, outbox_limit)
+
+
+def _inserted_id(cur: sqlite3.Cursor) -> int:
+    """The row id of the INSERT the cursor has just run (sqlite3 leaves it None only before any)."""
+    if cur.lastrowid is None:
+        raise RuntimeError("expected the row id of the INSERT just run, found none")
+    return cur.lastrowid
 
 
 def public(item: dict) -> dict:

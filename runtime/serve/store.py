@@ -56,6 +56,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 
 SCHEMA_VERSION = 4
 STATES = ("queued", "running", "done", "parked")
@@ -223,6 +224,9 @@ class Outcome:
 def iso_utc(t: float) -> str:
     """Seconds since the epoch as ISO 8601 UTC with milliseconds, e.g. 2024-05-01T12:00:00.123Z."""
     return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+_Queue = TypeVar("_Queue", bound="PhotoQueue")  # typing.Self is Python 3.11+
 
 
 class PhotoQueue:
@@ -827,7 +831,7 @@ class PhotoQueue:
     def close(self) -> None:
         self.conn.close()
 
-    def __enter__(self) -> PhotoQueue:
+    def __enter__(self: _Queue) -> _Queue:  # a ReviewQueue's `with` block gets a ReviewQueue
         return self
 
     def __exit__(self, *exc: object) -> None:
