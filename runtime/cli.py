@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from ._version import __version__
 from .argtypes import add_max_pixels_option, add_read_ahead_option
@@ -67,7 +67,7 @@ TRAINING_COMMANDS = ("dataset", "train", "tune", "eval", "pseudo-label")
 class OneLineParser(argparse.ArgumentParser):
     """Usage errors in one line, as every other usage error is, with where to read the usage."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 

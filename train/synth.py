@@ -892,7 +892,7 @@ def _rotate(patch: np.ndarray, mask: np.ndarray, angle: float) -> tuple[np.ndarr
     return p, m
 
 
-def make_scene(seed: int, config: SceneConfig | None = None) -> Scene:
+def make_scene(seed: int, config: SceneConfig | None = None) -> Scene:  # noqa: C901 - one scene's layers in drawing order, each switched by its option
     """Make one synthetic aerial photo with its ground truth.
 
     Args:
