@@ -53,6 +53,16 @@ $(MOSQUITTO):
 	$(SUDO) apt-get install -y mosquitto
 	@test -x $@ || { echo "make test: error: mosquitto is still missing at $@ (the MQTT tests look for it there)" >&2; exit 1; }
 
+# The memory tests of hostile photos (tests/test_hardening.py) measure detect's own peak with GNU time.
+GNU_TIME ?= /usr/bin/time
+test: $(GNU_TIME)
+
+$(GNU_TIME):
+	@echo "make test: the memory tests need GNU time at $@; installing it with apt-get"
+	$(SUDO) apt-get update
+	$(SUDO) apt-get install -y time
+	@test -x $@ || { echo "make test: error: GNU time is still missing at $@ (the memory tests look for it there)" >&2; exit 1; }
+
 # The review page's browser tests (tests/test_review_page.py) drive Debian's Chromium through its
 # chromedriver with Selenium: installed from the system's packages when missing, as Mosquitto is.
 CHROMEDRIVER ?= /usr/bin/chromedriver
