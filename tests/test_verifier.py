@@ -1,0 +1,222 @@
+"""The second look: crops around detections, the crop classifier in the runtime, train-verifier's parts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from edgetile.runtime.backends import create_backend
+from edgetile.runtime.detector import DetectConfig, Detector
+from edgetile.runtime.preprocess import preprocess_reference
+from edgetile.runtime.results import Detections
+from edgetile.runtime.verifier import (
+    META_KEYS,
+    CropConfig,
+    Verifier,
+    crop_views,
+    crop_windows,
+    keep_by_threshold,
+)
+from onnx_models import red_blob_model, red_crop_classifier
+
+pytest.importorskip("onnxruntime")
+
+GREEN = (70, 110, 60)  # BGR: redness well below zero
+RED = (0, 0, 255)  # redness 1: a 'person' for the classifier
+DARK_RED = (0, 0, 150)  # redness 0.59: the detector's 'person' too, the classifier's background at bias 0.7
+#: Crops exactly the box: the test classifier then sees only the object's colour.
+TIGHT = {META_KEYS["context"]: "1.0", META_KEYS["min_side"]: "8", META_KEYS["threshold"]: "0.5"}
+
+
+class CountingBackend:
+    """Wraps a real backend and counts its inference calls."""
+
+    def __new__(cls, path):
+        be = create_backend("onnxruntime", path)
+        calls = []
+        real = be.infer
+
+        def infer(batch):
+            calls.append(batch.shape[0])
+            return real(batch)
+
+        be.infer = infer
+        be.calls = calls
+        return be
+
+
+@pytest.fixture
+def classifier(tmp_path):
+    return red_crop_classifier(tmp_path / "verify.onnx", extra_meta=TIGHT, bias=0.7)
+
+
+def photo(w=600, h=400, objects=()):
+    img = np.full((h, w, 3), GREEN, np.uint8)
+    for (x1, y1, x2, y2), colour in objects:
+        img[y1:y2, x1:x2] = colour
+    return img
+
+
+@pytest.mark.parametrize(
+    "box, image_wh, crop, want",
+    [
+        # a 20x40 box in the middle: a square of twice its longer side, centred on it
+        ((100, 100, 120, 140), (600, 400), CropConfig(2.0, 32), (70, 80, 150, 160)),
+        # a 4x6 box: the smallest side (32) wins
+        ((200, 200, 204, 206), (600, 400), CropConfig(2.0, 32), (186, 187, 218, 219)),
+        # at the top-left corner: moved inside the photo, not cut
+        ((0, 0, 10, 20), (600, 400), CropConfig(2.0, 32), (0, 0, 40, 40)),
+        # at the bottom-right corner: moved inside too
+        ((590, 390, 600, 400), (600, 400), CropConfig(2.0, 32), (568, 368, 600, 400)),
+        # a photo smaller than the crop: cut to the photo
+        ((5, 5, 15, 15), (24, 24), CropConfig(2.0, 32), (0, 0, 24, 24)),
+        # context 1: the box itself, squared
+        ((100, 100, 120, 140), (600, 400), CropConfig(1.0, 8), (90, 100, 130, 140)),
+    ],
+)
+def test_crop_windows(box, image_wh, crop, want):
+    assert crop_windows(np.array([box], np.float32), image_wh, crop).tolist() == [list(want)]
+
+
+def test_crop_views_are_the_runtime_preprocessing():
+    img = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    boxes = np.array([[10, 10, 30, 50], [150, 100, 160, 118], [0, 0, 2, 2]], np.float32)
+    views = crop_views(boxes, (160, 120), (32, 32), CropConfig(2.0, 16))
+    from edgetile.runtime.preprocess import BatchBuffer
+
+    got = BatchBuffer(4, (32, 32)).fill(img, views)
+    for i in range(len(boxes)):
+        want = preprocess_reference(img, tuple(views.windows[i]), tuple(views.content[i]), (32, 32))
+        np.testing.assert_allclose(got[i], want, atol=1e-6)
+    assert (views.content == 32).all()  # every window lies whole inside the photo: no padding
+
+
+def test_crop_views_of_a_photo_smaller_than_the_crop_pad_like_an_edge_tile():
+    views = crop_views(np.array([[2, 2, 6, 6]], np.float32), (20, 10), (32, 32), CropConfig(2.0, 40))
+    assert views.windows.tolist() == [[0, 0, 20, 10]]
+    assert views.content.tolist() == [[16, 8]]  # 40 px of crop -> 32 model px: scale 0.8
+
+
+@pytest.mark.parametrize(
+    "scores, threshold, want",
+    [
+        ([0.2, 0.5, 0.9], 0.5, [False, True, True]),  # at the threshold is kept
+        ([0.2, 0.5, 0.9], 0.0, [True, True, True]),  # threshold 0 keeps everything
+        ([0.2, 0.5, 0.9], 1.0, [False, False, False]),  # only certainty passes 1
+        ([], 0.5, []),
+    ],
+)
+def test_keep_by_threshold(scores, threshold, want):
+    assert keep_by_threshold(np.array(scores, np.float32), threshold).tolist() == want
+
+
+def test_verifier_rejects_a_known_box_and_records_both_scores(classifier):
+    img = photo(objects=[((100, 100, 160, 160), RED), ((300, 200, 360, 260), DARK_RED)])
+    dets = Detections([[100, 100, 160, 160], [300, 200, 360, 260]], [0.6, 0.9], [0, 0])
+    with Verifier(classifier) as v:
+        assert (v.threshold, v.crop, v.positive) == (0.5, CropConfig(1.0, 8), 1)
+        kept = v.verify(img, dets)
+    assert kept.xyxy.tolist() == [[100, 100, 160, 160]]  # the dark red one is rejected
+    assert kept.scores.tolist() == pytest.approx([0.6])  # the final score is the detector's
+    rec = kept.to_records({0: "person"})[0]
+    assert rec["detector_score"] == pytest.approx(0.6)
+    assert rec["verifier_score"] > 0.99
+
+
+def test_threshold_given_overrides_the_stored_one(classifier):
+    img = photo(objects=[((300, 200, 340, 280), DARK_RED)])
+    dets = Detections([[300, 200, 340, 280]], [0.9], [0])
+    with Verifier(classifier, threshold=0.0) as v:
+        kept = v.verify(img, dets)
+    assert len(kept) == 1 and kept.data["verifier_score"][0] < 0.01
+
+
+def test_no_detections_no_classifier_call(classifier):
+    with Verifier(CountingBackend(classifier)) as v:
+        kept = v.verify(photo(), Detections.empty())
+        assert len(kept) == 0 and v.backend.calls == [] and v.batches == 0
+
+
+@pytest.mark.parametrize(
+    "meta, names, match",
+    [
+        ({}, None, "expected a threshold"),  # neither --verify-thr nor a stored threshold
+        (TIGHT, {0: "person"}, "one positive class"),  # a detector-like single class
+        (TIGHT, {0: "dog", 1: "person"}, "one positive class"),  # two candidates, no background
+        ({**TIGHT, META_KEYS["threshold"]: "1.5"}, None, "probability in"),
+    ],
+)
+def test_verifier_refuses_what_it_cannot_use(tmp_path, meta, names, match):
+    path = red_crop_classifier(tmp_path / "v.onnx", extra_meta=meta, names=names)
+    with pytest.raises(ValueError, match=match):
+        Verifier(path)
+
+
+def test_positive_class_named_in_the_metadata(tmp_path):
+    meta = {**TIGHT, META_KEYS["positive"]: "person"}
+    path = red_crop_classifier(tmp_path / "v.onnx", extra_meta=meta, names={0: "dog", 1: "person"})
+    with Verifier(path) as v:
+        assert v.positive == 1
+
+
+def test_detector_runs_the_verifier_once_per_photo_after_the_merge(tmp_path, classifier):
+    objects = [((100 + 120 * i, 100, 160 + 120 * i, 180), RED) for i in range(4)]
+    objects.append(((200, 260, 280, 340), DARK_RED))
+    img = photo(w=800, h=400, objects=objects)
+    model = red_blob_model(tmp_path / "red.onnx")
+    verifier = Verifier(CountingBackend(classifier))
+    cfg = DetectConfig(tile=256, overlap=0.25)
+    with Detector(str(model), config=cfg) as plain:
+        before = plain.detect(img)
+    with Detector(str(model), config=cfg, verifier=verifier) as det:
+        timings: dict[str, float] = {}
+        after = det.detect(img, timings)
+        det.detect(img)
+    assert verifier.backend.calls == [len(before), len(before)]  # one batch of every candidate per photo
+    assert "verify" in timings
+    # The oracle: a box stays when its crop (the box itself, context 1) is red enough on average.
+    windows = crop_windows(before.xyxy, (800, 400), CropConfig(1.0, 8))
+    rgb = img[..., ::-1].astype(np.float64) / 255
+    redness = np.array(
+        [
+            rgb[y0:y1, x0:x1].mean((0, 1)) @ [1, 0, 0] - rgb[y0:y1, x0:x1].mean((0, 1))[1:].max()
+            for x0, y0, x1, y1 in windows
+        ]
+    )
+    np.testing.assert_array_equal(after.xyxy, before.xyxy[redness >= 0.7])
+    assert np.all(after.xyxy[:, 1] < 250)  # nothing of the dark red object is left
+    np.testing.assert_array_equal(after.scores, after.data["detector_score"])
+    assert np.all(after.data["verifier_score"] >= 0.5)
+
+
+def test_a_fixed_batch_classifier_runs_in_chunks_of_its_batch(tmp_path):
+    path = red_crop_classifier(tmp_path / "v.onnx", batch=2, extra_meta=TIGHT)
+    img = photo(objects=[((10 + 50 * i, 10, 40 + 50 * i, 40), RED) for i in range(3)])
+    dets = Detections([[10 + 50 * i, 10, 40 + 50 * i, 40] for i in range(3)], [0.5] * 3, [0] * 3)
+    with Verifier(CountingBackend(path)) as v:
+        kept = v.verify(img, dets)
+        assert v.backend.calls == [2, 2] and len(kept) == 3
+
+
+def test_detect_command_with_verify(tmp_path, classifier):
+    img = photo(objects=[((100, 100, 160, 180), RED), ((300, 200, 380, 280), DARK_RED)])
+    cv2.imwrite(str(tmp_path / "p.png"), img)
+    model = red_blob_model(tmp_path / "red.onnx")
+    base = [sys.executable, "-m", "edgetile.runtime.cli", "detect", str(tmp_path / "p.png"), "--model"]
+    base += [str(model), "--tile", "256", "--quiet"]
+    r = subprocess.run(
+        [*base, "--out", tmp_path / "o", "--verify", classifier], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    dets = json.loads((tmp_path / "o" / "detections.json").read_text())[0]["detections"]
+    assert dets and all(d["bbox"][1] < 190 for d in dets)
+    assert all(d["score"] == d["detector_score"] and d["verifier_score"] >= 0.5 for d in dets)
+    r = subprocess.run(
+        [*base, "--out", tmp_path / "o2", "--verify-thr", "0.5"], capture_output=True, text=True
+    )
+    assert r.returncode == 2 and "--verify-thr" in r.stderr
