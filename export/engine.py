@@ -38,6 +38,8 @@ PRECISIONS = ("fp32", "fp16", "int8")
 CALIB_METHODS = ("entropy", "minmax")
 OLDEST = (8, 5)  # JetPack 5.1; the name-based tensor API the runtime uses starts here
 NEWEST_MAJOR = 11
+#: ONNX metadata copied into the engine's sidecar for the runtime: a crop classifier's threshold and crops.
+CARRIED_META_PREFIX = "edgetile_verifier_"
 DEFAULT_WORKSPACE_MB = 1024
 
 
@@ -128,6 +130,8 @@ class OnnxFacts:
         float16: The graph computes in FP16 (an FP16-converted ONNX).
         names: Class names from the Ultralytics metadata.
         stride: Largest stride (metadata; 32 when absent).
+        extra: Metadata the engine's sidecar carries on to the runtime (a crop classifier's threshold
+            and crop geometry, keys starting with "edgetile_verifier_").
     """
 
     input_name: str
@@ -137,6 +141,7 @@ class OnnxFacts:
     float16: bool
     names: dict[int, str]
     stride: int = 32
+    extra: dict[str, str] = field(default_factory=dict)
 
 
 def onnx_facts(path: str | Path) -> OnnxFacts:
@@ -193,6 +198,7 @@ def onnx_facts(path: str | Path) -> OnnxFacts:
         float16=bool(float16),
         names=names,
         stride=int(meta.get("stride", 32)),
+        extra={k: v for k, v in meta.items() if k.startswith(CARRIED_META_PREFIX)},
     )
 
 
@@ -686,6 +692,7 @@ def _build(onnx_path: Path, out: Path, req: EngineRequest, facts, plan, trt, dev
         input_name=facts.input_name,
         stride=facts.stride,
         edgetile_version=__version__,
+        extra=dict(facts.extra),
     )
     sidecar = write_engine_sidecar(out, meta)
     seconds = time.perf_counter() - t0

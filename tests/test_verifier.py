@@ -22,6 +22,18 @@ from edgetile.runtime.verifier import (
     crop_windows,
     keep_by_threshold,
 )
+from edgetile.train.verifier import (
+    PhotoScores,
+    VerifierOptions,
+    build_crops,
+    choose_threshold,
+    label_detections,
+    measure,
+    pr_curve,
+    random_ground_boxes,
+    train_verifier,
+    true_positive_scores,
+)
 from onnx_models import red_blob_model, red_crop_classifier
 
 pytest.importorskip("onnxruntime")
@@ -220,3 +232,178 @@ def test_detect_command_with_verify(tmp_path, classifier):
         [*base, "--out", tmp_path / "o2", "--verify-thr", "0.5"], capture_output=True, text=True
     )
     assert r.returncode == 2 and "--verify-thr" in r.stderr
+
+
+# --------------------------------------------------------------------------------------------------- training
+
+
+def _annotated(tmp_path, name, img, boxes):
+    from edgetile.runtime.evaluation.annotations import AnnotatedPhoto
+
+    path = tmp_path / f"{name}.png"
+    cv2.imwrite(str(path), img)
+    return AnnotatedPhoto(
+        path, img.shape[1], img.shape[0], np.asarray(boxes, np.float32).reshape(-1, 4), [0] * len(boxes)
+    )
+
+
+class FixedDetector:
+    """Stands in for a Detector: the same boxes on every photo."""
+
+    def __init__(self, boxes, scores):
+        self.found = Detections(boxes, scores, [0] * len(boxes))
+
+    def detect(self, image):
+        return self.found
+
+
+@pytest.mark.parametrize(
+    "det, want_pos, want_neg",
+    [
+        ([[100, 100, 140, 180]], True, False),  # the person itself
+        ([[102, 104, 140, 184]], True, False),  # a looser box of the person (IoU >= 0.5)
+        ([[300, 300, 340, 380]], False, True),  # far from everyone: a false positive
+        ([[120, 100, 170, 180]], False, False),  # half on the person: ambiguous, neither
+        ([[110, 110, 120, 120]], False, False),  # a part inside the person: neither
+        ([[60, 60, 200, 240]], False, False),  # a group box holding the person: neither
+    ],
+)
+def test_label_detections(det, want_pos, want_neg):
+    pos, neg = label_detections(np.array(det, np.float32), np.array([[100, 100, 140, 180]], np.float32))
+    assert (bool(pos[0]), bool(neg[0])) == (want_pos, want_neg)
+
+
+def test_label_detections_on_a_photo_without_people_are_all_negatives():
+    pos, neg = label_detections(np.array([[0, 0, 10, 10], [5, 5, 20, 20]]), np.zeros((0, 4)))
+    assert pos.tolist() == [False, False] and neg.tolist() == [True, True]
+
+
+def test_build_crops_counts_and_cuts_as_the_runtime(tmp_path):
+    img = photo(
+        objects=[((100, 100, 140, 180), RED), ((400, 100, 440, 180), RED), ((300, 300, 340, 340), DARK_RED)]
+    )
+    p = _annotated(tmp_path, "a", img, [[100, 100, 140, 180], [400, 100, 440, 180]])
+    # one match of the first person, one false positive (the dark red object), one ambiguous box
+    det = FixedDetector([[101, 101, 141, 181], [300, 300, 340, 340], [120, 100, 170, 180]], [0.9, 0.8, 0.7])
+    opt = VerifierOptions(imgsz=32, random_negatives=3, crop=CropConfig(2.0, 16))
+    counts = build_crops([p], det, tmp_path / "crops", opt)
+    assert (counts.photos, counts.annotated, counts.detected_positives) == (1, 2, 1)
+    assert (counts.detected_negatives, counts.random_negatives) == (1, 3)
+    assert (counts.positives, counts.negatives) == (3, 4)
+    assert len(list((tmp_path / "crops" / "person").glob("*.png"))) == 3
+    assert len(list((tmp_path / "crops" / "background").glob("*.png"))) == 4
+    # the false positive's crop is the very input the runtime gives the classifier
+    (fp,) = (tmp_path / "crops" / "background").glob("*_fp_*.png")
+    saved = cv2.imread(str(fp))[:, :, ::-1].transpose(2, 0, 1).astype(np.float32) / 255
+    from edgetile.runtime.preprocess import BatchBuffer
+
+    want = BatchBuffer(1, (32, 32)).fill(
+        img, crop_views(np.array([[300, 300, 340, 340]]), (600, 400), (32, 32), opt.crop)
+    )
+    np.testing.assert_allclose(saved, want[0], atol=1e-6)
+
+
+def test_random_ground_boxes_touch_nobody():
+    rng = np.random.default_rng(0)
+    gt = np.array([[0, 0, 40, 80], [400, 0, 440, 60], [200, 200, 260, 240]], np.float32)
+    boxes = random_ground_boxes(rng, gt, (600, 400), 10)
+    assert 0 < len(boxes) <= 10
+    from edgetile.runtime.boxes import pairwise_overlap
+
+    assert pairwise_overlap(boxes, gt, "ios").max() == 0
+
+
+@pytest.mark.parametrize(
+    "scores, max_loss, want",
+    [
+        (np.arange(100) / 100, 0.01, 0.01),  # 100 people: 1 may be lost, the lowest
+        (np.arange(200) / 200, 0.01, 0.01),  # 200 people: 2 may be lost
+        ([0.3, 0.8], 0.01, 0.3),  # 2 people: none may be lost, the lowest score stays
+        (np.full(100, 0.9), 0.01, 0.9),  # ties: none lost
+        ([], 0.01, 0.0),  # nobody found: keep everything
+        ([0.2, 0.4, 0.6, 0.8], 0.5, 0.6),  # half may go
+    ],
+)
+def test_choose_threshold(scores, max_loss, want):
+    assert choose_threshold(np.asarray(scores, np.float32), max_loss) == pytest.approx(want)
+
+
+def test_choose_threshold_never_loses_more_than_allowed():
+    rng = np.random.default_rng(1)
+    for n in (1, 7, 99, 100, 101, 350):
+        s = rng.random(n).astype(np.float32)
+        thr = choose_threshold(s, 0.01)
+        assert (~keep_by_threshold(s, thr)).sum() <= int(0.01 * n)
+
+
+def test_measure_counts_what_the_verifier_removed_and_lost():
+    gt = np.array([[0, 0, 10, 20], [50, 50, 60, 70]], np.float32)
+    boxes = np.array(
+        [[0, 0, 10, 20], [50, 50, 60, 70], [100, 100, 110, 120], [200, 200, 210, 220]], np.float32
+    )
+    photo_scores = PhotoScores(
+        boxes,
+        np.array([0.9, 0.5, 0.8, 0.05], np.float32),  # the last is below the detector's threshold
+        np.array([0.95, 0.4, 0.1, 0.01], np.float32),
+        gt,
+    )
+    thr = choose_threshold(true_positive_scores([photo_scores], 0.1), 0.01)
+    assert thr == pytest.approx(0.4)
+    m = measure([photo_scores], 0.1, thr)
+    assert m["before"] == {"tp": 2, "fp": 1, "gt": 2} and m["after"] == {"tp": 2, "fp": 0, "gt": 2}
+    assert (m["false_positives_removed"], m["people_lost"]) == (1, 0)
+    before, after = pr_curve([photo_scores], None), pr_curve([photo_scores], thr)
+    assert before["precision"][-1] == pytest.approx(0.5) and after["precision"][-1] == pytest.approx(1.0)
+
+
+def test_engine_builder_reads_a_classifier_and_carries_its_settings(tmp_path):
+    pytest.importorskip("onnx")
+    from edgetile.export.engine import onnx_facts
+
+    facts = onnx_facts(red_crop_classifier(tmp_path / "v.onnx", extra_meta=TIGHT))
+    assert (facts.input_name, facts.batch, facts.input_hw) == ("images", None, (32, 32))
+    assert facts.names == {0: "background", 1: "person"}
+    assert facts.extra == TIGHT
+
+
+def test_sidecar_settings_reach_the_runtime_metadata():
+    from edgetile.runtime.backends.tensorrt import metadata_from_sidecar
+    from edgetile.runtime.engine_meta import EngineMeta
+
+    meta = EngineMeta(
+        "10.3.0",
+        "Orin",
+        "8.7",
+        "fp16",
+        1,
+        8,
+        64,
+        (32, 32),
+        {0: "background", 1: "person"},
+        "0" * 64,
+        extra=TIGHT,
+    )
+    got = metadata_from_sidecar(EngineMeta.from_dict(json.loads(meta.to_json())))
+    assert {k: got[k] for k in TIGHT} == TIGHT
+
+
+@pytest.mark.slow
+def test_train_verifier_end_to_end_tiny(tmp_path):
+    pytest.importorskip("ultralytics")
+    rng = np.random.default_rng(0)
+    photos = []
+    for i in range(6):
+        people = [(int(x), int(y), int(x) + 24, int(y) + 40) for x, y in rng.integers(20, 500, (2, 2))]
+        barrels = [(int(x), int(y), int(x) + 30, int(y) + 30) for x, y in rng.integers(20, 500, (1, 2))]
+        img = photo(600, 600, [(b, RED) for b in people] + [(b, DARK_RED) for b in barrels])
+        photos.append(_annotated(tmp_path, f"p{i}", img, people))
+    model = red_blob_model(tmp_path / "red.onnx")
+    opt = VerifierOptions(imgsz=32, epochs=1, batch=16, random_negatives=2, budget_mb=10.0)
+    res = train_verifier(
+        photos[:4], photos[4:], [model], tmp_path / "out", DetectConfig(tile=256, conf=0.25), options=opt
+    )
+    assert res.onnx.is_file() and res.files["png"].is_file()
+    report = json.loads(res.files["json"].read_text())
+    assert report["measured"]["people_lost_fraction"] <= 0.01
+    with Verifier(res.onnx) as v:  # threshold and crops come from the ONNX
+        assert v.threshold == pytest.approx(report["measured"]["threshold"]) and v.crop == opt.crop

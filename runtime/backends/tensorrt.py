@@ -156,6 +156,8 @@ def metadata_from_sidecar(meta: EngineMeta) -> dict[str, str]:
         "tensorrt_version": meta.tensorrt_version,
         "gpu": f"{meta.gpu_name} ({meta.compute_capability})",
         "source_onnx": meta.source_onnx,
+        # What the ONNX carried for the runtime beyond these (a crop classifier's threshold and crops).
+        **{str(k): str(v) for k, v in meta.extra.items()},
     }
 
 
