@@ -88,9 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         "timing_ms": timing,
         "problems": problems,
     }
-    print(f"{'':<22}{'people found':>14}{'false positives':>17}")
-    print(f"{'detector alone':<22}{b['tp']:>9} / {m['gt']:<4}{b['fp']:>17}")
-    print(f"{'with the verifier':<22}{af['tp']:>9} / {m['gt']:<4}{af['fp']:>17}")
+    print(f"{'':<22}{'people found':>14}{'false positives':>17}{'away from people':>18}{'on people':>11}")
+    for name, c in (("detector alone", b), ("with the verifier", af)):
+        print(
+            f"{name:<22}{c['tp']:>9} / {m['gt']:<4}{c['fp']:>17}{c['fp_off_people']:>18}{c['fp_on_people']:>11}"
+        )
     print(
         f"conf {a.conf:g}, verifier threshold {threshold:.4g}: {m['false_positives_removed']} false positive(s) "
         f"removed, {m['people_lost']} person(s) lost; {len(scored)} photo(s), {batches} classifier call(s) "

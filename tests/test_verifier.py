@@ -350,7 +350,8 @@ def test_measure_counts_what_the_verifier_removed_and_lost():
     thr = choose_threshold(true_positive_scores([photo_scores], 0.1), 0.01)
     assert thr == pytest.approx(0.4)
     m = measure([photo_scores], 0.1, thr)
-    assert m["before"] == {"tp": 2, "fp": 1, "gt": 2} and m["after"] == {"tp": 2, "fp": 0, "gt": 2}
+    assert m["before"] == {"tp": 2, "fp": 1, "fp_off_people": 1, "fp_on_people": 0, "gt": 2}
+    assert m["after"] == {"tp": 2, "fp": 0, "fp_off_people": 0, "fp_on_people": 0, "gt": 2}
     assert (m["false_positives_removed"], m["people_lost"]) == (1, 0)
     before, after = pr_curve([photo_scores], None), pr_curve([photo_scores], thr)
     assert before["precision"][-1] == pytest.approx(0.5) and after["precision"][-1] == pytest.approx(1.0)
@@ -407,3 +408,18 @@ def test_train_verifier_end_to_end_tiny(tmp_path):
     assert report["measured"]["people_lost_fraction"] <= 0.01
     with Verifier(res.onnx) as v:  # threshold and crops come from the ONNX
         assert v.threshold == pytest.approx(report["measured"]["threshold"]) and v.crop == opt.crop
+
+
+def test_false_positives_on_people_are_told_from_those_away_from_them():
+    gt = np.array([[0, 0, 20, 40]], np.float32)
+    boxes = np.array([[0, 0, 20, 40], [2, 0, 22, 40], [0, 10, 20, 60], [100, 100, 120, 140]], np.float32)
+    photo_scores = PhotoScores(
+        boxes,
+        np.array([0.9, 0.8, 0.7, 0.6], np.float32),  # the person, a duplicate, a loose box, a rock
+        np.array([0.99, 0.98, 0.9, 0.05], np.float32),
+        gt,
+    )
+    m = measure([photo_scores], 0.1, 0.5)
+    assert m["before"] == {"tp": 1, "fp": 3, "fp_off_people": 1, "fp_on_people": 2, "gt": 1}
+    assert m["after"] == {"tp": 1, "fp": 2, "fp_off_people": 0, "fp_on_people": 2, "gt": 1}
+    assert m["false_positives_off_people_removed"] == 1
