@@ -28,6 +28,7 @@ from edgetile.train.verifier import (
     build_crops,
     choose_threshold,
     label_detections,
+    loss_upper_bound,
     measure,
     pr_curve,
     random_ground_boxes,
@@ -423,3 +424,17 @@ def test_false_positives_on_people_are_told_from_those_away_from_them():
     assert m["before"] == {"tp": 1, "fp": 3, "fp_off_people": 1, "fp_on_people": 2, "gt": 1}
     assert m["after"] == {"tp": 1, "fp": 2, "fp_off_people": 0, "fp_on_people": 2, "gt": 1}
     assert m["false_positives_off_people_removed"] == 1
+
+
+@pytest.mark.parametrize(
+    "lost, found, want",
+    [
+        (0, 300, 0.00994),  # the rule of three: 300 people found, none lost, vouch for 1%
+        (0, 44, 0.0658),  # 44 people found vouch for no better than 6.6%
+        (1, 100, 0.0466),
+        (5, 5, 1.0),
+        (0, 0, 1.0),  # nothing found, nothing vouched for
+    ],
+)
+def test_loss_upper_bound(lost, found, want):
+    assert loss_upper_bound(lost, found) == pytest.approx(want, abs=5e-4)

@@ -431,6 +431,31 @@ def true_positive_scores(photos: Sequence[PhotoScores], conf: float, iou: float 
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
+def loss_upper_bound(lost: int, found: int, confidence: float = 0.95) -> float:
+    """Clopper-Pearson upper bound of the fraction of people a threshold loses, from a validation count.
+
+    Losing ``lost`` of ``found`` people on the validation photos says the true fraction is below this
+    with the given confidence: with none lost of n it is about 3/n (the rule of three), so checking
+    "at most 1%" takes some 300 people found.
+    """
+    if found <= 0:
+        return 1.0
+    if lost >= found:
+        return 1.0
+
+    def cdf(p: float) -> float:  # P(X <= lost) for X ~ Binomial(found, p)
+        return sum(math.comb(found, i) * p**i * (1 - p) ** (found - i) for i in range(lost + 1))
+
+    lo, hi = lost / found, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if cdf(mid) > 1 - confidence:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
 def measure(
     photos: Sequence[PhotoScores], conf: float, threshold: float, iou: float = 0.5
 ) -> dict[str, object]:
@@ -448,6 +473,8 @@ def measure(
         "false_positives_off_people_removed": before["fp_off_people"] - after["fp_off_people"],
         "people_lost": lost,
         "people_lost_fraction": lost / before["tp"] if before["tp"] else 0.0,
+        # What these photos can vouch for: the fraction lost on photos like them, at 95% confidence.
+        "people_lost_fraction_upper95": loss_upper_bound(lost, before["tp"]),
     }
 
 
@@ -575,7 +602,8 @@ class VerifierResult:
             f"classifier: {self.onnx} ({', '.join(f'{k} {v:.2f} MB' for k, v in self.sizes_mb.items())})",
             f"threshold {m['threshold']:.4g} (rejects at most {100 * float(r['max_recall_loss']):g}% of the "
             f"people the detector finds at conf {m['conf']:g} on {r['photos']} validation photo(s))",
-            f"at conf {m['conf']:g}: people found {b['tp']} -> {a['tp']} of {m['gt']} (lost {m['people_lost']}), "
+            f"at conf {m['conf']:g}: people found {b['tp']} -> {a['tp']} of {m['gt']} (lost {m['people_lost']}; "
+            f"on photos like these at most {100 * m['people_lost_fraction_upper95']:.1f}% at 95% confidence), "
             f"false positives {b['fp']} -> {a['fp']} (removed {m['false_positives_removed']}; away from people "
             f"{b['fp_off_people']} -> {a['fp_off_people']}, loose boxes on people {b['fp_on_people']} -> "
             f"{a['fp_on_people']})",
