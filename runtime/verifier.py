@@ -130,7 +130,8 @@ class Verifier:
 
     Attributes:
         positive: Index of the class that confirms a detection (the one not named "background").
-        batches: Classifier calls made so far (one per photo unless a fixed batch is smaller).
+        batches: Classifier calls made so far: one per photo with detections, unless a fixed batch or
+            an engine's largest batch is smaller than its detections.
     """
 
     def __init__(
@@ -195,13 +196,22 @@ class Verifier:
                 int(min_side) if min_side is not None else CropConfig.min_side,  # type: ignore[call-overload]
             )
         self.crop = crop
-        self._buffer = BatchBuffer(self.fixed_batch or 8, self.input_hw, self.backend.input_dtype)
+        start = self.fixed_batch or min(8, self.backend.max_batch or 8)
+        self._buffer = BatchBuffer(start, self.input_hw, self.backend.input_dtype)
         self._buffer.array[:] = 0  # padding slots of a fixed batch hold zeros, never garbage
 
     def _buffer_for(self, n: int) -> BatchBuffer:
-        if self.fixed_batch is None and n > self._buffer.capacity:
-            # Grown in powers of two so that a photo with a few more candidates reallocates rarely.
+        limit = self.backend.max_batch
+        if (
+            self.fixed_batch is None
+            and n > self._buffer.capacity
+            and (limit is None or self._buffer.capacity < limit)
+        ):
+            # Grown in powers of two so that a photo with a few more candidates reallocates rarely; an
+            # engine's largest batch caps it (more detections then run in batches of that size).
             cap = 1 << (n - 1).bit_length()
+            if limit is not None:
+                cap = min(cap, int(limit))
             self._buffer = BatchBuffer(cap, self.input_hw, self.backend.input_dtype)
         return self._buffer
 

@@ -438,3 +438,24 @@ def test_false_positives_on_people_are_told_from_those_away_from_them():
 )
 def test_loss_upper_bound(lost, found, want):
     assert loss_upper_bound(lost, found) == pytest.approx(want, abs=5e-4)
+
+
+def test_an_engine_largest_batch_caps_the_batch(classifier):
+    img = photo(objects=[((10 + 50 * i, 10, 40 + 50 * i, 40), RED) for i in range(5)])
+    dets = Detections([[10 + 50 * i, 10, 40 + 50 * i, 40] for i in range(5)], [0.5] * 5, [0] * 5)
+    be = CountingBackend(classifier)
+    be.max_batch = 4  # as a TensorRT engine built with --batch-max 4 says
+    with Verifier(be) as v:
+        assert len(v.verify(img, dets)) == 5 and be.calls == [4, 1]
+        be.calls.clear()
+        v.verify(img, dets[:3])
+        assert be.calls == [3]
+
+
+def test_the_engine_builder_plans_a_classifier_like_a_detector(tmp_path):
+    pytest.importorskip("onnx")
+    from edgetile.export.engine import EngineRequest, onnx_facts, plan_build
+
+    facts = onnx_facts(red_crop_classifier(tmp_path / "v.onnx", extra_meta=TIGHT))
+    plan = plan_build("10.3.0", EngineRequest(precision="fp16", batch_max=64), facts)
+    assert plan.shapes[2] == (64, 3, 32, 32)

@@ -532,6 +532,7 @@ class TensorRTBackend(Backend):
             self.input_name = io.input.name
             self.input_dtype = io.input.dtype
             self.input_shape = (io.batch_min if io.batch_min == io.batch_max else None, 3, *io.input_hw)
+            self.max_batch = int(io.batch_max)
             self.output_names = [o.name for o in io.outputs]
             self.io = io
             candidates = None
