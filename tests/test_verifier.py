@@ -459,3 +459,24 @@ def test_the_engine_builder_plans_a_classifier_like_a_detector(tmp_path):
     facts = onnx_facts(red_crop_classifier(tmp_path / "v.onnx", extra_meta=TIGHT))
     plan = plan_build("10.3.0", EngineRequest(precision="fp16", batch_max=64), facts)
     assert plan.shapes[2] == (64, 3, 32, 32)
+
+
+def test_eval_and_its_sweep_take_verify(tmp_path, classifier):
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    (data / "classes.txt").write_text("person\n")
+    img = photo(objects=[((100, 100, 160, 160), RED), ((300, 200, 360, 260), DARK_RED)])
+    cv2.imwrite(str(data / "images" / "a.png"), img)
+    (data / "labels" / "a.txt").write_text(f"0 {130 / 600} {130 / 400} {60 / 600} {60 / 400}\n")
+    model = red_blob_model(tmp_path / "red.onnx")
+    cmd = [sys.executable, "-m", "edgetile.runtime.cli", "eval", "--data", data, "--model", model, "--tile", "256"]
+    cmd += ["--out", tmp_path / "ev", "--verify", classifier, "--quiet", "--sweep", "--sweep-conf", "0.25"]
+    cmd += ["--sweep-merge", "ios", "--sweep-merge-thr", "0.5"]
+    r = subprocess.run(list(map(str, cmd)), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = (tmp_path / "ev" / "detections.csv").read_text().splitlines()[1:]
+    assert rows and all(float(row.split(",")[2]) < 190 for row in rows)  # nothing on the dark red object
+    sweep = (tmp_path / "ev" / "sweep.csv").read_text().splitlines()
+    tp, fp = (int(v) for v in sweep[1].split(",")[6:8])
+    assert tp + fp == len(rows)  # the sweep's merge got the same second look
