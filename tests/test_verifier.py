@@ -470,7 +470,18 @@ def test_eval_and_its_sweep_take_verify(tmp_path, classifier):
     cv2.imwrite(str(data / "images" / "a.png"), img)
     (data / "labels" / "a.txt").write_text(f"0 {130 / 600} {130 / 400} {60 / 600} {60 / 400}\n")
     model = red_blob_model(tmp_path / "red.onnx")
-    cmd = [sys.executable, "-m", "edgetile.runtime.cli", "eval", "--data", data, "--model", model, "--tile", "256"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgetile.runtime.cli",
+        "eval",
+        "--data",
+        data,
+        "--model",
+        model,
+        "--tile",
+        "256",
+    ]
     cmd += ["--out", tmp_path / "ev", "--verify", classifier, "--quiet", "--sweep", "--sweep-conf", "0.25"]
     cmd += ["--sweep-merge", "ios", "--sweep-merge-thr", "0.5"]
     r = subprocess.run(list(map(str, cmd)), capture_output=True, text=True)
