@@ -299,9 +299,9 @@ def choose_threshold(true_positive_scores: np.ndarray, max_loss: float = 0.01) -
     k = floor(max_loss * n): at most k true positives lie below it. With no true positives there is
     nothing to protect and nothing to measure: 0, which keeps everything.
     """
-    s = np.sort(np.asarray(true_positive_scores, np.float32).reshape(-1))
     if not 0 <= max_loss < 1:
         raise ValueError(f"max_loss: expected a fraction in [0, 1), found {max_loss!r}")
+    s = np.sort(np.asarray(true_positive_scores, np.float32).reshape(-1))
     if len(s) == 0:
         return 0.0
     k = int(math.floor(max_loss * len(s) + 1e-9))
@@ -516,8 +516,6 @@ def store_verifier_metadata(onnx_path: Path, threshold: float | None, crop: Crop
     """Write the threshold (when chosen), crop geometry and positive class into the ONNX metadata."""
     import onnx
 
-    from edgetile.export.onnx import _set_metadata
-
     proto = onnx.load(str(onnx_path))
     entries = {
         META_KEYS["context"]: repr(float(crop.context)),
@@ -526,7 +524,11 @@ def store_verifier_metadata(onnx_path: Path, threshold: float | None, crop: Crop
     }
     if threshold is not None:
         entries[META_KEYS["threshold"]] = repr(float(threshold))
-    _set_metadata(proto, entries)
+    keep = [p for p in proto.metadata_props if p.key not in entries]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    for k, v in entries.items():
+        proto.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
     tmp = onnx_path.with_name(onnx_path.name + ".partial")
     onnx.save(proto, str(tmp))
     tmp.replace(onnx_path)
