@@ -209,6 +209,7 @@ setup(
             "export = edgetile.export.cli:register",
             "dataset = edgetile.train.cli:register_dataset",
             "train = edgetile.train.cli:register_train",
+            "train-verifier = edgetile.train.cli:register_train_verifier",
             "tune = edgetile.train.cli:register_tune",
             "eval = edgetile.train.cli:register_eval",
             "pseudo-label = edgetile.train.cli:register_pseudo_label",

@@ -36,6 +36,8 @@ from .onnx_fp16 import convert_to_fp16
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIB_METHODS = ("entropy", "minmax")
+#: ONNX metadata copied into the engine's sidecar for the runtime: a crop classifier's threshold and crops.
+CARRIED_META_PREFIX = "edgetile_verifier_"
 DEFAULT_WORKSPACE_MB = 1024
 
 
@@ -121,6 +123,8 @@ class OnnxFacts:
         float16: The graph computes in FP16 (an FP16-converted ONNX).
         names: Class names from the Ultralytics metadata.
         stride: Largest stride (metadata; 32 when absent).
+        extra: Metadata the engine's sidecar carries on to the runtime (a crop classifier's threshold
+            and crop geometry, keys starting with "edgetile_verifier_").
     """
 
     input_name: str
@@ -130,6 +134,7 @@ class OnnxFacts:
     float16: bool
     names: dict[int, str]
     stride: int = 32
+    extra: dict[str, str] = field(default_factory=dict)
 
 
 def onnx_facts(path: str | Path) -> OnnxFacts:
@@ -186,6 +191,7 @@ def onnx_facts(path: str | Path) -> OnnxFacts:
         float16=bool(float16),
         names=names,
         stride=int(meta.get("stride", 32)),
+        extra={k: v for k, v in meta.items() if k.startswith(CARRIED_META_PREFIX)},
     )
 
 
@@ -679,6 +685,7 @@ def _build(onnx_path: Path, out: Path, req: EngineRequest, facts, plan, trt, dev
         input_name=facts.input_name,
         stride=facts.stride,
         edgetile_version=__version__,
+        extra=dict(facts.extra),
     )
     sidecar = write_engine_sidecar(out, meta)
     seconds = time.perf_counter() - t0

@@ -19,6 +19,8 @@ from edgetile.runtime._version import __version__
 from .artifacts import DEFAULT_BUDGET_MB, ExportError, check_budget, default_out
 from .tiles import image_tiles, plan_runtime_tiles, synthetic_photo
 
+# Detectors, and the crop classifiers of train-verifier (output (B, classes), same metadata).
+EXPORT_TASKS = ("detect", "classify")
 # Below ONNX opset 11 Ultralytics' detection head does not export (Resize, dynamic shapes).
 MIN_OPSET = 11
 
@@ -79,7 +81,7 @@ def _fix_spatial_dims(model, imgsz: int) -> None:
 def export_onnx(
     weights: str | Path, out: str | Path | None = None, config: OnnxExportConfig | None = None
 ) -> Path:
-    """Export an Ultralytics detection model to ONNX.
+    """Export an Ultralytics detection model (or a crop classifier) to ONNX.
 
     Args:
         weights: The .pt checkpoint.
@@ -114,8 +116,10 @@ def export_onnx(
                 f"weights {weights}: not an Ultralytics checkpoint ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''})"
             ) from exc
-        if model.task != "detect":
-            raise ExportError(f"weights {weights}: expected a detection model, found task {model.task!r}")
+        if model.task not in EXPORT_TASKS:
+            raise ExportError(
+                f"weights {weights}: expected a detection model (or a crop classifier), found task {model.task!r}"
+            )
         stride = int(max(getattr(model.model, "stride", [32])))
         if cfg.imgsz % stride:
             raise ExportError(f"imgsz: expected a multiple of the model stride {stride}, found {cfg.imgsz}")

@@ -24,6 +24,7 @@ from .model import ModelInfo, model_info
 from .preprocess import BatchBuffer, Views, full_frame_view, tile_views
 from .results import Detections
 from .tiling import plan_tiles, validate_tiling
+from .verifier import Verifier
 
 TTA_MODES = ("flip",)
 DEFAULT_DYNAMIC_BATCH = 8
@@ -140,6 +141,8 @@ class Detector:
         weights: Ensemble weights, one per model (default all 1).
         backend: "auto", "onnxruntime" or "tensorrt".
         config: Tiling, thresholds and merging.
+        verifier: A crop classifier that gives every merged detection a second look (detect only;
+            candidates and merge stay the models' part). The Detector owns and closes it.
 
     Example:
         >>> with Detector("model.onnx") as det:
@@ -152,8 +155,10 @@ class Detector:
         weights: Sequence[float] | None = None,
         backend: str = "auto",
         config: DetectConfig | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         self.config = config or DetectConfig()
+        self.verifier = verifier
         paths = [models] if isinstance(models, (str, Path, Backend)) else list(models)
         if not paths:
             raise ValueError("models: expected at least one model path, found none")
@@ -222,10 +227,13 @@ class Detector:
     def detect(self, image: np.ndarray, timings: dict[str, float] | None = None) -> Detections:
         """Detect objects in one image: :meth:`candidates`, then :meth:`merge` with this config.
 
+        With a verifier, the merged detections then get its second look (:meth:`Verifier.verify`):
+        those it rejects are dropped, the rest carry data "detector_score" and "verifier_score".
+
         Args:
             image: (H, W, 3) uint8 BGR image of any size.
             timings: When given, milliseconds per stage are added to it (slice, preprocess, infer,
-                decode, merge, fuse).
+                decode, merge, fuse, and verify with a verifier).
 
         Returns:
             Detections in image pixels, by descending score.
@@ -233,7 +241,10 @@ class Detector:
         t = timings if timings is not None else {}
         for k in ("slice", "preprocess", "infer", "decode", "merge", "fuse"):
             t.setdefault(k, 0.0)
-        return self.merge(self.candidates(image, t), timings=t)
+        found = self.merge(self.candidates(image, t), timings=t)
+        if self.verifier is not None:
+            found = self.verifier.verify(image, found, t)
+        return found
 
     def candidates(self, image: np.ndarray, timings: dict[str, float] | None = None) -> Candidates:
         """Every model's boxes in one image, before the cross-tile merge (the models' part of detect).
@@ -378,9 +389,11 @@ class Detector:
         return found, batches
 
     def close(self) -> None:
-        """Release every backend. Safe to call twice."""
+        """Release every backend (the verifier's too). Safe to call twice."""
         for m in self._models:
             m.backend.close()
+        if self.verifier is not None:
+            self.verifier.close()
 
     def __enter__(self) -> Detector:
         return self

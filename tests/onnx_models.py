@@ -93,3 +93,63 @@ def red_blob_model(path, input_hw=(256, 256), batch=None, names=None, extra_clas
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def red_crop_classifier(path, input_hw=(32, 32), batch=None, extra_meta=None, names=None, bias=0.2):
+    """A crop classifier in Ultralytics' classification layout: output (B, 2) softmax probabilities.
+
+    The crop's mean redness (R minus the larger of G and B, RGB input in [0, 1]) above bias makes it a
+    'person' (probability above 0.5); anything else is 'background'. Write the model to path and
+    return path.
+
+    Args:
+        input_hw: Fixed input height and width.
+        batch: Fixed batch size, or None for a dynamic batch axis.
+        extra_meta: More metadata entries (e.g. the verifier's threshold and crop geometry).
+        names: Class names (default {0: 'background', 1: 'person'}, Ultralytics' folder order).
+        bias: The redness at which a crop is as likely a person as not.
+    """
+    h, w = input_hw
+    inits = [
+        numpy_helper.from_array(np.array([1], np.int64), "one"),
+        numpy_helper.from_array(np.array([0], np.int64), "zero_i"),
+        numpy_helper.from_array(np.array([3], np.int64), "three"),
+        numpy_helper.from_array(np.array(30.0, np.float32), "gain"),
+        numpy_helper.from_array(np.array(bias, np.float32), "bias"),
+    ]
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["images"], ["pooled"]),
+        helper.make_node("Slice", ["pooled", "zero_i", "one", "one"], ["r"]),
+        helper.make_node("Slice", ["pooled", "one", "three", "one"], ["gb"]),
+        helper.make_node("ReduceMax", ["gb", "one"], ["gbmax"], keepdims=1),
+        helper.make_node("Sub", ["r", "gbmax"], ["redness"]),
+        helper.make_node("Sub", ["redness", "bias"], ["shifted"]),
+        helper.make_node("Mul", ["shifted", "gain"], ["logit4d"]),
+        helper.make_node("Flatten", ["logit4d"], ["logit"], axis=1),  # (B, 1)
+        helper.make_node("Neg", ["logit"], ["neg"]),
+        helper.make_node("Concat", ["neg", "logit"], ["logits"], axis=1),
+        helper.make_node("Softmax", ["logits"], ["output0"], axis=1),
+    ]
+    b = batch if batch is not None else "batch"
+    graph = helper.make_graph(
+        nodes,
+        "red_crop",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [b, 3, h, w])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [b, 2])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    meta = {
+        "names": str(names if names is not None else {0: "background", 1: "person"}),
+        "imgsz": str([h, w]),
+        "task": "classify",
+        "batch": str(batch or 1),
+        "description": "edgetile test model: red crops",
+        **(extra_meta or {}),
+    }
+    for k, v in meta.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=str(v)))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path

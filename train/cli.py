@@ -1,4 +1,5 @@
-"""The training side's `edgetile` subcommands: dataset tiles, train, tune, eval, pseudo-label, recipe.
+"""The training side's `edgetile` subcommands: dataset tiles, train, train-verifier, tune, eval, pseudo-label,
+recipe.
 
 Each ``register_*`` adds one subcommand through the ``edgetile.commands`` entry-point group and imports
 nothing heavy: torch, Ultralytics, pycocotools and matplotlib are imported when a command runs. The
@@ -459,6 +460,205 @@ def _fusion_weights(words: list[str]) -> str | list[float]:
     return values
 
 
+# --------------------------------------------------------------------------------------------------- train-verifier
+
+
+def register_train_verifier(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`edgetile train-verifier --data PHOTOS --model DETECTOR.onnx`."""
+    from edgetile.runtime.options.detect import add_detect_options
+
+    p = subparsers.add_parser(
+        "train-verifier",
+        help="train the crop classifier that gives every detection a second look (detect --verify)",
+        description="Train a small crop classifier that rejects what the detector mistakes for people (rocks, "
+        "logs, bags). The detector runs over annotated photos (or a tile dataset, whose empty tiles are "
+        "hard-negative windows); crops with context around annotated people and matching detections are "
+        "'person', crops around its false positives and random ground 'background'. An Ultralytics "
+        "classifier is trained on them within its own weight budget and exported to ONNX (OUT/verifier.onnx, "
+        "which 'edgetile export engine' builds like a detector). Its threshold is chosen on the validation "
+        "photos so that at the detector's --conf it rejects at most --max-recall-loss of the people the "
+        "detector finds, and stored in the ONNX; OUT/verifier_report.json and OUT/verifier_pr.png show the "
+        "false positives it removed for that and the precision-recall curves before and after.",
+        epilog="Example: edgetile train-verifier --data LADD/ --subset train --val LADD/ --val-subset val "
+        "--model person.onnx --conf 0.1 --out runs/verifier\n"
+        "then: edgetile detect PHOTOS --model person.onnx --conf 0.1 --verify runs/verifier/verifier.onnx\n"
+        "Exit codes: 0 done, 1 done but some photos were unreadable, 2 usage error or refused by the budget.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data",
+        required=True,
+        metavar="SRC",
+        help="annotated photos or tiles: a VOC folder, a YOLO folder or data.yaml, or a COCO .json",
+    )
+    g.add_argument("--format", choices=FORMATS, default="auto", help="annotation format (default: auto)")
+    g.add_argument("--subset", metavar="NAME", help="VOC ImageSets/Main list or YOLO split to train on")
+    g.add_argument(
+        "--val",
+        metavar="SRC",
+        help="validation photos (default: --data, with --val-subset or a held-out part)",
+    )
+    g.add_argument("--val-subset", metavar="NAME", help="VOC list or YOLO split of the validation photos")
+    g.add_argument(
+        "--val-fraction",
+        type=number_in("--val-fraction", 0.0, 1.0, hi_open=True),
+        default=0.2,
+        help="without --val or --val-subset: this part of --data's photos, chosen by --seed (default: 0.2)",
+    )
+    add_detect_options(p)
+    g = p.add_argument_group("crops and threshold")
+    g.add_argument(
+        "--context",
+        type=finite_number("--context", 1.0),
+        default=2.0,
+        help="crop side over the box's longer side: the ground around an object tells a rock from a "
+        "person (default: 2)",
+    )
+    g.add_argument(
+        "--min-side",
+        type=int_at_least("--min-side", 1),
+        default=32,
+        help="smallest crop side in photo pixels (default: 32)",
+    )
+    g.add_argument(
+        "--mine-conf",
+        type=number_in("--mine-conf"),
+        default=0.05,
+        help="detector threshold while collecting crops, below --conf for more negatives (default: 0.05)",
+    )
+    g.add_argument(
+        "--random-negatives",
+        type=int_at_least("--random-negatives", 0),
+        default=2,
+        help="random ground windows per photo as background (default: 2)",
+    )
+    g.add_argument(
+        "--max-recall-loss",
+        type=number_in("--max-recall-loss", 0.0, 1.0, hi_open=True),
+        default=0.01,
+        help="largest part of the people found at --conf that the classifier may reject (default: 0.01)",
+    )
+    g = p.add_argument_group("classifier training")
+    g.add_argument(
+        "--classifier",
+        default="yolov8n-cls.yaml",
+        metavar="YAML|PT",
+        help="Ultralytics classification model, from scratch or a -cls .pt (default: yolov8n-cls.yaml)",
+    )
+    g.add_argument(
+        "--imgsz",
+        type=int_at_least("--imgsz", 32),
+        default=64,
+        help="classifier input in pixels (default: 64)",
+    )
+    g.add_argument("--epochs", type=int_at_least("--epochs", 1), default=15, help="epochs (default: 15)")
+    g.add_argument(
+        "--batch-size", type=int_at_least("--batch-size", 1), default=64, help="crops per batch (default: 64)"
+    )
+    g.add_argument(
+        "--budget-mb",
+        type=finite_number("--budget-mb", 0.0, inclusive=False),
+        default=10.0,
+        help="largest acceptable checkpoint and ONNX of the classifier in MB (default: 10)",
+    )
+    g.add_argument("--device", default="cpu", help="cpu, or a CUDA index such as 0 (default: cpu)")
+    g.add_argument(
+        "--workers", type=int_at_least("--workers", 0), default=0, help="data-loading processes (default: 0)"
+    )
+    g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    g.add_argument(
+        "--set",
+        nargs="+",
+        metavar="KEY=VALUE",
+        action="extend",
+        help="any other Ultralytics training argument",
+    )
+    p.add_argument(
+        "--out", default="runs/verifier", metavar="DIR", help="output folder (default: runs/verifier)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train_verifier)
+    return p
+
+
+def _verifier_photos(a: argparse.Namespace) -> tuple[list, list, list[str]]:
+    """(training photos, validation photos, annotation problems) as the data options say."""
+    from edgetile.runtime.evaluation.annotations import load_dataset
+
+    try:
+        ds = load_dataset(a.data, a.format, subset=a.subset)
+        if a.val is not None or a.val_subset is not None:
+            val = load_dataset(a.val or a.data, a.format, subset=a.val_subset)
+            train_photos, val_photos, problems = ds.photos, val.photos, ds.problems + val.problems
+        else:
+            import numpy as np
+
+            order = np.random.default_rng(a.seed).permutation(len(ds.photos))
+            n_val = max(1, int(round(a.val_fraction * len(ds.photos))))
+            val_photos = [ds.photos[i] for i in sorted(order[:n_val])]
+            train_photos = [ds.photos[i] for i in sorted(order[n_val:])]
+            problems = ds.problems
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc).splitlines()[0]) from exc
+    if not train_photos or not val_photos:
+        raise UsageError(
+            f"--data {a.data}: expected training and validation photos, found {len(train_photos)} and "
+            f"{len(val_photos)}"
+        )
+    return train_photos, val_photos, problems
+
+
+def cmd_train_verifier(a: argparse.Namespace) -> int:
+    _no_runtime_installs()
+    from edgetile.runtime.options.detect import detect_config_from_args, model_paths
+    from edgetile.runtime.verifier import CropConfig
+
+    from .budget import BudgetError
+    from .verifier import VerifierOptions, train_verifier
+
+    if a.verify is not None:
+        raise UsageError(
+            "--verify: expected none here: train-verifier makes the classifier that --verify takes"
+        )
+    train_photos, val_photos, problems = _verifier_photos(a)
+    try:
+        opt = VerifierOptions(
+            model=a.classifier,
+            imgsz=a.imgsz,
+            epochs=a.epochs,
+            batch=a.batch_size,
+            workers=a.workers,
+            seed=a.seed,
+            device=a.device,
+            crop=CropConfig(a.context, a.min_side),
+            mine_conf=a.mine_conf,
+            random_negatives=a.random_negatives,
+            max_recall_loss=a.max_recall_loss,
+            budget_mb=a.budget_mb,
+            overrides=_key_values(a.set, "--set"),
+        )
+        result = train_verifier(
+            train_photos,
+            val_photos,
+            model_paths(a),
+            a.out,
+            config=detect_config_from_args(a),
+            weights=a.model_weights,
+            backend=a.backend,
+            options=opt,
+            progress=_progress(a),
+        )
+    except BudgetError as exc:
+        raise UsageError(f"refused: {exc}") from exc
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc).splitlines()[0]) from exc
+    for line in problems[:20]:
+        print(f"problem: {line}", file=sys.stderr)
+    print(result.summary())
+    return EXIT_SOME_FAILED if problems or result.report["problems"] else EXIT_OK
+
+
 # --------------------------------------------------------------------------------------------------- tune
 
 
@@ -764,6 +964,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
                 objective=a.objective,
                 min_recall=a.min_recall,
                 progress=_progress(a),
+                verifier=a.verify,
+                verifier_threshold=a.verify_thr,
             )
         except ValueError as exc:
             raise UsageError(str(exc).splitlines()[0]) from exc
@@ -784,6 +986,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
                     "results",
                     "--settings",
                     str(paths["yaml"]),
+                    *(["--verify", a.verify] if a.verify else []),
                 ]
             )
             print(

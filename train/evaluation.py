@@ -30,6 +30,7 @@ from edgetile.runtime.evaluation.metrics import (
 from edgetile.runtime.images import ImageReadError
 from edgetile.runtime.options.detect import detect_args, detect_settings
 from edgetile.runtime.outputs import CSV_HEADER, csv_rows
+from edgetile.runtime.verifier import Verifier
 
 OBJECTIVES = ("f1", "lacmus_ap50", "lacmus_f1", "map50", "map75", "map50_95")
 
@@ -189,6 +190,8 @@ def sweep(
     objective: str = "f1",
     min_recall: float | None = None,
     progress: bool = False,
+    verifier: str | Path | None = None,
+    verifier_threshold: float | None = None,
 ) -> SweepResult:
     """Try every merge setting and operating threshold on a validation set; pick the best.
 
@@ -204,6 +207,9 @@ def sweep(
             gets the conf with the best F1.
         min_recall: Only settings reaching this recall qualify (recall first, when every miss counts).
         progress: Progress bar on stderr.
+        verifier: A crop classifier that gives each merge's detections a second look, as detect
+            --verify does.
+        verifier_threshold: Its threshold (default: the one stored in it).
 
     Returns:
         The SweepResult.
@@ -221,7 +227,12 @@ def sweep(
     found_with = replace(base, conf=run_conf)
     merges = [replace(found_with, merge=m, merge_thr=t) for m, t in settings]
     runs = 0
-    with Detector([str(m) for m in models], weights=weights, backend=backend, config=found_with) as detector:
+    second_look = (
+        Verifier(verifier, backend=backend, threshold=verifier_threshold) if verifier is not None else None
+    )
+    with Detector(
+        [str(m) for m in models], weights=weights, backend=backend, config=found_with, verifier=second_look
+    ) as detector:
         mapping, notes = class_mapping(detector.names, dataset.class_names)
         per_setting: list[list[PhotoDetections]] = [[] for _ in settings]
         problems: list[str] = []
@@ -230,6 +241,8 @@ def sweep(
             runs += candidates.batches
             for k, cfg in enumerate(merges):
                 found = detector.merge(candidates, cfg)
+                if second_look is not None:
+                    found = second_look.verify(image, found)
                 per_setting[k].append(PhotoDetections(photo, map_classes(found, mapping)))
     rows = []
     for (m, t), per_photo in zip(settings, per_setting):

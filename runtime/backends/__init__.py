@@ -51,10 +51,12 @@ class Backend(ABC):
         metadata: String metadata stored with the model (Ultralytics writes names, imgsz, stride).
         infers_on_cpu: True when inference keeps the CPU's cores busy; then decoding the next photo
             beside it slows both (see edgetile.runtime.readahead), so detect does not read ahead.
+        max_batch: Largest batch the model accepts (a TensorRT engine's profile), or None for no limit.
     """
 
     name: ClassVar[str] = ""
     infers_on_cpu: bool = True  # the safe guess for a backend that does not say
+    max_batch: int | None = None
     input_name: str
     input_shape: tuple[int | None, int, int, int]
     input_dtype: np.dtype

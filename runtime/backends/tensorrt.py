@@ -145,6 +145,8 @@ def metadata_from_sidecar(meta: EngineMeta) -> dict[str, str]:
         "tensorrt_version": meta.tensorrt_version,
         "gpu": f"{meta.gpu_name} ({meta.compute_capability})",
         "source_onnx": meta.source_onnx,
+        # What the ONNX carried for the runtime beyond these (a crop classifier's threshold and crops).
+        **{str(k): str(v) for k, v in meta.extra.items()},
     }
 
 
@@ -519,6 +521,7 @@ class TensorRTBackend(Backend):
             self.input_name = io.input.name
             self.input_dtype = io.input.dtype
             self.input_shape = (io.batch_min if io.batch_min == io.batch_max else None, 3, *io.input_hw)
+            self.max_batch = int(io.batch_max)
             self.output_names = [o.name for o in io.outputs]
             self.io = io
             candidates = None

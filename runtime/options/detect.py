@@ -33,6 +33,7 @@ from . import UsageError
 
 if TYPE_CHECKING:
     from ..detector import DetectConfig, Detector
+    from ..verifier import Verifier
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 DEMO_MODEL = DATA_DIR / "demo.onnx"
@@ -134,6 +135,23 @@ def add_detect_options(
         choices=["none", "flip"],
         default="none",
         help="flip adds a mirrored pass fused by WBF: slower, usually better recall (default: none)",
+    )
+    g = p.add_argument_group("second look")
+    g.add_argument(
+        "--verify",
+        metavar="MODEL",
+        default=None,
+        help="crop classifier from 'edgetile train-verifier' (.onnx or engine): every detection of a "
+        "photo is cut out with context and classified in one batch; those it rejects are dropped, the "
+        "rest keep the detector's score and record detector_score and verifier_score (default: none)",
+    )
+    g.add_argument(
+        "--verify-thr",
+        type=number_in("--verify-thr"),
+        default=None,
+        help="keep a detection when the classifier's person probability is at least this (default: the "
+        "threshold train-verifier chose and stored in the model, which loses at most 1%% of the people "
+        "the detector found on its validation photos)",
     )
     return {action.dest: action for action in p._actions[first:]}
 
@@ -399,8 +417,27 @@ def model_paths(a: argparse.Namespace) -> list[str]:
     return model_set(a).paths
 
 
+def open_verifier(a: argparse.Namespace) -> Verifier | None:
+    """The --verify crop classifier, or None without it; every problem becomes a UsageError."""
+    from ..backends import BackendUnavailable
+    from ..verifier import Verifier
+
+    path = getattr(a, "verify", None)
+    thr = getattr(a, "verify_thr", None)
+    if path is None:
+        if thr is not None:
+            raise UsageError("--verify-thr: expected a --verify MODEL to apply it to, found none")
+        return None
+    if not Path(path).is_file():
+        raise UsageError(f"--verify: file not found: {path}")
+    try:
+        return Verifier(path, backend=a.backend, threshold=thr)
+    except (ValueError, BackendUnavailable, FileNotFoundError) as exc:
+        raise UsageError(f"--verify: {str(exc).splitlines()[0]}") from exc
+
+
 def open_detector(a: argparse.Namespace) -> Detector:
-    """Build the Detector the options describe; every problem becomes a UsageError."""
+    """Build the Detector the options describe (with its --verify classifier); problems become UsageErrors."""
     from dataclasses import replace
 
     from ..backends import BackendUnavailable
@@ -410,8 +447,9 @@ def open_detector(a: argparse.Namespace) -> Detector:
     config = detect_config_from_args(a)
     if ms.fusion_iou is not None:
         config = replace(config, fusion_iou=ms.fusion_iou)
+    verifier = open_verifier(a)
     try:
-        return Detector(ms.paths, weights=ms.weights, backend=a.backend, config=config)
+        return Detector(ms.paths, weights=ms.weights, backend=a.backend, config=config, verifier=verifier)
     except (ValueError, BackendUnavailable, FileNotFoundError) as exc:
         raise UsageError(str(exc).splitlines()[0]) from exc
 
