@@ -399,19 +399,59 @@ def model_paths(a: argparse.Namespace) -> list[str]:
     return model_set(a).paths
 
 
-def open_detector(a: argparse.Namespace) -> Detector:
-    """Build the Detector the options describe; every problem becomes a UsageError."""
-    from dataclasses import replace
+@dataclass(frozen=True)
+class DetectorRecipe:
+    """What a Detector is built from, small enough to send to another process (a Ray worker).
 
-    from ..backends import BackendUnavailable
-    from ..detector import Detector
+    Attributes:
+        models: Model files (ensemble files expanded).
+        weights: One fusion weight per model, or None (all 1).
+        backend: auto, onnxruntime or tensorrt.
+        config: Tiling, thresholds and merging, with the ensemble files' fusion IoU.
+    """
+
+    models: tuple[str, ...]
+    weights: tuple[float, ...] | None
+    backend: str
+    config: DetectConfig
+
+    @property
+    def uses_tensorrt(self) -> bool:
+        """Whether the models run on TensorRT (so on a GPU)."""
+        if self.backend != "auto":
+            return self.backend == "tensorrt"
+        return any(Path(m).suffix.lower() in (".engine", ".plan") for m in self.models)
+
+    def open(self) -> Detector:
+        """Build the Detector (ValueError, BackendUnavailable or FileNotFoundError when it cannot)."""
+        from ..detector import Detector
+
+        weights = list(self.weights) if self.weights is not None else None
+        return Detector(list(self.models), weights=weights, backend=self.backend, config=self.config)
+
+
+def detector_recipe(a: argparse.Namespace) -> DetectorRecipe:
+    """The DetectorRecipe that a parse of :func:`add_detect_options` describes.
+
+    Raises:
+        UsageError: a missing model or a bad ensemble file.
+    """
+    from dataclasses import replace
 
     ms = model_set(a)
     config = detect_config_from_args(a)
     if ms.fusion_iou is not None:
         config = replace(config, fusion_iou=ms.fusion_iou)
+    weights = tuple(ms.weights) if ms.weights is not None else None
+    return DetectorRecipe(tuple(ms.paths), weights, a.backend, config)
+
+
+def open_detector(a: argparse.Namespace) -> Detector:
+    """Build the Detector the options describe; every problem becomes a UsageError."""
+    from ..backends import BackendUnavailable
+
     try:
-        return Detector(ms.paths, weights=ms.weights, backend=a.backend, config=config)
+        return detector_recipe(a).open()
     except (ValueError, BackendUnavailable, FileNotFoundError) as exc:
         raise UsageError(str(exc).splitlines()[0]) from exc
 

@@ -1,0 +1,163 @@
+"""``edgetile detect --ray ADDRESS``: the photos of a run detected on a Ray cluster's workers.
+
+Each worker holds its own Detector in a Ray actor: one actor per GPU when the models run on TensorRT
+(it asks Ray for ``num_gpus=1``), otherwise one per node, pinned to it (ONNX Runtime already keeps
+every core of its node busy). Each photo is one task on an actor; the driver keeps each actor a
+couple of photos ahead and hands the results on in input order, so that the same ResultWriter
+writes the same outputs, in the same order, as a local run.
+
+Photos and models are read by the workers from their paths: every node must see them at the same
+path (a shared folder: NFS, SMB, or the same copy on each node). The driver sends paths, not bytes,
+because an archive of tens of gigabytes would otherwise all pass through the driver's network link.
+
+Ray is imported only here, inside the functions (``pip install 'edgetile[ray]'``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .photo_result import PhotoResult
+
+if TYPE_CHECKING:
+    from .options.detect import DetectorRecipe
+
+#: Photos each actor holds at once: one detecting, one waiting, so that it never idles between tasks.
+IN_FLIGHT_PER_ACTOR = 2
+
+
+class PhotoDetector:
+    """A Ray actor's state: one Detector, opened once on its worker and used for every photo sent to it."""
+
+    def __init__(self, recipe: DetectorRecipe) -> None:
+        self.detector = recipe.open()
+
+    def names(self) -> dict[int, str]:
+        """The models' class names (the driver's records and files need them)."""
+        return dict(self.detector.names)
+
+    def detect(self, path: str) -> PhotoResult:
+        """Detect in one photo; the decoded photo stays on the worker."""
+        from .photo_result import detect_photo
+
+        return detect_photo(self.detector, path)
+
+
+class RayCluster:
+    """A connection to a Ray cluster and one PhotoDetector actor per worker.
+
+    Args:
+        address: ``auto`` (the cluster this machine belongs to) or the head's host:port.
+        recipe: The Detector each actor builds.
+
+    Raises:
+        ValueError: Ray is not installed, the cluster cannot be reached, it has no CPUs (or no GPUs for
+            TensorRT), or a worker cannot open the model; one line.
+    """
+
+    def __init__(self, address: str, recipe: DetectorRecipe) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise ValueError("--ray: Ray is not installed; pip install 'edgetile[ray]'") from None
+        import logging
+
+        self._ray = ray
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ValueError(f"--ray {address}: cannot join the Ray cluster: {_first_line(exc)}") from None
+        try:
+            self.actors = self._start_actors(recipe)
+            try:
+                self.names = ray.get(self.actors[0].names.remote())
+                ray.get([a.names.remote() for a in self.actors[1:]])
+            except ray.exceptions.RayError as exc:
+                raise ValueError(f"--ray: a worker cannot open the model: {_cause(exc)}") from None
+        except BaseException:
+            ray.shutdown()
+            raise
+
+    def _start_actors(self, recipe: DetectorRecipe) -> list[Any]:
+        ray = self._ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        actor_class = ray.remote(PhotoDetector)
+        retry = {"max_restarts": 1, "max_task_retries": 1}  # a worker process lost mid-photo retries it once
+        if recipe.uses_tensorrt:
+            gpus = int(ray.cluster_resources().get("GPU", 0))
+            if gpus < 1:
+                raise ValueError(
+                    "--ray: the models run on TensorRT, expected GPUs in the cluster, found none"
+                )
+            return [actor_class.options(num_cpus=1, num_gpus=1, **retry).remote(recipe) for _ in range(gpus)]
+        nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) >= 1]
+        if not nodes:
+            raise ValueError("--ray: expected nodes with a free CPU in the cluster, found none")
+        return [
+            actor_class.options(
+                num_cpus=1,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False),
+                **retry,
+            ).remote(recipe)
+            for n in nodes
+        ]
+
+    def detect(self, paths: Sequence[str]) -> Generator[PhotoResult, None, None]:
+        """Detect in every photo on the actors; yield the results in the order of ``paths``.
+
+        A photo whose task fails in Ray (its worker lost twice, an error outside detection) gives an
+        error result, as a bad photo does.
+        """
+        ray = self._ray
+        free = {i: IN_FLIGHT_PER_ACTOR for i in range(len(self.actors))}
+        running: dict[Any, tuple[int, int]] = {}  # task -> (photo index, actor index)
+        done: dict[int, PhotoResult] = {}
+        next_photo = next_out = 0
+        window = IN_FLIGHT_PER_ACTOR * len(self.actors) * 4  # results held ahead of a slow photo, at most
+        while next_out < len(paths):
+            for i in free:
+                while free[i] and next_photo < len(paths) and next_photo < next_out + window:
+                    running[self.actors[i].detect.remote(paths[next_photo])] = (next_photo, i)
+                    free[i] -= 1
+                    next_photo += 1
+            if next_out in done:
+                yield done.pop(next_out)
+                next_out += 1
+                continue
+            ready, _ = ray.wait(list(running), num_returns=1)
+            for task in ready:
+                index, actor = running.pop(task)
+                free[actor] += 1
+                try:
+                    done[index] = ray.get(task)
+                except ray.exceptions.RayError as exc:
+                    done[index] = PhotoResult(paths[index], error=f"ray: {_cause(exc)}")
+
+    def close(self) -> None:
+        """Let the actors go and leave the cluster (it keeps running)."""
+        for actor in self.actors:
+            self._ray.kill(actor)
+        self._ray.shutdown()
+
+    def __enter__(self) -> RayCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _cause(exc: BaseException) -> str:
+    """The one line that says why a Ray task or actor failed (Ray wraps it in a long traceback)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        return _cause(cause) if hasattr(cause, "cause") else f"{type(cause).__name__}: {_first_line(cause)}"
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    # Ray's message ends with the original exception's own line, e.g. "ValueError: ..."
+    return lines[-1] if lines else type(exc).__name__
