@@ -48,10 +48,28 @@ def write_run(out_dir: str | os.PathLike, settings: Mapping[str, object], inputs
     return path
 
 
+def _flat(settings: Mapping[str, object], prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in settings.items():
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _differences(old: Mapping[str, object], new: Mapping[str, object]) -> list[str]:
-    keys = [k for k in new if k not in old] + [k for k in old if k not in new]
-    keys += [k for k in new if k in old and old[k] != new[k]]
-    return [f"{k} {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}" for k in dict.fromkeys(keys)]
+    """What differs, as 'conf 0.25 -> 0.3' (a nested setting by its dotted name)."""
+    a, b = _flat(old), _flat(new)
+    out = []
+    for k in dict.fromkeys([*b, *a]):
+        if a.get(k, ...) == b.get(k, ...):
+            continue
+        if k == "models":
+            out.append("models: other model files (by SHA-256)")
+        else:
+            out.append(f"{k.removeprefix('detect.')} {json.dumps(a.get(k))} -> {json.dumps(b.get(k))}")
+    return out
 
 
 def kept_records(
