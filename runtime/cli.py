@@ -104,6 +104,12 @@ def run_detect(  # noqa: C901 - one loop over the photos: kept, failed, detected
             worker = RayCluster(ray_address, detector_recipe(a))
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+        if not a.quiet:
+            print(
+                f"edgetile: detecting on the Ray cluster at {ray_address}: {len(worker.actors)} model "
+                f"copies, {len(todo)} photo(s) to detect",
+                file=sys.stderr,
+            )
     else:
         worker = open_detector(a)
     geo = None

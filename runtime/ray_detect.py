@@ -64,6 +64,8 @@ class RayCluster:
         import logging
 
         self._ray = ray
+        # Ray retries an unreachable head for minutes; a field laptop's user wants to know now.
+        _check_reachable(address)
         try:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -146,6 +148,24 @@ class RayCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Refuse a host:port where nothing listens (``auto`` is left to Ray: it reads a local file)."""
+    import socket
+
+    if address == "auto" or address.startswith("ray://"):
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--ray: expected auto or the head's host:port, found {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ValueError(
+            f"--ray {address}: cannot reach the Ray cluster's head: {exc.strerror or exc}; "
+            "start it with 'ray start --head' or give its host:port"
+        ) from None
 
 
 def _first_line(exc: BaseException) -> str:
