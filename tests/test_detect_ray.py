@@ -122,11 +122,12 @@ def test_resume_keeps_the_done_photos_and_gives_the_same_outputs(tmp_path, photo
     assert_same_outputs(out, local_run, vis=True)
 
 
-def test_resume_of_a_run_killed_midway(tmp_path, model, local_run, photos):
-    """A run stopped by SIGKILL (its detections.json as last flushed), then resumed."""
+def test_resume_of_a_run_killed_midway(tmp_path, model, photos):
+    """A run stopped by SIGKILL (its detections.json as last flushed, its CSV further on), then resumed."""
     many = tmp_path / "many"
     many.mkdir()
-    for i in range(40):
+    n = 150
+    for i in range(n):
         (many / f"P{i:03d}.jpg").write_bytes((photos / f"IMG_{i % 6:04d}.jpg").read_bytes())
     ref = tmp_path / "ref"
     assert detect(many, ref, model=model).returncode == 0
@@ -137,19 +138,22 @@ def test_resume_of_a_run_killed_midway(tmp_path, model, local_run, photos):
         stderr=subprocess.DEVNULL,
     )
     try:
-        # Until some photos are in the CSV: ResultWriter writes its rows per photo.
-        for _ in range(600):
-            if proc.poll() is not None:
-                break
-            csv_path = out / "detections.csv"
-            if csv_path.is_file() and len(csv_path.read_text().splitlines()) > 20:
-                break
-            time.sleep(0.05)
+        done = 0
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and not done and time.monotonic() < deadline:
+            time.sleep(0.02)
+            try:  # written atomically, every 2 s: either the last list or the one before
+                done = len(json.loads((out / "detections.json").read_text()))
+            except (FileNotFoundError, ValueError):
+                pass
     finally:
         proc.kill()
         proc.wait()
+    assert 0 < done < n, f"the run was to be stopped midway; {done} of {n} photos were written"
     r = detect(many, out, "--resume", model=model)
     assert r.returncode == 0, r.stderr
+    kept = int(r.stderr.split(" kept from the earlier run")[0].rsplit(", ", 1)[1])
+    assert kept >= done
     assert_same_outputs(out, ref)
 
 
