@@ -268,3 +268,21 @@ def test_ray_without_a_cluster_is_a_usage_error(tmp_path, photos, model):
     r = detect(photos, tmp_path / "out", "--ray", f"127.0.0.1:{free_port()}", model=model)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("edgetile detect: error: --ray 127.0.0.1:")
+
+
+@pytest.mark.parametrize(
+    "models, backend, on_gpu",
+    [
+        (("person.engine",), "auto", True),  # auto picks TensorRT for an engine: one actor per GPU
+        (("person.plan",), "auto", True),
+        (("person.onnx",), "auto", False),  # ONNX Runtime: one actor per node, on its CPUs
+        (("person.onnx",), "tensorrt", True),  # asked for explicitly
+        (("a.onnx", "b.engine"), "auto", True),  # an ensemble with an engine needs a GPU
+        (("person.engine",), "onnxruntime", False),
+    ],
+)
+def test_actors_ask_for_a_gpu_only_for_tensorrt(models, backend, on_gpu):
+    from edgetile.runtime.detector import DetectConfig
+    from edgetile.runtime.options.detect import DetectorRecipe
+
+    assert DetectorRecipe(models, None, backend, DetectConfig()).uses_tensorrt is on_gpu
