@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .photo_result import PhotoResult
 
 if TYPE_CHECKING:
+    from .detector import Detector
     from .options.detect import DetectorRecipe
 
 #: Photos each actor holds at once: one detecting, one waiting, so that it never idles between tasks.
@@ -31,16 +32,31 @@ class PhotoDetector:
     """A Ray actor's state: one Detector, opened once on its worker and used for every photo sent to it."""
 
     def __init__(self, recipe: DetectorRecipe) -> None:
-        self.detector = recipe.open()
+        from .backends import BackendUnavailable
+
+        self.detector: Detector | None = None
+        self.open_error: str | None = None
+        try:
+            self.detector = recipe.open()
+        except (ValueError, BackendUnavailable, OSError) as exc:
+            # Kept for the driver to report in one line: raised here, Ray would restart the actor and
+            # print each attempt's traceback before the driver could say what was wrong.
+            self.open_error = f"{type(exc).__name__}: {_first_line(exc)}"
+
+    def opened(self) -> str | None:
+        """None when the model is open, otherwise why not (one line)."""
+        return self.open_error
 
     def names(self) -> dict[int, str]:
-        """The models' class names (the driver's records and files need them)."""
-        return dict(self.detector.names)
+        """The models' class names (the driver's records and files need them); empty when not open."""
+        return dict(self.detector.names) if self.detector is not None else {}
 
     def detect(self, path: str) -> PhotoResult:
         """Detect in one photo; the decoded photo stays on the worker."""
         from .photo_result import detect_photo
 
+        if self.detector is None:
+            return PhotoResult(path, error=f"the worker could not open the model: {self.open_error}")
         return detect_photo(self.detector, path)
 
 
@@ -73,10 +89,12 @@ class RayCluster:
         try:
             self.actors = self._start_actors(recipe)
             try:
-                self.names = ray.get(self.actors[0].names.remote())
-                ray.get([a.names.remote() for a in self.actors[1:]])
+                problems = [p for p in ray.get([a.opened.remote() for a in self.actors]) if p]
+                if problems:
+                    raise ValueError(f"--ray: a worker cannot open the model: {problems[0]}")
+                self.names: dict[int, str] = ray.get(self.actors[0].names.remote())
             except ray.exceptions.RayError as exc:
-                raise ValueError(f"--ray: a worker cannot open the model: {_cause(exc)}") from None
+                raise ValueError(f"--ray: a worker failed while opening the model: {_cause(exc)}") from None
         except BaseException:
             ray.shutdown()
             raise

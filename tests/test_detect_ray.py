@@ -263,6 +263,25 @@ def test_ray_run_writes_what_a_local_run_writes(tmp_path, photos, model, local_r
     assert r.returncode == 2 and "tile 256 -> 320" in r.stderr
 
 
+def test_a_worker_that_cannot_open_the_model_says_why_in_one_line(ray_cluster):
+    # On one machine every node sees the driver's files, so the library is called with a model
+    # path that no node has, as a worker without the shared folder would see it.
+    code = (
+        "from edgetile.runtime.detector import DetectConfig\n"
+        "from edgetile.runtime.options.detect import DetectorRecipe\n"
+        "from edgetile.runtime.ray_detect import RayCluster\n"
+        "try:\n"
+        f"    RayCluster({ray_cluster!r}, DetectorRecipe(('/nowhere/m.onnx',), None, 'auto', DetectConfig()))\n"
+        "except ValueError as exc:\n"
+        "    print(exc)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.stdout.strip().splitlines() == [
+        "--ray: a worker cannot open the model: FileNotFoundError: model: file not found: /nowhere/m.onnx"
+    ]
+    assert "Traceback" not in r.stderr
+
+
 def test_ray_without_a_cluster_is_a_usage_error(tmp_path, photos, model):
     pytest.importorskip("ray", reason="needs Ray, the optional extra: pip install 'edgetile[ray]'")
     r = detect(photos, tmp_path / "out", "--ray", f"127.0.0.1:{free_port()}", model=model)
