@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._version import __version__
 from .argtypes import add_max_pixels_option, add_read_ahead_option
@@ -29,7 +30,9 @@ from .options.detect import DATA_DIR, DEMO_MODEL, add_detect_options, open_detec
 from .options.files import defer_defaults, resolve_options
 
 if TYPE_CHECKING:
+    from .detector import Detector
     from .geo.writers import GeoConfig
+    from .photo_result import PhotoResult
 
 DEMO_SAMPLE = DATA_DIR / "sample.jpg"
 DEMO_CONF = 0.1
@@ -86,7 +89,32 @@ def missing_module_line(exc: ModuleNotFoundError, a: argparse.Namespace) -> str 
     return f"needs the Python module {top}, which this install lacks: pip install 'edgetile[{extra}]'"
 
 
-def run_detect(
+def detect_run_settings(a: argparse.Namespace, geo_config: GeoConfig | None) -> dict[str, object]:
+    """What decides a run's outputs, as DIR/run.json records it for ``--resume`` (JSON values).
+
+    The models by content (SHA-256), not by path: a model retrained into the same file is another
+    setting, a model moved is not.
+    """
+    from dataclasses import asdict
+
+    from .files import sha256_file
+    from .options.detect import detector_recipe
+
+    recipe = detector_recipe(a)
+    formats = list(geo_config.formats) if geo_config is not None else []
+    settings: dict[str, object] = {
+        "models": [sha256_file(m) for m in recipe.models],
+        "model-weights": list(recipe.weights) if recipe.weights is not None else None,
+        "backend": recipe.backend,
+        "detect": asdict(recipe.config),
+        "format": formats,
+    }
+    if formats and geo_config is not None:
+        settings["geo"] = json.loads(json.dumps(asdict(geo_config), default=str))
+    return settings
+
+
+def run_detect(  # noqa: C901 - one loop over the photos: kept, failed, detected, placed, written
     sources: Sequence[str],
     a: argparse.Namespace,
     out_dir: Path,
@@ -98,10 +126,16 @@ def run_detect(
     Args:
         geo_config: With output formats (``--format``): ground coordinates, GeoJSON/KML/CSV and
             thumbnails are written too.
+
+    With ``a.resume``, the records of an earlier run in ``out_dir`` with the same settings are kept
+    (:mod:`edgetile.runtime.resume`); with ``a.ray``, the photos are detected on that Ray cluster
+    (:mod:`edgetile.runtime.ray_detect`). Either way the outputs are those of one uninterrupted
+    local run: the same records in input order.
     """
-    from .images import MAX_PIXELS, ImageReadError, expand_sources
+    from .images import MAX_PIXELS, expand_sources, read_image
     from .outputs import ResultWriter
-    from .readahead import prefetch, read_ahead_bytes, read_in_turn, read_within
+    from .photo_result import PHOTO_ERRORS, error_line
+    from .resume import kept_records, write_run
 
     inputs = expand_sources(sources)
     if not inputs:
@@ -115,48 +149,82 @@ def run_detect(
             f"--out {out_dir}: cannot write there ({exc.strerror or exc}); expected a folder edgetile "
             "may create files in"
         ) from None
-    detector = open_detector(a)
+    max_pixels = getattr(a, "max_pixels", MAX_PIXELS)
+    settings = detect_run_settings(a, geo_config)
+    try:
+        kept = kept_records(out_dir, settings, inputs) if getattr(a, "resume", False) else {}
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    todo = [p for p in inputs if p not in kept]
+    ray_address = getattr(a, "ray", None)
+    worker: Any
+    if ray_address:
+        from .options.detect import detector_recipe
+        from .ray_detect import RayCluster
+
+        try:
+            worker = RayCluster(ray_address, detector_recipe(a), max_pixels)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if not a.quiet:
+            print(
+                f"edgetile: detecting on the Ray cluster at {ray_address}: {len(worker.actors)} model "
+                f"copies, {len(todo)} photo(s) to detect",
+                file=sys.stderr,
+            )
+    else:
+        worker = open_detector(a)
     geo = None
     if geo_config is not None and geo_config.formats:
         from .options.geo import open_geo_writer
 
         try:
-            geo = open_geo_writer(geo_config, out_dir, detector.names)
+            geo = open_geo_writer(geo_config, out_dir, worker.names)
         except ValueError as exc:
+            worker.close()
             raise UsageError(str(exc)) from exc
+    write_run(out_dir, settings, inputs)
     failed = found = 0
     show_bar = not a.quiet and len(inputs) > 1 and sys.stderr.isatty()
     from tqdm import tqdm
 
-    # The next photo is decoded on a thread while this one is detected (photos over the budget wait
-    # for their turn, so a huge one is never held twice); by default only when the model is on a GPU.
-    max_pixels = getattr(a, "max_pixels", MAX_PIXELS)
-    load = read_within(read_ahead_bytes(a.read_ahead, detector.infers_on_cpu), max_pixels)
+    # On a cluster the photos stay on the workers; this machine reads one again only to draw it or to
+    # cut its thumbnails.
+    read_here = ray_address and (save_vis or (geo is not None and geo.config.thumbnails))
     bar = tqdm(total=len(inputs), disable=not show_bar, unit="img", file=sys.stderr, dynamic_ncols=True)
     t_start = time.perf_counter()
-    with detector, ResultWriter(out_dir, detector.names, save_vis=save_vis) as writer, (
-        geo or contextlib.nullcontext()
-    ), bar:
-        for path, ahead, read_error in prefetch(inputs, load):
+    results: Generator[PhotoResult, None, None] = (
+        worker.detect(todo) if ray_address else _detect_here(worker, todo, a.read_ahead, max_pixels)
+    )
+    with worker, contextlib.closing(results), ResultWriter(
+        out_dir, worker.names, save_vis=save_vis
+    ) as writer, geo or contextlib.nullcontext(), bar:
+        for path in inputs:
+            if path in kept:
+                old = kept[path]
+                if geo is not None:
+                    geo.restore(path, old["detections"], located="camera" in old)
+                writer.keep(old)
+                found += len(old["detections"])
+                bar.update(1)
+                continue
+            res = next(results)
             record: dict = {"image": path}
-            image = dets = None
-            timings: dict[str, float] = {}
-            try:
-                if read_error is not None:
-                    raise read_error
-                assert ahead is not None  # prefetch gives a load result whenever it gives no error
-                image, read_ms = read_in_turn(path, ahead, max_pixels)
-                ahead = None
-                timings["read"] = read_ms
-                dets = detector.detect(image, timings)
-                found += len(dets)
-            except (ImageReadError, MemoryError, OSError, ValueError) as exc:
+            image, dets, placed = res.image, res.detections, None
+            res.image = None
+            if res.error is None and read_here:
+                try:
+                    image = read_image(path, max_pixels=max_pixels)
+                except PHOTO_ERRORS as exc:
+                    res.error, dets = error_line(exc), None
+            if res.error is not None or dets is None:
                 # One bad input must not stop the run: record why, go on, exit 1 at the end.
-                record["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                record["error"] = res.error or "no detections"
                 failed += 1
                 tqdm.write(f"edgetile: skipped {path}: {record['error']}", file=sys.stderr)
-            if image is not None and dets is not None:
-                placed = None
+                image = dets = None
+            else:
+                found += len(dets)
                 if geo is not None:  # coordinates go into the detections before their records are made
                     placed = geo.add(path, dets, image)
                     dets = placed.detections
@@ -165,20 +233,20 @@ def run_detect(
                             f"edgetile: no ground coordinates for {path}: {placed.warning}", file=sys.stderr
                         )
                 record.update(
-                    width=int(image.shape[1]),
-                    height=int(image.shape[0]),
-                    detections=dets.to_records(detector.names),
-                    timings_ms={k: round(v, 2) for k, v in timings.items()},
+                    width=res.width,
+                    height=res.height,
+                    detections=dets.to_records(worker.names),
+                    timings_ms={k: round(v, 2) for k, v in res.timings_ms.items()},
                     **(placed.record_fields() if placed is not None else {}),
                 )
             writer.add(record, image, dets)
-            image = dets = ahead = read_error = None  # let go before the next photo is read
+            del res, image, dets, placed  # let go before the next photo is read
             bar.update(1)
     if not a.quiet:
         dt = time.perf_counter() - t_start
         print(
             f"{len(inputs) - failed}/{len(inputs)} image(s) processed in {dt:.1f} s, {found} detection(s), "
-            f"{failed} failed",
+            f"{failed} failed" + (f", {len(kept)} kept from the earlier run" if kept else ""),
             file=sys.stderr,
         )
         print(
@@ -193,6 +261,37 @@ def run_detect(
                 file=sys.stderr,
             )
     return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _detect_here(
+    detector: Detector, paths: Sequence[str], read_ahead_mb: int | None, max_pixels: int | None
+) -> Generator[PhotoResult, None, None]:
+    """Detect in each photo on this machine, in order; a bad photo gives an error result."""
+    from .photo_result import PHOTO_ERRORS, PhotoResult, error_line
+    from .readahead import prefetch, read_ahead_bytes, read_in_turn, read_within
+
+    # The next photo is decoded on a thread while this one is detected (photos over the budget wait
+    # for their turn, so a huge one is never held twice); by default only when the model is on a GPU.
+    load = read_within(read_ahead_bytes(read_ahead_mb, detector.infers_on_cpu), max_pixels)
+    for path, ahead, read_error in prefetch(paths, load):
+        timings: dict[str, float] = {}
+        try:
+            if read_error is not None:
+                raise read_error
+            assert ahead is not None  # prefetch gives a load result whenever it gives no error
+            image, read_ms = read_in_turn(path, ahead, max_pixels)
+            ahead = None
+            timings["read"] = read_ms
+            dets = detector.detect(image, timings)
+        except PHOTO_ERRORS as exc:
+            yield PhotoResult(path, error=error_line(exc))
+            continue
+        h, w = image.shape[:2]
+        result = PhotoResult(path, int(w), int(h), dets, timings, None, image)
+        del image, dets  # the caller holds the photo now, and lets go of it before asking for the next
+        ahead = read_error = None
+        yield result
+        del result
 
 
 def cmd_detect(a: argparse.Namespace) -> int:
@@ -274,6 +373,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_read_ahead_option(d)
     add_max_pixels_option(d)
     d.add_argument("--save-vis", action="store_true", help="also write annotated JPEGs to DIR/vis/")
+    d.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run into the same --out: photos already in DIR/detections.json "
+        "(same path, size and modification time) are kept, not detected again, and the outputs are "
+        "those of one uninterrupted run; refused when the settings differ from DIR/run.json's "
+        "(default: start over, replacing the folder's results)",
+    )
+    d.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="detect on a Ray cluster: 'auto' (the cluster this machine has joined) or the head's "
+        "host:port; one model copy per node (per GPU for TensorRT engines), results written here "
+        "in input order. Photos and models must be at the same paths on every node (a shared "
+        "folder). Needs pip install 'edgetile[ray]'",
+    )
     d.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     # The settings' defaults become SUPPRESS so that cmd_detect can tell what the command line gave;
     # a parse of detect's words holds only those until resolve_options() fills in the rest.

@@ -133,6 +133,23 @@ class ResultWriter:
                 [cv2.IMWRITE_JPEG_QUALITY, 90],
             )
             record["vis"] = str(self.vis_dir / name)
+        self._flush_if_due()
+
+    def keep(self, record: dict) -> None:
+        """Take an earlier run's record of a photo as it is (``detect --resume``).
+
+        Its CSV rows are written again from its detections, so that detections.csv is rebuilt in input
+        order; its annotated image, if that run drew one, stays and keeps its name.
+        """
+        self.records.append(record)
+        image_id = os.path.basename(str(record["image"]))
+        self._csv.writerows(csv_rows(image_id, Detections.from_records(record.get("detections", []))))
+        self._csv_file.flush()
+        if record.get("vis"):
+            self._vis_names.add(Path(str(record["vis"])).name)
+        self._flush_if_due()
+
+    def _flush_if_due(self) -> None:
         now = time.monotonic()
         if now - self._last_flush >= self._flush_every:
             write_json_atomic(self.json_path, self.records)

@@ -498,6 +498,29 @@ class GeoWriter:
             self.flush()
         return PlacedPhoto(dets, None if pose is None else pose.summary(), warning)
 
+    def restore(self, image_name: str, detections: list[dict], located: bool) -> None:
+        """Take an earlier run's georeferenced records of a photo as they are (``detect --resume``).
+
+        They join the files and the tracks in input order, as if just placed; their thumbnails stay
+        and keep their names.
+
+        Args:
+            image_name: The photo's path, as its record names it.
+            detections: Its records' "detections" (with lat, lon, error_m, thumbnail, track_id).
+            located: Whether the photo had a usable pose (its record has "camera"): only then were its
+                detections offered to the tracks.
+        """
+        dets = Detections.from_records(detections, self.names or None)
+        for thumb in dets.data.get("thumbnail", []):
+            if thumb:
+                self._thumb_names.add(Path(str(thumb)).name)
+        if located:
+            self.located += located_count(dets)
+            # The same records in the same order give the same track ids as the earlier run's.
+            untracked = [{k: v for k, v in d.items() if k != "track_id"} for d in detections]
+            self.tracks.add_photo(str(image_name), untracked)
+        self.photos.append((str(image_name), dets))
+
     def _write_thumbnail(self, image: np.ndarray, bbox: np.ndarray, image_name: str, index: int) -> str:
         self.thumb_dir.mkdir(exist_ok=True)
         stem = Path(image_name).stem

@@ -33,7 +33,6 @@ from . import UsageError
 
 if TYPE_CHECKING:
     from ..detector import DetectConfig, Detector
-    from ..verifier import Verifier
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 DEMO_MODEL = DATA_DIR / "demo.onnx"
@@ -417,39 +416,89 @@ def model_paths(a: argparse.Namespace) -> list[str]:
     return model_set(a).paths
 
 
-def open_verifier(a: argparse.Namespace) -> Verifier | None:
-    """The --verify crop classifier, or None without it; every problem becomes a UsageError."""
-    from ..backends import BackendUnavailable
-    from ..verifier import Verifier
+@dataclass(frozen=True)
+class DetectorRecipe:
+    """What a Detector is built from, small enough to send to another process (a Ray worker).
 
-    path = getattr(a, "verify", None)
-    thr = getattr(a, "verify_thr", None)
-    if path is None:
-        if thr is not None:
-            raise UsageError("--verify-thr: expected a --verify MODEL to apply it to, found none")
-        return None
-    if not Path(path).is_file():
-        raise UsageError(f"--verify: file not found: {path}")
-    try:
-        return Verifier(path, backend=a.backend, threshold=thr)
-    except (ValueError, BackendUnavailable, FileNotFoundError) as exc:
-        raise UsageError(f"--verify: {str(exc).splitlines()[0]}") from exc
+    Attributes:
+        models: Model files (ensemble files expanded).
+        weights: One fusion weight per model, or None (all 1).
+        backend: auto, onnxruntime or tensorrt.
+        config: Tiling, thresholds and merging, with the ensemble files' fusion IoU.
+        verify: The --verify crop classifier, or None.
+        verify_thr: Its threshold (--verify-thr), or None for the one stored in the classifier.
+    """
+
+    models: tuple[str, ...]
+    weights: tuple[float, ...] | None
+    backend: str
+    config: DetectConfig
+    verify: str | None = None
+    verify_thr: float | None = None
+
+    @property
+    def uses_tensorrt(self) -> bool:
+        """Whether the models run on TensorRT (so on a GPU)."""
+        if self.backend != "auto":
+            return self.backend == "tensorrt"
+        return any(Path(m).suffix.lower() in (".engine", ".plan") for m in self.models)
+
+    def open(self) -> Detector:
+        """Build the Detector (ValueError, BackendUnavailable or FileNotFoundError when it cannot)."""
+        from ..backends import BackendUnavailable
+        from ..detector import Detector
+
+        verifier = None
+        if self.verify is not None:
+            from ..verifier import Verifier
+
+            try:
+                verifier = Verifier(self.verify, backend=self.backend, threshold=self.verify_thr)
+            except (ValueError, BackendUnavailable, FileNotFoundError) as exc:
+                raise ValueError(f"--verify: {str(exc).splitlines()[0]}") from exc
+        weights = list(self.weights) if self.weights is not None else None
+        try:
+            return Detector(
+                list(self.models),
+                weights=weights,
+                backend=self.backend,
+                config=self.config,
+                verifier=verifier,
+            )
+        except BaseException:
+            if verifier is not None:
+                verifier.close()
+            raise
 
 
-def open_detector(a: argparse.Namespace) -> Detector:
-    """Build the Detector the options describe (with its --verify classifier); problems become UsageErrors."""
+def detector_recipe(a: argparse.Namespace) -> DetectorRecipe:
+    """The DetectorRecipe that a parse of :func:`add_detect_options` describes.
+
+    Raises:
+        UsageError: a missing model or a bad ensemble file.
+    """
     from dataclasses import replace
-
-    from ..backends import BackendUnavailable
-    from ..detector import Detector
 
     ms = model_set(a)
     config = detect_config_from_args(a)
     if ms.fusion_iou is not None:
         config = replace(config, fusion_iou=ms.fusion_iou)
-    verifier = open_verifier(a)
+    weights = tuple(ms.weights) if ms.weights is not None else None
+    path = getattr(a, "verify", None)  # not every command that takes the detection options verifies
+    thr = getattr(a, "verify_thr", None)
+    if path is None and thr is not None:
+        raise UsageError("--verify-thr: expected a --verify MODEL to apply it to, found none")
+    if path is not None and not Path(path).is_file():
+        raise UsageError(f"--verify: file not found: {path}")
+    return DetectorRecipe(tuple(ms.paths), weights, a.backend, config, path, thr)
+
+
+def open_detector(a: argparse.Namespace) -> Detector:
+    """Build the Detector the options describe (with its --verify classifier); problems become UsageErrors."""
+    from ..backends import BackendUnavailable
+
     try:
-        return Detector(ms.paths, weights=ms.weights, backend=a.backend, config=config, verifier=verifier)
+        return detector_recipe(a).open()
     except (ValueError, BackendUnavailable, FileNotFoundError) as exc:
         raise UsageError(str(exc).splitlines()[0]) from exc
 
