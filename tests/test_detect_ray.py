@@ -271,7 +271,7 @@ def test_a_worker_that_cannot_open_the_model_says_why_in_one_line(ray_cluster):
         "from edgetile.runtime.options.detect import DetectorRecipe\n"
         "from edgetile.runtime.ray_detect import RayCluster\n"
         "try:\n"
-        f"    RayCluster({ray_cluster!r}, DetectorRecipe(('/nowhere/m.onnx',), None, 'auto', DetectConfig()))\n"
+        f"    RayCluster({ray_cluster!r}, DetectorRecipe(('/nowhere/m.onnx',), None, 'auto', DetectConfig()), None)\n"
         "except ValueError as exc:\n"
         "    print(exc)\n"
     )
