@@ -173,6 +173,51 @@ COMMANDS = {
     "edgetile serve --model person.engine --watch /media/sd/DCIM --config runs/eval/best_detect.yaml": Doc(
         "serve", needs=(EVAL_SWEEP,)
     ),
+    # docs/train.md: the recipe, stages, fold ensembles, error analysis and the second look
+    "edgetile recipe lacmus LADD/ --out runs/try --scale 0.05 --model yolov8n.yaml": Doc(
+        "parse", why="trains three models (tests/test_train_recipe.py runs the recipe at a tiny scale)"
+    ),
+    "edgetile recipe lacmus LADD/ --out runs/lacmus --device 0": Doc(
+        "parse", why="hours of training on a GPU"
+    ),
+    "edgetile detect flights/ --model runs/lacmus/ensemble.yaml --settings runs/lacmus/eval/best_detect.yaml "
+    "--out results": Doc("parse", why="needs the recipe's trained ensemble"),
+    "edgetile train --data tiles/data.yaml --model yolov8s.yaml --stages 640:30:1e-3 1024:10:1e-4 --name staged": Doc(
+        "parse", why="40 epochs of training"
+    ),
+    "edgetile dataset tiles LADD/ --out tiles/ --folds 5 --negatives 400": Doc(
+        "parse", why="writes the tiles/ folder that the run of the dataset command above has written"
+    ),
+    # README: reprocessing an archive
+    "edgetile detect archive/ --model person_v2.onnx --conf 0.15 --out rerun --format geojson,kml": Doc(
+        "parse", why="an archive and a second model (tests/test_detect_ray.py runs --resume)"
+    ),
+    "edgetile detect archive/ --model person_v2.onnx --conf 0.15 --out rerun --format geojson,kml --resume": Doc(
+        "parse", why="an archive and a second model (tests/test_detect_ray.py runs --resume)"
+    ),
+    "edgetile detect /mnt/search/archive --model /mnt/search/person_v2.onnx --out rerun --ray auto": Doc(
+        "parse", why="needs a Ray cluster (tests/test_detect_ray.py starts one on loopback)"
+    ),
+    "edgetile train --data tiles/data.yaml --folds --model yolov8s.yaml --imgsz 640 --epochs 50 --name folds": Doc(
+        "parse", why="five trainings of 50 epochs"
+    ),
+    "edgetile detect flights/ --model runs/train/folds/ensemble.yaml --out results --tta flip": Doc(
+        "parse", why="needs the folds' trained ensemble"
+    ),
+    "edgetile eval --model person.onnx --data LADD/ --score-thr 0.3 --errors runs/eval/errors": Doc(
+        "parse", why="needs a trained person.onnx (tests/test_train_errors.py runs it on a known model)"
+    ),
+    "edgetile train-verifier --data LADD/ --subset train --val LADD/ --val-subset val --model person.onnx "
+    "--conf 0.1 --out runs/verifier": Doc(
+        "parse", why="trains a classifier (tests/test_verifier.py runs a tiny one)"
+    ),
+    "edgetile detect PHOTOS --model person.onnx --conf 0.1 --verify runs/verifier/verifier.onnx --out results": Doc(
+        "parse", why="needs a trained verifier.onnx (tests/test_verifier.py runs detect --verify)"
+    ),
+    "edgetile export engine runs/verifier/verifier.onnx --precision fp16 --batch-max 64": Doc(
+        "parse", why=TENSORRT
+    ),
+    "edgetile serve ... --verify verifier.engine": Doc("synopsis"),
 }
 
 

@@ -4,7 +4,6 @@ that is not a ValueError, and --retry-failed at start-up."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -93,54 +92,44 @@ def test_a_corrupt_photo_failing_on_the_read_ahead_thread_mid_batch_fails_alone(
         assert d.terminate() == 0, d.log()
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 24 MiB tmpfs of its own, so that the test can fill it and free it (needs root to mount)."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], capture_output=True, text=True
+def break_commit(marker: Path) -> str:
+    """A prelude for ServeProcess: once ``marker`` exists, the queue's commit of a batch fails as SQLite
+    does on a damaged database (a full disk is no such failure: the daemon waits for room instead)."""
+    return (
+        "import os, sqlite3\n"
+        "from edgetile.runtime.serve.store import PhotoQueue\n"
+        "_finish = PhotoQueue.finish\n"
+        "def finish(self, outcomes, *args, **kwargs):\n"
+        f"    if os.path.exists({str(marker)!r}):\n"
+        "        raise sqlite3.DatabaseError('database disk image is malformed')\n"
+        "    return _finish(self, outcomes, *args, **kwargs)\n"
+        "PhotoQueue.finish = finish\n"
     )
-    if r.returncode != 0:
-        pytest.skip(
-            f"needs a small file system to fill: 'mount -t tmpfs' failed ({r.stderr.strip() or r.returncode}); "
-            "run as root"
-        )
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
-def fill(folder: Path) -> Path:
-    """Write a file until the file system has not one byte left."""
-    filler = folder / "filler"
-    with open(filler, "wb", buffering=0) as f:  # unbuffered: nothing left to fail at close
-        for size in (1 << 20, 4096, 1):
-            try:
-                while True:
-                    f.write(b"\0" * size)
-            except OSError:
-                continue
-    return filler
-
-
-def test_the_worker_dying_on_a_failed_sqlite_commit_stops_the_daemon_with_exit_1(tmp_path, model, small_disk):
-    drop, release, state = tmp_path / "drop", tmp_path / "release", small_disk / "state"
+def test_the_worker_dying_on_a_failed_sqlite_commit_stops_the_daemon_with_exit_1(tmp_path, model):
+    drop, release, broken, state = (
+        tmp_path / "drop",
+        tmp_path / "release",
+        tmp_path / "broken",
+        tmp_path / "state",
+    )
     drop.mkdir()
     write_jpeg(drop / "a.jpg", person_photo(1))
-    args = ["--model", model, *DETECT_OPTIONS, "--watch", drop, "--state", state, *FAST, "--min-free-mb", "0"]
-    d = ServeProcess(tmp_path, *args, "--log-level", "debug", prelude=hold_detect(1, release)).start()
+    args = ["--model", model, *DETECT_OPTIONS, "--watch", drop, "--state", state, *FAST]
+    prelude = hold_detect(1, release) + break_commit(broken)
+    d = ServeProcess(tmp_path, *args, "--log-level", "debug", prelude=prelude).start()
     try:
         d.wait_for(lambda: "claimed 1 input(s)" in d.log(), what="the photo in hand")
-        filler = fill(small_disk)  # the state folder's disk is full when the worker commits
+        broken.touch()  # the commit of the photo in hand fails
         release.touch()
         assert d.wait(60) == 1, d.log()
     finally:
         d.kill()
     log = d.log()
     assert "the worker stopped; what it had not committed runs again at the next start" in log
-    assert "database or disk is full" in log, log[-3000:]
-    filler.unlink()
-    # Room again: the next start runs what the dead worker had not committed.
+    assert "database disk image is malformed" in log, log[-3000:]
+    # A sound database again: the next start runs what the dead worker had not committed.
     with ServeProcess(tmp_path, *args).start() as d2:
         items = d2.wait_for(lambda: d2.all_pages("/detections"), what="the photo processed")
         assert [Path(it["image"]).name for it in items] == ["a.jpg"] and items[0]["detections"]
