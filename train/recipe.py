@@ -24,7 +24,6 @@ epochs (at least one each) for a quick try of the whole pipeline.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
@@ -221,9 +220,9 @@ def _load_record(path: Path, src: str, recipe: LacmusRecipe) -> dict:
 
 
 def _save_record(path: Path, doc: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, default=str))
-    os.replace(tmp, path)
+    from edgetile.runtime.files import write_text_atomic
+
+    write_text_atomic(path, json.dumps(doc, indent=1, default=str))
 
 
 def _outputs_exist(outputs: Mapping[str, object]) -> bool:

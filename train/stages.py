@@ -15,11 +15,12 @@ a fine-tuning stage, so stages after the first train without warm-up. Either can
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from edgetile.runtime.files import write_text_atomic
 
 from .budget import DEFAULT_BUDGET_MB, check_budget_before_training
 from .training import TrainOptions, TrainResult, check_train_args, data_classes, fold_data, train
@@ -303,7 +304,5 @@ def _write_summary(
         "onnx": str(res.onnx) if res.onnx else None,
         "ok": res.ok,
     }
-    tmp = run_dir / ".stages.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=1, default=str))
-    os.replace(tmp, run_dir / "stages.json")
+    write_text_atomic(run_dir / "stages.json", json.dumps(doc, indent=1, default=str))
     (run_dir / "stages.txt").write_text(res.summary() + "\n")

@@ -333,15 +333,15 @@ def write_ensemble(
     if ens.notes:
         doc["notes"] = list(ens.notes)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
+    from ..files import write_text_atomic
+
     if p.suffix.lower() == ".json":
-        tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        write_text_atomic(p, json.dumps(doc, indent=1) + "\n")
     else:
         import yaml
 
         header = "# edgetile ensemble: --model accepts this file as one model; paths are relative to it\n"
-        tmp.write_text(header + yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-    os.replace(tmp, p)
+        write_text_atomic(p, header + yaml.safe_dump(doc, sort_keys=False))
     return p
 
 

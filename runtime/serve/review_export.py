@@ -25,10 +25,11 @@ import xml.etree.ElementTree as ET
 import cv2
 import numpy as np
 
+from ..outputs import csv_text_cell
+
 KML_NS = "http://www.opengis.net/kml/2.2"
 GPX_NS = "http://www.topografix.com/GPX/1/1"
 COLOURS = {"confirmed": "#00a000", "flagged": "#ff8000"}  # CalTopo marker colours, and the map's
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def numbered_finds(items: list[dict]) -> list[dict]:
@@ -154,9 +155,8 @@ CSV_HEADER = (
 
 
 def csv_cell(text: object) -> str:
-    """A text cell that a spreadsheet shows and never runs as a formula."""
-    s = "" if text is None else str(text)
-    return "'" + s if s.startswith(FORMULA_START) else s
+    """A text cell that a spreadsheet shows and never runs as a formula (outputs.csv_text_cell); None is empty."""
+    return "" if text is None else csv_text_cell(text)
 
 
 def finds_csv(finds: list[dict], base_url: str) -> str:
