@@ -31,12 +31,21 @@ GEO_FILES = ("detections.geojson", "tracks.geojson", "detections.kml", "detectio
 LAT0, LON0 = 46.5, 7.9
 
 
+def ray_free_env() -> dict[str, str]:
+    """This process's environment without Ray's settings: a Ray started earlier in the test session
+    (ray.init sets RAY_AUTH_MODE=token in its own process) must not change how these clusters run."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    return env
+
+
 def detect(photos, out, *args, model):
     r = subprocess.run(
         [*EDGETILE, "detect", str(photos), "--model", str(model), "--out", str(out), "--tile", "256", *args],
         capture_output=True,
         text=True,
         timeout=300,
+        env=ray_free_env(),
     )
     return r
 
@@ -219,7 +228,9 @@ def ray_cluster(tmp_path_factory):
     pytest.importorskip("ray", reason="needs Ray, the optional extra: pip install 'edgetile[ray]'")
     port = free_port()
     temp = tmp_path_factory.mktemp("ray")
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # A home of its own: a Ray run earlier on this machine (edgetile tune --ray) leaves ~/.ray/auth_token,
+    # and a head that finds it asks its workers for a token they were not told to send.
+    env = {**ray_free_env(), "HOME": str(tmp_path_factory.mktemp("ray-home"))}
     common = ["--num-cpus=1", "--object-store-memory=100000000", "--disable-usage-stats"]
     address = f"127.0.0.1:{port}"
     try:
@@ -233,12 +244,11 @@ def ray_cluster(tmp_path_factory):
             ],
             [f"--address={address}", "--node-ip-address=127.0.0.1"],
         ):
-            subprocess.run(
-                [*RAY, "start", *words, *common],
-                check=True,
-                capture_output=True,
-                env=env,
-                timeout=180,
+            r = subprocess.run(
+                [*RAY, "start", *words, *common], capture_output=True, text=True, env=env, timeout=180
+            )
+            assert r.returncode == 0, (
+                f"ray start {' '.join(words)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
             )
         yield address
     finally:

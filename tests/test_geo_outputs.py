@@ -353,7 +353,12 @@ def test_detect_without_format_writes_no_geo_files_and_bad_format_is_usage(tmp_p
         timeout=300,
     )
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["detections.csv", "detections.json"]
+    # run.json records the run's settings for --resume; no geographic file without --format
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
+        "detections.csv",
+        "detections.json",
+        "run.json",
+    ]
     assert set(json.loads((tmp_path / "o" / "detections.json").read_text())[0]["detections"][0]) == {
         "bbox",
         "score",
