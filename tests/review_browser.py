@@ -63,7 +63,8 @@ class Browser:
         opts.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
         self.driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
         self.driver.set_script_timeout(60)
-        self.requests: list[dict] = []  # {"url", "method", "status"} of every request the page made
+        # {"url", "method", "status", "type" (the response's MIME type), "authorization"} of every request
+        self.requests: list[dict] = []
         setup = []
         if operator is not None:
             setup.append(f"localStorage.setItem('edgetile.operator', {json.dumps(operator)});")
@@ -118,9 +119,18 @@ class Browser:
             params = msg.get("params", {})
             if msg["method"] == "Network.requestWillBeSent":
                 req = params["request"]
-                by_id[params["requestId"]] = {"url": req["url"], "method": req["method"], "status": None}
+                by_id[params["requestId"]] = {
+                    "url": req["url"],
+                    "method": req["method"],
+                    "status": None,
+                    "type": None,
+                    "authorization": next(
+                        (v for k, v in req.get("headers", {}).items() if k.lower() == "authorization"), None
+                    ),
+                }
             elif msg["method"] == "Network.responseReceived" and params["requestId"] in by_id:
                 by_id[params["requestId"]]["status"] = params["response"]["status"]
+                by_id[params["requestId"]]["type"] = params["response"]["mimeType"]
         self.requests += by_id.values()
         return self.requests
 
@@ -144,13 +154,16 @@ LAT0, LON0 = 55.75, 37.62
 
 
 def person_field(blobs: list[tuple[int, int]], seed: int = 0) -> np.ndarray:
-    """A green field with an 8x8 red 'person' at each (x, y) (multiples of 8: one detection each)."""
+    """A green field with an 8x8 red 'person' at each (x, y) (multiples of 8: one detection each).
+
+    A blob given as (x, y, red) has that red level (0..255, default 255): a dimmer red, a lower score.
+    """
     rng = np.random.default_rng(seed)
     img = np.empty((PH, PW, 3), np.uint8)
     img[...] = (60, 110, 70)
     img += rng.integers(0, 12, img.shape, dtype=np.uint8)
-    for x, y in blobs:
-        img[y : y + 8, x : x + 8] = (0, 0, 255)
+    for x, y, *red in blobs:
+        img[y : y + 8, x : x + 8] = (0, 0, red[0] if red else 255)
     return img
 
 

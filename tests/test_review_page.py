@@ -29,6 +29,9 @@ pytestmark = [
 BLOBS = [[(64 + 8 * n, 64), (200, 160 + 16 * n), (400, 296)] for n in range(4)]
 N_PHOTOS, N_DETECTIONS = len(BLOBS), sum(len(b) for b in BLOBS)
 TOKEN = "s3cret-field-token"
+# The same people in reds from full to barely redder than the field: scores spread out below 1.
+REDS = [120, 255, 110, 140, 106, 160, 117, 112, 130, 108, 125, 115]
+DIM_BLOBS = [[(x, y, REDS[3 * n + k]) for k, (x, y) in enumerate(b)] for n, b in enumerate(BLOBS)]
 
 
 @pytest.fixture(scope="module")
@@ -42,19 +45,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def survey(tmp_path: Path, model, *extra) -> tuple[ServeProcess, Path]:
-    """A daemon with --geo on a watched folder holding N_PHOTOS photos, all committed."""
+def survey(tmp_path: Path, model, *extra, photos=BLOBS) -> tuple[ServeProcess, Path]:
+    """A daemon with --geo on a watched folder holding one photo per list of blobs, all committed."""
     drop = tmp_path / "drop"
     drop.mkdir(exist_ok=True)
-    for n, blobs in enumerate(BLOBS):
+    for n, blobs in enumerate(photos):
         drone_photo(drop / f"DJI_{n:04d}.JPG", n, blobs, yaw=12.0 * n)
     args = ["--model", model, "--tile", "256", "--watch", drop, "--state", tmp_path / "state"]
     args += ["--settle", "0", "--poll", "0.1", "--geo", "--ground-alt", "130", *extra]
     d = ServeProcess(tmp_path, *args).start()
     token = TOKEN if "--token" in extra else None
+    total = sum(len(b) for b in photos)
     d.wait_for(
-        lambda: d.json("/api/review/counts", token=token)["total"] == N_DETECTIONS,
-        what=f"{N_DETECTIONS} detections",
+        lambda: d.json("/api/review/counts", token=token)["total"] == total, what=f"{total} detections"
     )
     return d, drop
 
@@ -344,6 +347,109 @@ def test_with_a_token_a_page_without_it_gets_nothing_until_the_operator_gives_it
         for path in ("/api/review/detections", "/api/review/map", "/images/1", "/api/review/crops/1-0"):
             assert d.request(path)[0] == 401, path
         only_the_daemon_was_asked(a, d)
+    finally:
+        a.close()
+        d.kill()
+
+
+def queue_rows(b: Browser) -> list[str]:
+    return b.driver.execute_script(
+        "return [...document.querySelectorAll('#queue-list li')].map((li) => li.dataset.id)"
+    )
+
+
+def test_score_range_and_time_order_list_what_the_daemon_lists(tmp_path, model):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    d, _ = survey(tmp_path, model, photos=DIM_BLOBS)
+    a = Browser()
+    try:
+        a.open(d.url)
+        a.wait(f"s.items.length === {N_DETECTIONS}", what="the whole queue")
+        # the scores as committed, and the commit order: outcome by outcome, each in its own order
+        scores, commit_order = {}, []
+        for outcome in d.json("/detections?limit=1000")["items"]:
+            for k, det in enumerate(outcome["detections"]):
+                scores[f"{outcome['id']}-{k}"] = det["score"]
+                commit_order.append(f"{outcome['id']}-{k}")
+        assert sorted(commit_order) == sorted(page_statuses(a))
+        by_score = a.state("s.items.map((d) => d.id)")
+        assert [scores[i] for i in by_score] == sorted(scores.values(), reverse=True)
+        assert queue_rows(a) == by_score
+
+        # a score range keeps exactly the detections whose score lies in it, as the daemon's own query
+        ranked = sorted(scores.values())
+        lo = round((ranked[2] + ranked[3]) / 2, 4)
+        hi = round((ranked[-3] + ranked[-2]) / 2, 4)
+        inside = {i for i, s in scores.items() if lo <= s <= hi}
+        assert 0 < len(inside) < N_DETECTIONS - 2, f"the range {lo}..{hi} must leave some out: {ranked}"
+        daemon = d.json(f"/api/review/detections?min_score={lo}&max_score={hi}&limit=1000")["items"]
+        assert {it["id"] for it in daemon} == inside
+        for name, value in (("min_score", lo), ("max_score", hi)):
+            field = a.driver.find_element(By.CSS_SELECTOR, f"input[name={name}]")
+            field.send_keys(str(value) + Keys.TAB)  # a number field tells its change when left
+        a.wait(
+            f"s.filters.min_score === '{lo}' && s.filters.max_score === '{hi}' && s.items.length === {len(inside)}",
+            what=f"the score range {lo}..{hi}",
+        )
+        assert a.state("s.items.map((d) => d.id)") == [it["id"] for it in daemon]
+        assert queue_rows(a) == [it["id"] for it in daemon]
+        for name in ("min_score", "max_score"):
+            field = a.driver.find_element(By.CSS_SELECTOR, f"input[name={name}]")
+            field.send_keys(Keys.CONTROL, "a")
+            field.send_keys(Keys.BACKSPACE, Keys.TAB)
+        a.wait(
+            f"s.filters.min_score === '' && s.filters.max_score === '' && s.items.length === {N_DETECTIONS}",
+            what="the score range cleared",
+        )
+        assert a.state("s.items.map((d) => d.id)") == by_score
+
+        # by time: commit order, as the daemon lists it; then back to the highest score first
+        by_time = [it["id"] for it in d.json("/api/review/detections?order=time&limit=1000")["items"]]
+        assert by_time == commit_order and by_time != by_score
+        a.driver.find_element(By.CSS_SELECTOR, "select[name=order] option[value=time]").click()
+        a.wait(f"s.filters.order === 'time' && s.items.length === {N_DETECTIONS}", what="the time order")
+        assert a.state("s.items.map((d) => d.id)") == by_time
+        assert queue_rows(a) == by_time
+        shown(a)
+        assert a.state("s.current") == by_time[0]
+        a.driver.find_element(By.CSS_SELECTOR, "select[name=order] option[value=score]").click()
+        a.wait(f"s.filters.order === 'score' && s.items.length === {N_DETECTIONS}", what="the score order")
+        assert a.state("s.items.map((d) => d.id)") == by_score
+        assert queue_rows(a) == by_score
+        only_the_daemon_was_asked(a, d)
+        assert a.state("s.errors") == []
+    finally:
+        a.close()
+        d.kill()
+
+
+def test_kml_csv_and_png_exports_are_fetched_with_the_token(tmp_path, model):
+    from selenium.webdriver.common.by import By
+
+    d, _ = survey(tmp_path, model, "--token", TOKEN)
+    a = Browser(token=TOKEN)
+    try:
+        a.open(d.url)
+        shown(a)
+        a.key("f")  # one find to export
+        a.wait("s.pending.length === 0 && s.counts.flagged === 1", what="the flag saved")
+        a.driver.find_element(By.CSS_SELECTOR, "#exports summary").click()
+        types = {
+            "finds.kml": "application/vnd.google-earth.kml+xml",
+            "finds.csv": "text/csv",
+            "finds.png": "image/png",
+        }
+        for name in types:
+            a.driver.find_element(By.CSS_SELECTOR, f"[data-export='{name}']").click()
+            a.wait(f"performance.getEntriesByName(location.origin + '/api/review/{name}').length", what=name)
+        exported = {r["url"].rsplit("/", 1)[1]: r for r in a.network() if "/api/review/finds." in r["url"]}
+        assert sorted(exported) == sorted(types)
+        for name, r in exported.items():
+            assert (r["status"], r["type"], r["authorization"]) == (200, types[name], f"Bearer {TOKEN}"), r
+        only_the_daemon_was_asked(a, d)
+        assert a.state("s.errors") == []
     finally:
         a.close()
         d.kill()
