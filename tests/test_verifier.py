@@ -491,3 +491,13 @@ def test_eval_and_its_sweep_take_verify(tmp_path, classifier):
     sweep = (tmp_path / "ev" / "sweep.csv").read_text().splitlines()
     tp, fp = (int(v) for v in sweep[1].split(",")[6:8])
     assert tp + fp == len(rows)  # the sweep's merge got the same second look
+
+
+@pytest.mark.parametrize("option, value", [("--verify", "v.onnx"), ("--verify-thr", "0.5")])
+def test_train_verifier_refuses_the_options_of_the_classifier_it_makes(tmp_path, capsys, option, value):
+    from edgetile.runtime.cli import main
+
+    code = main(["train-verifier", "--data", str(tmp_path), "--out", str(tmp_path / "o"), option, value])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{option}: expected none here" in err, err
+    assert not (tmp_path / "o").exists()

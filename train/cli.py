@@ -617,10 +617,11 @@ def cmd_train_verifier(a: argparse.Namespace) -> int:
     from .budget import BudgetError
     from .verifier import VerifierOptions, train_verifier
 
-    if a.verify is not None:
-        raise UsageError(
-            "--verify: expected none here: train-verifier makes the classifier that --verify takes"
-        )
+    for given, option in ((a.verify, "--verify"), (a.verify_thr, "--verify-thr")):
+        if given is not None:
+            raise UsageError(
+                f"{option}: expected none here: train-verifier makes the classifier and chooses its threshold"
+            )
     train_photos, val_photos, problems = _verifier_photos(a)
     try:
         opt = VerifierOptions(
