@@ -107,6 +107,8 @@ def detect_run_settings(a: argparse.Namespace, geo_config: GeoConfig | None) -> 
         "model-weights": list(recipe.weights) if recipe.weights is not None else None,
         "backend": recipe.backend,
         "detect": asdict(recipe.config),
+        "verify": sha256_file(recipe.verify) if recipe.verify is not None else None,
+        "verify-thr": recipe.verify_thr,
         "format": formats,
     }
     if formats and geo_config is not None:

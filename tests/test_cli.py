@@ -388,3 +388,25 @@ def test_a_missing_optional_module_is_one_line_naming_the_extra(tmp_path, module
         f"edgetile {args[0]}: error: needs the Python module {module}, which this install lacks: "
         f"pip install 'edgetile[{extra}]'"
     ]
+
+
+def test_resume_settings_name_the_verifier_and_its_threshold(tmp_path, model):
+    # a rerun with another --verify classifier or --verify-thr must not keep the earlier results
+    from edgetile.runtime.cli import build_parser, detect_run_settings
+    from edgetile.runtime.options.files import resolve_options
+
+    a_cls, b_cls = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    a_cls.write_bytes(b"classifier a")
+    b_cls.write_bytes(b"classifier b")
+
+    def settings(*words):
+        a = resolve_options(
+            build_parser().parse_args(["detect", "x.jpg", "--out", "o", "--model", str(model), *words])
+        )
+        return detect_run_settings(a, None)
+
+    plain, with_a, with_b = settings(), settings("--verify", str(a_cls)), settings("--verify", str(b_cls))
+    with_a_thr = settings("--verify", str(a_cls), "--verify-thr", "0.4")
+    assert plain["verify"] is None and with_a["verify"] != with_b["verify"]
+    assert with_a["verify-thr"] is None and with_a_thr["verify-thr"] == 0.4
+    assert len({repr(s) for s in (plain, with_a, with_b, with_a_thr)}) == 4

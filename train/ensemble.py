@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 from edgetile.runtime.detector import DetectConfig, Detector
 from edgetile.runtime.evaluation.annotations import Dataset, load_dataset
 from edgetile.runtime.evaluation.metrics import EvalResult, evaluate
+from edgetile.runtime.files import write_json_atomic
 from edgetile.runtime.options.detect import write_ensemble
 
 from .budget import DEFAULT_BUDGET_MB
@@ -297,8 +297,6 @@ def train_folds(
         "ensemble": str(ensemble),
         "ok": ok,
     }
-    tmp = run_dir / ".folds.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, run_dir / "folds.json")
+    write_json_atomic(run_dir / "folds.json", doc)
     (run_dir / "folds.txt").write_text(result.summary() + "\n")
     return result

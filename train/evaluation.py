@@ -27,7 +27,6 @@ from edgetile.runtime.evaluation.metrics import (
     operating_point,
     score_detections,
 )
-from edgetile.runtime.images import ImageReadError
 from edgetile.runtime.options.detect import detect_args, detect_settings
 from edgetile.runtime.outputs import CSV_HEADER, csv_rows
 from edgetile.runtime.verifier import Verifier
@@ -164,20 +163,6 @@ class SweepResult:
             "json": out / "best_detect.json",
             "txt": out / "best_detect.txt",
         }
-
-
-def _collect(
-    detector: Detector, dataset: Dataset, mapping: dict[int, int]
-) -> tuple[list[PhotoDetections], list[str]]:
-    per_photo, problems = [], []
-    for photo in dataset.photos:
-        try:
-            image = photo.load()
-        except ImageReadError as exc:
-            problems.append(f"{photo.path}: not evaluated: {exc}")
-            continue
-        per_photo.append(PhotoDetections(photo, map_classes(detector.detect(image), mapping)))
-    return per_photo, problems
 
 
 def sweep(

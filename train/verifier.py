@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -37,6 +36,7 @@ from edgetile.runtime.boxes import pairwise_overlap
 from edgetile.runtime.detector import DetectConfig, Detector
 from edgetile.runtime.evaluation.annotations import AnnotatedPhoto
 from edgetile.runtime.evaluation.metrics import match_in_order
+from edgetile.runtime.files import write_text_atomic
 from edgetile.runtime.images import ImageReadError
 from edgetile.runtime.preprocess import BatchBuffer
 from edgetile.runtime.verifier import (
@@ -740,7 +740,5 @@ def train_verifier(
         "onnx_vs_torch_max_diff": diff,
         "problems": problems + [p for c in counts.values() for p in c.problems],
     }
-    tmp = files["json"].with_name(files["json"].name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1, default=str))
-    os.replace(tmp, files["json"])
+    write_text_atomic(files["json"], json.dumps(report, indent=1, default=str))
     return VerifierResult(out, best, onnx_path, counts, measured, timing, report, sizes, files)

@@ -34,7 +34,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from pydantic import BaseModel, Field
 
 from ..geo.tracks import TrackBuilder
-from ..images import ImageReadError, read_image
+from ..images import ImageReadError, check_pixels, claimed_size, read_image
 from .review_export import finds_csv, finds_geojson, finds_gpx, finds_kml, finds_png, numbered_finds
 from .review_store import FINDS, SOURCES, STATUSES, ReviewQueue, public, review_counts
 from .store import iso_utc
@@ -406,7 +406,7 @@ def _image_routes(review: _Review, decoding: threading.BoundedSemaphore) -> APIR
             return _jpeg_response(cached)
         with decoding:
             try:
-                img = read_image(path)
+                img = read_image(path, review.cfg.max_pixels)
             except ImageReadError as exc:
                 raise HTTPException(409, f"result {item['outcome_id']}: {exc}") from None
         return _jpeg_response(crops.put(det_id, _encode(_crop(img, item["bbox"]))))
@@ -422,6 +422,12 @@ def _image_routes(review: _Review, decoding: threading.BoundedSemaphore) -> APIR
             return _jpeg_response(cached)
         flag = _reduced_read(max(size[0] or 0, size[1] or 0))
         with decoding:
+            try:  # the file at the path may have been replaced since it was detected: its header first
+                claimed = claimed_size(path)
+                if claimed is not None:
+                    check_pixels(*claimed, review.cfg.max_pixels, path)
+            except (ImageReadError, OSError) as exc:
+                raise HTTPException(409, f"result {outcome_id}: {exc}") from None
             img = cv2.imread(path, flag | cv2.IMREAD_IGNORE_ORIENTATION)  # as the boxes: pixels as stored
         if img is None:
             raise HTTPException(409, f"result {outcome_id}: the photo at its path is not a readable image")

@@ -25,6 +25,7 @@ import xml.etree.ElementTree as ET
 import cv2
 import numpy as np
 
+from ..geo.writers import xml_safe
 from ..outputs import csv_text_cell
 
 KML_NS = "http://www.opengis.net/kml/2.2"
@@ -116,7 +117,7 @@ def finds_kml(finds: list[dict], base_url: str) -> str:
         ET.SubElement(pm, "styleUrl").text = f"#{f['status']}"
         point = ET.SubElement(pm, "Point")
         ET.SubElement(point, "coordinates").text = f"{f['lon']:.8f},{f['lat']:.8f},0"
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + xml_safe(ET.tostring(root, encoding="unicode")) + "\n"
 
 
 def finds_gpx(finds: list[dict], base_url: str) -> str:
@@ -134,7 +135,7 @@ def finds_gpx(finds: list[dict], base_url: str) -> str:
         ET.SubElement(link, "text").text = "crop of the photo"
         ET.SubElement(wpt, "sym").text = "Flag" if f["status"] == "flagged" else "Waypoint"
         ET.SubElement(wpt, "type").text = f["status"]
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + xml_safe(ET.tostring(root, encoding="unicode")) + "\n"
 
 
 CSV_HEADER = (

@@ -382,7 +382,7 @@ class ReviewQueue(PhotoQueue):
     ) -> None:
         if outbox_limit is None or item["status"] not in FINDS:
             return
-        message = {k: v for k, v in item.items() if not k.startswith("_")}
+        message = public(item)
         message["decision_id"] = decision_id
         c.execute(
             "INSERT INTO mqtt_outbox (outcome_id, detection, topic, payload) VALUES (?, ?, ?, ?)",
