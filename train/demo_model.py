@@ -217,6 +217,101 @@ def evaluate_demo(
     return metrics
 
 
+# Ultralytics arguments every demo training shares.
+TRAIN_SETTINGS = dict(
+    seed=0,
+    deterministic=False,
+    amp=False,  # Ultralytics' AMP check downloads a model
+    plots=False,  # plots download a font
+    patience=1000,
+    verbose=False,
+    cache="ram",
+)
+
+
+def _stages_or_exit(p: argparse.ArgumentParser, a: argparse.Namespace) -> list:
+    """--stages parsed and checked against --imgsz and --copy-checkpoints (argparse's error otherwise)."""
+    if a.stages is None:
+        return []
+    from .stages import parse_stages
+
+    try:
+        stages = parse_stages(a.stages)
+    except ValueError as exc:
+        p.error(str(exc))
+    if stages[-1].imgsz != a.imgsz:
+        p.error(
+            f"--stages: expected the last stage at --imgsz {a.imgsz} (the exported model's input), "
+            f"found {stages[-1].imgsz}"
+        )
+    if a.copy_checkpoints is not None:
+        p.error("--copy-checkpoints: expected a single-stage run, found --stages")
+    return stages
+
+
+def stage_hours(stages: list, hours: float) -> list[float]:
+    """A wall-time budget split over stages in proportion to epochs x input area (their arithmetic)."""
+    work = [s.epochs * s.imgsz**2 for s in stages]
+    return [hours * w / sum(work) for w in work]
+
+
+def _train_stages(a: argparse.Namespace, data: Path, start_model: str, stages: list) -> Path:
+    from .stages import Stage, train_stages
+    from .training import TrainOptions
+
+    if a.hours is not None:
+        stages = [
+            Stage(s.imgsz, s.epochs, s.lr0, {**s.overrides, "time": h})
+            for s, h in zip(stages, stage_hours(stages, a.hours))
+        ]
+    settings = {k: v for k, v in TRAIN_SETTINGS.items() if k not in ("seed", "patience")}
+    options = TrainOptions(
+        model=start_model,
+        batch=a.batch,
+        device=str(a.device),
+        workers=a.workers,
+        seed=TRAIN_SETTINGS["seed"],
+        patience=TRAIN_SETTINGS["patience"],
+        project=str(a.out.resolve()),
+        name="train",
+        overrides=settings,
+    )
+    return train_stages(data, stages, options).best
+
+
+def _train_one(a: argparse.Namespace, start_model: str, data: Path) -> Path:
+    from ultralytics import YOLO
+
+    model = YOLO(start_model)
+    if a.copy_checkpoints is not None:
+        a.copy_checkpoints.mkdir(parents=True, exist_ok=True)
+
+        from ultralytics.utils.torch_utils import strip_optimizer
+
+        def copy_out(trainer) -> None:
+            # Stripped (no optimizer, FP16 weights): a fifth of the size, still a checkpoint
+            # that --export-only and YOLO() load.
+            for pt in (trainer.last, trainer.best):
+                if Path(pt).is_file():
+                    strip_optimizer(pt, str(a.copy_checkpoints / Path(pt).name))
+
+        model.add_callback("on_model_save", copy_out)
+    model.train(
+        data=str(data),
+        epochs=a.epochs,
+        time=a.hours,
+        imgsz=a.imgsz,
+        batch=a.batch,
+        device=a.device,
+        workers=a.workers,
+        project=str(a.out.resolve()),
+        name="train",
+        exist_ok=True,
+        **TRAIN_SETTINGS,
+    )
+    return a.out / "train" / "weights" / "best.pt"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m edgetile.train.demo_model",
@@ -255,6 +350,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--imgsz", type=int, default=1024, help="model input size, also the tile size (default: 1024)"
     )
+    p.add_argument(
+        "--stages",
+        nargs="+",
+        default=None,
+        metavar="IMGSZ:EPOCHS:LR",
+        help="train in stages as `edgetile train --stages` does (progressive resolution, each stage "
+        "from the previous one's best weights), e.g. 640:20:1e-2 1024:10:1e-3; the last stage's size "
+        "must be --imgsz. With --hours, each stage gets a share of it in proportion to its epochs times "
+        "its input area. --copy-checkpoints is for single-stage runs",
+    )
     p.add_argument("--batch", type=int, default=32, help="training batch (default: 32)")
     p.add_argument("--seed", type=int, default=1000, help="scene seed (default: 1000)")
     p.add_argument("--device", default="cpu", help="training device: cpu or a CUDA index (default: cpu)")
@@ -288,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         help="held-out-renderer 4000x3000 scenes for the full-photo mAP report; 0 skips it (default: 16)",
     )
     a = p.parse_args(argv)
+    stages = _stages_or_exit(p, a)
     renderers = training_renderers(a.heldout_renderer)
     record: dict = {
         "command": "python -m edgetile.train.demo_model "
@@ -315,42 +421,13 @@ def main(argv: list[str] | None = None) -> int:
             )
         record["dataset_s"] = round(time.perf_counter() - t0, 1)
         print(f"dataset {data} in {record['dataset_s']} s", flush=True)
-        model = YOLO(start_model)
-        if a.copy_checkpoints is not None:
-            a.copy_checkpoints.mkdir(parents=True, exist_ok=True)
-
-            from ultralytics.utils.torch_utils import strip_optimizer
-
-            def copy_out(trainer) -> None:
-                # Stripped (no optimizer, FP16 weights): a fifth of the size, still a checkpoint
-                # that --export-only and YOLO() load.
-                for pt in (trainer.last, trainer.best):
-                    if Path(pt).is_file():
-                        strip_optimizer(pt, str(a.copy_checkpoints / Path(pt).name))
-
-            model.add_callback("on_model_save", copy_out)
         t0 = time.perf_counter()
-        model.train(
-            data=str(data),
-            epochs=a.epochs,
-            time=a.hours,
-            imgsz=a.imgsz,
-            batch=a.batch,
-            device=a.device,
-            workers=a.workers,
-            project=str(a.out.resolve()),
-            name="train",
-            exist_ok=True,
-            seed=0,
-            deterministic=False,
-            amp=False,  # Ultralytics' AMP check downloads a model
-            plots=False,  # plots download a font
-            patience=1000,
-            verbose=False,
-            cache="ram",
-        )
+        if stages:
+            best = _train_stages(a, data, start_model, stages)
+            record["stages"] = [s.words for s in stages]
+        else:
+            best = _train_one(a, start_model, data)
         record["training_s"] = round(time.perf_counter() - t0, 1)
-        best = a.out / "train" / "weights" / "best.pt"
     else:
         best = a.export_only
     onnx_path = Path(
