@@ -373,6 +373,9 @@ def test_documented_daemon_starts_and_serves_the_watched_photos(command, world):
     words = substituted(command)[1:]  # after 'serve'
     if "--state" not in words:
         words += ["--state", str(world.root / f"state-{len(world.results)}")]
+    else:  # the docs' state folder, made relative by the substitutions, inside the test's folder
+        at = words.index("--state") + 1
+        words[at] = str(world.root / words[at])
     words = [str(world.root / w) if (world.root / w).exists() else w for w in words]
     with ServeProcess(world.root, *words, "--settle", "0", "--poll", "0.1").start() as d:
         # serve.md's next line: curl -s localhost:8765/detections
