@@ -18,9 +18,18 @@ M_PER_DEG_LAT = 111_320.0
 class StationProcess(ServeProcess):
     """One `edgetile station` process (the daemon's helper, with the station's command)."""
 
-    def __init__(self, workdir: Path, *args, env: dict | None = None) -> None:
+    def __init__(self, workdir: Path, *args, env: dict | None = None, prelude: str | None = None) -> None:
         super().__init__(workdir, *args, env=env)
-        self.command = STATION
+        self.command = (
+            STATION
+            if prelude is None
+            else [
+                sys.executable,
+                "-c",
+                f"{prelude}\nimport sys\nfrom edgetile.runtime.cli import main\n"
+                "sys.exit(main(['station', *sys.argv[1:]]))",
+            ]
+        )
         self.log_path = self.log_path.with_name(self.log_path.name.replace("serve-", "station-"))
 
     def post(self, path: str, body: dict, token: str | None = None) -> tuple[int, dict]:
@@ -38,6 +47,24 @@ class StationProcess(ServeProcess):
     def wait_subscribed(self, timeout: float = 60.0) -> None:
         """Until the broker has the station's subscription: what drones publish from then on waits for it."""
         self.wait_for(lambda: "MQTT: subscribed" in self.log(), timeout, "the station's subscription")
+
+
+def hold_record(call: int, mark: Path) -> str:
+    """A prelude for StationProcess: the station's ``call``-th new detection message is received and
+    then held before it is recorded (``mark`` is created then), until the test kills the process."""
+    return (
+        "import time\n"
+        "from edgetile.runtime.station.store import StationStore\n"
+        "_record, _calls = StationStore.record_sighting, [0]\n"
+        "def record_sighting(self, s, assign):\n"
+        "    _calls[0] += 1\n"
+        f"    if _calls[0] == {int(call)}:\n"
+        f"        open({str(mark)!r}, 'w').close()\n"
+        "        while True:\n"
+        "            time.sleep(0.01)\n"
+        "    return _record(self, s, assign)\n"
+        "StationStore.record_sighting = record_sighting\n"
+    )
 
 
 def survey_photo(

@@ -15,7 +15,7 @@ import geojson
 import pytest
 from mqtt_broker import Broker, Subscriber
 from serve_process import ServeProcess
-from station_process import StationProcess, survey_photo, wait_until
+from station_process import StationProcess, hold_record, survey_photo, wait_until
 
 from onnx_models import red_blob_model
 
@@ -226,4 +226,38 @@ def test_two_drones_one_person_one_find_with_crops_photos_decisions_splits_and_e
         for proc in (station, a, b):
             proc.kill()
         sub.close()
+        broker.stop()
+
+
+@pytest.mark.slow
+def test_a_message_received_but_not_yet_recorded_comes_again_after_a_kill_9(tmp_path, model):
+    broker = Broker(tmp_path / "broker").start()
+    (tmp_path / "drone.token").write_text(DRONE_TOKEN + "\n")
+    args = ["--mqtt", f"127.0.0.1:{broker.port}", "--mqtt-prefix", "search", "--state", tmp_path / "station"]
+    args += ["--daemon-token-file", tmp_path / "drone.token"]
+    held = tmp_path / "held"
+    station = StationProcess(tmp_path, *args, prelude=hold_record(2, held))
+    a, drop = drone(tmp_path, model, "alpha", broker, tmp_path / "drone.token")
+    try:
+        station.start()
+        station.wait_subscribed()
+        a.start()
+        for n in range(3):
+            survey_photo(drop / f"A_{n}.JPG", 100.0 * n, [(256, 80)], seed=n)
+        wait_until(held.exists, 60, "the second detection in the station's hands")
+        station.kill()  # received, not recorded, not acknowledged
+        station = StationProcess(tmp_path, *args)
+        station.start()
+        wait_until(lambda: len(daemon_detections(a)) == 3, 60, "the drone's 3 detections")
+        expected = {("alpha", it["id"]) for it in daemon_detections(a)}
+
+        def arrived():
+            got = [(s["drone_id"], s["detection_id"]) for f in station.finds() for s in f["sightings"]]
+            return got if set(got) == expected else None
+
+        got = wait_until(arrived, 60, "every detection, the held one again from the broker")
+        assert sorted(got) == sorted(expected)  # once each
+    finally:
+        station.kill()
+        a.kill()
         broker.stop()

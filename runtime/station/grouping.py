@@ -116,6 +116,7 @@ def sighting_item(r: sqlite3.Row) -> dict:
     return {
         "id": f"s-{r['id']}",
         "drone_id": r["drone_id"],
+        "detection_id": f"{r['outcome_id']}-{r['idx']}",  # the drone's own id of the detection
         "outcome_id": r["photo"],
         "image": r["image"],
         "time": iso_utc(r["time"]),

@@ -387,7 +387,7 @@ class StationStore:
         """Pending crop fetches whose next try is due: id, drone_id, outcome_id, idx, api, tries, received_at."""
         return self.conn.execute(
             "SELECT s.id, s.drone_id, s.outcome_id, s.idx, s.crop_tries, s.received_at, s.find_id, "
-            "COALESCE(p.api, d.api) AS api FROM sightings s JOIN photos p ON p.id = s.photo_id "
+            "COALESCE(d.api, p.api) AS api FROM sightings s JOIN photos p ON p.id = s.photo_id "
             "JOIN drones d ON d.drone_id = s.drone_id "
             "WHERE s.crop_state='pending' AND s.crop_next<=? ORDER BY s.crop_next, s.id LIMIT ?",
             (float(now), int(limit)),
@@ -479,7 +479,7 @@ class StationStore:
 
     def photo(self, photo_id: int) -> sqlite3.Row | None:
         return self.conn.execute(
-            "SELECT p.*, COALESCE(p.api, d.api) AS fetch_api FROM photos p JOIN drones d USING (drone_id) "
+            "SELECT p.*, COALESCE(d.api, p.api) AS fetch_api FROM photos p JOIN drones d USING (drone_id) "
             "WHERE p.id=?",
             (int(photo_id),),
         ).fetchone()
