@@ -8,6 +8,8 @@ on PREFIX/reviews; a split is kept; bad and repeated messages are counted and re
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 
@@ -18,6 +20,9 @@ from serve_process import ServeProcess
 from station_process import StationProcess, hold_record, survey_photo, wait_until
 
 from onnx_models import red_blob_model
+
+os.environ.setdefault("MAVLINK20", "1")
+from pymavlink import mavutil  # noqa: E402
 
 FAST = ["--settle", "0", "--poll", "0.1", "--tile", "256"]
 DRONE_TOKEN, STATION_TOKEN = "drone-secret", "station-secret"
@@ -94,6 +99,12 @@ def test_two_drones_one_person_one_find_with_crops_photos_decisions_splits_and_e
     broker = Broker(tmp_path / "broker").start()
     (tmp_path / "drone.token").write_text(DRONE_TOKEN + "\n")
     (tmp_path / "station.token").write_text(STATION_TOKEN + "\n")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        gcs_port = s.getsockname()[1]
+    gcs = mavutil.mavlink_connection(
+        f"udpin:127.0.0.1:{gcs_port}", dialect="ardupilotmega", source_system=255
+    )
     station = StationProcess(
         tmp_path,
         "--mqtt",
@@ -106,6 +117,8 @@ def test_two_drones_one_person_one_find_with_crops_photos_decisions_splits_and_e
         tmp_path / "station.token",
         "--daemon-token-file",
         tmp_path / "drone.token",
+        "--mavlink-out",
+        f"udpout:127.0.0.1:{gcs_port}",
     )
     sub = Subscriber(broker.port, "search/reviews", client_id="team-map")
     a, drop_a = drone(tmp_path, model, "alpha", broker, tmp_path / "drone.token")
@@ -174,6 +187,12 @@ def test_two_drones_one_person_one_find_with_crops_photos_decisions_splits_and_e
         assert sorted(msg["drones"]) == ["alpha", "bravo"] and len(msg["sightings"]) == 2
         with pytest.raises(Exception):  # noqa: B017 - queue.Empty: bob's second confirmation is not news
             sub.collect(1, "search/reviews", timeout=3)
+        texts = []  # the ground control station hears the find once too
+        while (m := gcs.recv_match(type="STATUSTEXT", blocking=True, timeout=3)) is not None:
+            texts.append(m.text)
+        where, name = f"{got['lat']:.5f},{got['lon']:.5f}", got["image"].rsplit("/", 1)[-1]
+        long = f"edgetile: CONFIRMED person at {where} ({name})"
+        assert texts == [long if len(long) <= 50 else f"CONFIRMED person {where} {name}"[:50]]
         history = station.json(f"/api/review/detections/{sighting}/history", token=STATION_TOKEN)
         assert [h["operator"] for h in history["history"]] == ["ann", "bob"]
 
@@ -181,7 +200,8 @@ def test_two_drones_one_person_one_find_with_crops_photos_decisions_splits_and_e
         doc = geojson.loads(station.request("/api/review/finds.geojson", token=STATION_TOKEN)[2].decode())
         assert doc.is_valid and len(doc["features"]) == 1
         props = doc["features"][0]["properties"]
-        assert props["sightings"] == 2 and "2 sighting(s) by alpha, bravo" in props["description"]
+        assert props["sightings"] == 2 and sorted(props["drones"]) == ["alpha", "bravo"]
+        assert f"2 sighting(s) by {', '.join(props['drones'])}" in props["description"]  # in time order
         for ext in ("kml", "gpx", "csv", "png"):
             assert station.request(f"/api/review/finds.{ext}", token=STATION_TOKEN)[0] == 200
 
@@ -226,6 +246,7 @@ def test_two_drones_one_person_one_find_with_crops_photos_decisions_splits_and_e
         for proc in (station, a, b):
             proc.kill()
         sub.close()
+        gcs.close()
         broker.stop()
 
 

@@ -101,11 +101,6 @@ class Finds:
         with self._lock:
             return self._grouper.position(int(find_id))
 
-    @property
-    def lock(self) -> threading.RLock:
-        """Held across a split and its commit, so that no sighting joins meanwhile."""
-        return self._lock
-
 
 def _round(v, digits: int):
     return None if v is None else round(float(v), digits)

@@ -230,17 +230,15 @@ def _queue_routes(station: Station, snapshot: FindSnapshot) -> APIRouter:
         kind, n = parse_id(body.sighting)
         if kind != "sighting":
             raise HTTPException(422, f"sighting: expected a sighting id 's-N', found {body.sighting!r}")
-        with station.store() as store, station.finds.lock:
+        with station.store() as store:
             if store.sighting(n) is None:
                 raise HTTPException(404, f"no sighting {body.sighting}")
             try:
-                new, old = station.finds.split(n)
+                new, old = store.split(n, body.operator, lambda: station.finds.split(n))
             except ValueError as exc:
                 raise HTTPException(409, f"{body.sighting}: {exc}") from None
-            try:
-                store.split(n, new, old, body.operator)
             except BaseException:
-                station.finds.restore(store)  # the grouper as the store says
+                station.finds.restore(store)  # the commit failed after the grouper split: as the store says
                 raise
             out = {"find": build_find(store, station, new), "from": build_find(store, station, old)}
         station.changes.bump()

@@ -551,8 +551,19 @@ class StationStore:
             self._change(c, "decision", find_id)
         return decision_id, first
 
-    def split(self, sighting_id: int, new_find: int, from_find: int, operator: str) -> None:
+    def split(self, sighting_id: int, operator: str, regroup) -> tuple[int, int]:
+        """Take a sighting out of its find, in one transaction with the grouper's split.
+
+        Args:
+            regroup: Called inside the transaction (so that the database's write lock is taken before
+                the grouper's, as the ingest takes them); returns (new find, the find it left), or
+                raises ValueError (nothing is written).
+
+        Returns:
+            (the new find, the find it left).
+        """
         with self.write() as c:
+            new_find, from_find = regroup()
             c.execute("UPDATE sightings SET find_id=? WHERE id=?", (int(new_find), int(sighting_id)))
             c.execute(
                 "INSERT OR IGNORE INTO splits (sighting_id, from_find, operator, split_at) VALUES (?, ?, ?, ?)",
@@ -560,6 +571,7 @@ class StationStore:
             )
             self._change(c, "detection", new_find)
             self._change(c, "detection", from_find)
+        return int(new_find), int(from_find)
 
     # ---- the outbox (read by serve.outbox.MqttOutbox) -----------------------------------------------
 
