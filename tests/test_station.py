@@ -18,6 +18,7 @@ import pytest
 from mqtt_broker import Broker, Subscriber
 from serve_process import ServeProcess
 from station_process import StationProcess, hold_record, survey_photo, wait_until
+from test_review_serve import Events
 
 from onnx_models import red_blob_model
 
@@ -126,6 +127,7 @@ def test_two_drones_one_person_one_find_with_crops_photos_decisions_splits_and_e
     try:
         station.start()
         station.wait_subscribed()
+        live = Events(station.url, STATION_TOKEN)  # what the page hears
         a.start()
         b.start()
         # the person P at 10.4 m north of alpha's photo centre (feet at row 88) is at row 288 in bravo's
@@ -150,6 +152,16 @@ def test_two_drones_one_person_one_find_with_crops_photos_decisions_splits_and_e
         # the find's place lies between its sightings' places
         lats = sorted(s["lat"] for s in p["sightings"])
         assert lats[0] - 1e-6 <= p["lat"] <= lats[1] + 1e-6
+        heard: list[tuple[str, dict]] = []
+
+        def live_has(kind, match):
+            while not live.events.empty():
+                heard.append(live.events.get()[:2])
+            return any(k == kind and match(data) for k, data in heard)
+
+        wait_until(lambda: live_has("detection", lambda f: f["id"] == p["id"] and len(f["sightings"]) == 2))
+        wait_until(lambda: live_has("crop", lambda f: f["id"] == p["id"] and f["crop_ready"]))
+        wait_until(lambda: live_has("drone", lambda d: d["id"] == "bravo" and d["last"] is not None))
 
         # crops and photos come from the drones, with their token
         status, headers, crop = station.request(f"/api/review/crops/{p['id']}", token=STATION_TOKEN)
@@ -187,6 +199,8 @@ def test_two_drones_one_person_one_find_with_crops_photos_decisions_splits_and_e
         assert sorted(msg["drones"]) == ["alpha", "bravo"] and len(msg["sightings"]) == 2
         with pytest.raises(Exception):  # noqa: B017 - queue.Empty: bob's second confirmation is not news
             sub.collect(1, "search/reviews", timeout=3)
+        wait_until(lambda: live_has("decision", lambda f: f["id"] == p["id"] and f["status"] == "confirmed"))
+        live.close()
         texts = []  # the ground control station hears the find once too
         while (m := gcs.recv_match(type="STATUSTEXT", blocking=True, timeout=3)) is not None:
             texts.append(m.text)
