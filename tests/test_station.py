@@ -296,3 +296,44 @@ def test_a_message_received_but_not_yet_recorded_comes_again_after_a_kill_9(tmp_
         station.kill()
         a.kill()
         broker.stop()
+
+
+def _exif_photo(path, gps_time=None, original=None, offset=None):
+    from PIL import Image, TiffImagePlugin
+
+    exif = Image.Exif()
+    if gps_time is not None:
+        date, (h, m, s) = gps_time
+        gps = exif.get_ifd(0x8825)
+        gps[29] = date
+        gps[7] = tuple(TiffImagePlugin.IFDRational(v) for v in (h, m, s))
+    if original is not None:
+        sub = exif.get_ifd(0x8769)
+        sub[0x9003] = original
+        if offset is not None:
+            sub[0x9011] = offset
+    Image.new("RGB", (8, 8)).save(path, exif=exif)
+    return path
+
+
+NOON_30 = 1714566615.0  # 2024-05-01T12:30:15Z
+
+
+@pytest.mark.parametrize(
+    "kw,name,expected",
+    [
+        ({"gps_time": ("2024:05:01", (12, 30, 15))}, "", NOON_30),  # GPS time is UTC
+        ({"original": "2024:05:01 15:30:15", "offset": "+03:00"}, "", NOON_30),  # local time with its offset
+        (
+            {"original": "2024:05:01 15:30:15"},
+            "",
+            None,
+        ),  # a local time without offset could be any of 26 hours
+        ({}, "rtsp://cam#t=2024-05-01T12:30:15.500Z", NOON_30 + 0.5),  # a live frame: its grab time
+        ({}, "", None),
+    ],
+)
+def test_a_photos_time_is_read_only_where_it_is_placed_in_utc(tmp_path, kw, name, expected):
+    from edgetile.runtime.geo.pose import photo_time
+
+    assert photo_time(_exif_photo(tmp_path / "p.jpg", **kw), name) == expected
