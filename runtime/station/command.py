@@ -137,11 +137,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s = subparsers.add_parser(
         "station",
         help="run the ground station: every drone's detections over MQTT in one review page",
-        description="Gather the detections that several drones' daemons (edgetile serve --mqtt BROKER "
-        "--drone-id NAME --geo) publish to one MQTT broker into a durable store (STATE/station.sqlite3), "
-        "fetch each detection's crop from its drone's HTTP API, group the sightings of one person by "
-        "several photos and drones into one find, and serve the same review page as edgetile serve. "
-        "Each message is recorded once, across restarts of the station, of the drones and of the broker. "
+        description="Gather the detections that several drones' daemons (edgetile serve --mqtt BROKER\n"
+        "--drone-id NAME --geo) publish to one MQTT broker into a durable store (STATE/station.sqlite3),\n"
+        "fetch each detection's crop from its drone's HTTP API, group the sightings of one person by\n"
+        "several photos and drones into one find, and serve the same review page as edgetile serve.\n"
+        "Each message is recorded once, across restarts of the station, of the drones and of the broker.\n"
         "Decisions on finds go out once per find on PREFIX/reviews (and as MAVLink STATUSTEXT).",
         epilog="Exit codes: 0 stopped by SIGTERM/SIGINT, 1 a part of the station failed, 2 usage error.\n"
         "Example: edgetile station --mqtt 127.0.0.1:1883 --state ~/search-2024-05-01 "

@@ -14,7 +14,6 @@ STATE/photos/.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import urllib.error
@@ -140,7 +139,7 @@ class CropFetcher:
             url = f"{row['api'].rstrip('/')}/api/review/crops/{row['outcome_id']}-{row['idx']}"
             try:
                 body, _ = self.client.get(url, MAX_CROP_BYTES)
-                write_atomic(crop_path(self.state, row["id"]), body)
+                write_atomic(crop_path(self.state, row["id"]), body, mode=0o600)
                 store.crop_fetched(row["id"], row["find_id"])
                 if drone in self._down:
                     self._down.discard(drone)
@@ -184,6 +183,5 @@ def cached_photo(state: Path, store: StationStore, client: DaemonClient, photo_i
         raise FetchError(f"drone {row['drone_id']} has not said where its API is")
     body, _ = client.get(f"{api.rstrip('/')}/images/{row['outcome_id']}", MAX_PHOTO_BYTES)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, body)
-    os.chmod(path, 0o644)
+    write_atomic(path, body, mode=0o600)  # photos of people: the station's user only
     return path
