@@ -125,13 +125,17 @@ def _wrap(dlon: np.ndarray | float) -> np.ndarray | float:
 
 
 def _distance_m(lat: float, lon: float, lats: np.ndarray, lons: np.ndarray) -> np.ndarray:
-    """Ground distances from one point to many nearby points (local radii, as tracks.ground_distance_m)."""
-    phi = np.radians((lat + lats) / 2.0)
-    s2 = np.sin(phi) ** 2
+    """Ground distances from one point to many nearby points.
+
+    The local radii of curvature are taken at the one point's latitude (tracks.ground_distance_m takes
+    the pair's mean): over a gate's few hundred metres at most, they differ by a few centimetres.
+    """
+    phi = math.radians(lat)
+    s2 = math.sin(phi) ** 2
     m = WGS84_A * (1 - WGS84_E2) / (1 - WGS84_E2 * s2) ** 1.5
-    n = WGS84_A / np.sqrt(1 - WGS84_E2 * s2)
-    dn = np.radians(lats - lat) * m
-    de = np.radians(_wrap(lons - lon)) * n * np.cos(phi)
+    n = WGS84_A / math.sqrt(1 - WGS84_E2 * s2)
+    dn = (lats - lat) * (math.pi / 180.0 * m)
+    de = ((lons - lon + 180.0) % 360.0 - 180.0) * (math.pi / 180.0 * n * math.cos(phi))
     return np.hypot(dn, de)
 
 
