@@ -401,7 +401,7 @@ def start_station(work: Path, broker_port: int, extra: list[str]) -> tuple[subpr
 
 
 def fly(drones: list[SimulatedDrone], photos_each: int, args: argparse.Namespace) -> tuple[dict, float]:
-    """Publish every drone's photos at the simulated pace; the commit time of each detection, and the wall time."""
+    """Publish the photos at the simulated pace; returns each detection's commit time, and the wall time."""
     committed: dict[tuple, float] = {}
     sim_t0 = time.time() - args.minutes * 60  # the flight took place over the last minutes
     wall_t0 = time.monotonic()
