@@ -63,7 +63,6 @@ MIN_SIGHTING_ERROR_M = 1.0  # a box's foot point moves about this much between v
 CELL_M = 64.0  # grid cell: about the reach of a typical sighting (errors of 3-15 m)
 WIDE_REACH_M = 256.0  # finds reaching wider are looked at by every sighting, not through the grid
 _CELL_DEG = CELL_M / M_PER_DEG_LAT_MIN
-_ROWS = math.ceil(180.0 / _CELL_DEG) + 1
 _COLS = math.ceil(360.0 / _CELL_DEG)
 
 
@@ -174,8 +173,7 @@ class _Find:
     plain_lat: float = 0.0
     plain_dlon: float = 0.0
     min_error: float | None = None
-    emb_sum: np.ndarray | None = None
-    emb_n: int = 0
+    emb_sum: np.ndarray | None = None  # of the members' unit vectors: their mean's direction
 
     def take(self, s: Sighting, vector: np.ndarray | None) -> None:
         self.members[s.key] = s
@@ -197,7 +195,6 @@ class _Find:
                 self.min_error = s.error_m if self.min_error is None else min(self.min_error, s.error_m)
         if vector is not None:
             self.emb_sum = vector.astype(np.float64) if self.emb_sum is None else self.emb_sum + vector
-            self.emb_n += 1
 
     def position(self) -> tuple[float | None, float | None, float | None]:
         if self.ref_lon is None:
