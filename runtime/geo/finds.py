@@ -63,7 +63,6 @@ MIN_SIGHTING_ERROR_M = 1.0  # a box's foot point moves about this much between v
 CELL_M = 64.0  # grid cell: about the reach of a typical sighting (errors of 3-15 m)
 WIDE_REACH_M = 256.0  # finds reaching wider are looked at by every sighting, not through the grid
 _CELL_DEG = CELL_M / M_PER_DEG_LAT_MIN
-_ROWS = math.ceil(180.0 / _CELL_DEG) + 1
 _COLS = math.ceil(360.0 / _CELL_DEG)
 
 
@@ -125,13 +124,17 @@ def _wrap(dlon: np.ndarray | float) -> np.ndarray | float:
 
 
 def _distance_m(lat: float, lon: float, lats: np.ndarray, lons: np.ndarray) -> np.ndarray:
-    """Ground distances from one point to many nearby points (local radii, as tracks.ground_distance_m)."""
-    phi = np.radians((lat + lats) / 2.0)
-    s2 = np.sin(phi) ** 2
+    """Ground distances from one point to many nearby points.
+
+    The local radii of curvature are taken at the one point's latitude (tracks.ground_distance_m takes
+    the pair's mean): over a gate's few hundred metres at most, they differ by a few centimetres.
+    """
+    phi = math.radians(lat)
+    s2 = math.sin(phi) ** 2
     m = WGS84_A * (1 - WGS84_E2) / (1 - WGS84_E2 * s2) ** 1.5
-    n = WGS84_A / np.sqrt(1 - WGS84_E2 * s2)
-    dn = np.radians(lats - lat) * m
-    de = np.radians(_wrap(lons - lon)) * n * np.cos(phi)
+    n = WGS84_A / math.sqrt(1 - WGS84_E2 * s2)
+    dn = (lats - lat) * (math.pi / 180.0 * m)
+    de = ((lons - lon + 180.0) % 360.0 - 180.0) * (math.pi / 180.0 * n * math.cos(phi))
     return np.hypot(dn, de)
 
 
@@ -170,8 +173,7 @@ class _Find:
     plain_lat: float = 0.0
     plain_dlon: float = 0.0
     min_error: float | None = None
-    emb_sum: np.ndarray | None = None
-    emb_n: int = 0
+    emb_sum: np.ndarray | None = None  # of the members' unit vectors: their mean's direction
 
     def take(self, s: Sighting, vector: np.ndarray | None) -> None:
         self.members[s.key] = s
@@ -193,7 +195,6 @@ class _Find:
                 self.min_error = s.error_m if self.min_error is None else min(self.min_error, s.error_m)
         if vector is not None:
             self.emb_sum = vector.astype(np.float64) if self.emb_sum is None else self.emb_sum + vector
-            self.emb_n += 1
 
     def position(self) -> tuple[float | None, float | None, float | None]:
         if self.ref_lon is None:
