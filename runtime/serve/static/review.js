@@ -1097,6 +1097,13 @@
         if (this._img) this._show();
       } catch (e) {
         this.state = "failed"; // the copy was removed (retention): the outline stays
+        // Station: the photo is on a drone out of radio range (502) or the station is away; asked again.
+        if (station() && (e.status === 502 || e instanceof TypeError)) {
+          setTimeout(() => {
+            this.state = "idle";
+            if (groundMap && groundMap.getBounds().intersects(this.bounds)) this.load();
+          }, PHOTO_RETRY_MS * 3);
+        }
       }
     },
     _show() {
