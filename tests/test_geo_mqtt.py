@@ -41,9 +41,18 @@ def wait_until(cond, timeout=20.0):
 def test_detections_arrive_as_json_with_qos1_and_status_is_retained(broker):
     sub = Subscriber(broker.port)
     try:
-        with MqttPublisher("127.0.0.1", broker.port, reconnect_min_s=0.2, reconnect_max_s=1.0) as pub:
+        with MqttPublisher(
+            "127.0.0.1", broker.port, reconnect_min_s=0.2, reconnect_max_s=1.0, drone_id="uav-1"
+        ) as pub:
             assert pub.wait_connected(10)
-            assert retained(broker.port, "edgetile/status", "online")
+            online = retained(broker.port, "edgetile/status/uav-1", "online")
+            assert (online["drone_id"], online["api"]) == ("uav-1", None)
+            pub.advertise("http://10.0.0.7:8765")  # known once the daemon's port is bound: said again
+            assert wait_until(
+                lambda: (
+                    retained(broker.port, "edgetile/status/uav-1", "online")["api"] == "http://10.0.0.7:8765"
+                )
+            )
             for k in range(3):
                 assert pub.publish_detection({**DET, "score": 0.5 + k / 10}, image=f"DJI_{k}.JPG")
             got = sub.collect(3, "edgetile/detections")
@@ -51,7 +60,7 @@ def test_detections_arrive_as_json_with_qos1_and_status_is_retained(broker):
         assert [p["image"] for p, _ in got] == ["DJI_0.JPG", "DJI_1.JPG", "DJI_2.JPG"]
         assert all(m.qos == 1 for _, m in got)
         assert got[1][0] == {**DET, "score": 0.6, "image": "DJI_1.JPG"}
-        assert retained(broker.port, "edgetile/status", "offline")["reason"] == "closed"
+        assert retained(broker.port, "edgetile/status/uav-1", "offline")["reason"] == "closed"
     finally:
         sub.close()
 
@@ -108,7 +117,7 @@ def test_publisher_started_before_the_broker_sends_once_it_appears(tmp_path):
 PUBLISHER_THAT_DIES = """
 import sys, time
 from edgetile.runtime.links.mqtt import MqttPublisher
-pub = MqttPublisher("127.0.0.1", int(sys.argv[1]), topic_prefix="drone7", keepalive_s=5)
+pub = MqttPublisher("127.0.0.1", int(sys.argv[1]), topic_prefix="drone7", keepalive_s=5, drone_id="d7")
 assert pub.wait_connected(10)
 print("connected", flush=True)
 time.sleep(60)
@@ -122,10 +131,10 @@ def test_last_will_marks_the_status_offline_when_the_process_dies(broker):
     )
     try:
         assert proc.stdout.readline().strip() == "connected"
-        assert retained(broker.port, "drone7/status", "online")
+        assert retained(broker.port, "drone7/status/d7", "online")
         proc.kill()  # no goodbye: the broker publishes the will
         proc.wait(10)
-        assert retained(broker.port, "drone7/status", "offline")["reason"] == "connection lost"
+        assert retained(broker.port, "drone7/status/d7", "offline")["reason"] == "connection lost"
     finally:
         proc.kill()
         proc.wait(10)
@@ -158,3 +167,5 @@ def test_bad_publisher_arguments():
         MqttPublisher("127.0.0.1", port, topic_prefix="a/#")
     with pytest.raises(ValueError, match="max_buffer: expected at least 1"):
         MqttPublisher("127.0.0.1", port, max_buffer=0)
+    with pytest.raises(ValueError, match="drone_id: expected"):
+        MqttPublisher("127.0.0.1", port, drone_id="a/b")

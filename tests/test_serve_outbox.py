@@ -40,39 +40,92 @@ def commit(q: PhotoQueue, n: int, detections: list[dict] | None, limit: int | No
     )
 
 
-def test_each_detection_of_a_committed_result_waits_in_the_outbox_in_commit_order(tmp_path):
+def photo_message(n: int, outcome_id: int, detections: int) -> dict:
+    """The PREFIX/photos message of input n without its commit time (a photo without a pose)."""
+    return {
+        "outcome_id": outcome_id,
+        "image": f"p{n}.jpg",
+        "sha256": sha(n),
+        "width": 10,
+        "height": 10,
+        "taken_at": None,
+        "detections": detections,
+        "footprint": None,
+        "gsd_cm": None,
+        "position": None,
+        "error_m": None,
+    }
+
+
+def detection_message(n: int, outcome_id: int, index: int, d: dict) -> dict:
+    return {
+        "image": f"p{n}.jpg",
+        "sha256": sha(n),
+        **d,
+        "id": f"{outcome_id}-{index}",
+        "outcome_id": outcome_id,
+        "index": index,
+        "taken_at": None,
+    }
+
+
+def without_commit_time(messages: list[tuple[int, dict]]) -> list[dict]:
+    for _, m in messages:
+        assert isinstance(m["committed_at"], float) and abs(m["committed_at"] - time.time()) < 60
+    return [{k: v for k, v in m.items() if k != "committed_at"} for _, m in messages]
+
+
+def test_each_committed_photo_and_its_detections_wait_in_the_outbox_in_commit_order(tmp_path):
     with PhotoQueue(tmp_path / "q.sqlite3", max_attempts=1) as q:
         commit(q, 1, [det(1), det(2)], limit=100)
-        commit(q, 2, [], limit=100)  # no detection: nothing to say
+        commit(q, 2, [], limit=100)  # no detection: the photo alone (a station maps what was searched)
         commit(q, 3, None, limit=100)  # parked: no result
         commit(q, 4, [det(4)], limit=None)  # committed without MQTT: never published later
         commit(q, 5, [det(5)], limit=100)
         waiting = q.outbox_after(0, 10)
-        assert [m for _, m in waiting] == [
-            {"image": "p1.jpg", "sha256": sha(1), **det(1)},
-            {"image": "p1.jpg", "sha256": sha(1), **det(2)},
-            {"image": "p5.jpg", "sha256": sha(5), **det(5)},
+        assert without_commit_time(waiting) == [
+            photo_message(1, 1, 2),  # the photo first, with how many detections follow
+            detection_message(1, 1, 0, det(1)),
+            detection_message(1, 1, 1, det(2)),
+            photo_message(2, 2, 0),
+            photo_message(5, 5, 1),  # outcomes 3 and 4: the parked input and the one without MQTT
+            detection_message(5, 5, 0, det(5)),
+        ]
+        assert [t for _, t, _ in q.outbox_messages_after(0, 10)] == [
+            "photos",
+            "detections",
+            "detections",
+            "photos",
+            "photos",
+            "detections",
         ]
         ids = [i for i, _ in waiting]
         assert ids == sorted(ids)
         assert [i for i, _ in q.outbox_after(ids[0], 10)] == ids[1:]  # paging after the last one handed over
         q.outbox_done([ids[1]])  # acknowledged out of order: only that one is forgotten
-        assert [i for i, _ in q.outbox_after(0, 10)] == [ids[0], ids[2]]
+        assert [i for i, _ in q.outbox_after(0, 10)] == [ids[0]] + ids[2:]
         q.outbox_done([ids[1], 999])  # again, or an id dropped meanwhile: nothing happens
-        assert q.outbox_counts() == {"waiting": 2, "dropped": 0}
+        assert q.outbox_counts() == {"waiting": 5, "dropped": 0}
 
 
 def test_past_its_limit_the_outbox_drops_the_oldest_and_counts_them_across_restarts(tmp_path):
     db = tmp_path / "q.sqlite3"
+
+    def waiting(q):
+        return [
+            (t, m["bbox"][0] if t == "detections" else m["image"])
+            for _, t, m in q.outbox_messages_after(0, 10)
+        ]
+
     with PhotoQueue(db) as q:
-        commit(q, 1, [det(1), det(2)], limit=3)
-        commit(q, 2, [det(3), det(4)], limit=3)  # 4 > 3: det(1) goes
-        assert [m["bbox"][0] for _, m in q.outbox_after(0, 10)] == [2, 3, 4]
-        assert q.outbox_counts() == {"waiting": 3, "dropped": 1}
+        commit(q, 1, [det(1), det(2)], limit=3)  # the photo and its two
+        commit(q, 2, [det(3), det(4)], limit=3)  # 6 > 3: the first photo's three go
+        assert waiting(q) == [("photos", "p2.jpg"), ("detections", 3), ("detections", 4)]
+        assert q.outbox_counts() == {"waiting": 3, "dropped": 3}
     with PhotoQueue(db) as q:  # the count is in the database, not in the process
-        commit(q, 3, [det(5), det(6), det(7), det(8)], limit=3)
-        assert [m["bbox"][0] for _, m in q.outbox_after(0, 10)] == [6, 7, 8]
-        assert q.outbox_counts() == {"waiting": 3, "dropped": 5}
+        commit(q, 3, [det(5), det(6), det(7)], limit=3)
+        assert waiting(q) == [("detections", 5), ("detections", 6), ("detections", 7)]
+        assert q.outbox_counts() == {"waiting": 3, "dropped": 7}
     with PhotoQueue(db) as q, pytest.raises(ValueError, match="outbox_limit: expected at least 1 message"):
         q.finish([], outbox_limit=0)
 
@@ -91,9 +144,11 @@ def metric_values(d: ServeProcess) -> dict[str, float]:
     return {f.name: f.samples[0].value for f in text_string_to_metric_families(body.decode()) if f.samples}
 
 
-def messages(result: dict) -> list[tuple[str, str, list]]:
-    """What subscribers should hear of one result: one message per detection."""
-    return [(result["image"], result["sha256"], d["bbox"]) for d in result["detections"]]
+def messages(result: dict) -> list[tuple[str, str, str, list | None]]:
+    """What subscribers should hear of one result: the photo, then one message per detection."""
+    return [("drone9/photos", result["image"], result["sha256"], None)] + [
+        ("drone9/detections", result["image"], result["sha256"], d["bbox"]) for d in result["detections"]
+    ]
 
 
 def wait_subscribed(sub: Subscriber, topic: str, timeout: float = 20.0) -> None:
@@ -134,6 +189,8 @@ def test_results_committed_while_the_broker_is_down_arrive_after_a_restart_in_or
             f"127.0.0.1:{broker.port}",
             "--mqtt-topic",
             "drone9",
+            "--drone-id",
+            "uav-9",
         ]
         with ServeProcess(tmp_path, *args).start() as d:
             first = d.wait_for(lambda: len(r := d.all_pages("/detections")) == 3 and r, what="3 results")
@@ -159,10 +216,19 @@ def test_results_committed_while_the_broker_is_down_arrive_after_a_restart_in_or
             )
 
             broker.start()  # the link comes back
-            heard: list[tuple[str, str, list]] = []
+            heard: list[tuple[str, str, str, list | None]] = []
             while len(set(map(repr, heard))) < len(expected):
-                for payload, _ in sub.collect(1, "drone9/detections", timeout=90):
-                    heard.append((payload["image"], payload["sha256"], payload["bbox"]))
+                m = sub.get(timeout=90)
+                if m.topic not in ("drone9/photos", "drone9/detections"):
+                    continue
+                payload = json.loads(m.payload)
+                assert payload["drone_id"] == "uav-9" and payload["api"] == d.url
+                if m.topic == "drone9/photos":
+                    result = next(r for r in results if r["id"] == payload["outcome_id"])
+                    assert payload["detections"] == len(result["detections"])
+                else:
+                    assert payload["id"] == f"{payload['outcome_id']}-{payload['index']}"
+                heard.append((m.topic, payload["image"], payload["sha256"], payload.get("bbox")))
             first_seen = list(dict.fromkeys(map(repr, heard)))
             assert first_seen == [repr(m) for m in expected]  # every one, at least once, in commit order
             d.wait_for(
@@ -173,7 +239,8 @@ def test_results_committed_while_the_broker_is_down_arrive_after_a_restart_in_or
             assert m["edgetile_mqtt_published"] == len(expected) and m["edgetile_mqtt_dropped"] == 0
             assert m["edgetile_mqtt_connected"] == 1
             assert d.terminate() == 0
-        assert retained(broker.port, "drone9/status", "offline")["reason"] == "closed"
+        status = retained(broker.port, "drone9/status/uav-9", "offline")
+        assert status["reason"] == "closed" and status["drone_id"] == "uav-9"
     finally:
         sub.close()
         broker.stop()
@@ -202,7 +269,7 @@ def test_a_full_outbox_drops_the_oldest_messages_and_says_so(tmp_path, model):
         for i in range(4):
             write_jpeg(drop / f"p{i}.jpg", person_photo(1300 + i))
         results = d.wait_for(lambda: len(r := d.all_pages("/detections")) == 4 and r, what="4 results")
-        total = sum(len(r["detections"]) for r in results)
+        total = sum(1 + len(r["detections"]) for r in results)  # each photo, then its detections
         assert total > 2
         d.wait_for(
             lambda: (

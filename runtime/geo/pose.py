@@ -894,3 +894,47 @@ def pose_from_photo(path: str | os.PathLike, overrides: PoseOverrides | None = N
         PoseError: The photo has no usable pose; the message is one line.
     """
     return pose_from_metadata(read_photo_metadata(Path(path)), overrides)
+
+
+_EXIF_TIME = re.compile(r"^(\d{4}):(\d{2}):(\d{2}) (\d{2}):(\d{2}):(\d{2})")
+_EXIF_OFFSET = re.compile(r"^([+-])(\d{2}):(\d{2})$")
+_FRAME_TIME = re.compile(r"#t=(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?)Z$")
+
+
+def photo_time(path: str | os.PathLike, name: str = "") -> float | None:
+    """When the photo was taken, as unix seconds, or None when it does not say in a way that places it.
+
+    The GPS date and time (UTC) first; else DateTimeOriginal with its OffsetTimeOriginal (a local time
+    without its offset could be any of 26 hours: None); a live video frame named ``SRC#t=ISO-UTC``
+    by the daemon has its grab time in its name.
+    """
+    from datetime import datetime, timedelta, timezone
+
+    m = _FRAME_TIME.search(name)
+    if m:
+        return datetime.fromisoformat(m.group(1)).replace(tzinfo=timezone.utc).timestamp()
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            exif = im.getexif()
+            gps = exif.get_ifd(EXIF_GPS_IFD)
+            sub = exif.get_ifd(EXIF_IFD)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        return None
+    try:
+        if 29 in gps and 7 in gps:  # GPSDateStamp "YYYY:MM:DD", GPSTimeStamp (h, m, s) rationals, UTC
+            y, mo, d = (int(v) for v in str(gps[29]).strip("\x00 ").split(":"))
+            h, mi, s = (float(v) for v in gps[7])
+            return (
+                datetime(y, mo, d, tzinfo=timezone.utc) + timedelta(hours=h, minutes=mi, seconds=s)
+            ).timestamp()
+        when = _EXIF_TIME.match(str(sub.get(0x9003, "")).strip("\x00 "))  # DateTimeOriginal
+        offset = _EXIF_OFFSET.match(str(sub.get(0x9011, "")).strip("\x00 "))  # OffsetTimeOriginal
+        if when and offset:
+            sign = 1 if offset.group(1) == "+" else -1
+            tz = timezone(sign * timedelta(hours=int(offset.group(2)), minutes=int(offset.group(3))))
+            return datetime(*(int(v) for v in when.groups()), tzinfo=tz).timestamp()  # type: ignore[misc]
+    except (ValueError, TypeError, ZeroDivisionError):
+        return None
+    return None

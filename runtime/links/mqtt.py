@@ -2,8 +2,10 @@
 
 Topics, under a prefix (default ``edgetile``):
   PREFIX/detections   one JSON object per detection, QoS 1 (delivered at least once)
-  PREFIX/status       retained: {"state": "online"|"offline", ...}; the broker itself publishes
-                      "offline" (the last will) when the connection dies without a goodbye
+  PREFIX/photos       one JSON object per committed photo, before its detections (the daemon's outbox)
+  PREFIX/status/ID    retained: {"state": "online"|"offline", "drone_id", "api", ...}; the broker
+                      itself publishes "offline" (the last will) when the connection dies without a
+                      goodbye. ID is the drone's name, so that several drones share one broker.
 
 The link from a drone or a field laptop comes and goes. The client reconnects on its own, waiting
 longer after each failure (reconnect_min_s doubling up to reconnect_max_s), and keeps every message
@@ -21,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -28,6 +31,13 @@ import time
 from .._version import __version__
 
 log = logging.getLogger("edgetile.links.mqtt")
+DRONE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+
+
+def default_drone_id() -> str:
+    """The host name cut to a valid drone id (letters, digits, '_', '.', '-'; 32 at most), else 'drone'."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname().split(".")[0])[:32].lstrip("_.-")
+    return name if DRONE_ID.match(name) else "drone"
 
 
 def parse_host_port(text: str, default_port: int = 1883) -> tuple[str, int]:
@@ -60,6 +70,11 @@ class MqttPublisher:
         max_buffer: Most messages held (waiting for the broker or its acknowledgement).
         username: Broker user name, when the broker asks for one.
         password: Broker password.
+        drone_id: The name of this drone in every message and in its status topic (default: the
+            host name).
+        api: Where a ground station reaches this drone's HTTP API (e.g. http://10.0.0.7:8765), or
+            None until :meth:`advertise` says it.
+        status_topic: The retained status topic (default: PREFIX/status/DRONE_ID).
     """
 
     def __init__(
@@ -74,6 +89,9 @@ class MqttPublisher:
         max_buffer: int = 10000,
         username: str | None = None,
         password: str | None = None,
+        drone_id: str | None = None,
+        api: str | None = None,
+        status_topic: str | None = None,
     ) -> None:
         try:
             import paho.mqtt.client as mqtt
@@ -94,7 +112,11 @@ class MqttPublisher:
         self.max_buffer = int(max_buffer)
         self.topic_prefix = topic_prefix
         self.detections_topic = f"{topic_prefix}/detections"
-        self.status_topic = f"{topic_prefix}/status"
+        self.drone_id = drone_id or default_drone_id()
+        if not DRONE_ID.match(self.drone_id):
+            raise ValueError(f"drone_id: expected {DRONE_ID.pattern}, found {self.drone_id!r}")
+        self.api = api
+        self.status_topic = status_topic or f"{topic_prefix}/status/{self.drone_id}"
         self.client_id = client_id or f"edgetile-{socket.gethostname()}-{os.getpid()}"
         self._lock = threading.Lock()
         self._connected = threading.Event()
@@ -125,10 +147,18 @@ class MqttPublisher:
         c.connect_async(self.host, self.port, keepalive=keepalive_s)
         c.loop_start()  # a background thread that connects, reconnects with backoff, and sends
 
+    def advertise(self, api: str) -> None:
+        """Say where this drone's HTTP API is (known once its port is bound); the status is sent again."""
+        self.api = api
+        if self.connected and not self._closed:
+            self._client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
+
     def _status(self, state: str, **extra: object) -> str:
         return json.dumps(
             {
                 "state": state,
+                "drone_id": self.drone_id,
+                "api": self.api,
                 "client_id": self.client_id,
                 "version": __version__,
                 "time": round(time.time(), 3),

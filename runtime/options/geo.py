@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from ..geo.ground import ErrorModel
 from ..geo.pose import PoseOverrides
 from ..geo.profiles import profile_names
 from ..geo.writers import GEO_FORMATS, GeoConfig, GeoWriter, missing_geo_packages, parse_formats
-from ..links.mqtt import parse_host_port
+from ..links.mqtt import DRONE_ID, parse_host_port
 
 
 def _formats(s: str) -> tuple[str, ...]:
@@ -171,7 +172,24 @@ def add_serve_geo_options(p: argparse.ArgumentParser) -> None:
         "--mqtt-topic",
         metavar="PREFIX",
         default="edgetile",
-        help="topic prefix: detections go to PREFIX/detections (default: edgetile)",
+        help="topic prefix: detections go to PREFIX/detections, photos to PREFIX/photos, the retained "
+        "status to PREFIX/status/DRONE_ID (default: edgetile)",
+    )
+    g.add_argument(
+        "--drone-id",
+        metavar="NAME",
+        default=None,
+        help="this drone's name in every MQTT message and its status topic, so that a ground station "
+        "(edgetile station) tells several drones apart: letters, digits, '_', '.', '-', at most 32 "
+        "(default: the host name)",
+    )
+    g.add_argument(
+        "--advertise-url",
+        metavar="URL",
+        default=None,
+        help="where a ground station reaches this daemon's HTTP API to fetch crops and photos, sent in "
+        "every MQTT message, e.g. http://192.168.1.21:8765 (default: http://HOST:PORT with --host, or "
+        "this machine's first non-loopback address when --host is 0.0.0.0 or ::)",
     )
     g.add_argument(
         "--mqtt-buffer",
@@ -282,6 +300,8 @@ class ServeGeoConfig:
         mavlink_in: pymavlink connection string of the vehicle's telemetry (--mavlink-in), or None.
         mavlink_max_age_s: Telemetry older than this at a frame's grab gives the frame no pose.
         camera_mount: The camera's fixed mounting on the vehicle (yaw, pitch, roll in degrees).
+        drone_id: This drone's name in MQTT messages and topics (None: the host name).
+        advertise_url: Where a ground station reaches the HTTP API (None: from --host and the port).
     """
 
     geo: GeoConfig = field(default_factory=GeoConfig)
@@ -295,6 +315,8 @@ class ServeGeoConfig:
     mavlink_in: str | None = None
     mavlink_max_age_s: float = 1.0
     camera_mount: tuple[float, float, float] = (0.0, -90.0, 0.0)
+    drone_id: str | None = None
+    advertise_url: str | None = None
 
     @property
     def enabled(self) -> bool:
@@ -327,6 +349,20 @@ def serve_geo_config_from_args(a: argparse.Namespace) -> ServeGeoConfig:
                 "--camera NAME, found neither"
             )
     host, port = parse_host_port(a.mqtt) if a.mqtt else (None, 1883)
+    drone_id = getattr(a, "drone_id", None)
+    if drone_id is not None and not DRONE_ID.match(drone_id):
+        raise ValueError(
+            f"--drone-id: expected a name of letters, digits, '_', '.', '-' (at most 32, starting with a "
+            f"letter or digit), found {drone_id!r}"
+        )
+    advertise = getattr(a, "advertise_url", None)
+    if advertise is not None:
+        parsed = urllib.parse.urlsplit(advertise)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.path not in ("", "/"):
+            raise ValueError(
+                f"--advertise-url: expected http://HOST:PORT or https://HOST:PORT, found {advertise!r}"
+            )
+        advertise = advertise.rstrip("/")
     return ServeGeoConfig(
         geo=geo_config_from_args(a),
         georeference=bool(a.geo),
@@ -339,4 +375,6 @@ def serve_geo_config_from_args(a: argparse.Namespace) -> ServeGeoConfig:
         mavlink_in=a.mavlink_in or None,
         mavlink_max_age_s=float(a.mavlink_max_age),
         camera_mount=tuple(a.camera_mount),
+        drone_id=drone_id,
+        advertise_url=advertise,
     )

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import logging
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..images import IMAGE_EXTENSIONS, MAX_PIXELS
 from ..options.files import ConfigError
+
+log = logging.getLogger("edgetile.serve")
 
 
 def is_loopback(host: str) -> bool:
@@ -184,6 +187,34 @@ class ServeConfig:
             min_free_bytes=int(a.min_free_mb * (1 << 20)),
             tiles=None if tiles is None else Path(tiles).resolve(),
         )
+
+
+def advertise_url(host: str, port: int) -> str:
+    """Where a ground station reaches an API listening on host:port: the host itself, or for a wildcard
+    address (0.0.0.0, ::) this machine's first non-loopback address (the one its default route uses)."""
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"  # kept when nothing better is found: --advertise-url then says where
+        for found in _own_addresses():
+            if not ipaddress.ip_address(found).is_loopback:
+                host = found
+                break
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _own_addresses() -> list[str]:
+    """This machine's address on its default route, then its host name's; those that can be found."""
+    out = []
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))  # a UDP "connection" sends nothing: it only picks the route
+            out.append(s.getsockname()[0])
+    except OSError as exc:  # no route at all: a drone on its own
+        log.debug("no default route (%s): trying the host name's address", exc)
+    try:
+        out.append(socket.gethostbyname(socket.gethostname()))
+    except OSError as exc:
+        log.debug("the host name has no address (%s)", exc)
+    return out
 
 
 def video_kind(source: str) -> str:

@@ -21,7 +21,7 @@ import time
 from ..images import ImageReadError
 from ..options import EXIT_OK, EXIT_WORKER_FAILED
 from ..readahead import prefetch, read_ahead_bytes, read_in_turn, read_within
-from .config import ConfigError, ServeConfig
+from .config import ConfigError, ServeConfig, advertise_url
 from .hooks import ResultHooks
 from .retention import GIB, MIB, DiskFloor, Retention, human_bytes
 from .sources import FolderWatcher, VideoReader
@@ -357,6 +357,9 @@ class Daemon:
                     f"; {not_retried} not, their copies were removed by the retention" if not_retried else "",
                 )
             sock = bind_socket(cfg.host, cfg.port)
+            pub = self.hooks.publisher
+            if pub is not None and pub.api is None:  # --advertise-url not given: known once the port is
+                pub.advertise(advertise_url(cfg.host, sock.getsockname()[1]))
             server = uvicorn.Server(
                 uvicorn.Config(
                     create_app(self),

@@ -28,8 +28,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..geo.ground import centre_gsd_m, locate_boxes, photo_footprint
-from ..geo.pose import CameraPose, PoseError, pose_from_photo
+from ..geo.ground import centre_gsd_m, locate_boxes, locate_pixels, photo_footprint
+from ..geo.pose import CameraPose, PoseError, photo_time, pose_from_photo
 from ..geo.writers import GeoConfig, crop_thumbnail, georeference, missing_geo_packages, record_boxes
 from .hooks import ResultHooks
 
@@ -134,11 +134,16 @@ class GeoHooks(ResultHooks):
         pose = self._places.pop(item.sha256, None)
         if pose is None:
             return None
+        import numpy as np
+
         gsd = centre_gsd_m(pose)
+        centre = locate_pixels(pose, np.asarray([[pose.cx, pose.cy]], np.float64), self.config.errors)[0]
         return {
             "pose": pose.to_dict(),
             "footprint": photo_footprint(pose),
             "gsd_cm": None if gsd is None else round(gsd * 100, 3),
+            "taken_at": photo_time(item.path, item.name),
+            "error_m": None if centre is None else centre.to_dict()["error_m"],
         }
 
     def locate_box(self, pose: dict | None, bbox: list[float]) -> dict | None:
@@ -314,6 +319,8 @@ def open_result_hooks(config: ServeGeoConfig, state_dir: Path) -> ResultHooks:
                 config.mqtt_port,
                 topic_prefix=config.mqtt_topic,
                 max_buffer=config.mqtt_buffer,
+                drone_id=config.drone_id,
+                api=config.advertise_url,
             )
         except ImportError as exc:
             raise ValueError(str(exc)) from None

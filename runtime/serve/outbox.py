@@ -20,7 +20,9 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .store import PhotoQueue
 
@@ -34,15 +36,22 @@ DROP_CHECK_S = 5.0
 class MqttOutbox:
     """Sends the outbox's messages through an MqttPublisher and forgets each once it is acknowledged.
 
+    The store it reads is the daemon's queue database, or any store with the same four outbox methods
+    (``outbox_counts``, ``outbox_messages_after``, ``outbox_done``, and ``close`` through ``with``):
+    ``edgetile station`` sends its review messages through its own.
+
     Args:
         publisher: A connected-or-connecting links.mqtt.MqttPublisher (the hooks' ``publisher``).
         window: Most messages in flight (handed to the client, not yet acknowledged).
+        stamp: Add the publisher's ``drone_id`` and ``api`` to every message (the daemon's; a ground
+            station speaks for no drone).
     """
 
-    def __init__(self, publisher, window: int = WINDOW) -> None:
+    def __init__(self, publisher, window: int = WINDOW, stamp: bool = True) -> None:
         if int(window) < 1:
             raise ValueError(f"window: expected at least 1 message, found {window!r}")
         self.publisher = publisher
+        self.stamp = stamp
         self.limit = int(publisher.max_buffer)
         self.window = min(int(window), self.limit)  # the client refuses more than max_buffer queued
         self.wake = threading.Event()
@@ -58,11 +67,18 @@ class MqttOutbox:
         with self._lock:
             return self._published
 
-    def run(self, queue_path: Path, stop: threading.Event) -> None:
-        """Send until ``stop``; then wait up to FLUSH_S for what is in flight (the rest waits in the outbox)."""
+    def run(self, store: Path | Callable[[], Any], stop: threading.Event) -> None:
+        """Send until ``stop``; then wait up to FLUSH_S for what is in flight (the rest waits in the outbox).
+
+        Args:
+            store: The daemon's queue database file, or a function that opens this thread's
+                connection to another store with the outbox methods.
+            stop: Set to stop.
+        """
         pub = self.publisher
         deadline = None
-        with PhotoQueue(queue_path) as q:
+        opened = PhotoQueue(store) if isinstance(store, (str, Path)) else store()
+        with opened as q:
             counts = q.outbox_counts()
             self._dropped_seen, next_drop_check = counts["dropped"], time.monotonic() + DROP_CHECK_S
             if counts["waiting"]:
@@ -98,13 +114,15 @@ class MqttOutbox:
                 len(self._in_flight),
             )
 
-    def _step(self, q: PhotoQueue, connected: bool) -> None:
+    def _step(self, q: Any, connected: bool) -> None:
         """Hand over what fits in the window (only while connected), forget what was acknowledged."""
         pub = self.publisher
         if connected and len(self._in_flight) < self.window:
             for row_id, topic, message in q.outbox_messages_after(
                 self._last, self.window - len(self._in_flight)
             ):
+                if self.stamp:
+                    message = {**message, "drone_id": pub.drone_id, "api": pub.api}
                 info = pub.send(f"{pub.topic_prefix}/{topic}", message)
                 if info is None:  # the client's own buffer is full: the row waits
                     break
@@ -118,7 +136,7 @@ class MqttOutbox:
             with self._lock:
                 self._published += len(acked)
 
-    def _check_dropped(self, q: PhotoQueue) -> None:
+    def _check_dropped(self, q: Any) -> None:
         dropped = q.outbox_counts()["dropped"]
         if dropped > self._dropped_seen:
             log.warning(

@@ -93,11 +93,11 @@ def legend(detector) -> dict:
     }
 
 
-def _encode_cursor(key: tuple) -> str:
+def encode_cursor(key: tuple) -> str:
     return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode().rstrip("=")
 
 
-def _decode_cursor(text: str) -> tuple:
+def decode_cursor(text: str) -> tuple:
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         key = json.loads(raw)
@@ -114,7 +114,7 @@ def _decode_cursor(text: str) -> tuple:
         ) from None
 
 
-def _sort_key(order: str, item: dict) -> tuple:
+def sort_key(order: str, item: dict) -> tuple:
     when, kind, a, b = item["_order"]
     if order == "time":
         return (when, kind, a, b)
@@ -122,7 +122,7 @@ def _sort_key(order: str, item: dict) -> tuple:
     return (-score, kind, a, b)
 
 
-def _split(values: list[str] | None, allowed: tuple[str, ...], name: str) -> set[str] | None:
+def split_values(values: list[str] | None, allowed: tuple[str, ...], name: str) -> set[str] | None:
     if not values:
         return None
     out = {v.strip() for s in values for v in s.split(",") if v.strip()}
@@ -219,7 +219,7 @@ def _photo_path(q: ReviewQueue, outcome_id: int) -> str:
 
 
 @dataclass(frozen=True)
-class _Filter:
+class ReviewFilter:
     """Which detections a page of the queue lists; None lets any through."""
 
     statuses: set[str] | None
@@ -243,17 +243,17 @@ class _Filter:
         )
 
 
-def _page(
-    items: list[dict], wanted: _Filter, order: str, start: tuple | None, limit: int
+def page_of(
+    items: list[dict], wanted: ReviewFilter, order: str, start: tuple | None, limit: int
 ) -> tuple[list[dict], str | None]:
     """The first ``limit`` wanted items after the sort key ``start``, and the cursor of the next page."""
     picked = []
     for it in items:
-        if wanted.wants(it) and (start is None or _sort_key(order, it) > start):
+        if wanted.wants(it) and (start is None or sort_key(order, it) > start):
             picked.append(it)
             if len(picked) > limit:
                 break
-    nxt = _encode_cursor(_sort_key(order, picked[limit - 1])) if len(picked) > limit else None
+    nxt = encode_cursor(sort_key(order, picked[limit - 1])) if len(picked) > limit else None
     return picked[:limit], nxt
 
 
@@ -278,18 +278,23 @@ def _queue_routes(review: _Review) -> APIRouter:
 
         The score range applies to the model's detections only (an operator's box has no score).
         """
-        wanted = _Filter(
-            _split(status, STATUSES, "status"),
-            _split(source, SOURCES, "source"),
+        wanted = ReviewFilter(
+            split_values(status, STATUSES, "status"),
+            split_values(source, SOURCES, "source"),
             outcome_id,
             min_score,
             max_score,
         )
-        start = None if after is None else _decode_cursor(after)
+        start = None if after is None else decode_cursor(after)
         with review.queue() as q:
             items = review.snapshot.sorted(q, order)
-        picked, nxt = _page(items, wanted, order, start, limit)
+        picked, nxt = page_of(items, wanted, order, start, limit)
         return {"items": [public(it) for it in picked], "next": nxt, "counts": review_counts(items)}
+
+    @r.get("/api/review/mode")
+    def mode() -> dict:
+        """Which server the page talks to: "daemon" (one drone's) or "station" (the ground station's)."""
+        return {"mode": "daemon"}
 
     @r.get("/api/review/counts")
     def counts() -> dict:
@@ -341,18 +346,18 @@ def _queue_routes(review: _Review) -> APIRouter:
     return r
 
 
-def _encode(image, quality: int = 90) -> bytes:
+def encode_jpeg(image, quality: int = 90) -> bytes:
     ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise HTTPException(500, "OpenCV could not encode the JPEG")
     return data.tobytes()
 
 
-def _jpeg_response(data: bytes) -> Response:
+def jpeg_response(data: bytes) -> Response:
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
-def _fit(image, longest: int):
+def fit_image(image, longest: int):
     """The image scaled down (area averaging) so that its longer side is at most ``longest`` pixels."""
     side = max(image.shape[:2])
     if side <= longest:
@@ -365,14 +370,14 @@ def _fit(image, longest: int):
     )
 
 
-def _crop(image, bbox: list[float]):
+def crop_image(image, bbox: list[float]):
     """The box at native resolution with max(box side, 32 px) of context, fitted into 512 px."""
     h, w = image.shape[:2]
     x1, y1, x2, y2 = bbox
     m = max(x2 - x1, y2 - y1, CROP_MIN_CONTEXT)
     left, top = max(0, int(x1 - m)), max(0, int(y1 - m))
     right, bottom = min(w, int(x2 + m + 0.999)), min(h, int(y2 + m + 0.999))
-    return _fit(image[top:bottom, left:right], CROP_MAX)
+    return fit_image(image[top:bottom, left:right], CROP_MAX)
 
 
 def _reduced_read(longest: int) -> int:
@@ -403,13 +408,13 @@ def _image_routes(review: _Review, decoding: threading.BoundedSemaphore) -> APIR
             path = _photo_path(q, item["outcome_id"])  # every time: a photo the retention removed is 410
         cached = crops.get(det_id)
         if cached is not None:
-            return _jpeg_response(cached)
+            return jpeg_response(cached)
         with decoding:
             try:
                 img = read_image(path, review.cfg.max_pixels)
             except ImageReadError as exc:
                 raise HTTPException(409, f"result {item['outcome_id']}: {exc}") from None
-        return _jpeg_response(crops.put(det_id, _encode(_crop(img, item["bbox"]))))
+        return jpeg_response(crops.put(det_id, encode_jpeg(crop_image(img, item["bbox"]))))
 
     @r.get("/api/review/overlays/{outcome_id}", response_class=Response)
     def overlay(outcome_id: int) -> Response:
@@ -419,7 +424,7 @@ def _image_routes(review: _Review, decoding: threading.BoundedSemaphore) -> APIR
             size = q.conn.execute("SELECT width, height FROM outcomes WHERE id=?", (outcome_id,)).fetchone()
         cached = overlays.get(outcome_id)
         if cached is not None:
-            return _jpeg_response(cached)
+            return jpeg_response(cached)
         flag = _reduced_read(max(size[0] or 0, size[1] or 0))
         with decoding:
             try:  # the file at the path may have been replaced since it was detected: its header first
@@ -431,7 +436,7 @@ def _image_routes(review: _Review, decoding: threading.BoundedSemaphore) -> APIR
             img = cv2.imread(path, flag | cv2.IMREAD_IGNORE_ORIENTATION)  # as the boxes: pixels as stored
         if img is None:
             raise HTTPException(409, f"result {outcome_id}: the photo at its path is not a readable image")
-        return _jpeg_response(overlays.put(outcome_id, _encode(_fit(img, OVERLAY_MAX), 80)))
+        return jpeg_response(overlays.put(outcome_id, encode_jpeg(fit_image(img, OVERLAY_MAX), 80)))
 
     return r
 
@@ -456,9 +461,17 @@ def _map_routes(review: _Review) -> APIRouter:
             "tiles": None if tiles is None else "/tiles/{z}/{x}/{y}.png",
         }
 
+    r.include_router(tile_router(tiles))
+    return r
+
+
+def tile_router(tiles: Path | None) -> APIRouter:
+    """The offline map tiles of --tiles DIR, found by their z/x/y integers only, never by a path."""
+    r = APIRouter()
+
     def tile(z: int, x: int, y: int, ext: str) -> FileResponse:
         if tiles is None:
-            raise HTTPException(404, "no map tiles: start the daemon with --tiles DIR")
+            raise HTTPException(404, "no map tiles: start with --tiles DIR")
         if not (0 <= z <= 24 and 0 <= x < 2**z and 0 <= y < 2**z):
             raise HTTPException(404, f"no tile {z}/{x}/{y}: expected 0 <= z <= 24 and 0 <= x, y < 2^z")
         path = tiles / str(z) / str(x) / f"{y}.{ext}"
@@ -488,8 +501,8 @@ def _event_routes(review: _Review) -> APIRouter:
             new, o_last, op_last = q.items_after(o_last, op_last)
             decided, r_last = q.decisions_after(r_last)
             decided_items = [q.review_item(d) for d in decided]
-        out = [_sse("detection", public(it)) for it in new]
-        out += [_sse("decision", public(it)) for it in decided_items if it is not None]
+        out = [sse("detection", public(it)) for it in new]
+        out += [sse("decision", public(it)) for it in decided_items if it is not None]
         return out, (o_last, op_last, r_last)
 
     @r.get("/api/review/events", response_class=StreamingResponse)
@@ -533,11 +546,11 @@ def _event_routes(review: _Review) -> APIRouter:
     return r
 
 
-def _base_url(request: Request) -> str:
+def base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
-def _attachment(name: str) -> dict:
+def attachment(name: str) -> dict:
     return {"Content-Disposition": f'attachment; filename="{name}"'}
 
 
@@ -548,34 +561,34 @@ def _export_routes(review: _Review) -> APIRouter:
     @r.get("/api/review/finds.geojson")
     def finds_as_geojson(request: Request) -> JSONResponse:
         with review.queue() as q:
-            doc = finds_geojson(review.finds(q), _base_url(request))
-        return JSONResponse(doc, media_type="application/geo+json", headers=_attachment("finds.geojson"))
+            doc = finds_geojson(review.finds(q), base_url(request))
+        return JSONResponse(doc, media_type="application/geo+json", headers=attachment("finds.geojson"))
 
     @r.get("/api/review/finds.kml", response_class=Response)
     def finds_as_kml(request: Request) -> Response:
         with review.queue() as q:
-            text = finds_kml(review.finds(q), _base_url(request))
+            text = finds_kml(review.finds(q), base_url(request))
         return Response(
-            text, media_type="application/vnd.google-earth.kml+xml", headers=_attachment("finds.kml")
+            text, media_type="application/vnd.google-earth.kml+xml", headers=attachment("finds.kml")
         )
 
     @r.get("/api/review/finds.gpx", response_class=Response)
     def finds_as_gpx(request: Request) -> Response:
         with review.queue() as q:
-            text = finds_gpx(review.finds(q), _base_url(request))
-        return Response(text, media_type="application/gpx+xml", headers=_attachment("finds.gpx"))
+            text = finds_gpx(review.finds(q), base_url(request))
+        return Response(text, media_type="application/gpx+xml", headers=attachment("finds.gpx"))
 
     @r.get("/api/review/finds.csv", response_class=Response)
     def finds_as_csv(request: Request) -> Response:
         with review.queue() as q:
-            text = finds_csv(review.finds(q), _base_url(request))
-        return Response(text, media_type="text/csv; charset=utf-8", headers=_attachment("finds.csv"))
+            text = finds_csv(review.finds(q), base_url(request))
+        return Response(text, media_type="text/csv; charset=utf-8", headers=attachment("finds.csv"))
 
     @r.get("/api/review/finds.png", response_class=Response)
     def finds_as_png() -> Response:
         with review.queue() as q:
             found, photos = review.finds(q), q.map_photos()
-        return Response(finds_png(found, photos), media_type="image/png", headers=_attachment("finds.png"))
+        return Response(finds_png(found, photos), media_type="image/png", headers=attachment("finds.png"))
 
     return r
 
@@ -610,9 +623,9 @@ class Snapshot:
                     }
             if marks != self._marks:
                 self._marks, items = q.review_snapshot()
-                self._by_order = {"time": sorted(items, key=lambda it: _sort_key("time", it))}
+                self._by_order = {"time": sorted(items, key=lambda it: sort_key("time", it))}
             if order not in self._by_order:
-                self._by_order[order] = sorted(self._by_order["time"], key=lambda it: _sort_key(order, it))
+                self._by_order[order] = sorted(self._by_order["time"], key=lambda it: sort_key(order, it))
             return self._by_order[order]
 
     def tracks(self, q: ReviewQueue, radius_m: float) -> list[dict]:
@@ -657,7 +670,7 @@ class ByteCache:
         return data
 
 
-def _sse(event: str, data: dict) -> str:
+def sse(event: str, data: dict) -> str:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 

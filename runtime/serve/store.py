@@ -25,7 +25,10 @@ Why each rule exists:
 * With MQTT, each detection of a committed result gets an ``mqtt_outbox`` row in the transaction
   that commits the result (the outbox pattern): the row is deleted only once the broker has
   acknowledged the message, so a broker that is away, or a restart meanwhile, loses nothing; the
-  oldest rows are dropped (and counted in ``meta``) past the configured limit.
+  oldest rows are dropped (and counted in ``meta``) past the configured limit. A committed photo also
+  gets one row (topic ``photos``, before its detections' rows): its size, place and times, so that a
+  ground station knows the photo and how many detections follow. The photo's time (``taken_at``)
+  and the ground error at its centre are kept in ``photo_geo.pose`` beside the pose's own keys.
 
 * An operator's review (:mod:`.review_store`) is a ``reviews`` row per decision, never updated: the
   latest row of a detection counts, the others are its history. A confirmed or flagged decision gets
@@ -173,6 +176,7 @@ _MIGRATIONS = {
 # Sources whose files are the daemon's own copies (under STATE/uploads and STATE/frames); a watched
 # photo is the user's file.
 OWN_COPIES = ("upload", "video")
+PHOTOS_TOPIC = "photos"  # under the MQTT prefix: one message per committed photo, before its detections
 
 
 @dataclass(frozen=True)
@@ -556,18 +560,29 @@ class PhotoQueue:
                             now,
                         ),
                     )
-                    if outbox_limit is not None:
+                    if (
+                        outbox_limit is not None
+                    ):  # the photo first: a station learns its place, then its people
+                        c.execute(
+                            "INSERT INTO mqtt_outbox (outcome_id, detection, topic) VALUES (?, -1, ?)",
+                            (cur.lastrowid, PHOTOS_TOPIC),
+                        )
                         c.executemany(
                             "INSERT INTO mqtt_outbox (outcome_id, detection) VALUES (?, ?)",
                             [(cur.lastrowid, k) for k in range(len(o.detections or []))],
                         )
                     if o.photo_geo is not None:
                         g = o.photo_geo
+                        pose = g.get("pose")
+                        if (
+                            pose is not None
+                        ):  # kept beside the pose: CameraPose.from_dict reads only its own keys
+                            pose = {**pose, "taken_at": g.get("taken_at"), "centre_error_m": g.get("error_m")}
                         c.execute(
                             "INSERT INTO photo_geo (outcome_id, pose, footprint, gsd_cm) VALUES (?, ?, ?, ?)",
                             (
                                 cur.lastrowid,
-                                _json_or_null(g.get("pose")),
+                                _json_or_null(pose),
                                 _json_or_null(g.get("footprint")),
                                 g.get("gsd_cm"),
                             ),
@@ -678,13 +693,16 @@ class PhotoQueue:
         """MQTT messages waiting in the outbox after row ``after_id``, in commit order, with their topic.
 
         Returns:
-            (row id, topic under the prefix, message) triples: "detections" with the detection record
-            plus ``image`` and ``sha256``, or the topic and the message frozen in the row (a review).
+            (row id, topic under the prefix, message) triples: "photos" with the photo's place and its
+            number of detections, "detections" with the detection record plus its ``id``, ``outcome_id``,
+            ``index``, ``image``, ``sha256``, ``committed_at`` and ``taken_at``, or the topic and the
+            message frozen in the row (a review).
         """
         rows = self.conn.execute(
-            "SELECT b.id, b.outcome_id, b.detection, b.topic, b.payload, o.detections, i.name, i.sha256 "
+            "SELECT b.id, b.outcome_id, b.detection, b.topic, b.payload, o.detections, o.width, o.height, "
+            "o.processed_at, i.name, i.sha256, g.pose, g.footprint, g.gsd_cm "
             "FROM mqtt_outbox b JOIN outcomes o ON o.id = b.outcome_id JOIN items i ON i.item_id = o.item_id "
-            "WHERE b.id > ? ORDER BY b.id LIMIT ?",
+            "LEFT JOIN photo_geo g ON g.outcome_id = o.id WHERE b.id > ? ORDER BY b.id LIMIT ?",
             (int(after_id), int(limit)),
         ).fetchall()
         parsed: dict[int, list[dict]] = {}
@@ -696,7 +714,35 @@ class PhotoQueue:
             records = parsed.get(r["outcome_id"])
             if records is None:
                 records = parsed[r["outcome_id"]] = json.loads(r["detections"])
-            message = {"image": r["name"], "sha256": r["sha256"], **records[r["detection"]]}
+            pose = None if r["pose"] is None else json.loads(r["pose"])
+            taken_at = None if pose is None else pose.get("taken_at")
+            common = {"outcome_id": r["outcome_id"], "image": r["name"], "sha256": r["sha256"]}
+            times = {"committed_at": round(r["processed_at"], 3), "taken_at": taken_at}
+            if r["topic"] == PHOTOS_TOPIC:
+                message = {
+                    **common,
+                    "width": r["width"],
+                    "height": r["height"],
+                    **times,
+                    "detections": len(records),
+                    "footprint": None if r["footprint"] is None else json.loads(r["footprint"]),
+                    "gsd_cm": r["gsd_cm"],
+                    "position": None
+                    if pose is None
+                    else {"lat": pose["lat"], "lon": pose["lon"], "alt_m": pose.get("abs_alt_m")},
+                    "error_m": None if pose is None else pose.get("centre_error_m"),
+                }
+            else:
+                k = r["detection"]
+                message = {
+                    "image": r["name"],
+                    "sha256": r["sha256"],
+                    **records[k],
+                    "id": f"{r['outcome_id']}-{k}",
+                    "outcome_id": r["outcome_id"],
+                    "index": k,
+                    **times,
+                }
             out.append((int(r["id"]), r["topic"], message))
         return out
 
