@@ -150,6 +150,7 @@ setup(
         "edgetile.runtime.options",
         "edgetile.runtime.evaluation",
         "edgetile.runtime.serve",
+        "edgetile.runtime.station",
         "edgetile.export",
         "edgetile.train",
         "edgetile.runtime.geo",
@@ -164,6 +165,7 @@ setup(
         "edgetile.runtime.links": "runtime/links",
         "edgetile.runtime.options": "runtime/options",
         "edgetile.runtime.serve": "runtime/serve",
+        "edgetile.runtime.station": "runtime/station",
         "edgetile.export": "export",
         "edgetile.train": "train",
     },
@@ -206,6 +208,7 @@ setup(
         # its heavy parts only when invoked (train -> export -> runtime; serve -> runtime).
         "edgetile.commands": [
             "serve = edgetile.runtime.serve.command:register",
+            "station = edgetile.runtime.station.command:register",
             "export = edgetile.export.cli:register",
             "dataset = edgetile.train.cli:register_dataset",
             "train = edgetile.train.cli:register_train",

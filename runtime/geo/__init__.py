@@ -3,6 +3,7 @@
 - pose: the camera of a photo from EXIF GPS, DJI XMP, bundled camera profiles and flags.
 - ground: pixel -> ray -> flat ground (or an elevation model) -> WGS84, with an error estimate.
 - tracks: one person seen in several photos becomes one track.
+- finds: one person seen by several drones becomes one find (the ground station's grouping).
 - writers: detections.geojson, detections.kml, detections_geo.csv, tracks.geojson, thumbnails.
 - profiles: bundled camera profiles (focal lengths).
 
@@ -14,6 +15,7 @@ functions that need them (extra ``geo``).
 
 from __future__ import annotations
 
+from .finds import FindGrouper, Sighting
 from .ground import (
     ErrorModel,
     GroundFix,
@@ -53,6 +55,7 @@ __all__ = [
     "CameraPose",
     "CameraProfile",
     "ErrorModel",
+    "FindGrouper",
     "GeoConfig",
     "GeoWriter",
     "GroundFix",
@@ -60,6 +63,7 @@ __all__ = [
     "PlacedPhoto",
     "PoseError",
     "PoseOverrides",
+    "Sighting",
     "Track",
     "TrackBuilder",
     "box_feet",

@@ -12,7 +12,6 @@ secret; /health reveals only whether the daemon works and its queue depth).
 
 from __future__ import annotations
 
-import hmac
 import json
 import mimetypes
 import os
@@ -34,7 +33,7 @@ from .._version import __version__
 from ..images import ImageReadError, ImageTooLarge, read_image
 from ..outputs import draw_detections
 from ..results import Detections
-from .guard import RequestGuard
+from .guard import RequestGuard, token_check
 from .page import mount_page
 from .retention import MIB, human_bytes
 from .review import review_router
@@ -82,16 +81,7 @@ def create_app(daemon: Daemon) -> FastAPI:  # noqa: C901 - the routes are closur
     def queue() -> PhotoQueue:
         return PhotoQueue(cfg.db_path, cfg.max_attempts, cfg.retry_after)
 
-    def check_token(request: Request) -> None:
-        if cfg.token is None:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), cfg.token.encode()):
-            raise HTTPException(
-                401,
-                "expected the header 'Authorization: Bearer TOKEN' with the daemon's token",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+    check_token = token_check(cfg.token, "the daemon's token")
 
     @app.get("/health")
     def health() -> JSONResponse:

@@ -22,6 +22,8 @@ An ASGI middleware (so that it also stands before streaming bodies and uploads):
 
 from __future__ import annotations
 
+import hmac
+
 import ipaddress
 import json
 import socket
@@ -252,3 +254,26 @@ def guarded_h11_protocol(max_connections: int, header_timeout: float):
             super().connection_lost(exc)
 
     return GuardedH11Protocol
+
+
+def token_check(token: str | None, whose: str):
+    """A FastAPI dependency refusing (401) a request without ``Authorization: Bearer TOKEN``; None: no check.
+
+    Args:
+        token: The token, or None when none is required.
+        whose: Named in the refusal, e.g. "the daemon's token".
+    """
+    from fastapi import HTTPException, Request
+
+    def check(request: Request) -> None:
+        if token is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise HTTPException(
+                401,
+                f"expected the header 'Authorization: Bearer TOKEN' with {whose}",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return check

@@ -1,0 +1,115 @@
+"""The station's configuration, checked before start (from the parsed options of ``edgetile station``)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..images import MAX_PIXELS
+from ..links.mqtt import parse_host_port
+from ..options.files import ConfigError
+from ..serve.config import is_loopback
+
+
+def read_token(path: str, option: str) -> str:
+    """The token on the first line of a file; ConfigError in one line otherwise."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"{option}: cannot read {path}: {exc.strerror or exc}") from None
+    token = lines[0].strip() if lines else ""
+    if not token or any(c.isspace() for c in token):
+        raise ConfigError(f"{option}: expected a token without spaces on the first line of {path}, found none")
+    return token
+
+
+@dataclass(frozen=True)
+class StationConfig:
+    """Everything ``edgetile station`` needs.
+
+    Attributes:
+        state: Folder of the station's database, crops and photos.
+        mqtt_host: The broker the drones publish to.
+        mqtt_port: Its port.
+        mqtt_prefix: The drones' topic prefix (their --mqtt-topic).
+        client_id: The fixed MQTT client id of the station's persistent session.
+        host: Address the review page is served on.
+        port: TCP port (0: any free one).
+        token: The station's own bearer token, or None (loopback only).
+        daemon_token: The daemons' bearer token, for crops and photos, or None.
+        allowed_hosts: Host header names accepted besides the address, localhost and the host name.
+        mavlink_out: pymavlink connection string for STATUSTEXT of confirmed/flagged finds, or None.
+        find_window_s: Sightings further apart in time are not one find.
+        crop_max_age_s: A crop not fetched this long after its sighting arrived is given up.
+        mqtt_buffer: Review messages kept until the broker acknowledges them.
+        tiles: An XYZ folder of map tiles, or None.
+        max_pixels: Largest photo (header pixels) decoded for an overlay; None for no limit.
+        log_level: Logging level name.
+    """
+
+    state: Path
+    mqtt_host: str
+    mqtt_port: int = 1883
+    mqtt_prefix: str = "edgetile"
+    client_id: str = "edgetile-station"
+    host: str = "127.0.0.1"
+    port: int = 8766
+    token: str | None = None
+    daemon_token: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    mavlink_out: str | None = None
+    find_window_s: float = 1800.0
+    crop_max_age_s: float = 3600.0
+    mqtt_buffer: int = 100_000
+    tiles: Path | None = None
+    max_pixels: int | None = MAX_PIXELS
+    log_level: str = "info"
+
+    @property
+    def db_path(self) -> Path:
+        return self.state / "station.sqlite3"
+
+    @classmethod
+    def from_options(cls, a: argparse.Namespace) -> StationConfig:
+        """Check the options; every problem is a ConfigError in one line."""
+        try:
+            host, port = parse_host_port(a.mqtt)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        prefix = a.mqtt_prefix
+        if not prefix or any(c in prefix for c in "#+") or prefix.endswith("/"):
+            raise ConfigError(f"--mqtt-prefix: expected a topic without wildcards or trailing '/', found {prefix!r}")
+        token = read_token(a.token_file, "--token-file") if a.token_file else None
+        if not is_loopback(a.host) and not token:
+            raise ConfigError(
+                f"--host {a.host}: serving the review page beyond this machine needs --token-file "
+                "(requests then need 'Authorization: Bearer TOKEN')"
+            )
+        if a.port > 65535:
+            raise ConfigError(f"--port: expected 0..65535, found {a.port}")
+        state = Path(a.state)
+        if state.exists() and not state.is_dir():
+            raise ConfigError(f"--state: expected a folder, found a file at {a.state}")
+        tiles = a.tiles
+        if tiles is not None and not Path(tiles).is_dir():
+            raise ConfigError(f"--tiles: expected a folder of map tiles (Z/X/Y.png), found none at {tiles}")
+        return cls(
+            state=state.resolve(),
+            mqtt_host=host,
+            mqtt_port=port,
+            mqtt_prefix=prefix,
+            client_id=a.mqtt_client_id,
+            host=a.host,
+            port=a.port,
+            token=token,
+            daemon_token=read_token(a.daemon_token_file, "--daemon-token-file") if a.daemon_token_file else None,
+            allowed_hosts=tuple(a.allowed_hosts),
+            mavlink_out=a.mavlink_out,
+            find_window_s=a.find_window_s,
+            crop_max_age_s=a.crop_max_age_s,
+            mqtt_buffer=a.mqtt_buffer,
+            tiles=None if tiles is None else Path(tiles).resolve(),
+            max_pixels=a.max_pixels,
+            log_level=a.log_level,
+        )
