@@ -18,15 +18,16 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from geo_photos import dji_values, write_photo
 from mqtt_broker import Broker, Subscriber
 from review_browser import AGL, LAT0, LON0, PF, Browser, browser_missing, person_field
 from serve_process import ServeProcess
 
-from geo_photos import dji_values, write_photo
 from onnx_models import red_blob_model
 
 pytestmark = [
@@ -42,8 +43,10 @@ GSD_M = AGL / PF  # 0.1 m per pixel: the nadir photos of review_browser
 # D2's photo is taken 32 m north and 20 m east of D1's first: a ground point at pixel (x, y) of D1's
 # photo is at (x - 200, y + 320) of D2's. Blobs are on the model's 8-pixel cells; a dimmer red scores lower.
 D2_NORTH_M, D2_EAST_M = 32.0, 20.0
-SHARED_D1, SHARED_D2 = (304, 40, 255), (104, 360, 150)  # one person, seen by both drones
-ONLY_D2 = (400, 64, 200)  # a person only D2 saw (its crop waits for D2's radio link)
+# One person seen by both drones: D2 places them 4.5 m off D1's place (32 px east, 32 px north), as two
+# drones' position errors would, within the grouping's reach (about 7 m for errors of 2.5 m each).
+SHARED_D1, SHARED_D2 = (304, 40, 255), (136, 328, 112)
+ONLY_D2 = (400, 64, 120)  # a person only D2 saw (its crop waits for D2's radio link)
 ONLY_D1 = (160, 296, 255)  # in D1's second photo, 60 m further north
 
 
@@ -88,7 +91,7 @@ def finds(station: StationProcess) -> list[dict]:
 
 
 def by_drones(items: list[dict]) -> dict[tuple[str, ...], dict]:
-    return {tuple(f["drones"]): f for f in items}
+    return {tuple(sorted(f["drones"])): f for f in items}
 
 
 def only_the_station_was_asked(b: Browser, station: StationProcess) -> None:
@@ -130,9 +133,13 @@ def test_two_drones_one_find_on_the_station_page(tmp_path, model):
         d2, drop2 = daemon(
             tmp_path, model, "D2", broker, "--advertise-url", f"http://127.0.0.1:{d2_api_port}"
         )
+        # one photo after the other, so that the sightings' time order is known: D1, D2, D1
         posed_photo(drop1 / "DJI_0001.JPG", [SHARED_D1], seed=1)
-        posed_photo(drop2 / "DJI_0201.JPG", [SHARED_D2, ONLY_D2], seed=2, north_m=D2_NORTH_M, east_m=D2_EAST_M)
         d1.wait_for(lambda: d1.json("/api/review/counts")["total"] == 1, what="D1's first detection")
+        posed_photo(
+            drop2 / "DJI_0201.JPG", [SHARED_D2, ONLY_D2], seed=2, north_m=D2_NORTH_M, east_m=D2_EAST_M
+        )
+        d2.wait_for(lambda: d2.json("/api/review/counts")["total"] == 2, what="D2's two detections")
         posed_photo(drop1 / "DJI_0002.JPG", [ONLY_D1], seed=3, north_m=60.0)
         station.wait_for(
             lambda: sorted(len(f["sightings"]) for f in finds(station)) == [1, 1, 2],
@@ -159,7 +166,10 @@ def test_two_drones_one_find_on_the_station_page(tmp_path, model):
             " [...li.querySelectorAll('.chip')].map((c) => [c.textContent, getComputedStyle(c).backgroundColor]),"
             " li.querySelector('.count').textContent])"
         )
-        rgb = {k: "rgb({}, {}, {})".format(*(int(v[i : i + 2], 16) for i in (1, 3, 5))) for k, v in colour.items()}
+        rgb = {
+            k: "rgb({}, {}, {})".format(*(int(v[i : i + 2], 16) for i in (1, 3, 5)))
+            for k, v in colour.items()
+        }
         seen = {fid: ([c for c, _ in cs], [col for _, col in cs], count) for fid, cs, count in chips}
         assert seen[shared["id"]] == (["D1", "D2"], [rgb["D1"], rgb["D2"]], "2 sightings")
         assert seen[only2["id"]] == (["D2"], [rgb["D2"]], "1 sighting")
@@ -226,6 +236,8 @@ def test_two_drones_one_find_on_the_station_page(tmp_path, model):
         assert placed["D1"]["lat"] > placed["D2"]["lat"] > LAT0
         legend = b.driver.find_element(By.CSS_SELECTOR, ".legend").text
         assert "D1 online" in legend and "D2 online" in legend, legend
+        # the picture for docs/review.md
+        time.sleep(1.5)  # the photos' images are placed when each has decoded: a picture, not a check
         save_shot(b, tmp_path, "station.png")
 
         # a decision by keyboard applies to the find, and goes out once
@@ -245,8 +257,12 @@ def test_two_drones_one_find_on_the_station_page(tmp_path, model):
         # split: D2's sighting was not the same person after all
         b.driver.find_element(By.CSS_SELECTOR, f"#queue-list li[data-id='{shared['id']}']").click()
         b.key("p")
-        b.wait(f"s.photo && s.photo.find === {shared['id']!r} && s.photo.loaded", what="the shared find's photo")
-        b.driver.find_element(By.CSS_SELECTOR, f"#sighting-list li[data-id='{d2_sighting}'] button.split").click()
+        b.wait(
+            f"s.photo && s.photo.find === {shared['id']!r} && s.photo.loaded", what="the shared find's photo"
+        )
+        b.driver.find_element(
+            By.CSS_SELECTOR, f"#sighting-list li[data-id='{d2_sighting}'] button.split"
+        ).click()
         split = b.wait("s.lastSplit", what="the split")
         assert (split["from"], split["sighting"]) == (shared["id"], d2_sighting)
         b.wait("s.items.length === 4", what="the new find in the queue")
@@ -254,8 +270,26 @@ def test_two_drones_one_find_on_the_station_page(tmp_path, model):
         assert [s["id"] for s in now[shared["id"]]["sightings"]] == [d1_sighting]
         assert [s["id"] for s in now[split["find"]]["sightings"]] == [d2_sighting]
         assert b.driver.execute_script("return document.querySelectorAll('#sighting-list li').length") == 1
-        assert b.driver.execute_script("return document.querySelectorAll('#sighting-list button.split').length") == 0
+        assert (
+            b.driver.execute_script("return document.querySelectorAll('#sighting-list button.split').length")
+            == 0
+        )
         assert b.state(f"s.items.find((d) => d.id === {shared['id']!r}).sightings.length") == 1
+
+        # live on the map: D1 flies on (its new position, its new photo), then lands (offline)
+        b.key("m")
+        before = b.state("s.droneMarkers.D1")
+        posed_photo(drop1 / "DJI_0003.JPG", [], seed=4, north_m=90.0)
+        b.wait(
+            f"s.droneMarkers.D1.lat > {before['lat']} && s.footprints.length === 4",
+            what="D1's new position and photo on the map",
+        )
+        b.wait("s.overlaysLoaded === 4", what="D1's new photo drawn in its footprint")
+        assert b.state("s.footprintDrones")[str(b.state("s.footprints[3]"))] == "D1"
+        d1.terminate()
+        b.wait("!s.droneMarkers.D1.online && s.droneMarkers.D1.label.endsWith('offline')", what="D1 offline")
+        legend = b.driver.find_element(By.CSS_SELECTOR, ".legend").text
+        assert "D1 offline" in legend and "D2 online" in legend, legend
         only_the_station_was_asked(b, station)
         assert b.state("s.errors") == []
     finally:

@@ -23,7 +23,6 @@ An ASGI middleware (so that it also stands before streaming bodies and uploads):
 from __future__ import annotations
 
 import hmac
-
 import ipaddress
 import json
 import socket
@@ -31,6 +30,7 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
@@ -263,8 +263,9 @@ def token_check(token: str | None, whose: str):
         token: The token, or None when none is required.
         whose: Named in the refusal, e.g. "the daemon's token".
     """
-    from fastapi import HTTPException, Request
 
+    # Request at module level: with postponed annotations FastAPI resolves "Request" in this module's
+    # globals, and an import inside this function would leave it a required query parameter (422).
     def check(request: Request) -> None:
         if token is None:
             return

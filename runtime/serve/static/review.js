@@ -1219,27 +1219,32 @@
     if (!located(d) && !seen.length) return;
     const group = L.featureGroup();
     const sightings = {};
-    for (const x of seen) {
-      const colour = droneColour(x.drone_id);
-      if (located(d)) {
-        L.polyline([[d.lat, d.lon], [x.lat, x.lon]], { color: colour, weight: 2, opacity: 0.9, interactive: false }).addTo(group);
-      }
-      const score = x.score === null || x.score === undefined ? "" : ` · ${Math.round(x.score * 100)}%`;
-      L.circleMarker([x.lat, x.lon], { radius: 5, weight: 1, color: "#111", fillColor: colour, fillOpacity: 1 })
-        .bindTooltip(`${x.drone_id} · ${shortTime(x.time)}${score}`)
-        .on("click", () => openFind(d.id, x.id))
-        .addTo(group);
-      sightings[x.id] = { lat: x.lat, lon: x.lon, drone: x.drone_id, color: colour };
-    }
     if (located(d)) {
-      L.circleMarker([d.lat, d.lon], markerStyle(d))
-        .setStyle({ radius: 10, weight: 3, color: COLOURS[d.status], fillOpacity: 0.2 })
+      // A dark halo under the status's ring: some drone colours are close to the status colours.
+      L.circleMarker([d.lat, d.lon], { radius: 11, weight: 6, color: "#111", opacity: 0.75, fill: false, interactive: false }).addTo(group);
+      L.circleMarker([d.lat, d.lon], { radius: 11, weight: 3, color: COLOURS[d.status], fillColor: COLOURS[d.status], fillOpacity: 0.15 })
         .bindTooltip(() => {
           const o = byId.get(d.id);
           return `${o.id} · ${(o.sightings || []).length} sightings · ${(o.drones || []).join(", ")} · ${Math.round(o.score * 100)}% · ${o.status}`;
         })
         .on("click", () => openFind(d.id))
         .addTo(group);
+    }
+    // The sightings over the ring (drawn in this order): the drones' dots stay visible inside it.
+    for (const x of seen) {
+      const colour = droneColour(x.drone_id);
+      if (located(d)) {
+        L.polyline([[d.lat, d.lon], [x.lat, x.lon]], { color: colour, weight: 2, opacity: 0.9, interactive: false }).addTo(group);
+      }
+    }
+    for (const x of seen) {
+      const colour = droneColour(x.drone_id);
+      const score = x.score === null || x.score === undefined ? "" : ` · ${Math.round(x.score * 100)}%`;
+      L.circleMarker([x.lat, x.lon], { radius: 5, weight: 1.5, color: "#fff", fillColor: colour, fillOpacity: 1 })
+        .bindTooltip(`${x.drone_id} · ${shortTime(x.time)}${score}`)
+        .on("click", () => openFind(d.id, x.id))
+        .addTo(group);
+      sightings[x.id] = { lat: x.lat, lon: x.lon, drone: x.drone_id, color: colour };
     }
     group.addTo(groundMap);
     markerLayers.set(d.id, group);
