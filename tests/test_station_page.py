@@ -11,6 +11,9 @@ then show the find's coordinates instead of a crop and a one-line message instea
 D2 comes back at the advertised address (the same state folder, so the same photos), the crop fills
 in through the station's `crop` event and the photo through the page's retries, without a reload.
 The operator then flags the shared find with the keyboard and splits D2's sighting from it.
+
+docs/img/station.png is this test's picture of the map:
+    EDGETILE_SHOTS=docs/img python -m pytest tests/test_station_page.py
 """
 
 from __future__ import annotations
