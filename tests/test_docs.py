@@ -143,6 +143,14 @@ COMMANDS = {
     "edgetile export engine model.onnx --precision fp16": Doc("parse", why=TENSORRT),
     # docs/serve.md
     "edgetile serve --model person.onnx --watch /media/sdcard/DCIM --state /var/lib/edgetile": Doc("serve"),
+    # docs/station.md
+    "edgetile station --mqtt 127.0.0.1:1883 --state search-state --daemon-token-file drones.token": Doc(
+        "parse", why="needs a Mosquitto broker and drones: tests/test_station.py runs the station"
+    ),
+    "edgetile serve --model person.onnx --watch /media/sdcard/DCIM --geo --mqtt 192.168.1.10 --drone-id alpha "
+    "--host 0.0.0.0 --token-file drones.token --advertise-url http://192.168.1.21:8765": Doc(
+        "parse", why="a drone on the search team's network: tests/test_station.py runs drones on loopback"
+    ),
     # docs/train.md
     DATASET_TILES: Doc("run", files=("tiles/data.yaml", "tiles/folds/fold4.yaml")),
     "edgetile train --data tiles/data.yaml --fold 0 --model yolov8s.yaml --imgsz 640 --epochs 50 --name first": Doc(
@@ -415,6 +423,8 @@ USAGE_ERRORS = [
     ["demo", "--conf", "5"],
     ["env", "--bogus"],
     ["serve", "--port", "abc"],
+    ["station", "--state", "s"],
+    ["station", "--mqtt", "h", "--find-window-s", "0"],
     ["export"],
     ["export", "onnx"],
     ["export", "int8", "m.onnx"],

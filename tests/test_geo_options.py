@@ -70,7 +70,19 @@ def test_detect_options_become_a_geo_config():
 
 def test_serve_options_become_a_serve_geo_config():
     config = serve_geo_config_from_args(
-        serve_args("--geo", "--mqtt", "broker:1884", "--mqtt-topic", "sar", "--mqtt-buffer", "50")
+        serve_args(
+            "--geo",
+            "--mqtt",
+            "broker:1884",
+            "--mqtt-topic",
+            "sar",
+            "--mqtt-buffer",
+            "50",
+            "--drone-id",
+            "m300.left-2",
+            "--advertise-url",
+            "http://10.0.0.7:8765/",
+        )
     )
     assert config == ServeGeoConfig(
         geo=config.geo,
@@ -79,6 +91,8 @@ def test_serve_options_become_a_serve_geo_config():
         mqtt_port=1884,
         mqtt_topic="sar",
         mqtt_buffer=50,
+        drone_id="m300.left-2",
+        advertise_url="http://10.0.0.7:8765",
     )
     assert config.enabled
     defaults = serve_geo_config_from_args(serve_args())
@@ -90,6 +104,11 @@ def test_serve_options_become_a_serve_geo_config():
     [
         (["--mqtt", "broker:port"], "--mqtt: expected HOST:PORT with a numeric port, found 'broker:port'"),
         (["--mavlink-lacmus"], "--mavlink-lacmus: expected --mavlink-out URL as well, found none"),
+        (["--drone-id", "a/b"], "--drone-id: expected a name of letters"),  # a topic level of its own
+        (["--drone-id=_x"], "--drone-id: expected a name of letters"),
+        (["--drone-id", "x" * 33], "--drone-id: expected a name of letters"),
+        (["--advertise-url", "10.0.0.7:8765"], "--advertise-url: expected http://HOST:PORT"),
+        (["--advertise-url", "http://h:1/api"], "--advertise-url: expected http://HOST:PORT"),
     ],
 )
 def test_serve_options_that_do_not_fit_are_refused(cli, words):

@@ -60,7 +60,7 @@ def test_daemon_serves_coordinates_geo_files_thumbnails_and_publishes_to_mqtt(tm
         f"udpin:127.0.0.1:{gcs_port}", dialect="ardupilotmega", source_system=255
     )
     (tmp_path / "serve.yaml").write_text(
-        f"geo: true\nmqtt: 127.0.0.1:{broker.port}\nmqtt-topic: drone1\n"
+        f"geo: true\nmqtt: 127.0.0.1:{broker.port}\nmqtt-topic: drone1\ndrone-id: uav1\n"
         f"ground_above_takeoff: 0\nmavlink-out: udpout:127.0.0.1:{gcs_port}\n"
     )
     d = ServeProcess(
@@ -82,7 +82,8 @@ def test_daemon_serves_coordinates_geo_files_thumbnails_and_publishes_to_mqtt(tm
     )
     try:
         d.start()
-        assert retained(broker.port, "drone1/status", "online")
+        online = retained(broker.port, "drone1/status/uav1", "online")
+        assert online["drone_id"] == "uav1" and online["api"] == d.url
         xmp = dji_values(rel_alt=PAGL, abs_alt=180.0, pitch=-90.0, focal_px=PF)
         blob_photo(drop / "DJI_0001.JPG", (280, 136), lat=LAT0, lon=LON0, xmp=xmp)
         blob_photo(drop / "DJI_0002.JPG", (80, 80), lat=None, lon=None, xmp=xmp)  # no GPS fix
@@ -100,11 +101,27 @@ def test_daemon_serves_coordinates_geo_files_thumbnails_and_publishes_to_mqtt(tm
         )  # pixels and thumbnail, no coordinates
         assert d.log().count("no ground coordinates: no GPS position") == 1
 
-        # MQTT: one message per detection, after its commit
-        msgs = {Path(p["image"]).name: p for p, _ in sub.collect(2, "drone1/detections", timeout=30)}
+        # MQTT: each photo, then one message per detection, after its commit
+        heard_mqtt: list[tuple[str, dict]] = []
+        while len(heard_mqtt) < 4:
+            m = sub.get(30)
+            if m.topic in ("drone1/photos", "drone1/detections"):
+                heard_mqtt.append((m.topic, json.loads(m.payload)))
+        for name in ("DJI_0001.JPG", "DJI_0002.JPG"):  # a photo's message comes before its detections'
+            topics = [t for t, p in heard_mqtt if Path(p["image"]).name == name]
+            assert topics == ["drone1/photos", "drone1/detections"], heard_mqtt
+        msgs = {Path(p["image"]).name: p for t, p in heard_mqtt if t == "drone1/detections"}
         assert msgs["DJI_0001.JPG"]["lat"] == located[0]["lat"]
         assert msgs["DJI_0001.JPG"]["sha256"] == by_name["DJI_0001.JPG"]["sha256"]
         assert "lat" not in msgs["DJI_0002.JPG"] and msgs["DJI_0002.JPG"]["bbox"] == unlocated[0]["bbox"]
+        assert {(m["drone_id"], m["api"]) for m in msgs.values()} == {("uav1", d.url)}
+        # and before them, each photo: its place for a ground station's map
+        photos = {Path(p["image"]).name: p for t, p in heard_mqtt if t == "drone1/photos"}
+        placed, unplaced = photos["DJI_0001.JPG"], photos["DJI_0002.JPG"]
+        assert placed["detections"] == 1 and len(placed["footprint"]) == 4 and placed["error_m"] > 0
+        assert placed["position"]["lat"] == pytest.approx(LAT0) and placed["width"] == PW
+        assert unplaced["footprint"] is None and unplaced["position"] is None
+        assert msgs["DJI_0001.JPG"]["id"] == f"{placed['outcome_id']}-0"
 
         # MAVLink: the ground station hears an alert per detection and the person's position
         heard: dict[str, list] = {"STATUSTEXT": [], "CAMERA_TRACKING_GEO_STATUS": []}
@@ -150,7 +167,7 @@ def test_daemon_serves_coordinates_geo_files_thumbnails_and_publishes_to_mqtt(tm
         assert d.request("/thumbs/0123456789abcdef_999.jpg")[0] == 404
 
         assert d.terminate() == 0, d.log()
-        assert retained(broker.port, "drone1/status", "offline")["reason"] == "closed"
+        assert retained(broker.port, "drone1/status/uav1", "offline")["reason"] == "closed"
     finally:
         d.kill()
         sub.close()

@@ -134,7 +134,8 @@ def test_a_schema_3_state_folder_is_migrated_keeping_its_outbox_and_results(tmp_
         assert SCHEMA_VERSION == 4
         assert q.outbox_messages_after(0, 10) == [
             (1, "detections", {"image": "old.jpg", "sha256": "aa", "bbox": [1, 1, 3, 3], "score": 0.5,
-                               "class_id": 0, "class_name": "person"})
+                               "class_id": 0, "class_name": "person", "id": "1-0", "outcome_id": 1, "index": 0,
+                               "committed_at": 2.0, "taken_at": None})
         ]  # fmt: skip
         (item,) = q.review_items()
         assert (item["id"], item["status"]) == ("1-0", "unreviewed")

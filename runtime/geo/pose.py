@@ -934,7 +934,8 @@ def photo_time(path: str | os.PathLike, name: str = "") -> float | None:
         if when and offset:
             sign = 1 if offset.group(1) == "+" else -1
             tz = timezone(sign * timedelta(hours=int(offset.group(2)), minutes=int(offset.group(3))))
-            return datetime(*(int(v) for v in when.groups()), tzinfo=tz).timestamp()  # type: ignore[misc]
+            y, mo, d, h, mi, sec = (int(v) for v in when.groups())
+            return datetime(y, mo, d, h, mi, sec, tzinfo=tz).timestamp()
     except (ValueError, TypeError, ZeroDivisionError):
         return None
     return None

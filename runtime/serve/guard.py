@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import Request  # at module level: FastAPI reads token_check's annotation here
 
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
@@ -264,8 +264,6 @@ def token_check(token: str | None, whose: str):
         whose: Named in the refusal, e.g. "the daemon's token".
     """
 
-    # Request at module level: with postponed annotations FastAPI resolves "Request" in this module's
-    # globals, and an import inside this function would leave it a required query parameter (422).
     def check(request: Request) -> None:
         if token is None:
             return

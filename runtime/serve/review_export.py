@@ -54,7 +54,9 @@ def _description(f: dict, crop_url: str) -> str:
         "drawn by the operator" if f["score"] is None else f"score {f['score']:.2f}",
         f"photo {f['image']}",
         # a ground station's find: every drone that saw it
-        f"{len(f['sightings'])} sighting(s) by {', '.join(f.get('drones') or [])}" if f.get("sightings") else "",
+        f"{len(f['sightings'])} sighting(s) by {', '.join(f.get('drones') or [])}"
+        if f.get("sightings")
+        else "",
         "" if f.get("error_m") is None else f"error {f['error_m']:.0f} m",
         f"{f['status']} by {f.get('operator') or '?'}",
         f"note: {f['note']}" if f.get("note") else "",

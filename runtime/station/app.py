@@ -27,7 +27,9 @@ MAX_BODY = 64 * 1024  # decisions and splits are small JSON objects
 def create_app(station: Station) -> FastAPI:
     """The station's API over its store."""
     cfg = station.config
-    app = FastAPI(title="edgetile station", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="edgetile station", version=__version__, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.add_middleware(
         RequestGuard, allowed_hosts=cfg.allowed_hosts, max_body=MAX_BODY, check_host=cfg.token is None
     )

@@ -160,7 +160,7 @@ def _setup_logging(level: str) -> list[tuple[logging.Logger, logging.Handler]]:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s edgetile station %(levelname)s: %(message)s"))
     handler.addFilter(RepeatedLines())
-    installed = []
+    installed: list[tuple[logging.Logger, logging.Handler]] = []
     for name in ("edgetile.station", "edgetile.serve", "edgetile.links.mqtt", "uvicorn", "asyncio"):
         logger = logging.getLogger(name)
         logger.addHandler(handler)

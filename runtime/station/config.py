@@ -20,7 +20,9 @@ def read_token(path: str, option: str) -> str:
         raise ConfigError(f"{option}: cannot read {path}: {exc.strerror or exc}") from None
     token = lines[0].strip() if lines else ""
     if not token or any(c.isspace() for c in token):
-        raise ConfigError(f"{option}: expected a token without spaces on the first line of {path}, found none")
+        raise ConfigError(
+            f"{option}: expected a token without spaces on the first line of {path}, found none"
+        )
     return token
 
 
@@ -79,7 +81,9 @@ class StationConfig:
             raise ConfigError(str(exc)) from None
         prefix = a.mqtt_prefix
         if not prefix or any(c in prefix for c in "#+") or prefix.endswith("/"):
-            raise ConfigError(f"--mqtt-prefix: expected a topic without wildcards or trailing '/', found {prefix!r}")
+            raise ConfigError(
+                f"--mqtt-prefix: expected a topic without wildcards or trailing '/', found {prefix!r}"
+            )
         token = read_token(a.token_file, "--token-file") if a.token_file else None
         if not is_loopback(a.host) and not token:
             raise ConfigError(
@@ -103,7 +107,9 @@ class StationConfig:
             host=a.host,
             port=a.port,
             token=token,
-            daemon_token=read_token(a.daemon_token_file, "--daemon-token-file") if a.daemon_token_file else None,
+            daemon_token=read_token(a.daemon_token_file, "--daemon-token-file")
+            if a.daemon_token_file
+            else None,
             allowed_hosts=tuple(a.allowed_hosts),
             mavlink_out=a.mavlink_out,
             find_window_s=a.find_window_s,

@@ -87,7 +87,9 @@ class Finds:
     def add(self, s: NewSighting, key: int, photo_id: int) -> int:
         with self._lock:
             return self._grouper.add(
-                _sighting(key, photo_id, s.drone_id, s.time, s.lat, s.lon, s.error_m, s.class_name, s.embedding)
+                _sighting(
+                    key, photo_id, s.drone_id, s.time, s.lat, s.lon, s.error_m, s.class_name, s.embedding
+                )
             )
 
     def split(self, key: int) -> tuple[int, int]:
@@ -114,6 +116,7 @@ def sighting_item(r: sqlite3.Row) -> dict:
     return {
         "id": f"s-{r['id']}",
         "drone_id": r["drone_id"],
+        "detection_id": f"{r['outcome_id']}-{r['idx']}",  # the drone's own id of the detection
         "outcome_id": r["photo"],
         "image": r["image"],
         "time": iso_utc(r["time"]),

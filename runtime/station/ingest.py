@@ -106,7 +106,7 @@ def parse_detection(m: dict) -> NewSighting:
 
 def parse_photo(m: dict) -> dict:
     """A PREFIX/photos message, checked; BadMessage naming the first bad field."""
-    out = {
+    out: dict[str, object] = {
         "drone_id": _drone(m),
         "api": _api(m),
         "outcome_id": _int(m, "outcome_id"),
@@ -123,7 +123,10 @@ def parse_photo(m: dict) -> dict:
     if footprint is not None and not (
         isinstance(footprint, list)
         and len(footprint) == 4
-        and all(isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) for v in p) for p in footprint)
+        and all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) for v in p)
+            for p in footprint
+        )
     ):
         raise BadMessage(f"footprint: expected four [lat, lon] pairs or null, found {footprint!r:.80}")
     out["footprint"] = footprint
@@ -131,7 +134,11 @@ def parse_photo(m: dict) -> dict:
     if position is not None:
         if not isinstance(position, dict):
             raise BadMessage(f"position: expected {{lat, lon, alt_m}} or null, found {position!r:.80}")
-        position = {"lat": _num(position, "lat", False), "lon": _num(position, "lon", False), "alt_m": _num(position, "alt_m")}
+        position = {
+            "lat": _num(position, "lat", False),
+            "lon": _num(position, "lon", False),
+            "alt_m": _num(position, "alt_m"),
+        }
     out["position"] = position
     return out
 
@@ -202,9 +209,7 @@ class MqttIngest:
         self.connected.set()
         session = "the broker kept this station's session" if flags.session_present else "a new session"
         log.info("MQTT broker %s:%d connected (%s)", self.host, self.port, session)
-        client.subscribe(
-            [(t, 1) for t in self.topics] + [(self.status_prefix + "+", 1)]
-        )
+        client.subscribe([(t, 1) for t in self.topics] + [(self.status_prefix + "+", 1)])
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         log.info("MQTT: subscribed to %s/photos, /detections, /status/+ (QoS 1)", self.prefix)
@@ -267,7 +272,9 @@ class MqttIngest:
         elif msg.topic.startswith(self.status_prefix):
             drone = msg.topic[len(self.status_prefix) :]
             if not DRONE_ID.match(drone):
-                raise BadMessage(f"status topic: expected {self.status_prefix}DRONE_ID, found {msg.topic!r:.80}")
+                raise BadMessage(
+                    f"status topic: expected {self.status_prefix}DRONE_ID, found {msg.topic!r:.80}"
+                )
             state = m.get("state")
             if state not in ("online", "offline"):
                 raise BadMessage(f"state: expected 'online' or 'offline', found {state!r:.40}")

@@ -63,7 +63,18 @@ log = logging.getLogger("edgetile.station")
 
 STATION_SOURCES = ("station",)
 # Drone colours by first-seen order: distinct on a map and for colour-blind eyes (Okabe-Ito, then Tol)
-PALETTE = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442", "#332288", "#882255", "#117733")
+PALETTE = (
+    "#0072b2",
+    "#e69f00",
+    "#009e73",
+    "#cc79a7",
+    "#56b4e9",
+    "#d55e00",
+    "#f0e442",
+    "#332288",
+    "#882255",
+    "#117733",
+)
 _FIND = re.compile(r"^f-([0-9]{1,18})$")
 _SIGHTING = re.compile(r"^s-([0-9]{1,18})$")
 
@@ -162,7 +173,9 @@ def _queue_routes(station: Station, snapshot: FindSnapshot) -> APIRouter:
 
     @r.get("/api/review/detections")
     def detections(
-        status: Annotated[list[str] | None, Query(description="statuses, repeated or comma-separated")] = None,
+        status: Annotated[
+            list[str] | None, Query(description="statuses, repeated or comma-separated")
+        ] = None,
         min_score: float | None = Query(None, ge=0, le=1),
         max_score: float | None = Query(None, ge=0, le=1),
         source: Annotated[list[str] | None, Query(description="'station'")] = None,
@@ -241,7 +254,12 @@ def _queue_routes(station: Station, snapshot: FindSnapshot) -> APIRouter:
         return {
             "id": f"f-{find_id}",
             "history": [
-                {"status": h["status"], "operator": h["operator"], "note": h["note"], "time": iso_utc(h["decided_at"])}
+                {
+                    "status": h["status"],
+                    "operator": h["operator"],
+                    "note": h["note"],
+                    "time": iso_utc(h["decided_at"]),
+                }
                 for h in rows
             ],
         }
@@ -257,6 +275,31 @@ def _queue_routes(station: Station, snapshot: FindSnapshot) -> APIRouter:
     return r
 
 
+def _crop(station: Station, det_id: str) -> Response:
+    kind, n = parse_id(det_id)
+    with station.store() as store:
+        if kind == "find":
+            find = build_find(store, station, n)
+            if find is None:
+                raise HTTPException(404, f"no find {det_id}")
+            n = int(find["best_sighting"][2:])
+        row = store.sighting(n)
+    if row is None:
+        raise HTTPException(404, f"no sighting s-{n}")
+    if row["crop_state"] != "ready":
+        detail = (
+            f"crop not fetched yet ({row['crop_tries']} tries so far)"
+            if row["crop_state"] == "pending"
+            else f"crop given up: {row['crop_error']}"
+        )
+        return JSONResponse({"detail": detail, "crop_state": row["crop_state"]}, status_code=404)
+    try:
+        data = crop_path(station.config.state, n).read_bytes()
+    except OSError as exc:
+        raise HTTPException(404, f"crop of s-{n} is missing from the state folder: {exc.strerror}") from None
+    return jpeg_response(data)
+
+
 def _image_routes(station: Station) -> APIRouter:
     r = APIRouter()
     overlays = ByteCache(OVERLAY_CACHE)
@@ -265,28 +308,7 @@ def _image_routes(station: Station) -> APIRouter:
     @r.get("/api/review/crops/{det_id}", response_class=Response)
     def crop(det_id: str) -> Response:
         """The crop fetched from the drone (a find's: its best sighting's); 404 while it has not arrived."""
-        kind, n = parse_id(det_id)
-        with station.store() as store:
-            if kind == "find":
-                find = build_find(store, station, n)
-                if find is None:
-                    raise HTTPException(404, f"no find {det_id}")
-                n = int(find["best_sighting"][2:])
-            row = store.sighting(n)
-        if row is None:
-            raise HTTPException(404, f"no sighting s-{n}")
-        if row["crop_state"] != "ready":
-            detail = (
-                f"crop not fetched yet ({row['crop_tries']} tries so far)"
-                if row["crop_state"] == "pending"
-                else f"crop given up: {row['crop_error']}"
-            )
-            return JSONResponse({"detail": detail, "crop_state": row["crop_state"]}, status_code=404)
-        try:
-            data = crop_path(station.config.state, n).read_bytes()
-        except OSError as exc:
-            raise HTTPException(404, f"crop of s-{n} is missing from the state folder: {exc.strerror}") from None
-        return jpeg_response(data)
+        return _crop(station, det_id)
 
     def photo_file(photo_id: int):
         with station.store() as store:
@@ -374,28 +396,29 @@ def _map_routes(station: Station, snapshot: FindSnapshot) -> APIRouter:
     return r
 
 
+def _changes(station: Station, mark: int) -> tuple[list[str], int]:
+    out: list[str] = []
+    with station.store() as store:
+        rows = store.changes_after(mark)
+        seen: set[tuple[str, str]] = set()
+        for row in rows:
+            key = (row["kind"], row["ref"])
+            if key in seen:
+                continue
+            seen.add(key)
+            if row["kind"] == "drone":
+                d = store.drone(row["ref"])
+                if d is not None:
+                    out.append(sse("drone", drone_item(d)))
+            else:
+                find = build_find(store, station, int(row["ref"]))
+                if find is not None:
+                    out.append(sse(row["kind"], public(find)))
+    return out, (rows[-1]["id"] if rows else mark)
+
+
 def _event_routes(station: Station) -> APIRouter:
     r = APIRouter()
-
-    def changes(mark: int) -> tuple[list[str], int]:
-        out: list[str] = []
-        with station.store() as store:
-            rows = store.changes_after(mark)
-            seen: set[tuple[str, str]] = set()
-            for row in rows:
-                key = (row["kind"], row["ref"])
-                if key in seen:
-                    continue
-                seen.add(key)
-                if row["kind"] == "drone":
-                    d = store.drone(row["ref"])
-                    if d is not None:
-                        out.append(sse("drone", drone_item(d)))
-                else:
-                    find = build_find(store, station, int(row["ref"]))
-                    if find is not None:
-                        out.append(sse(row["kind"], public(find)))
-        return out, (rows[-1]["id"] if rows else mark)
 
     @r.get("/api/review/events", response_class=StreamingResponse)
     async def events(request: Request) -> StreamingResponse:
@@ -417,7 +440,7 @@ def _event_routes(station: Station) -> APIRouter:
                 version = station.changes.version
                 if version != seen or now - last_read >= SSE_POLL_S:
                     seen, last_read = version, now
-                    out, mark = await run_in_threadpool(changes, mark)
+                    out, mark = await run_in_threadpool(_changes, station, mark)
                     for e in out:
                         yield e
                     if out:
@@ -430,7 +453,9 @@ def _event_routes(station: Station) -> APIRouter:
                 await asyncio.sleep(SSE_TICK_S)
 
         return StreamingResponse(
-            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 
     return r
@@ -452,12 +477,16 @@ def _export_routes(station: Station, snapshot: FindSnapshot) -> APIRouter:
     @r.get("/api/review/finds.kml", response_class=Response)
     def finds_as_kml(request: Request) -> Response:
         text = finds_kml(found(), base_url(request))
-        return Response(text, media_type="application/vnd.google-earth.kml+xml", headers=attachment("finds.kml"))
+        return Response(
+            text, media_type="application/vnd.google-earth.kml+xml", headers=attachment("finds.kml")
+        )
 
     @r.get("/api/review/finds.gpx", response_class=Response)
     def finds_as_gpx(request: Request) -> Response:
         return Response(
-            finds_gpx(found(), base_url(request)), media_type="application/gpx+xml", headers=attachment("finds.gpx")
+            finds_gpx(found(), base_url(request)),
+            media_type="application/gpx+xml",
+            headers=attachment("finds.gpx"),
         )
 
     @r.get("/api/review/finds.csv", response_class=Response)

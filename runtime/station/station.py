@@ -13,6 +13,7 @@ import logging
 import signal
 import sqlite3
 import threading
+from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
 from ..options import EXIT_OK, EXIT_WORKER_FAILED
@@ -22,6 +23,10 @@ from .config import StationConfig
 from .fetch import CropFetcher, DaemonClient
 from .grouping import Finds
 from .store import StationStore
+
+if TYPE_CHECKING:
+    from ..serve.outbox import MqttOutbox
+    from .ingest import MqttIngest
 
 log = logging.getLogger("edgetile.station")
 
@@ -42,9 +47,9 @@ class Station:
         self.fetcher = CropFetcher(
             config.state, self.client, on_crop=self.changes.bump, max_age_s=config.crop_max_age_s
         )
-        self.ingest = None
-        self.outbox = None
-        self.mavlink = None
+        self.ingest: MqttIngest | None = None
+        self.outbox: MqttOutbox | None = None
+        self.mavlink: Any = None
         self.version = __version__
 
     def store(self) -> StationStore:
@@ -93,7 +98,7 @@ class Station:
         self.changes.bump()
         self.fetcher.wake.set()
 
-    def _open_links(self) -> None:
+    def _open_links(self) -> tuple[MqttIngest, MqttOutbox]:
         from ..links.mqtt import MqttPublisher
         from ..serve.outbox import MqttOutbox
         from .ingest import MqttIngest
@@ -128,6 +133,7 @@ class Station:
             except (ImportError, OSError) as exc:
                 publisher.close(0.5)
                 raise ValueError(f"--mavlink-out {cfg.mavlink_out}: cannot open the link: {exc}") from None
+        return self.ingest, self.outbox
 
     def run(self) -> int:  # noqa: C901 - start-up, wait and ordered shutdown share the threads they start
         """Start everything, wait for SIGTERM/SIGINT, stop in order; returns the exit code."""
@@ -156,7 +162,7 @@ class Station:
                 f"(mv {db} {db}.damaged) to start with an empty one"
             ) from None
         try:
-            self._open_links()
+            ingest, outbox = self._open_links()
         except (ValueError, ImportError) as exc:
             raise ConfigError(str(exc)) from None
         sock = bind_socket(cfg.host, cfg.port)
@@ -172,9 +178,11 @@ class Station:
         )
         outbox_stop = threading.Event()
         threads = [
-            threading.Thread(target=self.fetcher.run, name="crops", daemon=True, args=(cfg.db_path, self.stop)),
             threading.Thread(
-                target=self.outbox.run, name="mqtt outbox", daemon=True, args=(self.store, outbox_stop)
+                target=self.fetcher.run, name="crops", daemon=True, args=(cfg.db_path, self.stop)
+            ),
+            threading.Thread(
+                target=outbox.run, name="mqtt outbox", daemon=True, args=(self.store, outbox_stop)
             ),
         ]
         http = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="http", daemon=True)
@@ -187,7 +195,7 @@ class Station:
             for t in threads:
                 t.start()
             http.start()
-            self.ingest.start()
+            ingest.start()
             host, port = sock.getsockname()[:2]
             url_host = f"[{host}]" if ":" in host else host
             log.info(
@@ -208,7 +216,10 @@ class Station:
             sd_notify("READY=1")
             while not self.stop.wait(0.5):
                 if not http.is_alive() or not all(t.is_alive() for t in threads):
-                    log.error("a part of the station stopped: %s", [t.name for t in [http, *threads] if not t.is_alive()])
+                    log.error(
+                        "a part of the station stopped: %s",
+                        [t.name for t in [http, *threads] if not t.is_alive()],
+                    )
                     code = EXIT_WORKER_FAILED
                     break
             sd_notify("STOPPING=1")
@@ -216,13 +227,12 @@ class Station:
         finally:
             self.stop.set()
             self.fetcher.wake.set()
-            if self.ingest is not None:
-                self.ingest.close()
+            ingest.close()
             outbox_stop.set()
-            self.outbox.wake.set()
+            outbox.wake.set()
             for t in threads:
                 t.join(timeout=10)
-            self.outbox.publisher.close(3.0)
+            outbox.publisher.close(3.0)
             if self.mavlink is not None:
                 self.mavlink.close()
             server.should_exit = True

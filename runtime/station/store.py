@@ -158,6 +158,13 @@ class NewSighting:
         return self.committed_at if self.committed_at is not None else time.time()
 
 
+def _rowid(cur: sqlite3.Cursor) -> int:
+    """The row id of the INSERT the cursor has just run."""
+    if cur.lastrowid is None:
+        raise RuntimeError("expected the row id of the INSERT just run, found none")
+    return int(cur.lastrowid)
+
+
 def _statements() -> list[str]:
     return [s.strip() for s in _SCHEMA.split(";") if s.strip()]
 
@@ -289,12 +296,14 @@ class StationStore:
                 "SELECT id FROM photos WHERE drone_id=? AND outcome_id=?", (m["drone_id"], m["outcome_id"])
             ).fetchone()
             if row is None:
-                photo_id = c.execute(
-                    "INSERT INTO photos (api, image, sha256, width, height, committed_at, taken_at, detections, "
-                    "footprint, gsd_cm, position, error_m, drone_id, outcome_id, received_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (*values, m["drone_id"], m["outcome_id"], now),
-                ).lastrowid
+                photo_id = _rowid(
+                    c.execute(
+                        "INSERT INTO photos (api, image, sha256, width, height, committed_at, taken_at, detections, "
+                        "footprint, gsd_cm, position, error_m, drone_id, outcome_id, received_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (*values, m["drone_id"], m["outcome_id"], now),
+                    )
+                )
             else:  # a detection came first and made the row from what it knew
                 photo_id = row["id"]
                 c.execute(
@@ -337,32 +346,36 @@ class StationStore:
                 "SELECT id FROM photos WHERE drone_id=? AND outcome_id=?", (s.drone_id, s.outcome_id)
             ).fetchone()
             if row is None:  # its photo message was lost (a full outbox on the drone): what we know
-                photo_id = c.execute(
-                    "INSERT INTO photos (drone_id, outcome_id, api, image, sha256, committed_at, taken_at, "
-                    "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (s.drone_id, s.outcome_id, s.api, s.image, s.sha256, s.committed_at, s.taken_at, now),
-                ).lastrowid
+                photo_id = _rowid(
+                    c.execute(
+                        "INSERT INTO photos (drone_id, outcome_id, api, image, sha256, committed_at, taken_at, "
+                        "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (s.drone_id, s.outcome_id, s.api, s.image, s.sha256, s.committed_at, s.taken_at, now),
+                    )
+                )
             else:
                 photo_id = row["id"]
-            key = c.execute(
-                "INSERT INTO sightings (drone_id, outcome_id, idx, photo_id, score, class_name, bbox, lat, lon, "
-                "error_m, embedding, time, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    s.drone_id,
-                    s.outcome_id,
-                    s.index,
-                    photo_id,
-                    s.score,
-                    s.class_name,
-                    json.dumps(s.bbox),
-                    s.lat,
-                    s.lon,
-                    s.error_m,
-                    s.embedding,
-                    s.time,
-                    now,
-                ),
-            ).lastrowid
+            key = _rowid(
+                c.execute(
+                    "INSERT INTO sightings (drone_id, outcome_id, idx, photo_id, score, class_name, bbox, lat, lon, "
+                    "error_m, embedding, time, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        s.drone_id,
+                        s.outcome_id,
+                        s.index,
+                        photo_id,
+                        s.score,
+                        s.class_name,
+                        json.dumps(s.bbox),
+                        s.lat,
+                        s.lon,
+                        s.error_m,
+                        s.embedding,
+                        s.time,
+                        now,
+                    ),
+                )
+            )
             find_id = int(assign(int(key), int(photo_id)))
             c.execute("UPDATE sightings SET find_id=? WHERE id=?", (find_id, key))
             self._change(c, "detection", find_id)
@@ -374,7 +387,7 @@ class StationStore:
         """Pending crop fetches whose next try is due: id, drone_id, outcome_id, idx, api, tries, received_at."""
         return self.conn.execute(
             "SELECT s.id, s.drone_id, s.outcome_id, s.idx, s.crop_tries, s.received_at, s.find_id, "
-            "COALESCE(p.api, d.api) AS api FROM sightings s JOIN photos p ON p.id = s.photo_id "
+            "COALESCE(d.api, p.api) AS api FROM sightings s JOIN photos p ON p.id = s.photo_id "
             "JOIN drones d ON d.drone_id = s.drone_id "
             "WHERE s.crop_state='pending' AND s.crop_next<=? ORDER BY s.crop_next, s.id LIMIT ?",
             (float(now), int(limit)),
@@ -457,7 +470,8 @@ class StationStore:
 
     def history(self, find_id: int) -> list[sqlite3.Row]:
         return self.conn.execute(
-            "SELECT status, operator, note, decided_at FROM decisions WHERE find_id=? ORDER BY id", (int(find_id),)
+            "SELECT status, operator, note, decided_at FROM decisions WHERE find_id=? ORDER BY id",
+            (int(find_id),),
         ).fetchall()
 
     def photos(self) -> list[sqlite3.Row]:
@@ -465,7 +479,7 @@ class StationStore:
 
     def photo(self, photo_id: int) -> sqlite3.Row | None:
         return self.conn.execute(
-            "SELECT p.*, COALESCE(p.api, d.api) AS fetch_api FROM photos p JOIN drones d USING (drone_id) "
+            "SELECT p.*, COALESCE(d.api, p.api) AS fetch_api FROM photos p JOIN drones d USING (drone_id) "
             "WHERE p.id=?",
             (int(photo_id),),
         ).fetchone()
@@ -508,11 +522,11 @@ class StationStore:
             (decision id, whether it goes out: the first decision of this status on this find).
         """
         with self.write() as c:
-            decision_id = int(
+            decision_id = _rowid(
                 c.execute(
                     "INSERT INTO decisions (find_id, status, operator, note, decided_at) VALUES (?, ?, ?, ?, ?)",
                     (int(find_id), status, operator, note, time.time()),
-                ).lastrowid
+                )
             )
             first = False
             if status in publish:
@@ -530,7 +544,9 @@ class StationStore:
                 )
                 over = c.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] - int(outbox_limit)
                 if over > 0:
-                    c.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)", (over,))
+                    c.execute(
+                        "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)", (over,)
+                    )
                     self.add_count(c, "mqtt_dropped", over)
             self._change(c, "decision", find_id)
         return decision_id, first
@@ -549,7 +565,8 @@ class StationStore:
 
     def outbox_messages_after(self, after_id: int, limit: int) -> list[tuple[int, str, dict]]:
         rows = self.conn.execute(
-            "SELECT id, topic, payload FROM outbox WHERE id>? ORDER BY id LIMIT ?", (int(after_id), int(limit))
+            "SELECT id, topic, payload FROM outbox WHERE id>? ORDER BY id LIMIT ?",
+            (int(after_id), int(limit)),
         ).fetchall()
         return [(int(r["id"]), r["topic"], json.loads(r["payload"])) for r in rows]
 
