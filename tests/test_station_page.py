@@ -197,6 +197,7 @@ def test_two_drones_one_find_on_the_station_page(tmp_path, model):
         assert station.request(f"/images/{shared['sightings'][1]['outcome_id']}")[0] == 502
         assert b.state("s.photo.image") is False
         assert b.state(f"Object.keys(s.photo.boxes).includes({d2_sighting!r})")
+        b.screenshot(tmp_path / "photo-out-of-range.png")
 
         # the find only D2 saw: its coordinates and a placeholder, not a broken image
         b.key(Keys.ESCAPE)
@@ -205,6 +206,7 @@ def test_two_drones_one_find_on_the_station_page(tmp_path, model):
         assert b.driver.find_element(By.ID, "crop").get_attribute("src") is None
         waiting = b.driver.find_element(By.ID, "crop-empty").text
         assert f"{only2['lat']:.6f}, {only2['lon']:.6f}" in waiting, waiting
+        b.screenshot(tmp_path / "crop-placeholder.png")
 
         # D2's link comes back: the same daemon (same state) at the address it advertised
         d2.terminate()

@@ -968,8 +968,8 @@
           photoNote(e.status === 410 ? `${baseName(s.image)}: its copy was removed (retention); boxes only` : e.message);
           return;
         }
-        const why = e instanceof HttpError ? e.message.replace(/^HTTP 502: /, "") : "the station does not answer";
-        photoNote(`Photo not here yet: ${s.drone_id} is out of radio range (${why}); asking again every ${PHOTO_RETRY_MS / 1000} s.`);
+        const why = e instanceof HttpError ? e.message : "the station does not answer";
+        photoNote(`Photo not here yet: ${s.drone_id} is out of radio range; asking again every ${PHOTO_RETRY_MS / 1000} s.`, why);
         await sleep(PHOTO_RETRY_MS);
         if (S.photo !== mine) return;
         continue;
@@ -999,10 +999,12 @@
     }
   }
 
-  function photoNote(text) {
+  // One line over the photo; the station's own words (which address failed, and how) on hover.
+  function photoNote(text, detail = "") {
     S.photoNote = text;
     const el = $("#photo-note");
     el.textContent = text;
+    el.title = detail;
     el.hidden = !text;
   }
 
