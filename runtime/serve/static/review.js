@@ -2,6 +2,10 @@
 // photo with its boxes, and an offline map of the searched area. Plain script, no build step: it
 // talks only to the daemon that served it, with the token (if any) in the Authorization header, so
 // images are fetched as bytes and shown through blob: URLs rather than by <img src> to the API.
+// The same page serves `edgetile station` (GET /api/review/mode says which): there the queue lists
+// finds (one person, the sightings of several photos and drones), the map colours each drone's
+// photos and sightings and shows where each drone was last, and crops and photos that are still on
+// a drone out of radio range are waited for instead of shown broken.
 "use strict";
 
 (() => {
@@ -15,6 +19,8 @@
   const KEY_OPERATOR = "edgetile.operator";
   const KEY_FILTERS = "edgetile.filters";
   const KEY_PENDING = "edgetile.pending";
+  const NO_DRONE_COLOUR = "#868e96"; // a drone the station has not described yet
+  const PHOTO_RETRY_MS = 3000; // a photo still on a drone out of radio range is asked again this often
 
   // What the page holds, for the operator's scripts and for the browser tests.
   const S = {
@@ -40,10 +46,19 @@
     tilesLoaded: 0, // background map tiles (--tiles) drawn
     tracks: 0,
     errors: [],
+    // station mode only
+    mode: "daemon", // "station" when the page is served by `edgetile station`
+    drones: {}, // drone id -> {id, color, online, api, last} as the station sent it
+    droneMarkers: {}, // drone id -> {lat, lon, label, online}: each drone's last known position on the map
+    footprintDrones: {}, // station photo id -> drone id of each footprint drawn
+    placeholder: null, // id of the find whose crop has not arrived, shown as its coordinates instead
+    photoNote: "", // the photo view's one-line message while the photo cannot be fetched
+    lastSplit: null, // {find, from} of the last split
   };
   window.edgetileReview = S;
 
   const $ = (sel) => document.querySelector(sel);
+  const station = () => S.mode === "station";
   const byId = new Map(); // id -> Detection (queue items, photo boxes, map markers: one object each)
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -165,6 +180,13 @@
     return p;
   }
 
+  function forgetCrop(id) {
+    const p = crops.get(id);
+    if (!p) return;
+    crops.delete(id);
+    p.then(URL.revokeObjectURL, () => {});
+  }
+
   async function blobUrl(path) {
     return URL.createObjectURL(await (await api(path)).blob());
   }
@@ -266,7 +288,8 @@
   function fillRow(li, d) {
     li.className = `${d.status}${d.id === S.current ? " selected" : ""}`;
     li.children[1].textContent = d.score === null ? "op" : `${Math.round(d.score * 100)}%`;
-    li.children[2].textContent = baseName(d.image);
+    if (station()) findSummary(li.children[2], d);
+    else li.children[2].textContent = baseName(d.image);
     li.children[3].textContent = shortTime(d.time);
     li.children[3].dateTime = d.time;
   }
@@ -290,7 +313,30 @@
     return S.items.findIndex((d) => d.id === id);
   }
 
-  function select(id) {
+  // A find's drones as chips in their colours, and how many sightings it has.
+  function findSummary(el, d) {
+    const n = (d.sightings || []).length;
+    const count = document.createElement("span");
+    count.className = "count";
+    count.textContent = `${n} sighting${n === 1 ? "" : "s"}`;
+    el.replaceChildren(...(d.drones || []).map(chip), count);
+  }
+
+  function chip(droneId) {
+    const c = document.createElement("span");
+    c.className = "chip";
+    c.dataset.drone = droneId;
+    c.textContent = droneId;
+    c.style.background = droneColour(droneId);
+    return c;
+  }
+
+  function droneColour(id) {
+    const d = S.drones[id];
+    return d && d.color ? d.color : NO_DRONE_COLOUR;
+  }
+
+  function select(id, sighting = null) {
     const before = S.current ? rowOf(S.current) : null;
     if (before) before.classList.remove("selected");
     S.current = id;
@@ -304,26 +350,35 @@
     showDetails(d);
     showCrop(d);
     const i = indexOf(id);
-    for (let k = 1; k <= PREFETCH && i >= 0 && i + k < S.items.length; k++) cropUrl(S.items[i + k].id).catch(() => {});
-    if (i > 0) cropUrl(S.items[i - 1].id).catch(() => {});
+    const ahead = (x) => x.crop_ready !== false && cropUrl(x.id).catch(() => {});
+    for (let k = 1; k <= PREFETCH && i >= 0 && i + k < S.items.length; k++) ahead(S.items[i + k]);
+    if (i > 0) ahead(S.items[i - 1]);
     if (i >= S.items.length - PREFETCH * 4) loadMore().catch(fail);
-    if (S.view === "photo" && d) showPhoto(d).catch(fail);
+    if (S.view === "photo" && d) showPhoto(d, sighting).catch(fail);
   }
 
   async function showCrop(d) {
     const img = $("#crop");
     $("#crop-empty").hidden = !!d;
-    $("#crop-empty").textContent = "No detection selected.";
+    $("#crop-empty").textContent = station() ? "No find selected." : "No detection selected.";
+    $("#crop-frame").classList.remove("waiting");
+    S.placeholder = null;
     if (!d) {
       img.removeAttribute("src");
       S.shown = null;
+      return;
+    }
+    if (station() && d.crop_ready === false) {
+      cropPlaceholder(d);
       return;
     }
     let url;
     try {
       url = await cropUrl(d.id);
     } catch (e) {
-      if (S.current === d.id) {
+      if (S.current === d.id && station() && (e.status === 404 || e.status === 502)) {
+        cropPlaceholder(d);
+      } else if (S.current === d.id) {
         img.removeAttribute("src");
         $("#crop-empty").hidden = false;
         $("#crop-empty").textContent = e.status === 410 ? "The photo's copy was removed (retention)." : String(e.message);
@@ -343,6 +398,19 @@
     }
   }
 
+  // Station: the crop is still on a drone (out of radio range, or not fetched yet): where the person
+  // is, instead of a broken image; the crop event of this find brings the picture.
+  function cropPlaceholder(d) {
+    if (S.current !== d.id) return;
+    $("#crop").removeAttribute("src");
+    $("#crop-frame").classList.add("waiting");
+    const text = $("#crop-empty");
+    text.hidden = false;
+    text.textContent = `Crop not received yet from ${d.drone_id || "the drone"} · ${position(d)}`;
+    S.placeholder = d.id;
+    S.shown = null;
+  }
+
   function showDetails(d) {
     const dl = $("#details");
     dl.replaceChildren();
@@ -356,12 +424,20 @@
       dl.append(dt, dd);
     };
     add("status", d.decided_at ? `${d.status} by ${d.operator || "?"}, ${shortTime(d.decided_at)}` : d.status, d.status);
+    if (station()) {
+      add("sightings", "");
+      const dd = dl.lastChild;
+      findSummary(dd, d);
+      dd.classList.add("find-summary");
+      const seen = (d.sightings || []).map((x) => `${x.drone_id} ${shortTime(x.time)}`).join(", ");
+      if (seen) dd.append(` · ${seen}`);
+    }
     add("photo", d.image);
     add("time", d.time ? new Date(d.time).toLocaleString() : "–");
     add("score", d.score === null ? "drawn by an operator" : `${(d.score * 100).toFixed(1)}% ${d.class_name || ""}`);
     add("position", position(d));
     add("box", `${d.bbox.map((v) => Math.round(v)).join(", ")} px of ${d.photo_width}×${d.photo_height}`);
-    add("source", `${d.source}${d.origin === "operator" ? " (operator-drawn)" : ""}`);
+    if (!station()) add("source", `${d.source}${d.origin === "operator" ? " (operator-drawn)" : ""}`);
     if (d.note) add("note", d.note);
     add("id", d.id);
   }
@@ -453,6 +529,8 @@
     const had = byId.get(d.id);
     const before = had ? had.status : null;
     const changed = before !== d.status;
+    // Station: a new sighting may have become the find's best (another crop), or its crop arrived.
+    const newCrop = station() && had && (had.crop_ready !== d.crop_ready || cropKey(had) !== cropKey(d));
     if (changed && before && S.counts) {
       // counted here at once; the daemon's counts follow (other operators, new detections)
       S.counts[before] -= 1;
@@ -462,17 +540,32 @@
     const obj = remember(d);
     refreshRow(obj);
     if (S.current === d.id) showDetails(obj);
-    if (S.markers[d.id]) S.markers[d.id].status = obj.status;
-    const marker = markerLayers.get(d.id);
-    if (marker) marker.setStyle({ fillColor: COLOURS[obj.status] });
-    const box = photoBoxes.get(d.id);
-    if (box) {
-      box.setStyle(boxStyle(obj));
-      S.photo.boxes[d.id] = obj.status;
+    if (newCrop) {
+      forgetCrop(obj.id);
+      if (S.current === obj.id) showCrop(obj);
+    }
+    if (station()) {
+      if (groundMap) drawFind(obj);
+      if (S.photo && photoMap) {
+        for (const x of obj.sightings || []) if (x.outcome_id === S.photo.outcome_id) drawBox(obj, x.id, x.bbox);
+      }
+      restyleBoxes(obj);
+      if (S.photo && S.photo.find === obj.id) showSightings(obj);
+    } else {
+      if (S.markers[d.id]) S.markers[d.id].status = obj.status;
+      const marker = markerLayers.get(d.id);
+      if (marker) marker.setStyle({ fillColor: COLOURS[obj.status] });
+      const box = photoBoxes.get(d.id);
+      if (box) {
+        box.setStyle(boxStyle(obj));
+        S.photo.boxes[d.id] = obj.status;
+      }
     }
     if (changed) refreshCounts();
     return obj;
   }
+
+  const cropKey = (d) => `${d.outcome_id}:${(d.bbox || []).join(",")}`;
 
   let countsTimer = null;
 
@@ -540,6 +633,17 @@
     S.events += 1;
     if (type === "decision") apply(d);
     else if (type === "detection") arrived(d);
+    else if (type === "crop") cropArrived(d);
+    else if (type === "drone") droneChanged(d);
+  }
+
+  // Station: the crop of a find arrived from its drone; a placeholder on screen fills in.
+  function cropArrived(d) {
+    forgetCrop(d.id);
+    if (byId.has(d.id)) apply(d);
+    else arrived(d);
+    const obj = byId.get(d.id);
+    if (S.current === d.id) showCrop(obj);
   }
 
   function arrived(d) {
@@ -549,7 +653,9 @@
     }
     const obj = remember(d);
     refreshCounts();
-    if (S.photo && S.photo.outcome_id === d.outcome_id) drawBox(obj);
+    if (station()) {
+      if (S.photo) for (const x of obj.sightings || []) if (x.outcome_id === S.photo.outcome_id) drawBox(obj, x.id, x.bbox);
+    } else if (S.photo && S.photo.outcome_id === d.outcome_id) drawBox(obj);
     if (groundMap) addMarker(obj);
     if (!matches(obj, S.filters)) return;
     // Into the queue where it belongs, if that place is among the loaded items (else its page brings it).
@@ -568,6 +674,7 @@
   // After a reconnect: the statuses of what the page holds, as the daemon has them now.
   async function resync() {
     refreshCounts();
+    if (station()) loadDrones().catch(fail);
     let after = null;
     let seen = 0;
     while (seen < S.items.length) {
@@ -584,15 +691,17 @@
   let photoMap = null;
   let photoLayer = null;
   let photoUrl = null;
-  const photoBoxes = new Map(); // id -> L.Rectangle
+  let photoFrame = null; // station: the photo's outline while the photo itself is still on its drone
+  const photoBoxes = new Map(); // id -> L.Rectangle (station: sighting id -> its box)
+  const boxOwner = new Map(); // box id -> id of its detection (station: of the sighting's find)
   let ring = null;
   let drawMode = false;
 
   // CRS.Simple: one map unit per photo pixel at zoom 0; y grows down in pixels and up in latitude.
   const px = (x, y) => L.latLng(-y, x);
 
-  function boxStyle(d) {
-    const sel = S.photo && S.photo.selected === d.id;
+  function boxStyle(d, key = d.id) {
+    const sel = S.photo && S.photo.selected === key;
     return {
       color: sel ? "#00e5ff" : COLOURS[d.status],
       weight: sel ? 4 : 2,
@@ -602,20 +711,37 @@
     };
   }
 
-  function drawBox(d) {
-    const [x1, y1, x2, y2] = d.bbox;
-    let rect = photoBoxes.get(d.id);
+  // A box of the photo: a detection (daemon), or one sighting of a find (station: key = sighting id).
+  function drawBox(d, key = d.id, bbox = d.bbox) {
+    const [x1, y1, x2, y2] = bbox;
+    let rect = photoBoxes.get(key);
     if (!rect) {
-      rect = L.rectangle([px(x1, y1), px(x2, y2)], boxStyle(d)).addTo(photoMap);
+      rect = L.rectangle([px(x1, y1), px(x2, y2)], boxStyle(d, key)).addTo(photoMap);
       rect.on("click", () => {
-        if (indexOf(d.id) >= 0) select(d.id);
-        else highlight(d.id);
+        const owner = boxOwner.get(key);
+        if (station() && S.photo.find === owner) highlight(key);
+        else if (indexOf(owner) >= 0) select(owner, key);
+        else highlight(key);
       });
-      rect.bindTooltip(() => `${d.score === null ? "operator" : `${Math.round(d.score * 100)}%`} ${d.status}`);
-      photoBoxes.set(d.id, rect);
-      S.photo.boxes[d.id] = d.status;
+      rect.bindTooltip(() => {
+        const o = byId.get(boxOwner.get(key));
+        const who = station() ? `${o.id} · ` : "";
+        return `${who}${o.score === null ? "operator" : `${Math.round(o.score * 100)}%`} ${o.status}`;
+      });
+      photoBoxes.set(key, rect);
     }
-    rect.setStyle(boxStyle(d));
+    boxOwner.set(key, d.id); // a split gives a sighting's box to its new find
+    S.photo.boxes[key] = d.status;
+    rect.setStyle(boxStyle(d, key));
+  }
+
+  // Station: a find's decision recolours the boxes of all its sightings in the photo on screen.
+  function restyleBoxes(find) {
+    for (const [key, owner] of boxOwner) {
+      if (owner !== find.id) continue;
+      photoBoxes.get(key).setStyle(boxStyle(find, key));
+      S.photo.boxes[key] = find.status;
+    }
   }
 
   function highlight(id) {
@@ -623,10 +749,11 @@
     S.photo.selected = id;
     for (const bid of [before, id]) {
       const r = bid && photoBoxes.get(bid);
-      if (r) r.setStyle(boxStyle(byId.get(bid)));
+      if (r) r.setStyle(boxStyle(byId.get(boxOwner.get(bid)), bid));
     }
     const r = photoBoxes.get(id);
     if (r) r.bringToFront();
+    for (const li of document.querySelectorAll("#sighting-list li")) li.classList.toggle("selected", li.dataset.id === id);
     // A ring of constant screen size around the selected box, so a 10-pixel person is found at any zoom.
     if (ring) ring.remove();
     ring = r ? L.circleMarker(r.getBounds().getCenter(), { radius: 28, color: "#00e5ff", weight: 2, fill: false, interactive: false }).addTo(photoMap) : null;
@@ -647,7 +774,7 @@
     let start = null;
     let rubber = null;
     photoMap.on("mousedown", (e) => {
-      if (!S.photo || !(drawMode || e.originalEvent.shiftKey)) return;
+      if (!S.photo || station() || !(drawMode || e.originalEvent.shiftKey)) return;
       photoMap.dragging.disable();
       start = e.latlng;
       rubber = L.rectangle([start, start], { color: "#00e5ff", weight: 2, dashArray: "4 3" }).addTo(photoMap);
@@ -681,7 +808,7 @@
 
   // Shift held over the photo: a drag draws a box instead of panning.
   function onShift(e) {
-    if (e.key !== "Shift" || !photoMap || S.view !== "photo" || drawMode) return;
+    if (e.key !== "Shift" || !photoMap || S.view !== "photo" || drawMode || station()) return;
     if (e.type === "keydown") photoMap.dragging.disable();
     else photoMap.dragging.enable();
   }
@@ -706,24 +833,30 @@
   }
 
   // Every detection of one photo; the pages are filtered here too, for a daemon without outcome_id.
+  // Station: every find with a sighting in that photo.
   async function photoDetections(outcomeId) {
     const out = [];
     let after = null;
+    const inPhoto = station()
+      ? (x) => (x.sightings || []).some((y) => y.outcome_id === outcomeId)
+      : (x) => x.outcome_id === outcomeId;
     for (;;) {
       const q = new URLSearchParams({ outcome_id: outcomeId, order: "time", limit: "1000", ...(after ? { after } : {}) });
       const page = await getJSON(`/api/review/detections?${q}`);
-      out.push(...page.items.filter((x) => x.outcome_id === outcomeId));
+      out.push(...page.items.filter(inPhoto));
       if (page.next === null) return out;
       after = page.next;
     }
   }
 
-  async function showPhoto(d) {
+  async function showPhoto(d, sighting = null) {
+    if (station()) return showFindPhoto(d, sighting);
     setView("photo");
     ensurePhotoMap();
     if (!S.photo || S.photo.outcome_id !== d.outcome_id) {
       for (const r of photoBoxes.values()) r.remove();
       photoBoxes.clear();
+      boxOwner.clear();
       if (photoLayer) photoLayer.remove();
       if (photoUrl) URL.revokeObjectURL(photoUrl);
       photoLayer = null;
@@ -766,6 +899,166 @@
     else photoMap.setView(px((x1 + x2) / 2, (y1 + y2) / 2), 0);
   }
 
+  // ---- station: a find's photos, one per sighting, and splitting a wrong grouping -------------------
+
+  function bestSighting(find) {
+    const all = find.sightings || [];
+    const key = cropKey(find);
+    return all.find((x) => cropKey(x) === key) || all[0];
+  }
+
+  // The photo of one sighting of a find (its best one unless another is asked for), with the boxes of
+  // every find seen in that photo, and the find's sightings listed beside it.
+  async function showFindPhoto(find, sightingId = null) {
+    setView("photo");
+    ensurePhotoMap();
+    const s = (find.sightings || []).find((x) => x.id === sightingId) || bestSighting(find);
+    if (!s) return;
+    if (!S.photo || S.photo.outcome_id !== s.outcome_id) {
+      for (const r of photoBoxes.values()) r.remove();
+      photoBoxes.clear();
+      boxOwner.clear();
+      if (photoLayer) photoLayer.remove();
+      if (photoUrl) URL.revokeObjectURL(photoUrl);
+      photoLayer = null;
+      photoUrl = null;
+      const sameShot = s.outcome_id === find.outcome_id;
+      const w = s.photo_width || (sameShot ? find.photo_width : null) || find.photo_width;
+      const h = s.photo_height || (sameShot ? find.photo_height : null) || find.photo_height;
+      const mine = { outcome_id: s.outcome_id, width: w, height: h, boxes: {}, selected: s.id, loaded: false };
+      mine.find = find.id;
+      mine.drone = s.drone_id;
+      mine.image = false; // the photo itself drawn (it may still be on its drone)
+      S.photo = mine;
+      $("#photo-title").textContent = `${s.image} · ${s.drone_id} · ${w}×${h}`;
+      photoNote("");
+      const bounds = L.latLngBounds(px(0, h), px(w, 0));
+      if (photoFrame) photoFrame.remove();
+      photoFrame = L.rectangle(bounds, { color: "#868e96", weight: 1, dashArray: "6 6", fill: false, interactive: false }).addTo(photoMap);
+      photoMap.invalidateSize();
+      photoMap.fitBounds(bounds);
+      photoMap.setMaxBounds(bounds.pad(0.5));
+      stationPhoto(mine, s).catch(fail);
+      const others = await photoDetections(s.outcome_id);
+      if (S.photo !== mine) return;
+      for (const f of [...others.map(remember), byId.get(find.id) || find]) {
+        for (const x of f.sightings || []) if (x.outcome_id === s.outcome_id) drawBox(f, x.id, x.bbox);
+      }
+      mine.loaded = true;
+    }
+    S.photo.find = find.id;
+    showSightings(find);
+    highlight(s.id);
+    const whole = L.latLngBounds(px(0, S.photo.height), px(S.photo.width, 0));
+    const [x1, y1, x2, y2] = s.bbox;
+    if (photoMap.getBoundsZoom(whole) >= -1) photoMap.fitBounds(whole);
+    else photoMap.setView(px((x1 + x2) / 2, (y1 + y2) / 2), 0);
+  }
+
+  // The photo, fetched through the station from its drone: while the drone is out of radio range
+  // (502) or the station cannot be reached, a one-line message says so and the photo is asked again.
+  async function stationPhoto(mine, s) {
+    for (;;) {
+      let url;
+      try {
+        url = await blobUrl(`/images/${s.outcome_id}`);
+      } catch (e) {
+        if (S.photo !== mine) return;
+        if (e instanceof HttpError && e.status !== 502) {
+          photoNote(e.status === 410 ? `${baseName(s.image)}: its copy was removed (retention); boxes only` : e.message);
+          return;
+        }
+        const why = e instanceof HttpError ? e.message : "the station does not answer";
+        photoNote(`Photo not here yet: ${s.drone_id} is out of radio range; asking again every ${PHOTO_RETRY_MS / 1000} s.`, why);
+        await sleep(PHOTO_RETRY_MS);
+        if (S.photo !== mine) return;
+        continue;
+      }
+      if (S.photo !== mine) {
+        URL.revokeObjectURL(url);
+        return;
+      }
+      // The size the photo really has: a sighting from another drone may have another camera.
+      const probe = new Image();
+      probe.src = url;
+      await probe.decode();
+      if (S.photo !== mine) {
+        URL.revokeObjectURL(url);
+        return;
+      }
+      mine.width = probe.naturalWidth;
+      mine.height = probe.naturalHeight;
+      photoNote("");
+      if (photoFrame) photoFrame.remove();
+      photoFrame = null;
+      photoUrl = url;
+      photoLayer = L.imageOverlay(url, L.latLngBounds(px(0, mine.height), px(mine.width, 0))).addTo(photoMap);
+      photoLayer.bringToBack();
+      mine.image = true;
+      return;
+    }
+  }
+
+  // One line over the photo; the station's own words (which address failed, and how) on hover.
+  function photoNote(text, detail = "") {
+    S.photoNote = text;
+    const el = $("#photo-note");
+    el.textContent = text;
+    el.title = detail;
+    el.hidden = !text;
+  }
+
+  function showSightings(find) {
+    const all = find.sightings || [];
+    $("#sightings-title").textContent = `${find.id}: ${all.length} sighting${all.length === 1 ? "" : "s"}`;
+    const rows = all.map((x) => {
+      const li = document.createElement("li");
+      li.dataset.id = x.id;
+      li.classList.toggle("selected", !!S.photo && S.photo.selected === x.id);
+      const time = document.createElement("time");
+      time.dateTime = x.time || "";
+      time.textContent = shortTime(x.time);
+      const score = document.createElement("span");
+      score.className = "score";
+      score.textContent = x.score === null || x.score === undefined ? "" : `${Math.round(x.score * 100)}%`;
+      const name = document.createElement("span");
+      name.className = "name";
+      name.textContent = baseName(x.image);
+      li.append(chip(x.drone_id), time, score, name);
+      if (all.length > 1) {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.className = "split";
+        b.textContent = "Split";
+        b.title = "not the same person: this sighting becomes a find of its own";
+        b.addEventListener("click", (e) => {
+          e.stopPropagation();
+          split(find.id, x.id).catch(fail);
+        });
+        li.append(b);
+      }
+      li.addEventListener("click", () => showFindPhoto(byId.get(find.id) || find, x.id).catch(fail));
+      return li;
+    });
+    $("#sighting-list").replaceChildren(...rows);
+  }
+
+  async function split(findId, sightingId) {
+    const operator = await operatorName();
+    const r = await api("/api/review/finds/split", { method: "POST", json: { sighting: sightingId, operator } });
+    const { find, from } = await r.json();
+    S.lastSplit = { find: find.id, from: from.id, sighting: sightingId };
+    apply(from);
+    arrived(find);
+    refreshCounts();
+    say(`Sighting ${sightingId} is now ${find.id}, apart from ${from.id}.`);
+    const left = byId.get(from.id);
+    if (S.photo && S.photo.find === findId) {
+      const keep = (left.sightings || []).some((x) => x.id === S.photo.selected) ? S.photo.selected : null;
+      await showFindPhoto(left, keep);
+    }
+  }
+
   // ---- map view: footprints with their photos, detections, tracks, legend ---------------------------
 
   let groundMap = null;
@@ -806,6 +1099,13 @@
         if (this._img) this._show();
       } catch (e) {
         this.state = "failed"; // the copy was removed (retention): the outline stays
+        // Station: the photo is on a drone out of radio range (502) or the station is away; asked again.
+        if (station() && (e.status === 502 || e instanceof TypeError)) {
+          setTimeout(() => {
+            this.state = "idle";
+            if (groundMap && groundMap.getBounds().intersects(this.bounds)) this.load();
+          }, PHOTO_RETRY_MS * 3);
+        }
       }
     },
     _show() {
@@ -873,6 +1173,10 @@
   }
 
   function addMarker(d) {
+    if (station()) {
+      drawFind(d);
+      return;
+    }
     if (d.lat === null || d.lat === undefined || markerLayers.has(d.id)) return;
     const m = L.circleMarker([d.lat, d.lon], markerStyle(d)).addTo(groundMap);
     m.bindTooltip(() => {
@@ -891,6 +1195,210 @@
     });
     markerLayers.set(d.id, m);
     S.markers[d.id] = { lat: d.lat, lon: d.lon, status: d.status };
+  }
+
+  function openFind(id, sighting = null) {
+    const o = byId.get(id);
+    if (indexOf(o.id) >= 0) select(o.id, sighting);
+    else {
+      S.current = o.id;
+      showDetails(o);
+      showCrop(o);
+    }
+    showPhoto(o, sighting).catch(fail);
+  }
+
+  const located = (x) => x.lat !== null && x.lat !== undefined;
+
+  // Station: a find on the map: a ring in its status's colour at its combined position, and each
+  // sighting a dot in its drone's colour joined to the ring, so a grouping of drones is seen at once.
+  function drawFind(d) {
+    const old = markerLayers.get(d.id);
+    if (old) old.remove();
+    markerLayers.delete(d.id);
+    delete S.markers[d.id];
+    const seen = (d.sightings || []).filter(located);
+    if (!located(d) && !seen.length) return;
+    const group = L.featureGroup();
+    const sightings = {};
+    if (located(d)) {
+      // A dark halo under the status's ring: some drone colours are close to the status colours.
+      L.circleMarker([d.lat, d.lon], { radius: 11, weight: 6, color: "#111", opacity: 0.75, fill: false, interactive: false }).addTo(group);
+      L.circleMarker([d.lat, d.lon], { radius: 11, weight: 3, color: COLOURS[d.status], fillColor: COLOURS[d.status], fillOpacity: 0.15 })
+        .bindTooltip(() => {
+          const o = byId.get(d.id);
+          return `${o.id} · ${(o.sightings || []).length} sightings · ${(o.drones || []).join(", ")} · ${Math.round(o.score * 100)}% · ${o.status}`;
+        })
+        .on("click", () => openFind(d.id))
+        .addTo(group);
+    }
+    // The sightings over the ring (drawn in this order): the drones' dots stay visible inside it.
+    for (const x of seen) {
+      const colour = droneColour(x.drone_id);
+      if (located(d)) {
+        L.polyline([[d.lat, d.lon], [x.lat, x.lon]], { color: colour, weight: 2, opacity: 0.9, interactive: false }).addTo(group);
+      }
+    }
+    for (const x of seen) {
+      const colour = droneColour(x.drone_id);
+      const score = x.score === null || x.score === undefined ? "" : ` · ${Math.round(x.score * 100)}%`;
+      L.circleMarker([x.lat, x.lon], { radius: 5, weight: 1.5, color: "#fff", fillColor: colour, fillOpacity: 1 })
+        .bindTooltip(`${x.drone_id} · ${shortTime(x.time)}${score}`)
+        .on("click", () => openFind(d.id, x.id))
+        .addTo(group);
+      sightings[x.id] = { lat: x.lat, lon: x.lon, drone: x.drone_id, color: colour };
+    }
+    group.addTo(groundMap);
+    markerLayers.set(d.id, group);
+    S.markers[d.id] = { lat: d.lat, lon: d.lon, status: d.status, sightings };
+  }
+
+  // Station: each drone's last known position and time, updated by its `drone` events.
+  const droneLayers = new Map(); // drone id -> L.Marker
+  let droneLegend = null; // the legend's list of drones
+  let droneClock = null;
+
+  function parseTime(v) {
+    if (v === null || v === undefined) return null;
+    const t = typeof v === "number" ? new Date(v * 1000) : new Date(v);
+    return Number.isNaN(t.getTime()) ? null : t;
+  }
+
+  function ago(t) {
+    const s = Math.max(0, Math.round((Date.now() - t.getTime()) / 1000));
+    if (s < 120) return `${s} s ago`;
+    if (s < 7200) return `${Math.round(s / 60)} min ago`;
+    return `${Math.round(s / 3600)} h ago`;
+  }
+
+  function droneLabel(drone) {
+    const t = drone.last ? parseTime(drone.last.time) : null;
+    const when = t ? ` · ${shortTime(t.toISOString())}, ${ago(t)}` : "";
+    return `${drone.id}${when}${drone.online ? "" : " · offline"}`;
+  }
+
+  function drawDrone(drone) {
+    let m = droneLayers.get(drone.id);
+    if (!drone.last || !located(drone.last)) {
+      if (m) m.remove();
+      droneLayers.delete(drone.id);
+      delete S.droneMarkers[drone.id];
+      return;
+    }
+    const where = [drone.last.lat, drone.last.lon];
+    const icon = L.divIcon({
+      className: `drone-marker${drone.online ? "" : " offline"}`,
+      html: `<span style="background:${droneColour(drone.id)}"></span>`,
+      iconSize: [22, 22],
+      iconAnchor: [11, 11],
+    });
+    const label = droneLabel(drone);
+    if (!m) {
+      m = L.marker(where, { icon, keyboard: false, zIndexOffset: 1000 }).addTo(groundMap);
+      m.bindTooltip(label, { permanent: true, direction: "right", offset: [12, 0], className: "drone-label" });
+      droneLayers.set(drone.id, m);
+    } else {
+      m.setLatLng(where);
+      m.setIcon(icon);
+      m.setTooltipContent(label);
+    }
+    S.droneMarkers[drone.id] = { lat: drone.last.lat, lon: drone.last.lon, label, online: !!drone.online, color: droneColour(drone.id) };
+  }
+
+  function showDroneLegend() {
+    if (!droneLegend) return;
+    const rows = Object.values(S.drones).map((drone) => {
+      const li = document.createElement("li");
+      li.dataset.drone = drone.id;
+      const sw = document.createElement("i");
+      sw.className = "drone-swatch";
+      sw.style.background = droneColour(drone.id);
+      const state = document.createElement("b");
+      state.className = drone.online ? "online" : "offline";
+      state.textContent = drone.online ? "online" : "offline";
+      const t = drone.last ? parseTime(drone.last.time) : null;
+      li.append(sw, `${drone.id} `, state, t ? ` · last ${shortTime(t.toISOString())}, ${ago(t)}` : " · no position yet");
+      return li;
+    });
+    droneLegend.replaceChildren(...rows);
+  }
+
+  // "40 s ago" grows while the drone is silent.
+  function tickDrones() {
+    for (const drone of Object.values(S.drones)) {
+      const m = droneLayers.get(drone.id);
+      if (!m) continue;
+      const label = droneLabel(drone);
+      m.setTooltipContent(label);
+      S.droneMarkers[drone.id].label = label;
+    }
+    showDroneLegend();
+  }
+
+  function droneChanged(drone) {
+    const before = S.drones[drone.id];
+    S.drones[drone.id] = drone;
+    if (!before || before.color !== drone.color) recolourDrone(drone.id);
+    if (!groundMap) return;
+    drawDrone(drone);
+    showDroneLegend();
+    if (S.mapReady) refreshFootprints();
+  }
+
+  function recolourDrone(id) {
+    const c = droneColour(id);
+    for (const el of document.querySelectorAll(`.chip[data-drone="${CSS.escape(id)}"]`)) el.style.background = c;
+    if (!groundMap) return;
+    for (const f of footprintLayers.values()) if (f.drone === id) f.layer.setStyle({ color: c });
+    for (const d of byId.values()) if ((d.drones || []).includes(id) && markerLayers.has(d.id)) drawFind(d);
+  }
+
+  async function loadDrones() {
+    const data = await getJSON("/api/review/map");
+    for (const drone of data.drones || []) droneChanged(drone);
+    return data;
+  }
+
+  // New photos of a drone reach the map with its next `drone` event (at most one request a second).
+  let footprintTimer = null;
+  function refreshFootprints() {
+    if (footprintTimer) return;
+    footprintTimer = setTimeout(async () => {
+      try {
+        const data = await getJSON("/api/review/map");
+        S.map = data;
+        for (const p of data.photos) drawFootprint(p, data.legend || {});
+        loadVisibleOverlays();
+      } catch (e) {
+        if (!(e instanceof TypeError)) fail(e);
+      } finally {
+        footprintTimer = null;
+      }
+    }, 1000);
+  }
+
+  const footprintLayers = new Map(); // outcome id -> {layer, drone}
+
+  function drawFootprint(p, legend) {
+    if (!p.footprint || footprintLayers.has(p.outcome_id)) return null;
+    const bad = p.gsd_cm !== null && legend.max_gsd_cm_detectable && p.gsd_cm > legend.max_gsd_cm_detectable;
+    const colour = station() ? droneColour(p.drone_id) : bad ? "#d9480f" : "#1c7ed6";
+    const who = station() ? `${p.drone_id} · ` : "";
+    const layer = L.polygon(p.footprint, {
+      color: colour,
+      weight: station() ? 2 : 1.5,
+      dashArray: bad ? "5 4" : null,
+      fill: true,
+      fillOpacity: 0,
+    })
+      .bindTooltip(`${who}${baseName(p.image)}${p.gsd_cm !== null ? ` · ${p.gsd_cm.toFixed(1)} cm/px` : ""}${bad ? " · too coarse for a person" : ""}`)
+      .addTo(groundMap);
+    footprintLayers.set(p.outcome_id, { layer, drone: p.drone_id });
+    const o = new FootprintImage(p.footprint, p.overlay);
+    overlays.push(o.addTo(groundMap));
+    S.footprints.push(p.outcome_id);
+    if (station()) S.footprintDrones[p.outcome_id] = p.drone_id;
+    return o.bounds;
   }
 
   async function showMap() {
@@ -924,29 +1432,22 @@
     S.map = data;
     if (data.tiles) new AuthTiles(data.tiles, { maxZoom: 23, maxNativeZoom: 19 }).addTo(groundMap);
     const legend = data.legend || {};
-    const coarse = (p) => p.gsd_cm !== null && legend.max_gsd_cm_detectable && p.gsd_cm > legend.max_gsd_cm_detectable;
     for (const p of data.photos) {
-      if (!p.footprint) continue;
-      const bad = coarse(p);
-      L.polygon(p.footprint, {
-        color: bad ? "#d9480f" : "#1c7ed6",
-        weight: 1.5,
-        dashArray: bad ? "5 4" : null,
-        fill: true,
-        fillOpacity: 0,
-      })
-        .bindTooltip(`${baseName(p.image)}${p.gsd_cm !== null ? ` · ${p.gsd_cm.toFixed(1)} cm/px` : ""}${bad ? " · too coarse for a person" : ""}`)
-        .addTo(groundMap);
-      const o = new FootprintImage(p.footprint, p.overlay);
-      overlays.push(o.addTo(groundMap));
-      S.footprints.push(p.outcome_id);
-      all.extend(o.bounds);
+      const bounds = drawFootprint(p, legend);
+      if (bounds) all.extend(bounds);
     }
     for (const t of data.tracks || []) {
       L.polyline(t.points, { color: "#7048e8", weight: 3, dashArray: "2 6" }).bindTooltip(`track ${t.id}`).addTo(groundMap);
       S.tracks += 1;
     }
     addLegend(data, legend);
+    if (station()) {
+      for (const drone of data.drones || []) droneChanged(drone);
+      for (const drone of Object.values(S.drones)) drawDrone(drone);
+      for (const m of droneLayers.values()) all.extend(m.getLatLng());
+      showDroneLegend();
+      droneClock = droneClock || setInterval(tickDrones, 1000);
+    }
     if (all.isValid()) groundMap.fitBounds(all.pad(0.05));
     else groundMap.setView([0, 0], 2);
     groundMap.on("moveend", loadVisibleOverlays);
@@ -987,12 +1488,23 @@
         legend.max_gsd_cm_detectable && legend.model_min_px
           ? `A ${person} m person spans at least ${legend.model_min_px.toFixed(0)} px, the smallest the model detects, ` +
             `where the ground sampling distance is at most ${legend.max_gsd_cm_detectable.toFixed(1)} cm/px. ` +
-            "Dashed orange footprints are coarser: a person there may be missed."
+            `Dashed ${station() ? "" : "orange "}footprints are coarser: a person there may be missed.`
           : "The model's smallest detectable size is unknown.";
       div.innerHTML =
         `<div class="swatches">${swatches}</div>` +
         `<p><b>${data.photos.length}</b> photos, ground sampling distance ${range}.</p><p></p>`;
       div.lastChild.textContent = rule;
+      if (station()) {
+        // Rings are finds (in their status's colour); dots, lines and footprints are the drones'.
+        div.firstChild.prepend("finds: ");
+        droneLegend = L.DomUtil.create("ul", "drones", div);
+        div.insertBefore(droneLegend, div.children[1]);
+        const key = document.createElement("p");
+        key.textContent =
+          "Rings are finds, in their status's colour; dots are their sightings and outlines the photos, " +
+          "in each drone's colour; a square is where a drone was last.";
+        div.insertBefore(key, droneLegend.nextSibling);
+      }
       L.DomEvent.disableClickPropagation(div);
       return div;
     };
@@ -1038,7 +1550,7 @@
     1: () => goTo("queue"),
     2: () => goTo("photo"),
     3: () => goTo("map"),
-    d: () => S.view === "photo" && setDrawMode(!drawMode),
+    d: () => S.view === "photo" && !station() && setDrawMode(!drawMode),
     Escape: () => (drawMode ? setDrawMode(false) : setView("queue")),
     "?": () => $("#help").showModal(),
   };
@@ -1084,6 +1596,23 @@
     return t.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
   }
 
+  // `edgetile station` answers {"mode": "station"}; a daemon older than the question answers 404.
+  async function loadMode() {
+    let mode = "daemon";
+    try {
+      mode = (await getJSON("/api/review/mode")).mode === "station" ? "station" : "daemon";
+    } catch (e) {
+      if (!(e instanceof HttpError && e.status === 404)) throw e;
+    }
+    S.mode = mode;
+    document.body.dataset.mode = mode;
+    if (mode === "station") {
+      document.title = "edgetile station";
+      $("header h1").textContent = "edgetile station";
+      $("#filter-form").source.value = ""; // every find's source is the station
+    }
+  }
+
   async function main() {
     document.addEventListener("keydown", onKey);
     document.addEventListener("keydown", onShift);
@@ -1106,6 +1635,8 @@
     setView("queue");
     S.pending = JSON.parse(localStorage.getItem(KEY_PENDING) || "[]");
     savePending();
+    await loadMode();
+    if (station()) await loadDrones();
     if (S.pending.length) flush();
     await loadQueue();
     refreshCounts();
