@@ -135,37 +135,45 @@ def test_broker_accounts_let_the_daemon_and_station_through_and_refuse_a_wrong_p
         "--mqtt-password-file",
         tmp_path / "wrong.pw",
     )
-    drop = tmp_path / "drop"
-    drop.mkdir()
     config = tmp_path / "alpha.yaml"  # the daemon's account from its configuration file
     config.write_text(f"mqtt-user: alpha\nmqtt-password-file: {tmp_path / 'alpha.pw'}\n")
-    alpha = ServeProcess(
-        tmp_path,
-        "--model",
-        model,
-        "--watch",
-        drop,
-        "--state",
-        tmp_path / "state-alpha",
-        *FAST,
-        "--token-file",
-        tmp_path / "drone.token",
-        "--geo",
-        "--mqtt",
-        f"127.0.0.1:{broker.port}",
-        "--mqtt-topic",
-        "search",
-        "--drone-id",
-        "alpha",
-        "--config",
-        config,
-    )
+
+    def drone(name: str, *account) -> tuple[ServeProcess, object]:
+        drop = tmp_path / f"drop-{name}"
+        drop.mkdir()
+        d = ServeProcess(
+            tmp_path,
+            "--model",
+            model,
+            "--watch",
+            drop,
+            "--state",
+            tmp_path / f"state-{name}",
+            *FAST,
+            "--token-file",
+            tmp_path / "drone.token",
+            "--geo",
+            "--mqtt",
+            f"127.0.0.1:{broker.port}",
+            "--mqtt-topic",
+            "search",
+            "--drone-id",
+            name,
+            *account,
+        )
+        return d, drop
+
+    alpha, drop = drone("alpha", "--config", config)
+    # bravo has alpha's user name and a wrong password
+    bravo, drop_b = drone("bravo", "--mqtt-user", "alpha", "--mqtt-password-file", tmp_path / "wrong.pw")
     try:
         station.start()
         station.wait_subscribed()
         intruder.start()
         alpha.start()
+        bravo.start()
         survey_photo(drop / "A_0001.JPG", 0.0, [(256, 80)], seed=1)
+        survey_photo(drop_b / "B_0001.JPG", 300.0, [(256, 80)], seed=2)
 
         def arrived():
             finds = station.finds()
@@ -174,17 +182,28 @@ def test_broker_accounts_let_the_daemon_and_station_through_and_refuse_a_wrong_p
         (find,) = wait_until(arrived, 90, "alpha's detection and its crop at the station")
         assert find["drones"] == ["alpha"]
         assert "refused" not in alpha.log() and "refused" not in station.log()
-        # the broker refused the intruder at several tries by now; the station said it once
-        wait_until(lambda: broker.log().count("not authorised") >= 3, 60, "three refused tries")
-        refusals = [line for line in intruder.log().splitlines() if "refused the station" in line]
+        # the broker refused the intruder and bravo at several tries each by now; each said it once
+        wait_until(lambda: broker.log().count("not authorised") >= 6, 60, "six refused tries")
+        wait_until(
+            lambda: len(bravo.json("/detections", token=DRONE_TOKEN)["items"]) == 1, 60, "bravo's photo"
+        )
+        (refusal,) = [line for line in bravo.log().splitlines() if "refused" in line]
+        assert (
+            f"edgetile serve WARNING: MQTT broker 127.0.0.1:{broker.port} refused client edgetile-" in refusal
+        )
+        assert "Not authorized" in refusal and "--mqtt-password-file" in refusal
+        assert [f["drones"] for f in station.finds()] == [["alpha"]]  # nothing from bravo
+        refusals = [
+            line for line in intruder.log().splitlines() if "refused client intruder (the station)" in line
+        ]
         assert len(refusals) == 1, intruder.log()
-        assert f"MQTT broker 127.0.0.1:{broker.port} refused the station" in refusals[0]
+        assert f"MQTT broker 127.0.0.1:{broker.port} refused client intruder (the station)" in refusals[0]
         assert "Not authorized" in refusals[0] and "--mqtt-password-file" in refusals[0]
         assert " lost " not in intruder.log()  # the disconnections after each refusal are not news
         status = intruder.status()
         assert status["mqtt"]["connected"] is False and status["sightings"] == 0 and intruder.finds() == []
     finally:
-        for proc in (station, intruder, alpha):
+        for proc in (station, intruder, alpha, bravo):
             proc.kill()
         broker.stop()
 
@@ -290,8 +309,7 @@ def test_the_token_goes_only_inside_the_drone_networks_and_never_along_a_redirec
         detail = json.loads(body)
         assert status == 404 and detail["crop_state"] == "refused", detail
         assert (
-            "127.0.0.1 is outside --drone-networks (10.0.0.0/8 127.0.0.2/32 127.0.0.3/32)"
-            in detail["detail"]
+            "127.0.0.1 is outside --drone-networks (10.0.0.0/8 127.0.0.2/32 127.0.0.3/32)" in detail["detail"]
         )
         photo = sightings["mallory"]["outcome_id"]
         status, _, body = station.request(f"/images/{photo}")

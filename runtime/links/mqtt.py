@@ -82,7 +82,7 @@ class RefusalLog:
 
     Args:
         logger: Where to say it.
-        who: Whose connection, e.g. "the station" or "this daemon".
+        who: Whose connection, e.g. "client edgetile-station (the station)".
         host: The broker.
         port: Its port.
     """
@@ -105,7 +105,7 @@ class RefusalLog:
             else "the broker may ask for --mqtt-user and --mqtt-password-file"
         )
         self.log.warning(
-            "MQTT broker %s:%d refused %s: %s (%s); trying again with backoff, not said again",
+            "MQTT broker %s:%d refused %s: %s (%s); trying again with backoff (repeats not logged)",
             self.host,
             self.port,
             self.who,
@@ -192,7 +192,7 @@ class MqttPublisher:
             raise ValueError(
                 "password: expected a username as well (MQTT sends no password alone), found none"
             )
-        self._refusal = RefusalLog(log, f"the connection of {self.client_id}", self.host, self.port)
+        self._refusal = RefusalLog(log, f"client {self.client_id}", self.host, self.port)
         self._authenticated = username is not None
         self._lock = threading.Lock()
         self._connected = threading.Event()

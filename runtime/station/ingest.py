@@ -196,7 +196,7 @@ class MqttIngest:
         )
         if username is not None:
             c.username_pw_set(username, password)
-        self._refusal = RefusalLog(log, f"the station (client id {client_id})", self.host, self.port)
+        self._refusal = RefusalLog(log, f"client {client_id} (the station)", self.host, self.port)
         self._authenticated = username is not None
         c.manual_ack_set(True)
         c.reconnect_delay_set(min_delay=1, max_delay=30)
