@@ -180,7 +180,7 @@ class DaemonClient:
                 location = (r.getheader("location") or "nowhere")[:200]
                 raise FetchError(
                     f"{url}: HTTP {r.status} redirect to {location} not followed (a daemon does not "
-                    "redirect; the token stays here)",
+                    "redirect; the token is not sent on)",
                     permanent=True,
                 )
             if r.status != 200:
