@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 MOSQUITTO = "/usr/sbin/mosquitto"
+MOSQUITTO_PASSWD = "/usr/bin/mosquitto_passwd"  # the same Debian package as the broker
 
 
 def free_port() -> int:
@@ -31,21 +32,36 @@ def needs_mosquitto():
 
 
 class Broker:
-    """Mosquitto with persistence (so that a restart keeps subscriptions and queued messages)."""
+    """Mosquitto with persistence (so that a restart keeps subscriptions and queued messages).
 
-    def __init__(self, workdir: Path) -> None:
+    Args:
+        workdir: Folder of its configuration, persistence database and log.
+        extra: Further configuration lines, e.g. ``["allow_anonymous false", "password_file P"]``;
+            a setting named here replaces the default one (``allow_anonymous true``).
+    """
+
+    def __init__(self, workdir: Path, extra: list[str] | tuple[str, ...] = ()) -> None:
         needs_mosquitto()
         self.port = free_port()
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.conf = self.dir / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {self.dir}/\nlog_dest file {self.dir}/mosquitto.log\n"
-            # as root, mosquitto would switch to user 'mosquitto', who cannot write here
-            + ("user root\n" if os.geteuid() == 0 else "")
-        )
+        named = {line.split()[0] for line in extra if line.strip()}
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
+            "persistence true",
+            f"persistence_location {self.dir}/",
+            f"log_dest file {self.dir}/mosquitto.log",
+        ]
+        lines = [line for line in lines if line.split()[0] not in named] + list(extra)
+        # as root, mosquitto would switch to user 'mosquitto', who cannot write here
+        self.conf.write_text("\n".join(lines) + "\n" + ("user root\n" if os.geteuid() == 0 else ""))
         self.proc: subprocess.Popen | None = None
+
+    def log(self) -> str:
+        path = self.dir / "mosquitto.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def start(self) -> Broker:
         self.proc = subprocess.Popen(
@@ -71,17 +87,39 @@ class Broker:
         self.proc = None
 
 
+def password_file(path: Path, accounts: dict[str, str]) -> Path:
+    """A Mosquitto password file with these user names and passwords (made by mosquitto_passwd)."""
+    if not os.access(MOSQUITTO_PASSWD, os.X_OK):
+        pytest.skip(f"needs {MOSQUITTO_PASSWD} (Debian: apt-get install mosquitto)")
+    for n, (user, password) in enumerate(accounts.items()):
+        subprocess.run(
+            [MOSQUITTO_PASSWD, "-b", *(["-c"] if n == 0 else []), str(path), user, password],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+    path.chmod(0o600)  # mosquitto warns about a password file others can read
+    return path
+
+
 class Subscriber:
     """A paho client that keeps its session across broker restarts and queues every message."""
 
     def __init__(
-        self, port: int, topic: str = "edgetile/#", client_id: str = "test-subscriber", clean: bool = False
+        self,
+        port: int,
+        topic: str = "edgetile/#",
+        client_id: str = "test-subscriber",
+        clean: bool = False,
+        auth: tuple[str, str] | None = None,
     ) -> None:
         import paho.mqtt.client as mqtt
 
         self.messages: queue.Queue = queue.Queue()
         self.subscribed = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean)
+        if auth is not None:
+            self.client.username_pw_set(*auth)
         self.client.reconnect_delay_set(1, 2)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda c, u, mid, codes, p: self.subscribed.set()

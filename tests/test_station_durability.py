@@ -161,7 +161,7 @@ def test_every_detection_arrives_once_through_kills_and_a_broker_restart(tmp_pat
             return s["pending"] == 0 and s
 
         crops = wait_until(crops_done, 180, "every crop fetched", interval=0.5)
-        assert crops == {"pending": 0, "ready": len(expected), "given_up": 0}
+        assert crops == {"pending": 0, "ready": len(expected), "given_up": 0, "refused": 0}
         assert all(f["crop_ready"] for f in station.finds())
 
         # the person photographed by alpha and bravo is one find, with a sighting of each

@@ -56,6 +56,76 @@ def parse_host_port(text: str, default_port: int = 1883) -> tuple[str, int]:
     return host.strip("[]"), port
 
 
+def read_password_file(path: str, option: str = "--mqtt-password-file") -> str:
+    """The broker password on the first line of a file (kept as written, but for the line break).
+
+    Raises:
+        ValueError: The file cannot be read or its first line is empty, in one line naming the file.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = f.readline().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{option}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not first:
+        raise ValueError(f"{option}: expected the broker password on the first line of {path}, found none")
+    return first
+
+
+class RefusalLog:
+    """Says a broker's refusal of the connection once, not at every reconnection attempt.
+
+    A broker that refuses the credentials refuses them again at each try (paho keeps trying, with
+    backoff, so that a broker whose password file is fixed is joined without a restart). The refusal
+    is logged when it first happens and when its reason changes; the disconnection that follows each
+    refusal is not logged again; a later acceptance is.
+
+    Args:
+        logger: Where to say it.
+        who: Whose connection, e.g. "client edgetile-station (the station)".
+        host: The broker.
+        port: Its port.
+    """
+
+    def __init__(self, logger: logging.Logger, who: str, host: str, port: int) -> None:
+        self.log, self.who, self.host, self.port = logger, who, host, int(port)
+        self.reason: str | None = None  # the refusal said last; None while accepted
+        self._just_refused = False
+
+    def refused(self, reason_code: object, authenticated: bool) -> None:
+        """From on_connect with a failing reason code."""
+        self._just_refused = True
+        reason = str(reason_code)
+        if reason == self.reason:
+            return
+        self.reason = reason
+        hint = (
+            "check --mqtt-user and --mqtt-password-file against the broker's password file"
+            if authenticated
+            else "the broker may ask for --mqtt-user and --mqtt-password-file"
+        )
+        self.log.warning(
+            "MQTT broker %s:%d refused %s: %s (%s); trying again with backoff (repeats not logged)",
+            self.host,
+            self.port,
+            self.who,
+            reason,
+            hint,
+        )
+
+    def accepted(self) -> None:
+        """From on_connect with success."""
+        if self.reason is not None:
+            self.log.warning("MQTT broker %s:%d accepts %s now", self.host, self.port, self.who)
+        self.reason = None
+        self._just_refused = False
+
+    def quiet_disconnect(self) -> bool:
+        """From on_disconnect: True when it only follows a refusal already said (log nothing)."""
+        was, self._just_refused = self._just_refused, False
+        return was
+
+
 class MqttPublisher:
     """A background MQTT client that publishes detections as JSON.
 
@@ -68,8 +138,8 @@ class MqttPublisher:
         reconnect_min_s: First wait before reconnecting; it doubles after each failure.
         reconnect_max_s: Longest wait between reconnection attempts.
         max_buffer: Most messages held (waiting for the broker or its acknowledgement).
-        username: Broker user name, when the broker asks for one.
-        password: Broker password.
+        username: Broker user name, when the broker asks for one (--mqtt-user).
+        password: Broker password (the first line of --mqtt-password-file); needs a username.
         drone_id: The name of this drone in every message and in its status topic (default: the
             host name).
         api: Where a ground station reaches this drone's HTTP API (e.g. http://10.0.0.7:8765), or
@@ -118,6 +188,12 @@ class MqttPublisher:
         self.api = api
         self.status_topic = status_topic or f"{topic_prefix}/status/{self.drone_id}"
         self.client_id = client_id or f"edgetile-{socket.gethostname()}-{os.getpid()}"
+        if password is not None and username is None:
+            raise ValueError(
+                "password: expected a username as well (MQTT sends no password alone), found none"
+            )
+        self._refusal = RefusalLog(log, f"client {self.client_id}", self.host, self.port)
+        self._authenticated = username is not None
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._pending: set[int] = set()
@@ -168,15 +244,16 @@ class MqttPublisher:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.warning("MQTT broker %s:%d refused the connection: %s", self.host, self.port, reason_code)
+            self._refusal.refused(reason_code, self._authenticated)
             return
+        self._refusal.accepted()
         self.connects += 1
         client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
         self._connected.set()  # after the status, so that it goes out before anything published next
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
-        if not self._closed:
+        if not self._refusal.quiet_disconnect() and not self._closed:
             log.warning(
                 "MQTT broker %s:%d lost (%s); reconnecting, keeping messages meanwhile",
                 self.host,

@@ -21,7 +21,7 @@ from ..geo.ground import ErrorModel
 from ..geo.pose import PoseOverrides
 from ..geo.profiles import profile_names
 from ..geo.writers import GEO_FORMATS, GeoConfig, GeoWriter, missing_geo_packages, parse_formats
-from ..links.mqtt import DRONE_ID, parse_host_port
+from ..links.mqtt import DRONE_ID, parse_host_port, read_password_file
 
 
 def _formats(s: str) -> tuple[str, ...]:
@@ -176,6 +176,19 @@ def add_serve_geo_options(p: argparse.ArgumentParser) -> None:
         "status to PREFIX/status/DRONE_ID (default: edgetile)",
     )
     g.add_argument(
+        "--mqtt-user",
+        metavar="NAME",
+        help="this daemon's user name on the broker, for a broker with 'allow_anonymous false' and a "
+        "password file (mosquitto_passwd): then only the broker's accounts can publish detections "
+        "(default: anonymous)",
+    )
+    g.add_argument(
+        "--mqtt-password-file",
+        metavar="FILE",
+        help="file whose first line is the password of --mqtt-user, e.g. a systemd credential; never "
+        "on the command line, where it would show in the process list (default: no password)",
+    )
+    g.add_argument(
         "--drone-id",
         metavar="NAME",
         default=None,
@@ -295,6 +308,8 @@ class ServeGeoConfig:
         mqtt_port: The MQTT broker's port.
         mqtt_topic: Topic prefix: detections go to PREFIX/detections.
         mqtt_buffer: Messages kept in the queue database until the broker acknowledges them.
+        mqtt_user: The daemon's user name on the broker (--mqtt-user), or None (anonymous).
+        mqtt_password: Its password (the first line of --mqtt-password-file), or None.
         mavlink_out: pymavlink connection string of the ground station (--mavlink-out), or None.
         mavlink_lacmus: Also send the Lacmus dialect's LACMUS_OBJECT_DETECTED.
         mavlink_in: pymavlink connection string of the vehicle's telemetry (--mavlink-in), or None.
@@ -310,6 +325,8 @@ class ServeGeoConfig:
     mqtt_port: int = 1883
     mqtt_topic: str = "edgetile"
     mqtt_buffer: int = 100_000
+    mqtt_user: str | None = None
+    mqtt_password: str | None = field(default=None, repr=False)
     mavlink_out: str | None = None
     mavlink_lacmus: bool = False
     mavlink_in: str | None = None
@@ -349,6 +366,19 @@ def serve_geo_config_from_args(a: argparse.Namespace) -> ServeGeoConfig:
                 "--camera NAME, found neither"
             )
     host, port = parse_host_port(a.mqtt) if a.mqtt else (None, 1883)
+    user, password_file = getattr(a, "mqtt_user", None), getattr(a, "mqtt_password_file", None)
+    if (user is not None or password_file) and not a.mqtt:
+        raise ValueError(
+            f"{'--mqtt-user' if user is not None else '--mqtt-password-file'}: expected --mqtt HOST[:PORT] "
+            "as well, found none"
+        )
+    if user is not None and not user:
+        raise ValueError("--mqtt-user: expected a user name, found an empty one")
+    if password_file and not user:
+        raise ValueError(
+            "--mqtt-password-file: expected --mqtt-user NAME as well (MQTT sends no password alone), found none"
+        )
+    password = read_password_file(str(password_file)) if password_file else None
     drone_id = getattr(a, "drone_id", None)
     if drone_id is not None and not DRONE_ID.match(drone_id):
         raise ValueError(
@@ -370,6 +400,8 @@ def serve_geo_config_from_args(a: argparse.Namespace) -> ServeGeoConfig:
         mqtt_port=port,
         mqtt_topic=a.mqtt_topic,
         mqtt_buffer=int(a.mqtt_buffer),
+        mqtt_user=user,
+        mqtt_password=password,
         mavlink_out=a.mavlink_out or None,
         mavlink_lacmus=bool(a.mavlink_lacmus),
         mavlink_in=a.mavlink_in or None,

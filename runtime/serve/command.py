@@ -306,7 +306,7 @@ def _setup_logging(level: str) -> list[tuple[logging.Logger, logging.Handler]]:
     handler.addFilter(RepeatedLines())
     installed: list[tuple[logging.Logger, logging.Handler]] = []
     # asyncio: e.g. "socket.accept() out of system resource", which would otherwise reach stderr unfiltered
-    for name in ("edgetile.serve", "uvicorn", "asyncio"):
+    for name in ("edgetile.serve", "edgetile.links.mqtt", "uvicorn", "asyncio"):
         logger = logging.getLogger(name)
         logger.addHandler(handler)
         logger.propagate = False
@@ -335,6 +335,13 @@ def serve_command(a: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    from ..options.geo import serve_geo_config_from_args
+
+    try:  # before the model loads: a missing password file is said at once
+        geo_config = serve_geo_config_from_args(options)
+    except ValueError as exc:
+        print(f"edgetile serve: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     installed = _setup_logging(config.log_level)
     try:
         try:
@@ -343,11 +350,10 @@ def serve_command(a: argparse.Namespace) -> int:
             print(f"edgetile serve: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
         with detector:
-            from ..options.geo import serve_geo_config_from_args
             from .geo_hooks import open_result_hooks
 
             try:
-                hooks = open_result_hooks(serve_geo_config_from_args(options), config.state)
+                hooks = open_result_hooks(geo_config, config.state)
             except ValueError as exc:
                 print(f"edgetile serve: error: {exc}", file=sys.stderr)
                 return EXIT_USAGE

@@ -321,6 +321,8 @@ def open_result_hooks(config: ServeGeoConfig, state_dir: Path) -> ResultHooks:
                 max_buffer=config.mqtt_buffer,
                 drone_id=config.drone_id,
                 api=config.advertise_url,
+                username=config.mqtt_user,
+                password=config.mqtt_password,
             )
         except ImportError as exc:
             raise ValueError(str(exc)) from None

@@ -13,6 +13,31 @@ from ..argtypes import add_max_pixels_option, finite_number, int_at_least, numbe
 from ..options import EXIT_USAGE
 from ..options.files import ConfigError
 
+DEFAULT_DRONE_NETWORKS = (
+    "127.0.0.0/8",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "169.254.0.0/16",
+    "100.64.0.0/10",
+    "::1/128",
+    "fc00::/7",
+    "fe80::/10",
+)
+
+
+def drone_network(text: str):
+    """--drone-networks: one CIDR network (an address alone is that one host)."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a network such as 192.168.1.0/24 or fd00::/8 (or one address), found {text!r}"
+        ) from None
+
+
 DEFAULT_PORT = 8766
 DEFAULT_STATE = "edgetile-station"
 
@@ -57,6 +82,19 @@ def add_station_options(p: argparse.ArgumentParser) -> None:
         help="decision messages kept in the station's database until the broker acknowledges them "
         "(default: 100000)",
     )
+    g.add_argument(
+        "--mqtt-user",
+        metavar="NAME",
+        help="the station's user name on the broker, for a broker with 'allow_anonymous false' and a "
+        "password file (mosquitto_passwd); used by its subscriber and its decisions publisher "
+        "(default: anonymous)",
+    )
+    g.add_argument(
+        "--mqtt-password-file",
+        metavar="FILE",
+        help="file whose first line is the password of --mqtt-user; never on the command line, where it "
+        "would show in the process list (default: no password)",
+    )
     g = p.add_argument_group("the drones' daemons")
     g.add_argument(
         "--daemon-token-file",
@@ -64,6 +102,18 @@ def add_station_options(p: argparse.ArgumentParser) -> None:
         help="file whose first line is the drones' token (their --token-file), sent as "
         "'Authorization: Bearer' when crops and photos are fetched from them; never on the command line, "
         "where it would show in the process list (default: no token)",
+    )
+    g.add_argument(
+        "--drone-networks",
+        nargs="+",
+        metavar="CIDR",
+        type=drone_network,
+        default=None,
+        help="the only networks crops and photos are fetched from, with the drones' token: a message's "
+        "'api' must be an address inside them, or a name whose every address is; anything else is "
+        "refused (logged, counted in /api/station/status), so that whoever can publish to the broker "
+        "cannot send the station, and the token, elsewhere. Redirects are never followed (default: "
+        f"loopback and the private, link-local and carrier-grade NAT ranges: {' '.join(DEFAULT_DRONE_NETWORKS)})",
     )
     g.add_argument(
         "--crop-max-age-s",
@@ -146,6 +196,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         epilog="Exit codes: 0 stopped by SIGTERM/SIGINT, 1 a part of the station failed, 2 usage error.\n"
         "Example: edgetile station --mqtt 127.0.0.1:1883 --state ~/search-2024-05-01 "
         "--daemon-token-file ~/drones.token\n"
+        "With a broker that asks for accounts: --mqtt-user station --mqtt-password-file ~/station.mqtt\n"
         "Then open http://127.0.0.1:8766/ . See docs/station.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

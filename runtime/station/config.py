@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..images import MAX_PIXELS
-from ..links.mqtt import parse_host_port
+from ..links.mqtt import parse_host_port, read_password_file
 from ..options.files import ConfigError
 from ..serve.config import is_loopback
+from .command import DEFAULT_DRONE_NETWORKS
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def read_token(path: str, option: str) -> str:
@@ -36,10 +40,13 @@ class StationConfig:
         mqtt_port: Its port.
         mqtt_prefix: The drones' topic prefix (their --mqtt-topic).
         client_id: The fixed MQTT client id of the station's persistent session.
+        mqtt_user: The station's user name on the broker, or None (anonymous).
+        mqtt_password: Its password (from --mqtt-password-file), or None.
         host: Address the review page is served on.
         port: TCP port (0: any free one).
         token: The station's own bearer token, or None (loopback only).
         daemon_token: The daemons' bearer token, for crops and photos, or None.
+        drone_networks: The only networks crops and photos are fetched from.
         allowed_hosts: Host header names accepted besides the address, localhost and the host name.
         mavlink_out: pymavlink connection string for STATUSTEXT of confirmed/flagged finds, or None.
         find_window_s: Sightings further apart in time are not one find.
@@ -55,10 +62,13 @@ class StationConfig:
     mqtt_port: int = 1883
     mqtt_prefix: str = "edgetile"
     client_id: str = "edgetile-station"
+    mqtt_user: str | None = None
+    mqtt_password: str | None = None
     host: str = "127.0.0.1"
     port: int = 8766
     token: str | None = None
     daemon_token: str | None = None
+    drone_networks: tuple[Network, ...] = tuple(ipaddress.ip_network(n) for n in DEFAULT_DRONE_NETWORKS)
     allowed_hosts: tuple[str, ...] = ()
     mavlink_out: str | None = None
     find_window_s: float = 1800.0
@@ -84,6 +94,22 @@ class StationConfig:
             raise ConfigError(
                 f"--mqtt-prefix: expected a topic without wildcards or trailing '/', found {prefix!r}"
             )
+        user, password = getattr(a, "mqtt_user", None), None
+        if user is not None and not user:
+            raise ConfigError("--mqtt-user: expected a user name, found an empty one")
+        if getattr(a, "mqtt_password_file", None):
+            if not user:
+                raise ConfigError(
+                    "--mqtt-password-file: expected --mqtt-user NAME as well (MQTT sends no password alone), "
+                    "found none"
+                )
+            try:
+                password = read_password_file(a.mqtt_password_file)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        networks = getattr(a, "drone_networks", None)
+        if networks is None:
+            networks = [ipaddress.ip_network(n) for n in DEFAULT_DRONE_NETWORKS]
         token = read_token(a.token_file, "--token-file") if a.token_file else None
         if not is_loopback(a.host) and not token:
             raise ConfigError(
@@ -104,12 +130,15 @@ class StationConfig:
             mqtt_port=port,
             mqtt_prefix=prefix,
             client_id=a.mqtt_client_id,
+            mqtt_user=user,
+            mqtt_password=password,
             host=a.host,
             port=a.port,
             token=token,
             daemon_token=read_token(a.daemon_token_file, "--daemon-token-file")
             if a.daemon_token_file
             else None,
+            drone_networks=tuple(networks),
             allowed_hosts=tuple(a.allowed_hosts),
             mavlink_out=a.mavlink_out,
             find_window_s=a.find_window_s,

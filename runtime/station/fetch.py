@@ -9,19 +9,31 @@ STATE/crops/, named by the sighting's id.
 
 A photo is fetched when the operator opens it (``{api}/images/{outcome_id}``) and kept under
 STATE/photos/.
+
+Where the token goes: the ``api`` comes from the drones' messages, which anyone who can publish to
+the broker can write. A request goes only to an address inside ``--drone-networks`` (a host name is
+resolved at fetch time, every address it has must be inside, and the connection goes to the
+address that was checked, so a name cannot resolve elsewhere between the check and the request).
+Anything else is refused before a connection is opened: the sighting's crop is given up as
+``refused`` (logged once per drone). Redirects are never followed: a 3xx is an error naming the
+status, so neither the token nor the request goes where the drone's answer points.
 """
 
 from __future__ import annotations
 
+import http.client
+import ipaddress
 import logging
+import socket
+import ssl
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
+from collections.abc import Iterable
 from pathlib import Path
 
 from ..files import write_atomic
-from .store import StationStore
+from .store import REFUSED, StationStore
 
 log = logging.getLogger("edgetile.station")
 
@@ -38,36 +50,150 @@ class FetchError(Exception):
         self.permanent = permanent
 
 
+class FetchRefused(FetchError):
+    """The station will not send a request there (outside --drone-networks, not http/https)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, permanent=True)
+
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class DroneNetworks:
+    """The networks the drones' APIs may be in (--drone-networks).
+
+    Args:
+        networks: CIDR networks; an IPv4-mapped IPv6 address (::ffff:10.0.0.7) counts as its IPv4 one.
+        resolve: ``socket.getaddrinfo``'s signature (for tests of names).
+    """
+
+    def __init__(self, networks: Iterable[Network | str], resolve=socket.getaddrinfo) -> None:
+        self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+        self.resolve = resolve
+
+    def __str__(self) -> str:
+        return " ".join(str(n) for n in self.networks)
+
+    def contains(self, address: Address) -> bool:
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address.version == n.version and address in n for n in self.networks)
+
+    def address(self, host: str, port: int) -> str:
+        """The checked address to connect to for ``host``.
+
+        Raises:
+            FetchRefused: The address, or one of the name's addresses, is outside the networks.
+            FetchError: The name does not resolve now (tried again later).
+        """
+        try:
+            literal: Address | None = ipaddress.ip_address(host)
+        except ValueError:
+            literal = None
+        if literal is not None:
+            if not self.contains(literal):
+                raise FetchRefused(f"{host} is outside --drone-networks ({self})")
+            return host
+        try:
+            infos = self.resolve(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            raise FetchError(f"{host} does not resolve: {exc}") from None
+        found = [str(info[4][0]) for info in infos]
+        if not found:
+            raise FetchError(f"{host} does not resolve: no addresses")
+        for a in found:
+            if not self.contains(ipaddress.ip_address(a.split("%", 1)[0])):
+                raise FetchRefused(f"{host} resolves to {a}, outside --drone-networks ({self})")
+        return found[0]
+
+
+class _PinnedHTTP(http.client.HTTPConnection):
+    """An HTTP connection to a checked address; the Host header keeps the URL's name."""
+
+    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self.address, self.port), self.timeout)
+
+
+class _PinnedHTTPS(http.client.HTTPSConnection):
+    """An HTTPS connection to a checked address; the certificate is checked against the URL's name."""
+
+    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+        self.tls = ssl.create_default_context()
+        super().__init__(host, port, timeout=timeout, context=self.tls)
+        self.address = address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.address, self.port), self.timeout)
+        self.sock = self.tls.wrap_socket(sock, server_hostname=self.host)
+
+
 class DaemonClient:
-    """GET requests to the drones' daemons with their bearer token.
+    """GET requests to the drones' daemons with their bearer token, only inside the drones' networks.
 
     Args:
         token: The daemons' token (--daemon-token-file), or None.
+        networks: Where requests may go (--drone-networks); None: anywhere (for tools, not the station).
         timeout_s: Seconds a request may take to connect and to answer.
     """
 
-    def __init__(self, token: str | None, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, token: str | None, networks: DroneNetworks | None = None, timeout_s: float = 10.0
+    ) -> None:
         self.token = token
+        self.networks = networks
         self.timeout_s = float(timeout_s)
 
     def get(self, url: str, max_bytes: int) -> tuple[bytes, str]:
-        """(body, content type) of a 200 answer.
+        """(body, content type) of a 200 answer; redirects are not followed.
 
         Raises:
-            FetchError: No answer, another status (410 Gone is permanent), or a body over max_bytes.
+            FetchRefused: The URL's host is outside the networks, or its scheme is not http/https
+                (no connection is opened).
+            FetchError: No answer, another status (410 Gone and 3xx are permanent), or a body over
+                max_bytes.
         """
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        req = urllib.request.Request(url, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
-                body = r.read(max_bytes + 1)
-                ctype = r.headers.get("content-type", "application/octet-stream")
-        except urllib.error.HTTPError as exc:
-            detail = exc.read(300).decode("utf-8", "replace").replace("\n", " ")
-            raise FetchError(f"{url}: HTTP {exc.code} {detail}", permanent=exc.code == 410) from None
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise FetchError(f"{url}: {reason}") from None
+            parts = urllib.parse.urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise FetchRefused(f"{url[:200]}: not a URL ({exc})") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise FetchRefused(f"{url[:200]}: expected an http:// or https:// URL with a host")
+        if port is None:
+            port = 443 if parts.scheme == "https" else 80
+        host = parts.hostname
+        address = host if self.networks is None else self.networks.address(host, port)
+        conn_type = _PinnedHTTPS if parts.scheme == "https" else _PinnedHTTP
+        conn = conn_type(host, port, address, self.timeout_s)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        try:
+            conn.request("GET", target, headers=headers)
+            r = conn.getresponse()
+            if 300 <= r.status < 400:
+                location = (r.getheader("location") or "nowhere")[:200]
+                raise FetchError(
+                    f"{url}: HTTP {r.status} redirect to {location} not followed (a daemon does not "
+                    "redirect; the token is not sent on)",
+                    permanent=True,
+                )
+            if r.status != 200:
+                detail = r.read(300).decode("utf-8", "replace").replace("\n", " ")
+                raise FetchError(f"{url}: HTTP {r.status} {detail}", permanent=r.status == 410)
+            body = r.read(max_bytes + 1)
+            ctype = r.getheader("content-type") or "application/octet-stream"
+        except (OSError, http.client.HTTPException) as exc:
+            raise FetchError(
+                f"{url}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"
+            ) from None
+        finally:
+            conn.close()
         if len(body) > max_bytes:
             raise FetchError(f"{url}: expected at most {max_bytes} bytes, found more", permanent=True)
         return body, ctype
@@ -106,6 +232,7 @@ class CropFetcher:
         self.max_age_s = float(max_age_s)
         self.wake = threading.Event()
         self._down: set[str] = set()  # drones whose last fetch failed: said once, and once when back
+        self._refused: set[str] = set()  # drones whose api was refused: said once per drone
 
     def delay(self, tries: int) -> float:
         """Seconds before the next try after ``tries`` failures (1, 2, 4 ... max_delay_s)."""
@@ -148,6 +275,12 @@ class CropFetcher:
                 return
             except FetchError as exc:
                 error = exc
+        if isinstance(error, FetchRefused):
+            store.crop_failed(row["id"], f"{REFUSED}{error}", None)
+            if drone not in self._refused:
+                self._refused.add(drone)
+                log.warning("crops of drone %s refused, its token not sent: %s", drone, error)
+            return
         now = time.time()
         next_try = now + self.delay(row["crop_tries"])
         if error.permanent or next_try - row["received_at"] > self.max_age_s:

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..links.mqtt import DRONE_ID
+from ..links.mqtt import DRONE_ID, RefusalLog
 from .store import NewSighting, StationStore
 
 log = logging.getLogger("edgetile.station")
@@ -156,6 +156,8 @@ class MqttIngest:
         on_change: Called after anything else was committed (a photo, a drone's status).
         assign: The grouper's ``add`` (see :meth:`.grouping.Finds.add`).
         regroup: Rebuilds the grouper from the store, after a transaction that failed.
+        username: The station's broker user name (--mqtt-user), or None.
+        password: Its password (the first line of --mqtt-password-file), or None.
     """
 
     def __init__(
@@ -169,6 +171,8 @@ class MqttIngest:
         on_change: Callable[[], None],
         assign,
         regroup: Callable[[StationStore], object],
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         try:
             import paho.mqtt.client as mqtt
@@ -190,6 +194,10 @@ class MqttIngest:
         c = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False, protocol=mqtt.MQTTv311
         )
+        if username is not None:
+            c.username_pw_set(username, password)
+        self._refusal = RefusalLog(log, f"client {client_id} (the station)", self.host, self.port)
+        self._authenticated = username is not None
         c.manual_ack_set(True)
         c.reconnect_delay_set(min_delay=1, max_delay=30)
         c.on_connect = self._on_connect
@@ -204,8 +212,9 @@ class MqttIngest:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.warning("MQTT broker %s:%d refused the station: %s", self.host, self.port, reason_code)
+            self._refusal.refused(reason_code, self._authenticated)
             return
+        self._refusal.accepted()
         self.connected.set()
         session = "the broker kept this station's session" if flags.session_present else "a new session"
         log.info("MQTT broker %s:%d connected (%s)", self.host, self.port, session)
@@ -217,6 +226,8 @@ class MqttIngest:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
+        if self._refusal.quiet_disconnect() or self._closing.is_set():
+            return
         log.warning(
             "MQTT broker %s:%d lost (%s); reconnecting (the broker keeps the drones' messages meanwhile)",
             self.host,

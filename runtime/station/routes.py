@@ -52,9 +52,9 @@ from ..serve.review import (
 from ..serve.review_export import finds_csv, finds_geojson, finds_gpx, finds_kml, finds_png, numbered_finds
 from ..serve.review_store import FINDS, STATUSES, public, review_counts
 from ..serve.store import iso_utc
-from .fetch import FetchError, cached_photo, crop_path
+from .fetch import FetchError, FetchRefused, cached_photo, crop_path
 from .grouping import find_item, find_items, sighting_item
-from .store import StationStore
+from .store import REFUSED, StationStore
 
 if TYPE_CHECKING:
     from .station import Station
@@ -285,12 +285,14 @@ def _crop(station: Station, det_id: str) -> Response:
     if row is None:
         raise HTTPException(404, f"no sighting s-{n}")
     if row["crop_state"] != "ready":
-        detail = (
-            f"crop not fetched yet ({row['crop_tries']} tries so far)"
-            if row["crop_state"] == "pending"
-            else f"crop given up: {row['crop_error']}"
-        )
-        return JSONResponse({"detail": detail, "crop_state": row["crop_state"]}, status_code=404)
+        state, error = row["crop_state"], row["crop_error"] or ""
+        if state == "pending":
+            detail = f"crop not fetched yet ({row['crop_tries']} tries so far)"
+        elif error.startswith(REFUSED):
+            state, detail = "refused", f"crop refused, nothing was fetched: {error[len(REFUSED) :]}"
+        else:
+            detail = f"crop given up: {error}"
+        return JSONResponse({"detail": detail, "crop_state": state}, status_code=404)
     try:
         data = crop_path(station.config.state, n).read_bytes()
     except OSError as exc:
@@ -314,6 +316,8 @@ def _image_routes(station: Station) -> APIRouter:
                 return cached_photo(station.config.state, store, station.client, photo_id)
             except KeyError:
                 raise HTTPException(404, f"no station photo {photo_id}") from None
+            except FetchRefused as exc:
+                raise HTTPException(502, f"photo {photo_id}: refused, nothing was fetched: {exc}") from None
             except FetchError as exc:
                 raise HTTPException(502, f"photo {photo_id}: its drone cannot be reached: {exc}") from None
 

@@ -20,7 +20,7 @@ from ..options import EXIT_OK, EXIT_WORKER_FAILED
 from ..serve.daemon import ChangeSignal, bind_socket, sd_notify
 from ..serve.geo_hooks import review_text
 from .config import StationConfig
-from .fetch import CropFetcher, DaemonClient
+from .fetch import CropFetcher, DaemonClient, DroneNetworks
 from .grouping import Finds
 from .store import StationStore
 
@@ -43,7 +43,7 @@ class Station:
         self.stop = threading.Event()
         self.changes = ChangeSignal()
         self.finds = Finds(config.find_window_s)
-        self.client = DaemonClient(config.daemon_token)
+        self.client = DaemonClient(config.daemon_token, DroneNetworks(config.drone_networks))
         self.fetcher = CropFetcher(
             config.state, self.client, on_crop=self.changes.bump, max_age_s=config.crop_max_age_s
         )
@@ -114,6 +114,8 @@ class Station:
             on_change=self.changes.bump,
             assign=self.finds.add,
             regroup=self.finds.restore,
+            username=cfg.mqtt_user,
+            password=cfg.mqtt_password,
         )
         publisher = MqttPublisher(
             cfg.mqtt_host,
@@ -123,6 +125,8 @@ class Station:
             max_buffer=int(cfg.mqtt_buffer),
             drone_id="station",
             status_topic=f"{cfg.mqtt_prefix}/station/status",
+            username=cfg.mqtt_user,
+            password=cfg.mqtt_password,
         )
         self.outbox = MqttOutbox(publisher, stamp=False)
         if cfg.mavlink_out is not None:
@@ -200,7 +204,7 @@ class Station:
             url_host = f"[{host}]" if ":" in host else host
             log.info(
                 "listening on http://%s:%d  state %s  MQTT %s:%d prefix %s  %d drone(s), %d sighting(s) in %d "
-                "find(s), %d crop(s) pending%s",
+                "find(s), %d crop(s) pending%s  fetching only inside %s",
                 url_host,
                 port,
                 cfg.state,
@@ -212,6 +216,7 @@ class Station:
                 counts["finds"],
                 counts["crops"]["pending"],
                 "  (token required)" if cfg.token else "",
+                self.client.networks,
             )
             sd_notify("READY=1")
             while not self.stop.wait(0.5):

@@ -39,6 +39,9 @@ from pathlib import Path
 SCHEMA_VERSION = 1
 REVIEWS_TOPIC = "reviews"
 CROP_STATES = ("pending", "ready", "given_up")
+# A crop the station would not fetch (its drone's api outside --drone-networks) is given up with an
+# error that starts with this; it is counted apart ("refused"), without a new state in the schema.
+REFUSED = "refused: "
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -419,8 +422,13 @@ class StationStore:
                 )
 
     def crop_counts(self) -> dict[str, int]:
-        out = dict.fromkeys(CROP_STATES, 0)
-        for state, n in self.conn.execute("SELECT crop_state, COUNT(*) FROM sightings GROUP BY crop_state"):
+        """Sightings per crop state: pending, ready, given_up, and refused (given up without a request)."""
+        out = dict.fromkeys((*CROP_STATES, "refused"), 0)
+        for state, n in self.conn.execute(
+            "SELECT CASE WHEN crop_state='given_up' AND substr(crop_error, 1, ?)=? THEN 'refused' "
+            "ELSE crop_state END AS state, COUNT(*) FROM sightings GROUP BY state",
+            (len(REFUSED), REFUSED),
+        ):
             out[state] = int(n)
         return out
 
