@@ -671,7 +671,8 @@
     if (!S.current) select(obj.id);
   }
 
-  // After a reconnect: the statuses of what the page holds, as the daemon has them now.
+  // After a reconnect: the statuses of what the page holds, as the daemon has them now, and what
+  // arrived while the page was away (the live stream only tells what happens after it connects).
   async function resync() {
     refreshCounts();
     if (station()) loadDrones().catch(fail);
@@ -679,7 +680,10 @@
     let seen = 0;
     while (seen < S.items.length) {
       const page = await getJSON(`/api/review/detections?${query(S.filters, { limit: 1000, after })}`);
-      for (const d of page.items) if (byId.has(d.id)) apply(d);
+      for (const d of page.items) {
+        if (byId.has(d.id)) apply(d);
+        else arrived(d);
+      }
       seen += page.items.length;
       if (page.next === null) break;
       after = page.next;
