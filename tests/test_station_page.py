@@ -241,6 +241,14 @@ def test_two_drones_one_find_on_the_station_page(tmp_path, model):
         assert placed["D1"]["lat"] > placed["D2"]["lat"] > LAT0
         legend = b.driver.find_element(By.CSS_SELECTOR, ".legend").text
         assert "D1 online" in legend and "D2 online" in legend, legend
+        # the legend's words match the picture: each drone's marker is a square turned 45 degrees
+        assert "a diamond is where a drone was last" in " ".join(legend.split()), legend
+        turns = b.driver.execute_script(
+            "return [...document.querySelectorAll('.drone-marker span')].map((e) => {"
+            " const m = new DOMMatrix(getComputedStyle(e).transform);"
+            " return Math.round(Math.atan2(m.b, m.a) * 180 / Math.PI) })"
+        )
+        assert turns == [45, 45], turns
         # the picture for docs/review.md
         time.sleep(1.5)  # the photos' images are placed when each has decoded: a picture, not a check
         save_shot(b, tmp_path, "station.png")

@@ -1506,7 +1506,7 @@
         const key = document.createElement("p");
         key.textContent =
           "Rings are finds, in their status's colour; dots are their sightings and outlines the photos, " +
-          "in each drone's colour; a square is where a drone was last.";
+          "in each drone's colour; a diamond is where a drone was last.";
         div.insertBefore(key, droneLegend.nextSibling);
       }
       L.DomEvent.disableClickPropagation(div);
