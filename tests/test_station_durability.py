@@ -69,8 +69,6 @@ def station_sightings(st: StationProcess) -> list[tuple[str, str]]:
 
 
 def test_every_detection_arrives_once_through_kills_and_a_broker_restart(tmp_path):
-    from selenium.webdriver.common.by import By
-
     model = red_blob_model(tmp_path / "red.onnx")
     broker = Broker(tmp_path / "broker").start()
     (tmp_path / "drone.token").write_text(TOKEN + "\n")
@@ -185,11 +183,13 @@ def test_every_detection_arrives_once_through_kills_and_a_broker_restart(tmp_pat
         assert len(finds) == len(expected) - 1
 
         # the page, through its own reconnections, holds every find of the station, with its crop
-        page_holds(page, finds, p)
+        queue_order = page_holds(page, finds, p)
 
-        # the operator confirms that person's find on the page: one message on PREFIX/reviews
-        page.driver.find_element(By.CSS_SELECTOR, f"#queue-list li[data-id='{p['id']}']").click()
-        page.wait(f"s.current === {p['id']!r}")
+        # the operator goes back up the queue to that person's find and confirms it, all by keyboard:
+        # one message on PREFIX/reviews
+        for _ in range(len(queue_order) - 1 - queue_order.index(p["id"])):
+            page.key("k")
+        page.wait(f"s.current === {p['id']!r}", what="the find of both drones selected")
         page.key("c")
         page.wait("s.pending.length === 0 && s.counts.confirmed === 1", what="the confirmation saved")
         heard = [json.loads(team.get(30).payload)]
@@ -227,9 +227,10 @@ def test_every_detection_arrives_once_through_kills_and_a_broker_restart(tmp_pat
         broker.stop()
 
 
-def page_holds(page: Browser, finds: list[dict], p: dict) -> None:
+def page_holds(page: Browser, finds: list[dict], p: dict) -> list[str]:
     """The page holds every find of the station and no other, each crop on screen as the operator goes
-    down the queue with the keyboard (none left waiting), and the person ``p`` once, with both drones' chips."""
+    down the queue with the keyboard (none left waiting), and the person ``p`` once, with both drones'
+    chips. Returns the queue's find ids in order (the last one is selected)."""
     from selenium.webdriver.common.by import By
 
     page.wait(
@@ -253,6 +254,7 @@ def page_holds(page: Browser, finds: list[dict], p: dict) -> None:
             f"s.current === {fid!r} && s.shown === {fid!r} && s.placeholder === null",
             what=f"the crop of {fid} on screen",
         )
+    return [fid for fid, _ in rows]
 
 
 def listen(sub: Subscriber, seconds: float) -> list[dict]:
