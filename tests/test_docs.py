@@ -144,12 +144,14 @@ COMMANDS = {
     # docs/serve.md
     "edgetile serve --model person.onnx --watch /media/sdcard/DCIM --state /var/lib/edgetile": Doc("serve"),
     # docs/station.md
-    "edgetile station --mqtt 127.0.0.1:1883 --state search-state --daemon-token-file drones.token": Doc(
+    "edgetile station --mqtt 127.0.0.1:1883 --mqtt-user station --mqtt-password-file station.mqtt "
+    "--state search-state --daemon-token-file drones.token": Doc(
         "parse", why="needs a Mosquitto broker and drones: tests/test_station.py runs the station"
     ),
-    "edgetile serve --model person.onnx --watch /media/sdcard/DCIM --geo --mqtt 192.168.1.10 --drone-id alpha "
-    "--host 0.0.0.0 --token-file drones.token --advertise-url http://192.168.1.21:8765": Doc(
-        "parse", why="a drone on the search team's network: tests/test_station.py runs drones on loopback"
+    "edgetile serve --config /etc/edgetile/serve.yaml --state /var/lib/edgetile": Doc(
+        "parse",
+        why="a drone on the search team's network (deploy/drone.yaml: test_the_documented_drone_config_is_"
+        "the_shipped_one_and_serve_accepts_it); tests/test_station.py runs drones on loopback",
     ),
     # docs/train.md
     DATASET_TILES: Doc("run", files=("tiles/data.yaml", "tiles/folds/fold4.yaml")),
@@ -395,6 +397,125 @@ def test_documented_daemon_starts_and_serves_the_watched_photos(command, world):
 
 
 # --- other claims of the README ----------------------------------------------------------------------
+
+
+def station_block(lang: str, start: str = "") -> str:
+    """The one fenced block of docs/station.md in ``lang`` (that starts with ``start``), dedented."""
+    import textwrap
+
+    blocks = [
+        textwrap.dedent(m.group("body"))
+        for m in FENCE.finditer((ROOT / "docs" / "station.md").read_text(encoding="utf-8"))
+        if m.group("lang") == lang and textwrap.dedent(m.group("body")).startswith(start)
+    ]
+    assert len(blocks) == 1, f"expected one {lang or 'untyped'} block starting {start!r}, found {len(blocks)}"
+    return blocks[0]
+
+
+def test_the_documented_drone_config_is_the_shipped_one_and_serve_accepts_it(tmp_path):
+    """docs/station.md's YAML is deploy/drone.yaml, word for word, and `edgetile serve --config` takes it:
+    the options merge, the daemon's checks pass (a token beside host 0.0.0.0) and the station's settings
+    (drone id, advertise URL, broker, georeferencing) come out as the page explains them."""
+    from edgetile.runtime.options.files import resolve_options
+    from edgetile.runtime.options.geo import serve_geo_config_from_args
+    from edgetile.runtime.serve.config import ServeConfig
+
+    shipped = ROOT / "deploy" / "drone.yaml"
+    assert station_block("yaml") == shipped.read_text(encoding="utf-8")
+    # the drone's own places, here in the test's folder; every other setting is the file's
+    (tmp_path / "DCIM").mkdir()
+    (tmp_path / "drones.token").write_text("team-secret\n")
+    (tmp_path / "mqtt.password").write_text("alpha-secret\n")
+    a = build_parser().parse_args(
+        ["serve", "--config", str(shipped), "--watch", str(tmp_path / "DCIM")]
+        + ["--token-file", str(tmp_path / "drones.token"), "--state", str(tmp_path / "state")]
+        + ["--mqtt-password-file", str(tmp_path / "mqtt.password")]
+    )
+    options = resolve_options(a)
+    config = ServeConfig.from_options(options)
+    geo = serve_geo_config_from_args(options)
+    assert (config.host, config.port, config.token) == ("0.0.0.0", 8765, "team-secret")
+    assert options.model == ["/opt/edgetile/models/person.engine"]
+    assert (geo.drone_id, geo.advertise_url) == ("alpha", "http://192.168.1.21:8765")
+    assert (geo.mqtt_user, geo.mqtt_password) == ("alpha", "alpha-secret")
+    assert (geo.mqtt_host, geo.mqtt_port, geo.mqtt_topic, geo.georeference) == (
+        "192.168.1.10",
+        1883,
+        "edgetile",
+        True,
+    )
+
+
+def test_the_documented_broker_config_starts_mosquitto_as_debian_installs_it(tmp_path):
+    """docs/station.md's Mosquitto file, dropped into conf.d beside Debian's own mosquitto.conf (which
+    sets persistence_location), is accepted by a real Mosquitto: it starts and listens."""
+    import socket
+    import time
+
+    from mqtt_broker import MOSQUITTO, free_port, needs_mosquitto, password_file
+
+    needs_mosquitto()
+    documented = station_block("", "# /etc/mosquitto/conf.d/edgetile.conf")
+    assert "listener 1883\n" in documented and "password_file /etc/mosquitto/passwd\n" in documented
+    port = free_port()
+    (tmp_path / "conf.d").mkdir()
+    accounts = password_file(tmp_path / "passwd", {"station": "s3cret", "alpha": "a1pha"})
+    (tmp_path / "conf.d" / "edgetile.conf").write_text(
+        documented.replace("listener 1883\n", f"listener {port}\n").replace(
+            "/etc/mosquitto/passwd", str(accounts)
+        )
+    )
+    (tmp_path / "mosquitto.conf").write_text(  # Debian's, with this test's folders
+        f"persistence true\npersistence_location {tmp_path}/\nlog_dest file {tmp_path}/mosquitto.log\n"
+        f"include_dir {tmp_path}/conf.d\n" + ("user root\n" if os.geteuid() == 0 else "")
+    )
+    proc = subprocess.Popen(
+        [MOSQUITTO, "-c", str(tmp_path / "mosquitto.conf")], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mosquitto refused the documented configuration: {proc.stderr.read()}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "mosquitto did not listen within 20 s"
+                time.sleep(0.05)
+        # it admits the accounts and only them
+        assert _mqtt_connect_answer(port, None, None) == "Not authorized"
+        assert _mqtt_connect_answer(port, "alpha", "wrong") == "Not authorized"
+        assert _mqtt_connect_answer(port, "station", "s3cret") == "Success"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def _mqtt_connect_answer(port: int, user: str | None, password: str | None) -> str:
+    """The broker's answer to one MQTT connection (paho's reason code as text)."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+
+    answered, answer = threading.Event(), []
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    if user is not None:
+        c.username_pw_set(user, password)
+
+    def on_connect(client, userdata, flags, reason_code, properties):
+        answer.append(str(reason_code))
+        answered.set()
+
+    c.on_connect = on_connect
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    try:
+        assert answered.wait(20), "the broker did not answer the connection within 20 s"
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    return answer[0]
 
 
 def test_readme_backend_row_names_every_engine_suffix():

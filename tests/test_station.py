@@ -149,6 +149,16 @@ def test_two_drones_one_person_one_find_with_crops_photos_decisions_splits_and_e
         assert sorted(p["drones"]) == ["alpha", "bravo"] and q["drones"] == ["alpha"]
         assert p["id"].startswith("f-") and all(s["id"].startswith("s-") for s in p["sightings"])
         assert p["source"] == "station" and p["status"] == "unreviewed" and p["lat"] is not None
+        # each sighting carries its own photo's size, as its drone has it (the page places its box with it)
+        on_drone = {
+            (name, it["id"]): (it["photo_width"], it["photo_height"])
+            for name, d in (("alpha", a), ("bravo", b))
+            for it in daemon_detections(d)
+        }
+        assert len(on_drone) == 3 and all(None not in size for size in on_drone.values())
+        for f in finds:
+            for s in f["sightings"]:
+                assert (s["photo_width"], s["photo_height"]) == on_drone[s["drone_id"], s["detection_id"]], s
         # the find's place lies between its sightings' places
         lats = sorted(s["lat"] for s in p["sightings"])
         assert lats[0] - 1e-6 <= p["lat"] <= lats[1] + 1e-6

@@ -1,10 +1,13 @@
 """Nothing lost, nothing twice: the station and a drone killed with -9 mid-stream, the broker stopped and restarted.
 
 Three real `edgetile serve` drones publish to a real Mosquitto broker (persistence on, as docs/station.md
-tells a search team to run it); a real `edgetile station` records what they publish. Every detection
-each drone lists in its own /api/review/detections arrives at the station exactly once, every crop
-eventually, the person that two drones photographed is one find, and a decision on it is published
-once on PREFIX/reviews, heard by a real subscriber.
+tells a search team to run it); a real `edgetile station` records what they publish, and a real
+Chromium has the station's page open from before the first kill to the end, never reloaded. Every
+detection each drone lists in its own /api/review/detections arrives at the station exactly once,
+every crop eventually, the person that two drones photographed is one find; the page, back through
+its reconnections alone, shows every find of the station with its crop, that person's find with both
+drones' chips; the operator's confirmation of it, typed on the page, is published once on
+PREFIX/reviews, heard by a real subscriber, also across another kill -9 of the station.
 """
 
 from __future__ import annotations
@@ -16,12 +19,16 @@ from collections import Counter
 
 import pytest
 from mqtt_broker import Broker, Subscriber, free_port
+from review_browser import Browser, browser_missing
 from serve_process import ServeProcess
 from station_process import StationProcess, survey_photo, wait_until
 
 from onnx_models import red_blob_model
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(browser_missing() is not None, reason=browser_missing() or ""),
+]
 
 FAST = ["--settle", "0", "--poll", "0.1", "--tile", "256"]
 TOKEN = "drone-secret"
@@ -107,16 +114,21 @@ def test_every_detection_arrives_once_through_kills_and_a_broker_restart(tmp_pat
         daemons[name] = d
     station = StationProcess(tmp_path, *station_args)
     team = Subscriber(broker.port, "search/reviews", client_id="team-map")
+    page = None
     try:
         station.start()
         station.wait_subscribed()  # from here the broker keeps the station's messages
         for d in daemons.values():
             d.start()
+        # the operator's page, open from here to the end: never reloaded, it must recover by itself
+        page = Browser(operator="ana").open(station.url)
+        page.wait("s.mode === 'station' && s.live", what="the station's page, live")
         for n in range(2):
             for name in DRONES:
                 photo(drops, name, n)
-        # kill -9 the station as the first detections come in
+        # kill -9 the station as the first detections come in (the page has shown one)
         wait_until(lambda: len(station_sightings(station)) >= 1, 60, "a first sighting")
+        page.wait("s.items.length >= 1", what="a first find on the page")
         station.kill()
         for n in range(2, 4):  # the drones go on meanwhile
             for name in DRONES:
@@ -170,34 +182,88 @@ def test_every_detection_arrives_once_through_kills_and_a_broker_restart(tmp_pat
         assert sorted(p["drones"]) == ["alpha", "bravo"] and len(p["sightings"]) == 2
         assert len(finds) == len(expected) - 1
 
-        # a decision on it goes out once, also across a kill -9 of the station and a repeated decision
-        status, _ = station.post(
-            "/api/review/decisions", {"id": p["id"], "status": "flagged", "operator": "ann"}
-        )
-        assert status == 200
+        # the page, through its own reconnections, holds every find of the station, with its crop
+        queue_order = page_holds(page, finds, p)
+
+        # the operator goes back up the queue to that person's find and confirms it, all by keyboard:
+        # one message on PREFIX/reviews
+        for _ in range(len(queue_order) - 1 - queue_order.index(p["id"])):
+            page.key("k")
+        page.wait(f"s.current === {p['id']!r}", what="the find of both drones selected")
+        page.key("c")
+        page.wait("s.pending.length === 0 && s.counts.confirmed === 1", what="the confirmation saved")
         heard = [json.loads(team.get(30).payload)]
+        assert (heard[0]["id"], heard[0]["status"], heard[0]["operator"]) == (p["id"], "confirmed", "ana")
+        assert sorted(heard[0]["drones"]) == ["alpha", "bravo"] and len(heard[0]["sightings"]) == 2
+        heard += listen(team, 4.0)
+        assert len(heard) == 1, heard
+        assert station.status()["outbox"]["waiting"] == 0
+
+        # the station killed -9 again and restarted; the same find confirmed again (named by a
+        # sighting) is not news: still one message, and the page hears the new decision
         station.kill()
         station = StationProcess(tmp_path, *station_args)
         station.start()
         status, again = station.post(
-            "/api/review/decisions", {"id": p["sightings"][0]["id"], "status": "flagged", "operator": "bob"}
+            "/api/review/decisions",
+            {"id": p["sightings"][0]["id"], "status": "confirmed", "operator": "bob"},
         )
-        assert status == 200 and again["operator"] == "bob"
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                heard.append(json.loads(team.get(0.5).payload))
-            except queue.Empty:
-                pass
-        # QoS 1 may repeat a message whose acknowledgement a kill cut off: the decision id says it is one
-        assert {(m["id"], m["decision_id"], m["operator"]) for m in heard} == {
-            (p["id"], heard[0]["decision_id"], "ann")
-        }
-        assert sorted(heard[0]["drones"]) == ["alpha", "bravo"]
+        assert status == 200 and (again["id"], again["operator"]) == (p["id"], "bob")
+        page.wait(
+            f"s.live && s.items.find((d) => d.id === {p['id']!r}).operator === 'bob'",
+            what="the second confirmation on the page, after its reconnection",
+        )
+        heard += listen(team, 4.0)
+        assert len(heard) == 1, heard
         assert station.status()["mqtt"]["bad_messages"] == 0
+        assert [e for e in page.state("s.errors") if e.startswith("HTTP")] == []
     finally:
+        if page is not None:
+            page.close()
         station.kill()
         for d in daemons.values():
             d.kill()
         team.close()
         broker.stop()
+
+
+def page_holds(page: Browser, finds: list[dict], p: dict) -> list[str]:
+    """The page holds every find of the station and no other, each crop on screen as the operator goes
+    down the queue with the keyboard (none left waiting), and the person ``p`` once, with both drones'
+    chips. Returns the queue's find ids in order (the last one is selected)."""
+    from selenium.webdriver.common.by import By
+
+    page.wait(
+        f"s.live && s.items.length === {len(finds)} && s.items.every((d) => d.crop_ready)"
+        f" && s.counts && s.counts.total === {len(finds)}",
+        60,
+        f"the station's {len(finds)} finds on the page, every crop here",
+    )
+    rows = page.driver.execute_script(
+        "return [...document.querySelectorAll('#queue-list li')].map((li) => [li.dataset.id,"
+        " [...li.querySelectorAll('.chip')].map((c) => c.textContent)])"
+    )
+    assert sorted(fid for fid, _ in rows) == sorted(f["id"] for f in finds)
+    assert [(fid, sorted(chips)) for fid, chips in rows if len(chips) > 1] == [(p["id"], ["alpha", "bravo"])]
+    # each find's crop on screen, the operator going down the queue with the keyboard
+    page.driver.find_element(By.CSS_SELECTOR, f"#queue-list li[data-id='{rows[0][0]}']").click()
+    for k, (fid, _) in enumerate(rows):
+        if k:
+            page.key("j")
+        page.wait(
+            f"s.current === {fid!r} && s.shown === {fid!r} && s.placeholder === null",
+            what=f"the crop of {fid} on screen",
+        )
+    return [fid for fid, _ in rows]
+
+
+def listen(sub: Subscriber, seconds: float) -> list[dict]:
+    """Whatever else arrives in the next ``seconds``."""
+    out = []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            out.append(json.loads(sub.get(min(0.5, left)).payload))
+        except queue.Empty:
+            pass
+    return out

@@ -19,17 +19,16 @@ docs/img/station.png is this test's picture of the map:
 from __future__ import annotations
 
 import os
-import socket
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from geo_photos import dji_values, write_photo
-from mqtt_broker import Broker, Subscriber
+from mqtt_broker import Broker, Subscriber, free_port
 from review_browser import AGL, LAT0, LON0, PF, Browser, browser_missing, person_field
 from serve_process import ServeProcess
+from station_process import StationProcess
 
 from onnx_models import red_blob_model
 
@@ -38,7 +37,6 @@ pytestmark = [
     pytest.mark.skipif(browser_missing() is not None, reason=browser_missing() or ""),
 ]
 
-STATION = [sys.executable, "-m", "edgetile.runtime.cli", "station"]
 M_PER_DEG_LAT = 111_320.0
 M_PER_DEG_LON = M_PER_DEG_LAT * np.cos(np.radians(LAT0))
 GSD_M = AGL / PF  # 0.1 m per pixel: the nadir photos of review_browser
@@ -58,12 +56,6 @@ def model(tmp_path_factory):
     return red_blob_model(tmp_path_factory.mktemp("models") / "red.onnx")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def posed_photo(path: Path, blobs, seed: int, north_m: float = 0.0, east_m: float = 0.0) -> Path:
     xmp = dji_values(rel_alt=AGL, abs_alt=180.0, pitch=-90.0, yaw=0.0, focal_px=PF)
     lat = LAT0 + north_m / M_PER_DEG_LAT
@@ -79,14 +71,6 @@ def daemon(tmp_path: Path, model, drone: str, broker: Broker, *extra) -> tuple[S
     args += ["--settle", "0", "--poll", "0.1", "--geo", "--ground-alt", "130"]
     args += ["--mqtt", f"127.0.0.1:{broker.port}", "--drone-id", drone, *extra]
     return ServeProcess(tmp_path, *args).start(), drop
-
-
-class StationProcess(ServeProcess):
-    """`edgetile station` as a real process (ServeProcess's start, requests and waits)."""
-
-    def __init__(self, workdir: Path, *args) -> None:
-        super().__init__(workdir, *args)
-        self.command = STATION
 
 
 def finds(station: StationProcess) -> list[dict]:
@@ -241,6 +225,14 @@ def test_two_drones_one_find_on_the_station_page(tmp_path, model):
         assert placed["D1"]["lat"] > placed["D2"]["lat"] > LAT0
         legend = b.driver.find_element(By.CSS_SELECTOR, ".legend").text
         assert "D1 online" in legend and "D2 online" in legend, legend
+        # the legend's words match the picture: each drone's marker is a square turned 45 degrees
+        assert "a diamond is where a drone was last" in " ".join(legend.split()), legend
+        turns = b.driver.execute_script(
+            "return [...document.querySelectorAll('.drone-marker span')].map((e) => {"
+            " const m = new DOMMatrix(getComputedStyle(e).transform);"
+            " return Math.round(Math.atan2(m.b, m.a) * 180 / Math.PI) })"
+        )
+        assert turns == [45, 45], turns
         # the picture for docs/review.md
         time.sleep(1.5)  # the photos' images are placed when each has decoded: a picture, not a check
         save_shot(b, tmp_path, "station.png")

@@ -588,14 +588,14 @@
   // ---- live: server-sent events read with fetch(), so the token travels in a header ----------------
 
   async function listen() {
-    let connected = false;
     for (;;) {
       try {
         const r = await api("/api/review/events", { headers: { Accept: "text/event-stream" } });
         S.live = true;
         $("#live").dataset.live = "true";
-        if (connected) resync().catch(fail); // events missed while away
-        connected = true;
+        // What changed before this stream began (while away, or between the first page and now)
+        // reaches the page through a resync; what changes from here on, through the stream.
+        resync().catch(fail);
         const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
         let buf = "";
         for (;;) {
@@ -671,17 +671,23 @@
     if (!S.current) select(obj.id);
   }
 
-  // After a reconnect: the statuses of what the page holds, as the daemon has them now.
+  // After (re)connecting the live stream: the statuses of what the page holds, as the daemon has them
+  // now, and what arrived before the stream began (while the page was away): the items the daemon
+  // lists among those the page holds, or after them when the page holds the whole list.
   async function resync() {
     refreshCounts();
     if (station()) loadDrones().catch(fail);
+    const held = new Set(S.items.map((d) => d.id));
+    let left = held.size; // held items not met yet in the daemon's order
     let after = null;
-    let seen = 0;
-    while (seen < S.items.length) {
+    for (;;) {
       const page = await getJSON(`/api/review/detections?${query(S.filters, { limit: 1000, after })}`);
-      for (const d of page.items) if (byId.has(d.id)) apply(d);
-      seen += page.items.length;
-      if (page.next === null) break;
+      for (const d of page.items) {
+        if (held.has(d.id)) left -= 1;
+        if (byId.has(d.id)) apply(d);
+        else if (left > 0 || S.next === null) arrived(d);
+      }
+      if (page.next === null || (left <= 0 && S.next !== null)) break;
       after = page.next;
     }
   }
@@ -1502,7 +1508,7 @@
         const key = document.createElement("p");
         key.textContent =
           "Rings are finds, in their status's colour; dots are their sightings and outlines the photos, " +
-          "in each drone's colour; a square is where a drone was last.";
+          "in each drone's colour; a diamond is where a drone was last.";
         div.insertBefore(key, droneLegend.nextSibling);
       }
       L.DomEvent.disableClickPropagation(div);
