@@ -88,7 +88,7 @@ def test_passwords_come_from_files_and_bad_ones_are_usage_errors(tmp_path, model
     ],
 )
 def test_drone_networks_check_addresses_and_every_address_of_a_name(host, addresses, allowed):
-    from edgetile.runtime.station.command import DEFAULT_DRONE_NETWORKS
+    from edgetile.runtime.station.config import DEFAULT_DRONE_NETWORKS
     from edgetile.runtime.station.fetch import DroneNetworks, FetchRefused
 
     def resolve(name, port, type=0):  # what a resolver answers for the names of this table

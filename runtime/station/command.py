@@ -12,18 +12,7 @@ import sys
 from ..argtypes import add_max_pixels_option, finite_number, int_at_least, number_in
 from ..options import EXIT_USAGE
 from ..options.files import ConfigError
-
-DEFAULT_DRONE_NETWORKS = (
-    "127.0.0.0/8",
-    "10.0.0.0/8",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "169.254.0.0/16",
-    "100.64.0.0/10",
-    "::1/128",
-    "fc00::/7",
-    "fe80::/10",
-)
+from .config import DEFAULT_DRONE_NETWORKS
 
 
 def drone_network(text: str):

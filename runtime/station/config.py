@@ -11,7 +11,20 @@ from ..images import MAX_PIXELS
 from ..links.mqtt import parse_host_port, read_password_file
 from ..options.files import ConfigError
 from ..serve.config import is_loopback
-from .command import DEFAULT_DRONE_NETWORKS
+
+# Where the drones' APIs may be (--drone-networks): loopback and the private, link-local and
+# carrier-grade NAT ranges of a field network.
+DEFAULT_DRONE_NETWORKS = (
+    "127.0.0.0/8",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "169.254.0.0/16",
+    "100.64.0.0/10",
+    "::1/128",
+    "fc00::/7",
+    "fe80::/10",
+)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
