@@ -71,7 +71,9 @@ class Embedder:
             engine's largest batch is smaller than its detections.
     """
 
-    def __init__(self, model: str | Path | Backend, backend: str = "auto", crop: CropConfig | None = None) -> None:
+    def __init__(
+        self, model: str | Path | Backend, backend: str = "auto", crop: CropConfig | None = None
+    ) -> None:
         if isinstance(model, Backend):
             be, path = model, f"<{type(model).__name__}>"
         else:
@@ -170,7 +172,9 @@ class Embedder:
             out[start : start + len(v)] = emb[: len(v)]
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         if not np.all(np.isfinite(norms)) or np.any(norms == 0):
-            raise ValueError(f"embedder {self.path}: expected finite, non-zero embeddings, found NaN or zeros")
+            raise ValueError(
+                f"embedder {self.path}: expected finite, non-zero embeddings, found NaN or zeros"
+            )
         return out / norms
 
     def embed(

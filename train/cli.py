@@ -623,7 +623,9 @@ def cmd_train_verifier(a: argparse.Namespace) -> int:
                 f"{option}: expected none here: train-verifier makes the classifier and chooses its threshold"
             )
     if a.embed is not None:
-        raise UsageError("--embed: expected none here: train-verifier mines crops by boxes, not by appearance")
+        raise UsageError(
+            "--embed: expected none here: train-verifier mines crops by boxes, not by appearance"
+        )
     train_photos, val_photos, problems = _verifier_photos(a)
     try:
         opt = VerifierOptions(
@@ -744,8 +746,16 @@ def register_train_embedder(subparsers: argparse._SubParsersAction) -> argparse.
         "--loss",
         choices=["triplet", "arcface"],
         default="triplet",
-        help="triplet: margin loss on the hardest pairs of each batch (BatchHardMiner); arcface: additive "
+        help="triplet: margin loss on the triplets --miner picks in each batch; arcface: additive "
         "angular margin over the training people (default: triplet)",
+    )
+    g.add_argument(
+        "--miner",
+        choices=["semihard", "batch_hard", "all"],
+        default="semihard",
+        help="which triplets of a batch the triplet loss learns from: semihard (negatives farther than the "
+        "positive but within the margin), batch_hard (each anchor's hardest positive and negative; can "
+        "collapse from random initialisation), all (every triplet within the margin) (default: semihard)",
     )
     g.add_argument(
         "--margin",
@@ -767,7 +777,10 @@ def register_train_embedder(subparsers: argparse._SubParsersAction) -> argparse.
         help="crops of one person in a batch (default: 4)",
     )
     g.add_argument(
-        "--lr", type=finite_number("--lr", 0.0, inclusive=False), default=1e-3, help="Adam learning rate (default: 0.001)"
+        "--lr",
+        type=finite_number("--lr", 0.0, inclusive=False),
+        default=1e-3,
+        help="Adam learning rate (default: 0.001)",
     )
     g.add_argument(
         "--max-minutes",
@@ -782,6 +795,12 @@ def register_train_embedder(subparsers: argparse._SubParsersAction) -> argparse.
         help="largest acceptable checkpoint and ONNX of the embedder in MB (default: 10)",
     )
     g.add_argument("--device", default="cpu", help="cpu, or a CUDA device such as cuda:0 (default: cpu)")
+    g.add_argument(
+        "--workers",
+        type=int_at_least("--workers", 1),
+        default=1,
+        help="processes rendering crops (default: 1)",
+    )
     g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument(
         "--out", default="runs/embedder", metavar="DIR", help="output folder (default: runs/embedder)"
@@ -799,13 +818,16 @@ def cmd_train_embedder(a: argparse.Namespace) -> int:
 
     for given, option in ((a.crops, "--crops"), (a.val_crops, "--val-crops")):
         if given is not None and not Path(given).is_dir():
-            raise UsageError(f"{option}: expected a folder of person folders (ID/*.png), found no folder {given}")
+            raise UsageError(
+                f"{option}: expected a folder of person folders (ID/*.png), found no folder {given}"
+            )
     try:
         opt = EmbedderOptions(
             backbone=a.backbone,
             imgsz=a.imgsz,
             crop=CropConfig(a.context, a.min_side),
             loss=a.loss,
+            miner=a.miner,
             margin=a.margin,
             epochs=a.epochs,
             per_identity=a.per_person,
@@ -825,6 +847,7 @@ def cmd_train_embedder(a: argparse.Namespace) -> int:
             sightings=a.sightings,
             progress=_progress(a),
             log=(lambda line: None) if a.quiet else (lambda line: print(line, file=sys.stderr)),
+            workers=a.workers,
         )
     except BudgetError as exc:
         raise UsageError(f"refused: {exc}") from exc
@@ -1076,6 +1099,15 @@ def register_eval(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
     return p
 
 
+def _eval_records(a: argparse.Namespace, result, out: Path) -> dict[str, Path]:
+    """With --embed, detections.json: the embeddings have no column in the Lacmus CSV, detect's records do."""
+    if a.embed is None:
+        return {}
+    from .evaluation import write_detections_json
+
+    return {"records": write_detections_json(result, out / "detections.json")}
+
+
 def cmd_eval(a: argparse.Namespace) -> int:
     import json
     import shlex
@@ -1105,13 +1137,14 @@ def cmd_eval(a: argparse.Namespace) -> int:
     files = write_eval(
         result, out, title=f"{Path(a.model[0]).name if a.model else 'demo model'} on {ds.root.name}"
     )
+    files.update(_eval_records(a, result, out))
     if not a.quiet:
         for line in result.problems[:20]:
             print(f"problem: {line}", file=sys.stderr)
         for line in result.notes:
             print(f"note: {line}", file=sys.stderr)
         print(result.summary(), file=sys.stderr)
-        print(f"results: {files['metrics']}  {files['pr_curve']}  {files['detections']}", file=sys.stderr)
+        print(f"results: {'  '.join(str(f) for f in files.values())}", file=sys.stderr)
     if a.errors:
         from .errors import dataset_splits, write_error_report
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,6 +43,9 @@ from .budget import MB, BudgetError, SizeEstimate, file_sizes_mb
 
 BACKBONES = ("mobilenet_v3_small", "mobilenet_v3_large", "resnet18")
 LOSSES = ("triplet", "arcface")
+#: Triplet miners: the hardest positive and negative of each anchor in the batch, or every triplet
+#: whose negative lies within the margin (semihard: farther than the positive; all: any).
+MINERS = ("batch_hard", "semihard", "all")
 DEFAULT_EMBEDDER_BUDGET_MB = 10.0
 #: Renderers and their shares: the articulated and the soft ones are the closest to photos.
 _RENDERERS = (("limbs", 0.45), ("blobs", 0.35), ("classic", 0.2))
@@ -59,7 +62,8 @@ class EmbedderOptions:
         backbone: torchvision backbone, from random initialisation.
         imgsz: Crop side in model pixels (the model's fixed input).
         crop: Context around each box (kept in the ONNX, so the runtime cuts the same crops).
-        loss: "triplet" (margin loss, batch-hard miner) or "arcface" (additive angular margin).
+        loss: "triplet" (margin loss over mined triplets) or "arcface" (additive angular margin).
+        miner: The triplet miner: "batch_hard", "semihard" or "all" (:data:`MINERS`).
         margin: Triplet margin (distance of unit vectors; default 0.2), or ArcFace's angular margin in
             degrees (default 28.6, pytorch-metric-learning's).
         epochs: Training epochs.
@@ -77,6 +81,7 @@ class EmbedderOptions:
     imgsz: int = 64
     crop: CropConfig = DEFAULT_CROP
     loss: str = "triplet"
+    miner: str = "semihard"
     margin: float | None = None
     epochs: int = 30
     per_identity: int = 4
@@ -91,9 +96,16 @@ class EmbedderOptions:
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone: expected one of {', '.join(BACKBONES)}, found {self.backbone!r}")
+        if self.miner not in MINERS:
+            raise ValueError(f"miner: expected one of {', '.join(MINERS)}, found {self.miner!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss: expected one of {', '.join(LOSSES)}, found {self.loss!r}")
-        if isinstance(self.imgsz, bool) or not isinstance(self.imgsz, int) or self.imgsz < 32 or self.imgsz % 32:
+        if (
+            isinstance(self.imgsz, bool)
+            or not isinstance(self.imgsz, int)
+            or self.imgsz < 32
+            or self.imgsz % 32
+        ):
             raise ValueError(f"imgsz: expected a multiple of 32 of at least 32, found {self.imgsz!r}")
         if self.per_identity < 2:
             raise ValueError(f"per_identity: expected at least 2 (a pair), found {self.per_identity!r}")
@@ -174,10 +186,14 @@ def render_sighting(
     light_angle = rng.uniform(0, 2 * math.pi)
     light = (math.cos(light_angle), math.sin(light_angle))
     p = synth._shade(p, m, light, rng.uniform(0.1, 0.6))
-    p = p * rng.uniform(0.6, 1.35) * rng.uniform(0.88, 1.12, 3).astype(np.float32)  # sun, cloud, white balance
+    p = (
+        p * rng.uniform(0.6, 1.35) * rng.uniform(0.88, 1.12, 3).astype(np.float32)
+    )  # sun, cloud, white balance
     h, w = m.shape
     H, W = int(h * rng.uniform(2.0, 3.0)), int(w * rng.uniform(2.0, 3.0))
-    season = ("summer", "spring", "autumn", "winter", "snow")[int(rng.choice(5, p=[0.35, 0.2, 0.2, 0.15, 0.1]))]
+    season = ("summer", "spring", "autumn", "winter", "snow")[
+        int(rng.choice(5, p=[0.35, 0.2, 0.2, 0.15, 0.1]))
+    ]
     img = synth._terrain(rng, H, W, season)
     x, y = int(rng.integers(0, max(W - w, 1))), int(rng.integers(0, max(H - h, 1)))
     if rng.random() < 0.6:  # a shadow thrown away from the light
@@ -222,6 +238,19 @@ def cut_crops(image: np.ndarray, xyxy: np.ndarray, crop: CropConfig, imgsz: int)
     return np.ascontiguousarray(rgb[..., ::-1])
 
 
+def _render_person(job: tuple[Path, Identity, int, int, CropConfig, int]) -> None:
+    root, person, sightings, seed, crop, imgsz = job
+    drawn = person.draw()
+    rng = np.random.default_rng([seed, person.seed])
+    folder = root / person.name
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(sightings):
+        image, box = render_sighting(drawn, rng)
+        path = folder / f"{k:02d}.png"
+        if not cv2.imwrite(str(path), cut_crops(image, box[None], crop, imgsz)[0]):
+            raise OSError(f"could not write {path}")
+
+
 def render_identities(
     out: str | Path,
     count: int,
@@ -230,30 +259,36 @@ def render_identities(
     crop: CropConfig = DEFAULT_CROP,
     imgsz: int = 64,
     progress: bool = False,
+    workers: int = 1,
 ) -> Path:
     """Write ``out/ID/NN.png``: sightings crops of each of count synthetic people.
+
+    Every person is a pure function of (seed, person), so the crops are the same for any workers.
 
     Returns:
         out.
     """
     root = Path(out)
-    people = identities(count, seed)
-    it: Sequence[Identity] = people
+    jobs = [(root, p, sightings, seed, crop, imgsz) for p in identities(count, seed)]
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(people, desc=f"people {root.name}", unit="person")
-    for person in it:
-        drawn = person.draw()
-        rng = np.random.default_rng([seed, person.seed])
-        folder = root / person.name
-        folder.mkdir(parents=True, exist_ok=True)
-        for k in range(sightings):
-            image, box = render_sighting(drawn, rng)
-            crop_bgr = cut_crops(image, box[None], crop, imgsz)[0]
-            path = folder / f"{k:02d}.png"
-            if not cv2.imwrite(str(path), crop_bgr):
-                raise OSError(f"could not write {path}")
+        bar = tqdm(total=len(jobs), desc=f"people {root.name}", unit="person")
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as pool:
+            for _ in pool.map(_render_person, jobs, chunksize=8):
+                if bar is not None:
+                    bar.update(1)
+    else:
+        for job in jobs:
+            _render_person(job)
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
     return root
 
 
@@ -380,6 +415,12 @@ def _torch_parts():  # torch is imported when training, never when the train pac
                 self.features = net.features
                 self.channels = net.classifier[0].in_features
             self.pool = GeM()
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    # torchvision's MobileNetV3 keeps 1% of each batch in its running statistics, tuned
+                    # for ImageNet's long runs: in a short run they would stay near their start, and the
+                    # exported (evaluation-mode) network would see other features than training did.
+                    m.momentum = 0.1
 
         def forward(self, x):
             return self.pool(self.features(x))
@@ -442,7 +483,9 @@ def check_embedder_budget(backbone: str, budget_mb: float) -> SizeEstimate:
         return own
     sizes = {b: estimate_size(b).largest_mb(onnx=True) for b in BACKBONES}
     fits = [b for b, mb in sorted(sizes.items(), key=lambda kv: kv[1]) if mb <= budget_mb]
-    advice = f"backbones that fit: {', '.join(fits)}" if fits else "no backbone fits; raise --budget-mb knowingly"
+    advice = (
+        f"backbones that fit: {', '.join(fits)}" if fits else "no backbone fits; raise --budget-mb knowingly"
+    )
     raise BudgetError(
         f"--backbone {backbone}: its checkpoint and ONNX would be {own.largest_mb(onnx=True):.1f} MB "
         f"({own.params / 1e6:.1f} M parameters), over the weight budget of {budget_mb:g} MB; {advice} "
@@ -465,7 +508,9 @@ class LookAlikeSampler:
         colours: (people, 6) clothing colours (:func:`clothing_colours`).
         batch: Crops per batch.
         per_identity: Crops per person in a batch (drawn again when a person has fewer).
-        group: People per look-alike group.
+        group: People per look-alike group. Pairs by default: a batch of only one colour would make
+            its BatchNorm statistics unlike any photo's, and the exported network, which normalises by
+            the running statistics, would see features training never saw.
         seed: Sampling seed (advanced every epoch).
     """
 
@@ -475,7 +520,7 @@ class LookAlikeSampler:
         colours: np.ndarray,
         batch: int,
         per_identity: int,
-        group: int = 4,
+        group: int = 2,
         seed: int = 0,
     ) -> None:
         self.labels = np.asarray(labels)
@@ -539,7 +584,6 @@ def _dataset(crops: IdentityCrops, augment: bool, seed: int):
             return x, self.y[i]
 
     return Crops()
-
 
 
 def embed_crops(net, crops: IdentityCrops, device: str = "cpu", batch: int = 256) -> np.ndarray:
@@ -711,7 +755,9 @@ def store_embedder_metadata(onnx_path: Path, threshold: float | None, crop: Crop
     tmp.replace(onnx_path)
 
 
-def check_against_torch(want: np.ndarray, onnx_path: Path, crops: IdentityCrops, tolerance: float = 1e-3) -> float:
+def check_against_torch(
+    want: np.ndarray, onnx_path: Path, crops: IdentityCrops, tolerance: float = 1e-3
+) -> float:
     """Largest difference between the torch model's embeddings (want) and the ONNX's, on the same crops.
 
     Raises:
@@ -781,6 +827,7 @@ def train_embedder(
     sightings: int = 8,
     progress: bool = False,
     log: Callable[[str], None] = lambda line: None,
+    workers: int = 1,
 ) -> EmbedderResult:
     """Make (or read) identity crops, train the embedding, export it, choose its threshold, report.
 
@@ -794,6 +841,7 @@ def train_embedder(
         sightings: Crops rendered per person.
         progress: Progress bars on stderr.
         log: Where one line per epoch goes.
+        workers: Processes rendering the crops.
 
     Raises:
         BudgetError: Before training, when the backbone cannot fit the budget.
@@ -802,13 +850,16 @@ def train_embedder(
     opt = options or EmbedderOptions()
     out = Path(out).resolve()
     estimate = check_embedder_budget(opt.backbone, opt.budget_mb)
+    out.mkdir(parents=True, exist_ok=True)
     sources = {}
     for split, given, count, seed in (
         ("train", train_crops, people[0], opt.seed * 2 + 1),
         ("val", val_crops, people[1], opt.seed * 2 + 2),  # another seed: people never seen in training
     ):
         if given is None:
-            given = render_identities(out / "crops" / split, count, sightings, seed, opt.crop, opt.imgsz, progress)
+            given = render_identities(
+                out / "crops" / split, count, sightings, seed, opt.crop, opt.imgsz, progress, workers
+            )
         sources[split] = Path(given)
     train = load_identity_crops(sources["train"], opt.imgsz)
     val = load_identity_crops(sources["val"], opt.imgsz)
@@ -825,8 +876,14 @@ def train_embedder(
         "embedder_optimizer": torch.optim.Adam(head.parameters(), lr=opt.lr, weight_decay=opt.weight_decay),
     }
     if opt.loss == "triplet":
-        loss = losses.TripletMarginLoss(margin=opt.margin if opt.margin is not None else 0.2)
-        mining = {"tuple_miner": miners.BatchHardMiner()}
+        margin = opt.margin if opt.margin is not None else 0.2
+        loss = losses.TripletMarginLoss(margin=margin)
+        miner = (
+            miners.BatchHardMiner()
+            if opt.miner == "batch_hard"
+            else miners.TripletMarginMiner(margin=margin, type_of_triplets=opt.miner)
+        )
+        mining = {"tuple_miner": miner}
     else:
         loss = losses.ArcFaceLoss(
             len(train.names), DIM, **({"margin": opt.margin} if opt.margin is not None else {})
@@ -914,7 +971,7 @@ def train_embedder(
         "train_seconds": train_seconds,
         "trainer": "pytorch-metric-learning MetricLossOnly",
         "loss": opt.loss,
-        "miner": "BatchHardMiner" if opt.loss == "triplet" else None,
+        "miner": opt.miner if opt.loss == "triplet" else None,
         "options": asdict(opt),
         "sizes_mb": sizes,
         "predicted_mb": {"checkpoint": estimate.checkpoint_mb, "onnx": estimate.onnx_mb},
