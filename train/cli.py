@@ -816,6 +816,10 @@ def cmd_train_embedder(a: argparse.Namespace) -> int:
     from .budget import BudgetError
     from .embedder import EmbedderOptions, train_embedder
 
+    if not _progress(a):
+        # pytorch-metric-learning's trainer draws a progress bar per epoch with no way to turn it off
+        # but tqdm's own switch, read from the environment (this process runs this one command).
+        os.environ.setdefault("TQDM_DISABLE", "1")
     for given, option in ((a.crops, "--crops"), (a.val_crops, "--val-crops")):
         if given is not None and not Path(given).is_dir():
             raise UsageError(
