@@ -11,9 +11,10 @@
    shadow, a tree crown over part of the body, blur, noise, JPEG, a detector's loose box;
 2. a small torchvision backbone (MobileNetV3-small from random initialisation, no downloaded
    weights) with GeM pooling, a linear layer to 128 values and L2 normalisation is trained by
-   pytorch-metric-learning's ``MetricLossOnly`` trainer: triplet margin loss with a batch-hard miner
-   (or ArcFace); each batch holds groups of people with similar clothing (:class:`LookAlikeSampler`),
-   so the miner's hardest negatives are the people an operator would confuse too;
+   pytorch-metric-learning's ``MetricLossOnly`` trainer (it fits as it is: a trunk, an embedder, one
+   loss and a miner; no hand-written loop): triplet margin loss over the semihard triplets of each
+   batch (or batch-hard, or ArcFace); each batch holds pairs of people in similar clothing
+   (:class:`LookAlikeSampler`), so the miner's negatives include the people an operator would confuse;
 3. on held-out people (never seen in training), all same-person pairs and as many different-person
    pairs, half of them look-alikes, give the verification accuracy at the best threshold and the ROC
    AUC; the threshold, the crop geometry and the vector length are written into the ONNX metadata
