@@ -148,6 +148,17 @@ def add_geo_options(p: argparse.ArgumentParser, with_format: bool = True) -> Non
         metavar="M",
         help="sightings in different photos closer than this on the ground join one track (default: 5)",
     )
+    g.add_argument(
+        "--appearance-min",
+        type=number_in("--appearance-min", -1.0, 1.0),
+        default=None,
+        metavar="COS",
+        help="when detections carry an appearance embedding (an embedding model ran), a sighting joins a "
+        "track only if the cosine similarity of its embedding with the track's appearance is at least "
+        "this, besides --track-radius, so two people standing close together stay two tracks; "
+        "sightings without an embedding are placed by position alone (default: the embedding model's "
+        "own threshold when one is given, else position alone)",
+    )
 
 
 def add_serve_geo_options(p: argparse.ArgumentParser) -> None:
@@ -225,12 +236,16 @@ def add_serve_geo_options(p: argparse.ArgumentParser) -> None:
     add_geo_options(p, with_format=False)
 
 
-def geo_config_from_args(a: argparse.Namespace, formats: tuple[str, ...] = ()) -> GeoConfig:
+def geo_config_from_args(
+    a: argparse.Namespace, formats: tuple[str, ...] = (), model_threshold: float | None = None
+) -> GeoConfig:
     """The GeoConfig the georeferencing options describe.
 
     Args:
         a: Parsed options of :func:`add_geo_options`.
         formats: The geographic files to write (detect's --format; the daemon writes none).
+        model_threshold: The embedding model's own similarity threshold when one runs: the tracks'
+            appearance_min unless --appearance-min says otherwise.
     """
     overrides = PoseOverrides(
         height_above_ground=a.height_above_ground,
@@ -244,8 +259,18 @@ def geo_config_from_args(a: argparse.Namespace, formats: tuple[str, ...] = ()) -
     )
     errors = ErrorModel(alt_sigma_m=a.alt_sigma, angle_sigma_deg=a.angle_sigma, gps_sigma_m=a.gps_sigma)
     return GeoConfig(
-        formats=tuple(formats), overrides=overrides, errors=errors, track_radius_m=a.track_radius
+        formats=tuple(formats),
+        overrides=overrides,
+        errors=errors,
+        track_radius_m=a.track_radius,
+        appearance_min=appearance_min_for(getattr(a, "appearance_min", None), model_threshold),
     )
+
+
+def appearance_min_for(given: float | None, model_threshold: float | None) -> float | None:
+    """The tracks' least appearance similarity: --appearance-min when given, else the embedding model's
+    own threshold (the one it was validated at), else None (position alone)."""
+    return given if given is not None else model_threshold
 
 
 def open_geo_writer(
