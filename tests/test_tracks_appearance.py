@@ -172,3 +172,33 @@ def test_the_option_reaches_the_config():
         )
         with pytest.raises(argparse.ArgumentError, match="--appearance-min"):
             p.parse_args(["--appearance-min", "2"])
+
+
+def test_detect_tracks_a_synthetic_flight_with_the_threshold(tmp_path):
+    """edgetile detect on a written flight: every photo georeferenced from its XMP, tracks written, and
+    --appearance-min accepted (the demo model gives no embeddings: position decides, as documented)."""
+    import json
+    import subprocess
+    import sys
+    from dataclasses import replace
+
+    pytest.importorskip("pymap3d", reason="georeferencing needs the geo extra (pymap3d)")
+    from edgetile.train.synth import FLIGHT_SCENE, FlightConfig, write_flights
+
+    config = FlightConfig(
+        photos=3, altitude_m=25.0, focal_px=600.0, scene=replace(FLIGHT_SCENE, width=800, height=600)
+    )
+    src = write_flights(tmp_path / "flight", 1, seed=11, config=config)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "edgetile.runtime.cli", "detect", str(src / "JPEGImages"), "--out", str(out)]
+    cmd += ["--format", "geojson", "--appearance-min", "0.6", "--conf", "0.05", "--quiet"]
+    subprocess.run(cmd, check=True)
+    records = json.loads((out / "detections.json").read_text())
+    photos = records["photos"] if isinstance(records, dict) else records
+    assert len(photos) == 3 and all("camera" in p for p in photos)
+    tracks = json.loads((out / "tracks.geojson").read_text())
+    assert tracks["type"] == "FeatureCollection"
+    # the threshold is part of the run's settings (--resume); without it they are what they were before
+    assert json.loads((out / "run.json").read_text())["settings"]["geo"]["appearance_min"] == 0.6
+    subprocess.run(cmd[:7] + ["--format", "geojson", "--conf", "0.05", "--quiet"], check=True)
+    assert "appearance_min" not in json.loads((out / "run.json").read_text())["settings"]["geo"]

@@ -273,6 +273,13 @@ def appearance_min_for(given: float | None, model_threshold: float | None) -> fl
     return given if given is not None else model_threshold
 
 
+def embedder_threshold(detector: object) -> float | None:
+    """The same-person threshold stored in a detector's appearance embedding model (``detector.embedder``,
+    from --embed), or None when it runs none or the model stores none."""
+    threshold = getattr(getattr(detector, "embedder", None), "threshold", None)
+    return None if threshold is None else float(threshold)
+
+
 def open_geo_writer(
     config: GeoConfig, out_dir: str | Path, names: Mapping[int, str] | None = None
 ) -> GeoWriter | None:
@@ -327,8 +334,13 @@ class ServeGeoConfig:
         return self.georeference or self.mqtt_host is not None or self.mavlink_out is not None
 
 
-def serve_geo_config_from_args(a: argparse.Namespace) -> ServeGeoConfig:
+def serve_geo_config_from_args(a: argparse.Namespace, model_threshold: float | None = None) -> ServeGeoConfig:
     """The ServeGeoConfig the daemon's options describe (after the config file is merged).
+
+    Args:
+        a: The daemon's parsed options.
+        model_threshold: The embedding model's own threshold when the detector runs one: the tracks'
+            appearance_min unless --appearance-min says otherwise.
 
     Raises:
         ValueError: Options that do not fit together (named), or a bad --mqtt address.
@@ -353,7 +365,7 @@ def serve_geo_config_from_args(a: argparse.Namespace) -> ServeGeoConfig:
             )
     host, port = parse_host_port(a.mqtt) if a.mqtt else (None, 1883)
     return ServeGeoConfig(
-        geo=geo_config_from_args(a),
+        geo=geo_config_from_args(a, model_threshold=model_threshold),
         georeference=bool(a.geo),
         mqtt_host=host,
         mqtt_port=port,
