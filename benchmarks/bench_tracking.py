@@ -15,17 +15,20 @@ Definitions (each detection counts once; a detection matched to no person is lab
   averaged over the people's detections. 1: nobody is split over several tracks.
 - mixed tracks: tracks holding detections of two or more people.
 
-Appearance (``--embeddings``):
+Tracking, one row each per detector:
 
-- ``none``: position only.
-- ``truth``: NOT A MODEL. An UPPER BOUND from the ground truth: every person has a random unit vector,
+- position only.
+- position + appearance UPPER BOUND: NOT A MODEL. An UPPER BOUND from the ground truth: every person has a random unit vector,
   group members vectors near their group's (cosine about ``--group-cos``), each sighting that vector
   plus noise (same-person cosine about ``--same-cos``); detections of no person a random vector each.
   It says what appearance could give with an embedding of that quality, never what a model gives.
-- ``model``: not available yet (needs the embedding model of branch embed18).
+- position + appearance MODEL (``--embedder MODEL``): the appearance embedding model from ``edgetile train-embedder``
+  (``edgetile.runtime.embedder``) on every detection's crop of the photo as written (JPEG), tracked
+  with its stored threshold (or ``--model-appearance-min``): the model's own figure.
 
     python benchmarks/bench_tracking.py --flights 12 --detector gt
-    python benchmarks/bench_tracking.py --flights 12 --detector demo --json tracking.json
+    python benchmarks/bench_tracking.py --flights 12 --detector gt demo --json tracking.json
+    python benchmarks/bench_tracking.py --flights 12 --detector gt demo --embedder embedder.onnx
 
 Prints one table row per (detector, embeddings) setting and one JSON line (``--json`` writes it too).
 """
@@ -41,11 +44,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from edgetile.runtime.embedding import DIM, encode_embedding
 from edgetile.runtime.geo import ErrorModel, TrackBuilder, locate_boxes
-from edgetile.train.synth import FlightConfig, render_flight
+from edgetile.train.synth import FlightConfig, flight_jpeg, render_flight
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "runtime" / "data" / "demo.onnx"
 DISTRACTOR = "distractor"
@@ -74,7 +78,8 @@ def match_labels(found: np.ndarray, truth: np.ndarray, labels: list[str], min_io
         if iou[i, j] < min_iou:
             break
         if out[i] == DISTRACTOR and j not in used:
-            out[i], _ = labels[j], used.add(int(j))
+            out[i] = labels[j]
+            used.add(int(j))
     return out
 
 
@@ -129,7 +134,7 @@ def scores(tracks_labels: list[list[str]]) -> dict:
 
 
 def detections_of(
-    flights, detector: str, model: str, conf: float
+    flights, images, detector: str, model: str, conf: float
 ) -> list[list[tuple[np.ndarray, list[str]]]]:
     """Per flight, per photo: (boxes (N, 4), the person label of each box)."""
     out = []
@@ -139,14 +144,14 @@ def detections_of(
 
         det = Detector(model, config=DetectConfig(tile=1024, conf=conf))
     try:
-        for f in flights:
+        for f, written in zip(flights, images):
             per_photo = []
-            for ph in f.photos:
+            for ph, image in zip(f.photos, written):
                 labels = [f.identity_name(int(i)) for i in ph.identities]
                 if det is None:
                     per_photo.append((ph.boxes.astype(np.float64), labels))
                 else:
-                    found = det.detect(ph.image).xyxy.astype(np.float64)
+                    found = det.detect(image).xyxy.astype(np.float64)
                     per_photo.append((found, match_labels(found, ph.boxes.astype(np.float64), labels)))
             out.append(per_photo)
     finally:
@@ -155,20 +160,45 @@ def detections_of(
     return out
 
 
-def run(flights, found, radius_m: float, appearance_min: float | None, embed) -> dict:
-    """Track every flight on its own; the scores over all flights' detections."""
+def model_embeddings(path: str, images, found) -> tuple[list, float | None, float]:
+    """Per flight, per photo, per detection the model's embedding text; its stored threshold; ms per photo."""
+    try:
+        from edgetile.runtime.embedder import Embedder
+    except ImportError as exc:
+        raise SystemExit(
+            f"--embedder: expected edgetile.runtime.embedder (the embedding model's runtime), found none: {exc}"
+        ) from None
+    out = []
+    spent, photos = 0.0, 0
+    with Embedder(path) as emb:
+        for written, per_photo in zip(images, found):
+            flight = []
+            for image, (boxes, _labels) in zip(written, per_photo):
+                t0 = time.perf_counter()
+                flight.append([encode_embedding(v) for v in emb.vectors(image, boxes)])
+                spent += time.perf_counter() - t0
+                photos += 1
+            out.append(flight)
+        return out, emb.threshold, 1000 * spent / max(photos, 1)
+
+
+def run(flights, found, radius_m: float, appearance_min: float | None, embeddings) -> dict:
+    """Track every flight on its own; the scores over all flights' detections.
+
+    embeddings: per flight, per photo, the embedding text of each detection; None: position only.
+    """
     tracks_labels: list[list[str]] = []
-    for f, per_photo in zip(flights, found):
+    for k, (f, per_photo) in enumerate(zip(flights, found)):
         builder = TrackBuilder(radius_m, appearance_min)
         labels_of: dict[int, list[str]] = {}
-        for ph, (boxes, labels) in zip(f.photos, per_photo):
+        for j, (ph, (boxes, labels)) in enumerate(zip(f.photos, per_photo)):
             records = []
-            for fix, label in zip(locate_boxes(ph.recorded, boxes, ErrorModel()), labels):
+            for n, fix in enumerate(locate_boxes(ph.recorded, boxes, ErrorModel())):
                 r = {"class_name": "person", "score": 1.0}
                 if fix is not None:
                     r.update(lat=fix.lat, lon=fix.lon, error_m=fix.error_m)
-                if embed is not None:
-                    r["embedding"] = embed[f.seed](label)
+                if embeddings is not None:
+                    r["embedding"] = embeddings[k][j][n]
                 records.append(r)
             for tid, label in zip(builder.add_photo(f.photo_stem(ph.index), records), labels):
                 if tid is not None:
@@ -203,6 +233,17 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="upper bound's threshold (default: midway between --same-cos and --group-cos)",
     )
+    p.add_argument(
+        "--embedder",
+        metavar="ONNX",
+        help="appearance embedding model (train-embedder): the model's own figure",
+    )
+    p.add_argument(
+        "--model-appearance-min",
+        type=float,
+        default=None,
+        help="its threshold (default: the one stored in it)",
+    )
     p.add_argument("--json", help="also write the result here")
     a = p.parse_args(argv)
     thr = a.appearance_min if a.appearance_min is not None else (a.same_cos + a.group_cos) / 2
@@ -211,22 +252,37 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     flights = [render_flight(s, config) for s in range(a.seed, a.seed + a.flights)]
     render_s = time.perf_counter() - t0
+    # what detect reads: each photo as written (JPEG with its XMP), decoded
+    images = [
+        [cv2.imdecode(np.frombuffer(flight_jpeg(ph), np.uint8), cv2.IMREAD_COLOR) for ph in f.photos]
+        for f in flights
+    ]
     rows = []
     for detector in a.detector:
         t0 = time.perf_counter()
-        found = detections_of(flights, detector, a.model, a.conf)
+        found = detections_of(flights, images, detector, a.model, a.conf)
         detect_s = time.perf_counter() - t0
-        truth = {f.seed: truth_embeddings(f, a.same_cos, a.group_cos, f.seed) for f in flights}
-        for name, appearance_min, embed in (
-            ("position only", None, None),
-            (f"position + appearance UPPER BOUND (truth + noise, thr {thr:.3f})", thr, truth),
-        ):
-            row = {
-                "detector": detector,
-                "tracking": name,
-                **run(flights, found, a.radius, appearance_min, embed),
-            }
+        truth = []
+        for f, per_photo in zip(flights, found):
+            sighting = truth_embeddings(f, a.same_cos, a.group_cos, f.seed)
+            truth.append([[sighting(label) for label in labels] for _boxes, labels in per_photo])
+        settings: list[tuple[str, float | None, list | None, float | None]] = [
+            ("position only", None, None, None),
+            (f"position + appearance UPPER BOUND (truth + noise, thr {thr:.3f})", thr, truth, None),
+        ]
+        if a.embedder:
+            embedded, stored, ms = model_embeddings(a.embedder, images, found)
+            model_thr = a.model_appearance_min if a.model_appearance_min is not None else stored
+            if model_thr is None:
+                raise SystemExit("--embedder: the model stores no threshold: expected --model-appearance-min")
+            name = f"position + appearance MODEL {Path(a.embedder).name} (thr {model_thr:.3f})"
+            settings.append((name, model_thr, embedded, ms))
+        for name, appearance_min, embeddings, ms in settings:
+            row = {"detector": detector, "tracking": name}
+            row.update(run(flights, found, a.radius, appearance_min, embeddings))
             row["detect_s"] = round(detect_s, 1)
+            if ms is not None:
+                row["embed_ms_per_photo"] = round(ms, 1)
             rows.append(row)
     result = {
         "bench": "tracking",
