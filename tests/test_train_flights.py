@@ -4,10 +4,12 @@ alike-dressed people, walkers and the photos' poses, checked by their statistics
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from dataclasses import replace
 
+import cv2
 import numpy as np
 import pytest
 
@@ -150,6 +152,11 @@ def test_written_photos_carry_the_recorded_pose_and_identities(tmp_path):
     crops = sorted((tmp_path / "crops").glob("*/*.png"))
     assert len(crops) == len(coco["annotations"])
     assert {c.parent.name for c in crops} == {a["identity"] for a in coco["annotations"]}
+    # square windows of 1.25 times the box's longer side (at least 16 px), as the embedder cuts them
+    sides = [cv2.imread(str(c)).shape[:2] for c in crops]
+    assert all(h == w >= 16 for h, w in sides)
+    longest = [max(a["bbox"][2], a["bbox"][3]) for a in coco["annotations"]]
+    assert sorted(h for h, _ in sides) == sorted(max(16, math.ceil(1.25 * v)) for v in longest)
 
 
 def test_the_command_writes_flights(tmp_path):

@@ -1348,7 +1348,8 @@ def register_synth(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     f.add_argument(
         "--crops",
         metavar="DIR",
-        help="also write each sighting as DIR/IDENTITY/PHOTO.png (the runtime's crop window), for "
+        help="also write each sighting as DIR/IDENTITY/PHOTO.png (the runtime's crop window at "
+        "--crop-context), for "
         "training an appearance embedding",
     )
     f.add_argument(
@@ -1356,6 +1357,14 @@ def register_synth(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
         type=int_at_least("--workers", 1),
         default=1,
         help="processes drawing flights (default: 1)",
+    )
+    f.add_argument(
+        "--crop-context",
+        type=finite_number("--crop-context", 1.0),
+        default=1.25,
+        metavar="X",
+        help="identity crops' side over the box's longer side, at least 16 px; use your embedding model's "
+        "(default: 1.25, the embedder's default: the person and a margin for a loose box)",
     )
     f.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     f.set_defaults(func=cmd_synth_flight)
@@ -1383,7 +1392,14 @@ def cmd_synth_flight(a: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     out = write_flights(
-        a.out, a.flights, a.seed, config, crops=a.crops, workers=a.workers, progress=_progress(a)
+        a.out,
+        a.flights,
+        a.seed,
+        config,
+        crops=a.crops,
+        crop_context=a.crop_context,
+        workers=a.workers,
+        progress=_progress(a),
     )
     if not a.quiet:
         print(f"{a.flights} flights of {a.photos} photos written to {out}", file=sys.stderr)

@@ -1815,14 +1815,25 @@ def flight_jpeg(photo: FlightPhoto, quality: int = 92) -> bytes:
     return data[:pos] + b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload + data[pos:]
 
 
+# The appearance embedder's default crop (edgetile.runtime.embedder.DEFAULT_CROP): the person and a
+# margin for a detector's loose box, less ground than the verifier's context of 2.
+CROP_CONTEXT = 1.25
+CROP_MIN_SIDE = 16
+
+
 def write_identity_crops(
-    flight: Flight, out_dir: str | Path, context: float = 2.0, min_side: int = 32, photos: list | None = None
+    flight: Flight,
+    out_dir: str | Path,
+    context: float = CROP_CONTEXT,
+    min_side: int = CROP_MIN_SIDE,
+    photos: list | None = None,
 ) -> dict[str, int]:
     """Write every sighting of every person as ``OUT/IDENTITY/PHOTO.png``, for training an embedding.
 
     The crops are the windows the runtime cuts around a detection (``runtime.verifier.crop_windows``:
     a square of ``context`` times the box's longer side, at least ``min_side`` px, moved inside the
-    photo), at the photo's own resolution.
+    photo), at the photo's own resolution. The defaults are the appearance embedder's crop (the
+    person and a margin for a loose box); pass the geometry your embedder is trained and run with.
 
     Args:
         flight: The flight.
@@ -1895,6 +1906,8 @@ def write_flights(
     config: FlightConfig | None = None,
     jpeg_quality: int = 92,
     crops: str | Path | None = None,
+    crop_context: float = CROP_CONTEXT,
+    crop_min_side: int = CROP_MIN_SIDE,
     workers: int = 1,
     progress: bool = False,
 ) -> Path:
@@ -1914,6 +1927,8 @@ def write_flights(
         config: The flights' line, people and photos.
         jpeg_quality: JPEG quality of the photos.
         crops: Also write identity crops (write_identity_crops) of the JPEGs as written into this folder.
+        crop_context: Their side over the box's longer side.
+        crop_min_side: Their smallest side in pixels.
         workers: Processes drawing flights at once (the files are the same for any number).
         progress: Show a progress bar on stderr.
 
@@ -1957,7 +1972,7 @@ def write_flights(
                     ann["identity"] = f.identity_name(p.identity)
                     ann["group"] = None if p.group is None else f"f{f.seed}_g{p.group}"
             if crops is not None:
-                write_identity_crops(f, crops, photos=written)
+                write_identity_crops(f, crops, crop_context, crop_min_side, photos=written)
             records.append(_flight_record(f))
     (out / "ImageSets" / "Main" / "all.txt").write_text("\n".join(stems) + ("\n" if stems else ""))
     (out / "annotations.json").write_text(json.dumps(coco))
