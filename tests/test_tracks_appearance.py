@@ -118,6 +118,7 @@ def _unit(text: str) -> np.ndarray:
         (np.ones(DIM) / np.sqrt(DIM), -np.ones(DIM), -0.99, False),  # opposite
         (np.eye(DIM)[0], np.eye(DIM)[1], 0.0, True),  # orthogonal: cosine 0 is at least 0
         (np.eye(DIM)[0], np.eye(DIM)[1], 0.01, False),
+        (np.eye(DIM)[0], np.zeros(DIM), -1.0, False),  # members cancelling exactly: agrees with nothing
     ],
 )
 def test_the_appearance_rule(embedding, appearance, appearance_min, agrees):

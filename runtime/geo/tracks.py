@@ -6,15 +6,14 @@ photo stay two tracks); a detection near no track starts one. A track's position
 inverse-variance mean of its detections, so better fixes count more. Track ids never change once
 given, so a daemon can publish them as they come.
 
-Appearance (optional, ``appearance_min``): the rule, word for word the same wherever sightings are
-grouped (tracks here, the station's finds):
+Appearance, the same rule as the station's finds (runtime/geo/finds.py), with track for find:
 
-    A sighting joins a group only if, besides agreeing in position, its appearance agrees: when both
-    the sighting and the group have an appearance embedding, the cosine similarity of the sighting's
-    embedding with the group's appearance (the normalised sum of its members' unit embeddings) must
-    be at least ``appearance_min``. When either has none, or ``appearance_min`` is None, position
-    alone decides.
+- **appearance**: when ``appearance_min`` is set and both the sighting and the track carry appearance
+  embeddings (runtime/embedding.py), the cosine similarity of the sighting's vector to the mean of
+  the track members' vectors is at least ``appearance_min``. Without embeddings on either side,
+  position decides alone.
 
+A mean of zero length (members' vectors cancelling exactly) has no direction and agrees with nothing.
 So two people standing closer than the radius but dressed differently stay two tracks, and records
 without an ``embedding`` are grouped exactly as before. :func:`appearance_agrees` is the rule.
 """
@@ -41,13 +40,12 @@ M_PER_DEG_LON_MIN = 0.9 * WGS84_A * math.pi / 180
 def appearance_agrees(
     embedding: np.ndarray | None, appearance: np.ndarray | None, appearance_min: float | None
 ) -> bool:
-    """Whether a sighting may join a group by its appearance (the rule in this module's docstring).
+    """Whether a sighting may join a track by its appearance (the rule in this module's docstring).
 
     Args:
-        embedding: The sighting's unit embedding (:func:`edgetile.runtime.embedding.decode_embedding`),
-            or None.
-        appearance: The group's appearance: the sum of its members' unit embeddings (any length: only
-            its direction counts), or None when no member had one.
+        embedding: The sighting's vector (:func:`edgetile.runtime.embedding.decode_embedding`), or None.
+        appearance: The sum (or mean: only its direction counts) of the track members' vectors, or
+            None when no member had one.
         appearance_min: The least cosine similarity, or None for position alone.
 
     Returns:
@@ -55,10 +53,10 @@ def appearance_agrees(
     """
     if appearance_min is None or embedding is None or appearance is None:
         return True
-    norm = float(np.linalg.norm(appearance))
-    if norm == 0.0:  # members' embeddings cancelled out: no direction to compare with
-        return True
-    return float(np.dot(embedding, appearance)) / norm >= appearance_min
+    norms = float(np.linalg.norm(embedding)) * float(np.linalg.norm(appearance))
+    if norms == 0.0:  # no direction to compare with: agrees with nothing, as in the station's finds
+        return False
+    return float(np.dot(embedding, appearance)) / norms >= appearance_min
 
 
 def record_embedding(record: dict) -> np.ndarray | None:
