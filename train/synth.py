@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from edgetile.runtime.evaluation.annotations import voc_xml
+from edgetile.runtime.geo import CameraPose  # NumPy and OpenCV only: pymap3d is imported by what needs it
 
 CLASS_NAMES = ("person",)
 
@@ -1445,8 +1446,8 @@ class FlightPhoto:
     image: np.ndarray
     boxes: np.ndarray
     identities: np.ndarray
-    pose: object  # edgetile.runtime.geo.CameraPose (imported with the flight: it needs the geo extra)
-    recorded: object
+    pose: CameraPose
+    recorded: CameraPose
     recorded_ypr: tuple[float, float, float]
 
 
@@ -1543,7 +1544,7 @@ def render_flight(seed: int, config: FlightConfig | None = None) -> Flight:  # n
     """
     import pymap3d
 
-    from edgetile.runtime.geo import CameraPose, ErrorModel, ground_to_pixel, locate_pixels
+    from edgetile.runtime.geo import ErrorModel, ground_to_pixel, locate_pixels
 
     cfg = config or FlightConfig()
     sc = cfg.scene
@@ -1645,7 +1646,7 @@ def render_flight(seed: int, config: FlightConfig | None = None) -> Flight:  # n
                 pose,
                 "nadir" if nadir else "oblique",
                 body,
-                None if outfit is None else tuple(tuple(float(x) for x in c) for c in outfit),  # type: ignore[misc]
+                None if outfit is None else tuple(tuple(float(x) for x in c) for c in outfit),
                 n,
                 e,
                 lat,
@@ -1702,7 +1703,7 @@ def render_flight(seed: int, config: FlightConfig | None = None) -> Flight:  # n
         n_k, e_k, _ = pymap3d.geodetic2ned(
             np.array([f.lat for f in fixes]),
             np.array([f.lon for f in fixes]),
-            cfg.ground_alt_m,  # type: ignore[union-attr]
+            cfg.ground_alt_m,
             cfg.lat,
             cfg.lon,
             cfg.ground_alt_m,
@@ -1770,7 +1771,7 @@ def render_flight(seed: int, config: FlightConfig | None = None) -> Flight:  # n
                 np.asarray(ids, np.int64),
                 true_pose,
                 recorded,
-                rec_ypr,  # type: ignore[arg-type]
+                rec_ypr,
             )
         )
     return Flight(seed, cfg, heading, photos, people, g.season, g.terrain, g.objects)
@@ -1781,17 +1782,17 @@ def _dji_xmp(photo: FlightPhoto) -> bytes:
     pose = photo.recorded
     yaw, pitch, roll = photo.recorded_ypr
     values = {
-        "GpsLatitude": f"{pose.lat:.8f}",  # type: ignore[attr-defined]
-        "GpsLongitude": f"{pose.lon:.8f}",  # type: ignore[attr-defined]
-        "AbsoluteAltitude": f"{pose.abs_alt_m:+.2f}",  # type: ignore[attr-defined]
-        "RelativeAltitude": f"{pose.agl_m:+.2f}",  # type: ignore[attr-defined]
+        "GpsLatitude": f"{pose.lat:.8f}",
+        "GpsLongitude": f"{pose.lon:.8f}",
+        "AbsoluteAltitude": f"{pose.abs_alt_m:+.2f}",
+        "RelativeAltitude": f"{pose.agl_m:+.2f}",
         "GimbalRollDegree": f"{roll:+.2f}",
         "GimbalYawDegree": f"{yaw:+.2f}",
         "GimbalPitchDegree": f"{pitch:+.2f}",
         "FlightYawDegree": f"{yaw:+.2f}",
-        "CalibratedFocalLength": f"{pose.focal_px:.3f}",  # type: ignore[attr-defined]
-        "CalibratedOpticalCenterX": f"{pose.cx:.3f}",  # type: ignore[attr-defined]
-        "CalibratedOpticalCenterY": f"{pose.cy:.3f}",  # type: ignore[attr-defined]
+        "CalibratedFocalLength": f"{pose.focal_px:.3f}",
+        "CalibratedOpticalCenterX": f"{pose.cx:.3f}",
+        "CalibratedOpticalCenterY": f"{pose.cy:.3f}",
     }
     attrs = "\n   ".join(f'drone-dji:{k}="{v}"' for k, v in values.items())
     return (
@@ -1889,8 +1890,8 @@ def _flight_record(f: Flight) -> dict:
         "photos": [
             {
                 "file": f"JPEGImages/{f.photo_stem(ph.index)}.jpg",
-                "pose": ph.pose.to_dict(),  # type: ignore[attr-defined]
-                "recorded": ph.recorded.to_dict(),  # type: ignore[attr-defined]
+                "pose": ph.pose.to_dict(),
+                "recorded": ph.recorded.to_dict(),
                 "boxes": [[round(float(v), 1) for v in b] for b in ph.boxes],
                 "identities": [f.identity_name(int(i)) for i in ph.identities],
             }
