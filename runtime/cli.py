@@ -52,6 +52,8 @@ EXTRA_OF_MODULE = {
     "pi_heif": "export",
     "iterstrat": "train",
     "matplotlib": "train",
+    "pytorch_metric_learning": "train",
+    "sklearn": "train",
     "ray": "ray",
     "pycuda": "jetson",
     "yaml": "serve",
@@ -64,7 +66,7 @@ EXTRA_OF_MODULE = {
     "paho": "mqtt",
     "pymavlink": "mavlink",
 }
-TRAINING_COMMANDS = ("dataset", "train", "tune", "eval", "pseudo-label")
+TRAINING_COMMANDS = ("dataset", "train", "train-verifier", "train-embedder", "tune", "eval", "pseudo-label")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -111,6 +113,8 @@ def detect_run_settings(a: argparse.Namespace, geo_config: GeoConfig | None) -> 
         "verify-thr": recipe.verify_thr,
         "format": formats,
     }
+    if recipe.embed is not None:  # only when given: a run.json written before --embed existed still resumes
+        settings["embed"] = sha256_file(recipe.embed)
     if formats and geo_config is not None:
         geo = json.loads(json.dumps(asdict(geo_config), default=str))
         if geo.get("appearance_min") is None:  # a run.json written before tracks had appearance still resumes

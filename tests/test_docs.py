@@ -221,6 +221,19 @@ COMMANDS = {
         "parse", why=TENSORRT
     ),
     "edgetile serve ... --verify verifier.engine": Doc("synopsis"),
+    "edgetile train-embedder --people 800 --val-people 150 --sightings 6 --out runs/embedder": Doc(
+        "parse", why="renders 950 people and trains for minutes (tests/test_embedder.py runs a tiny one)"
+    ),
+    "edgetile train-embedder --crops people/train/ --val-crops people/val/ --out runs/embedder_own": Doc(
+        "parse", why="needs folders of crops per person (tests/test_embedder.py reads rendered ones)"
+    ),
+    "edgetile detect PHOTOS --model person.onnx --embed runs/embedder/embedder.onnx --out results": Doc(
+        "parse", why="needs a trained embedder.onnx (tests/test_embedder.py runs detect --embed)"
+    ),
+    "edgetile export engine runs/embedder/embedder.onnx --precision fp16 --batch-max 64": Doc(
+        "parse", why=TENSORRT
+    ),
+    "edgetile serve ... --embed embedder.engine": Doc("synopsis"),
 }
 
 
