@@ -203,3 +203,58 @@ def test_detect_tracks_a_synthetic_flight_with_the_threshold(tmp_path):
     assert json.loads((out / "run.json").read_text())["settings"]["geo"]["appearance_min"] == 0.6
     subprocess.run(cmd[:7] + ["--format", "geojson", "--conf", "0.05", "--quiet"], check=True)
     assert "appearance_min" not in json.loads((out / "run.json").read_text())["settings"]["geo"]
+
+
+def test_detect_with_embed_tracks_by_the_models_threshold(tmp_path):
+    """Two photos from one pose, a person at the same spot in both, dressed orange in one and pink in the
+    other (a real colour embedder: cosine 0.81): by position one track; with --embed, whose model stores
+    the threshold 0.9, two; --appearance-min 0.5 overrides the model's threshold: one again."""
+    import json
+    import subprocess
+    import sys
+
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("pymap3d", reason="georeferencing needs the geo extra (pymap3d)")
+    from geo_photos import dji_values, write_photo
+    from test_embedder import colour_embedder
+
+    from onnx_models import red_blob_model
+
+    for name, colour in (("a.jpg", (0, 130, 255)), ("b.jpg", (150, 0, 255))):
+        img = np.full((400, 800, 3), (70, 110, 60), np.uint8)
+        img[192:208, 392:408] = colour  # a person of 1 m at 6 cm/px, seen from above
+        write_photo(tmp_path / name, img, LAT0, LON0, xmp=dji_values(rel_alt=50.0, focal_px=800.0))
+    model = red_blob_model(tmp_path / "red.onnx")
+    embedder = colour_embedder(tmp_path / "embed.onnx")  # stores the threshold 0.9
+
+    def tracks(*extra) -> int:
+        out = tmp_path / f"out{len(extra)}"
+        cmd = [
+            sys.executable,
+            "-m",
+            "edgetile.runtime.cli",
+            "detect",
+            str(tmp_path / "a.jpg"),
+            str(tmp_path / "b.jpg"),
+        ]
+        cmd += [
+            "--model",
+            str(model),
+            "--tile",
+            "256",
+            "--format",
+            "geojson",
+            "--out",
+            str(out),
+            "--quiet",
+            *extra,
+        ]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        counts = [len(p["detections"]) for p in json.loads((out / "detections.json").read_text())]
+        assert counts[0] == counts[1] > 0  # the detector's boxes on the person (a few, 8 px apart)
+        return len(json.loads((out / "tracks.geojson").read_text())["features"]) / counts[0]
+
+    assert tracks() == 1  # position only: every box of photo b joins one of photo a's
+    assert tracks("--embed", str(embedder)) == 2  # the model's own threshold: orange and pink are two
+    assert tracks("--embed", str(embedder), "--appearance-min", "0.5") == 1  # the option wins
