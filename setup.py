@@ -83,6 +83,7 @@ EXPORT = (
     ]
 )
 TRAIN = EXPORT + [
+    "pymap3d>=2.9",  # synthetic flights place people with the runtime geo module
     "iterative-stratification>=0.1.7",
     "matplotlib>=3.5",
     "pyyaml>=6.0",
@@ -217,6 +218,7 @@ setup(
             "eval = edgetile.train.cli:register_eval",
             "pseudo-label = edgetile.train.cli:register_pseudo_label",
             "recipe = edgetile.train.cli:register_recipe",
+            "synth = edgetile.train.cli:register_synth",
         ],
     },
     zip_safe=False,

@@ -343,11 +343,12 @@ def serve_command(a: argparse.Namespace) -> int:
             print(f"edgetile serve: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
         with detector:
-            from ..options.geo import serve_geo_config_from_args
+            from ..options.geo import embedder_threshold, serve_geo_config_from_args
             from .geo_hooks import open_result_hooks
 
             try:
-                hooks = open_result_hooks(serve_geo_config_from_args(options), config.state)
+                geo_config = serve_geo_config_from_args(options, embedder_threshold(detector))
+                hooks = open_result_hooks(geo_config, config.state)
             except ValueError as exc:
                 print(f"edgetile serve: error: {exc}", file=sys.stderr)
                 return EXIT_USAGE
