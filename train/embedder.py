@@ -342,7 +342,7 @@ def load_identity_crops(root: str | Path, imgsz: int) -> IdentityCrops:
                 problems.append(f"{f}: skipped: expected a square crop, found {im.shape[1]}x{im.shape[0]}")
                 continue
             if im.shape[0] != imgsz:
-                im = cv2.resize(im, (imgsz, imgsz), interpolation=cv2.INTER_AREA)
+                im = cv2.resize(im, (imgsz, imgsz), interpolation=cv2.INTER_LINEAR)  # as the runtime resizes
             got.append(im)
         if len(got) < 2:
             problems.append(f"{folder}: skipped: expected at least 2 crops of the person, found {len(got)}")
