@@ -83,10 +83,13 @@ EXPORT = (
     ]
 )
 TRAIN = EXPORT + [
+    "pymap3d>=2.9",  # synthetic flights place people with the runtime geo module
     "iterative-stratification>=0.1.7",
     "matplotlib>=3.5",
     "pyyaml>=6.0",
     "pillow>=9.0",
+    # train-embedder: metric-learning losses, miners and trainer (it needs scikit-learn, for the ROC AUC too)
+    "pytorch-metric-learning>=2.5",
 ]
 RAY = ["ray[tune]>=2.41"]  # edgetile tune --ray: the same search on Ray Tune, shared by several machines
 SERVE = ["fastapi>=0.110", "uvicorn>=0.27", "python-multipart>=0.0.9", "pyyaml>=6.0"]
@@ -213,10 +216,12 @@ setup(
             "dataset = edgetile.train.cli:register_dataset",
             "train = edgetile.train.cli:register_train",
             "train-verifier = edgetile.train.cli:register_train_verifier",
+            "train-embedder = edgetile.train.cli:register_train_embedder",
             "tune = edgetile.train.cli:register_tune",
             "eval = edgetile.train.cli:register_eval",
             "pseudo-label = edgetile.train.cli:register_pseudo_label",
             "recipe = edgetile.train.cli:register_recipe",
+            "synth = edgetile.train.cli:register_synth",
         ],
     },
     zip_safe=False,

@@ -36,8 +36,9 @@ from .onnx_fp16 import convert_to_fp16
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIB_METHODS = ("entropy", "minmax")
-#: ONNX metadata copied into the engine's sidecar for the runtime: a crop classifier's threshold and crops.
-CARRIED_META_PREFIX = "edgetile_verifier_"
+#: ONNX metadata copied into the engine's sidecar for the runtime: a crop classifier's threshold and crops,
+#: an appearance embedder's vector length, threshold and crops.
+CARRIED_META_PREFIX = ("edgetile_verifier_", "edgetile_embedder_")
 DEFAULT_WORKSPACE_MB = 1024
 
 
@@ -123,8 +124,9 @@ class OnnxFacts:
         float16: The graph computes in FP16 (an FP16-converted ONNX).
         names: Class names from the Ultralytics metadata.
         stride: Largest stride (metadata; 32 when absent).
-        extra: Metadata the engine's sidecar carries on to the runtime (a crop classifier's threshold
-            and crop geometry, keys starting with "edgetile_verifier_").
+        extra: Metadata the engine's sidecar carries on to the runtime (a crop classifier's or an
+            embedder's threshold and crop geometry, keys starting with "edgetile_verifier_" or
+            "edgetile_embedder_").
     """
 
     input_name: str

@@ -52,6 +52,8 @@ EXTRA_OF_MODULE = {
     "pi_heif": "export",
     "iterstrat": "train",
     "matplotlib": "train",
+    "pytorch_metric_learning": "train",
+    "sklearn": "train",
     "ray": "ray",
     "pycuda": "jetson",
     "yaml": "serve",
@@ -64,7 +66,7 @@ EXTRA_OF_MODULE = {
     "paho": "mqtt",
     "pymavlink": "mavlink",
 }
-TRAINING_COMMANDS = ("dataset", "train", "tune", "eval", "pseudo-label")
+TRAINING_COMMANDS = ("dataset", "train", "train-verifier", "train-embedder", "tune", "eval", "pseudo-label")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -111,8 +113,13 @@ def detect_run_settings(a: argparse.Namespace, geo_config: GeoConfig | None) -> 
         "verify-thr": recipe.verify_thr,
         "format": formats,
     }
+    if recipe.embed is not None:  # only when given: a run.json written before --embed existed still resumes
+        settings["embed"] = sha256_file(recipe.embed)
     if formats and geo_config is not None:
-        settings["geo"] = json.loads(json.dumps(asdict(geo_config), default=str))
+        geo = json.loads(json.dumps(asdict(geo_config), default=str))
+        if geo.get("appearance_min") is None:  # a run.json written before tracks had appearance still resumes
+            geo.pop("appearance_min", None)
+        settings["geo"] = geo
     return settings
 
 
@@ -178,8 +185,13 @@ def run_detect(  # noqa: C901 - one loop over the photos: kept, failed, detected
         worker = open_detector(a)
     geo = None
     if geo_config is not None and geo_config.formats:
-        from .options.geo import open_geo_writer
+        from dataclasses import replace
 
+        from .options.geo import appearance_min_for, embedder_threshold, open_geo_writer
+
+        # the tracks take the embedding model's own threshold unless --appearance-min names one
+        appearance_min = appearance_min_for(getattr(a, "appearance_min", None), embedder_threshold(worker))
+        geo_config = replace(geo_config, appearance_min=appearance_min)
         try:
             geo = open_geo_writer(geo_config, out_dir, worker.names)
         except ValueError as exc:

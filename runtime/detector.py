@@ -19,6 +19,7 @@ import numpy as np
 
 from .backends import Backend, create_backend
 from .decode import check_yolo_output, decode_yolo, to_image
+from .embedder import Embedder
 from .merge import MERGE_METHODS, merge_boxes, suppress_cut_boxes, wbf
 from .model import ModelInfo, model_info
 from .preprocess import BatchBuffer, Views, full_frame_view, tile_views
@@ -143,6 +144,8 @@ class Detector:
         config: Tiling, thresholds and merging.
         verifier: A crop classifier that gives every merged detection a second look (detect only;
             candidates and merge stay the models' part). The Detector owns and closes it.
+        embedder: An appearance embedding model that gives every detection left after the merge (and
+            the verifier) its ``embedding`` (detect only). The Detector owns and closes it.
 
     Example:
         >>> with Detector("model.onnx") as det:
@@ -156,9 +159,11 @@ class Detector:
         backend: str = "auto",
         config: DetectConfig | None = None,
         verifier: Verifier | None = None,
+        embedder: Embedder | None = None,
     ) -> None:
         self.config = config or DetectConfig()
         self.verifier = verifier
+        self.embedder = embedder
         paths = [models] if isinstance(models, (str, Path, Backend)) else list(models)
         if not paths:
             raise ValueError("models: expected at least one model path, found none")
@@ -228,12 +233,13 @@ class Detector:
         """Detect objects in one image: :meth:`candidates`, then :meth:`merge` with this config.
 
         With a verifier, the merged detections then get its second look (:meth:`Verifier.verify`):
-        those it rejects are dropped, the rest carry data "detector_score" and "verifier_score".
+        those it rejects are dropped, the rest carry data "detector_score" and "verifier_score". With
+        an embedder, every detection left then carries data "embedding" (:meth:`Embedder.embed`).
 
         Args:
             image: (H, W, 3) uint8 BGR image of any size.
             timings: When given, milliseconds per stage are added to it (slice, preprocess, infer,
-                decode, merge, fuse, and verify with a verifier).
+                decode, merge, fuse, verify with a verifier, embed with an embedder).
 
         Returns:
             Detections in image pixels, by descending score.
@@ -244,6 +250,8 @@ class Detector:
         found = self.merge(self.candidates(image, t), timings=t)
         if self.verifier is not None:
             found = self.verifier.verify(image, found, t)
+        if self.embedder is not None:
+            found = self.embedder.embed(image, found, t)
         return found
 
     def candidates(self, image: np.ndarray, timings: dict[str, float] | None = None) -> Candidates:
@@ -389,11 +397,13 @@ class Detector:
         return found, batches
 
     def close(self) -> None:
-        """Release every backend (the verifier's too). Safe to call twice."""
+        """Release every backend (the verifier's and the embedder's too). Safe to call twice."""
         for m in self._models:
             m.backend.close()
         if self.verifier is not None:
             self.verifier.close()
+        if self.embedder is not None:
+            self.embedder.close()
 
     def __enter__(self) -> Detector:
         return self

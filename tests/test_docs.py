@@ -183,6 +183,9 @@ COMMANDS = {
     "edgetile serve --model person.engine --watch /media/sd/DCIM --config runs/eval/best_detect.yaml": Doc(
         "serve", needs=(EVAL_SWEEP,)
     ),
+    "edgetile synth flight flights/ --flights 20 --photos 8 --altitude 50 --overlap 0.6 --crops crops/": Doc(
+        "parse", why="20 flights of 2000x1500 photos take minutes (tests/test_train_flights.py runs small ones)"
+    ),
     # docs/train.md: the recipe, stages, fold ensembles, error analysis and the second look
     "edgetile recipe lacmus LADD/ --out runs/try --scale 0.05 --model yolov8n.yaml": Doc(
         "parse", why="trains three models (tests/test_train_recipe.py runs the recipe at a tiny scale)"
@@ -228,6 +231,19 @@ COMMANDS = {
         "parse", why=TENSORRT
     ),
     "edgetile serve ... --verify verifier.engine": Doc("synopsis"),
+    "edgetile train-embedder --people 800 --val-people 150 --sightings 6 --out runs/embedder": Doc(
+        "parse", why="renders 950 people and trains for minutes (tests/test_embedder.py runs a tiny one)"
+    ),
+    "edgetile train-embedder --crops people/train/ --val-crops people/val/ --out runs/embedder_own": Doc(
+        "parse", why="needs folders of crops per person (tests/test_embedder.py reads rendered ones)"
+    ),
+    "edgetile detect PHOTOS --model person.onnx --embed runs/embedder/embedder.onnx --out results": Doc(
+        "parse", why="needs a trained embedder.onnx (tests/test_embedder.py runs detect --embed)"
+    ),
+    "edgetile export engine runs/embedder/embedder.onnx --precision fp16 --batch-max 64": Doc(
+        "parse", why=TENSORRT
+    ),
+    "edgetile serve ... --embed embedder.engine": Doc("synopsis"),
 }
 
 

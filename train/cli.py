@@ -1,5 +1,5 @@
-"""The training side's `edgetile` subcommands: dataset tiles, train, train-verifier, tune, eval, pseudo-label,
-recipe.
+"""The training side's `edgetile` subcommands: dataset tiles, train, train-verifier, train-embedder, tune, eval,
+pseudo-label, recipe.
 
 Each ``register_*`` adds one subcommand through the ``edgetile.commands`` entry-point group and imports
 nothing heavy: torch, Ultralytics, pycocotools and matplotlib are imported when a command runs. The
@@ -622,6 +622,10 @@ def cmd_train_verifier(a: argparse.Namespace) -> int:
             raise UsageError(
                 f"{option}: expected none here: train-verifier makes the classifier and chooses its threshold"
             )
+    if a.embed is not None:
+        raise UsageError(
+            "--embed: expected none here: train-verifier mines crops by boxes, not by appearance"
+        )
     train_photos, val_photos, problems = _verifier_photos(a)
     try:
         opt = VerifierOptions(
@@ -658,6 +662,205 @@ def cmd_train_verifier(a: argparse.Namespace) -> int:
         print(f"problem: {line}", file=sys.stderr)
     print(result.summary())
     return EXIT_SOME_FAILED if problems or result.report["problems"] else EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------- train-embedder
+
+
+def register_train_embedder(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`edgetile train-embedder --out DIR`."""
+    p = subparsers.add_parser(
+        "train-embedder",
+        help="train the appearance embedding that tells people apart across photos (detect --embed)",
+        description="Train an appearance embedding by metric learning: crops of the same person in several "
+        "photos (other headings, sizes, light, ground, a tree over part of them, blur) are pulled together, "
+        "crops of other people, above all of people in similar clothes, pushed apart. The crops are a folder "
+        "per person (--crops ID/*.png, cut as the runtime cuts them) or rendered from synthetic people. A "
+        "small torchvision network from random initialisation (GeM pooling, 128 values, unit length) is "
+        "trained by pytorch-metric-learning within its own weight budget and exported to OUT/embedder.onnx "
+        "(which 'edgetile export engine' builds like a detector). On held-out people it reports the "
+        "verification accuracy of same/different pairs at the best threshold and the ROC AUC, and stores "
+        "that threshold in the ONNX (OUT/embedder_report.json).",
+        epilog="Example: edgetile train-embedder --people 300 --val-people 100 --epochs 30 --out runs/embedder\n"
+        "then: edgetile detect PHOTOS --embed runs/embedder/embedder.onnx --out results\n"
+        "Exit codes: 0 done, 1 done but some crops were unreadable, 2 usage error or refused by the budget.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g = p.add_argument_group("crops")
+    g.add_argument(
+        "--crops",
+        metavar="DIR",
+        help="crops to train on, one folder per person (DIR/ID/*.png), at least two per person "
+        "(default: rendered synthetic people)",
+    )
+    g.add_argument(
+        "--val-crops",
+        metavar="DIR",
+        help="held-out people to measure and choose the threshold on, laid out like --crops, none of them "
+        "in --crops (default: rendered synthetic people never seen in training)",
+    )
+    g.add_argument(
+        "--people",
+        type=int_at_least("--people", 2),
+        default=300,
+        help="synthetic people to render for training, without --crops (default: 300)",
+    )
+    g.add_argument(
+        "--val-people",
+        type=int_at_least("--val-people", 2),
+        default=100,
+        help="synthetic people to render for validation, without --val-crops (default: 100)",
+    )
+    g.add_argument(
+        "--sightings",
+        type=int_at_least("--sightings", 2),
+        default=8,
+        help="crops rendered per synthetic person (default: 8)",
+    )
+    g.add_argument(
+        "--context",
+        type=finite_number("--context", 1.0),
+        default=1.25,
+        help="crop side over the box's longer side: the person and a margin for loose boxes (default: 1.25)",
+    )
+    g.add_argument(
+        "--min-side",
+        type=int_at_least("--min-side", 1),
+        default=16,
+        help="smallest crop side in photo pixels (default: 16)",
+    )
+    g = p.add_argument_group("training")
+    g.add_argument(
+        "--backbone",
+        choices=["mobilenet_v3_small", "mobilenet_v3_large", "resnet18"],
+        default="mobilenet_v3_small",
+        help="torchvision backbone, from random initialisation (default: mobilenet_v3_small, 3.9 MB)",
+    )
+    g.add_argument(
+        "--imgsz",
+        type=int_at_least("--imgsz", 32),
+        default=64,
+        help="crop side in model pixels, a multiple of 32 (default: 64)",
+    )
+    g.add_argument(
+        "--loss",
+        choices=["triplet", "arcface"],
+        default="triplet",
+        help="triplet: margin loss on the triplets --miner picks in each batch; arcface: additive "
+        "angular margin over the training people (default: triplet)",
+    )
+    g.add_argument(
+        "--miner",
+        choices=["semihard", "batch_hard", "all"],
+        default="semihard",
+        help="which triplets of a batch the triplet loss learns from: semihard (negatives farther than the "
+        "positive but within the margin), batch_hard (each anchor's hardest positive and negative; can "
+        "collapse from random initialisation), all (every triplet within the margin) (default: semihard)",
+    )
+    g.add_argument(
+        "--margin",
+        type=finite_number("--margin", 0.0, inclusive=False),
+        default=None,
+        help="triplet margin (default 0.2), or ArcFace's margin in degrees (default 28.6)",
+    )
+    g.add_argument("--epochs", type=int_at_least("--epochs", 1), default=30, help="epochs (default: 30)")
+    g.add_argument(
+        "--batch-size",
+        type=int_at_least("--batch-size", 4),
+        default=64,
+        help="crops per batch, a multiple of --per-person (default: 64)",
+    )
+    g.add_argument(
+        "--per-person",
+        type=int_at_least("--per-person", 2),
+        default=4,
+        help="crops of one person in a batch (default: 4)",
+    )
+    g.add_argument(
+        "--lr",
+        type=finite_number("--lr", 0.0, inclusive=False),
+        default=1e-3,
+        help="Adam learning rate (default: 0.001)",
+    )
+    g.add_argument(
+        "--max-minutes",
+        type=finite_number("--max-minutes", 0.0),
+        default=0.0,
+        help="stop after the epoch that passes this many minutes of training (default: 0, no limit)",
+    )
+    g.add_argument(
+        "--budget-mb",
+        type=finite_number("--budget-mb", 0.0, inclusive=False),
+        default=10.0,
+        help="largest acceptable checkpoint and ONNX of the embedder in MB (default: 10)",
+    )
+    g.add_argument("--device", default="cpu", help="cpu, or a CUDA device such as cuda:0 (default: cpu)")
+    g.add_argument(
+        "--workers",
+        type=int_at_least("--workers", 1),
+        default=1,
+        help="processes rendering crops (default: 1)",
+    )
+    g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument(
+        "--out", default="runs/embedder", metavar="DIR", help="output folder (default: runs/embedder)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.set_defaults(func=cmd_train_embedder)
+    return p
+
+
+def cmd_train_embedder(a: argparse.Namespace) -> int:
+    from edgetile.runtime.verifier import CropConfig
+
+    from .budget import BudgetError
+    from .embedder import EmbedderOptions, train_embedder
+
+    if not _progress(a):
+        # pytorch-metric-learning's trainer draws a progress bar per epoch with no way to turn it off
+        # but tqdm's own switch, read from the environment (this process runs this one command).
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    for given, option in ((a.crops, "--crops"), (a.val_crops, "--val-crops")):
+        if given is not None and not Path(given).is_dir():
+            raise UsageError(
+                f"{option}: expected a folder of person folders (ID/*.png), found no folder {given}"
+            )
+    try:
+        opt = EmbedderOptions(
+            backbone=a.backbone,
+            imgsz=a.imgsz,
+            crop=CropConfig(a.context, a.min_side),
+            loss=a.loss,
+            miner=a.miner,
+            margin=a.margin,
+            epochs=a.epochs,
+            per_identity=a.per_person,
+            batch=a.batch_size,
+            lr=a.lr,
+            max_minutes=a.max_minutes,
+            seed=a.seed,
+            device=a.device,
+            budget_mb=a.budget_mb,
+        )
+        result = train_embedder(
+            a.out,
+            opt,
+            train_crops=a.crops,
+            val_crops=a.val_crops,
+            people=(a.people, a.val_people),
+            sightings=a.sightings,
+            progress=_progress(a),
+            log=(lambda line: None) if a.quiet else (lambda line: print(line, file=sys.stderr)),
+            workers=a.workers,
+        )
+    except BudgetError as exc:
+        raise UsageError(f"refused: {exc}") from exc
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc).splitlines()[0]) from exc
+    for line in result.report["problems"][:20]:  # type: ignore[index]
+        print(f"problem: {line}", file=sys.stderr)
+    print(result.summary())
+    return EXIT_SOME_FAILED if result.report["problems"] else EXIT_OK
 
 
 # --------------------------------------------------------------------------------------------------- tune
@@ -900,6 +1103,15 @@ def register_eval(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
     return p
 
 
+def _eval_records(a: argparse.Namespace, result, out: Path) -> dict[str, Path]:
+    """With --embed, detections.json: the embeddings have no column in the Lacmus CSV, detect's records do."""
+    if a.embed is None:
+        return {}
+    from .evaluation import write_detections_json
+
+    return {"records": write_detections_json(result, out / "detections.json")}
+
+
 def cmd_eval(a: argparse.Namespace) -> int:
     import json
     import shlex
@@ -929,13 +1141,14 @@ def cmd_eval(a: argparse.Namespace) -> int:
     files = write_eval(
         result, out, title=f"{Path(a.model[0]).name if a.model else 'demo model'} on {ds.root.name}"
     )
+    files.update(_eval_records(a, result, out))
     if not a.quiet:
         for line in result.problems[:20]:
             print(f"problem: {line}", file=sys.stderr)
         for line in result.notes:
             print(f"note: {line}", file=sys.stderr)
         print(result.summary(), file=sys.stderr)
-        print(f"results: {files['metrics']}  {files['pr_curve']}  {files['detections']}", file=sys.stderr)
+        print(f"results: {'  '.join(str(f) for f in files.values())}", file=sys.stderr)
     if a.errors:
         from .errors import dataset_splits, write_error_report
 
@@ -1269,3 +1482,138 @@ def cmd_recipe_lacmus(a: argparse.Namespace) -> int:
     print(result.summary(), file=sys.stderr)
     problems = (result.steps.get("tiles") or {}).get("outputs", {}).get("problems", 0)
     return EXIT_SOME_FAILED if problems else EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------- synth
+
+
+def _size(text: str) -> tuple[int, int]:
+    w, sep, h = text.lower().partition("x")
+    try:
+        size = (int(w), int(h))
+    except ValueError:
+        size = (0, 0)
+    if not sep or min(size) < 64:
+        raise argparse.ArgumentTypeError(f"--size: expected WIDTHxHEIGHT of at least 64x64, found {text!r}")
+    return size
+
+
+def register_synth(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`edgetile synth flight OUT`: synthetic flight lines with people's identities across photos."""
+    p = subparsers.add_parser(
+        "synth",
+        help="draw synthetic aerial data (synth flight: overlapping photos of a line with identities)",
+        description="Draw synthetic aerial data (train/synth.py): no real photos are needed.",
+    )
+    sub = p.add_subparsers(dest="synth_command", metavar="SUBCOMMAND")
+    p.set_defaults(func=_synth_needs_subcommand)
+    f = sub.add_parser(
+        "flight",
+        help="overlapping photos of flight lines: the same people across photos, with identities and poses",
+        description="Draw flight lines over synthetic ground: each flight photographs the same people "
+        "(same clothes, body and renderer), groups of alike-dressed people standing close together, some "
+        "walking slowly, and person-like distractors, in consecutive overlapping photos. Each photo carries "
+        "its recorded pose in DJI XMP (so detect --format geojson georeferences it); annotations.json gives "
+        "each person box an identity; flights.json holds the true and recorded poses and where everyone "
+        "stood.",
+        epilog="Example (20 flights of 8 photos, identity crops for an embedding):\n"
+        "  edgetile synth flight flights/ --flights 20 --crops crops/\n"
+        "Exit codes: 0 done, 2 usage error.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    f.add_argument(
+        "out", metavar="OUT", help="output folder (JPEGImages/, annotations.json, flights.json, ...)"
+    )
+    f.add_argument(
+        "--flights", type=int_at_least("--flights", 1), default=1, help="number of flights (default: 1)"
+    )
+    f.add_argument(
+        "--photos", type=int_at_least("--photos", 1), default=8, help="photos per flight line (default: 8)"
+    )
+    f.add_argument("--seed", type=int, default=0, help="flight k is drawn from seed + k (default: 0)")
+    f.add_argument(
+        "--altitude",
+        type=finite_number("--altitude", 1.0),
+        default=50.0,
+        metavar="M",
+        help="height above the ground in metres (default: 50)",
+    )
+    f.add_argument(
+        "--overlap",
+        type=number_in("--overlap", 0.0, 1.0, hi_open=True),
+        default=0.6,
+        help="forward overlap between consecutive photos, a fraction (default: 0.6)",
+    )
+    f.add_argument(
+        "--size",
+        type=_size,
+        default=(2000, 1500),
+        metavar="WxH",
+        help="photo size in pixels (default: 2000x1500)",
+    )
+    f.add_argument(
+        "--focal-px",
+        type=finite_number("--focal-px", 1.0),
+        default=None,
+        help="focal length in pixels (default: 0.75 x the photo's width, a 26 mm-equivalent lens; "
+        "a person's length in pixels is about 1.7 m x focal / altitude)",
+    )
+    f.add_argument(
+        "--crops",
+        metavar="DIR",
+        help="also write each sighting as DIR/IDENTITY/PHOTO.png (the runtime's crop window at "
+        "--crop-context), for "
+        "training an appearance embedding",
+    )
+    f.add_argument(
+        "--workers",
+        type=int_at_least("--workers", 1),
+        default=1,
+        help="processes drawing flights (default: 1)",
+    )
+    f.add_argument(
+        "--crop-context",
+        type=finite_number("--crop-context", 1.0),
+        default=1.25,
+        metavar="X",
+        help="identity crops' side over the box's longer side, at least 16 px; use your embedding model's "
+        "(default: 1.25, the embedder's default: the person and a margin for a loose box)",
+    )
+    f.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    f.set_defaults(func=cmd_synth_flight)
+    return p
+
+
+def _synth_needs_subcommand(a: argparse.Namespace) -> int:
+    raise UsageError("synth: expected a subcommand: flight")
+
+
+def cmd_synth_flight(a: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .synth import FLIGHT_SCENE, FlightConfig, write_flights
+
+    w, h = a.size
+    try:
+        config = FlightConfig(
+            photos=a.photos,
+            altitude_m=a.altitude,
+            overlap=a.overlap,
+            focal_px=a.focal_px if a.focal_px is not None else 0.75 * w,
+            scene=replace(FLIGHT_SCENE, width=w, height=h),
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    out = write_flights(
+        a.out,
+        a.flights,
+        a.seed,
+        config,
+        crops=a.crops,
+        crop_context=a.crop_context,
+        workers=a.workers,
+        progress=_progress(a),
+    )
+    if not a.quiet:
+        print(f"{a.flights} flights of {a.photos} photos written to {out}", file=sys.stderr)
+    return EXIT_OK

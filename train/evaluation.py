@@ -27,6 +27,7 @@ from edgetile.runtime.evaluation.metrics import (
     operating_point,
     score_detections,
 )
+from edgetile.runtime.files import write_text_atomic
 from edgetile.runtime.options.detect import detect_args, detect_settings
 from edgetile.runtime.outputs import CSV_HEADER, csv_rows
 from edgetile.runtime.verifier import Verifier
@@ -293,6 +294,24 @@ def write_detections_csv(result: EvalResult, path: str | Path) -> Path:
         for pd in result.per_photo:
             d = pd.detections
             w.writerows(csv_rows(pd.photo.path.name, d[d.scores >= result.score_thr]))
+    return Path(path)
+
+
+def write_detections_json(result: EvalResult, path: str | Path) -> Path:
+    """Detections at or above the result's operating threshold as detect's records, per photo.
+
+    Written when the records carry more than detections.csv holds: ``eval --embed``'s embeddings, the
+    verifier's two scores.
+    """
+    names = dict(enumerate(result.class_names))
+    photos = [
+        {
+            "image": str(pd.photo.path),
+            "detections": pd.detections[pd.detections.scores >= result.score_thr].to_records(names),
+        }
+        for pd in result.per_photo
+    ]
+    write_text_atomic(path, json.dumps(photos, indent=1))
     return Path(path)
 
 

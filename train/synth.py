@@ -24,13 +24,14 @@ import functools
 import json
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from edgetile.runtime.evaluation.annotations import voc_xml
+from edgetile.runtime.geo import CameraPose  # NumPy and OpenCV only: pymap3d is imported by what needs it
 
 CLASS_NAMES = ("person",)
 
@@ -62,6 +63,7 @@ _POSES = ("standing", "walking", "lying", "sitting", "arms_out")
 _UPRIGHT = ("standing", "walking", "arms_out")
 
 RENDERERS = ("classic", "limbs", "blobs")
+Outfit = tuple[np.ndarray, np.ndarray]  # BGR float32 colours of the top and of the legs
 TERRAINS = ("meadow", "field", "forest_edge", "rock", "water_edge")
 VIEWS = ("oblique", "nadir")
 DISTRACTORS = ("bag", "tent", "animal", "tarp")
@@ -250,8 +252,12 @@ def _blob(rng: np.random.Generator, size: int, lobes: int) -> np.ndarray:
     return cv2.GaussianBlur(m, (3, 3), 0).astype(np.float32) / 255.0
 
 
-def _draw_person(rng: np.random.Generator, length: int, pose: str) -> tuple[np.ndarray, np.ndarray, float]:
+def _draw_person(
+    rng: np.random.Generator, length: int, pose: str, outfit: Outfit | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
     """The "classic" renderer: one person of round strokes, head at the top, on a transparent canvas.
+
+    An outfit (top and legs colours) replaces the drawn colours, so that a group can dress alike.
 
     Returns:
         (patch (h, w, 3) float32 BGR, mask (h, w) float32 alpha, the neck's row).
@@ -264,6 +270,8 @@ def _draw_person(rng: np.random.Generator, length: int, pose: str) -> tuple[np.n
     top = np.array(_CLOTHING[rng.integers(len(_CLOTHING))], np.float32)
     legs = np.array(_CLOTHING[rng.integers(len(_CLOTHING))], np.float32) * rng.uniform(0.5, 1.0)
     head = np.array(_SKIN_HAIR[rng.integers(len(_SKIN_HAIR))], np.float32)
+    if outfit is not None:
+        top, legs = outfit
     cx = w / 2
     y0 = (h - L) / 2
     head_r = max(L * 0.075, 1.5)
@@ -397,8 +405,12 @@ def _skeleton(rng: np.random.Generator, L: float, pose: str, cx: float, y0: floa
     return j
 
 
-def _draw_limbs(rng: np.random.Generator, length: int, pose: str) -> tuple[np.ndarray, np.ndarray, float]:
+def _draw_limbs(
+    rng: np.random.Generator, length: int, pose: str, outfit: Outfit | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
     """The "limbs" renderer: an articulated body of tapered polygons, textured clothes, a head disc.
+
+    An outfit (top and legs colours) replaces the drawn garment colours; the fabric's pattern stays drawn.
 
     Returns:
         (patch (h, w, 3) float32 BGR, mask (h, w) float32 alpha, the neck's row).
@@ -406,8 +418,9 @@ def _draw_limbs(rng: np.random.Generator, length: int, pose: str) -> tuple[np.nd
     L = float(length)
     s = int(L * 1.5) + 8
     j = _skeleton(rng, L, pose, s / 2, (s - L) / 2)
-    top = _texture(rng, s, s, _garment_colour(rng), L)
-    legs = _texture(rng, s, s, _garment_colour(rng), L)
+    top_colour = _garment_colour(rng) if outfit is None else outfit[0]
+    top = _texture(rng, s, s, top_colour, L)
+    legs = _texture(rng, s, s, _garment_colour(rng) if outfit is None else outfit[1], L)
     skin = np.array(_SKIN_HAIR[int(rng.integers(len(_SKIN_HAIR)))], np.float32)
     hair = np.array(_SKIN_HAIR[int(rng.integers(3, len(_SKIN_HAIR)))], np.float32)
     canvas = np.zeros((s, s, 3), np.float32)
@@ -507,8 +520,12 @@ def _draw_limbs(rng: np.random.Generator, length: int, pose: str) -> tuple[np.nd
     return canvas, alpha, float(neck[1])
 
 
-def _draw_blobs(rng: np.random.Generator, length: int, pose: str) -> tuple[np.ndarray, np.ndarray, float]:
+def _draw_blobs(
+    rng: np.random.Generator, length: int, pose: str, outfit: Outfit | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
     """The "blobs" renderer: soft shaded ellipses for head, torso and limbs, drawn at twice the size.
+
+    An outfit (top and legs colours) replaces the drawn colours.
 
     Returns:
         (patch (h, w, 3) float32 BGR, mask (h, w) float32 alpha, the neck's row).
@@ -517,7 +534,7 @@ def _draw_blobs(rng: np.random.Generator, length: int, pose: str) -> tuple[np.nd
     L = float(length) * k
     s = int(L * 1.5) + 8 * k
     j = _skeleton(rng, L, pose, s / 2, (s - L) / 2)
-    top, legs = _garment_colour(rng), _garment_colour(rng)
+    top, legs = (_garment_colour(rng), _garment_colour(rng)) if outfit is None else outfit
     skin = np.array(_SKIN_HAIR[int(rng.integers(len(_SKIN_HAIR)))], np.float32) * rng.uniform(0.8, 1.2)
     canvas = np.zeros((s, s, 3), np.float32)
     alpha = np.zeros((s, s), np.float32)
@@ -892,26 +909,28 @@ def _rotate(patch: np.ndarray, mask: np.ndarray, angle: float) -> tuple[np.ndarr
     return p, m
 
 
-def make_scene(seed: int, config: SceneConfig | None = None) -> Scene:  # noqa: C901 - one scene's layers in drawing order, each switched by its option
-    """Make one synthetic aerial photo with its ground truth.
+@dataclass
+class _Ground:
+    """The ground of a photo (or of a flight's whole strip) before any person is drawn."""
 
-    Args:
-        seed: The scene is a pure function of this seed and the config.
-        config: What to draw; defaults to a 4000x3000 photo with 2-8 people of 20-150 px.
+    image: np.ndarray  # (H, W, 3) float32 BGR
+    season: str
+    terrain: str
+    light: tuple[float, float]
+    shadow_dir: tuple[float, float]
+    shadow_k: float
+    winter: bool
+    objects: dict[str, int]
 
-    Returns:
-        The Scene, boxes tight around every visible person.
-    """
-    cfg = config or SceneConfig()
-    rng = np.random.default_rng(seed)
-    # Every kind of variety added after the first version draws from its own stream, so the first
-    # version's scenes (and the bundled sample) stay the same seed for seed under the defaults.
-    xr = np.random.default_rng([seed, 1])
+
+def _ground(  # noqa: C901 - the ground's layers in drawing order, each switched by its option
+    rng: np.random.Generator, xr: np.random.Generator, cfg: SceneConfig, H: int, W: int
+) -> _Ground:
+    """Terrain, bushes, rocks, logs and distractors with their shadows, drawn from the scene's two streams."""
 
     def pick(options: tuple[str, ...]) -> str:
         return options[int(xr.integers(len(options)))] if len(options) > 1 else options[0]
 
-    H, W = cfg.height, cfg.width
     season = cfg.seasons[int(rng.integers(len(cfg.seasons)))]
     terrain = pick(cfg.terrains)
     img = _terrain(rng, H, W, season)
@@ -980,6 +999,44 @@ def make_scene(seed: int, config: SceneConfig | None = None) -> Scene:  # noqa: 
             0.45,
         )
         _paste(img, patch, m, x, y)
+
+    return _Ground(img, season, terrain, light, shadow_dir, shadow_k, winter, objects)
+
+
+def make_scene(seed: int, config: SceneConfig | None = None) -> Scene:  # noqa: C901 - one scene's layers in drawing order, each switched by its option
+    """Make one synthetic aerial photo with its ground truth.
+
+    Args:
+        seed: The scene is a pure function of this seed and the config.
+        config: What to draw; defaults to a 4000x3000 photo with 2-8 people of 20-150 px.
+
+    Returns:
+        The Scene, boxes tight around every visible person.
+    """
+    cfg = config or SceneConfig()
+    rng = np.random.default_rng(seed)
+    # Every kind of variety added after the first version draws from its own stream, so the first
+    # version's scenes (and the bundled sample) stay the same seed for seed under the defaults.
+    xr = np.random.default_rng([seed, 1])
+
+    def pick(options: tuple[str, ...]) -> str:
+        return options[int(xr.integers(len(options)))] if len(options) > 1 else options[0]
+
+    H, W = cfg.height, cfg.width
+    g = _ground(rng, xr, cfg, H, W)
+    img, season, terrain, light, shadow_dir, shadow_k, winter = (
+        g.image,
+        g.season,
+        g.terrain,
+        g.light,
+        g.shadow_dir,
+        g.shadow_k,
+        g.winter,
+    )
+    objects = g.objects
+
+    def place(n_range: tuple[int, int]) -> int:
+        return int(rng.integers(n_range[0], n_range[1] + 1))
 
     boxes: list[list[float]] = []
     poses: list[str] = []
@@ -1175,25 +1232,27 @@ def write_dataset(
 @contextlib.contextmanager
 def scenes_in_order(seeds: Iterable[int], config: SceneConfig, workers: int = 1) -> Iterator[Iterator[Scene]]:
     """Scenes of the given seeds, in order, drawn by `workers` processes (1: in this process)."""
-    seeds = list(seeds)
-    if workers <= 1 or len(seeds) <= 1:
-        yield (make_scene(s, config) for s in seeds)
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    # spawn, not fork: the caller may already hold threads (OpenCV's, a training framework's).
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield pool.map(functools.partial(make_scene, config=config), seeds, chunksize=1)
+    with _in_order(make_scene, seeds, config, workers) as scenes:
+        yield scenes
 
 
-def _write_scene(out: Path, sc: Scene, jpeg_quality: int, coco: dict, stems: list[str]) -> None:
+def _write_scene(
+    out: Path,
+    sc: Scene,
+    jpeg_quality: int,
+    coco: dict,
+    stems: list[str],
+    stem: str | None = None,
+    image_written: bool = False,
+) -> None:
     """Write one scene's photo and annotations; add it to the COCO dict and the list of stems."""
-    stem = f"scene_{sc.seed:05d}"
+    stem = stem or f"scene_{sc.seed:05d}"
     stems.append(stem)
     name = stem + ".jpg"
     h, w = sc.image.shape[:2]
-    if not cv2.imwrite(str(out / "JPEGImages" / name), sc.image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]):
+    if not image_written and not cv2.imwrite(
+        str(out / "JPEGImages" / name), sc.image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
+    ):
         raise OSError(f"could not write {out / 'JPEGImages' / name}")
     names = [CLASS_NAMES[int(c)] for c in sc.class_ids]
     (out / "Annotations" / f"{stem}.xml").write_text(voc_xml(name, w, h, sc.boxes, names, decimals=0))
@@ -1217,3 +1276,721 @@ def _write_scene(out: Path, sc: Scene, jpeg_quality: int, coco: dict, stems: lis
                 "iscrowd": 0,
             }
         )
+
+
+# --------------------------------------------------------------------------------------------------- flights
+
+FLIGHT_SCENE = SceneConfig(
+    width=2000,
+    height=1500,
+    seasons=DIVERSE.seasons,
+    renderers=DIVERSE.renderers,
+    terrains=DIVERSE.terrains,
+    views=DIVERSE.views,
+    distractors=DIVERSE.distractors,
+    objects=DIVERSE.objects,
+    occlusion=0.1,
+    blur=DIVERSE.blur,
+    noise=DIVERSE.noise,
+    jpeg_quality=DIVERSE.jpeg_quality,
+)
+"""The photos of a flight: DIVERSE's variety at 2000x1500 (the people come from the FlightConfig)."""
+
+
+@dataclass(frozen=True)
+class FlightConfig:
+    """A drone flying one straight line over a synthetic ground, photographing it with overlap.
+
+    The ground is drawn once for the whole line (terrain, bushes, rocks, logs, person-like
+    distractors), people stand on it at positions in metres, and every photo is a view of it: the same
+    person keeps their clothes, body and renderer in every photo that sees them, so identities can
+    be followed across photos. Each photo has its true pose (used to draw it) and the pose a drone
+    would record, off by GNSS, attitude and altimeter errors (written into the photo's XMP).
+
+    Attributes:
+        photos: Number of photos along the line.
+        altitude_m: Height above the (flat) ground, metres.
+        overlap: Forward overlap: the share of a photo's length along the line that the next one shows too.
+        focal_px: Focal length in pixels; the ground sampling distance is altitude_m / focal_px.
+        heading_deg: Direction of flight in degrees from north (the photos' top points there);
+            None draws one per flight.
+        lat: Latitude of the first photo's centre, degrees.
+        lon: Longitude of the first photo's centre, degrees.
+        ground_alt_m: The ground's altitude above sea level, metres (AbsoluteAltitude = this + height).
+        people: Range of the number of people on their own.
+        groups: Range of the number of groups of similarly dressed people standing close together.
+        group_size: Range of the number of people in a group.
+        group_spacing_m: Range of the distance between a group member and the one they stand next to.
+        walkers: Probability that a person (or a whole group) walks slowly between photos.
+        speed_m: Range of a walker's displacement between consecutive photos, metres.
+        body_m: Range of a person's length, metres (head to feet when stretched).
+        jitter_m: One sigma of the true camera position's deviation from the line, metres.
+        gps_sigma_m: One sigma of the recorded position's error, metres (per photo, independent).
+        angle_sigma_deg: One sigma of the recorded yaw, pitch and roll's errors, degrees.
+        alt_sigma_m: One sigma of the recorded height's error, metres.
+        scene: The photos' size and the ground's variety (terrains, seasons, distractors, renderers,
+            views, occlusion, blur, noise, JPEG); its people, person_px and empty_fraction are unused.
+    """
+
+    photos: int = 8
+    altitude_m: float = 50.0
+    overlap: float = 0.6
+    focal_px: float = 1500.0
+    heading_deg: float | None = None
+    lat: float = 55.75
+    lon: float = 37.62
+    ground_alt_m: float = 150.0
+    people: tuple[int, int] = (3, 8)
+    groups: tuple[int, int] = (1, 3)
+    group_size: tuple[int, int] = (2, 4)
+    group_spacing_m: tuple[float, float] = (1.0, 2.5)
+    walkers: float = 0.3
+    speed_m: tuple[float, float] = (0.3, 1.5)
+    body_m: tuple[float, float] = (1.5, 1.9)
+    jitter_m: float = 1.0
+    gps_sigma_m: float = 1.5
+    angle_sigma_deg: float = 0.5
+    alt_sigma_m: float = 1.0
+    scene: SceneConfig = FLIGHT_SCENE
+
+    def __post_init__(self) -> None:
+        if self.photos < 1:
+            raise ValueError(f"photos: expected at least 1, found {self.photos}")
+        for name in ("altitude_m", "focal_px"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{name}: expected a positive number, found {v}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap: expected a fraction in [0, 1), found {self.overlap}")
+        for name in ("people", "groups", "group_size"):
+            lo, hi = getattr(self, name)
+            if lo < 0 or hi < lo:
+                raise ValueError(f"{name}: expected a range (lo, hi) with 0 <= lo <= hi, found {(lo, hi)}")
+        if self.group_size[0] < 2:
+            raise ValueError(f"group_size: expected groups of at least 2 people, found {self.group_size}")
+        for name in ("group_spacing_m", "speed_m", "body_m"):
+            lo, hi = getattr(self, name)
+            if not (0 <= lo <= hi and math.isfinite(hi)):
+                raise ValueError(f"{name}: expected a range (lo, hi) with 0 <= lo <= hi, found {(lo, hi)}")
+        if self.body_m[0] <= 0:
+            raise ValueError(f"body_m: expected people longer than 0 m, found {self.body_m}")
+        if not 0.0 <= self.walkers <= 1.0:
+            raise ValueError(f"walkers: expected a probability in [0, 1], found {self.walkers}")
+        for name in ("jitter_m", "gps_sigma_m", "angle_sigma_deg", "alt_sigma_m"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name}: expected a non-negative number, found {v}")
+        if self.alt_sigma_m * 4 >= self.altitude_m:
+            raise ValueError(
+                f"alt_sigma_m: expected well under the altitude ({self.altitude_m} m), found {self.alt_sigma_m}"
+            )
+
+    @property
+    def gsd_m(self) -> float:
+        """Metres per pixel straight below the camera at the nominal altitude."""
+        return self.altitude_m / self.focal_px
+
+
+@dataclass
+class FlightPerson:
+    """One individual of a flight.
+
+    Attributes:
+        identity: The person's index in the flight (0-based).
+        group: The index of their group, or None for a person on their own.
+        renderer: How they are drawn (RENDERERS), the same in every photo.
+        pose: Their pose (walkers walk).
+        view: "oblique" or "nadir".
+        body_m: Their length in metres.
+        outfit: (top, legs) BGR colours when dressed like their group, else None (the renderer's own).
+        north_m: (photos,) their position north of the line's start at each photo, metres.
+        east_m: (photos,) east of the line's start, metres.
+        lat: (photos,) their latitude at each photo, degrees.
+        lon: (photos,) their longitude at each photo.
+    """
+
+    identity: int
+    group: int | None
+    renderer: str
+    pose: str
+    view: str
+    body_m: float
+    outfit: tuple[tuple[float, float, float], tuple[float, float, float]] | None
+    north_m: np.ndarray
+    east_m: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+
+    @property
+    def walking(self) -> bool:
+        """Whether they move between photos."""
+        return bool(np.ptp(self.north_m) > 0 or np.ptp(self.east_m) > 0)
+
+
+@dataclass
+class FlightPhoto:
+    """One photo of a flight with its ground truth.
+
+    Attributes:
+        index: Its place along the line (0-based).
+        image: (H, W, 3) uint8 BGR photo.
+        boxes: (N, 4) float32 boxes x1, y1, x2, y2 around each person at least half inside the photo
+            (cut at its edges).
+        identities: (N,) int64 FlightPerson.identity of each box.
+        pose: The camera's true pose (the photo is drawn from it).
+        recorded: The pose the drone records (what the photo's XMP says), with its errors.
+        recorded_ypr: The recorded yaw, pitch, roll in degrees, as written into the XMP.
+    """
+
+    index: int
+    image: np.ndarray
+    boxes: np.ndarray
+    identities: np.ndarray
+    pose: CameraPose
+    recorded: CameraPose
+    recorded_ypr: tuple[float, float, float]
+
+
+@dataclass
+class Flight:
+    """A flight line's photos, its people and the ground truth that ties them.
+
+    Attributes:
+        seed: The flight is a pure function of this seed and its config.
+        config: What was asked.
+        heading_deg: Its direction of flight.
+        photos: The photos in the order they were taken.
+        people: Everyone standing on the ground, seen or not.
+        season: The ground's season.
+        terrain: The ground's terrain type.
+        objects: How many of each distractor (bush, rock, log and DISTRACTORS) lie on the ground.
+    """
+
+    seed: int
+    config: FlightConfig
+    heading_deg: float
+    photos: list[FlightPhoto]
+    people: list[FlightPerson]
+    season: str = ""
+    terrain: str = ""
+    objects: dict[str, int] = field(default_factory=dict)
+
+    def identity_name(self, identity: int) -> str:
+        """The person's name across flights: ``f{seed}_p{identity}`` (folder names of identity crops)."""
+        return f"f{self.seed}_p{identity:03d}"
+
+    def photo_stem(self, index: int) -> str:
+        """The file name (without extension) of photo `index`."""
+        return f"flight{self.seed:05d}_{index:03d}"
+
+
+def _place_people(
+    rng: np.random.Generator, cfg: FlightConfig, along: tuple[float, float], half_cross: float
+) -> list[tuple[float, float, int | None]]:
+    """Positions (along, cross) in metres and group of everyone: singles first, then groups.
+
+    Singles and groups keep 3 m from each other; group members stand group_spacing_m from a neighbour.
+    """
+    placed: list[tuple[float, float, int | None]] = []
+
+    def free(a: float, c: float, clearance: float) -> bool:
+        return all(math.hypot(a - pa, c - pc) >= clearance for pa, pc, _ in placed)
+
+    def spot() -> tuple[float, float]:
+        return rng.uniform(*along), rng.uniform(-half_cross, half_cross)
+
+    for _ in range(int(rng.integers(cfg.people[0], cfg.people[1] + 1))):
+        for _attempt in range(50):
+            a, c = spot()
+            if free(a, c, 3.0):
+                placed.append((a, c, None))
+                break
+    n_groups = int(rng.integers(cfg.groups[0], cfg.groups[1] + 1))
+    for g in range(n_groups):
+        size = int(rng.integers(cfg.group_size[0], cfg.group_size[1] + 1))
+        reach = size * cfg.group_spacing_m[1]
+        for _attempt in range(50):
+            a0, c0 = spot()
+            if free(a0, c0, 3.0 + reach):
+                break
+        else:
+            continue
+        members = [(a0, c0)]
+        for _ in range(size - 1):
+            for _attempt in range(50):
+                ba, bc = members[int(rng.integers(len(members)))]
+                d, t = rng.uniform(*cfg.group_spacing_m), rng.uniform(0, 2 * math.pi)
+                a, c = ba + d * math.cos(t), bc + d * math.sin(t)
+                if all(math.hypot(a - ma, c - mc) >= 0.9 * cfg.group_spacing_m[0] for ma, mc in members):
+                    members.append((a, c))
+                    break
+        placed += [(a, c, g) for a, c in members]
+    return placed
+
+
+def render_flight(seed: int, config: FlightConfig | None = None) -> Flight:  # noqa: C901 - a flight's people, then each photo's layers in drawing order
+    """Draw a flight line: the same people, with their identities, in consecutive overlapping photos.
+
+    Needs the geo extra (pymap3d): every pixel-to-ground relation is the runtime's own
+    (:func:`edgetile.runtime.geo.ground_to_pixel` and ``locate_pixels``), so a person's box,
+    georeferenced with the photo's true pose, lands on their ground position.
+
+    Args:
+        seed: The flight is a pure function of this seed and the config.
+        config: The line, the people and the photos; defaults to FlightConfig().
+
+    Returns:
+        The Flight: photos with boxes and identities, true and recorded poses, and the people.
+    """
+    import pymap3d
+
+    from edgetile.runtime.geo import ErrorModel, ground_to_pixel, locate_pixels
+
+    cfg = config or FlightConfig()
+    sc = cfg.scene
+    W, H = sc.width, sc.height
+    rng = np.random.default_rng([seed, 2])
+    heading = float(rng.uniform(0, 360)) if cfg.heading_deg is None else float(cfg.heading_deg)
+    gsd = cfg.gsd_m
+    width_m, length_m = W * gsd, H * gsd
+    step = (1.0 - cfg.overlap) * length_m
+    margin = 0.15 * max(width_m, length_m) + 4 * cfg.jitter_m + 2.0
+    a_lo, a_hi = -length_m / 2 - margin, (cfg.photos - 1) * step + length_m / 2 + margin
+    c_lo, c_hi = -width_m / 2 - margin, width_m / 2 + margin
+    hr = math.radians(heading)
+
+    def to_ne(a: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return a * math.cos(hr) - c * math.sin(hr), a * math.sin(hr) + c * math.cos(hr)
+
+    def to_ac(n: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return n * math.cos(hr) + e * math.sin(hr), -n * math.sin(hr) + e * math.cos(hr)
+
+    def to_latlon(n: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lat, lon, _ = pymap3d.ned2geodetic(n, e, 0.0, cfg.lat, cfg.lon, cfg.ground_alt_m, deg=True)
+        return np.atleast_1d(np.asarray(lat, np.float64)), np.atleast_1d(np.asarray(lon, np.float64))
+
+    # The whole strip's ground, drawn once at the nominal ground sampling distance, top = ahead.
+    mw, mh = int(math.ceil((c_hi - c_lo) / gsd)), int(math.ceil((a_hi - a_lo) / gsd))
+    area = (mw * mh) / (4000.0 * 3000.0)  # as many per pixel as in a default 4000x3000 scene
+    strip = replace(
+        sc,
+        width=mw,
+        height=mh,
+        **{
+            k: tuple(int(round(v * area)) for v in getattr(sc, k))
+            for k in ("rocks", "logs", "bushes", "objects")
+        },
+    )
+    g = _ground(np.random.default_rng([seed, 3]), np.random.default_rng([seed, 4]), strip, mh, mw)
+    mosaic = g.image
+
+    # Everyone on the ground, each drawn once: the same clothes, body and renderer in every photo.
+    spots = _place_people(
+        rng, cfg, (-length_m / 2, (cfg.photos - 1) * step + length_m / 2), width_m / 2 * 0.95
+    )
+    group_look: dict[int, tuple[str, Outfit]] = {}
+    group_walk: dict[int, tuple[float, float] | None] = {}
+    people: list[FlightPerson] = []
+    drawn: list[tuple[np.ndarray, np.ndarray, np.ndarray, float, float]] = []
+    for pid, (a0, c0, grp) in enumerate(spots):
+        pr = np.random.default_rng([seed, 5, pid])
+        if grp is not None and grp not in group_look:
+            gr = np.random.default_rng([seed, 6, grp])
+            group_look[grp] = (
+                sc.renderers[int(gr.integers(len(sc.renderers)))],
+                (_garment_colour(gr), _garment_colour(gr)),
+            )
+            group_walk[grp] = None
+            if gr.random() < cfg.walkers:
+                t = gr.uniform(0, 2 * math.pi)
+                v = gr.uniform(*cfg.speed_m)
+                group_walk[grp] = (v * math.cos(t), v * math.sin(t))
+        if grp is None:
+            renderer, outfit = sc.renderers[int(pr.integers(len(sc.renderers)))], None
+            walk = None
+            if pr.random() < cfg.walkers:
+                t, v = pr.uniform(0, 2 * math.pi), pr.uniform(*cfg.speed_m)
+                walk = (v * math.cos(t), v * math.sin(t))
+        else:
+            renderer, base = group_look[grp]
+            # alike, not identical: the same garments in slightly different shades
+            outfit = tuple(
+                np.clip(c * pr.uniform(0.9, 1.1) + pr.normal(0, 6, 3), 0, 255).astype(np.float32)
+                for c in base
+            )
+            walk = group_walk[grp]
+        pose = "walking" if walk is not None else _POSES[int(pr.integers(len(_POSES)))]
+        view = sc.views[int(pr.integers(len(sc.views)))]
+        body = float(pr.uniform(*cfg.body_m))
+        length = max(8, int(round(body / gsd)))
+        if renderer == "classic":
+            patch, m, neck = _draw_person(pr, length, pose, outfit)
+        else:
+            patch, m, neck = _RENDER[renderer](pr, length, pose, outfit=outfit)
+        nadir = view == "nadir" and pose in _UPRIGHT
+        full = m
+        angle = pr.uniform(0, 360) if pose == "lying" else pr.normal(0, 25)
+        if nadir:
+            patch, m = _foreshorten(patch, m, neck, pr.uniform(0.15, 0.45))
+            angle = pr.uniform(0, 360)
+        drawn.append((patch, m, full, angle, float(pr.uniform(0.15, 0.4))))
+        k = np.arange(cfg.photos, dtype=np.float64)
+        da, dc = walk if walk is not None else (0.0, 0.0)
+        n, e = to_ne(a0 + da * k, c0 + dc * k)
+        lat, lon = to_latlon(n, e)
+        people.append(
+            FlightPerson(
+                pid,
+                grp,
+                renderer,
+                pose,
+                "nadir" if nadir else "oblique",
+                body,
+                None if outfit is None else tuple(tuple(float(x) for x in c) for c in outfit),
+                n,
+                e,
+                lat,
+                lon,
+            )
+        )
+
+    photos: list[FlightPhoto] = []
+    corners = np.array([[0, 0], [W, 0], [W, H], [0, H]], np.float64)
+    for i in range(cfg.photos):
+        r = np.random.default_rng([seed, 7, i])
+        a_c, c_c = i * step + r.normal(0, cfg.jitter_m * 0.3), r.normal(0, cfg.jitter_m)
+        yaw = heading + r.normal(0, 1.0)
+        pitch = -90.0 + abs(r.normal(0, 0.7))
+        agl = cfg.altitude_m + r.normal(0, 0.5)
+        n_c, e_c = to_ne(np.array([a_c]), np.array([c_c]))
+        lat_c, lon_c = to_latlon(n_c, e_c)
+        true_pose = CameraPose.from_angles(
+            float(lat_c[0]),
+            float(lon_c[0]),
+            agl,
+            yaw,
+            pitch,
+            0.0,
+            cfg.focal_px,
+            W,
+            H,
+            abs_alt_m=cfg.ground_alt_m + agl,
+            sources={"position": "synthetic truth"},
+        )
+        # What the drone records: the truth off by its sensors' errors, rounded as DJI writes them.
+        en, ee = r.normal(0, cfg.gps_sigma_m, 2)
+        rec_lat, rec_lon = to_latlon(n_c + en, e_c + ee)
+        rec_ypr = tuple(
+            round(float(v + r.normal(0, cfg.angle_sigma_deg)), 2)
+            for v in ((yaw + 180) % 360 - 180, pitch, 0.0)
+        )
+        rec_agl = round(float(agl + r.normal(0, cfg.alt_sigma_m)), 2)
+        recorded = CameraPose.from_angles(
+            round(float(rec_lat[0]), 8),
+            round(float(rec_lon[0]), 8),
+            rec_agl,
+            *rec_ypr,
+            round(cfg.focal_px, 3),
+            W,
+            H,
+            abs_alt_m=round(cfg.ground_alt_m + rec_agl, 2),
+            sources={"position": "synthetic, recorded"},
+        )
+        # The photo is the strip's ground seen through the true pose: a plane, so one homography.
+        fixes = locate_pixels(true_pose, corners, ErrorModel(0.0, 0.0, 0.0))
+        if any(f is None for f in fixes):
+            raise ValueError(f"photo {i}: its corners do not reach the ground (pitch {pitch:.1f})")
+        n_k, e_k, _ = pymap3d.geodetic2ned(
+            np.array([f.lat for f in fixes]),
+            np.array([f.lon for f in fixes]),
+            cfg.ground_alt_m,
+            cfg.lat,
+            cfg.lon,
+            cfg.ground_alt_m,
+            deg=True,
+        )
+        a_k, c_k = to_ac(np.asarray(n_k), np.asarray(e_k))
+        src = np.stack([(c_k - c_lo) / gsd, (a_hi - a_k) / gsd], axis=1).astype(np.float32)
+        hom = cv2.getPerspectiveTransform(corners.astype(np.float32), src)
+        img = cv2.warpPerspective(
+            mosaic, hom, (W, H), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT
+        )
+        img *= np.float32(r.uniform(0.93, 1.07))  # the camera's exposure differs from photo to photo
+        scale = cfg.altitude_m / agl
+        boxes: list[list[float]] = []
+        ids: list[int] = []
+        feet = ground_to_pixel(true_pose, [p.lat[i] for p in people], [p.lon[i] for p in people])
+        for p, (patch, m, full, angle, shadow_off), (u, v) in zip(people, drawn, feet):
+            if not (np.isfinite(u) and np.isfinite(v)) or not (-W < u < 2 * W and -H < v < 2 * H):
+                continue
+            ps, ms, fs = patch, m, full
+            if abs(scale - 1.0) > 1e-3:
+                size = (max(1, round(m.shape[1] * scale)), max(1, round(m.shape[0] * scale)))
+                ps = cv2.resize(patch, size, interpolation=cv2.INTER_LINEAR)
+                ms = cv2.resize(m, size, interpolation=cv2.INTER_LINEAR)
+                fs = cv2.resize(
+                    full, (max(1, round(full.shape[1] * scale)), max(1, round(full.shape[0] * scale)))
+                )
+            ps, ms = _rotate(ps, ms, angle + (yaw - heading) + r.normal(0, 2.0))
+            ys, xs = np.nonzero(ms > 0.25)
+            if len(xs) == 0:
+                continue
+            bx0, by0, bx1, by1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+            # the box's bottom centre, which the runtime georeferences, stands on the person's spot
+            x, y = int(round(u - (bx0 + bx1) / 2)), int(round(v - by1))
+            box = np.array([x + bx0, y + by0, x + bx1, y + by1], np.float64)
+            cut = np.array([max(box[0], 0), max(box[1], 0), min(box[2], W), min(box[3], H)])
+            inside = max(cut[2] - cut[0], 0) * max(cut[3] - cut[1], 0)
+            if inside < 0.5 * (box[2] - box[0]) * (box[3] - box[1]):
+                continue  # mostly outside: not drawn, so nothing unlabelled shows at the edges
+            length = max(ms.shape) / 1.5
+            if p.view == "nadir":
+                _cast_shadow(img, fs, (x + (bx0 + bx1) / 2, y + (by0 + by1) / 2), g.shadow_dir, g.shadow_k)
+            else:
+                sh = cv2.GaussianBlur(ms, (0, 0), max(length / 40, 0.8))
+                off = length * shadow_off
+                _darken(img, sh, x + int(g.shadow_dir[0] * off), y + int(g.shadow_dir[1] * off), 0.5)
+            _paste(img, ps, ms, x, y)
+            if sc.occlusion > 0 and r.random() < sc.occlusion:
+                _occlude(r, img, ms, x, y, g.light, g.winter)
+            boxes.append(cut.tolist())
+            ids.append(p.identity)
+        img = cv2.GaussianBlur(img, (0, 0), r.uniform(0.5, 0.9))
+        if sc.blur > 0 and r.random() < sc.blur:
+            img = _camera(r, img)
+        img += r.normal(0, r.uniform(*sc.noise), (H, W, 1)).astype(np.float32)
+        out = np.clip(img, 0, 255).astype(np.uint8)
+        if sc.jpeg_quality is not None:
+            q = int(r.integers(sc.jpeg_quality[0], sc.jpeg_quality[1] + 1))
+            out = cv2.imdecode(cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, q])[1], cv2.IMREAD_COLOR)
+        photos.append(
+            FlightPhoto(
+                i,
+                out,
+                np.asarray(boxes, np.float32).reshape(-1, 4),
+                np.asarray(ids, np.int64),
+                true_pose,
+                recorded,
+                rec_ypr,
+            )
+        )
+    return Flight(seed, cfg, heading, photos, people, g.season, g.terrain, g.objects)
+
+
+def _dji_xmp(photo: FlightPhoto) -> bytes:
+    """The photo's recorded pose as a DJI drone writes it: drone-dji attributes in an XMP packet."""
+    pose = photo.recorded
+    yaw, pitch, roll = photo.recorded_ypr
+    values = {
+        "GpsLatitude": f"{pose.lat:.8f}",
+        "GpsLongitude": f"{pose.lon:.8f}",
+        "AbsoluteAltitude": f"{pose.abs_alt_m:+.2f}",
+        "RelativeAltitude": f"{pose.agl_m:+.2f}",
+        "GimbalRollDegree": f"{roll:+.2f}",
+        "GimbalYawDegree": f"{yaw:+.2f}",
+        "GimbalPitchDegree": f"{pitch:+.2f}",
+        "FlightYawDegree": f"{yaw:+.2f}",
+        "CalibratedFocalLength": f"{pose.focal_px:.3f}",
+        "CalibratedOpticalCenterX": f"{pose.cx:.3f}",
+        "CalibratedOpticalCenterY": f"{pose.cy:.3f}",
+    }
+    attrs = "\n   ".join(f'drone-dji:{k}="{v}"' for k, v in values.items())
+    return (
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/">\n <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">\n'
+        '  <rdf:Description rdf:about="DJI Meta Data" xmlns:drone-dji="http://www.dji.com/drone-dji/1.0/"\n'
+        f'   {attrs}/>\n </rdf:RDF>\n</x:xmpmeta>\n<?xpacket end="w"?>'
+    ).encode()
+
+
+def flight_jpeg(photo: FlightPhoto, quality: int = 92) -> bytes:
+    """The photo as a JPEG with its recorded pose in an APP1 XMP segment, as DJI cameras write it."""
+    ok, buf = cv2.imencode(".jpg", photo.image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise OSError(f"could not encode photo {photo.index} as JPEG")
+    data = buf.tobytes()
+    payload = b"http://ns.adobe.com/xap/1.0/\x00" + _dji_xmp(photo)
+    pos = 2  # after SOI and any APP0 (JFIF) segment, as cameras order them
+    while data[pos] == 0xFF and data[pos + 1] in (0xE0, 0xE1):
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return data[:pos] + b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload + data[pos:]
+
+
+# The appearance embedder's default crop (edgetile.runtime.embedder.DEFAULT_CROP): the person and a
+# margin for a detector's loose box, less ground than the verifier's context of 2.
+CROP_CONTEXT = 1.25
+CROP_MIN_SIDE = 16
+
+
+def write_identity_crops(
+    flight: Flight,
+    out_dir: str | Path,
+    context: float = CROP_CONTEXT,
+    min_side: int = CROP_MIN_SIDE,
+    photos: list | None = None,
+) -> dict[str, int]:
+    """Write every sighting of every person as ``OUT/IDENTITY/PHOTO.png``, for training an embedding.
+
+    The crops are the windows the runtime cuts around a detection (``runtime.verifier.crop_windows``:
+    a square of ``context`` times the box's longer side, at least ``min_side`` px, moved inside the
+    photo), at the photo's own resolution. The defaults are the appearance embedder's crop (the
+    person and a margin for a loose box); pass the geometry your embedder is trained and run with.
+
+    Args:
+        flight: The flight.
+        out_dir: Folder of identity folders (created); IDENTITY is ``flight.identity_name``.
+        context: Crop side over the box's longer side.
+        min_side: Smallest crop side in pixels.
+        photos: The images to cut from, one per flight photo (e.g. the JPEGs as written and read back);
+            default the flight's own images.
+
+    Returns:
+        Crops written per identity name.
+    """
+    from edgetile.runtime.verifier import CropConfig, crop_windows
+
+    crop = CropConfig(context, min_side)
+    out = Path(out_dir)
+    counts: dict[str, int] = {}
+    for k, ph in enumerate(flight.photos):
+        img = ph.image if photos is None else photos[k]
+        h, w = img.shape[:2]
+        for (x0, y0, x1, y1), ident in zip(crop_windows(ph.boxes, (w, h), crop), ph.identities):
+            name = flight.identity_name(int(ident))
+            (out / name).mkdir(parents=True, exist_ok=True)
+            path = out / name / f"{flight.photo_stem(ph.index)}.png"
+            if not cv2.imwrite(str(path), img[y0:y1, x0:x1]):
+                raise OSError(f"could not write {path}")
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _flight_record(f: Flight) -> dict:
+    """The flight's ground truth, JSON-ready (flights.json)."""
+    return {
+        "seed": f.seed,
+        "heading_deg": round(f.heading_deg, 3),
+        "season": f.season,
+        "terrain": f.terrain,
+        "objects": f.objects,
+        "people": [
+            {
+                "identity": f.identity_name(p.identity),
+                "group": None if p.group is None else f"f{f.seed}_g{p.group}",
+                "renderer": p.renderer,
+                "pose": p.pose,
+                "view": p.view,
+                "body_m": round(p.body_m, 3),
+                "walking": p.walking,
+                "lat": [round(float(v), 9) for v in p.lat],
+                "lon": [round(float(v), 9) for v in p.lon],
+            }
+            for p in f.people
+        ],
+        "photos": [
+            {
+                "file": f"JPEGImages/{f.photo_stem(ph.index)}.jpg",
+                "pose": ph.pose.to_dict(),
+                "recorded": ph.recorded.to_dict(),
+                "boxes": [[round(float(v), 1) for v in b] for b in ph.boxes],
+                "identities": [f.identity_name(int(i)) for i in ph.identities],
+            }
+            for ph in f.photos
+        ],
+    }
+
+
+def write_flights(
+    out_dir: str | Path,
+    count: int,
+    seed: int = 0,
+    config: FlightConfig | None = None,
+    jpeg_quality: int = 92,
+    crops: str | Path | None = None,
+    crop_context: float = CROP_CONTEXT,
+    crop_min_side: int = CROP_MIN_SIDE,
+    workers: int = 1,
+    progress: bool = False,
+) -> Path:
+    """Write `count` flights: photos with their recorded pose in XMP, annotations with identities.
+
+    Layout (write_dataset's, so every tool that reads a synthetic dataset reads it, plus the truth)::
+
+        out_dir/JPEGImages/flight00000_000.jpg   drone-dji XMP: GpsLatitude, RelativeAltitude, Gimbal*, ...
+        out_dir/Annotations/, labels/, classes.txt, ImageSets/Main/all.txt
+        out_dir/annotations.json                 COCO, each annotation with "identity" (and "group")
+        out_dir/flights.json                     per flight: people, true and recorded poses, boxes
+
+    Args:
+        out_dir: Folder to write into (created).
+        count: Number of flights; flight k uses seed + k.
+        seed: The first flight's seed.
+        config: The flights' line, people and photos.
+        jpeg_quality: JPEG quality of the photos.
+        crops: Also write identity crops (write_identity_crops) of the JPEGs as written into this folder.
+        crop_context: Their side over the box's longer side.
+        crop_min_side: Their smallest side in pixels.
+        workers: Processes drawing flights at once (the files are the same for any number).
+        progress: Show a progress bar on stderr.
+
+    Returns:
+        The output folder.
+    """
+    if count < 0:
+        raise ValueError(f"count: expected a non-negative number of flights, found {count}")
+    if workers < 1:
+        raise ValueError(f"workers: expected at least 1 process, found {workers}")
+    cfg = config or FlightConfig()
+    out = Path(out_dir)
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main", "labels"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    (out / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+    coco: dict = {
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(CLASS_NAMES)],
+    }
+    stems: list[str] = []
+    records = []
+    with _in_order(render_flight, range(seed, seed + count), cfg, workers) as flights:
+        it = flights
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(flights, desc="flights", unit="flight", total=count)
+        for f in it:
+            written = []
+            for ph in f.photos:
+                stem = f.photo_stem(ph.index)
+                data = flight_jpeg(ph, jpeg_quality)
+                (out / "JPEGImages" / f"{stem}.jpg").write_bytes(data)
+                written.append(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))
+                sc = Scene(ph.image, ph.boxes, np.zeros(len(ph.boxes), np.int64))
+                first = len(coco["annotations"])
+                _write_scene(out, sc, jpeg_quality, coco, stems, stem=stem, image_written=True)
+                for ann, ident in zip(coco["annotations"][first:], ph.identities):
+                    p = f.people[int(ident)]
+                    ann["identity"] = f.identity_name(p.identity)
+                    ann["group"] = None if p.group is None else f"f{f.seed}_g{p.group}"
+            if crops is not None:
+                write_identity_crops(f, crops, crop_context, crop_min_side, photos=written)
+            records.append(_flight_record(f))
+    (out / "ImageSets" / "Main" / "all.txt").write_text("\n".join(stems) + ("\n" if stems else ""))
+    (out / "annotations.json").write_text(json.dumps(coco))
+    (out / "flights.json").write_text(json.dumps({"flights": records}, indent=1))
+    return out
+
+
+@contextlib.contextmanager
+def _in_order(draw, seeds: Iterable[int], config: object, workers: int) -> Iterator[Iterator]:
+    """draw(seed, config) for each seed, in order, by `workers` processes (1: in this process)."""
+    seeds = list(seeds)
+    if workers <= 1 or len(seeds) <= 1:
+        yield (draw(s, config) for s in seeds)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: the caller may already hold threads (OpenCV's, a training framework's).
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool.map(functools.partial(draw, config=config), seeds, chunksize=1)

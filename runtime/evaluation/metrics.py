@@ -590,10 +590,10 @@ def loaded_photos(
 
 
 def map_classes(dets: Detections, mapping: Mapping[int, int]) -> Detections:
-    """Detections with class ids renumbered by mapping; classes absent from it are dropped."""
+    """Detections with class ids renumbered by mapping (data kept); classes absent from it are dropped."""
     if not len(dets):
         return dets
     keep = np.array([int(c) in mapping for c in dets.class_ids], bool)
     d = dets[keep]
     ids = np.array([mapping[int(c)] for c in d.class_ids], np.int64)
-    return Detections(d.xyxy, d.scores, ids)
+    return Detections(d.xyxy, d.scores, ids, d.data)

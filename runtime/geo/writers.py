@@ -33,7 +33,7 @@ from ..outputs import csv_text_cell
 from ..results import NULL, Detections
 from .ground import ElevationFn, ErrorModel, locate_boxes
 from .pose import CameraPose, PoseError, PoseOverrides, pose_from_photo
-from .tracks import Track, TrackBuilder
+from .tracks import Track, TrackBuilder, check_appearance_min
 
 GEO_FORMATS = ("geojson", "kml", "csv")
 
@@ -114,6 +114,8 @@ class GeoConfig:
         overrides: Pose values from flags.
         errors: Uncertainties behind each point's error estimate.
         track_radius_m: Ground radius within which sightings in different photos join one track.
+        appearance_min: Least cosine similarity of a detection's appearance embedding with a track's
+            for it to join, besides the radius (TrackBuilder); None: position alone.
         thumbnails: Write a crop thumbnail per detection to DIR/thumbs/.
     """
 
@@ -121,6 +123,7 @@ class GeoConfig:
     overrides: PoseOverrides = field(default_factory=PoseOverrides)
     errors: ErrorModel = field(default_factory=ErrorModel)
     track_radius_m: float = 5.0
+    appearance_min: float | None = None
     thumbnails: bool = True
 
     def __post_init__(self) -> None:
@@ -131,6 +134,7 @@ class GeoConfig:
             raise ValueError(
                 f"track_radius_m: expected a positive number of metres, found {self.track_radius_m}"
             )
+        check_appearance_min(self.appearance_min)
 
 
 def crop_thumbnail(image: np.ndarray, bbox: list[float] | np.ndarray) -> np.ndarray:
@@ -237,9 +241,10 @@ class GeoDocuments:
     Args:
         photos: (image, detection records) per photo, in order; records with lat/lon are placed.
         tracks: The tracks of those records (see TrackBuilder), or None to build them here with
-            track_radius_m (the documents then give each record its track_id; the records passed in
-            stay as they are).
+            track_radius_m and appearance_min (the documents then give each record its track_id; the
+            records passed in stay as they are).
         track_radius_m: Radius for building tracks.
+        appearance_min: Least appearance similarity for building tracks (None: position alone).
     """
 
     def __init__(
@@ -247,9 +252,10 @@ class GeoDocuments:
         photos: list[tuple[str, list[dict]]],
         tracks: list[Track] | None = None,
         track_radius_m: float = 5.0,
+        appearance_min: float | None = None,
     ) -> None:
         if tracks is None:
-            builder = TrackBuilder(track_radius_m)
+            builder = TrackBuilder(track_radius_m, appearance_min)
             tracked = []
             for image, dets in photos:
                 ids = builder.add_photo(image, dets)
@@ -430,7 +436,7 @@ class GeoWriter:
         self.config = config
         self.elevation = elevation
         self.names = dict(names or {})
-        self.tracks = TrackBuilder(config.track_radius_m)
+        self.tracks = TrackBuilder(config.track_radius_m, config.appearance_min)
         self.photos: list[tuple[str, Detections]] = []
         self.thumb_dir = self.out_dir / "thumbs"
         self.geojson_path = self.out_dir / "detections.geojson"

@@ -135,7 +135,7 @@ def add_detect_options(
         default="none",
         help="flip adds a mirrored pass fused by WBF: slower, usually better recall (default: none)",
     )
-    g = p.add_argument_group("second look")
+    g = p.add_argument_group("second look and appearance")
     g.add_argument(
         "--verify",
         metavar="MODEL",
@@ -151,6 +151,15 @@ def add_detect_options(
         help="keep a detection when the classifier's person probability is at least this (default: the "
         "threshold train-verifier chose and stored in the model, which loses at most 1%% of the people "
         "the detector found on its validation photos)",
+    )
+    g.add_argument(
+        "--embed",
+        metavar="MODEL",
+        default=None,
+        help="appearance embedding model from 'edgetile train-embedder' (.onnx or engine): every "
+        "detection left after the merge and --verify is cut out and embedded in one batch per photo; "
+        "each record gets 'embedding', 128 unit-length float16 values in base64, whose cosine "
+        "similarity tells the same person across photos (default: none)",
     )
     return {action.dest: action for action in p._actions[first:]}
 
@@ -427,6 +436,7 @@ class DetectorRecipe:
         config: Tiling, thresholds and merging, with the ensemble files' fusion IoU.
         verify: The --verify crop classifier, or None.
         verify_thr: Its threshold (--verify-thr), or None for the one stored in the classifier.
+        embed: The --embed appearance embedding model, or None.
     """
 
     models: tuple[str, ...]
@@ -435,6 +445,7 @@ class DetectorRecipe:
     config: DetectConfig
     verify: str | None = None
     verify_thr: float | None = None
+    embed: str | None = None
 
     @property
     def uses_tensorrt(self) -> bool:
@@ -448,26 +459,35 @@ class DetectorRecipe:
         from ..backends import BackendUnavailable
         from ..detector import Detector
 
-        verifier = None
-        if self.verify is not None:
-            from ..verifier import Verifier
-
-            try:
-                verifier = Verifier(self.verify, backend=self.backend, threshold=self.verify_thr)
-            except (ValueError, BackendUnavailable, FileNotFoundError) as exc:
-                raise ValueError(f"--verify: {str(exc).splitlines()[0]}") from exc
-        weights = list(self.weights) if self.weights is not None else None
+        verifier = embedder = None
         try:
+            if self.verify is not None:
+                from ..verifier import Verifier
+
+                try:
+                    verifier = Verifier(self.verify, backend=self.backend, threshold=self.verify_thr)
+                except (ValueError, BackendUnavailable, FileNotFoundError) as exc:
+                    raise ValueError(f"--verify: {str(exc).splitlines()[0]}") from exc
+            if self.embed is not None:
+                from ..embedder import Embedder
+
+                try:
+                    embedder = Embedder(self.embed, backend=self.backend)
+                except (ValueError, BackendUnavailable, FileNotFoundError) as exc:
+                    raise ValueError(f"--embed: {str(exc).splitlines()[0]}") from exc
+            weights = list(self.weights) if self.weights is not None else None
             return Detector(
                 list(self.models),
                 weights=weights,
                 backend=self.backend,
                 config=self.config,
                 verifier=verifier,
+                embedder=embedder,
             )
         except BaseException:
-            if verifier is not None:
-                verifier.close()
+            for part in (verifier, embedder):
+                if part is not None:
+                    part.close()
             raise
 
 
@@ -490,11 +510,14 @@ def detector_recipe(a: argparse.Namespace) -> DetectorRecipe:
         raise UsageError("--verify-thr: expected a --verify MODEL to apply it to, found none")
     if path is not None and not Path(path).is_file():
         raise UsageError(f"--verify: file not found: {path}")
-    return DetectorRecipe(tuple(ms.paths), weights, a.backend, config, path, thr)
+    embed = getattr(a, "embed", None)
+    if embed is not None and not Path(embed).is_file():
+        raise UsageError(f"--embed: file not found: {embed}")
+    return DetectorRecipe(tuple(ms.paths), weights, a.backend, config, path, thr, embed)
 
 
 def open_detector(a: argparse.Namespace) -> Detector:
-    """Build the Detector the options describe (with its --verify classifier); problems become UsageErrors."""
+    """Build the Detector the options describe (with --verify and --embed); problems become UsageErrors."""
     from ..backends import BackendUnavailable
 
     try:

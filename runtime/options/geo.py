@@ -149,6 +149,17 @@ def add_geo_options(p: argparse.ArgumentParser, with_format: bool = True) -> Non
         metavar="M",
         help="sightings in different photos closer than this on the ground join one track (default: 5)",
     )
+    g.add_argument(
+        "--appearance-min",
+        type=number_in("--appearance-min", -1.0, 1.0),
+        default=None,
+        metavar="COS",
+        help="when detections carry an appearance embedding (an embedding model ran), a sighting joins a "
+        "track only if the cosine similarity of its embedding with the track's appearance is at least "
+        "this, besides --track-radius, so two people standing close together stay two tracks; "
+        "sightings without an embedding are placed by position alone (default: the embedding model's "
+        "own threshold when one is given, else position alone)",
+    )
 
 
 def add_serve_geo_options(p: argparse.ArgumentParser) -> None:
@@ -256,12 +267,16 @@ def add_serve_geo_options(p: argparse.ArgumentParser) -> None:
     add_geo_options(p, with_format=False)
 
 
-def geo_config_from_args(a: argparse.Namespace, formats: tuple[str, ...] = ()) -> GeoConfig:
+def geo_config_from_args(
+    a: argparse.Namespace, formats: tuple[str, ...] = (), model_threshold: float | None = None
+) -> GeoConfig:
     """The GeoConfig the georeferencing options describe.
 
     Args:
         a: Parsed options of :func:`add_geo_options`.
         formats: The geographic files to write (detect's --format; the daemon writes none).
+        model_threshold: The embedding model's own similarity threshold when one runs: the tracks'
+            appearance_min unless --appearance-min says otherwise.
     """
     overrides = PoseOverrides(
         height_above_ground=a.height_above_ground,
@@ -275,8 +290,25 @@ def geo_config_from_args(a: argparse.Namespace, formats: tuple[str, ...] = ()) -
     )
     errors = ErrorModel(alt_sigma_m=a.alt_sigma, angle_sigma_deg=a.angle_sigma, gps_sigma_m=a.gps_sigma)
     return GeoConfig(
-        formats=tuple(formats), overrides=overrides, errors=errors, track_radius_m=a.track_radius
+        formats=tuple(formats),
+        overrides=overrides,
+        errors=errors,
+        track_radius_m=a.track_radius,
+        appearance_min=appearance_min_for(getattr(a, "appearance_min", None), model_threshold),
     )
+
+
+def appearance_min_for(given: float | None, model_threshold: float | None) -> float | None:
+    """The tracks' least appearance similarity: --appearance-min when given, else the embedding model's
+    own threshold (the one it was validated at), else None (position alone)."""
+    return given if given is not None else model_threshold
+
+
+def embedder_threshold(detector: object) -> float | None:
+    """The same-person threshold stored in a detector's appearance embedding model (``detector.embedder``,
+    from --embed), or None when it runs none or the model stores none."""
+    threshold = getattr(getattr(detector, "embedder", None), "threshold", None)
+    return None if threshold is None else float(threshold)
 
 
 def open_geo_writer(
@@ -341,8 +373,13 @@ class ServeGeoConfig:
         return self.georeference or self.mqtt_host is not None or self.mavlink_out is not None
 
 
-def serve_geo_config_from_args(a: argparse.Namespace) -> ServeGeoConfig:
+def serve_geo_config_from_args(a: argparse.Namespace, model_threshold: float | None = None) -> ServeGeoConfig:
     """The ServeGeoConfig the daemon's options describe (after the config file is merged).
+
+    Args:
+        a: The daemon's parsed options.
+        model_threshold: The embedding model's own threshold when the detector runs one: the tracks'
+            appearance_min unless --appearance-min says otherwise.
 
     Raises:
         ValueError: Options that do not fit together (named), or a bad --mqtt address.
@@ -394,7 +431,7 @@ def serve_geo_config_from_args(a: argparse.Namespace) -> ServeGeoConfig:
             )
         advertise = advertise.rstrip("/")
     return ServeGeoConfig(
-        geo=geo_config_from_args(a),
+        geo=geo_config_from_args(a, model_threshold=model_threshold),
         georeference=bool(a.geo),
         mqtt_host=host,
         mqtt_port=port,

@@ -350,9 +350,11 @@ def serve_command(a: argparse.Namespace) -> int:
             print(f"edgetile serve: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
         with detector:
+            from ..options.geo import embedder_threshold
             from .geo_hooks import open_result_hooks
 
-            try:
+            try:  # again, now that the embedding model (and with it the tracks' default threshold) is known
+                geo_config = serve_geo_config_from_args(options, embedder_threshold(detector))
                 hooks = open_result_hooks(geo_config, config.state)
             except ValueError as exc:
                 print(f"edgetile serve: error: {exc}", file=sys.stderr)

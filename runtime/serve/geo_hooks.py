@@ -271,7 +271,7 @@ class GeoHooks(ResultHooks):
             return super().routes(queue)
         from .geo_routes import geo_router
 
-        return geo_router(queue, self.thumbs_dir, self.config.track_radius_m)
+        return geo_router(queue, self.thumbs_dir, self.config.track_radius_m, self.config.appearance_min)
 
     def close(self) -> None:
         for link in (self.publisher, self.mavlink, self.telemetry):

@@ -23,7 +23,9 @@ THUMB_NAME = re.compile(r"^[0-9a-f]{16}_[0-9]{3}\.jpg$")
 PAGE = 1000  # results read from the queue at a time
 
 
-def geo_documents(queue: Callable[[], PhotoQueue], track_radius_m: float) -> GeoDocuments:
+def geo_documents(
+    queue: Callable[[], PhotoQueue], track_radius_m: float, appearance_min: float | None = None
+) -> GeoDocuments:
     """GeoJSON/KML/CSV of every committed result, tracks built in commit order."""
     photos = []
     since = 0
@@ -34,16 +36,22 @@ def geo_documents(queue: Callable[[], PhotoQueue], track_radius_m: float) -> Geo
                 break
             photos += [(it["image"], it["detections"]) for it in items]
             since = nxt
-    return GeoDocuments(photos, track_radius_m=track_radius_m)
+    return GeoDocuments(photos, track_radius_m=track_radius_m, appearance_min=appearance_min)
 
 
-def geo_router(queue: Callable[[], PhotoQueue], thumbs_dir: Path, track_radius_m: float) -> APIRouter:
+def geo_router(
+    queue: Callable[[], PhotoQueue],
+    thumbs_dir: Path,
+    track_radius_m: float,
+    appearance_min: float | None = None,
+) -> APIRouter:
     """FastAPI routes for the geographic views of the results and the thumbnails.
 
     Args:
         queue: Opens the daemon's queue.
         thumbs_dir: Where the worker writes the thumbnails (STATE/thumbs).
         track_radius_m: Sightings in different photos closer than this on the ground join one track.
+        appearance_min: ... and whose appearance embeddings agree this much (None: position alone).
     """
     from fastapi import APIRouter, HTTPException, Response
     from fastapi.concurrency import run_in_threadpool
@@ -52,7 +60,7 @@ def geo_router(queue: Callable[[], PhotoQueue], thumbs_dir: Path, track_radius_m
     r = APIRouter()
 
     async def docs() -> GeoDocuments:
-        return await run_in_threadpool(geo_documents, queue, track_radius_m)
+        return await run_in_threadpool(geo_documents, queue, track_radius_m, appearance_min)
 
     @r.get("/detections.geojson")
     async def detections_geojson() -> JSONResponse:

@@ -168,8 +168,10 @@ class _Review:
         self.daemon = daemon
         self.cfg = daemon.config
         self.snapshot = Snapshot()
-        # the daemon's --track-radius when it georeferences, else the tracks' default
-        self.track_radius = getattr(getattr(daemon.hooks, "config", None), "track_radius_m", TRACK_RADIUS_M)
+        # the daemon's --track-radius and --appearance-min when it georeferences, else the tracks' defaults
+        geo = getattr(daemon.hooks, "config", None)
+        self.track_radius = getattr(geo, "track_radius_m", TRACK_RADIUS_M)
+        self.appearance_min = getattr(geo, "appearance_min", None)
 
     def queue(self) -> ReviewQueue:
         return ReviewQueue(self.cfg.db_path, self.cfg.max_attempts, self.cfg.retry_after)
@@ -451,7 +453,7 @@ def _map_routes(review: _Review) -> APIRouter:
         """Photo footprints with their GSD and overlay, tracks across photos, the legend, the tiles' URL."""
         with review.queue() as q:
             photos = q.map_photos()
-            tracks = review.snapshot.tracks(q, review.track_radius)
+            tracks = review.snapshot.tracks(q, review.track_radius, review.appearance_min)
         for p in photos:
             p["overlay"] = f"/api/review/overlays/{p['outcome_id']}"
         return {
@@ -628,14 +630,14 @@ class Snapshot:
                 self._by_order[order] = sorted(self._by_order["time"], key=lambda it: sort_key(order, it))
             return self._by_order[order]
 
-    def tracks(self, q: ReviewQueue, radius_m: float) -> list[dict]:
+    def tracks(self, q: ReviewQueue, radius_m: float, appearance_min: float | None = None) -> list[dict]:
         """:func:`tracks_of` the current detections, built once per change (it compares every pair)."""
         items = self.sorted(q, "time")
         with self._lock:
             current = self._by_order.get("time") is items  # not replaced by a newer read meanwhile
             if current and "_tracks" in self._by_order:
                 return self._by_order["_tracks"]
-        tracks = tracks_of(items, radius_m)
+        tracks = tracks_of(items, radius_m, appearance_min)
         with self._lock:
             if self._by_order.get("time") is items:
                 self._by_order["_tracks"] = tracks
@@ -674,11 +676,15 @@ def sse(event: str, data: dict) -> str:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-def tracks_of(items: list[dict], radius_m: float = TRACK_RADIUS_M) -> list[dict]:
+def tracks_of(
+    items: list[dict], radius_m: float = TRACK_RADIUS_M, appearance_min: float | None = None
+) -> list[dict]:
     """Tracks (one person in several photos) of the located, not rejected detections, photo by photo.
 
     Args:
-        items: Detections in commit order.
+        items: Detections in commit order (a model's carry its record's embedding as ``_embedding``).
+        radius_m: Ground radius of a track (TrackBuilder).
+        appearance_min: Least appearance similarity to join a track (TrackBuilder); None: position alone.
 
     Returns:
         {"id", "points": [[lat, lon]...], "detections": [ids]} per track seen in two photos or more.
@@ -687,7 +693,7 @@ def tracks_of(items: list[dict], radius_m: float = TRACK_RADIUS_M) -> list[dict]
     for it in items:
         if it["status"] != "rejected" and it.get("lat") is not None:
             by_photo.setdefault(it["outcome_id"], []).append(it)
-    builder = TrackBuilder(radius_m)
+    builder = TrackBuilder(radius_m, appearance_min)
     members: dict[int, list[dict]] = {}
     for outcome_id, dets in by_photo.items():
         records = [
@@ -697,6 +703,7 @@ def tracks_of(items: list[dict], radius_m: float = TRACK_RADIUS_M) -> list[dict]
                 "error_m": d.get("error_m"),
                 "class_name": d.get("class_name"),
                 "score": 1.0 if d["score"] is None else d["score"],
+                "embedding": d.get("_embedding"),
             }
             for d in dets
         ]

@@ -100,6 +100,7 @@ class ReviewQueue(PhotoQueue):
                         "photo_width": r["width"],
                         "photo_height": r["height"],
                         "_order": (r["processed_at"], 0, r["id"], k),
+                        "_embedding": d.get("embedding"),  # for the tracks; the API leaves "_" keys out
                     }
                 )
         return out
