@@ -184,7 +184,8 @@ COMMANDS = {
         "serve", needs=(EVAL_SWEEP,)
     ),
     "edgetile synth flight flights/ --flights 20 --photos 8 --altitude 50 --overlap 0.6 --crops crops/": Doc(
-        "parse", why="20 flights of 2000x1500 photos take minutes (tests/test_train_flights.py runs small ones)"
+        "parse",
+        why="20 flights of 2000x1500 photos take minutes (tests/test_train_flights.py runs small ones)",
     ),
     # docs/train.md: the recipe, stages, fold ensembles, error analysis and the second look
     "edgetile recipe lacmus LADD/ --out runs/try --scale 0.05 --model yolov8n.yaml": Doc(
