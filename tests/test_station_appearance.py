@@ -162,6 +162,7 @@ def test_position_alone_is_what_the_grouper_does():
     assert by_position_alone() == POSITION_ONLY
 
 
+@pytest.mark.slow
 def test_with_appearance_min_two_people_close_together_are_two_finds_seen_by_both_drones(tmp_path):
     broker = Broker(tmp_path / "broker").start()
     station = StationProcess(tmp_path, *station_args(tmp_path, broker, "--appearance-min", "0.8"))
@@ -191,6 +192,7 @@ def test_with_appearance_min_two_people_close_together_are_two_finds_seen_by_bot
         broker.stop()
 
 
+@pytest.mark.slow
 def test_the_drones_announced_model_sets_the_rule_for_what_comes_after_it(tmp_path):
     broker = Broker(tmp_path / "broker").start()
     args = station_args(tmp_path, broker)
@@ -255,6 +257,7 @@ def test_the_drones_announced_model_sets_the_rule_for_what_comes_after_it(tmp_pa
         broker.stop()
 
 
+@pytest.mark.slow
 def test_a_daemon_with_embed_announces_its_model_and_the_station_takes_its_threshold(tmp_path):
     pytest.importorskip("onnxruntime")
     from test_embedder import colour_embedder
