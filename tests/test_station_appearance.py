@@ -251,6 +251,9 @@ def test_the_drones_announced_model_sets_the_rule_for_what_comes_after_it(tmp_pa
             [("alpha", "3-1")],
         ]
         assert station.log().count("different embedding models") == 1  # said once, though alpha repeats
+        assert (
+            "WARNING: finds: sightings join by position only (the drones announce different" in station.log()
+        )
     finally:
         station.kill()
         sim.close()

@@ -42,10 +42,12 @@ class AppearanceRule:
     Attributes:
         appearance_min: Least cosine similarity of two embeddings of one find; None: position only.
         source: Where the rule comes from, in words.
+        conflict: The drones announce different embedding models (a warning, not a choice).
     """
 
     appearance_min: float | None
     source: str
+    conflict: bool = False
 
     def describe(self) -> str:
         if self.appearance_min is None:
@@ -75,6 +77,7 @@ def appearance_rule(given: float | None, announced: dict[str, dict]) -> Appearan
         return AppearanceRule(
             None,
             f"the drones announce different embedding models, whose embeddings are not comparable: {which}",
+            conflict=True,
         )
     if given is not None:
         return AppearanceRule(given, "--appearance-min")
@@ -134,7 +137,7 @@ class Finds:
             if rule != self.rule:
                 self.rule = rule
                 self._grouper.appearance_min = rule.appearance_min
-                log.info("finds: sightings join by %s", rule.describe())
+                (log.warning if rule.conflict else log.info)("finds: sightings join by %s", rule.describe())
         return rule
 
     def restore(self, store: StationStore) -> int:

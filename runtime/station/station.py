@@ -220,7 +220,8 @@ class Station:
                 "  (token required)" if cfg.token else "",
                 self.client.networks,
             )
-            log.info("finds: sightings join by %s", self.finds.rule.describe())
+            rule = self.finds.rule
+            (log.warning if rule.conflict else log.info)("finds: sightings join by %s", rule.describe())
             sd_notify("READY=1")
             while not self.stop.wait(0.5):
                 if not http.is_alive() or not all(t.is_alive() for t in threads):
