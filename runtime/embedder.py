@@ -24,6 +24,8 @@ import numpy as np
 
 from .backends import Backend, create_backend, resolve_backend_name
 from .embedding import DIM, encode_embedding
+from .engine_meta import read_engine_sidecar, sidecar_path
+from .files import sha256_file
 from .model import model_info
 from .preprocess import BatchBuffer
 from .results import Detections
@@ -207,3 +209,24 @@ class Embedder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def announcement(embedder: Embedder | None) -> dict | None:
+    """What a daemon tells a ground station about its embedding model (with each PREFIX/photos message).
+
+    Embeddings of two models are not comparable, so the station needs to know which model made them:
+    ``{"sha256": the first 16 hex digits of the model's SHA-256, "threshold": its same-person threshold
+    or None}``. An engine is named by the ONNX it was built from (its sidecar's ``source_sha256``), so
+    drones running engines built each on its own device from one ONNX announce one model. A model given
+    as a loaded Backend is named by its description. None without an embedder.
+    """
+    if embedder is None:
+        return None
+    path = Path(embedder.path)
+    if not path.is_file():
+        name = embedder.path
+    elif sidecar_path(path).is_file():
+        name = read_engine_sidecar(path).source_sha256[:16]
+    else:
+        name = sha256_file(path)[:16]
+    return {"sha256": name, "threshold": embedder.threshold}

@@ -121,6 +121,7 @@ def test_daemon_serves_coordinates_geo_files_thumbnails_and_publishes_to_mqtt(tm
         assert placed["detections"] == 1 and len(placed["footprint"]) == 4 and placed["error_m"] > 0
         assert placed["position"]["lat"] == pytest.approx(LAT0) and placed["width"] == PW
         assert unplaced["footprint"] is None and unplaced["position"] is None
+        assert placed["embedder"] is None  # no --embed: no embedding model to announce
         assert msgs["DJI_0001.JPG"]["id"] == f"{placed['outcome_id']}-0"
 
         # MAVLink: the ground station hears an alert per detection and the person's position

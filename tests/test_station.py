@@ -43,6 +43,8 @@ def test_help_teaches_and_bad_options_are_usage_errors(tmp_path, model):
         "--daemon-token-file",
         "persistence true",
         "--find-window-s",
+        "--appearance-min COS",
+        "announce",
         "docs/station.md",
     ):
         assert words in " ".join(out.stdout.split()) or words in out.stdout, words

@@ -123,9 +123,12 @@ class Daemon:
         self.hooks = ResultHooks() if hooks is None else hooks
         self.outbox = None  # with MQTT: results go to the broker through the queue database
         if self.hooks.publisher is not None:
+            from ..embedder import announcement
             from .outbox import MqttOutbox
 
-            self.outbox = MqttOutbox(self.hooks.publisher)
+            self.outbox = MqttOutbox(
+                self.hooks.publisher, embedder=announcement(getattr(detector, "embedder", None))
+            )
         self._outbox_stop = threading.Event()  # set once the worker has committed its last batch
         self.floor = DiskFloor(config.state, config.min_free_bytes)
         self.retention = Retention(

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .store import PhotoQueue
+from .store import PHOTOS_TOPIC, PhotoQueue
 
 log = logging.getLogger("edgetile.serve")
 
@@ -43,15 +43,20 @@ class MqttOutbox:
     Args:
         publisher: A connected-or-connecting links.mqtt.MqttPublisher (the hooks' ``publisher``).
         window: Most messages in flight (handed to the client, not yet acknowledged).
-        stamp: Add the publisher's ``drone_id`` and ``api`` to every message (the daemon's; a ground
-            station speaks for no drone).
+        stamp: Add the publisher's ``drone_id`` and ``api`` to every message, and ``embedder`` to every
+            PREFIX/photos message (the daemon's; a ground station speaks for no drone).
+        embedder: The daemon's embedding model as :func:`edgetile.runtime.embedder.announcement` says
+            it, or None (no --embed): a station compares appearance only between embeddings of one model.
     """
 
-    def __init__(self, publisher, window: int = WINDOW, stamp: bool = True) -> None:
+    def __init__(
+        self, publisher, window: int = WINDOW, stamp: bool = True, embedder: dict | None = None
+    ) -> None:
         if int(window) < 1:
             raise ValueError(f"window: expected at least 1 message, found {window!r}")
         self.publisher = publisher
         self.stamp = stamp
+        self.embedder = embedder
         self.limit = int(publisher.max_buffer)
         self.window = min(int(window), self.limit)  # the client refuses more than max_buffer queued
         self.wake = threading.Event()
@@ -123,6 +128,8 @@ class MqttOutbox:
             ):
                 if self.stamp:
                     message = {**message, "drone_id": pub.drone_id, "api": pub.api}
+                    if topic == PHOTOS_TOPIC:
+                        message["embedder"] = self.embedder
                 info = pub.send(f"{pub.topic_prefix}/{topic}", message)
                 if info is None:  # the client's own buffer is full: the row waits
                     break

@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 
-from ..argtypes import add_max_pixels_option, finite_number, int_at_least, number_in
+from ..argtypes import add_max_pixels_option, finite_number, int_at_least, number_in, positive_number
 from ..options import EXIT_USAGE
 from ..options.files import ConfigError
 from .config import DEFAULT_DRONE_NETWORKS
@@ -120,6 +120,18 @@ def add_station_options(p: argparse.ArgumentParser) -> None:
         default=1800.0,
         help="sightings whose ground positions agree within their combined error are one find only when "
         "they are at most this far apart in time: a person may walk off in half an hour (default: 1800)",
+    )
+    g.add_argument(
+        "--appearance-min",
+        metavar="COS",
+        type=positive_number("--appearance-min", 1.0),
+        default=None,
+        help="when the drones run an appearance embedding model (their --embed), two sightings that agree "
+        "in place are one find only if the cosine similarity of their embeddings is at least this, so two "
+        "people standing close together stay two finds; sightings without an embedding join by place "
+        "alone. Embeddings of different models are not comparable: drones announcing different models "
+        "are grouped by place alone (default: the threshold stored in the model the drones announce with "
+        "their photos, else place alone; GET /api/station/status says which rule applies)",
     )
     g.add_argument(
         "--mavlink-out",

@@ -63,6 +63,8 @@ class StationConfig:
         allowed_hosts: Host header names accepted besides the address, localhost and the host name.
         mavlink_out: pymavlink connection string for STATUSTEXT of confirmed/flagged finds, or None.
         find_window_s: Sightings further apart in time are not one find.
+        appearance_min: Least cosine similarity of two sightings' appearance embeddings for one find, or
+            None: the threshold of the embedding model the drones announce (position only without one).
         crop_max_age_s: A crop not fetched this long after its sighting arrived is given up.
         mqtt_buffer: Review messages kept until the broker acknowledges them.
         tiles: An XYZ folder of map tiles, or None.
@@ -85,6 +87,7 @@ class StationConfig:
     allowed_hosts: tuple[str, ...] = ()
     mavlink_out: str | None = None
     find_window_s: float = 1800.0
+    appearance_min: float | None = None
     crop_max_age_s: float = 3600.0
     mqtt_buffer: int = 100_000
     tiles: Path | None = None
@@ -155,6 +158,7 @@ class StationConfig:
             allowed_hosts=tuple(a.allowed_hosts),
             mavlink_out=a.mavlink_out,
             find_window_s=a.find_window_s,
+            appearance_min=getattr(a, "appearance_min", None),
             crop_max_age_s=a.crop_max_age_s,
             mqtt_buffer=a.mqtt_buffer,
             tiles=None if tiles is None else Path(tiles).resolve(),

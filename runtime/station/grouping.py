@@ -4,6 +4,14 @@ The grouper lives in memory and is rebuilt from the store at start (each sightin
 was stored with, and the finds it was split from), so the finds after a restart are those before
 it. New sightings join through :meth:`Finds.add` inside the transaction that records them.
 
+Appearance: with embeddings on both sides, a sighting joins a find only when their appearance agrees
+too (``FindGrouper``'s ``appearance_min``). Embeddings of two models are not comparable, so the rule
+(:func:`appearance_rule`) follows what the drones announce in their photo messages (each drone's
+embedding model by its hash and threshold): --appearance-min when given, else the announced model's
+threshold when every drone that announced one announced the same model; with drones of different
+models, position only. A rule that changes (a drone announcing later) applies to the sightings added
+from then on: finds are never regrouped, their ids never change.
+
 A Find of the API is shaped like a daemon's Detection (so the review page works unchanged) plus the
 station's fields: its sightings (time order), drones and whether its best sighting's crop is here.
 The best sighting is the one with the highest score (the earliest of equals); the find's position
@@ -13,14 +21,77 @@ is the grouper's (the inverse-variance mean of its sightings' positions).
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
+from dataclasses import dataclass
 
 from ..serve.review import sort_key
 from ..serve.store import iso_utc
 from .store import NewSighting, StationStore
 
 UNREVIEWED = {"status": "unreviewed", "operator": None, "note": None, "decided_at": None}
+
+log = logging.getLogger("edgetile.station")
+
+
+@dataclass(frozen=True)
+class AppearanceRule:
+    """How sightings join finds: by position alone, or by position and appearance.
+
+    Attributes:
+        appearance_min: Least cosine similarity of two embeddings of one find; None: position only.
+        source: Where the rule comes from, in words.
+        conflict: The drones announce different embedding models (a warning, not a choice).
+    """
+
+    appearance_min: float | None
+    source: str
+    conflict: bool = False
+
+    def describe(self) -> str:
+        if self.appearance_min is None:
+            return f"position only ({self.source})"
+        return f"position and appearance, cosine >= {self.appearance_min:g} ({self.source})"
+
+    def as_dict(self) -> dict:
+        return {
+            "by": "position" if self.appearance_min is None else "position and appearance",
+            "appearance_min": self.appearance_min,
+            "source": self.source,
+        }
+
+
+def appearance_rule(given: float | None, announced: dict[str, dict]) -> AppearanceRule:
+    """The rule for --appearance-min ``given`` (or None) and each drone's announced embedding model.
+
+    Args:
+        given: --appearance-min, or None.
+        announced: {drone id: {"sha256", "threshold"}} (``StationStore.embedders``).
+    """
+    models: dict[str, list[str]] = {}
+    for drone, model in sorted(announced.items()):
+        models.setdefault(model["sha256"], []).append(drone)
+    if len(models) > 1:
+        which = "; ".join(f"{name} by {', '.join(drones)}" for name, drones in models.items())
+        return AppearanceRule(
+            None,
+            f"the drones announce different embedding models, whose embeddings are not comparable: {which}",
+            conflict=True,
+        )
+    if given is not None:
+        return AppearanceRule(given, "--appearance-min")
+    if not models:
+        return AppearanceRule(None, "no drone announced an embedding model")
+    ((name, drones),) = models.items()
+    threshold = announced[drones[0]]["threshold"]
+    if threshold is None:
+        return AppearanceRule(
+            None, f"embedding model {name} of {', '.join(drones)} stores no threshold; give --appearance-min"
+        )
+    return AppearanceRule(
+        float(threshold), f"the threshold of embedding model {name}, announced by {', '.join(drones)}"
+    )
 
 
 def _sighting(key: int, photo: int, drone_id: str, when: float, lat, lon, error_m, class_name, embedding):
@@ -44,23 +115,38 @@ class Finds:
 
     Args:
         window_s: Sightings further apart in time than this are not one find (--find-window-s).
+        appearance_min: --appearance-min, or None (the drones' announced model decides).
     """
 
-    def __init__(self, window_s: float) -> None:
+    def __init__(self, window_s: float, appearance_min: float | None = None) -> None:
         self.window_s = float(window_s)
+        self.given = appearance_min
         self._lock = threading.RLock()
+        self.rule = appearance_rule(appearance_min, {})
         self._grouper = self._new_grouper()
 
     def _new_grouper(self):
         from ..geo.finds import FindGrouper
 
-        return FindGrouper(window_s=self.window_s)
+        return FindGrouper(window_s=self.window_s, appearance_min=self.rule.appearance_min)
+
+    def models(self, announced: dict[str, dict]) -> AppearanceRule:
+        """Take the drones' announced embedding models; a new rule applies to sightings added from now on."""
+        rule = appearance_rule(self.given, announced)
+        with self._lock:
+            if rule != self.rule:
+                self.rule = rule
+                self._grouper.appearance_min = rule.appearance_min
+                (log.warning if rule.conflict else log.info)("finds: sightings join by %s", rule.describe())
+        return rule
 
     def restore(self, store: StationStore) -> int:
         """Rebuild the grouper from the store (at start, or after a failed transaction); returns the sightings."""
         splits = store.splits()
         rows = store.sightings()
+        announced = store.embedders()
         with self._lock:
+            self.rule = appearance_rule(self.given, announced)
             self._grouper = self._new_grouper()
             for r in rows:
                 if r["find_id"] is None:

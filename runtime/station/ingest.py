@@ -140,7 +140,29 @@ def parse_photo(m: dict) -> dict:
             "alt_m": _num(position, "alt_m"),
         }
     out["position"] = position
+    out["embedder"] = parse_embedder(m.get("embedder"))
     return out
+
+
+def parse_embedder(e: object) -> dict | None:
+    """A photo message's ``embedder`` (the daemon's embedding model, or null without --embed), checked."""
+    if e is None:
+        return None
+    if not isinstance(e, dict):
+        raise BadMessage(f"embedder: expected {{sha256, threshold}} or null, found {e!r:.80}")
+    name = e.get("sha256")
+    if not isinstance(name, str) or not name or len(name) > 128:
+        raise BadMessage(f"embedder.sha256: expected the model's name (a text), found {name!r:.60}")
+    threshold = e.get("threshold")
+    if threshold is not None and (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float))
+        or not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0)
+    ):
+        raise BadMessage(
+            f"embedder.threshold: expected a cosine similarity in [-1, 1] or null, found {threshold!r:.60}"
+        )
+    return {"sha256": name, "threshold": None if threshold is None else float(threshold)}
 
 
 class MqttIngest:
@@ -156,6 +178,8 @@ class MqttIngest:
         on_change: Called after anything else was committed (a photo, a drone's status).
         assign: The grouper's ``add`` (see :meth:`.grouping.Finds.add`).
         regroup: Rebuilds the grouper from the store, after a transaction that failed.
+        on_models: Called with every drone's announced embedding model (``StationStore.embedders``)
+            after a photo message that announced one was committed.
         username: The station's broker user name (--mqtt-user), or None.
         password: Its password (the first line of --mqtt-password-file), or None.
     """
@@ -173,6 +197,7 @@ class MqttIngest:
         regroup: Callable[[StationStore], object],
         username: str | None = None,
         password: str | None = None,
+        on_models: Callable[[dict[str, dict]], object] | None = None,
     ) -> None:
         try:
             import paho.mqtt.client as mqtt
@@ -181,7 +206,7 @@ class MqttIngest:
         self.host, self.port, self.prefix = host, int(port), prefix
         self.db = db
         self.on_sighting, self.on_change = on_sighting, on_change
-        self.assign, self.regroup = assign, regroup
+        self.assign, self.regroup, self.on_models = assign, regroup, on_models
         self.topics = {f"{prefix}/photos": "photos", f"{prefix}/detections": "detections"}
         self.status_prefix = f"{prefix}/status/"
         self._store: StationStore | None = None  # opened on paho's thread, the only one that uses it
@@ -278,7 +303,10 @@ class MqttIngest:
                 return
             self.on_sighting(*got)
         elif kind == "photos":
-            store.record_photo(parse_photo(m))
+            photo = parse_photo(m)
+            store.record_photo(photo)
+            if photo["embedder"] is not None and self.on_models is not None:
+                self.on_models(store.embedders())
             self.on_change()
         elif msg.topic.startswith(self.status_prefix):
             drone = msg.topic[len(self.status_prefix) :]

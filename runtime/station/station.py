@@ -42,7 +42,7 @@ class Station:
         self.config = config
         self.stop = threading.Event()
         self.changes = ChangeSignal()
-        self.finds = Finds(config.find_window_s)
+        self.finds = Finds(config.find_window_s, config.appearance_min)
         self.client = DaemonClient(config.daemon_token, DroneNetworks(config.drone_networks))
         self.fetcher = CropFetcher(
             config.state, self.client, on_crop=self.changes.bump, max_age_s=config.crop_max_age_s
@@ -92,6 +92,7 @@ class Station:
             "photos": int(row[1]),
             "sightings": int(row[2]),
             "finds": int(row[3]),
+            "grouping": self.finds.rule.as_dict(),
         }
 
     def _on_sighting(self, sighting_id: int, find_id: int) -> None:
@@ -114,6 +115,7 @@ class Station:
             on_change=self.changes.bump,
             assign=self.finds.add,
             regroup=self.finds.restore,
+            on_models=self.finds.models,
             username=cfg.mqtt_user,
             password=cfg.mqtt_password,
         )
@@ -218,6 +220,8 @@ class Station:
                 "  (token required)" if cfg.token else "",
                 self.client.networks,
             )
+            rule = self.finds.rule
+            (log.warning if rule.conflict else log.info)("finds: sightings join by %s", rule.describe())
             sd_notify("READY=1")
             while not self.stop.wait(0.5):
                 if not http.is_alive() or not all(t.is_alive() for t in threads):

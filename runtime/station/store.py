@@ -42,6 +42,9 @@ CROP_STATES = ("pending", "ready", "given_up")
 # A crop the station would not fetch (its drone's api outside --drone-networks) is given up with an
 # error that starts with this; it is counted apart ("refused"), without a new state in the schema.
 REFUSED = "refused: "
+# The embedding model a drone announced last (PREFIX/photos' "embedder") is a ``meta`` row under this
+# key and the drone's id: embeddings of two models are not comparable (see :mod:`.grouping`).
+EMBEDDER_KEY = "embedder/"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -323,8 +326,20 @@ class StationStore:
                         "UPDATE drones SET last_lat=?, last_lon=?, last_time=? WHERE drone_id=?",
                         (position["lat"], position["lon"], when, m["drone_id"]),
                     )
+            if m.get("embedder") is not None:
+                c.execute(
+                    "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                    (EMBEDDER_KEY + m["drone_id"], json.dumps(m["embedder"])),
+                )
             self._change(c, "drone", m["drone_id"])
         return int(photo_id)
+
+    def embedders(self) -> dict[str, dict]:
+        """The embedding model each drone announced last ({drone id: {"sha256", "threshold"}})."""
+        rows = self.conn.execute(
+            "SELECT key, value FROM meta WHERE key >= ? AND key < ?", (EMBEDDER_KEY, EMBEDDER_KEY[:-1] + "0")
+        ).fetchall()
+        return {r["key"][len(EMBEDDER_KEY) :]: json.loads(r["value"]) for r in rows}
 
     def record_sighting(self, s: NewSighting, assign) -> tuple[int, int] | None:
         """Record one detection once, with the find ``assign`` gives it, in one transaction.
