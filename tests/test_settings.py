@@ -253,7 +253,10 @@ def test_json_settings_and_eval_records_need_no_pyyaml(tmp_path, model, photo):
     )
 
 
-KNOWN = "backend, batch, conf, full-frame, iou, merge, merge-thr, model, model-weights, overlap, tile, tta"
+KNOWN = (
+    "backend, batch, conf, embed, full-frame, iou, merge, merge-thr, model, model-weights, overlap, tile, tta, "
+    "verify, verify-thr"
+)
 
 
 @pytest.mark.parametrize(
