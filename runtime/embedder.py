@@ -22,14 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import Backend, create_backend, resolve_backend_name
+from .backends import Backend
 from .embedding import DIM, encode_embedding
 from .engine_meta import read_engine_sidecar, sidecar_path
 from .files import sha256_file
-from .model import model_info
-from .preprocess import BatchBuffer
 from .results import Detections
-from .verifier import CropConfig, crop_views
+from .verifier import CropConfig, CropModel
 
 #: ONNX metadata written by train-embedder: vector length, same-person threshold, crop geometry.
 META_KEYS = {
@@ -57,7 +55,7 @@ def _meta_number(meta: dict[str, str], key: str, path: str) -> float | int | Non
     return value
 
 
-class Embedder:
+class Embedder(CropModel):
     """An appearance embedding model run on all of a photo's detections in one batch.
 
     Args:
@@ -73,29 +71,14 @@ class Embedder:
             engine's largest batch is smaller than its detections.
     """
 
+    kind = "embedder"
+
     def __init__(
         self, model: str | Path | Backend, backend: str = "auto", crop: CropConfig | None = None
     ) -> None:
-        if isinstance(model, Backend):
-            be, path = model, f"<{type(model).__name__}>"
-        else:
-            path = str(model)
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"embedder: file not found: {path}")
-            # The output is (N, DIM): the detector's GPU path (filtering YOLO candidates on the device)
-            # does not apply, so TensorRT runs it on host batches.
-            options = {"gpu_preprocess": False} if resolve_backend_name(backend, path) == "tensorrt" else {}
-            be = create_backend(backend, path, **options)
-        self.backend = be
-        self.path = path
-        try:
-            self._setup(crop)
-        except BaseException:
-            be.close()
-            raise
-        self.batches = 0
+        super().__init__(model, backend, crop=crop)
 
-    def _setup(self, crop: CropConfig | None) -> None:
+    def _setup(self, info, crop: CropConfig | None = None) -> None:  # type: ignore[override]
         meta = self.backend.metadata
         dim = _meta_number(meta, "dim", self.path)
         if dim is None:
@@ -105,9 +88,6 @@ class Embedder:
             )
         if dim != DIM:
             raise ValueError(f"embedder {self.path}: expected embeddings of {DIM} values, found {dim!r}")
-        info = model_info(self.backend, self.path)
-        self.input_hw = info.input_hw
-        self.fixed_batch = info.batch
         threshold = _meta_number(meta, "threshold", self.path)
         if threshold is not None and not -1 <= threshold <= 1:
             raise ValueError(
@@ -116,31 +96,12 @@ class Embedder:
             )
         self.threshold = float(threshold) if threshold is not None else None
         if crop is None:
-            context = _meta_number(meta, "context", self.path)
-            min_side = _meta_number(meta, "min_side", self.path)
-            crop = CropConfig(
-                float(context) if context is not None else DEFAULT_CROP.context,
-                int(min_side) if min_side is not None else DEFAULT_CROP.min_side,
+            crop = self.stored_crop(
+                _meta_number(meta, "context", self.path),
+                _meta_number(meta, "min_side", self.path),
+                DEFAULT_CROP,
             )
         self.crop = crop
-        start = self.fixed_batch or min(8, self.backend.max_batch or 8)
-        self._buffer = BatchBuffer(start, self.input_hw, self.backend.input_dtype)
-        self._buffer.array[:] = 0  # padding slots of a fixed batch hold zeros, never garbage
-
-    def _buffer_for(self, n: int) -> BatchBuffer:
-        limit = self.backend.max_batch
-        if (
-            self.fixed_batch is None
-            and n > self._buffer.capacity
-            and (limit is None or self._buffer.capacity < limit)
-        ):
-            # Powers of two, so a photo with a few more detections reallocates rarely; an engine's
-            # largest batch caps it (more detections then run in batches of that size).
-            cap = 1 << (n - 1).bit_length()
-            if limit is not None:
-                cap = min(cap, int(limit))
-            self._buffer = BatchBuffer(cap, self.input_hw, self.backend.input_dtype)
-        return self._buffer
 
     def vectors(self, image: np.ndarray, xyxy: np.ndarray) -> np.ndarray:
         """The unit-length embedding of every box's crop.
@@ -156,22 +117,14 @@ class Embedder:
         n = len(boxes)
         if n == 0:
             return np.zeros((0, DIM), np.float32)
-        views = crop_views(boxes, (image.shape[1], image.shape[0]), self.input_hw, self.crop)
-        buf = self._buffer_for(n)
         out = np.empty((n, DIM), np.float32)
-        for start in range(0, n, buf.capacity):
-            v = views.subset(slice(start, start + buf.capacity))
-            arr = buf.fill(image, v)
-            if self.fixed_batch is not None:
-                arr = buf.array
-            emb = np.asarray(self.backend.infer(arr)[0], np.float32)
-            self.batches += 1
-            if emb.shape != (arr.shape[0], DIM):
+        for start, count, rows, emb in self._calls(image, boxes):
+            if emb.shape != (rows, DIM):
                 raise ValueError(
-                    f"embedder {self.path}: expected an output of shape ({arr.shape[0]}, {DIM}) (one "
+                    f"embedder {self.path}: expected an output of shape ({rows}, {DIM}) (one "
                     f"embedding per crop), found {emb.shape}"
                 )
-            out[start : start + len(v)] = emb[: len(v)]
+            out[start : start + count] = emb[:count]
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         if not np.all(np.isfinite(norms)) or np.any(norms == 0):
             raise ValueError(
@@ -199,16 +152,6 @@ class Embedder:
         if timings is not None:
             timings["embed"] = timings.get("embed", 0.0) + (time.perf_counter() - t0) * 1000
         return found
-
-    def close(self) -> None:
-        """Release the backend. Safe to call twice."""
-        self.backend.close()
-
-    def __enter__(self) -> Embedder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def announcement(embedder: Embedder | None) -> dict | None:

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import ast
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -118,7 +120,101 @@ def keep_by_threshold(verifier_scores: np.ndarray, threshold: float) -> np.ndarr
     return np.asarray(verifier_scores, np.float32) >= np.float32(threshold)
 
 
-class Verifier:
+class CropModel:
+    """A model run on the crops of a photo's boxes, all of them in one batch: the base of the verifier
+    and the embedder (opening the model, the crop geometry, the batch buffer, the model calls).
+
+    Subclasses name themselves in ``kind``, check the model in ``_setup`` and set ``self.crop`` there
+    (from the argument, else ``stored_crop`` of what the model stores).
+
+    Attributes:
+        batches: Model calls made so far: one per photo with boxes, unless a fixed batch or an
+            engine's largest batch is smaller than its boxes.
+    """
+
+    kind = "crop model"
+    crop: CropConfig  # set by the subclass's _setup
+
+    def __init__(self, model: str | Path | Backend, backend: str = "auto", **setup: object) -> None:
+        if isinstance(model, Backend):
+            be, path = model, f"<{type(model).__name__}>"
+        else:
+            path = str(model)
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"{self.kind}: file not found: {path}")
+            # The output is one row per crop: the detector's GPU path (filtering YOLO candidates on the
+            # device) does not apply, so TensorRT runs it on host batches.
+            options = {"gpu_preprocess": False} if resolve_backend_name(backend, path) == "tensorrt" else {}
+            be = create_backend(backend, path, **options)
+        self.backend = be
+        self.path = path
+        self.batches = 0
+        try:
+            info = model_info(be, path)
+            self.input_hw = info.input_hw
+            self.fixed_batch = info.batch
+            self._setup(info, **setup)
+            start = self.fixed_batch or min(8, be.max_batch or 8)
+            self._buffer = BatchBuffer(start, self.input_hw, be.input_dtype)
+            self._buffer.array[:] = 0  # padding slots of a fixed batch hold zeros, never garbage
+        except BaseException:
+            be.close()
+            raise
+
+    def _setup(self, info, **setup: object) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def stored_crop(context: object, min_side: object, default: CropConfig) -> CropConfig:
+        """The crop geometry a model stores (either value may be missing: the default's then)."""
+        return CropConfig(
+            float(context) if context is not None else default.context,  # type: ignore[arg-type]
+            int(min_side) if min_side is not None else default.min_side,  # type: ignore[call-overload]
+        )
+
+    def _buffer_for(self, n: int) -> BatchBuffer:
+        limit = self.backend.max_batch
+        if (
+            self.fixed_batch is None
+            and n > self._buffer.capacity
+            and (limit is None or self._buffer.capacity < limit)
+        ):
+            # Grown in powers of two so that a photo with a few more boxes reallocates rarely; an
+            # engine's largest batch caps it (more boxes then run in batches of that size).
+            cap = 1 << (n - 1).bit_length()
+            if limit is not None:
+                cap = min(cap, int(limit))
+            self._buffer = BatchBuffer(cap, self.input_hw, self.backend.input_dtype)
+        return self._buffer
+
+    def _calls(self, image: np.ndarray, boxes: np.ndarray) -> Iterator[tuple[int, int, int, np.ndarray]]:
+        """(first box, boxes in the call, rows given to the model, its first output) per model call."""
+        views = crop_views(boxes, (image.shape[1], image.shape[0]), self.input_hw, self.crop)
+        buf = self._buffer_for(len(boxes))
+        for start in range(0, len(boxes), buf.capacity):
+            v = views.subset(slice(start, start + buf.capacity))
+            arr = buf.fill(image, v)
+            if self.fixed_batch is not None:
+                arr = buf.array
+            output = np.asarray(self.backend.infer(arr)[0])
+            self.batches += 1
+            yield start, len(v), arr.shape[0], output
+
+    def close(self) -> None:
+        """Release the backend. Safe to call twice."""
+        self.backend.close()
+
+    def __enter__(self: _Model) -> _Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_Model = TypeVar("_Model", bound=CropModel)
+
+
+class Verifier(CropModel):
     """A crop classifier that confirms or rejects a photo's detections, all of them in one batch.
 
     Args:
@@ -134,6 +230,8 @@ class Verifier:
             an engine's largest batch is smaller than its detections.
     """
 
+    kind = "verifier"
+
     def __init__(
         self,
         model: str | Path | Backend,
@@ -141,31 +239,11 @@ class Verifier:
         threshold: float | None = None,
         crop: CropConfig | None = None,
     ) -> None:
-        if isinstance(model, Backend):
-            be, path = model, f"<{type(model).__name__}>"
-        else:
-            path = str(model)
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"verifier: file not found: {path}")
-            # The classifier's output is (N, classes): the detector's GPU path (filtering YOLO
-            # candidates on the device) does not apply, so TensorRT runs it on host batches.
-            options = {"gpu_preprocess": False} if resolve_backend_name(backend, path) == "tensorrt" else {}
-            be = create_backend(backend, path, **options)
-        self.backend = be
-        self.path = path
-        try:
-            self._setup(threshold, crop)
-        except BaseException:
-            be.close()
-            raise
-        self.batches = 0
+        super().__init__(model, backend, threshold=threshold, crop=crop)
 
-    def _setup(self, threshold: float | None, crop: CropConfig | None) -> None:
-        info = model_info(self.backend, self.path)
+    def _setup(self, info, threshold: float | None = None, crop: CropConfig | None = None) -> None:  # type: ignore[override]
         meta = self.backend.metadata
         self.names = info.names
-        self.input_hw = info.input_hw
-        self.fixed_batch = info.batch
         positive = _meta_value(meta, "positive", self.path)
         if positive is not None:
             found = [k for k, v in info.names.items() if v == str(positive)]
@@ -189,31 +267,12 @@ class Verifier:
             raise ValueError(f"threshold: expected a probability in [0, 1], found {threshold!r}")
         self.threshold = float(threshold)
         if crop is None:
-            context = _meta_value(meta, "context", self.path)
-            min_side = _meta_value(meta, "min_side", self.path)
-            crop = CropConfig(
-                float(context) if context is not None else CropConfig.context,  # type: ignore[arg-type]
-                int(min_side) if min_side is not None else CropConfig.min_side,  # type: ignore[call-overload]
+            crop = self.stored_crop(
+                _meta_value(meta, "context", self.path),
+                _meta_value(meta, "min_side", self.path),
+                CropConfig(),
             )
         self.crop = crop
-        start = self.fixed_batch or min(8, self.backend.max_batch or 8)
-        self._buffer = BatchBuffer(start, self.input_hw, self.backend.input_dtype)
-        self._buffer.array[:] = 0  # padding slots of a fixed batch hold zeros, never garbage
-
-    def _buffer_for(self, n: int) -> BatchBuffer:
-        limit = self.backend.max_batch
-        if (
-            self.fixed_batch is None
-            and n > self._buffer.capacity
-            and (limit is None or self._buffer.capacity < limit)
-        ):
-            # Grown in powers of two so that a photo with a few more candidates reallocates rarely; an
-            # engine's largest batch caps it (more detections then run in batches of that size).
-            cap = 1 << (n - 1).bit_length()
-            if limit is not None:
-                cap = min(cap, int(limit))
-            self._buffer = BatchBuffer(cap, self.input_hw, self.backend.input_dtype)
-        return self._buffer
 
     def scores(self, image: np.ndarray, xyxy: np.ndarray) -> np.ndarray:
         """The positive class's probability of every box's crop.
@@ -229,22 +288,14 @@ class Verifier:
         n = len(boxes)
         if n == 0:
             return np.zeros(0, np.float32)
-        views = crop_views(boxes, (image.shape[1], image.shape[0]), self.input_hw, self.crop)
-        buf = self._buffer_for(n)
         out = np.empty(n, np.float32)
-        for start in range(0, n, buf.capacity):
-            v = views.subset(slice(start, start + buf.capacity))
-            arr = buf.fill(image, v)
-            if self.fixed_batch is not None:
-                arr = buf.array
-            probs = np.asarray(self.backend.infer(arr)[0])
-            self.batches += 1
-            if probs.ndim != 2 or probs.shape[0] != arr.shape[0] or probs.shape[1] != len(self.names):
+        for start, count, rows, probs in self._calls(image, boxes):
+            if probs.ndim != 2 or probs.shape[0] != rows or probs.shape[1] != len(self.names):
                 raise ValueError(
-                    f"verifier {self.path}: expected an output of shape ({arr.shape[0]}, {len(self.names)}) "
+                    f"verifier {self.path}: expected an output of shape ({rows}, {len(self.names)}) "
                     f"(one probability per class), found {probs.shape}"
                 )
-            out[start : start + len(v)] = probs[: len(v), self.positive]
+            out[start : start + count] = probs[:count, self.positive]
         return out
 
     def verify(
@@ -271,13 +322,3 @@ class Verifier:
         if timings is not None:
             timings["verify"] = timings.get("verify", 0.0) + (time.perf_counter() - t0) * 1000
         return kept
-
-    def close(self) -> None:
-        """Release the backend. Safe to call twice."""
-        self.backend.close()
-
-    def __enter__(self) -> Verifier:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
