@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
@@ -40,7 +41,7 @@ from .review_store import FINDS, SOURCES, STATUSES, ReviewQueue, public, review_
 from .store import iso_utc
 
 if TYPE_CHECKING:
-    from .daemon import Daemon
+    from .daemon import ChangeSignal, Daemon
 
 log = logging.getLogger("edgetile.serve")
 
@@ -517,35 +518,48 @@ def _event_routes(review: _Review) -> APIRouter:
 
         marks = await run_in_threadpool(start)
 
-        async def stream():
-            nonlocal marks
-            yield "retry: 2000\n\n"
-            seen = daemon.changes.version
-            last_read = last_sent = time.monotonic()
-            while not daemon.stop.is_set():
-                now = time.monotonic()
-                version = daemon.changes.version
-                if version != seen or now - last_read >= SSE_POLL_S:
-                    seen, last_read = version, now
-                    out, marks = await run_in_threadpool(changes, marks)
-                    for e in out:
-                        yield e
-                    if out:
-                        last_sent = now
-                if now - last_sent >= SSE_KEEPALIVE_S:
-                    yield ": keep-alive\n\n"
-                    last_sent = now
-                if await request.is_disconnected():
-                    break
-                await asyncio.sleep(SSE_TICK_S)
-
-        return StreamingResponse(
-            stream(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-        )
+        return event_stream(request, daemon.stop, daemon.changes, changes, marks)
 
     return r
+
+
+def event_stream(
+    request: Request, stop: threading.Event, signal: ChangeSignal, read: Callable, mark: object
+) -> StreamingResponse:
+    """The review page's server-sent events, for the daemon and the station alike.
+
+    ``read(mark)`` returns the events since ``mark`` and the new mark; it runs in the thread pool when
+    ``signal`` says something changed, and at least every SSE_POLL_S. A keep-alive comment goes out
+    after SSE_KEEPALIVE_S of silence; the stream ends with ``stop`` or when the client leaves.
+    """
+
+    async def stream():
+        nonlocal mark
+        yield "retry: 2000\n\n"
+        seen = signal.version
+        last_read = last_sent = time.monotonic()
+        while not stop.is_set():
+            now = time.monotonic()
+            version = signal.version
+            if version != seen or now - last_read >= SSE_POLL_S:
+                seen, last_read = version, now
+                out, mark = await run_in_threadpool(read, mark)
+                for e in out:
+                    yield e
+                if out:
+                    last_sent = now
+            if now - last_sent >= SSE_KEEPALIVE_S:
+                yield ": keep-alive\n\n"
+                last_sent = now
+            if await request.is_disconnected():
+                break
+            await asyncio.sleep(SSE_TICK_S)
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
 
 
 def base_url(request: Request) -> str:

@@ -10,12 +10,10 @@ and :mod:`edgetile.runtime.serve.review_export`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import mimetypes
 import re
 import threading
-import time
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import cv2
@@ -30,9 +28,6 @@ from ..serve.review import (
     OVERLAY_MAX,
     PAGE_DEFAULT,
     PAGE_MAX,
-    SSE_KEEPALIVE_S,
-    SSE_POLL_S,
-    SSE_TICK_S,
     ByteCache,
     Decision,
     ReviewFilter,
@@ -40,6 +35,7 @@ from ..serve.review import (
     base_url,
     decode_cursor,
     encode_jpeg,
+    event_stream,
     fit_image,
     jpeg_response,
     json_only,
@@ -432,33 +428,7 @@ def _event_routes(station: Station) -> APIRouter:
 
         mark = await run_in_threadpool(start)
 
-        async def stream():
-            nonlocal mark
-            yield "retry: 2000\n\n"
-            seen = station.changes.version
-            last_read = last_sent = time.monotonic()
-            while not station.stop.is_set():
-                now = time.monotonic()
-                version = station.changes.version
-                if version != seen or now - last_read >= SSE_POLL_S:
-                    seen, last_read = version, now
-                    out, mark = await run_in_threadpool(_changes, station, mark)
-                    for e in out:
-                        yield e
-                    if out:
-                        last_sent = now
-                if now - last_sent >= SSE_KEEPALIVE_S:
-                    yield ": keep-alive\n\n"
-                    last_sent = now
-                if await request.is_disconnected():
-                    break
-                await asyncio.sleep(SSE_TICK_S)
-
-        return StreamingResponse(
-            stream(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-        )
+        return event_stream(request, station.stop, station.changes, lambda m: _changes(station, m), mark)
 
     return r
 
