@@ -300,18 +300,24 @@ class RepeatedLines(logging.Filter):
         return True
 
 
-def _setup_logging(level: str) -> list[tuple[logging.Logger, logging.Handler]]:
+def setup_logging(
+    level: str, program: str = "serve", main: str = "edgetile.serve", more: tuple[str, ...] = ()
+) -> list[tuple[logging.Logger, logging.Handler]]:
+    """One stderr handler, repeated lines folded, for a long-running command's loggers (serve, station).
+
+    Returns the (logger, handler) pairs installed, for the caller to remove at its end.
+    """
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s edgetile serve %(levelname)s: %(message)s"))
+    handler.setFormatter(logging.Formatter(f"%(asctime)s edgetile {program} %(levelname)s: %(message)s"))
     handler.addFilter(RepeatedLines())
     installed: list[tuple[logging.Logger, logging.Handler]] = []
     # asyncio: e.g. "socket.accept() out of system resource", which would otherwise reach stderr unfiltered
-    for name in ("edgetile.serve", "edgetile.links.mqtt", "uvicorn", "asyncio"):
+    for name in (main, *more, "edgetile.links.mqtt", "uvicorn", "asyncio"):
         logger = logging.getLogger(name)
         logger.addHandler(handler)
         logger.propagate = False
         installed.append((logger, handler))
-    logging.getLogger("edgetile.serve").setLevel(level.upper())
+    logging.getLogger(main).setLevel(level.upper())
     return installed
 
 
@@ -342,7 +348,7 @@ def serve_command(a: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"edgetile serve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    installed = _setup_logging(config.log_level)
+    installed = setup_logging(config.log_level)
     try:
         try:
             detector = open_detector(options)

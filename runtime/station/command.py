@@ -6,7 +6,6 @@ Registration is cheap (argparse only); FastAPI, uvicorn and paho load only when 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from ..argtypes import add_max_pixels_option, finite_number, int_at_least, number_in, positive_number
@@ -206,22 +205,6 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return s
 
 
-def _setup_logging(level: str) -> list[tuple[logging.Logger, logging.Handler]]:
-    from ..serve.command import RepeatedLines
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s edgetile station %(levelname)s: %(message)s"))
-    handler.addFilter(RepeatedLines())
-    installed: list[tuple[logging.Logger, logging.Handler]] = []
-    for name in ("edgetile.station", "edgetile.serve", "edgetile.links.mqtt", "uvicorn", "asyncio"):
-        logger = logging.getLogger(name)
-        logger.addHandler(handler)
-        logger.propagate = False
-        installed.append((logger, handler))
-    logging.getLogger("edgetile.station").setLevel(level.upper())
-    return installed
-
-
 def station_command(a: argparse.Namespace) -> int:
     """``edgetile station``: check the options, run the station until SIGTERM/SIGINT."""
     from .config import StationConfig
@@ -241,7 +224,9 @@ def station_command(a: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    installed = _setup_logging(config.log_level)
+    from ..serve.command import setup_logging
+
+    installed = setup_logging(config.log_level, "station", "edgetile.station", more=("edgetile.serve",))
     try:
         from .station import Station
 
