@@ -1207,15 +1207,8 @@ def write_dataset(
         raise ValueError(f"workers: expected at least 1 process, found {workers}")
     cfg = config or SceneConfig()
     out = Path(out_dir)
-    for sub in ("JPEGImages", "Annotations", "ImageSets/Main", "labels"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    (out / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n")
-    coco: dict = {
-        "images": [],
-        "annotations": [],
-        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(CLASS_NAMES)],
-    }
-    stems = []
+    coco = _start_dataset(out)
+    stems: list[str] = []
     with scenes_in_order(range(seed, seed + count), cfg, workers) as scenes:
         it = scenes
         if progress:
@@ -1224,9 +1217,26 @@ def write_dataset(
             it = tqdm(scenes, desc="scenes", unit="photo", total=count)
         for sc in it:
             _write_scene(out, sc, jpeg_quality, coco, stems)
+    _finish_dataset(out, coco, stems)
+    return out
+
+
+def _start_dataset(out: Path) -> dict:
+    """The folders and class list of a VOC + YOLO + COCO dataset; returns its empty COCO dict."""
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main", "labels"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    (out / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+    return {
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(CLASS_NAMES)],
+    }
+
+
+def _finish_dataset(out: Path, coco: dict, stems: list[str]) -> None:
+    """The photo list and the COCO file of a dataset written by _write_scene."""
     (out / "ImageSets" / "Main" / "all.txt").write_text("\n".join(stems) + ("\n" if stems else ""))
     (out / "annotations.json").write_text(json.dumps(coco))
-    return out
 
 
 @contextlib.contextmanager
@@ -1942,14 +1952,7 @@ def write_flights(
         raise ValueError(f"workers: expected at least 1 process, found {workers}")
     cfg = config or FlightConfig()
     out = Path(out_dir)
-    for sub in ("JPEGImages", "Annotations", "ImageSets/Main", "labels"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    (out / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n")
-    coco: dict = {
-        "images": [],
-        "annotations": [],
-        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(CLASS_NAMES)],
-    }
+    coco = _start_dataset(out)
     stems: list[str] = []
     records = []
     with _in_order(render_flight, range(seed, seed + count), cfg, workers) as flights:
@@ -1975,8 +1978,7 @@ def write_flights(
             if crops is not None:
                 write_identity_crops(f, crops, crop_context, crop_min_side, photos=written)
             records.append(_flight_record(f))
-    (out / "ImageSets" / "Main" / "all.txt").write_text("\n".join(stems) + ("\n" if stems else ""))
-    (out / "annotations.json").write_text(json.dumps(coco))
+    _finish_dataset(out, coco, stems)
     (out / "flights.json").write_text(json.dumps({"flights": records}, indent=1))
     return out
 
