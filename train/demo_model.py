@@ -202,13 +202,14 @@ def evaluate_demo(
     data = load_dataset(folder, format="voc")
     with Detector(onnx_path, config=DetectConfig(conf=0.001)) as det:
         result = evaluate(det, data, score_thr=score_thr, progress=False)
+        tile = det.input_hw[0]  # tiles of the model's own input size
     metrics = {
         "model": str(onnx_path),
         "renderer": renderer,
         "scenes": f"synth.DIVERSE 4000x3000, renderers=({renderer!r},), seeds {HELDOUT_SEED}..{HELDOUT_SEED + count - 1}",
         "photos": len(data),
         "people": data.box_count,
-        "tiling": "1024 px tiles, overlap 0.2, IOS merge 0.5",
+        "tiling": f"{tile} px tiles, overlap 0.2, IOS merge 0.5",
         "score_thr": score_thr,
         **result.to_dict(),
     }
@@ -282,7 +283,10 @@ def _train_stages(a: argparse.Namespace, data: Path, start_model: str, stages: l
 def _train_one(a: argparse.Namespace, start_model: str, data: Path) -> Path:
     from ultralytics import YOLO
 
+    from .training import add_cpu_threads_callback
+
     model = YOLO(start_model)
+    add_cpu_threads_callback(model)
     if a.copy_checkpoints is not None:
         a.copy_checkpoints.mkdir(parents=True, exist_ok=True)
 

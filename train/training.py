@@ -8,6 +8,7 @@ writes a run summary with a size table.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -195,6 +196,30 @@ def export_onnx(best: Path, imgsz: int, budget_mb: float) -> Path:
     return Path(YOLO(str(best)).export(format="onnx", dynamic=True, simplify=True, imgsz=imgsz))
 
 
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the platform reports it)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+
+
+def use_every_cpu_core(trainer) -> None:
+    """Ultralytics callback: train on every core this process may use when the device is the CPU.
+
+    Ultralytics' select_device sets torch to ``cpu_count - 1`` threads for CPU training (NUM_THREADS,
+    at most 8): one thread on a 2-core machine, half of its arithmetic left idle. Registered for
+    ``on_pretrain_routine_start``, which runs after the trainer has chosen its device.
+    """
+    if trainer.device.type == "cpu":
+        import torch
+
+        torch.set_num_threads(cpu_cores())
+
+
+def add_cpu_threads_callback(model) -> None:
+    """Register use_every_cpu_core on an Ultralytics YOLO model before its train() or tune()."""
+    model.add_callback("on_pretrain_routine_start", use_every_cpu_core)
+
+
 def train(
     data: str | Path,
     options: TrainOptions | None = None,
@@ -227,6 +252,7 @@ def train(
     from ultralytics import YOLO
 
     model = YOLO(opt.model)
+    add_cpu_threads_callback(model)
     args = dict(
         data=str(data_path),
         imgsz=opt.imgsz,

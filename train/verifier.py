@@ -671,7 +671,10 @@ def train_verifier(
 
     from ultralytics import YOLO
 
+    from .training import add_cpu_threads_callback
+
     model = YOLO(opt.model, task="classify")
+    add_cpu_threads_callback(model)
     args: dict[str, object] = dict(
         data=str(crops),
         imgsz=opt.imgsz,
