@@ -38,7 +38,9 @@ def test_the_trainer_runs_on_every_core_after_choosing_the_cpu(tmp_path, torch_t
     model = YOLO("yolov8n.yaml")
     add_cpu_threads_callback(model)
     assert use_every_cpu_core in model.callbacks["on_pretrain_routine_start"]
-    overrides = dict(model="yolov8n.yaml", data=str(tiny_data(tmp_path)), device="cpu", plots=False, amp=False)
+    overrides = dict(
+        model="yolov8n.yaml", data=str(tiny_data(tmp_path)), device="cpu", plots=False, amp=False
+    )
     # The trainer's own select_device sets NUM_THREADS; the callback, run after it, sets every core.
     DetectionTrainer(overrides=overrides, _callbacks=model.callbacks)
     assert torch.get_num_threads() == cpu_cores()
