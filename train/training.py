@@ -216,7 +216,10 @@ def use_every_cpu_core(trainer) -> None:
 
 
 def add_cpu_threads_callback(model) -> None:
-    """Register use_every_cpu_core on an Ultralytics YOLO model before its train() or tune()."""
+    """Register use_every_cpu_core on an Ultralytics YOLO model before its train().
+
+    Not for tune(): Ultralytics' tuner builds its trainers without the model's callbacks.
+    """
     model.add_callback("on_pretrain_routine_start", use_every_cpu_core)
 
 
